@@ -1,0 +1,68 @@
+// CPU reference ops: fp32, NCHW, contiguous host memory, threaded with OpenMP, GEMMs through BLAS.
+// They are the numerical reference for the CUDA backend and the path for machines without a GPU.
+// Every output buffer is overwritten (never accumulated into) unless the comment says otherwise.
+#pragma once
+
+#include <cstdint>
+
+namespace ddp::cpu {
+
+void set_num_threads(int threads);  // 0 = OMP_NUM_THREADS or all cores; also sets BLAS threads
+int num_threads();
+
+struct Conv2dShape {
+  int n = 0, c = 0, h = 0, w = 0;  // input
+  int k = 0, r = 0, s = 0;         // output channels, kernel height, kernel width
+  int stride = 1, pad = 0;
+  int out_h() const { return (h + 2 * pad - r) / stride + 1; }
+  int out_w() const { return (w + 2 * pad - s) / stride + 1; }
+};
+
+// w is KCRS (PyTorch OIHW).
+void conv2d_forward(const Conv2dShape& p, const float* x, const float* w, float* y);
+void conv2d_backward_data(const Conv2dShape& p, const float* dy, const float* w, float* dx);
+void conv2d_backward_weight(const Conv2dShape& p, const float* x, const float* dy, float* dw);
+
+// Batch norm over (N, H, W) per channel, PyTorch semantics: normalise with the biased batch
+// variance; running_var is updated with the unbiased one; new = (1 - momentum) * old + momentum * b.
+// save_mean / save_invstd (length c) are what backward needs.
+void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta,
+                             float eps, float momentum, float* running_mean, float* running_var,
+                             float* save_mean, float* save_invstd, float* y);
+void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta,
+                            const float* running_mean, const float* running_var, float eps, float* y);
+void batchnorm_backward(int n, int c, int hw, const float* x, const float* dy, const float* gamma,
+                        const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                        float* dbeta);
+
+void relu_forward(int64_t count, const float* x, float* y);  // y may alias x
+// dx = dy where y > 0 else 0 (y is the ReLU output); dx may alias dy.
+void relu_backward(int64_t count, const float* y, const float* dy, float* dx);
+void add(int64_t count, const float* a, const float* b, float* y);  // y may alias a or b
+
+// Max pool with implicit -inf padding (PyTorch). argmax holds the flat input index h*w-plane offset
+// of each output's maximum (first one on ties, as PyTorch); backward scatters into a zeroed dx.
+void maxpool2d_forward(int n, int c, int h, int w, int kernel, int stride, int pad, const float* x, float* y,
+                       int32_t* argmax);
+void maxpool2d_backward(int n, int c, int h, int w, int kernel, int stride, int pad, const float* dy,
+                        const int32_t* argmax, float* dx);
+
+void global_avgpool_forward(int n, int c, int hw, const float* x, float* y);  // y: n x c
+void global_avgpool_backward(int n, int c, int hw, const float* dy, float* dx);
+
+// y = x W^T + b with W: out x in (PyTorch nn.Linear). dx may be nullptr (not needed).
+void linear_forward(int n, int in, int out, const float* x, const float* w, const float* b, float* y);
+void linear_backward(int n, int in, int out, const float* x, const float* w, const float* dy, float* dx,
+                     float* dw, float* db);
+
+// Mean softmax cross-entropy with label smoothing (PyTorch's CrossEntropyLoss(label_smoothing=e)):
+//   loss_i = (1 - e) * (-log p_i[y_i]) + e * mean_k(-log p_i[k]).
+// probs (n x classes) is saved for backward. Labels must lie in [0, classes): checked, error names
+// the offending index.
+float softmax_cross_entropy_forward(int n, int classes, const float* logits, const int32_t* labels,
+                                    float smoothing, float* probs);
+// dlogits = scale * d(mean loss)/d(logits) = scale * (p - ((1 - e) onehot + e / classes)) / n
+void softmax_cross_entropy_backward(int n, int classes, const float* probs, const int32_t* labels,
+                                    float smoothing, float scale, float* dlogits);
+
+}  // namespace ddp::cpu

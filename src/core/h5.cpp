@@ -212,10 +212,9 @@ std::string get_attr_str(hid_t obj, const std::string& name) {
   Handle ftype(H5_CHECK(H5Aget_type(a)));
   DDP_CHECK(H5Tget_class(ftype) == H5T_STRING, "attribute '", name, "' in ", file_name(obj), " is not a string");
   if (H5Tis_variable_str(ftype) > 0) {
-    Handle type(H5_CHECK(H5Tcopy(H5T_C_S1)));
-    H5_CHECK(H5Tset_size(type, H5T_VARIABLE));
+    // Read with the attribute's own string type: HDF5 refuses ASCII<->UTF-8 conversion.
     char* p = nullptr;
-    H5_CHECK(H5Aread(a, type, &p));
+    H5_CHECK(H5Aread(a, ftype, &p));
     std::string s = p ? p : "";
     H5free_memory(p);
     return s;
@@ -243,8 +242,9 @@ std::vector<std::string> read_strings(hid_t loc, const std::string& name) {
   auto shape = dataset_shape(loc, name);
   DDP_CHECK(shape.size() == 1, "dataset '", name, "' in ", file_name(loc), " is not a 1-D string list");
   Handle ds(H5_CHECK(H5Dopen2(loc, name.c_str(), H5P_DEFAULT)));
-  Handle type(H5_CHECK(H5Tcopy(H5T_C_S1)));
-  H5_CHECK(H5Tset_size(type, H5T_VARIABLE));
+  Handle type(H5_CHECK(H5Dget_type(ds)));
+  DDP_CHECK(H5Tget_class(type) == H5T_STRING && H5Tis_variable_str(type) > 0, "dataset '", name, "' in ",
+            file_name(loc), " is not a list of variable-length strings");
   std::vector<char*> ptrs(shape[0], nullptr);
   DDP_CHECK(H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) >= 0, "cannot read strings '", name,
             "' in ", file_name(loc));

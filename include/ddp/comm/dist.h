@@ -1,0 +1,38 @@
+// Process bootstrap for multi-process runs: MPI start-up, rank discovery, node layout, and the
+// one way a rank ends the whole job (abort_job). Every launcher we support (mpirun with a hostfile,
+// srun --mpi=pmix, a single process without a launcher) goes through init_distributed.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace ddp::comm {
+
+struct DistEnv {
+  int rank = 0, world = 1;
+  int local_rank = 0, local_size = 1;  // within the node (ranks sharing memory)
+  int node_index = 0, num_nodes = 1;   // nodes numbered by their lowest world rank
+  std::string hostname;                // this rank's host
+  std::vector<std::string> hosts;      // hostname of every node, by node_index
+  bool thread_multiple = false;        // MPI granted MPI_THREAD_MULTIPLE (the MPI communicator's
+                                       // progress thread needs it; otherwise it runs inline)
+};
+
+// MPI_Init_thread (asking for MPI_THREAD_MULTIPLE), rank/size, local rank from
+// MPI_Comm_split_type(MPI_COMM_TYPE_SHARED), node index from the node leaders' world ranks (not
+// from hostnames: two network namespaces on one machine share a hostname but are two nodes to MPI).
+// Sets MPI_ERRORS_RETURN on MPI_COMM_WORLD and ddp::set_log_rank. Safe to call once per process.
+DistEnv init_distributed(int* argc, char*** argv);
+// MPI_Finalize if init_distributed ran and MPI is not finalized yet.
+void finalize_distributed();
+bool distributed_initialized();
+
+// Prints "[rank r] FATAL: why" to stderr, then MPI_Abort(MPI_COMM_WORLD, code) so the launcher
+// tears down every rank (or exits the process when MPI is not running).
+[[noreturn]] void abort_job(const std::string& why, int code = 1);
+
+// GPU builds: picks the device for this rank (local_rank % visible devices, after
+// CUDA_VISIBLE_DEVICES) and makes it current. Returns the ordinal; throws if no GPU is visible.
+int select_cuda_device(const DistEnv& env);
+
+}  // namespace ddp::comm

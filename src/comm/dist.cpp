@@ -1,0 +1,126 @@
+#include "ddp/comm/dist.h"
+
+#include <mpi.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "ddp/core/check.h"
+#include "ddp/core/log.h"
+
+#if DDP_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace ddp::detail {
+
+[[noreturn]] void fail_mpi(const char* file, int line, const char* expr, int code) {
+  char text[MPI_MAX_ERROR_STRING] = {0};
+  int len = 0;
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized && MPI_Error_string(code, text, &len) == MPI_SUCCESS) {
+    fail(file, line, str("MPI error ", code, " (", std::string(text, len), ") in ", expr));
+  }
+  fail(file, line, str("MPI error ", code, " in ", expr));
+}
+
+}  // namespace ddp::detail
+
+namespace ddp::comm {
+
+namespace {
+bool g_initialized = false;
+}
+
+bool distributed_initialized() { return g_initialized; }
+
+DistEnv init_distributed(int* argc, char*** argv) {
+  DDP_CHECK(!g_initialized, "init_distributed called twice");
+  int provided = 0;
+  MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
+  g_initialized = true;
+  // Errors come back as codes so they become messages naming the operation, never a silent
+  // MPI_ERRORS_ARE_FATAL exit without context.
+  MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+
+  DistEnv env;
+  env.thread_multiple = provided >= MPI_THREAD_MULTIPLE;
+  MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &env.rank));
+  MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &env.world));
+  set_log_rank(env.rank, env.world);
+
+  MPI_Comm node_comm = MPI_COMM_NULL;
+  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, env.rank, MPI_INFO_NULL, &node_comm));
+  MPI_CHECK(MPI_Comm_rank(node_comm, &env.local_rank));
+  MPI_CHECK(MPI_Comm_size(node_comm, &env.local_size));
+
+  // Node index = order of the nodes' lowest world ranks. Hostnames are not used to group ranks:
+  // network namespaces (our two-host test) and some containers share one hostname across nodes.
+  MPI_Comm leader_comm = MPI_COMM_NULL;
+  MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, env.local_rank == 0 ? 0 : MPI_UNDEFINED, env.rank, &leader_comm));
+  int node_info[2] = {0, 0};
+  if (leader_comm != MPI_COMM_NULL) {
+    MPI_CHECK(MPI_Comm_rank(leader_comm, &node_info[0]));
+    MPI_CHECK(MPI_Comm_size(leader_comm, &node_info[1]));
+    MPI_CHECK(MPI_Comm_free(&leader_comm));
+  }
+  MPI_CHECK(MPI_Bcast(node_info, 2, MPI_INT, 0, node_comm));
+  MPI_CHECK(MPI_Comm_free(&node_comm));
+  env.node_index = node_info[0];
+  env.num_nodes = node_info[1];
+
+  char name[256] = {0};
+  gethostname(name, sizeof(name) - 1);
+  env.hostname = name;
+  std::vector<char> all(static_cast<size_t>(env.world) * sizeof(name));
+  std::vector<int> node_of(env.world);
+  MPI_CHECK(MPI_Allgather(name, sizeof(name), MPI_CHAR, all.data(), sizeof(name), MPI_CHAR, MPI_COMM_WORLD));
+  MPI_CHECK(MPI_Allgather(&env.node_index, 1, MPI_INT, node_of.data(), 1, MPI_INT, MPI_COMM_WORLD));
+  env.hosts.assign(env.num_nodes, std::string());
+  for (int r = env.world - 1; r >= 0; --r) env.hosts[node_of[r]] = std::string(&all[r * sizeof(name)]);
+  return env;
+}
+
+void finalize_distributed() {
+  if (!g_initialized) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+  g_initialized = false;
+}
+
+[[noreturn]] void abort_job(const std::string& why, int code) {
+  std::fprintf(stderr, "[rank %d] FATAL: %s\n", log_rank(), why.c_str());
+  std::fflush(stderr);
+  std::fflush(stdout);
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
+int select_cuda_device(const DistEnv& env) {
+#if DDP_HAVE_CUDA
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  DDP_CHECK(e == cudaSuccess && n > 0, "no CUDA device visible on host ", env.hostname, " (rank ", env.rank,
+            ", CUDA_VISIBLE_DEVICES=", std::getenv("CUDA_VISIBLE_DEVICES") ? std::getenv("CUDA_VISIBLE_DEVICES") : "unset",
+            "): ", cudaGetErrorString(e));
+  if (env.local_size > n) {
+    warn("host ", env.hostname, " runs ", env.local_size, " ranks on ", n,
+         " visible GPU(s); NCCL cannot put two ranks on one GPU");
+  }
+  int dev = env.local_rank % n;
+  CUDA_CHECK(cudaSetDevice(dev));
+  return dev;
+#else
+  (void)env;
+  DDP_FAIL("this build has no CUDA support (configured with DDP_CUDA=OFF or without the CUDA toolkit)");
+#endif
+}
+
+}  // namespace ddp::comm

@@ -1,0 +1,376 @@
+// The MPI communicator (CPU backend). Gradient allreduces run on their own duplicated communicator,
+// driven by a progress thread: Open MPI advances a non-blocking collective only inside MPI calls, so
+// without a thread polling MPI_Test the "asynchronous" allreduce would make no progress while
+// backward computes. Small host reductions use a second duplicate from the calling thread, so the
+// two streams of collectives never interleave on one communicator. Every wait polls with a
+// deadline: a dead or stopped peer becomes a message and MPI_Abort, never a hang.
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "comm_internal.h"
+#include "ddp/core/check.h"
+#include "ddp/core/log.h"
+
+namespace ddp::comm {
+
+namespace detail {
+
+std::vector<std::string> allgather_strings(const std::string& s) {
+  int world = 1;
+  MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
+  constexpr int kLen = 256;
+  char mine[kLen] = {0};
+  std::strncpy(mine, s.c_str(), kLen - 1);
+  std::vector<char> all(static_cast<size_t>(world) * kLen);
+  MPI_CHECK(MPI_Allgather(mine, kLen, MPI_CHAR, all.data(), kLen, MPI_CHAR, MPI_COMM_WORLD));
+  std::vector<std::string> out(world);
+  for (int r = 0; r < world; ++r) out[r] = std::string(&all[static_cast<size_t>(r) * kLen]);
+  return out;
+}
+
+std::string describe_layout(const DistEnv& env) {
+  std::vector<int> node_of(env.world);
+  MPI_CHECK(MPI_Allgather(&env.node_index, 1, MPI_INT, node_of.data(), 1, MPI_INT, MPI_COMM_WORLD));
+  std::string out;
+  for (int n = 0; n < env.num_nodes; ++n) {
+    std::string ranks;
+    int cnt = 0;
+    for (int r = 0; r < env.world; ++r) {
+      if (node_of[r] != n) continue;
+      ranks += (cnt ? "," : "") + std::to_string(r);
+      ++cnt;
+    }
+    out += str(n ? "; " : "", "node ", n, " ", env.hosts[n], ": ", cnt, " rank", cnt == 1 ? "" : "s", " (", ranks, ")");
+  }
+  return out;
+}
+
+std::string timeout_message(const std::string& op, double timeout_s, int64_t step) {
+  std::string at = step >= 0 ? str(" at step ", step) : std::string(" (before training steps)");
+  return str("no answer from the other ranks within ", timeout_s, " s in ", op, at,
+             "; a rank died or is stuck (timeout set by --comm-timeout)");
+}
+
+}  // namespace detail
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string mpi_error_text(int code) {
+  char text[MPI_MAX_ERROR_STRING] = {0};
+  int len = 0;
+  if (MPI_Error_string(code, text, &len) != MPI_SUCCESS) return str("code ", code);
+  return std::string(text, len);
+}
+
+// Sleeps a little longer each time nothing happened: busy polling would steal a core from compute
+// (tests run 4 ranks on 2 cores), while the first polls stay tight for small messages.
+struct Backoff {
+  int spins = 0;
+  void pause() {
+    ++spins;
+    if (spins < 50) return;
+    if (spins < 200) {
+      std::this_thread::yield();
+      return;
+    }
+    int us = std::min(1000, 10 * (spins - 199));
+    std::this_thread::sleep_for(std::chrono::microseconds(us));
+  }
+};
+
+constexpr size_t kMaxChunk = size_t(1) << 30;  // MPI counts are int
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator(const DistEnv& env, const CommOptions& opt) : env_(env), timeout_s_(opt.timeout_s) {
+    DDP_CHECK(opt.timeout_s > 0, "communication timeout must be > 0 s, got ", opt.timeout_s);
+    MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &grad_comm_));
+    MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &ctl_comm_));
+    MPI_CHECK(MPI_Comm_set_errhandler(grad_comm_, MPI_ERRORS_RETURN));
+    MPI_CHECK(MPI_Comm_set_errhandler(ctl_comm_, MPI_ERRORS_RETURN));
+    threaded_ = env.thread_multiple && env.world > 1;
+    if (threaded_) worker_ = std::thread([this] { progress_loop(); });
+  }
+
+  ~MpiCommunicator() override {
+    if (worker_.joinable()) {
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        stop_ = true;
+      }
+      cv_.notify_all();
+      worker_.join();
+    }
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) {
+      MPI_Comm_free(&grad_comm_);
+      MPI_Comm_free(&ctl_comm_);
+    }
+  }
+
+  const char* name() const override { return "mpi"; }
+  int rank() const override { return env_.rank; }
+  int size() const override { return env_.world; }
+
+  void allreduce_avg_async(float* data, size_t count, void* ready) override {
+    DDP_CHECK(ready == nullptr, "the MPI communicator works on host memory; got a CUDA event");
+    if (count == 0) return;
+    if (env_.world == 1) return;  // the average over one rank is the value itself
+    for (size_t off = 0; off < count; off += kMaxChunk) {
+      Job j{data + off, std::min(kMaxChunk, count - off), step_};
+      if (threaded_) {
+        {
+          std::lock_guard<std::mutex> lk(mu_);
+          queue_.push_back(j);
+          ++enqueued_;
+        }
+        cv_.notify_one();
+      } else {
+        start(j);
+        active_.push_back(j);
+        ++enqueued_;
+        test_active(false);  // lets Open MPI advance earlier buckets while backward runs
+      }
+    }
+  }
+
+  void wait_all(void*) override {
+    if (threaded_) {
+      std::unique_lock<std::mutex> lk(mu_);
+      // The worker enforces each collective's deadline; this outer bound only guards the worker.
+      auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s_ * 2 + 5);
+      while (done_ < enqueued_ && error_.empty()) {
+        if (cv_done_.wait_until(lk, deadline) == std::cv_status::timeout && done_ < enqueued_ && error_.empty()) {
+          error_ = detail::timeout_message("the gradient allreduce", timeout_s_, step_);
+        }
+      }
+      if (!error_.empty()) {
+        std::string e = error_;
+        lk.unlock();
+        abort_job(e);
+      }
+    } else {
+      while (!active_.empty()) test_active(true);
+      done_ = enqueued_;
+    }
+  }
+
+  void broadcast(void* data, size_t bytes, int root) override {
+    DDP_CHECK(root >= 0 && root < env_.world, "broadcast root ", root, " out of range (", env_.world, " ranks)");
+    auto* p = static_cast<char*>(data);
+    for (size_t off = 0; off < bytes; off += kMaxChunk) {
+      MPI_Request req;
+      int n = static_cast<int>(std::min(kMaxChunk, bytes - off));
+      check(MPI_Ibcast(p + off, n, MPI_BYTE, root, ctl_comm_, &req), "broadcast");
+      complete(req, "broadcast");
+    }
+  }
+
+  void barrier() override {
+    MPI_Request req;
+    check(MPI_Ibarrier(ctl_comm_, &req), "barrier");
+    complete(req, "barrier");
+  }
+
+  void allreduce_sum(double* values, int count) override { small(values, count, MPI_DOUBLE, MPI_SUM, "sum-allreduce"); }
+  void allreduce_max(double* values, int count) override { small(values, count, MPI_DOUBLE, MPI_MAX, "max-allreduce"); }
+  void allreduce_min(int64_t* values, int count) override { small(values, count, MPI_INT64_T, MPI_MIN, "min-allreduce"); }
+
+  std::vector<double> allgather(double value) override {
+    std::vector<double> out(env_.world);
+    MPI_Request req;
+    check(MPI_Iallgather(&value, 1, MPI_DOUBLE, out.data(), 1, MPI_DOUBLE, ctl_comm_, &req), "allgather");
+    complete(req, "allgather");
+    return out;
+  }
+
+ private:
+  struct Job {
+    float* data;
+    size_t count;
+    int64_t step;
+    MPI_Request req = MPI_REQUEST_NULL;
+    Clock::time_point deadline{};
+  };
+
+  void check(int rc, const char* op) {
+    if (rc != MPI_SUCCESS) {
+      abort_job(str("MPI error in ", op, step_ >= 0 ? str(" at step ", step_) : std::string(), ": ", mpi_error_text(rc),
+                    " (a peer process or its host probably went away)"));
+    }
+  }
+
+  void complete(MPI_Request& req, const char* op) {
+    auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s_);
+    Backoff b;
+    for (;;) {
+      int flag = 0;
+      check(MPI_Test(&req, &flag, MPI_STATUS_IGNORE), op);
+      if (flag) return;
+      if (Clock::now() > deadline) abort_job(detail::timeout_message(op, timeout_s_, step_));
+      b.pause();
+    }
+  }
+
+  template <class T>
+  void small(T* values, int count, MPI_Datatype type, MPI_Op op, const char* what) {
+    if (count <= 0) return;
+    MPI_Request req;
+    check(MPI_Iallreduce(MPI_IN_PLACE, values, count, type, op, ctl_comm_, &req), what);
+    complete(req, what);
+  }
+
+  // Returns an error message or "".
+  std::string start(Job& j) {
+    j.deadline = Clock::now() + std::chrono::duration<double>(timeout_s_);
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, j.data, static_cast<int>(j.count), MPI_FLOAT, MPI_SUM, grad_comm_, &j.req);
+    if (rc != MPI_SUCCESS) return job_error(j, rc);
+    return {};
+  }
+
+  std::string job_error(const Job& j, int rc) {
+    return str("MPI error in the gradient allreduce (", j.count, " floats)",
+               j.step >= 0 ? str(" at step ", j.step) : std::string(), ": ", mpi_error_text(rc),
+               " (a peer process or its host probably went away)");
+  }
+
+  void finish_job(Job& j) {
+    const float inv = 1.0f / static_cast<float>(env_.world);
+    for (size_t i = 0; i < j.count; ++i) j.data[i] *= inv;
+  }
+
+  // Tests the active jobs in issue order. Returns an error message or "". Non-threaded mode only
+  // (threaded mode: progress_loop).
+  void test_active(bool blocking) {
+    Backoff b;
+    do {
+      while (!active_.empty()) {
+        int flag = 0;
+        int rc = MPI_Test(&active_.front().req, &flag, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) abort_job(job_error(active_.front(), rc));
+        if (!flag) break;
+        finish_job(active_.front());
+        active_.pop_front();
+      }
+      if (active_.empty() || !blocking) return;
+      if (Clock::now() > active_.front().deadline) {
+        abort_job(detail::timeout_message(str("the gradient allreduce (", active_.front().count, " floats)"), timeout_s_,
+                                          active_.front().step));
+      }
+      b.pause();
+    } while (true);
+  }
+
+  void progress_loop() {
+    std::deque<Job> active;
+    Backoff b;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        if (active.empty()) {
+          cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+          b = Backoff{};
+        }
+        if (stop_ && queue_.empty() && active.empty()) return;
+        while (!queue_.empty()) {
+          active.push_back(queue_.front());
+          queue_.pop_front();
+        }
+      }
+      std::string err;
+      // Start every queued bucket (issue order is the same on every rank, so the collectives
+      // match), then test them in order.
+      for (auto& j : active) {
+        if (j.req == MPI_REQUEST_NULL && err.empty()) err = start(j);
+      }
+      size_t finished = 0;
+      while (err.empty() && !active.empty()) {
+        int flag = 0;
+        int rc = MPI_Test(&active.front().req, &flag, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) {
+          err = job_error(active.front(), rc);
+          break;
+        }
+        if (!flag) {
+          if (Clock::now() > active.front().deadline) {
+            err = detail::timeout_message(str("the gradient allreduce (", active.front().count, " floats)"),
+                                          timeout_s_, active.front().step);
+          }
+          break;
+        }
+        finish_job(active.front());
+        active.pop_front();
+        ++finished;
+        b = Backoff{};
+      }
+      if (!err.empty()) {
+        {
+          std::lock_guard<std::mutex> lk(mu_);
+          error_ = err;
+        }
+        cv_done_.notify_all();
+        return;  // the main thread aborts the job in wait_all
+      }
+      if (finished) {
+        {
+          std::lock_guard<std::mutex> lk(mu_);
+          done_ += finished;
+        }
+        cv_done_.notify_all();
+      }
+      if (!active.empty()) b.pause();
+    }
+  }
+
+  DistEnv env_;
+  double timeout_s_;
+  MPI_Comm grad_comm_ = MPI_COMM_NULL, ctl_comm_ = MPI_COMM_NULL;
+  bool threaded_ = false;
+  std::thread worker_;
+  std::mutex mu_;
+  std::condition_variable cv_, cv_done_;
+  std::deque<Job> queue_;
+  std::deque<Job> active_;  // non-threaded mode
+  size_t enqueued_ = 0, done_ = 0;
+  std::string error_;
+  bool stop_ = false;
+};
+
+}  // namespace
+
+namespace detail {
+std::unique_ptr<Communicator> make_mpi_communicator_quiet(const DistEnv& env, const CommOptions& opt) {
+  return std::make_unique<MpiCommunicator>(env, opt);
+}
+}  // namespace detail
+
+std::unique_ptr<Communicator> make_mpi_communicator(const DistEnv& env, const CommOptions& opt) {
+  auto c = detail::make_mpi_communicator_quiet(env, opt);
+  std::string layout = detail::describe_layout(env);
+  info0("distributed: ", env.world, " rank", env.world == 1 ? "" : "s", " on ", env.num_nodes, " node",
+        env.num_nodes == 1 ? "" : "s", " [", layout, "]; devices: CPU; backend: mpi (",
+        env.thread_multiple ? "progress thread" : "inline progress, MPI_THREAD_MULTIPLE not granted",
+        "); timeout ", opt.timeout_s, " s");
+  return c;
+}
+
+std::unique_ptr<Communicator> make_communicator(const std::string& backend, const DistEnv& env,
+                                                const CommOptions& opt) {
+  if (backend == "mpi") return make_mpi_communicator(env, opt);
+  if (backend == "nccl") return make_nccl_communicator(env, opt);
+  DDP_FAIL("unknown communicator backend '", backend, "' (--comm expects mpi or nccl)");
+}
+
+}  // namespace ddp::comm

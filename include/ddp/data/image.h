@@ -1,0 +1,72 @@
+// Image primitives shared by the loader and pack_imagenet: format sniffing, libjpeg-turbo decoding
+// of just the region a crop needs (DCT-domain scaling, horizontal crop, skipped rows), JPEG
+// encoding, an antialiased bilinear resampler that matches PIL's, and the crop geometry of
+// torchvision's RandomResizedCrop / Resize+CenterCrop.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ddp/core/rng.h"
+
+namespace ddp::data {
+
+enum class ImageFormat { Unknown, Jpeg, Png, Gif, Bmp, Webp, Tiff };
+// By magic bytes, never by the file name (ImageNet has PNG and CMYK files named .JPEG).
+ImageFormat sniff_format(const uint8_t* p, size_t n);
+const char* format_name(ImageFormat f);
+
+// Interleaved 8-bit RGB, rows of w*3 bytes.
+struct Rgb {
+  int w = 0, h = 0;
+  std::vector<uint8_t> px;
+};
+
+// A rectangle in pixel coordinates (floats: a crop of a DCT-scaled decode is fractional).
+struct Box {
+  float x = 0, y = 0, w = 0, h = 0;
+};
+
+struct JpegHeader {
+  int w = 0, h = 0, components = 0;
+  bool cmyk = false, grayscale = false, progressive = false, ycbcr = false;
+};
+// Throws ddp::Error naming `name` if the data is not a readable JPEG header.
+JpegHeader read_jpeg_header(const uint8_t* data, size_t n, const std::string& name);
+
+struct Decoded {
+  Rgb img;
+  Box box;           // the requested box, in img's pixel coordinates
+  int scale_denom = 1;  // DCT scaling used: img is (part of) the image at 1/scale_denom
+  int warnings = 0;     // libjpeg warnings that are not signs of damage (e.g. extraneous bytes)
+  std::string warning;  // the first of them
+};
+
+// Decodes the part of a JPEG that covers `box` (the whole image when box.w <= 0) to RGB, at the
+// coarsest DCT scale (1/8, 1/4, 1/2, 1) at which that part is still at least min_w x min_h pixels.
+// Grayscale, CMYK/YCCK and progressive files all come out as RGB. Damage (truncation, bad Huffman
+// data) and images over max_pixels (0: no limit) throw ddp::Error naming `name`.
+// full_check reads every scanline (so damage anywhere is found); otherwise decoding stops after the
+// box's last row.
+Decoded decode_jpeg(const uint8_t* data, size_t n, const std::string& name, Box box = {}, int min_w = 0,
+                    int min_h = 0, int64_t max_pixels = 0, bool full_check = false);
+
+// RGB -> baseline JPEG (4:2:0), quality 1..100.
+std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality);
+
+// Resamples `box` of src (sw x sh RGB) to dst (dw x dh RGB) with PIL's bilinear filter, whose
+// support widens when shrinking (antialiasing), so it agrees with PIL's Image.resize(box=...).
+// flip mirrors the output horizontally.
+void resample(const uint8_t* src, int sw, int sh, Box box, uint8_t* dst, int dw, int dh, bool flip = false);
+
+// torchvision.transforms.RandomResizedCrop.get_params: integer crop of a W x H image.
+Box random_resized_crop(Rng& rng, int W, int H, float min_scale, float max_scale,
+                        float min_ratio = 3.0f / 4.0f, float max_ratio = 4.0f / 3.0f);
+// Resize(shorter side -> min(out)/ratio) + CenterCrop(out_h, out_w), as a box in source pixels.
+Box center_crop_box(int W, int H, int out_w, int out_h, float ratio);
+// Output size of "resize so the shorter side is S, keep aspect" (torchvision Resize(S)).
+void resize_shorter_dims(int W, int H, int S, int& out_w, int& out_h);
+
+}  // namespace ddp::data

@@ -1,0 +1,397 @@
+#include "ddp/data/image.h"
+
+#include <turbojpeg.h>
+
+#include <algorithm>
+#include <cmath>
+#include <csetjmp>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+// jpeglib.h needs size_t and FILE declared first.
+#include <jpeglib.h>
+#include <jerror.h>
+
+#include "ddp/core/check.h"
+
+namespace ddp::data {
+
+ImageFormat sniff_format(const uint8_t* p, size_t n) {
+  if (n >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF) return ImageFormat::Jpeg;
+  if (n >= 8 && std::memcmp(p, "\x89PNG\r\n\x1a\n", 8) == 0) return ImageFormat::Png;
+  if (n >= 6 && (std::memcmp(p, "GIF87a", 6) == 0 || std::memcmp(p, "GIF89a", 6) == 0)) return ImageFormat::Gif;
+  if (n >= 2 && p[0] == 'B' && p[1] == 'M') return ImageFormat::Bmp;
+  if (n >= 12 && std::memcmp(p, "RIFF", 4) == 0 && std::memcmp(p + 8, "WEBP", 4) == 0) return ImageFormat::Webp;
+  if (n >= 4 && (std::memcmp(p, "II*\0", 4) == 0 || std::memcmp(p, "MM\0*", 4) == 0)) return ImageFormat::Tiff;
+  return ImageFormat::Unknown;
+}
+
+const char* format_name(ImageFormat f) {
+  switch (f) {
+    case ImageFormat::Jpeg: return "JPEG";
+    case ImageFormat::Png: return "PNG";
+    case ImageFormat::Gif: return "GIF";
+    case ImageFormat::Bmp: return "BMP";
+    case ImageFormat::Webp: return "WebP";
+    case ImageFormat::Tiff: return "TIFF";
+    default: return "unknown";
+  }
+}
+
+namespace {
+
+// libjpeg reports fatal errors through error_exit (we longjmp out) and damage it can paper over
+// (a truncated file is padded with grey) only as warnings: those we count as fatal too, so a
+// truncated image never trains silently as a half-grey picture.
+struct ErrorMgr {
+  jpeg_error_mgr pub;
+  jmp_buf jb;
+  char msg[JMSG_LENGTH_MAX] = {0};
+  bool damaged = false;
+  char damage[JMSG_LENGTH_MAX] = {0};
+  int warnings = 0;
+  char warning[JMSG_LENGTH_MAX] = {0};
+};
+
+void on_error_exit(j_common_ptr c) {
+  auto* e = reinterpret_cast<ErrorMgr*>(c->err);
+  (*c->err->format_message)(c, e->msg);
+  longjmp(e->jb, 1);
+}
+
+void on_emit_message(j_common_ptr c, int level) {
+  if (level >= 0) return;  // trace messages
+  auto* e = reinterpret_cast<ErrorMgr*>(c->err);
+  int code = c->err->msg_code;
+  bool damage = code == JWRN_JPEG_EOF || code == JWRN_HIT_MARKER || code == JWRN_HUFF_BAD_CODE ||
+                code == JWRN_MUST_RESYNC || code == JWRN_NOT_SEQUENTIAL;
+  if (damage) {
+    if (!e->damaged) (*c->err->format_message)(c, e->damage);
+    e->damaged = true;
+  } else {
+    if (e->warnings == 0) (*c->err->format_message)(c, e->warning);
+    ++e->warnings;
+  }
+}
+
+struct Decompressor {
+  jpeg_decompress_struct cinfo;
+  ErrorMgr err;
+  Decompressor() {
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = on_error_exit;
+    err.pub.emit_message = on_emit_message;
+    jpeg_create_decompress(&cinfo);
+  }
+  ~Decompressor() { jpeg_destroy_decompress(&cinfo); }
+};
+
+// The body of decode_jpeg that may longjmp: it modifies only objects reached through pointers.
+// Returns false after a libjpeg error (message in d->err.msg).
+bool decode_impl(Decompressor* d, const uint8_t* data, size_t n, const Box* want, int min_w, int min_h,
+                 int64_t max_pixels, bool full_check, Decoded* out, std::vector<uint8_t>* row, bool* too_big) {
+  jpeg_decompress_struct* ci = &d->cinfo;
+  if (setjmp(d->err.jb)) return false;
+  jpeg_mem_src(ci, data, static_cast<unsigned long>(n));
+  jpeg_read_header(ci, TRUE);
+  const int W = static_cast<int>(ci->image_width), H = static_cast<int>(ci->image_height);
+  if (max_pixels > 0 && static_cast<int64_t>(W) * H > max_pixels) {
+    *too_big = true;
+    out->img.w = W;
+    out->img.h = H;
+    return true;
+  }
+  Box box = *want;
+  if (box.w <= 0 || box.h <= 0) box = Box{0, 0, static_cast<float>(W), static_cast<float>(H)};
+  const bool cmyk = ci->jpeg_color_space == JCS_CMYK || ci->jpeg_color_space == JCS_YCCK;
+  ci->out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
+  int denom = 1;
+  if (!full_check) {
+    for (int dd : {8, 4, 2}) {
+      if (box.w / dd >= static_cast<float>(min_w) && box.h / dd >= static_cast<float>(min_h) && box.w / dd >= 1 &&
+          box.h / dd >= 1) {
+        denom = dd;
+        break;
+      }
+    }
+  }
+  ci->scale_num = 1;
+  ci->scale_denom = static_cast<unsigned>(denom);
+  jpeg_start_decompress(ci);
+  const float s = 1.0f / static_cast<float>(denom);
+  const int ow = static_cast<int>(ci->output_width), oh = static_cast<int>(ci->output_height);
+  int x0 = 0, x1 = ow, y0 = 0, y1 = oh;
+  if (!full_check) {
+    x0 = std::clamp(static_cast<int>(std::floor(box.x * s)), 0, ow - 1);
+    x1 = std::clamp(static_cast<int>(std::ceil((box.x + box.w) * s)), x0 + 1, ow);
+    y0 = std::clamp(static_cast<int>(std::floor(box.y * s)), 0, oh - 1);
+    y1 = std::clamp(static_cast<int>(std::ceil((box.y + box.h) * s)), y0 + 1, oh);
+  }
+  JDIMENSION xoff = static_cast<JDIMENSION>(x0), cw = static_cast<JDIMENSION>(x1 - x0);
+  if (x0 > 0 || x1 < ow) jpeg_crop_scanline(ci, &xoff, &cw);  // widens to iMCU boundaries
+  const int comps = static_cast<int>(ci->output_components);
+  row->resize(static_cast<size_t>(cw) * static_cast<size_t>(comps));
+  out->img.w = static_cast<int>(cw);
+  out->img.h = y1 - y0;
+  out->img.px.resize(static_cast<size_t>(out->img.w) * static_cast<size_t>(out->img.h) * 3);
+  if (y0 > 0) jpeg_skip_scanlines(ci, static_cast<JDIMENSION>(y0));
+  const bool inverted = ci->saw_Adobe_marker;  // Adobe CMYK stores inverted ink values
+  for (int y = 0; y < out->img.h; ++y) {
+    JSAMPROW rp = cmyk ? row->data() : out->img.px.data() + static_cast<size_t>(y) * cw * 3;
+    jpeg_read_scanlines(ci, &rp, 1);
+    if (cmyk) {
+      uint8_t* o = out->img.px.data() + static_cast<size_t>(y) * cw * 3;
+      const uint8_t* r = row->data();
+      for (JDIMENSION x = 0; x < cw; ++x, r += 4, o += 3) {
+        int c = r[0], m = r[1], yy = r[2], k = r[3];
+        if (!inverted) { c = 255 - c; m = 255 - m; yy = 255 - yy; k = 255 - k; }
+        // inverted values are (1-ink): RGB = (1-C)(1-K)
+        o[0] = static_cast<uint8_t>((c * k + 127) / 255);
+        o[1] = static_cast<uint8_t>((m * k + 127) / 255);
+        o[2] = static_cast<uint8_t>((yy * k + 127) / 255);
+      }
+    }
+  }
+  if (full_check) {
+    jpeg_finish_decompress(ci);
+  } else {
+    jpeg_abort_decompress(ci);
+  }
+  out->scale_denom = denom;
+  out->box = Box{box.x * s - static_cast<float>(xoff), box.y * s - static_cast<float>(y0), box.w * s, box.h * s};
+  return true;
+}
+
+}  // namespace
+
+JpegHeader read_jpeg_header(const uint8_t* data, size_t n, const std::string& name) {
+  DDP_CHECK(n > 0, "'", name, "' is empty (0 bytes)");
+  auto d = std::make_unique<Decompressor>();
+  JpegHeader h;
+  jpeg_decompress_struct* ci = &d->cinfo;
+  if (setjmp(d->err.jb)) DDP_FAIL("'", name, "' is not a readable JPEG: ", d->err.msg);
+  jpeg_mem_src(ci, data, static_cast<unsigned long>(n));
+  jpeg_read_header(ci, TRUE);
+  h.w = static_cast<int>(ci->image_width);
+  h.h = static_cast<int>(ci->image_height);
+  h.components = ci->num_components;
+  h.cmyk = ci->jpeg_color_space == JCS_CMYK || ci->jpeg_color_space == JCS_YCCK;
+  h.grayscale = ci->jpeg_color_space == JCS_GRAYSCALE;
+  h.ycbcr = ci->jpeg_color_space == JCS_YCbCr;
+  h.progressive = ci->progressive_mode;
+  return h;
+}
+
+Decoded decode_jpeg(const uint8_t* data, size_t n, const std::string& name, Box box, int min_w, int min_h,
+                    int64_t max_pixels, bool full_check) {
+  DDP_CHECK(n > 0, "'", name, "' is empty (0 bytes)");
+  auto d = std::make_unique<Decompressor>();
+  auto out = std::make_unique<Decoded>();
+  auto row = std::make_unique<std::vector<uint8_t>>();
+  bool too_big = false;
+  if (!decode_impl(d.get(), data, n, &box, min_w, min_h, max_pixels, full_check, out.get(), row.get(), &too_big))
+    DDP_FAIL("cannot decode JPEG '", name, "': ", d->err.msg);
+  DDP_CHECK(!too_big, "'", name, "' is too large: ", out->img.w, "x", out->img.h, " pixels exceeds the limit of ",
+            max_pixels, " (raise --max-pixels to accept it)");
+  DDP_CHECK(!d->err.damaged, "JPEG '", name, "' is damaged: ", d->err.damage);
+  out->warnings = d->err.warnings;
+  out->warning = d->err.warning;
+  return std::move(*out);
+}
+
+namespace {
+struct TjHandle {
+  tjhandle h = nullptr;
+  TjHandle() : h(tjInitCompress()) {}
+  ~TjHandle() {
+    if (h) tjDestroy(h);
+  }
+};
+}  // namespace
+
+std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality) {
+  DDP_CHECK(quality >= 1 && quality <= 100, "JPEG quality must be in 1..100, got ", quality);
+  thread_local TjHandle tj;
+  DDP_CHECK(tj.h != nullptr, "tjInitCompress failed: ", tjGetErrorStr());
+  unsigned char* buf = nullptr;
+  unsigned long size = 0;
+  int r = tjCompress2(tj.h, rgb, w, 0, h, TJPF_RGB, &buf, &size, TJSAMP_420, quality, 0);
+  if (r != 0) {
+    if (buf) tjFree(buf);
+    DDP_FAIL("JPEG encoding failed (", w, "x", h, "): ", tjGetErrorStr2(tj.h));
+  }
+  std::vector<uint8_t> out(buf, buf + size);
+  tjFree(buf);
+  return out;
+}
+
+namespace {
+// PIL's precompute_coeffs for the bilinear (triangle) filter: for each output index, the first
+// input index and normalised weights. Support grows with the shrink factor (antialiasing).
+struct Coeffs {
+  int taps = 0;
+  std::vector<int> first;
+  std::vector<float> w;  // out x taps
+};
+
+Coeffs coeffs(int in_size, float in0, float in1, int out_size) {
+  Coeffs c;
+  const double scale = (static_cast<double>(in1) - in0) / out_size;
+  const double filterscale = std::max(scale, 1.0);
+  const double support = 1.0 * filterscale;
+  c.taps = static_cast<int>(std::ceil(support)) * 2 + 1;
+  c.first.resize(static_cast<size_t>(out_size));
+  c.w.assign(static_cast<size_t>(out_size) * c.taps, 0.0f);
+  const double ss = 1.0 / filterscale;
+  for (int xx = 0; xx < out_size; ++xx) {
+    const double center = in0 + (xx + 0.5) * scale;
+    int xmin = std::max(static_cast<int>(center - support + 0.5), 0);
+    int xmax = std::min(static_cast<int>(center + support + 0.5), in_size) - xmin;
+    xmax = std::clamp(xmax, 1, c.taps);
+    if (xmin > in_size - 1) xmin = in_size - 1;
+    if (xmin + xmax > in_size) xmax = in_size - xmin;
+    double total = 0;
+    float* w = &c.w[static_cast<size_t>(xx) * c.taps];
+    for (int x = 0; x < xmax; ++x) {
+      double t = std::fabs((x + xmin - center + 0.5) * ss);
+      double v = t < 1.0 ? 1.0 - t : 0.0;
+      w[x] = static_cast<float>(v);
+      total += v;
+    }
+    if (total <= 0) {  // degenerate (box narrower than a pixel): nearest neighbour
+      w[0] = 1.0f;
+      for (int x = 1; x < xmax; ++x) w[x] = 0.0f;
+    } else {
+      for (int x = 0; x < xmax; ++x) w[x] = static_cast<float>(w[x] / total);
+    }
+    c.first[static_cast<size_t>(xx)] = xmin;
+  }
+  return c;
+}
+
+inline uint8_t clip8(float v) {
+  int i = static_cast<int>(v + 0.5f);
+  return static_cast<uint8_t>(i < 0 ? 0 : (i > 255 ? 255 : i));
+}
+}  // namespace
+
+void resample(const uint8_t* src, int sw, int sh, Box box, uint8_t* dst, int dw, int dh, bool flip) {
+  DDP_CHECK(sw > 0 && sh > 0 && dw > 0 && dh > 0, "resample: empty image (", sw, "x", sh, " -> ", dw, "x", dh, ")");
+  DDP_CHECK(box.w > 0 && box.h > 0, "resample: empty box");
+  // Exact copy when the box is the identity (raw shards at the training size).
+  if (box.x == std::floor(box.x) && box.y == std::floor(box.y) && box.w == static_cast<float>(dw) &&
+      box.h == static_cast<float>(dh) && box.x >= 0 && box.y >= 0 && box.x + box.w <= static_cast<float>(sw) &&
+      box.y + box.h <= static_cast<float>(sh)) {
+    const int bx = static_cast<int>(box.x), by = static_cast<int>(box.y);
+    for (int y = 0; y < dh; ++y) {
+      const uint8_t* s = src + (static_cast<size_t>(by + y) * sw + bx) * 3;
+      uint8_t* d = dst + static_cast<size_t>(y) * dw * 3;
+      if (!flip) {
+        std::memcpy(d, s, static_cast<size_t>(dw) * 3);
+      } else {
+        for (int x = 0; x < dw; ++x) std::memcpy(d + (dw - 1 - x) * 3, s + x * 3, 3);
+      }
+    }
+    return;
+  }
+  Coeffs cx = coeffs(sw, box.x, box.x + box.w, dw);
+  Coeffs cy = coeffs(sh, box.y, box.y + box.h, dh);
+  // Rows of the source the vertical pass touches.
+  int ylo = sh, yhi = 0;
+  for (int y = 0; y < dh; ++y) {
+    ylo = std::min(ylo, cy.first[static_cast<size_t>(y)]);
+    yhi = std::max(yhi, std::min(cy.first[static_cast<size_t>(y)] + cy.taps, sh));
+  }
+  const int rows = yhi - ylo;
+  std::vector<float> tmp(static_cast<size_t>(rows) * dw * 3);
+  for (int r = 0; r < rows; ++r) {
+    const uint8_t* s = src + static_cast<size_t>(ylo + r) * sw * 3;
+    float* t = tmp.data() + static_cast<size_t>(r) * dw * 3;
+    for (int x = 0; x < dw; ++x) {
+      const int f = cx.first[static_cast<size_t>(x)];
+      const int n = std::min(cx.taps, sw - f);
+      const float* w = &cx.w[static_cast<size_t>(x) * cx.taps];
+      float a0 = 0, a1 = 0, a2 = 0;
+      const uint8_t* p = s + static_cast<size_t>(f) * 3;
+      for (int k = 0; k < n; ++k, p += 3) {
+        a0 += w[k] * p[0];
+        a1 += w[k] * p[1];
+        a2 += w[k] * p[2];
+      }
+      t[x * 3 + 0] = a0;
+      t[x * 3 + 1] = a1;
+      t[x * 3 + 2] = a2;
+    }
+  }
+  std::vector<float> acc(static_cast<size_t>(dw) * 3);
+  for (int y = 0; y < dh; ++y) {
+    const int f = cy.first[static_cast<size_t>(y)];
+    const int n = std::min(cy.taps, sh - f);
+    const float* w = &cy.w[static_cast<size_t>(y) * cy.taps];
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (int k = 0; k < n; ++k) {
+      if (w[k] == 0.0f) continue;
+      const float* t = tmp.data() + static_cast<size_t>(f + k - ylo) * dw * 3;
+      const float wk = w[k];
+      for (int i = 0; i < dw * 3; ++i) acc[static_cast<size_t>(i)] += wk * t[i];
+    }
+    uint8_t* d = dst + static_cast<size_t>(y) * dw * 3;
+    if (!flip) {
+      for (int i = 0; i < dw * 3; ++i) d[i] = clip8(acc[static_cast<size_t>(i)]);
+    } else {
+      for (int x = 0; x < dw; ++x)
+        for (int c = 0; c < 3; ++c) d[(dw - 1 - x) * 3 + c] = clip8(acc[static_cast<size_t>(x) * 3 + c]);
+    }
+  }
+}
+
+Box random_resized_crop(Rng& rng, int W, int H, float min_scale, float max_scale, float min_ratio, float max_ratio) {
+  const double area = static_cast<double>(W) * H;
+  const double lr0 = std::log(min_ratio), lr1 = std::log(max_ratio);
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    const double target = area * rng.uniform(min_scale, max_scale);
+    const double aspect = std::exp(rng.uniform(static_cast<float>(lr0), static_cast<float>(lr1)));
+    const int w = static_cast<int>(std::lround(std::sqrt(target * aspect)));
+    const int h = static_cast<int>(std::lround(std::sqrt(target / aspect)));
+    if (w > 0 && w <= W && h > 0 && h <= H) {
+      const int y = static_cast<int>(rng.below(static_cast<uint32_t>(H - h + 1)));
+      const int x = static_cast<int>(rng.below(static_cast<uint32_t>(W - w + 1)));
+      return Box{static_cast<float>(x), static_cast<float>(y), static_cast<float>(w), static_cast<float>(h)};
+    }
+  }
+  // Fallback to a central crop, clamping the aspect ratio (torchvision does the same).
+  const double in_ratio = static_cast<double>(W) / H;
+  int w = W, h = H;
+  if (in_ratio < min_ratio) {
+    h = static_cast<int>(std::lround(w / static_cast<double>(min_ratio)));
+  } else if (in_ratio > max_ratio) {
+    w = static_cast<int>(std::lround(h * static_cast<double>(max_ratio)));
+  }
+  h = std::clamp(h, 1, H);
+  w = std::clamp(w, 1, W);
+  return Box{static_cast<float>((W - w) / 2), static_cast<float>((H - h) / 2), static_cast<float>(w),
+             static_cast<float>(h)};
+}
+
+Box center_crop_box(int W, int H, int out_w, int out_h, float ratio) {
+  DDP_CHECK(ratio > 0 && ratio <= 1, "eval crop ratio must be in (0, 1], got ", ratio);
+  const double target_short = std::min(out_w, out_h) / static_cast<double>(ratio);
+  double f = target_short / std::min(W, H);  // source -> resized scale
+  f = std::max({f, static_cast<double>(out_w) / W, static_cast<double>(out_h) / H});
+  const double bw = out_w / f, bh = out_h / f;
+  return Box{static_cast<float>((W - bw) / 2), static_cast<float>((H - bh) / 2), static_cast<float>(bw),
+             static_cast<float>(bh)};
+}
+
+void resize_shorter_dims(int W, int H, int S, int& out_w, int& out_h) {
+  if (W <= H) {
+    out_w = S;
+    out_h = static_cast<int>(static_cast<int64_t>(S) * H / W);
+  } else {
+    out_h = S;
+    out_w = static_cast<int>(static_cast<int64_t>(S) * W / H);
+  }
+}
+
+}  // namespace ddp::data

@@ -1,0 +1,381 @@
+#include "ddp/data/loader.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <filesystem>
+#include <mutex>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include "ddp/core/check.h"
+#include "ddp/core/log.h"
+#include "ddp/core/rng.h"
+#include "ddp/core/tensor.h"
+#include "ddp/data/image.h"
+#include "ddp/data/sampler.h"
+#include "ddp/data/shard.h"
+
+namespace ddp::data {
+
+namespace {
+// Raw shard sets up to this size are read into memory once: the per-image work is then a memcpy
+// and a resample, and HDF5 is not touched again.
+constexpr int64_t kRawCacheBytes = int64_t{2} << 30;
+}  // namespace
+
+struct Loader::Impl {
+  LoaderConfig cfg;
+  std::vector<std::unique_ptr<ShardReader>> shards;
+  std::vector<int64_t> offsets;  // global index of each shard's first image; back() = total
+  std::vector<int32_t> labels;   // global
+  std::vector<std::string> classes;
+  bool raw = false;
+  int raw_h = 0, raw_w = 0;
+  std::vector<uint8_t> raw_cache;
+  int64_t n = 0;
+
+  struct Slot {
+    Tensor images;
+    std::vector<int32_t> labels;
+    std::vector<int64_t> idx;
+    std::vector<std::vector<uint8_t>> jpeg;
+    std::vector<uint8_t> staging;  // raw images read from HDF5 (no cache)
+    int count = 0;
+    int64_t batch = -1;  // -1: free
+    int remaining = 0;
+    bool ready = false;
+  };
+  std::vector<Slot> slots;
+
+  struct Task {
+    int slot, i;
+  };
+  std::mutex mu;
+  std::condition_variable cv_task, cv_ready, cv_free, cv_idle;
+  std::deque<Task> tasks;
+  int inflight = 0;
+  bool stopping = false, cancel = false;
+  std::exception_ptr error;
+  std::vector<std::thread> workers;
+  std::thread reader;
+
+  int epoch = 0;
+  int64_t num_batches = 0, next_batch = 0;
+  int held = -1;
+  std::vector<int64_t> order;
+  int64_t order_size = 0;
+
+  void open();
+  void reader_main(int64_t batches);
+  void worker_main();
+  void process(int slot, int i);
+  void stop_epoch();
+  int shard_of(int64_t g) const {
+    return static_cast<int>(std::upper_bound(offsets.begin(), offsets.end(), g) - offsets.begin()) - 1;
+  }
+};
+
+void Loader::Impl::open() {
+  DDP_CHECK(!cfg.shards.empty(), "data loader: no shard files given");
+  DDP_CHECK(cfg.batch_size >= 1, "batch size must be >= 1, got ", cfg.batch_size);
+  DDP_CHECK(cfg.height >= 1 && cfg.width >= 1, "image size must be positive, got ", cfg.height, "x", cfg.width);
+  DDP_CHECK(cfg.world >= 1 && cfg.rank >= 0 && cfg.rank < cfg.world, "data loader: rank ", cfg.rank,
+            " is not in 0..", cfg.world - 1);
+  DDP_CHECK(cfg.prefetch >= 1, "prefetch must be >= 1, got ", cfg.prefetch);
+  DDP_CHECK(cfg.min_scale > 0 && cfg.min_scale <= cfg.max_scale && cfg.max_scale <= 1, "crop scale range (",
+            cfg.min_scale, ", ", cfg.max_scale, ") must satisfy 0 < min <= max <= 1");
+  DDP_CHECK(cfg.eval_crop_ratio > 0 && cfg.eval_crop_ratio <= 1, "eval crop ratio must be in (0, 1], got ",
+            cfg.eval_crop_ratio);
+  std::set<std::string> seen;
+  offsets.push_back(0);
+  for (const auto& path : cfg.shards) {
+    DDP_CHECK(seen.insert(std::filesystem::weakly_canonical(path).string()).second, "shard '", path,
+              "' is listed twice");
+    auto r = std::make_unique<ShardReader>(path);
+    const auto& m = r->meta();
+    if (shards.empty()) {
+      classes = m.classes;
+      raw = r->raw();
+      raw_h = m.height;
+      raw_w = m.width;
+    } else {
+      const auto& first = shards.front()->meta();
+      if (m.classes != classes) {
+        size_t k = 0;
+        while (k < std::min(m.classes.size(), classes.size()) && m.classes[k] == classes[k]) ++k;
+        DDP_FAIL("shard '", path, "' has a different class list from '", shards.front()->path(), "' (",
+                 m.classes.size(), " vs ", classes.size(), " classes; first difference at index ", k,
+                 ": '", k < m.classes.size() ? m.classes[k] : "", "' vs '", k < classes.size() ? classes[k] : "",
+                 "')");
+      }
+      DDP_CHECK(r->raw() == raw && m.height == raw_h && m.width == raw_w, "shard '", path, "' has encoding ",
+                m.encoding, " ", m.width, "x", m.height, ", but '", shards.front()->path(), "' has ", first.encoding,
+                " ", raw_w, "x", raw_h, " (mixed shard sets)");
+      DDP_CHECK(m.split == first.split, "shard '", path, "' is from split '", m.split, "', '",
+                shards.front()->path(), "' from '", first.split, "'");
+    }
+    labels.insert(labels.end(), r->labels().begin(), r->labels().end());
+    offsets.push_back(offsets.back() + r->size());
+    shards.push_back(std::move(r));
+  }
+  n = offsets.back();
+  DDP_CHECK(n > 0, "the shard set (", cfg.shards.front(), ", ...) holds no images");
+  if (raw && n * raw_h * raw_w * 3 <= kRawCacheBytes) {
+    const size_t per = static_cast<size_t>(raw_h) * raw_w * 3;
+    raw_cache.resize(static_cast<size_t>(n) * per);
+    for (size_t s = 0; s < shards.size(); ++s)
+      shards[s]->read_raw_all(raw_cache.data() + static_cast<size_t>(offsets[s]) * per);
+  }
+  const bool pinned = cfg.pinned && cuda_available();
+  slots.resize(static_cast<size_t>(cfg.prefetch) + 1);
+  for (auto& s : slots) {
+    s.images = Tensor::empty({cfg.batch_size, cfg.height, cfg.width, 3}, DType::U8, Device::CPU, Layout::NHWC, pinned);
+    s.labels.resize(static_cast<size_t>(cfg.batch_size));
+  }
+  int nw = cfg.workers > 0 ? cfg.workers : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  for (int i = 0; i < nw; ++i) workers.emplace_back([this] { worker_main(); });
+}
+
+void Loader::Impl::worker_main() {
+  for (;;) {
+    Task t;
+    {
+      std::unique_lock<std::mutex> lk(mu);
+      cv_task.wait(lk, [&] { return stopping || !tasks.empty(); });
+      if (stopping && tasks.empty()) return;
+      t = tasks.front();
+      tasks.pop_front();
+      ++inflight;
+    }
+    try {
+      process(t.slot, t.i);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu);
+      if (!error) error = std::current_exception();
+      cv_ready.notify_all();
+    }
+    std::lock_guard<std::mutex> lk(mu);
+    --inflight;
+    Slot& s = slots[static_cast<size_t>(t.slot)];
+    if (--s.remaining == 0) {
+      s.ready = true;
+      cv_ready.notify_all();
+    }
+    if (inflight == 0 && tasks.empty()) cv_idle.notify_all();
+  }
+}
+
+void Loader::Impl::process(int si, int i) {
+  Slot& s = slots[static_cast<size_t>(si)];
+  const int64_t g = s.idx[static_cast<size_t>(i)];
+  const int H = cfg.height, W = cfg.width;
+  uint8_t* dst = s.images.data<uint8_t>() + static_cast<size_t>(i) * H * W * 3;
+  s.labels[static_cast<size_t>(i)] = labels[static_cast<size_t>(g)];
+  Rng rng(cfg.seed, rng_stream::kAugment + static_cast<uint64_t>(cfg.aug_stream), augment_counter(epoch, g));
+  auto pick_box = [&](int sw, int sh) {
+    if (cfg.train && cfg.random_crop) return random_resized_crop(rng, sw, sh, cfg.min_scale, cfg.max_scale);
+    return center_crop_box(sw, sh, W, H, cfg.eval_crop_ratio);
+  };
+  auto pick_flip = [&] { return cfg.train && cfg.flip && rng.uniform() < 0.5f; };
+  if (raw) {
+    const size_t per = static_cast<size_t>(raw_h) * raw_w * 3;
+    const uint8_t* src = raw_cache.empty() ? s.staging.data() + static_cast<size_t>(i) * per
+                                           : raw_cache.data() + static_cast<size_t>(g) * per;
+    Box box = pick_box(raw_w, raw_h);
+    bool flip = pick_flip();
+    resample(src, raw_w, raw_h, box, dst, W, H, flip);
+    return;
+  }
+  const auto& bytes = s.jpeg[static_cast<size_t>(i)];
+  const int sh_i = shard_of(g);
+  auto name = [&] { return str(shards[static_cast<size_t>(sh_i)]->path(), " image ", g - offsets[static_cast<size_t>(sh_i)]); };
+  JpegHeader hd = read_jpeg_header(bytes.data(), bytes.size(), name());
+  Box box = pick_box(hd.w, hd.h);
+  bool flip = pick_flip();
+  Decoded d = decode_jpeg(bytes.data(), bytes.size(), name(), box, W, H);
+  resample(d.img.px.data(), d.img.w, d.img.h, d.box, dst, W, H, flip);
+}
+
+void Loader::Impl::reader_main(int64_t batches) {
+  try {
+    const int B = cfg.batch_size;
+    const size_t per_raw = static_cast<size_t>(raw_h) * raw_w * 3;
+    for (int64_t b = 0; b < batches; ++b) {
+      const int si = static_cast<int>(b % static_cast<int64_t>(slots.size()));
+      Slot& s = slots[static_cast<size_t>(si)];
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        cv_free.wait(lk, [&] { return cancel || s.batch == -1; });
+        if (cancel) return;
+      }
+      const int64_t begin = b * B;
+      const int count = static_cast<int>(std::min<int64_t>(B, order_size - begin));
+      s.idx.assign(order.begin() + begin, order.begin() + begin + count);
+      if (!raw) {
+        s.jpeg.resize(static_cast<size_t>(count));
+        // One HDF5 read per shard touched by this batch.
+        std::vector<std::vector<int64_t>> local(shards.size());
+        std::vector<std::vector<int>> where(shards.size());
+        for (int k = 0; k < count; ++k) {
+          const int sh = shard_of(s.idx[static_cast<size_t>(k)]);
+          local[static_cast<size_t>(sh)].push_back(s.idx[static_cast<size_t>(k)] - offsets[static_cast<size_t>(sh)]);
+          where[static_cast<size_t>(sh)].push_back(k);
+        }
+        std::vector<std::vector<uint8_t>> got;
+        for (size_t sh = 0; sh < shards.size(); ++sh) {
+          if (local[sh].empty()) continue;
+          shards[sh]->read_jpeg(local[sh], got);
+          for (size_t k = 0; k < got.size(); ++k) s.jpeg[static_cast<size_t>(where[sh][k])] = std::move(got[k]);
+        }
+      } else if (raw_cache.empty()) {
+        s.staging.resize(static_cast<size_t>(count) * per_raw);
+        for (int k = 0; k < count; ++k) {
+          const int64_t g = s.idx[static_cast<size_t>(k)];
+          const int sh = shard_of(g);
+          shards[static_cast<size_t>(sh)]->read_raw(g - offsets[static_cast<size_t>(sh)],
+                                                    s.staging.data() + static_cast<size_t>(k) * per_raw);
+        }
+      }
+      std::lock_guard<std::mutex> lk(mu);
+      if (cancel) return;
+      s.batch = b;
+      s.count = count;
+      s.remaining = count;
+      s.ready = false;
+      for (int k = 0; k < count; ++k) tasks.push_back(Task{si, k});
+      cv_task.notify_all();
+    }
+  } catch (...) {
+    std::lock_guard<std::mutex> lk(mu);
+    if (!error) error = std::current_exception();
+    cv_ready.notify_all();
+  }
+}
+
+void Loader::Impl::stop_epoch() {
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    cancel = true;
+    cv_free.notify_all();
+  }
+  if (reader.joinable()) reader.join();
+  std::unique_lock<std::mutex> lk(mu);
+  tasks.clear();
+  cv_idle.wait(lk, [&] { return inflight == 0; });
+  for (auto& s : slots) {
+    s.batch = -1;
+    s.ready = false;
+    s.remaining = 0;
+  }
+  held = -1;
+  cancel = false;
+  error = nullptr;
+}
+
+Loader::Loader(const LoaderConfig& cfg) : impl_(std::make_unique<Impl>()) {
+  impl_->cfg = cfg;
+  try {
+    impl_->open();
+  } catch (...) {
+    {
+      std::lock_guard<std::mutex> lk(impl_->mu);
+      impl_->stopping = true;
+      impl_->cv_task.notify_all();
+    }
+    for (auto& w : impl_->workers) w.join();
+    throw;
+  }
+}
+
+Loader::~Loader() {
+  impl_->stop_epoch();
+  {
+    std::lock_guard<std::mutex> lk(impl_->mu);
+    impl_->stopping = true;
+    impl_->cv_task.notify_all();
+  }
+  for (auto& w : impl_->workers) w.join();
+}
+
+int64_t Loader::num_images() const { return impl_->n; }
+int Loader::num_classes() const { return static_cast<int>(impl_->classes.size()); }
+const std::vector<std::string>& Loader::classes() const { return impl_->classes; }
+
+int64_t Loader::local_batches() const {
+  const auto& c = impl_->cfg;
+  if (c.train) return train_share(impl_->n, c.rank, c.world).size() / c.batch_size;
+  const int64_t share = eval_share(impl_->n, c.rank, c.world).size();
+  return (share + c.batch_size - 1) / c.batch_size;
+}
+
+void Loader::start_epoch(int epoch, int64_t num_batches) {
+  Impl& m = *impl_;
+  DDP_CHECK(epoch >= 0, "epoch must be >= 0, got ", epoch);
+  DDP_CHECK(num_batches >= 0 && num_batches <= local_batches(), "start_epoch: ", num_batches,
+            " batches asked, this rank has ", local_batches(), " (", m.cfg.train ? "train" : "eval", ", ", m.n,
+            " images, rank ", m.cfg.rank, " of ", m.cfg.world, ", batch ", m.cfg.batch_size, ")");
+  m.stop_epoch();
+  m.epoch = epoch;
+  m.num_batches = num_batches;
+  m.next_batch = 0;
+  const int64_t B = m.cfg.batch_size;
+  if (m.cfg.train) {
+    const Share sh = train_share(m.n, m.cfg.rank, m.cfg.world);
+    auto perm = epoch_permutation(m.n, m.cfg.seed, epoch);
+    m.order_size = num_batches * B;
+    m.order.assign(perm.begin() + sh.begin, perm.begin() + sh.begin + m.order_size);
+  } else {
+    const Share sh = eval_share(m.n, m.cfg.rank, m.cfg.world);
+    m.order_size = std::min<int64_t>(sh.size(), num_batches * B);
+    m.order.resize(static_cast<size_t>(m.order_size));
+    for (int64_t k = 0; k < m.order_size; ++k) m.order[static_cast<size_t>(k)] = sh.begin + k;
+  }
+  m.reader = std::thread([&m, num_batches] { m.reader_main(num_batches); });
+}
+
+bool Loader::next(Batch& out) {
+  Impl& m = *impl_;
+  std::unique_lock<std::mutex> lk(m.mu);
+  if (m.held >= 0) {
+    auto& h = m.slots[static_cast<size_t>(m.held)];
+    h.batch = -1;
+    h.ready = false;
+    m.held = -1;
+    m.cv_free.notify_all();
+  }
+  if (m.next_batch >= m.num_batches) return false;
+  const int si = static_cast<int>(m.next_batch % static_cast<int64_t>(m.slots.size()));
+  auto& s = m.slots[static_cast<size_t>(si)];
+  m.cv_ready.wait(lk, [&] { return m.error || (s.batch == m.next_batch && s.ready); });
+  if (m.error) std::rethrow_exception(m.error);
+  out.images = s.images.data<uint8_t>();
+  out.labels = s.labels.data();
+  out.n = s.count;
+  out.h = m.cfg.height;
+  out.w = m.cfg.width;
+  m.held = si;
+  ++m.next_batch;
+  return true;
+}
+
+std::vector<std::string> find_shards(const std::string& dir, const std::string& split) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  DDP_CHECK(fs::is_directory(dir, ec), "shard directory '", dir, "' does not exist or is not a directory");
+  const std::regex re(split + R"(-(\d{5})-of-(\d{5})\.h5)");
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (std::regex_match(name, re)) out.push_back(e.path().string());
+  }
+  std::sort(out.begin(), out.end());
+  DDP_CHECK(!out.empty(), "no '", split, "' shards (", split, "-NNNNN-of-MMMMM.h5) in '", dir,
+            "' (run pack_imagenet first?)");
+  return out;
+}
+
+}  // namespace ddp::data

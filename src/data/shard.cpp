@@ -1,0 +1,255 @@
+#include "ddp/data/shard.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+
+#include "ddp/core/check.h"
+
+namespace ddp::data {
+
+namespace {
+constexpr size_t kFlushEvery = 256;   // images buffered between HDF5 writes
+constexpr hsize_t kJpegChunk = 1024;  // vlen references per chunk (16 bytes each)
+
+std::string errno_str() { return std::strerror(errno); }
+
+h5::Handle vlen_u8_type() { return h5::Handle(H5_CHECK(H5Tvlen_create(H5T_NATIVE_UINT8))); }
+}  // namespace
+
+std::string shard_file_name(const std::string& split, int index, int count) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "-%05d-of-%05d.h5", index, count);
+  return split + buf;
+}
+
+ShardWriter::ShardWriter(const std::string& final_path, ShardMeta meta)
+    : final_(final_path), partial_(final_path + kPartialSuffix), meta_(std::move(meta)) {
+  DDP_CHECK(meta_.encoding == "jpeg" || meta_.encoding == "raw", "unknown shard encoding '", meta_.encoding, "'");
+  std::remove(partial_.c_str());  // a stale partial file from an interrupted run is redone from scratch
+  file_ = h5::create_file(partial_);
+  if (meta_.encoding == "jpeg") {
+    hsize_t dims[1] = {0}, maxd[1] = {H5S_UNLIMITED}, chunk[1] = {kJpegChunk};
+    h5::Handle space(H5_CHECK(H5Screate_simple(1, dims, maxd)));
+    h5::Handle dcpl(H5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
+    H5_CHECK(H5Pset_chunk(dcpl, 1, chunk));
+    h5::Handle ftype(H5_CHECK(H5Tvlen_create(H5T_STD_U8LE)));
+    images_ = h5::Handle(H5Dcreate2(file_, "images", ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT));
+  } else {
+    DDP_CHECK(meta_.height > 0 && meta_.width > 0, "raw shards need a fixed image size");
+    const hsize_t hw3 = static_cast<hsize_t>(meta_.height) * meta_.width * 3;
+    const hsize_t per_chunk = std::max<hsize_t>(1, 65536 / hw3);
+    hsize_t dims[4] = {0, static_cast<hsize_t>(meta_.height), static_cast<hsize_t>(meta_.width), 3};
+    hsize_t maxd[4] = {H5S_UNLIMITED, dims[1], dims[2], 3};
+    hsize_t chunk[4] = {per_chunk, dims[1], dims[2], 3};
+    h5::Handle space(H5_CHECK(H5Screate_simple(4, dims, maxd)));
+    h5::Handle dcpl(H5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
+    H5_CHECK(H5Pset_chunk(dcpl, 4, chunk));
+    images_ = h5::Handle(H5Dcreate2(file_, "images", H5T_STD_U8LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT));
+  }
+  DDP_CHECK(images_.valid(), "cannot create dataset 'images' in ", partial_);
+}
+
+ShardWriter::~ShardWriter() {
+  if (committed_) return;
+  images_.close();
+  file_.close();
+  std::remove(partial_.c_str());
+}
+
+void ShardWriter::append_jpeg(std::vector<uint8_t> bytes, int32_t label, const std::string& filename) {
+  DDP_CHECK(meta_.encoding == "jpeg", "append_jpeg on a raw shard");
+  pend_jpeg_.push_back(std::move(bytes));
+  pend_labels_.push_back(label);
+  pend_names_.push_back(filename);
+  ++count_;
+  if (pend_jpeg_.size() >= kFlushEvery) flush();
+}
+
+void ShardWriter::append_raw(const uint8_t* rgb, int32_t label, const std::string& filename) {
+  DDP_CHECK(meta_.encoding == "raw", "append_raw on a JPEG shard");
+  const size_t hw3 = static_cast<size_t>(meta_.height) * meta_.width * 3;
+  pend_raw_.insert(pend_raw_.end(), rgb, rgb + hw3);
+  pend_labels_.push_back(label);
+  pend_names_.push_back(filename);
+  ++count_;
+  if (pend_raw_.size() / hw3 >= kFlushEvery) flush();
+}
+
+void ShardWriter::flush() {
+  const hsize_t n = meta_.encoding == "jpeg"
+                        ? pend_jpeg_.size()
+                        : pend_raw_.size() / (static_cast<size_t>(meta_.height) * meta_.width * 3);
+  if (n == 0) return;
+  const hsize_t start = static_cast<hsize_t>(written_);
+  h5::Handle fspace;
+  if (meta_.encoding == "jpeg") {
+    hsize_t newdims[1] = {start + n};
+    DDP_CHECK(H5Dset_extent(images_, newdims) >= 0, "cannot extend 'images' in ", partial_, " (disk full?)");
+    fspace = h5::Handle(H5_CHECK(H5Dget_space(images_)));
+    hsize_t off[1] = {start}, cnt[1] = {n};
+    H5_CHECK(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, off, nullptr, cnt, nullptr));
+    h5::Handle mspace(H5_CHECK(H5Screate_simple(1, cnt, nullptr)));
+    std::vector<hvl_t> vl(n);
+    for (hsize_t i = 0; i < n; ++i) {
+      vl[i].len = pend_jpeg_[i].size();
+      vl[i].p = pend_jpeg_[i].data();
+    }
+    h5::Handle mtype = vlen_u8_type();
+    errno = 0;
+    DDP_CHECK(H5Dwrite(images_, mtype, mspace, fspace, H5P_DEFAULT, vl.data()) >= 0, "cannot write images to ",
+              partial_, ": ", errno ? errno_str() : "HDF5 write failed", " (disk full?)");
+    pend_jpeg_.clear();
+  } else {
+    hsize_t newdims[4] = {start + n, static_cast<hsize_t>(meta_.height), static_cast<hsize_t>(meta_.width), 3};
+    DDP_CHECK(H5Dset_extent(images_, newdims) >= 0, "cannot extend 'images' in ", partial_, " (disk full?)");
+    fspace = h5::Handle(H5_CHECK(H5Dget_space(images_)));
+    hsize_t off[4] = {start, 0, 0, 0}, cnt[4] = {n, newdims[1], newdims[2], 3};
+    H5_CHECK(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, off, nullptr, cnt, nullptr));
+    h5::Handle mspace(H5_CHECK(H5Screate_simple(4, cnt, nullptr)));
+    errno = 0;
+    DDP_CHECK(H5Dwrite(images_, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, pend_raw_.data()) >= 0,
+              "cannot write images to ", partial_, ": ", errno ? errno_str() : "HDF5 write failed", " (disk full?)");
+    pend_raw_.clear();
+  }
+  written_ += static_cast<int64_t>(n);
+}
+
+void ShardWriter::commit() {
+  DDP_CHECK(!committed_, "shard ", final_, " committed twice");
+  flush();
+  meta_.num_images = count_;
+  h5::write_i32(file_, "labels", pend_labels_.data(), {static_cast<hsize_t>(pend_labels_.size())});
+  h5::write_strings(file_, "filenames", pend_names_);
+  h5::write_strings(file_, "classes", meta_.classes);
+  h5::set_attr(file_, "format", std::string(kShardFormat));
+  h5::set_attr(file_, "format_version", int64_t{kShardFormatVersion});
+  h5::set_attr(file_, "split", meta_.split);
+  h5::set_attr(file_, "shard_index", int64_t{meta_.shard_index});
+  h5::set_attr(file_, "num_shards", int64_t{meta_.num_shards});
+  h5::set_attr(file_, "num_images", meta_.num_images);
+  h5::set_attr(file_, "num_classes", static_cast<int64_t>(meta_.classes.size()));
+  h5::set_attr(file_, "encoding", meta_.encoding);
+  h5::set_attr(file_, "resize_shorter", int64_t{meta_.resize_shorter});
+  h5::set_attr(file_, "jpeg_quality", int64_t{meta_.jpeg_quality});
+  h5::set_attr(file_, "height", int64_t{meta_.height});
+  h5::set_attr(file_, "width", int64_t{meta_.width});
+  h5::set_attr(file_, "source", meta_.source);
+  h5::set_attr(file_, "created_by", std::string("pack_imagenet (resnet18-ddp)"));
+  errno = 0;
+  DDP_CHECK(H5Fflush(file_, H5F_SCOPE_GLOBAL) >= 0, "cannot flush ", partial_, ": ",
+            errno ? errno_str() : "HDF5 flush failed", " (disk full?)");
+  images_.close();
+  file_.close();
+  // The data must be on disk before the final name appears.
+  int fd = ::open(partial_.c_str(), O_RDONLY);
+  DDP_CHECK(fd >= 0, "cannot reopen ", partial_, ": ", errno_str());
+  int rc = ::fsync(fd);
+  int e = errno;
+  ::close(fd);
+  DDP_CHECK(rc == 0, "fsync ", partial_, " failed: ", std::strerror(e));
+  DDP_CHECK(std::rename(partial_.c_str(), final_.c_str()) == 0, "cannot rename ", partial_, " to ", final_, ": ",
+            errno_str());
+  committed_ = true;
+}
+
+ShardReader::ShardReader(const std::string& path) : path_(path) {
+  file_ = h5::open_file(path);
+  DDP_CHECK(h5::has_attr(file_, "format") && h5::get_attr_str(file_, "format") == kShardFormat, "'", path,
+            "' is not a resnet18-ddp shard (no format=\"", kShardFormat, "\" attribute; wrong file?)");
+  const int64_t version = h5::get_attr_i64(file_, "format_version");
+  DDP_CHECK(version == kShardFormatVersion, "'", path, "' has shard format version ", version,
+            "; this build reads version ", kShardFormatVersion, " (repack with this pack_imagenet)");
+  meta_.split = h5::get_attr_str(file_, "split");
+  meta_.shard_index = static_cast<int>(h5::get_attr_i64(file_, "shard_index"));
+  meta_.num_shards = static_cast<int>(h5::get_attr_i64(file_, "num_shards"));
+  meta_.num_images = h5::get_attr_i64(file_, "num_images");
+  meta_.encoding = h5::get_attr_str(file_, "encoding");
+  meta_.resize_shorter = static_cast<int>(h5::get_attr_i64(file_, "resize_shorter"));
+  meta_.jpeg_quality = static_cast<int>(h5::get_attr_i64(file_, "jpeg_quality"));
+  meta_.height = static_cast<int>(h5::get_attr_i64(file_, "height"));
+  meta_.width = static_cast<int>(h5::get_attr_i64(file_, "width"));
+  meta_.source = h5::get_attr_str(file_, "source");
+  meta_.classes = h5::read_strings(file_, "classes");
+  const auto n = static_cast<hsize_t>(meta_.num_images);
+  DDP_CHECK(!meta_.classes.empty(), "'", path, "' has an empty class list");
+  DDP_CHECK(meta_.encoding == "jpeg" || meta_.encoding == "raw", "'", path, "' has unknown encoding '",
+            meta_.encoding, "'");
+  auto shape = h5::dataset_shape(file_, "images");
+  if (meta_.encoding == "jpeg") {
+    DDP_CHECK(shape.size() == 1 && shape[0] == n, "'", path, "': /images has ", shape.empty() ? 0 : shape[0],
+              " entries, num_images says ", n, " (damaged shard)");
+  } else {
+    DDP_CHECK(shape.size() == 4 && shape[0] == n && shape[1] == static_cast<hsize_t>(meta_.height) &&
+                  shape[2] == static_cast<hsize_t>(meta_.width) && shape[3] == 3,
+              "'", path, "': /images shape does not match num_images x height x width x 3 (damaged shard)");
+  }
+  labels_.resize(n);
+  h5::read_i32(file_, "labels", labels_.data(), {n});
+  const int32_t nc = static_cast<int32_t>(meta_.classes.size());
+  for (size_t i = 0; i < labels_.size(); ++i)
+    DDP_CHECK(labels_[i] >= 0 && labels_[i] < nc, "'", path, "': label ", labels_[i], " of image ", i,
+              " is outside 0..", nc - 1);
+  images_ = h5::Handle(H5_CHECK(H5Dopen2(file_, "images", H5P_DEFAULT)));
+  if (meta_.encoding == "jpeg") {
+    h5::Handle t(H5_CHECK(H5Dget_type(images_)));
+    DDP_CHECK(H5Tget_class(t) == H5T_VLEN, "'", path, "': /images is not variable-length bytes");
+  }
+}
+
+std::vector<std::string> ShardReader::filenames() const { return h5::read_strings(file_, "filenames"); }
+
+void ShardReader::read_jpeg(const std::vector<int64_t>& idx, std::vector<std::vector<uint8_t>>& out) const {
+  DDP_CHECK(!raw(), "read_jpeg on raw shard ", path_);
+  out.resize(idx.size());
+  if (idx.empty()) return;
+  // Read in file order (one pass over the heap), scatter back to the caller's order.
+  std::vector<size_t> order(idx.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return idx[a] < idx[b]; });
+  std::vector<hsize_t> coords(idx.size());
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int64_t i = idx[order[k]];
+    DDP_CHECK(i >= 0 && i < meta_.num_images, "image index ", i, " out of range in ", path_);
+    coords[k] = static_cast<hsize_t>(i);
+  }
+  h5::Handle fspace(H5_CHECK(H5Dget_space(images_)));
+  H5_CHECK(H5Sselect_elements(fspace, H5S_SELECT_SET, coords.size(), coords.data()));
+  hsize_t mdims[1] = {coords.size()};
+  h5::Handle mspace(H5_CHECK(H5Screate_simple(1, mdims, nullptr)));
+  h5::Handle mtype = vlen_u8_type();
+  std::vector<hvl_t> vl(coords.size());
+  DDP_CHECK(H5Dread(images_, mtype, mspace, fspace, H5P_DEFAULT, vl.data()) >= 0, "cannot read images from ",
+            path_, " (damaged shard?)");
+  for (size_t k = 0; k < order.size(); ++k) {
+    const auto* p = static_cast<const uint8_t*>(vl[k].p);
+    out[order[k]].assign(p, p + vl[k].len);
+  }
+  H5Dvlen_reclaim(mtype, mspace, H5P_DEFAULT, vl.data());
+}
+
+void ShardReader::read_raw(int64_t i, uint8_t* dst) const {
+  DDP_CHECK(raw(), "read_raw on JPEG shard ", path_);
+  DDP_CHECK(i >= 0 && i < meta_.num_images, "image index ", i, " out of range in ", path_);
+  h5::Handle fspace(H5_CHECK(H5Dget_space(images_)));
+  hsize_t off[4] = {static_cast<hsize_t>(i), 0, 0, 0};
+  hsize_t cnt[4] = {1, static_cast<hsize_t>(meta_.height), static_cast<hsize_t>(meta_.width), 3};
+  H5_CHECK(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, off, nullptr, cnt, nullptr));
+  h5::Handle mspace(H5_CHECK(H5Screate_simple(4, cnt, nullptr)));
+  DDP_CHECK(H5Dread(images_, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, dst) >= 0, "cannot read image ", i,
+            " from ", path_, " (damaged shard?)");
+}
+
+void ShardReader::read_raw_all(uint8_t* dst) const {
+  DDP_CHECK(raw(), "read_raw_all on JPEG shard ", path_);
+  if (meta_.num_images == 0) return;
+  DDP_CHECK(H5Dread(images_, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) >= 0, "cannot read images from ",
+            path_, " (damaged shard?)");
+}
+
+}  // namespace ddp::data

@@ -234,7 +234,7 @@ class MpiCommunicator final : public Communicator {
 
   // Returns an error message or "".
   std::string start(Job& j) {
-    j.deadline = Clock::now() + std::chrono::duration<double>(timeout_s_);
+    j.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s_));
     int rc = MPI_Iallreduce(MPI_IN_PLACE, j.data, static_cast<int>(j.count), MPI_FLOAT, MPI_SUM, grad_comm_, &j.req);
     if (rc != MPI_SUCCESS) return job_error(j, rc);
     return {};

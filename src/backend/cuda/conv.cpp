@@ -1,0 +1,159 @@
+// cudnn-frontend graphs for NHWC conv fprop / dgrad / wgrad, one per (op, shape, dtype), cached.
+#include "ddp/backend/cuda/conv.h"
+
+#include <cudnn_frontend.h>
+
+#include <map>
+#include <tuple>
+
+#include "ddp/backend/cuda/memory.h"
+#include "ddp/core/check.h"
+
+namespace ddp::cuda {
+namespace fe = cudnn_frontend;
+
+namespace {
+
+enum class Op { Fprop = 0, Dgrad = 1, Wgrad = 2 };
+const char* op_name(Op op) { return op == Op::Fprop ? "fprop" : op == Op::Dgrad ? "dgrad" : "wgrad"; }
+
+// Tensor uids in every graph: two inputs and the output.
+constexpr int64_t kUidA = 1, kUidB = 2, kUidOut = 3;
+
+using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int>;
+Key make_key(Op op, const ConvShape& p) {
+  return {static_cast<int>(op), p.n, p.c, p.h, p.w, p.k, p.r, p.s, p.stride, p.pad, static_cast<int>(p.dtype)};
+}
+
+std::string describe(Op op, const ConvShape& p) {
+  return str("conv ", op_name(op), " n=", p.n, " c=", p.c, " h=", p.h, " w=", p.w, " k=", p.k, " r=", p.r,
+             " s=", p.s, " stride=", p.stride, " pad=", p.pad, " dtype=", dtype_name(p.dtype));
+}
+
+fe::DataType_t fe_type(DType t) {
+  switch (t) {
+    case DType::F32: return fe::DataType_t::FLOAT;
+    case DType::F16: return fe::DataType_t::HALF;
+    case DType::BF16: return fe::DataType_t::BFLOAT16;
+    default: DDP_FAIL("conv: unsupported dtype ", dtype_name(t));
+  }
+}
+
+// NHWC strides for logical (n, c, h, w) dims (also KRSC for (k, c, r, s)).
+std::vector<int64_t> nhwc_strides(int64_t n, int64_t c, int64_t h, int64_t w) {
+  (void)n;
+  return {c * h * w, 1, w * c, c};
+}
+
+void fe_check(fe::error_t e, const char* step, Op op, const ConvShape& p) {
+  if (e.is_bad()) DDP_FAIL("cuDNN frontend ", step, " failed for ", describe(op, p), ": ", e.get_message());
+}
+
+struct Plan {
+  std::shared_ptr<fe::graph::Graph> graph;
+  int64_t workspace = 0;
+};
+
+}  // namespace
+
+struct ConvEngine::Impl {
+  cudnnHandle_t handle = nullptr;
+  bool allow_tf32 = true;
+  std::map<Key, Plan> plans;
+  DeviceBuffer workspace;
+
+  Plan& get(Op op, const ConvShape& p) {
+    Key key = make_key(op, p);
+    auto it = plans.find(key);
+    if (it != plans.end()) return it->second;
+    Plan plan = build(op, p);
+    if (plan.workspace > static_cast<int64_t>(workspace.bytes())) {
+      // The old workspace may still be in use by queued convs: drain the stream before freeing.
+      cudaStream_t s = nullptr;
+      CUDNN_CHECK(cudnnGetStream(handle, &s));
+      CUDA_CHECK(cudaStreamSynchronize(s));
+      workspace = DeviceBuffer();
+      workspace = DeviceBuffer(static_cast<size_t>(plan.workspace), "cuDNN conv workspace");
+    }
+    return plans.emplace(key, std::move(plan)).first->second;
+  }
+
+  Plan build(Op op, const ConvShape& p) {
+    DDP_CHECK(p.n > 0 && p.c > 0 && p.h > 0 && p.w > 0 && p.k > 0 && p.out_h() > 0 && p.out_w() > 0,
+              "conv: bad shape ", describe(op, p));
+    auto g = std::make_shared<fe::graph::Graph>();
+    fe::DataType_t io = fe_type(p.dtype);
+    g->set_io_data_type(io).set_intermediate_data_type(fe::DataType_t::FLOAT).set_compute_data_type(fe::DataType_t::FLOAT);
+    const int64_t oh = p.out_h(), ow = p.out_w();
+    auto x_attr = fe::graph::Tensor_attributes().set_name("x").set_dim({p.n, p.c, p.h, p.w})
+                      .set_stride(nhwc_strides(p.n, p.c, p.h, p.w)).set_data_type(io);
+    auto w_attr = fe::graph::Tensor_attributes().set_name("w").set_dim({p.k, p.c, p.r, p.s})
+                      .set_stride(nhwc_strides(p.k, p.c, p.r, p.s)).set_data_type(io);
+    auto y_attr = fe::graph::Tensor_attributes().set_name("y").set_dim({p.n, p.k, oh, ow})
+                      .set_stride(nhwc_strides(p.n, p.k, oh, ow)).set_data_type(io);
+    const std::vector<int64_t> pad{p.pad, p.pad}, stride{p.stride, p.stride}, dil{1, 1};
+    std::shared_ptr<fe::graph::Tensor_attributes> out;
+    if (op == Op::Fprop) {
+      auto x = g->tensor(x_attr.set_uid(kUidA));
+      auto w = g->tensor(w_attr.set_uid(kUidB));
+      out = g->conv_fprop(x, w, fe::graph::Conv_fprop_attributes().set_name("fprop").set_padding(pad).set_stride(stride).set_dilation(dil));
+      out->set_dim({p.n, p.k, oh, ow}).set_stride(nhwc_strides(p.n, p.k, oh, ow));
+    } else if (op == Op::Dgrad) {
+      auto dy = g->tensor(y_attr.set_name("dy").set_uid(kUidA));
+      auto w = g->tensor(w_attr.set_uid(kUidB));
+      out = g->conv_dgrad(dy, w, fe::graph::Conv_dgrad_attributes().set_name("dgrad").set_padding(pad).set_stride(stride).set_dilation(dil));
+      out->set_dim({p.n, p.c, p.h, p.w}).set_stride(nhwc_strides(p.n, p.c, p.h, p.w));
+    } else {
+      auto dy = g->tensor(y_attr.set_name("dy").set_uid(kUidA));
+      auto x = g->tensor(x_attr.set_uid(kUidB));
+      out = g->conv_wgrad(dy, x, fe::graph::Conv_wgrad_attributes().set_name("wgrad").set_padding(pad).set_stride(stride).set_dilation(dil));
+      out->set_dim({p.k, p.c, p.r, p.s}).set_stride(nhwc_strides(p.k, p.c, p.r, p.s));
+    }
+    out->set_output(true).set_data_type(io).set_uid(kUidOut);
+
+    fe_check(g->validate(), "validate", op, p);
+    fe_check(g->build_operation_graph(handle), "build_operation_graph", op, p);
+    fe_check(g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}), "create_execution_plans", op, p);
+    if (p.dtype == DType::F32 && !allow_tf32) {
+      // Strict fp32 (--tf32 off, and the fp32 tests): no TF32 tensor-core engines, no down-conversion.
+      g->deselect_numeric_notes({fe::NumericalNote_t::TENSOR_CORE, fe::NumericalNote_t::DOWN_CONVERT_INPUTS});
+    }
+    fe_check(g->check_support(handle), "check_support (no engine supports this conv)", op, p);
+    fe_check(g->build_plans(handle, fe::BuildPlanPolicy_t::HEURISTICS_CHOICE), "build_plans", op, p);
+    Plan plan;
+    fe_check(g->get_workspace_size(plan.workspace), "get_workspace_size", op, p);
+    plan.graph = std::move(g);
+    return plan;
+  }
+
+  void run(Op op, const ConvShape& p, const void* a, const void* b, void* out) {
+    Plan& plan = get(op, p);
+    std::unordered_map<int64_t, void*> pack{
+        {kUidA, const_cast<void*>(a)}, {kUidB, const_cast<void*>(b)}, {kUidOut, out}};
+    fe_check(plan.graph->execute(handle, pack, workspace.get()), "execute", op, p);
+  }
+};
+
+ConvEngine::ConvEngine(cudnnHandle_t handle, bool allow_tf32) : impl_(std::make_unique<Impl>()) {
+  DDP_CHECK(handle != nullptr, "ConvEngine: null cuDNN handle");
+  impl_->handle = handle;
+  impl_->allow_tf32 = allow_tf32;
+}
+ConvEngine::~ConvEngine() = default;
+
+void ConvEngine::forward(const ConvShape& p, const void* x, const void* w, void* y) { impl_->run(Op::Fprop, p, x, w, y); }
+void ConvEngine::backward_data(const ConvShape& p, const void* dy, const void* w, void* dx) {
+  impl_->run(Op::Dgrad, p, dy, w, dx);
+}
+void ConvEngine::backward_weight(const ConvShape& p, const void* x, const void* dy, void* dw) {
+  impl_->run(Op::Wgrad, p, dy, x, dw);
+}
+void ConvEngine::prepare(const ConvShape& p, bool need_dgrad) {
+  impl_->get(Op::Fprop, p);
+  impl_->get(Op::Wgrad, p);
+  if (need_dgrad) impl_->get(Op::Dgrad, p);
+}
+size_t ConvEngine::workspace_bytes() const { return impl_->workspace.bytes(); }
+size_t ConvEngine::plan_count() const { return impl_->plans.size(); }
+
+}  // namespace ddp::cuda

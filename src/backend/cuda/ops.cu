@@ -1,0 +1,576 @@
+// CUDA kernels of the ResNet18 backend (see ddp/backend/cuda/ops.h for the contracts).
+#include "ddp/backend/cuda/ops.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "ddp/core/check.h"
+
+namespace ddp::cuda {
+namespace {
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// Runs BODY with T bound to the device type of dt.
+#define DDP_DISPATCH(dt, T, ...)                                              \
+  switch (dt) {                                                               \
+    case DType::F32: { using T = float; __VA_ARGS__; } break;                 \
+    case DType::F16: { using T = __half; __VA_ARGS__; } break;                \
+    case DType::BF16: { using T = __nv_bfloat16; __VA_ARGS__; } break;        \
+    default: DDP_FAIL("CUDA op: activation dtype must be f32, f16 or bf16, got ", dtype_name(dt)); \
+  }
+
+constexpr int kThreads = 256;
+
+unsigned grid_for(int64_t count, int threads = kThreads) {
+  int64_t b = (count + threads - 1) / threads;
+  // Grid-stride loops cover the rest; 65535*8 blocks keep every GPU busy.
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(b, 65535LL * 8)));
+}
+
+#define GRID_LOOP(i, count) \
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (count); i += (int64_t)gridDim.x * blockDim.x)
+
+// ---- conversions ------------------------------------------------------------------------------
+template <class T>
+__global__ void k_normalize_u8(const uint8_t* x, int64_t pixels, int cpad, T* y) {
+  const float mean[3] = {0.485f, 0.456f, 0.406f};
+  const float inv_std[3] = {1.0f / 0.229f, 1.0f / 0.224f, 1.0f / 0.225f};
+  GRID_LOOP(i, pixels * cpad) {
+    int64_t px = i / cpad;
+    int ch = static_cast<int>(i - px * cpad);
+    float v = 0.0f;
+    if (ch < 3) v = (static_cast<float>(x[px * 3 + ch]) * (1.0f / 255.0f) - mean[ch]) * inv_std[ch];
+    y[i] = from_f<T>(v);
+  }
+}
+
+template <class TI, class TO>
+__global__ void k_pad(const TI* x, int64_t rows, int c, int cpad, TO* y) {
+  GRID_LOOP(i, rows * cpad) {
+    int64_t r = i / cpad;
+    int ch = static_cast<int>(i - r * cpad);
+    y[i] = from_f<TO>(ch < c ? to_f(x[r * c + ch]) : 0.0f);
+  }
+}
+
+template <class TI, class TO>
+__global__ void k_unpad(const TI* x, int64_t rows, int cpad, int c, TO* y) {
+  GRID_LOOP(i, rows * c) {
+    int64_t r = i / c;
+    int ch = static_cast<int>(i - r * c);
+    y[i] = from_f<TO>(to_f(x[r * cpad + ch]));
+  }
+}
+
+template <class T>
+__global__ void k_add_inplace(T* y, const T* x, int64_t count) {
+  GRID_LOOP(i, count) y[i] = from_f<T>(to_f(y[i]) + to_f(x[i]));
+}
+
+// ---- batch norm -------------------------------------------------------------------------------
+// Partial per-channel sums: block (32 channels x 8 row lanes), grid (channel groups, row groups).
+constexpr int kBnRowGroupsMax = 1024;
+constexpr int kBnLanes = 8;
+
+int bn_row_groups(int64_t rows) {
+  int64_t g = (rows + kBnLanes * 32 - 1) / (kBnLanes * 32);  // about 32 rows per thread at least
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(g, kBnRowGroupsMax)));
+}
+
+// Sums are shifted by the channel's first value (row 0) to avoid cancellation in E[x^2] - E[x]^2.
+template <class T>
+__global__ void k_bn_partial_stats(const T* x, int64_t rows, int c, float* part) {
+  int ch = blockIdx.x * 32 + threadIdx.x;
+  float s = 0.0f, ss = 0.0f;
+  if (ch < c) {
+    float shift = to_f(x[ch]);
+    for (int64_t r = blockIdx.y * (int64_t)kBnLanes + threadIdx.y; r < rows; r += (int64_t)gridDim.y * kBnLanes) {
+      float v = to_f(x[r * c + ch]) - shift;
+      s += v;
+      ss += v * v;
+    }
+  }
+  __shared__ float sh[2][kBnLanes][33];
+  sh[0][threadIdx.y][threadIdx.x] = s;
+  sh[1][threadIdx.y][threadIdx.x] = ss;
+  __syncthreads();
+  if (threadIdx.y == 0 && ch < c) {
+    float a = 0.0f, b = 0.0f;
+    for (int j = 0; j < kBnLanes; ++j) {
+      a += sh[0][j][threadIdx.x];
+      b += sh[1][j][threadIdx.x];
+    }
+    part[(blockIdx.y * 2 + 0) * (int64_t)c + ch] = a;
+    part[(blockIdx.y * 2 + 1) * (int64_t)c + ch] = b;
+  }
+}
+
+// Sums the row-group partials of channel blockIdx.x in double (fixed order: deterministic).
+__device__ void block_sum2(const float* part, int groups, int c, int ch, double& a_out, double& b_out) {
+  double a = 0.0, b = 0.0;
+  for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+    a += part[(g * 2 + 0) * (int64_t)c + ch];
+    b += part[(g * 2 + 1) * (int64_t)c + ch];
+  }
+  __shared__ double sa[kThreads], sb[kThreads];
+  sa[threadIdx.x] = a;
+  sb[threadIdx.x] = b;
+  __syncthreads();
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) {
+      sa[threadIdx.x] += sa[threadIdx.x + o];
+      sb[threadIdx.x] += sb[threadIdx.x + o];
+    }
+    __syncthreads();
+  }
+  a_out = sa[0];
+  b_out = sb[0];
+}
+
+template <class T>
+__global__ void k_bn_finish_stats(const T* x, const float* part, int groups, int64_t rows, int c, float eps,
+                                  float momentum, bool update, float* rmean, float* rvar, float* mean, float* invstd) {
+  int ch = blockIdx.x;
+  double s, ss;
+  block_sum2(part, groups, c, ch, s, ss);
+  if (threadIdx.x == 0) {
+    double m = static_cast<double>(rows);
+    double shift = to_f(x[ch]);
+    double dm = s / m;
+    double var = std::max(ss / m - dm * dm, 0.0);  // biased
+    double mu = shift + dm;
+    mean[ch] = static_cast<float>(mu);
+    invstd[ch] = static_cast<float>(1.0 / sqrt(var + eps));
+    if (update) {
+      double unbiased = rows > 1 ? var * m / (m - 1.0) : var;
+      rmean[ch] = static_cast<float>((1.0 - momentum) * rmean[ch] + momentum * mu);
+      rvar[ch] = static_cast<float>((1.0 - momentum) * rvar[ch] + momentum * unbiased);
+    }
+  }
+}
+
+__global__ void k_bn_eval_stats(const float* rmean, const float* rvar, int c, float eps, float* mean, float* invstd) {
+  GRID_LOOP(i, c) {
+    mean[i] = rmean[i];
+    invstd[i] = rsqrtf(rvar[i] + eps);
+  }
+}
+
+template <class T>
+__global__ void k_bn_apply(const T* x, int64_t rows, int c, const float* gamma, const float* beta, const float* mean,
+                           const float* invstd, const T* residual, bool relu, T* y) {
+  GRID_LOOP(i, rows * c) {
+    int ch = static_cast<int>(i % c);
+    float v = (to_f(x[i]) - mean[ch]) * invstd[ch] * gamma[ch] + beta[ch];
+    if (residual) v += to_f(residual[i]);
+    if (relu) v = v > 0.0f ? v : 0.0f;
+    y[i] = from_f<T>(v);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ float masked_grad(const T* dy, const T* relu_out, int64_t i) {
+  float g = to_f(dy[i]);
+  if (relu_out && !(to_f(relu_out[i]) > 0.0f)) g = 0.0f;
+  return g;
+}
+
+template <class T>
+__global__ void k_bn_partial_bwd(const T* x, const T* relu_out, const T* dy, int64_t rows, int c, const float* mean,
+                                 const float* invstd, float* part) {
+  int ch = blockIdx.x * 32 + threadIdx.x;
+  float s = 0.0f, sx = 0.0f;
+  if (ch < c) {
+    float mu = mean[ch], is = invstd[ch];
+    for (int64_t r = blockIdx.y * (int64_t)kBnLanes + threadIdx.y; r < rows; r += (int64_t)gridDim.y * kBnLanes) {
+      int64_t i = r * c + ch;
+      float g = masked_grad(dy, relu_out, i);
+      s += g;
+      sx += g * (to_f(x[i]) - mu) * is;
+    }
+  }
+  __shared__ float sh[2][kBnLanes][33];
+  sh[0][threadIdx.y][threadIdx.x] = s;
+  sh[1][threadIdx.y][threadIdx.x] = sx;
+  __syncthreads();
+  if (threadIdx.y == 0 && ch < c) {
+    float a = 0.0f, b = 0.0f;
+    for (int j = 0; j < kBnLanes; ++j) {
+      a += sh[0][j][threadIdx.x];
+      b += sh[1][j][threadIdx.x];
+    }
+    part[(blockIdx.y * 2 + 0) * (int64_t)c + ch] = a;
+    part[(blockIdx.y * 2 + 1) * (int64_t)c + ch] = b;
+  }
+}
+
+__global__ void k_bn_finish_bwd(const float* part, int groups, int c, float* dgamma, float* dbeta) {
+  int ch = blockIdx.x;
+  double s, sx;
+  block_sum2(part, groups, c, ch, s, sx);
+  if (threadIdx.x == 0) {
+    dbeta[ch] = static_cast<float>(s);
+    dgamma[ch] = static_cast<float>(sx);
+  }
+}
+
+template <class T>
+__global__ void k_bn_apply_bwd(const T* x, const T* relu_out, const T* dy, int64_t rows, int c, const float* gamma,
+                               const float* mean, const float* invstd, const float* dgamma, const float* dbeta, T* dx,
+                               T* dres) {
+  float inv_m = 1.0f / static_cast<float>(rows);
+  GRID_LOOP(i, rows * c) {
+    int ch = static_cast<int>(i % c);
+    float g = masked_grad(dy, relu_out, i);
+    float is = invstd[ch];
+    float xhat = (to_f(x[i]) - mean[ch]) * is;
+    float v = gamma[ch] * is * (g - dbeta[ch] * inv_m - xhat * dgamma[ch] * inv_m);
+    if (dres) dres[i] = from_f<T>(g);
+    dx[i] = from_f<T>(v);
+  }
+}
+
+// ---- pools ------------------------------------------------------------------------------------
+template <class T>
+__global__ void k_maxpool_fwd(const T* x, int n, int h, int w, int c, int kernel, int stride, int pad, int oh, int ow,
+                              T* y, int32_t* argmax) {
+  GRID_LOOP(i, (int64_t)n * oh * ow * c) {
+    int ch = static_cast<int>(i % c);
+    int64_t t = i / c;
+    int ox = static_cast<int>(t % ow);
+    t /= ow;
+    int oy = static_cast<int>(t % oh);
+    int b = static_cast<int>(t / oh);
+    int y0 = oy * stride - pad, x0 = ox * stride - pad;
+    float best = -INFINITY;
+    int best_idx = max(y0, 0) * w + max(x0, 0);
+    for (int ky = 0; ky < kernel; ++ky) {
+      int iy = y0 + ky;
+      if (iy < 0 || iy >= h) continue;
+      for (int kx = 0; kx < kernel; ++kx) {
+        int ix = x0 + kx;
+        if (ix < 0 || ix >= w) continue;
+        float v = to_f(x[(((int64_t)b * h + iy) * w + ix) * c + ch]);
+        if (v > best || isnan(v)) {
+          best = v;
+          best_idx = iy * w + ix;
+          if (isnan(v)) break;
+        }
+      }
+      if (isnan(best)) break;
+    }
+    y[i] = from_f<T>(best);
+    argmax[i] = best_idx;
+  }
+}
+
+template <class T>
+__global__ void k_maxpool_bwd(const T* dy, const int32_t* argmax, int n, int h, int w, int c, int kernel, int stride,
+                              int pad, int oh, int ow, T* dx) {
+  GRID_LOOP(i, (int64_t)n * h * w * c) {
+    int ch = static_cast<int>(i % c);
+    int64_t t = i / c;
+    int ix = static_cast<int>(t % w);
+    t /= w;
+    int iy = static_cast<int>(t % h);
+    int b = static_cast<int>(t / h);
+    int lo_y = iy + pad - kernel + 1, lo_x = ix + pad - kernel + 1;
+    int oy0 = lo_y <= 0 ? 0 : (lo_y + stride - 1) / stride;
+    int ox0 = lo_x <= 0 ? 0 : (lo_x + stride - 1) / stride;
+    int oy1 = min(oh - 1, (iy + pad) / stride), ox1 = min(ow - 1, (ix + pad) / stride);
+    int me = iy * w + ix;
+    float acc = 0.0f;
+    for (int oy = oy0; oy <= oy1; ++oy)
+      for (int ox = ox0; ox <= ox1; ++ox) {
+        int64_t o = (((int64_t)b * oh + oy) * ow + ox) * c + ch;
+        if (argmax[o] == me) acc += to_f(dy[o]);
+      }
+    dx[i] = from_f<T>(acc);
+  }
+}
+
+template <class T>
+__global__ void k_avgpool_fwd(const T* x, int n, int hw, int c, float* y) {
+  GRID_LOOP(i, (int64_t)n * c) {
+    int64_t b = i / c;
+    int ch = static_cast<int>(i - b * c);
+    const T* p = x + b * hw * (int64_t)c + ch;
+    float s = 0.0f;
+    for (int j = 0; j < hw; ++j) s += to_f(p[(int64_t)j * c]);
+    y[i] = s / static_cast<float>(hw);
+  }
+}
+
+template <class T>
+__global__ void k_avgpool_bwd(const float* dy, int n, int hw, int c, T* dx) {
+  float inv = 1.0f / static_cast<float>(hw);
+  GRID_LOOP(i, (int64_t)n * hw * c) {
+    int ch = static_cast<int>(i % c);
+    int64_t b = i / ((int64_t)hw * c);
+    dx[i] = from_f<T>(dy[b * c + ch] * inv);
+  }
+}
+
+// ---- classifier helpers -----------------------------------------------------------------------
+__global__ void k_add_bias_rows(float* y, const float* b, int n, int cols) {
+  GRID_LOOP(i, (int64_t)n * cols) y[i] += b[i % cols];
+}
+
+__global__ void k_column_sums(const float* x, int n, int cols, float* out) {
+  GRID_LOOP(j, cols) {
+    float s = 0.0f;
+    for (int i = 0; i < n; ++i) s += x[(int64_t)i * cols + j];
+    out[j] = s;
+  }
+}
+
+__device__ float block_reduce(float v, bool is_max) {
+  __shared__ float sh[kThreads];
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) sh[threadIdx.x] = is_max ? fmaxf(sh[threadIdx.x], sh[threadIdx.x + o]) : sh[threadIdx.x] + sh[threadIdx.x + o];
+    __syncthreads();
+  }
+  float r = sh[0];
+  __syncthreads();
+  return r;
+}
+
+__global__ void k_softmax_ce_fwd(const float* logits, const int32_t* labels, int classes, float smoothing,
+                                 float* probs, float* row_loss, int32_t* label_rank) {
+  int row = blockIdx.x;
+  const float* l = logits + (int64_t)row * classes;
+  float* p = probs + (int64_t)row * classes;
+  int label = labels[row];
+  float ly = l[label];
+  float mx = -INFINITY, sum_l = 0.0f, above = 0.0f;
+  for (int j = threadIdx.x; j < classes; j += blockDim.x) {
+    mx = fmaxf(mx, l[j]);
+    sum_l += l[j];
+    above += l[j] > ly ? 1.0f : 0.0f;
+  }
+  mx = block_reduce(mx, true);
+  sum_l = block_reduce(sum_l, false);
+  above = block_reduce(above, false);
+  float se = 0.0f;
+  for (int j = threadIdx.x; j < classes; j += blockDim.x) se += expf(l[j] - mx);
+  se = block_reduce(se, false);
+  float lse = mx + logf(se);
+  for (int j = threadIdx.x; j < classes; j += blockDim.x) p[j] = expf(l[j] - lse);
+  if (threadIdx.x == 0) {
+    row_loss[row] = (1.0f - smoothing) * (lse - ly) + smoothing * (lse - sum_l / static_cast<float>(classes));
+    label_rank[row] = static_cast<int32_t>(above);
+  }
+}
+
+__global__ void k_softmax_ce_bwd(const float* probs, const int32_t* labels, int n, int classes, float smoothing,
+                                 float scale, float* dlogits) {
+  float off = smoothing / static_cast<float>(classes);
+  float k = scale / static_cast<float>(n);
+  GRID_LOOP(i, (int64_t)n * classes) {
+    int64_t row = i / classes;
+    int j = static_cast<int>(i - row * classes);
+    float t = off + (j == labels[row] ? 1.0f - smoothing : 0.0f);
+    dlogits[i] = k * (probs[i] - t);
+  }
+}
+
+// ---- optimizer and checks -----------------------------------------------------------------------
+template <class T>
+__global__ void k_sgd(float* p, const float* grad, float* mom, const uint8_t* no_decay, int64_t count, SgdArgs a,
+                      T* lowp) {
+  GRID_LOOP(i, count) {
+    float w = p[i];
+    float g = grad[i] * a.grad_scale;
+    if (a.weight_decay != 0.0f && !(no_decay && no_decay[i])) g += a.weight_decay * w;
+    if (a.momentum != 0.0f) {
+      float buf = a.first_step ? g : a.momentum * mom[i] + (1.0f - a.dampening) * g;
+      mom[i] = buf;
+      g = a.nesterov ? g + a.momentum * buf : buf;
+    }
+    w -= a.lr * g;
+    p[i] = w;
+    if (lowp) lowp[i] = from_f<T>(w);
+  }
+}
+
+__global__ void k_nonfinite(const float* x, int64_t count, int32_t* flag) {
+  bool bad = false;
+  GRID_LOOP(i, count) bad |= !isfinite(x[i]);
+  if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(flag, 1);
+}
+
+__global__ void k_checksum(const float* x, int64_t count, double* partials) {
+  double s = 0.0;
+  GRID_LOOP(i, count) s += static_cast<double>(x[i]) * (1.0 + static_cast<double>(i & 15) / 16.0);
+  __shared__ double sh[kThreads];
+  sh[threadIdx.x] = s;
+  __syncthreads();
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partials[blockIdx.x] = sh[0];
+}
+
+}  // namespace
+
+// ---- host wrappers ------------------------------------------------------------------------------
+void normalize_u8_nhwc(const uint8_t* x, int64_t pixels, int cpad, DType dt, void* y, cudaStream_t s) {
+  DDP_CHECK(cpad >= 3, "normalize_u8_nhwc: padded channel count ", cpad, " < 3");
+  DDP_DISPATCH(dt, T, k_normalize_u8<T><<<grid_for(pixels * cpad), kThreads, 0, s>>>(x, pixels, cpad, static_cast<T*>(y)));
+  CUDA_CHECK_LAUNCH();
+}
+
+void pad_channels(DType dt, const void* x, int64_t rows, int c, int cpad, void* y, cudaStream_t s) {
+  DDP_DISPATCH(dt, T, k_pad<T, T><<<grid_for(rows * cpad), kThreads, 0, s>>>(static_cast<const T*>(x), rows, c, cpad, static_cast<T*>(y)));
+  CUDA_CHECK_LAUNCH();
+}
+
+void f32_to_padded(const float* x, int64_t rows, int c, int cpad, DType dt, void* y, cudaStream_t s) {
+  DDP_DISPATCH(dt, T, k_pad<float, T><<<grid_for(rows * cpad), kThreads, 0, s>>>(x, rows, c, cpad, static_cast<T*>(y)));
+  CUDA_CHECK_LAUNCH();
+}
+
+void padded_to_f32(DType dt, const void* x, int64_t rows, int cpad, int c, float* y, cudaStream_t s) {
+  DDP_DISPATCH(dt, T, k_unpad<T, float><<<grid_for(rows * c), kThreads, 0, s>>>(static_cast<const T*>(x), rows, cpad, c, y));
+  CUDA_CHECK_LAUNCH();
+}
+
+void convert_from_f32(const float* x, int64_t count, DType dt, void* y, cudaStream_t s) {
+  f32_to_padded(x, count, 1, 1, dt, y, s);
+}
+void convert_to_f32(DType dt, const void* x, int64_t count, float* y, cudaStream_t s) {
+  padded_to_f32(dt, x, count, 1, 1, y, s);
+}
+
+void add_inplace(DType dt, void* y, const void* x, int64_t count, cudaStream_t s) {
+  DDP_DISPATCH(dt, T, k_add_inplace<T><<<grid_for(count), kThreads, 0, s>>>(static_cast<T*>(y), static_cast<const T*>(x), count));
+  CUDA_CHECK_LAUNCH();
+}
+
+int64_t bn_scratch_floats(int64_t rows, int c) { return static_cast<int64_t>(bn_row_groups(rows)) * 2 * c; }
+
+void bn_batch_stats(DType dt, const void* x, int64_t rows, int c, float eps, float momentum, bool update_running,
+                    float* running_mean, float* running_var, float* save_mean, float* save_invstd, float* scratch,
+                    cudaStream_t s) {
+  DDP_CHECK(rows > 0 && c > 0, "bn_batch_stats: empty input (rows ", rows, ", channels ", c, ")");
+  int groups = bn_row_groups(rows);
+  dim3 grid((c + 31) / 32, groups), block(32, kBnLanes);
+  DDP_DISPATCH(dt, T, {
+    k_bn_partial_stats<T><<<grid, block, 0, s>>>(static_cast<const T*>(x), rows, c, scratch);
+    CUDA_CHECK_LAUNCH();
+    k_bn_finish_stats<T><<<c, kThreads, 0, s>>>(static_cast<const T*>(x), scratch, groups, rows, c, eps, momentum,
+                                                update_running, running_mean, running_var, save_mean, save_invstd);
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+void bn_eval_stats(const float* running_mean, const float* running_var, int c, float eps, float* mean, float* invstd,
+                   cudaStream_t s) {
+  k_bn_eval_stats<<<grid_for(c), kThreads, 0, s>>>(running_mean, running_var, c, eps, mean, invstd);
+  CUDA_CHECK_LAUNCH();
+}
+
+void bn_apply(DType dt, const void* x, int64_t rows, int c, const float* gamma, const float* beta, const float* mean,
+              const float* invstd, const void* residual, bool relu, void* y, cudaStream_t s) {
+  DDP_DISPATCH(dt, T, k_bn_apply<T><<<grid_for(rows * c), kThreads, 0, s>>>(
+      static_cast<const T*>(x), rows, c, gamma, beta, mean, invstd, static_cast<const T*>(residual), relu, static_cast<T*>(y)));
+  CUDA_CHECK_LAUNCH();
+}
+
+void bn_backward(DType dt, const void* x, const void* relu_out, const void* dy, int64_t rows, int c,
+                 const float* gamma, const float* mean, const float* invstd, float* dgamma, float* dbeta, void* dx,
+                 void* dresidual, float* scratch, cudaStream_t s) {
+  int groups = bn_row_groups(rows);
+  dim3 grid((c + 31) / 32, groups), block(32, kBnLanes);
+  DDP_DISPATCH(dt, T, {
+    const T* xt = static_cast<const T*>(x);
+    const T* rt = static_cast<const T*>(relu_out);
+    const T* dyt = static_cast<const T*>(dy);
+    k_bn_partial_bwd<T><<<grid, block, 0, s>>>(xt, rt, dyt, rows, c, mean, invstd, scratch);
+    CUDA_CHECK_LAUNCH();
+    k_bn_finish_bwd<<<c, kThreads, 0, s>>>(scratch, groups, c, dgamma, dbeta);
+    CUDA_CHECK_LAUNCH();
+    k_bn_apply_bwd<T><<<grid_for(rows * c), kThreads, 0, s>>>(xt, rt, dyt, rows, c, gamma, mean, invstd, dgamma, dbeta,
+                                                            static_cast<T*>(dx), static_cast<T*>(dresidual));
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+void maxpool_forward(DType dt, const void* x, int n, int h, int w, int c, int kernel, int stride, int pad, void* y,
+                     int32_t* argmax, cudaStream_t s) {
+  int oh = (h + 2 * pad - kernel) / stride + 1, ow = (w + 2 * pad - kernel) / stride + 1;
+  DDP_DISPATCH(dt, T, k_maxpool_fwd<T><<<grid_for((int64_t)n * oh * ow * c), kThreads, 0, s>>>(
+      static_cast<const T*>(x), n, h, w, c, kernel, stride, pad, oh, ow, static_cast<T*>(y), argmax));
+  CUDA_CHECK_LAUNCH();
+}
+
+void maxpool_backward(DType dt, const void* dy, const int32_t* argmax, int n, int h, int w, int c, int kernel,
+                      int stride, int pad, void* dx, cudaStream_t s) {
+  int oh = (h + 2 * pad - kernel) / stride + 1, ow = (w + 2 * pad - kernel) / stride + 1;
+  DDP_DISPATCH(dt, T, k_maxpool_bwd<T><<<grid_for((int64_t)n * h * w * c), kThreads, 0, s>>>(
+      static_cast<const T*>(dy), argmax, n, h, w, c, kernel, stride, pad, oh, ow, static_cast<T*>(dx)));
+  CUDA_CHECK_LAUNCH();
+}
+
+void avgpool_forward(DType dt, const void* x, int n, int hw, int c, float* y, cudaStream_t s) {
+  DDP_DISPATCH(dt, T, k_avgpool_fwd<T><<<grid_for((int64_t)n * c), kThreads, 0, s>>>(static_cast<const T*>(x), n, hw, c, y));
+  CUDA_CHECK_LAUNCH();
+}
+
+void avgpool_backward(DType dt, const float* dy, int n, int hw, int c, void* dx, cudaStream_t s) {
+  DDP_DISPATCH(dt, T, k_avgpool_bwd<T><<<grid_for((int64_t)n * hw * c), kThreads, 0, s>>>(dy, n, hw, c, static_cast<T*>(dx)));
+  CUDA_CHECK_LAUNCH();
+}
+
+void add_bias_rows(float* y, const float* b, int n, int cols, cudaStream_t s) {
+  k_add_bias_rows<<<grid_for((int64_t)n * cols), kThreads, 0, s>>>(y, b, n, cols);
+  CUDA_CHECK_LAUNCH();
+}
+
+void column_sums(const float* x, int n, int cols, float* out, cudaStream_t s) {
+  k_column_sums<<<grid_for(cols), kThreads, 0, s>>>(x, n, cols, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+void softmax_ce_forward(const float* logits, const int32_t* labels, int n, int classes, float smoothing, float* probs,
+                        float* row_loss, int32_t* label_rank, cudaStream_t s) {
+  k_softmax_ce_fwd<<<n, kThreads, 0, s>>>(logits, labels, classes, smoothing, probs, row_loss, label_rank);
+  CUDA_CHECK_LAUNCH();
+}
+
+void softmax_ce_backward(const float* probs, const int32_t* labels, int n, int classes, float smoothing, float scale,
+                         float* dlogits, cudaStream_t s) {
+  k_softmax_ce_bwd<<<grid_for((int64_t)n * classes), kThreads, 0, s>>>(probs, labels, n, classes, smoothing, scale, dlogits);
+  CUDA_CHECK_LAUNCH();
+}
+
+void sgd_update(float* p, const float* grad, float* mom, const uint8_t* no_decay, int64_t count, const SgdArgs& a,
+                DType lowp_dt, void* lowp, cudaStream_t s) {
+  DDP_DISPATCH(lowp_dt, T, k_sgd<T><<<grid_for(count), kThreads, 0, s>>>(p, grad, mom, no_decay, count, a, static_cast<T*>(lowp)));
+  CUDA_CHECK_LAUNCH();
+}
+
+void check_nonfinite(const float* x, int64_t count, int32_t* flag, cudaStream_t s) {
+  k_nonfinite<<<grid_for(count), kThreads, 0, s>>>(x, count, flag);
+  CUDA_CHECK_LAUNCH();
+}
+
+void checksum_partials(const float* x, int64_t count, double* partials, cudaStream_t s) {
+  k_checksum<<<kChecksumBlocks, kThreads, 0, s>>>(x, count, partials);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace ddp::cuda

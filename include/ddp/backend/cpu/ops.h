@@ -10,6 +10,12 @@ namespace ddp::cpu {
 void set_num_threads(int threads);  // 0 = OMP_NUM_THREADS or all cores; also sets BLAS threads
 int num_threads();
 
+// C (m x n, row-major, leading dimension ldc) = alpha * op(A) op(B) + beta * C, op = transpose when the
+// flag is set (A is m x k after op, B is k x n after op). Split over the op threads, each calling
+// single-threaded BLAS (so it must not be called from inside an OpenMP parallel region).
+void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+           int ldb, float beta, float* c, int ldc);
+
 struct Conv2dShape {
   int n = 0, c = 0, h = 0, w = 0;  // input
   int k = 0, r = 0, s = 0;         // output channels, kernel height, kernel width

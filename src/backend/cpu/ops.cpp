@@ -1,0 +1,391 @@
+// CPU ops other than convolution: threads, GEMM split, batch norm, pointwise, pooling, linear, loss.
+// Reductions accumulate short float runs (vectorisable) into double, in a fixed order, so results are
+// accurate and bit-identical from run to run at a given thread count.
+#include "ddp/backend/cpu/ops.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <vector>
+
+#include "ddp/core/check.h"
+
+namespace ddp::cpu {
+
+namespace {
+std::atomic<int> g_threads{0};
+std::once_flag g_init;
+
+// Below this many elements a parallel region costs more than it saves.
+constexpr int64_t kParallelMin = 1 << 15;
+
+int threads() {
+  if (g_threads.load(std::memory_order_relaxed) == 0) std::call_once(g_init, [] {
+      if (g_threads.load() == 0) set_num_threads(0);
+    });
+  return g_threads.load(std::memory_order_relaxed);
+}
+}  // namespace
+
+void set_num_threads(int t) {
+  DDP_CHECK(t >= 0, "ddp::cpu::set_num_threads: thread count must be >= 0, got ", t);
+  if (t == 0) {
+    const char* env = std::getenv("OMP_NUM_THREADS");
+    if (env != nullptr && *env != '\0') {
+      char* end = nullptr;
+      long v = std::strtol(env, &end, 10);
+      DDP_CHECK(v > 0 && end != env, "OMP_NUM_THREADS='", env, "' is not a positive thread count");
+      t = static_cast<int>(v);
+    } else {
+      t = omp_get_num_procs();
+    }
+  }
+  // OpenBLAS runs single-threaded inside our OpenMP workers: a second pool of (spinning) BLAS threads
+  // beside the OpenMP pool would fight it for the cores. See docs/perf/cpuops.md for the measurement.
+  openblas_set_num_threads(1);
+  g_threads.store(t);
+}
+
+int num_threads() { return threads(); }
+
+void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+           int ldb, float beta, float* c, int ldc) {
+  DDP_CHECK(m >= 0 && n >= 0 && k >= 0, "ddp::cpu::sgemm: negative size m=", m, " n=", n, " k=", k);
+  if (m == 0 || n == 0) return;
+  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
+  const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
+  const int nt = threads();
+  const double flops = 2.0 * m * n * k;
+  if (nt == 1 || flops < 4e6) {
+    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  // Split the larger output dimension into one slab per thread (multiples of 16 for the kernels).
+  const bool split_n = n >= m;
+  const int dim = split_n ? n : m;
+  const int parts = std::min(nt, std::max(1, dim / 16));
+#pragma omp parallel num_threads(parts)
+  {
+    const int t = omp_get_thread_num();
+    const int per = ((dim + parts - 1) / parts + 15) / 16 * 16;
+    const int lo = std::min(dim, t * per), hi = std::min(dim, lo + per);
+    if (hi > lo) {
+      if (split_n) {
+        const float* bp = trans_b ? b + static_cast<int64_t>(lo) * ldb : b + lo;
+        cblas_sgemm(CblasRowMajor, ta, tb, m, hi - lo, k, alpha, a, lda, bp, ldb, beta, c + lo, ldc);
+      } else {
+        const float* ap = trans_a ? a + lo : a + static_cast<int64_t>(lo) * lda;
+        cblas_sgemm(CblasRowMajor, ta, tb, hi - lo, n, k, alpha, ap, lda, b, ldb, beta,
+                    c + static_cast<int64_t>(lo) * ldc, ldc);
+      }
+    }
+  }
+}
+
+// ---- batch norm -------------------------------------------------------------------------------------
+
+namespace {
+// Sum of x[0..len) as double, accumulated in float over vector-friendly runs.
+inline double sum_run(const float* x, int64_t len) {
+  double s = 0.0;
+  constexpr int64_t kRun = 256;
+  for (int64_t j0 = 0; j0 < len; j0 += kRun) {
+    const int64_t j1 = std::min(len, j0 + kRun);
+    float part = 0.f;
+#pragma omp simd reduction(+ : part)
+    for (int64_t j = j0; j < j1; ++j) part += x[j];
+    s += part;
+  }
+  return s;
+}
+inline double sq_dev_run(const float* x, int64_t len, float mean) {
+  double s = 0.0;
+  constexpr int64_t kRun = 256;
+  for (int64_t j0 = 0; j0 < len; j0 += kRun) {
+    const int64_t j1 = std::min(len, j0 + kRun);
+    float part = 0.f;
+#pragma omp simd reduction(+ : part)
+    for (int64_t j = j0; j < j1; ++j) {
+      const float d = x[j] - mean;
+      part += d * d;
+    }
+    s += part;
+  }
+  return s;
+}
+}  // namespace
+
+void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta,
+                             float eps, float momentum, float* running_mean, float* running_var,
+                             float* save_mean, float* save_invstd, float* y) {
+  const int64_t m = static_cast<int64_t>(n) * hw;
+  DDP_CHECK(m > 1, "batchnorm_forward_train: need more than one value per channel (n=", n, ", hw=", hw, ")");
+  const int nt = threads();
+#pragma omp parallel for num_threads(nt) schedule(static) if (m * c >= kParallelMin)
+  for (int ch = 0; ch < c; ++ch) {
+    double s = 0.0;
+    for (int i = 0; i < n; ++i) s += sum_run(x + (static_cast<int64_t>(i) * c + ch) * hw, hw);
+    const double mean = s / static_cast<double>(m);
+    double v = 0.0;
+    for (int i = 0; i < n; ++i)
+      v += sq_dev_run(x + (static_cast<int64_t>(i) * c + ch) * hw, hw, static_cast<float>(mean));
+    const double var = v / static_cast<double>(m);
+    const double invstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
+    save_mean[ch] = static_cast<float>(mean);
+    save_invstd[ch] = static_cast<float>(invstd);
+    if (running_mean != nullptr)
+      running_mean[ch] = static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * mean);
+    if (running_var != nullptr)
+      running_var[ch] = static_cast<float>((1.0 - momentum) * running_var[ch] +
+                                           momentum * var * static_cast<double>(m) / static_cast<double>(m - 1));
+    const float scale = static_cast<float>(gamma[ch] * invstd);
+    const float shift = static_cast<float>(beta[ch] - mean * gamma[ch] * invstd);
+    for (int i = 0; i < n; ++i) {
+      const float* xp = x + (static_cast<int64_t>(i) * c + ch) * hw;
+      float* yp = y + (static_cast<int64_t>(i) * c + ch) * hw;
+#pragma omp simd
+      for (int j = 0; j < hw; ++j) yp[j] = xp[j] * scale + shift;
+    }
+  }
+}
+
+void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta,
+                            const float* running_mean, const float* running_var, float eps, float* y) {
+  const int nt = threads();
+  const int64_t planes = static_cast<int64_t>(n) * c;
+#pragma omp parallel for num_threads(nt) schedule(static) if (planes * hw >= kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const int ch = static_cast<int>(pl % c);
+    const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var[ch]) + eps);
+    const float scale = static_cast<float>(gamma[ch] * invstd);
+    const float shift = static_cast<float>(beta[ch] - running_mean[ch] * gamma[ch] * invstd);
+    const float* xp = x + pl * hw;
+    float* yp = y + pl * hw;
+#pragma omp simd
+    for (int j = 0; j < hw; ++j) yp[j] = xp[j] * scale + shift;
+  }
+}
+
+void batchnorm_backward(int n, int c, int hw, const float* x, const float* dy, const float* gamma,
+                        const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                        float* dbeta) {
+  const int64_t m = static_cast<int64_t>(n) * hw;
+  const int nt = threads();
+#pragma omp parallel for num_threads(nt) schedule(static) if (m * c >= kParallelMin)
+  for (int ch = 0; ch < c; ++ch) {
+    const float mean = save_mean[ch];
+    const float invstd = save_invstd[ch];
+    double sdy = 0.0, sdyx = 0.0;  // sum(dy), sum(dy * (x - mean))
+    for (int i = 0; i < n; ++i) {
+      const int64_t off = (static_cast<int64_t>(i) * c + ch) * hw;
+      const float* xp = x + off;
+      const float* dp = dy + off;
+      constexpr int kRun = 256;
+      for (int j0 = 0; j0 < hw; j0 += kRun) {
+        const int j1 = std::min(hw, j0 + kRun);
+        float a = 0.f, b = 0.f;
+#pragma omp simd reduction(+ : a, b)
+        for (int j = j0; j < j1; ++j) {
+          a += dp[j];
+          b += dp[j] * (xp[j] - mean);
+        }
+        sdy += a;
+        sdyx += b;
+      }
+    }
+    const double dg = sdyx * invstd;
+    dgamma[ch] = static_cast<float>(dg);
+    dbeta[ch] = static_cast<float>(sdy);
+    // dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+    const float k = static_cast<float>(gamma[ch] * invstd);
+    const float mdy = static_cast<float>(sdy / m);
+    const float cx = static_cast<float>(dg / m * invstd);  // multiplies (x - mean)
+    for (int i = 0; i < n; ++i) {
+      const int64_t off = (static_cast<int64_t>(i) * c + ch) * hw;
+      const float* xp = x + off;
+      const float* dp = dy + off;
+      float* op = dx + off;
+#pragma omp simd
+      for (int j = 0; j < hw; ++j) op[j] = k * (dp[j] - mdy - (xp[j] - mean) * cx);
+    }
+  }
+}
+
+// ---- pointwise ----------------------------------------------------------------------------------------
+
+void relu_forward(int64_t count, const float* x, float* y) {
+  const int nt = threads();
+#pragma omp parallel for simd num_threads(nt) schedule(static) if (count >= kParallelMin)
+  for (int64_t i = 0; i < count; ++i) y[i] = x[i] < 0.f ? 0.f : x[i];  // NaN propagates, as in PyTorch
+}
+
+void relu_backward(int64_t count, const float* y, const float* dy, float* dx) {
+  const int nt = threads();
+#pragma omp parallel for simd num_threads(nt) schedule(static) if (count >= kParallelMin)
+  for (int64_t i = 0; i < count; ++i) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+}
+
+void add(int64_t count, const float* a, const float* b, float* y) {
+  const int nt = threads();
+#pragma omp parallel for simd num_threads(nt) schedule(static) if (count >= kParallelMin)
+  for (int64_t i = 0; i < count; ++i) y[i] = a[i] + b[i];
+}
+
+// ---- pooling ------------------------------------------------------------------------------------------
+
+void maxpool2d_forward(int n, int c, int h, int w, int kernel, int stride, int pad, const float* x, float* y,
+                       int32_t* argmax) {
+  DDP_CHECK(kernel > 0 && stride > 0 && pad >= 0 && 2 * pad <= kernel, "maxpool2d_forward: bad kernel=", kernel,
+            " stride=", stride, " pad=", pad);
+  const int oh = (h + 2 * pad - kernel) / stride + 1;
+  const int ow = (w + 2 * pad - kernel) / stride + 1;
+  DDP_CHECK(oh > 0 && ow > 0, "maxpool2d_forward: input ", h, "x", w, " too small for kernel ", kernel);
+  const int64_t planes = static_cast<int64_t>(n) * c;
+  const int nt = threads();
+#pragma omp parallel for num_threads(nt) schedule(static) if (planes * h * w >= kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const float* xp = x + pl * h * w;
+    float* yp = y + pl * oh * ow;
+    int32_t* ap = argmax + pl * oh * ow;
+    for (int i = 0; i < oh; ++i) {
+      const int h0 = std::max(0, i * stride - pad), h1 = std::min(h, i * stride - pad + kernel);
+      for (int j = 0; j < ow; ++j) {
+        const int w0 = std::max(0, j * stride - pad), w1 = std::min(w, j * stride - pad + kernel);
+        float best = -std::numeric_limits<float>::infinity();
+        int idx = h0 * w + w0;
+        for (int a = h0; a < h1; ++a)
+          for (int b = w0; b < w1; ++b) {
+            const float v = xp[a * w + b];
+            if (v > best || std::isnan(v)) {
+              best = v;
+              idx = a * w + b;
+              if (std::isnan(v)) goto done;  // PyTorch keeps the first NaN
+            }
+          }
+      done:
+        yp[i * ow + j] = best;
+        ap[i * ow + j] = idx;
+      }
+    }
+  }
+}
+
+void maxpool2d_backward(int n, int c, int h, int w, int kernel, int stride, int pad, const float* dy,
+                        const int32_t* argmax, float* dx) {
+  const int oh = (h + 2 * pad - kernel) / stride + 1;
+  const int ow = (w + 2 * pad - kernel) / stride + 1;
+  const int64_t planes = static_cast<int64_t>(n) * c;
+  const int nt = threads();
+#pragma omp parallel for num_threads(nt) schedule(static) if (planes * h * w >= kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    float* dp = dx + pl * h * w;
+    std::memset(dp, 0, sizeof(float) * h * w);
+    const float* g = dy + pl * oh * ow;
+    const int32_t* ap = argmax + pl * oh * ow;
+    for (int i = 0; i < oh * ow; ++i) dp[ap[i]] += g[i];
+  }
+}
+
+void global_avgpool_forward(int n, int c, int hw, const float* x, float* y) {
+  const int64_t planes = static_cast<int64_t>(n) * c;
+  const int nt = threads();
+#pragma omp parallel for num_threads(nt) schedule(static) if (planes * hw >= kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) y[pl] = static_cast<float>(sum_run(x + pl * hw, hw) / hw);
+}
+
+void global_avgpool_backward(int n, int c, int hw, const float* dy, float* dx) {
+  const int64_t planes = static_cast<int64_t>(n) * c;
+  const int nt = threads();
+  const float inv = 1.f / static_cast<float>(hw);
+#pragma omp parallel for num_threads(nt) schedule(static) if (planes * hw >= kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const float g = dy[pl] * inv;
+    float* dp = dx + pl * hw;
+    for (int j = 0; j < hw; ++j) dp[j] = g;
+  }
+}
+
+// ---- linear -------------------------------------------------------------------------------------------
+
+void linear_forward(int n, int in, int out, const float* x, const float* w, const float* b, float* y) {
+  sgemm(false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out);
+  if (b != nullptr)
+    for (int i = 0; i < n; ++i)
+      for (int o = 0; o < out; ++o) y[static_cast<int64_t>(i) * out + o] += b[o];
+}
+
+void linear_backward(int n, int in, int out, const float* x, const float* w, const float* dy, float* dx,
+                     float* dw, float* db) {
+  if (dx != nullptr) sgemm(false, false, n, in, out, 1.f, dy, out, w, in, 0.f, dx, in);
+  sgemm(true, false, out, in, n, 1.f, dy, out, x, in, 0.f, dw, in);
+  if (db != nullptr)
+    for (int o = 0; o < out; ++o) {
+      double s = 0.0;
+      for (int i = 0; i < n; ++i) s += dy[static_cast<int64_t>(i) * out + o];
+      db[o] = static_cast<float>(s);
+    }
+}
+
+// ---- loss ---------------------------------------------------------------------------------------------
+
+namespace {
+void check_labels(const char* op, int n, int classes, const int32_t* labels) {
+  for (int i = 0; i < n; ++i)
+    DDP_CHECK(labels[i] >= 0 && labels[i] < classes, op, ": labels[", i, "] = ", labels[i], " is outside [0, ",
+              classes, ")");
+}
+}  // namespace
+
+float softmax_cross_entropy_forward(int n, int classes, const float* logits, const int32_t* labels,
+                                    float smoothing, float* probs) {
+  DDP_CHECK(n > 0 && classes > 0, "softmax_cross_entropy_forward: bad size n=", n, " classes=", classes);
+  DDP_CHECK(smoothing >= 0.f && smoothing <= 1.f, "softmax_cross_entropy_forward: label smoothing ", smoothing,
+            " is outside [0, 1]");
+  check_labels("softmax_cross_entropy_forward", n, classes, labels);
+  std::vector<double> row_loss(n);
+  const int nt = threads();
+#pragma omp parallel for num_threads(nt) schedule(static) if (static_cast<int64_t>(n) * classes >= kParallelMin)
+  for (int i = 0; i < n; ++i) {
+    const float* z = logits + static_cast<int64_t>(i) * classes;
+    float* p = probs + static_cast<int64_t>(i) * classes;
+    float mx = z[0];
+    for (int k = 1; k < classes; ++k) mx = std::max(mx, z[k]);
+    double se = 0.0, sz = 0.0;
+    for (int k = 0; k < classes; ++k) {
+      se += std::exp(static_cast<double>(z[k]) - mx);
+      sz += z[k];
+    }
+    const double lse = mx + std::log(se);
+    for (int k = 0; k < classes; ++k) p[k] = static_cast<float>(std::exp(static_cast<double>(z[k]) - lse));
+    const double nll = lse - z[labels[i]];
+    const double uniform = lse - sz / classes;  // mean_k(-log p_k)
+    row_loss[i] = (1.0 - smoothing) * nll + smoothing * uniform;
+  }
+  double total = 0.0;
+  for (int i = 0; i < n; ++i) total += row_loss[i];
+  return static_cast<float>(total / n);
+}
+
+void softmax_cross_entropy_backward(int n, int classes, const float* probs, const int32_t* labels,
+                                    float smoothing, float scale, float* dlogits) {
+  check_labels("softmax_cross_entropy_backward", n, classes, labels);
+  const float g = scale / static_cast<float>(n);
+  const float off = smoothing / static_cast<float>(classes);
+  const int nt = threads();
+#pragma omp parallel for num_threads(nt) schedule(static) if (static_cast<int64_t>(n) * classes >= kParallelMin)
+  for (int i = 0; i < n; ++i) {
+    const float* p = probs + static_cast<int64_t>(i) * classes;
+    float* d = dlogits + static_cast<int64_t>(i) * classes;
+    for (int k = 0; k < classes; ++k) d[k] = g * (p[k] - off);
+    d[labels[i]] -= g * (1.f - smoothing);
+  }
+}
+
+}  // namespace ddp::cpu

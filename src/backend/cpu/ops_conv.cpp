@@ -1,0 +1,328 @@
+// Convolution as GEMM over column tiles. A tile is either a pixel range of one image (large images) or
+// a group of whole images (small images, so a GEMM is never a thin matrix-vector product). Each OpenMP
+// thread builds its own tile's im2col matrix in thread-local scratch (it stays in the core's cache),
+// runs single-threaded BLAS on it and writes its share of the output: one parallel region per call,
+// no barriers between im2col and GEMM. Weight gradients accumulate per thread, then reduce in a fixed
+// order, so results do not depend on scheduling.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "ddp/backend/cpu/ops.h"
+#include "ddp/core/check.h"
+
+namespace ddp::cpu {
+
+namespace {
+
+// Per-thread scratch that grows and is kept: fresh large allocations would page-fault on every call.
+struct Scratch {
+  std::unique_ptr<float[]> p;
+  size_t cap = 0;
+  float* get(size_t n) {
+    if (n > cap) {
+      p.reset(new float[n]);
+      cap = n;
+    }
+    return p.get();
+  }
+};
+thread_local Scratch t_col, t_mat, t_acc;
+
+// Target im2col tile: about this many bytes (fits a core's L2), and column counts within bounds.
+constexpr int64_t kTileBytes = 1 << 21;
+constexpr int kMinCols = 128, kMaxCols = 2048;
+
+void check_shape(const char* op, const Conv2dShape& p) {
+  DDP_CHECK(p.n > 0 && p.c > 0 && p.h > 0 && p.w > 0 && p.k > 0 && p.r > 0 && p.s > 0 && p.stride > 0 &&
+                p.pad >= 0,
+            op, ": bad shape n=", p.n, " c=", p.c, " h=", p.h, " w=", p.w, " k=", p.k, " r=", p.r, " s=", p.s,
+            " stride=", p.stride, " pad=", p.pad);
+  DDP_CHECK(p.out_h() > 0 && p.out_w() > 0, op, ": input ", p.h, "x", p.w, " is too small for a ", p.r, "x",
+            p.s, " kernel with pad ", p.pad);
+}
+
+struct Tiling {
+  int ohw = 0;
+  int group = 1;   // images per tile (> 1 only when pieces == 1)
+  int pieces = 1;  // pixel ranges per image
+  int tiles = 0;
+  // Tile t covers images [n0, n1) and, when group == 1, pixels [p0, p1) of image n0.
+  void tile(int t, int& n0, int& n1, int& p0, int& p1) const {
+    if (pieces > 1) {
+      n0 = t / pieces;
+      n1 = n0 + 1;
+      const int piece = t % pieces;
+      p0 = static_cast<int>(static_cast<int64_t>(ohw) * piece / pieces);
+      p1 = static_cast<int>(static_cast<int64_t>(ohw) * (piece + 1) / pieces);
+    } else {
+      n0 = t * group;
+      n1 = n0 + group;
+      p0 = 0;
+      p1 = ohw;
+    }
+  }
+};
+
+// whole_images: tiles never split an image (col2im needs every column of an image in one tile).
+Tiling make_tiling(const Conv2dShape& p, int nt, bool whole_images) {
+  Tiling t;
+  t.ohw = p.out_h() * p.out_w();
+  const int64_t crs = static_cast<int64_t>(p.c) * p.r * p.s;
+  const int target =
+      static_cast<int>(std::clamp<int64_t>(kTileBytes / (crs * 4), kMinCols, kMaxCols));
+  if (t.ohw >= target) {
+    t.pieces = whole_images ? 1 : (t.ohw + target - 1) / target;
+    t.group = 1;
+  } else {
+    // Enough images per tile for a wide GEMM, but at least one tile per thread.
+    const int per_thread = (p.n + nt - 1) / nt;
+    t.group = std::max(1, std::min(target / t.ohw, per_thread));
+  }
+  t.tiles = t.pieces > 1 ? p.n * t.pieces : (p.n + t.group - 1) / t.group;
+  // Last group may be short.
+  return t;
+}
+
+inline int ceil_div_nonneg(int a, int b) { return a <= 0 ? 0 : (a + b - 1) / b; }
+
+// Visits the rows (c, r, s) for channels [c0, c1) and output pixels [p0, p1) of one image; for each
+// output row segment calls f(row, dst_col, ih, ow0, ow1, owlo, owhi) where [owlo, owhi) are the output
+// columns whose input column is inside the image (ih may be outside it).
+template <class F>
+inline void for_each_segment(const Conv2dShape& p, int c0, int c1, int p0, int p1, F&& f) {
+  const int ow_n = p.out_w();
+  for (int c = c0; c < c1; ++c)
+    for (int r = 0; r < p.r; ++r)
+      for (int s = 0; s < p.s; ++s) {
+        const int row = ((c - c0) * p.r + r) * p.s + s;
+        // input column iw = ow * stride - pad + s lies in [0, w) for ow in [lo, hi)
+        const int lo = ceil_div_nonneg(p.pad - s, p.stride);
+        const int hi_num = p.w - 1 + p.pad - s;
+        const int hi = hi_num < 0 ? 0 : hi_num / p.stride + 1;
+        int pix = p0;
+        while (pix < p1) {
+          const int oh = pix / ow_n, ow0 = pix % ow_n;
+          const int ow1 = std::min(ow_n, ow0 + (p1 - pix));
+          const int ih = oh * p.stride - p.pad + r;
+          const int owlo = std::clamp(lo, ow0, ow1), owhi = std::clamp(hi, owlo, ow1);
+          f(c, row, pix - p0 - ow0, ih, ow0, ow1, owlo, owhi, s);
+          pix += ow1 - ow0;
+        }
+      }
+}
+
+// dst[row * ld + j] = x(c, ih, iw) or 0 for image x_n.
+void im2col(const Conv2dShape& p, const float* x_n, int c0, int c1, int p0, int p1, float* dst, int64_t ld) {
+  const int64_t hw = static_cast<int64_t>(p.h) * p.w;
+  const int stride = p.stride, pad = p.pad, w = p.w, h = p.h;
+  for_each_segment(p, c0, c1, p0, p1,
+                   [&](int c, int row, int base, int ih, int ow0, int ow1, int owlo, int owhi, int s) {
+                     float* d = dst + row * ld + base;  // d[ow]
+                     if (ih < 0 || ih >= h) {
+                       std::memset(d + ow0, 0, sizeof(float) * (ow1 - ow0));
+                       return;
+                     }
+                     for (int ow = ow0; ow < owlo; ++ow) d[ow] = 0.f;
+                     const float* xr = x_n + c * hw + static_cast<int64_t>(ih) * w - pad + s;  // xr[ow*stride]
+                     if (stride == 1) {
+                       if (owhi > owlo) std::memcpy(d + owlo, xr + owlo, sizeof(float) * (owhi - owlo));
+                     } else {
+                       for (int ow = owlo; ow < owhi; ++ow) d[ow] = xr[ow * stride];
+                     }
+                     for (int ow = owhi; ow < ow1; ++ow) d[ow] = 0.f;
+                   });
+}
+
+// dx_n(c, ih, iw) += src[row * ld + j] for channels [c0, c1); the caller zeroes dx_n's channels first.
+void col2im(const Conv2dShape& p, const float* src, int64_t ld, int c0, int c1, float* dx_n) {
+  const int64_t hw = static_cast<int64_t>(p.h) * p.w;
+  const int stride = p.stride, pad = p.pad, w = p.w, h = p.h;
+  for_each_segment(p, c0, c1, 0, p.out_h() * p.out_w(),
+                   [&](int c, int row, int base, int ih, int, int, int owlo, int owhi, int s) {
+                     if (ih < 0 || ih >= h) return;
+                     const float* sp = src + row * ld + base;
+                     float* xr = dx_n + c * hw + static_cast<int64_t>(ih) * w - pad + s;
+                     if (stride == 1) {
+#pragma omp simd
+                       for (int ow = owlo; ow < owhi; ++ow) xr[ow] += sp[ow];
+                     } else {
+                       for (int ow = owlo; ow < owhi; ++ow) xr[ow * stride] += sp[ow];
+                     }
+                   });
+}
+
+bool is_pointwise(const Conv2dShape& p) { return p.r == 1 && p.s == 1 && p.stride == 1 && p.pad == 0; }
+
+// Threads for a convolution: waking the team costs more than a tiny convolution.
+int conv_threads(const Conv2dShape& p) {
+  const double flops = 2.0 * p.n * p.k * p.out_h() * p.out_w() * p.c * p.r * p.s;
+  return flops < 2e6 ? 1 : num_threads();
+}
+
+}  // namespace
+
+void conv2d_forward(const Conv2dShape& p, const float* x, const float* w, float* y) {
+  check_shape("conv2d_forward", p);
+  const int nt = conv_threads(p);
+  const Tiling tl = make_tiling(p, nt, false);
+  const int crs = p.c * p.r * p.s;
+  const int64_t chw = static_cast<int64_t>(p.c) * p.h * p.w;
+  const int64_t kohw = static_cast<int64_t>(p.k) * tl.ohw;
+  const bool pointwise = is_pointwise(p);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int t = 0; t < tl.tiles; ++t) {
+    int n0, n1, p0, p1;
+    tl.tile(t, n0, n1, p0, p1);
+    n1 = std::min(n1, p.n);
+    const int g = n1 - n0;
+    const int cols = g == 1 ? p1 - p0 : g * tl.ohw;
+    const float* b;
+    int ldb;
+    if (pointwise && g == 1) {
+      b = x + n0 * chw + p0;
+      ldb = tl.ohw;
+    } else {
+      float* col = t_col.get(static_cast<size_t>(crs) * cols);
+      for (int i = 0; i < g; ++i) im2col(p, x + (n0 + i) * chw, 0, p.c, p0, p1, col + i * (p1 - p0), cols);
+      b = col;
+      ldb = cols;
+    }
+    if (g == 1) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p.k, cols, crs, 1.f, w, crs, b, ldb, 0.f,
+                  y + n0 * kohw + p0, tl.ohw);
+    } else {
+      float* out = t_mat.get(static_cast<size_t>(p.k) * cols);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p.k, cols, crs, 1.f, w, crs, b, ldb, 0.f, out, cols);
+      for (int i = 0; i < g; ++i)
+        for (int k = 0; k < p.k; ++k)
+          std::memcpy(y + (n0 + i) * kohw + static_cast<int64_t>(k) * tl.ohw,
+                      out + static_cast<int64_t>(k) * cols + i * tl.ohw, sizeof(float) * tl.ohw);
+    }
+  }
+}
+
+void conv2d_backward_data(const Conv2dShape& p, const float* dy, const float* w, float* dx) {
+  check_shape("conv2d_backward_data", p);
+  const int nt = conv_threads(p);
+  const Tiling tl = make_tiling(p, nt, true);
+  const int crs = p.c * p.r * p.s;
+  const int rs = p.r * p.s;
+  const int64_t hw = static_cast<int64_t>(p.h) * p.w;
+  const int64_t chw = p.c * hw;
+  const int64_t kohw = static_cast<int64_t>(p.k) * tl.ohw;
+  const bool pointwise = is_pointwise(p);
+  // Channel chunks keep the column-gradient block near the cache size.
+  const int64_t tile_cols = static_cast<int64_t>(tl.group) * tl.ohw;
+  const int cc = static_cast<int>(std::clamp<int64_t>(kTileBytes / (rs * tile_cols * 4), 1, p.c));
+  const int chunks = (p.c + cc - 1) / cc;
+  const int work = tl.tiles * chunks;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int t = 0; t < work; ++t) {
+    int n0, n1, p0, p1;
+    tl.tile(t / chunks, n0, n1, p0, p1);
+    n1 = std::min(n1, p.n);
+    const int g = n1 - n0;
+    const int cols = g * tl.ohw;
+    const int c0 = (t % chunks) * cc, c1 = std::min(p.c, c0 + cc);
+    const float* a = w + c0 * rs;  // op(A) = W^T rows for channels [c0, c1)
+    const float* b;
+    int ldb;
+    if (g == 1) {
+      b = dy + n0 * kohw;
+      ldb = tl.ohw;
+    } else {
+      float* gathered = t_mat.get(static_cast<size_t>(p.k) * cols);
+      for (int k = 0; k < p.k; ++k)
+        for (int i = 0; i < g; ++i)
+          std::memcpy(gathered + static_cast<int64_t>(k) * cols + i * tl.ohw,
+                      dy + (n0 + i) * kohw + static_cast<int64_t>(k) * tl.ohw, sizeof(float) * tl.ohw);
+      b = gathered;
+      ldb = cols;
+    }
+    const int m = (c1 - c0) * rs;
+    if (pointwise && g == 1) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, cols, p.k, 1.f, a, crs, b, ldb, 0.f,
+                  dx + n0 * chw + c0 * hw, static_cast<int>(hw));
+      continue;
+    }
+    float* dcol = t_col.get(static_cast<size_t>(m) * cols);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, cols, p.k, 1.f, a, crs, b, ldb, 0.f, dcol, cols);
+    for (int i = 0; i < g; ++i) {
+      float* dxn = dx + (n0 + i) * chw;
+      std::memset(dxn + c0 * hw, 0, sizeof(float) * (c1 - c0) * hw);
+      col2im(p, dcol + i * tl.ohw, cols, c0, c1, dxn);
+    }
+  }
+}
+
+void conv2d_backward_weight(const Conv2dShape& p, const float* x, const float* dy, float* dw) {
+  check_shape("conv2d_backward_weight", p);
+  const int nt = conv_threads(p);
+  const Tiling tl = make_tiling(p, nt, false);
+  const int crs = p.c * p.r * p.s;
+  const int64_t kcrs = static_cast<int64_t>(p.k) * crs;
+  const int64_t chw = static_cast<int64_t>(p.c) * p.h * p.w;
+  const int64_t kohw = static_cast<int64_t>(p.k) * tl.ohw;
+  const bool pointwise = is_pointwise(p);
+  const int used = std::max(1, std::min(nt, tl.tiles));
+  std::vector<float*> acc(used, nullptr);
+#pragma omp parallel num_threads(used)
+  {
+    const int me = omp_get_thread_num();
+    const int team = omp_get_num_threads();
+    // Thread 0 accumulates straight into dw; the others into scratch, summed below in thread order.
+    float* mine = me == 0 ? dw : t_acc.get(static_cast<size_t>(kcrs));
+    std::memset(mine, 0, sizeof(float) * kcrs);
+    acc[me] = mine;
+#pragma omp for schedule(static)
+    for (int t = 0; t < tl.tiles; ++t) {
+      int n0, n1, p0, p1;
+      tl.tile(t, n0, n1, p0, p1);
+      n1 = std::min(n1, p.n);
+      const int g = n1 - n0;
+      const int cols = g == 1 ? p1 - p0 : g * tl.ohw;
+      const float* a;
+      int lda;
+      const float* b;
+      int ldb;
+      if (g == 1) {
+        a = dy + n0 * kohw + p0;
+        lda = tl.ohw;
+      } else {
+        float* gathered = t_mat.get(static_cast<size_t>(p.k) * cols);
+        for (int k = 0; k < p.k; ++k)
+          for (int i = 0; i < g; ++i)
+            std::memcpy(gathered + static_cast<int64_t>(k) * cols + i * tl.ohw,
+                        dy + (n0 + i) * kohw + static_cast<int64_t>(k) * tl.ohw, sizeof(float) * tl.ohw);
+        a = gathered;
+        lda = cols;
+      }
+      if (pointwise && g == 1) {
+        b = x + n0 * chw + p0;
+        ldb = tl.ohw;
+      } else {
+        float* col = t_col.get(static_cast<size_t>(crs) * cols);
+        for (int i = 0; i < g; ++i) im2col(p, x + (n0 + i) * chw, 0, p.c, p0, p1, col + i * (p1 - p0), cols);
+        b = col;
+        ldb = cols;
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p.k, crs, cols, 1.f, a, lda, b, ldb, 1.f, mine, crs);
+    }
+    // The implicit barrier above means every accumulator is complete.
+    if (team > 1) {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < kcrs; ++i) {
+        float s = acc[0][i];
+        for (int j = 1; j < team; ++j) s += acc[j][i];
+        acc[0][i] = s;
+      }
+    }
+  }
+}
+
+}  // namespace ddp::cpu

@@ -1,0 +1,398 @@
+// CPU ops against independent naive loops (double accumulation) and finite differences.
+// Finite differences: objective J = sum(y * r) with random r, accumulated in double from the fp32
+// forward; central difference with step eps; analytic gradient from the op's backward with dy = r.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "ddp/backend/cpu/ops.h"
+#include "ddp/core/check.h"
+#include "test_ops_util.h"
+
+namespace ddp::cpu::test {
+namespace {
+
+std::string name(const Conv2dShape& p) {
+  return "conv n" + std::to_string(p.n) + " c" + std::to_string(p.c) + " " + std::to_string(p.h) + "x" +
+         std::to_string(p.w) + " k" + std::to_string(p.k) + " " + std::to_string(p.r) + "x" + std::to_string(p.s) +
+         "/" + std::to_string(p.stride) + " p" + std::to_string(p.pad);
+}
+
+// Naive direct convolution loops in double: forward, and the two gradients as scatters.
+void ref_conv(const Conv2dShape& p, const std::vector<float>& x, const std::vector<float>& w,
+              const std::vector<float>& dy, std::vector<double>& y, std::vector<double>& dx,
+              std::vector<double>& dw) {
+  const int oh = p.out_h(), ow = p.out_w();
+  y.assign(static_cast<size_t>(p.n) * p.k * oh * ow, 0.0);
+  dx.assign(x.size(), 0.0);
+  dw.assign(w.size(), 0.0);
+  for (int n = 0; n < p.n; ++n)
+    for (int k = 0; k < p.k; ++k)
+      for (int i = 0; i < oh; ++i)
+        for (int j = 0; j < ow; ++j) {
+          const size_t yi = ((static_cast<size_t>(n) * p.k + k) * oh + i) * ow + j;
+          double acc = 0.0;
+          for (int c = 0; c < p.c; ++c)
+            for (int r = 0; r < p.r; ++r)
+              for (int s = 0; s < p.s; ++s) {
+                const int ih = i * p.stride - p.pad + r, iw = j * p.stride - p.pad + s;
+                if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) continue;
+                const size_t xi = ((static_cast<size_t>(n) * p.c + c) * p.h + ih) * p.w + iw;
+                const size_t wi = ((static_cast<size_t>(k) * p.c + c) * p.r + r) * p.s + s;
+                acc += static_cast<double>(x[xi]) * w[wi];
+                dx[xi] += static_cast<double>(dy[yi]) * w[wi];
+                dw[wi] += static_cast<double>(dy[yi]) * x[xi];
+              }
+          y[yi] = acc;
+        }
+}
+
+// The ResNet18 combinations (7x7/2 p3, 3x3/1 p1, 3x3/2 p1, 1x1/2 p0), a 1x1/1 (no im2col path),
+// non-square inputs, batch sizes that leave a short last image group, images large enough to be
+// split into pixel tiles, and channel counts large enough to split the data-gradient into chunks.
+const std::vector<Conv2dShape> kConvShapes = {
+    {2, 3, 19, 23, 4, 7, 7, 2, 3},  {2, 5, 9, 7, 6, 3, 3, 1, 1},     {3, 4, 9, 10, 5, 3, 3, 2, 1},
+    {2, 6, 8, 7, 4, 1, 1, 2, 0},    {3, 4, 6, 5, 3, 1, 1, 1, 0},     {5, 8, 4, 4, 8, 3, 3, 1, 1},
+    {5, 16, 2, 3, 8, 3, 3, 2, 1},   {2, 3, 48, 50, 4, 3, 3, 1, 1},   {2, 16, 48, 40, 3, 7, 7, 1, 3},
+    {7, 32, 1, 1, 16, 3, 3, 1, 1},  {3, 8, 70, 66, 4, 1, 1, 1, 0},
+};
+
+class ConvTest : public ::testing::TestWithParam<Conv2dShape> {};
+
+TEST_P(ConvTest, MatchesNaiveLoops) {
+  const Conv2dShape p = GetParam();
+  const size_t xs = static_cast<size_t>(p.n) * p.c * p.h * p.w, ws = static_cast<size_t>(p.k) * p.c * p.r * p.s;
+  const size_t ys = static_cast<size_t>(p.n) * p.k * p.out_h() * p.out_w();
+  auto x = randn(xs, 1), w = randn(ws, 2, 1.f / std::sqrt(static_cast<float>(p.c * p.r * p.s))), dy = randn(ys, 3);
+  std::vector<double> ry, rdx, rdw;
+  ref_conv(p, x, w, dy, ry, rdx, rdw);
+  std::vector<float> y(ys), dx(xs), dw(ws);
+  conv2d_forward(p, x.data(), w.data(), y.data());
+  conv2d_backward_data(p, dy.data(), w.data(), dx.data());
+  conv2d_backward_weight(p, x.data(), dy.data(), dw.data());
+  // fp32 GEMM over up to ~800 (forward), ~100 (data) and ~10^4 (weight) products of O(1) terms.
+  expect_close(name(p) + " y", y, ry, 1e-4, 1e-4);
+  expect_close(name(p) + " dx", dx, rdx, 1e-4, 1e-4);
+  expect_close(name(p) + " dw", dw, rdw, 5e-4, 1e-4);
+}
+
+TEST_P(ConvTest, GradientsMatchFiniteDifferences) {
+  const Conv2dShape p = GetParam();
+  const size_t xs = static_cast<size_t>(p.n) * p.c * p.h * p.w, ws = static_cast<size_t>(p.k) * p.c * p.r * p.s;
+  const size_t ys = static_cast<size_t>(p.n) * p.k * p.out_h() * p.out_w();
+  auto x = randn(xs, 11), w = randn(ws, 12, 0.5f), r = randn(ys, 13);
+  std::vector<float> y(ys), dx(xs), dw(ws);
+  conv2d_backward_data(p, r.data(), w.data(), dx.data());
+  conv2d_backward_weight(p, x.data(), r.data(), dw.data());
+  auto objective = [&] {
+    conv2d_forward(p, x.data(), w.data(), y.data());
+    return dot(y, r);
+  };
+  // The objective is linear in x and in w, so the central difference is exact up to fp32 rounding of y
+  // (~1e-7 * sqrt(ys) * |y r| / eps).
+  check_fd(name(p) + " dx", x, dx, objective, 1e-2f, 2e-3, 2e-3);
+  check_fd(name(p) + " dw", w, dw, objective, 1e-2f, 2e-3, 2e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ConvTest, ::testing::ValuesIn(kConvShapes));
+
+TEST(ConvTest, DeterministicAndThreadCountIndependent) {
+  const Conv2dShape p{6, 16, 12, 10, 8, 3, 3, 1, 1};
+  const size_t xs = static_cast<size_t>(p.n) * p.c * p.h * p.w, ws = static_cast<size_t>(p.k) * p.c * p.r * p.s;
+  const size_t ys = static_cast<size_t>(p.n) * p.k * p.out_h() * p.out_w();
+  auto x = randn(xs, 21), dy = randn(ys, 22);
+  std::vector<float> a(ws), b(ws), c(ws);
+  const int saved = num_threads();
+  conv2d_backward_weight(p, x.data(), dy.data(), a.data());
+  conv2d_backward_weight(p, x.data(), dy.data(), b.data());
+  EXPECT_EQ(a, b) << "weight gradient differs between two identical calls";
+  set_num_threads(1);
+  EXPECT_EQ(num_threads(), 1);
+  conv2d_backward_weight(p, x.data(), dy.data(), c.data());
+  set_num_threads(saved);
+  expect_close("dw 1 thread vs many", c, a, 1e-4, 1e-5);
+}
+
+TEST(ConvTest, RejectsBadShape) {
+  const Conv2dShape p{1, 1, 2, 2, 1, 3, 3, 1, 0};
+  float buf[16] = {};
+  EXPECT_THROW(conv2d_forward(p, buf, buf, buf), ddp::Error);
+}
+
+// ---- batch norm -----------------------------------------------------------------------------------------
+
+TEST(BatchNorm, TrainForwardMatchesNaive) {
+  const int n = 3, c = 5, hw = 7 * 6;
+  const size_t sz = static_cast<size_t>(n) * c * hw;
+  auto x = randn(sz, 31, 2.f), gamma = randn(c, 32), beta = randn(c, 33);
+  for (auto& v : x) v += 3.f;  // a mean far from zero exercises the two-pass variance
+  std::vector<float> rm(c, 0.5f), rv(c, 2.f), sm(c), si(c), y(sz);
+  const float eps = 1e-5f, mom = 0.1f;
+  batchnorm_forward_train(n, c, hw, x.data(), gamma.data(), beta.data(), eps, mom, rm.data(), rv.data(), sm.data(),
+                          si.data(), y.data());
+  std::vector<double> ry(sz), rrm(c), rrv(c), rsm(c), rsi(c);
+  const double m = static_cast<double>(n) * hw;
+  for (int ch = 0; ch < c; ++ch) {
+    double s = 0, s2 = 0;
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < hw; ++j) s += x[(static_cast<size_t>(i) * c + ch) * hw + j];
+    const double mean = s / m;
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < hw; ++j) {
+        const double d = x[(static_cast<size_t>(i) * c + ch) * hw + j] - mean;
+        s2 += d * d;
+      }
+    const double var = s2 / m, invstd = 1.0 / std::sqrt(var + eps);
+    rsm[ch] = mean;
+    rsi[ch] = invstd;
+    rrm[ch] = 0.9 * 0.5 + 0.1 * mean;
+    rrv[ch] = 0.9 * 2.0 + 0.1 * var * m / (m - 1);
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < hw; ++j) {
+        const size_t k = (static_cast<size_t>(i) * c + ch) * hw + j;
+        ry[k] = (x[k] - mean) * invstd * gamma[ch] + beta[ch];
+      }
+  }
+  expect_close("bn y", y, ry, 1e-5, 1e-5);
+  expect_close("bn save_mean", sm, rsm, 1e-6, 1e-6);
+  expect_close("bn save_invstd", si, rsi, 1e-6, 1e-6);
+  expect_close("bn running_mean", rm, rrm, 1e-6, 1e-6);
+  expect_close("bn running_var", rv, rrv, 1e-6, 1e-6);
+
+  std::vector<float> ye(sz);
+  batchnorm_forward_eval(n, c, hw, x.data(), gamma.data(), beta.data(), rm.data(), rv.data(), eps, ye.data());
+  std::vector<double> rye(sz);
+  for (size_t k = 0; k < sz; ++k) {
+    const int ch = static_cast<int>((k / hw) % c);
+    rye[k] = (x[k] - static_cast<double>(rm[ch])) / std::sqrt(static_cast<double>(rv[ch]) + eps) * gamma[ch] +
+             beta[ch];
+  }
+  expect_close("bn eval y", ye, rye, 1e-5, 1e-5);
+}
+
+TEST(BatchNorm, TrainBackwardMatchesFiniteDifferences) {
+  const int n = 2, c = 3, hw = 5 * 4;
+  const size_t sz = static_cast<size_t>(n) * c * hw;
+  auto x = randn(sz, 41), gamma = randn(c, 42), beta = randn(c, 43), r = randn(sz, 44);
+  std::vector<float> rm(c), rv(c), sm(c), si(c), y(sz), dx(sz), dg(c), db(c);
+  const float eps = 1e-5f;
+  batchnorm_forward_train(n, c, hw, x.data(), gamma.data(), beta.data(), eps, 0.1f, rm.data(), rv.data(), sm.data(),
+                          si.data(), y.data());
+  batchnorm_backward(n, c, hw, x.data(), r.data(), gamma.data(), sm.data(), si.data(), dx.data(), dg.data(),
+                     db.data());
+  auto objective = [&] {
+    batchnorm_forward_train(n, c, hw, x.data(), gamma.data(), beta.data(), eps, 0.1f, rm.data(), rv.data(),
+                            sm.data(), si.data(), y.data());
+    return dot(y, r);
+  };
+  // Nonlinear in x: central difference error O(eps^2); fp32 rounding ~1e-7 * |J| / eps.
+  check_fd("bn dx", x, dx, objective, 1e-2f, 5e-3, 1e-2, 120);
+  check_fd("bn dgamma", gamma, dg, objective, 1e-2f, 2e-3, 1e-3);
+  check_fd("bn dbeta", beta, db, objective, 1e-2f, 2e-3, 1e-3);
+}
+
+TEST(BatchNorm, RejectsSingleValuePerChannel) {
+  float x[2] = {1, 2}, g[2] = {1, 1}, b[2] = {0, 0}, s[2], t[2], y[2], rm[2], rv[2];
+  EXPECT_THROW(batchnorm_forward_train(1, 2, 1, x, g, b, 1e-5f, 0.1f, rm, rv, s, t, y), ddp::Error);
+}
+
+// ---- pointwise ---------------------------------------------------------------------------------------------
+
+TEST(Pointwise, ReluForwardBackwardAndFiniteDifferences) {
+  const size_t sz = 1000;
+  auto x = randn(sz, 51), r = randn(sz, 52);
+  for (auto& v : x)
+    if (std::fabs(v) < 0.05f) v = v < 0 ? -0.05f : 0.05f;  // keep the kink farther than eps away
+  std::vector<float> y(sz), dx(sz);
+  relu_forward(static_cast<int64_t>(sz), x.data(), y.data());
+  for (size_t i = 0; i < sz; ++i) ASSERT_EQ(y[i], x[i] > 0 ? x[i] : 0.f) << i;
+  relu_backward(static_cast<int64_t>(sz), y.data(), r.data(), dx.data());
+  auto objective = [&] {
+    relu_forward(static_cast<int64_t>(sz), x.data(), y.data());
+    return dot(y, r);
+  };
+  check_fd("relu dx", x, dx, objective, 1e-2f, 1e-3, 1e-3, 200);
+  // In place, and large enough to run threaded.
+  auto big = randn(1 << 18, 53), copy = big;
+  relu_forward(static_cast<int64_t>(big.size()), big.data(), big.data());
+  for (size_t i = 0; i < big.size(); ++i) ASSERT_EQ(big[i], std::max(copy[i], 0.f)) << i;
+  auto g = randn(big.size(), 54), gcopy = g;
+  relu_backward(static_cast<int64_t>(big.size()), big.data(), g.data(), g.data());
+  for (size_t i = 0; i < big.size(); ++i) ASSERT_EQ(g[i], copy[i] > 0 ? gcopy[i] : 0.f) << i;
+}
+
+TEST(Pointwise, AddAndFiniteDifferences) {
+  const size_t sz = 777;
+  auto a = randn(sz, 61), b = randn(sz, 62), r = randn(sz, 63);
+  std::vector<float> y(sz);
+  add(static_cast<int64_t>(sz), a.data(), b.data(), y.data());
+  for (size_t i = 0; i < sz; ++i) ASSERT_EQ(y[i], a[i] + b[i]);
+  // d(sum((a + b) r))/da = d/db = r
+  auto objective = [&] {
+    add(static_cast<int64_t>(sz), a.data(), b.data(), y.data());
+    return dot(y, r);
+  };
+  check_fd("add da", a, r, objective, 1e-2f, 1e-3, 1e-3);
+  check_fd("add db", b, r, objective, 1e-2f, 1e-3, 1e-3);
+  add(static_cast<int64_t>(sz), a.data(), b.data(), y.data());
+  add(static_cast<int64_t>(sz), a.data(), b.data(), a.data());
+  for (size_t i = 0; i < sz; ++i) ASSERT_EQ(a[i], y[i]);
+}
+
+// ---- pooling -----------------------------------------------------------------------------------------------
+
+TEST(Pooling, MaxPoolMatchesNaiveAndFiniteDifferences) {
+  for (auto [h, w] : {std::pair{9, 7}, std::pair{8, 8}, std::pair{5, 6}}) {
+    const int n = 2, c = 3, kernel = 3, stride = 2, pad = 1;
+    const int oh = (h + 2 * pad - kernel) / stride + 1, ow = (w + 2 * pad - kernel) / stride + 1;
+    const size_t xs = static_cast<size_t>(n) * c * h * w, ys = static_cast<size_t>(n) * c * oh * ow;
+    // Distinct values 0.01 apart so a step of eps never reorders a window.
+    std::vector<float> x(xs);
+    std::iota(x.begin(), x.end(), 0.f);
+    std::shuffle(x.begin(), x.end(), std::mt19937(71));
+    for (auto& v : x) v = v * 0.01f - 1.f;
+    auto r = randn(ys, 72);
+    std::vector<float> y(ys), dx(xs);
+    std::vector<int32_t> am(ys);
+    maxpool2d_forward(n, c, h, w, kernel, stride, pad, x.data(), y.data(), am.data());
+    for (int pl = 0; pl < n * c; ++pl)
+      for (int i = 0; i < oh; ++i)
+        for (int j = 0; j < ow; ++j) {
+          float best = -std::numeric_limits<float>::infinity();
+          int arg = -1;
+          for (int a = i * stride - pad; a < i * stride - pad + kernel; ++a)
+            for (int b = j * stride - pad; b < j * stride - pad + kernel; ++b)
+              if (a >= 0 && a < h && b >= 0 && b < w && x[static_cast<size_t>(pl) * h * w + a * w + b] > best) {
+                best = x[static_cast<size_t>(pl) * h * w + a * w + b];
+                arg = a * w + b;
+              }
+          const size_t k = (static_cast<size_t>(pl) * oh + i) * ow + j;
+          ASSERT_EQ(y[k], best) << h << "x" << w << " output " << k;
+          ASSERT_EQ(am[k], arg) << h << "x" << w << " output " << k;
+        }
+    maxpool2d_backward(n, c, h, w, kernel, stride, pad, r.data(), am.data(), dx.data());
+    auto objective = [&] {
+      maxpool2d_forward(n, c, h, w, kernel, stride, pad, x.data(), y.data(), am.data());
+      return dot(y, r);
+    };
+    check_fd("maxpool dx " + std::to_string(h) + "x" + std::to_string(w), x, dx, objective, 1e-3f, 1e-3, 1e-3,
+             100000);
+  }
+}
+
+TEST(Pooling, MaxPoolTiesPickFirstIndex) {
+  std::vector<float> x(16, 1.f), y(4);
+  std::vector<int32_t> am(4);
+  maxpool2d_forward(1, 1, 4, 4, 3, 2, 1, x.data(), y.data(), am.data());
+  // Window origins clipped at the top-left corner: (0,0), (0,1), (1,0), (1,1).
+  EXPECT_EQ(am, (std::vector<int32_t>{0, 1, 4, 5}));
+}
+
+TEST(Pooling, GlobalAvgPoolMatchesNaiveAndFiniteDifferences) {
+  const int n = 3, c = 4, hw = 7 * 5;
+  const size_t xs = static_cast<size_t>(n) * c * hw;
+  auto x = randn(xs, 81), r = randn(static_cast<size_t>(n) * c, 82);
+  std::vector<float> y(static_cast<size_t>(n) * c), dx(xs);
+  global_avgpool_forward(n, c, hw, x.data(), y.data());
+  std::vector<double> ry(y.size());
+  for (size_t pl = 0; pl < y.size(); ++pl) {
+    double s = 0;
+    for (int j = 0; j < hw; ++j) s += x[pl * hw + j];
+    ry[pl] = s / hw;
+  }
+  expect_close("avgpool y", y, ry, 1e-6, 1e-6);
+  global_avgpool_backward(n, c, hw, r.data(), dx.data());
+  auto objective = [&] {
+    global_avgpool_forward(n, c, hw, x.data(), y.data());
+    return dot(y, r);
+  };
+  check_fd("avgpool dx", x, dx, objective, 1e-2f, 1e-3, 1e-3);
+}
+
+// ---- linear ------------------------------------------------------------------------------------------------
+
+TEST(Linear, MatchesNaiveAndFiniteDifferences) {
+  for (auto [n, in, out] : {std::tuple{5, 7, 3}, std::tuple{64, 512, 100}}) {
+    auto x = randn(static_cast<size_t>(n) * in, 91), w = randn(static_cast<size_t>(out) * in, 92, 0.1f),
+         b = randn(out, 93), r = randn(static_cast<size_t>(n) * out, 94);
+    std::vector<float> y(static_cast<size_t>(n) * out), dx(x.size()), dw(w.size()), db(out);
+    linear_forward(n, in, out, x.data(), w.data(), b.data(), y.data());
+    std::vector<double> ry(y.size());
+    for (int i = 0; i < n; ++i)
+      for (int o = 0; o < out; ++o) {
+        double s = b[o];
+        for (int j = 0; j < in; ++j) s += static_cast<double>(x[static_cast<size_t>(i) * in + j]) * w[static_cast<size_t>(o) * in + j];
+        ry[static_cast<size_t>(i) * out + o] = s;
+      }
+    expect_close("linear y", y, ry, 1e-4, 1e-4);
+    linear_backward(n, in, out, x.data(), w.data(), r.data(), dx.data(), dw.data(), db.data());
+    auto objective = [&] {
+      linear_forward(n, in, out, x.data(), w.data(), b.data(), y.data());
+      return dot(y, r);
+    };
+    check_fd("linear dx", x, dx, objective, 1e-2f, 2e-3, 2e-3);
+    check_fd("linear dw", w, dw, objective, 1e-2f, 2e-3, 2e-3);
+    check_fd("linear db", b, db, objective, 1e-2f, 2e-3, 2e-3);
+    std::vector<float> dw2(w.size());
+    linear_backward(n, in, out, x.data(), w.data(), r.data(), nullptr, dw2.data(), db.data());
+    EXPECT_EQ(dw2, dw) << "dx = nullptr changed dw";
+  }
+}
+
+// ---- loss --------------------------------------------------------------------------------------------------
+
+class CrossEntropy : public ::testing::TestWithParam<float> {};
+
+TEST_P(CrossEntropy, MatchesNaiveAndFiniteDifferences) {
+  const float e = GetParam();
+  const int n = 6, classes = 11;
+  auto z = randn(static_cast<size_t>(n) * classes, 101, 3.f);
+  std::vector<int32_t> labels = {0, 10, 3, 3, 7, 1};
+  std::vector<float> probs(z.size()), dz(z.size());
+  const float loss = softmax_cross_entropy_forward(n, classes, z.data(), labels.data(), e, probs.data());
+  double ref = 0.0;
+  for (int i = 0; i < n; ++i) {
+    double mx = -1e30, se = 0.0;
+    for (int k = 0; k < classes; ++k) mx = std::max(mx, static_cast<double>(z[i * classes + k]));
+    for (int k = 0; k < classes; ++k) se += std::exp(z[i * classes + k] - mx);
+    for (int k = 0; k < classes; ++k) {
+      const double nlp = -(z[i * classes + k] - mx - std::log(se));
+      ref += (e / classes) * nlp + (k == labels[i] ? (1.0 - e) * nlp : 0.0);
+    }
+  }
+  ref /= n;
+  EXPECT_NEAR(loss, ref, 1e-6 + 1e-6 * std::fabs(ref));
+  const float scale = 3.f;
+  softmax_cross_entropy_backward(n, classes, probs.data(), labels.data(), e, scale, dz.data());
+  std::vector<float> scratch(z.size());
+  auto objective = [&] {
+    return scale * static_cast<double>(
+                       softmax_cross_entropy_forward(n, classes, z.data(), labels.data(), e, scratch.data()));
+  };
+  check_fd("ce dlogits", z, dz, objective, 1e-2f, 1e-4, 1e-2, 100000);
+}
+
+INSTANTIATE_TEST_SUITE_P(Smoothing, CrossEntropy, ::testing::Values(0.f, 0.1f));
+
+TEST(CrossEntropyInput, LabelOutOfRangeNamesIndex) {
+  std::vector<float> z(4 * 5, 0.f), probs(z.size());
+  std::vector<int32_t> labels = {0, 4, 2, 5};
+  try {
+    softmax_cross_entropy_forward(4, 5, z.data(), labels.data(), 0.f, probs.data());
+    FAIL() << "label 5 of 5 classes was accepted";
+  } catch (const ddp::Error& err) {
+    const std::string msg = err.what();
+    EXPECT_NE(msg.find("labels[3]"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("5"), std::string::npos) << msg;
+  }
+  labels[3] = -1;
+  EXPECT_THROW(softmax_cross_entropy_forward(4, 5, z.data(), labels.data(), 0.f, probs.data()), ddp::Error);
+}
+
+}  // namespace
+}  // namespace ddp::cpu::test

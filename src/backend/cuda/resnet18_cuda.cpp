@@ -99,6 +99,8 @@ struct CudaResNet18::Impl {
   std::array<int, 8> bh{}, bw{}, bc{};  // block output size and channels
   bool have_input = false, have_forward = false;
   std::vector<int32_t> labels_host;
+  int32_t* labels_pinned = nullptr;  // page-locked, so the label copy is truly asynchronous
+  cudaEvent_t labels_copied = nullptr;
 
   float* P() { return params.as<float>(); }
   // Copies on the compute stream (never the legacy default stream, which does not order against
@@ -132,6 +134,8 @@ struct CudaResNet18::Impl {
     CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&input_copied, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventCreateWithFlags(&input_consumed, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&labels_copied, cudaEventDisableTiming));
+    CUDA_CHECK(cudaMallocHost(&labels_pinned, static_cast<size_t>(cfg.max_batch) * 4));
     for (auto& e : grad_events) CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     CUDNN_CHECK(cudnnCreate(&cudnn));
     CUDNN_CHECK(cudnnSetStream(cudnn, stream));
@@ -267,6 +271,8 @@ struct CudaResNet18::Impl {
       if (e) (void)cudaEventDestroy(e);
     if (input_copied) (void)cudaEventDestroy(input_copied);
     if (input_consumed) (void)cudaEventDestroy(input_consumed);
+    if (labels_copied) (void)cudaEventDestroy(labels_copied);
+    if (labels_pinned) (void)cudaFreeHost(labels_pinned);
     if (copy_stream) (void)cudaStreamDestroy(copy_stream);
     if (stream) (void)cudaStreamDestroy(stream);
   }
@@ -335,8 +341,11 @@ struct CudaResNet18::Impl {
     for (int i = 0; i < n_; ++i)
       DDP_CHECK(lab[i] >= 0 && lab[i] < cfg.num_classes, "CudaResNet18: label ", lab[i], " of image ", i,
                 " is outside [0, ", cfg.num_classes, ")");
-    // From pageable memory: staged before the call returns, so the caller may reuse its array.
-    CUDA_CHECK(cudaMemcpyAsync(labels.get(), labels_host.data(), n_ * 4, cudaMemcpyHostToDevice, stream));
+    // The previous batch's labels must have left the pinned buffer before it is refilled.
+    CUDA_CHECK(cudaEventSynchronize(labels_copied));
+    std::memcpy(labels_pinned, lab, static_cast<size_t>(n_) * 4);
+    CUDA_CHECK(cudaMemcpyAsync(labels.get(), labels_pinned, n_ * 4, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaEventRecord(labels_copied, stream));
   }
 
   // ---- forward ------------------------------------------------------------------------------

@@ -1,0 +1,93 @@
+#include "inspect.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <memory>
+
+#include "ddp/data/image.h"
+#include "ddp/data/shard.h"
+
+namespace ddp::prep {
+
+bool inspect(const std::vector<std::string>& files, bool decode, std::ostream& out, int show) {
+  bool ok = true;
+  std::vector<std::string> classes;
+  std::string first;
+  std::map<std::string, std::vector<int64_t>> hist_by_split;
+  std::map<std::string, int64_t> total_by_split;
+  for (const auto& path : files) {
+    std::unique_ptr<data::ShardReader> r;
+    try {
+      r = std::make_unique<data::ShardReader>(path);
+    } catch (const std::exception& e) {
+      out << path << ": INVALID: " << e.what() << "\n";
+      ok = false;
+      continue;
+    }
+    const auto& m = r->meta();
+    out << path << ": format " << data::kShardFormat << " v" << data::kShardFormatVersion << ", split " << m.split
+        << ", shard " << m.shard_index << "/" << m.num_shards << ", " << m.num_images << " images, "
+        << m.classes.size() << " classes, encoding " << m.encoding;
+    if (m.encoding == "raw") out << " " << m.width << "x" << m.height;
+    out << ", resize_shorter " << m.resize_shorter;
+    if (m.encoding == "jpeg") out << ", quality " << m.jpeg_quality;
+    out << ", source " << m.source << "\n";
+    if (classes.empty()) {
+      classes = m.classes;
+      first = path;
+    } else if (m.classes != classes) {
+      out << path << ": ERROR: class list differs from " << first << "\n";
+      ok = false;
+    }
+    std::vector<int64_t> hist(m.classes.size(), 0);
+    for (int32_t l : r->labels()) ++hist[static_cast<size_t>(l)];
+    auto [mn, mx] = std::minmax_element(hist.begin(), hist.end());
+    out << "  labels: min " << *mn << " / max " << *mx << " images per class";
+    if (*mn == 0) out << " (some classes absent from this shard)";
+    out << "\n";
+    auto& h = hist_by_split[m.split];
+    if (h.empty()) h.assign(hist.size(), 0);
+    for (size_t c = 0; c < std::min(h.size(), hist.size()); ++c) h[c] += hist[c];
+    total_by_split[m.split] += m.num_images;
+    auto names = r->filenames();
+    if (static_cast<int64_t>(names.size()) != m.num_images) {
+      out << path << ": ERROR: " << names.size() << " file names for " << m.num_images << " images\n";
+      ok = false;
+    }
+    for (int i = 0; i < std::min<int64_t>(show, m.num_images); ++i)
+      out << "  [" << i << "] " << names[static_cast<size_t>(i)] << "  label " << r->labels()[static_cast<size_t>(i)]
+          << " (" << m.classes[static_cast<size_t>(r->labels()[static_cast<size_t>(i)])] << ")\n";
+    if (decode && m.encoding == "jpeg") {
+      int64_t bad = 0;
+      const int64_t chunk = 256;
+      std::vector<std::vector<uint8_t>> bytes;
+      for (int64_t s = 0; s < m.num_images; s += chunk) {
+        std::vector<int64_t> idx;
+        for (int64_t i = s; i < std::min(m.num_images, s + chunk); ++i) idx.push_back(i);
+        r->read_jpeg(idx, bytes);
+        for (size_t k = 0; k < idx.size(); ++k) {
+          try {
+            data::decode_jpeg(bytes[k].data(), bytes[k].size(), path + ":" + names[static_cast<size_t>(idx[k])], {},
+                              1, 1, 0, true);
+          } catch (const std::exception& e) {
+            if (bad++ < 10) out << "  ERROR: " << e.what() << "\n";
+          }
+        }
+      }
+      out << "  decode check: " << (m.num_images - bad) << " of " << m.num_images << " images decode\n";
+      if (bad) ok = false;
+    } else if (decode) {
+      out << "  decode check: raw pixels (nothing to decode)\n";
+    }
+  }
+  for (const auto& [split, h] : hist_by_split) {
+    auto [mn, mx] = std::minmax_element(h.begin(), h.end());
+    out << "total " << split << ": " << total_by_split[split] << " images, " << h.size() << " classes, " << *mn
+        << ".." << *mx << " per class\n";
+  }
+  out << (ok ? "OK" : "PROBLEMS FOUND") << "\n";
+  return ok;
+}
+
+}  // namespace ddp::prep

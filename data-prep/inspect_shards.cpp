@@ -1,0 +1,59 @@
+// inspect_shards: counts, label histogram, format version and a decode check of every image.
+#include <algorithm>
+#include <filesystem>
+#include <iostream>
+
+#include <boost/program_options.hpp>
+
+#include "inspect.h"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+int main(int argc, char** argv) {
+  std::vector<std::string> inputs;
+  int show = 0;
+  po::options_description d(
+      "inspect_shards: check resnet18-ddp HDF5 shards\nusage: inspect_shards [options] SHARD.h5|DIR ...\noptions");
+  d.add_options()("help,h", "show this help")("no-decode", "skip decoding every image")(
+      "show", po::value(&show)->default_value(0), "print the first N file names and labels of each shard")(
+      "inputs", po::value(&inputs), "shard files or directories (all *.h5 inside)");
+  po::positional_options_description pos;
+  pos.add("inputs", -1);
+  try {
+    po::variables_map vm;
+    po::store(po::command_line_parser(argc, argv).options(d).positional(pos).run(), vm);
+    if (vm.count("help")) {
+      std::cout << d << "\n";
+      return 0;
+    }
+    po::notify(vm);
+    if (inputs.empty()) {
+      std::cerr << "inspect_shards: no shard files given (see --help)\n";
+      return 2;
+    }
+    std::vector<std::string> files;
+    for (const auto& in : inputs) {
+      if (fs::is_directory(in)) {
+        std::vector<std::string> f;
+        for (const auto& e : fs::directory_iterator(in))
+          if (e.path().extension() == ".h5") f.push_back(e.path().string());
+        std::sort(f.begin(), f.end());
+        if (f.empty()) {
+          std::cerr << "inspect_shards: no *.h5 files in '" << in << "'\n";
+          return 1;
+        }
+        files.insert(files.end(), f.begin(), f.end());
+      } else {
+        files.push_back(in);
+      }
+    }
+    return ddp::prep::inspect(files, !vm.count("no-decode"), std::cout, show) ? 0 : 1;
+  } catch (const po::error& e) {
+    std::cerr << "inspect_shards: " << e.what() << " (see --help)\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "inspect_shards: error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,635 @@
+// pack_imagenet: an ImageNet-style JPEG tree -> per-node HDF5 shards (docs/DATA_FORMAT.md).
+//
+// Input layouts: <root>/train/<class>/*; <root>/val/<class>/* (after valprep) or a flat <root>/val/
+// with Kaggle's LOC_val_solution.csv; also Kaggle's own tree (<root>/ILSVRC/Data/CLS-LOC/...).
+// Decode/resize/encode run in a thread pool; one thread (main) writes HDF5, in input order, so the
+// output does not depend on the thread count.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <boost/program_options.hpp>
+
+#include "ddp/core/check.h"
+#include "ddp/core/log.h"
+#include "ddp/data/image.h"
+#include "ddp/data/shard.h"
+#include "inspect.h"
+#include "png_decode.h"
+
+namespace fs = std::filesystem;
+namespace po = boost::program_options;
+using namespace ddp;
+using namespace ddp::data;
+
+namespace {
+
+struct Options {
+  std::string input, output, class_index, val_csv, bad_report;
+  std::vector<std::string> splits;
+  int shards = 1, node_index = -1, threads = 0, resize = 256, quality = 90;
+  std::string encoding = "jpeg";
+  bool allow_upscale = false, skip_bad = false, verify = false, progress = true;
+  int64_t max_pixels = 178956970;  // PIL's decompression-bomb limit
+};
+
+struct Item {
+  std::string path, rel;
+  int32_t label = 0;
+};
+
+struct Result {
+  bool done = false, bad = false, passthrough = false;
+  std::string error, kind, warning;
+  std::vector<uint8_t> bytes;
+};
+
+struct Counters {
+  int64_t images = 0, passthrough = 0, converted = 0, bad = 0, warned = 0;
+  std::map<std::string, int64_t> kinds;  // "PNG", "CMYK JPEG", ...
+};
+
+std::string trim(const std::string& s) {
+  size_t a = s.find_first_not_of(" \t\r\n"), b = s.find_last_not_of(" \t\r\n");
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+std::vector<uint8_t> read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  DDP_CHECK(f, "cannot read '", path, "': ", std::strerror(errno));
+  std::vector<uint8_t> d((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  DDP_CHECK(!f.bad(), "error reading '", path, "'");
+  return d;
+}
+
+std::vector<std::string> sorted_entries(const std::string& dir, bool dirs) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.empty() || name[0] == '.') continue;
+    if (dirs ? e.is_directory() : e.is_regular_file()) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<std::string> load_class_index(const std::string& path) {
+  std::ifstream f(path);
+  DDP_CHECK(f, "cannot read --class-index file '", path, "': ", std::strerror(errno));
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  std::string line;
+  int lineno = 0;
+  while (std::getline(f, line)) {
+    ++lineno;
+    line = trim(line);
+    if (line.empty() || line[0] == '#') continue;
+    std::string name = line.substr(0, line.find_first_of(" \t,"));
+    DDP_CHECK(seen.insert(name).second, "--class-index '", path, "' line ", lineno, ": class '", name,
+              "' listed twice");
+    out.push_back(name);
+  }
+  DDP_CHECK(!out.empty(), "--class-index file '", path, "' lists no classes");
+  return out;
+}
+
+// Kaggle: "ImageId,PredictionString" rows "ILSVRC2012_val_00008726,n02119789 255 142 454 329 ...".
+std::map<std::string, std::string> load_val_csv(const std::string& path) {
+  std::ifstream f(path);
+  DDP_CHECK(f, "cannot read validation label file '", path, "': ", std::strerror(errno));
+  std::map<std::string, std::string> out;
+  std::string line;
+  int lineno = 0;
+  while (std::getline(f, line)) {
+    ++lineno;
+    line = trim(line);
+    if (line.empty() || (lineno == 1 && line.rfind("ImageId", 0) == 0)) continue;
+    size_t comma = line.find(',');
+    DDP_CHECK(comma != std::string::npos, "'", path, "' line ", lineno, ": expected 'ImageId,PredictionString'");
+    std::string id = trim(line.substr(0, comma));
+    std::istringstream ps(line.substr(comma + 1));
+    std::string cls;
+    ps >> cls;
+    DDP_CHECK(!id.empty() && !cls.empty(), "'", path, "' line ", lineno, ": empty image id or label");
+    out[id] = cls;
+  }
+  DDP_CHECK(!out.empty(), "validation label file '", path, "' has no entries");
+  return out;
+}
+
+// ---- per-image work (runs in the pool) -------------------------------------------------------
+Result process(const Item& it, const Options& o, int raw_size) {
+  Result r;
+  std::vector<uint8_t> bytes = read_file(it.path);
+  DDP_CHECK(!bytes.empty(), "'", it.path, "' is empty (0 bytes)");
+  const ImageFormat fmt = sniff_format(bytes.data(), bytes.size());
+  const bool raw = o.encoding == "raw";
+  Rgb png;
+  int W = 0, H = 0;
+  JpegHeader hd;
+  if (fmt == ImageFormat::Jpeg) {
+    hd = read_jpeg_header(bytes.data(), bytes.size(), it.path);
+    W = hd.w;
+    H = hd.h;
+    DDP_CHECK(o.max_pixels <= 0 || static_cast<int64_t>(W) * H <= o.max_pixels, "'", it.path, "' is too large: ", W,
+              "x", H, " pixels exceeds --max-pixels ", o.max_pixels);
+    r.kind = hd.cmyk ? "CMYK JPEG" : hd.grayscale ? "grayscale JPEG" : hd.progressive ? "progressive JPEG" : "";
+  } else if (fmt == ImageFormat::Png) {
+    png = prep::decode_png(bytes.data(), bytes.size(), it.path, o.max_pixels);
+    W = png.w;
+    H = png.h;
+    r.kind = "PNG";
+  } else {
+    DDP_FAIL("'", it.path, "' is not a JPEG or PNG image (format by content: ", format_name(fmt), ")");
+  }
+  const int shorter = std::min(W, H);
+  int tw = W, th = H;
+  if (raw) {
+    DDP_CHECK(shorter >= raw_size || o.allow_upscale, "'", it.path, "' is ", W, "x", H,
+              ", smaller than the raw size ", raw_size, " (pass --allow-upscale to enlarge small images)");
+    resize_shorter_dims(W, H, raw_size, tw, th);
+  } else if (o.resize > 0 && shorter != o.resize && (shorter > o.resize || o.allow_upscale)) {
+    resize_shorter_dims(W, H, o.resize, tw, th);
+  }
+  // Already the right size and plain YCbCr: keep the original bytes (no second generation loss),
+  // after checking that they decode to the end.
+  if (!raw && fmt == ImageFormat::Jpeg && tw == W && th == H && hd.ycbcr && hd.components == 3) {
+    Decoded d = decode_jpeg(bytes.data(), bytes.size(), it.path, {}, 1, 1, o.max_pixels, true);
+    r.warning = d.warning;
+    r.passthrough = true;
+    r.bytes = std::move(bytes);
+    return r;
+  }
+  Rgb img;
+  Box box;
+  if (fmt == ImageFormat::Jpeg) {
+    Decoded d = decode_jpeg(bytes.data(), bytes.size(), it.path, {}, tw, th, o.max_pixels, true);
+    r.warning = d.warning;
+    img = std::move(d.img);
+    box = d.box;
+  } else {
+    img = std::move(png);
+    box = Box{0, 0, static_cast<float>(img.w), static_cast<float>(img.h)};
+  }
+  if (raw) {
+    // Centre square of the (decoded) image -> raw_size x raw_size.
+    Box sq = center_crop_box(img.w, img.h, raw_size, raw_size, 1.0f);
+    r.bytes.resize(static_cast<size_t>(raw_size) * raw_size * 3);
+    resample(img.px.data(), img.w, img.h, sq, r.bytes.data(), raw_size, raw_size);
+  } else {
+    std::vector<uint8_t> out(static_cast<size_t>(tw) * th * 3);
+    if (img.w == tw && img.h == th) {
+      out = std::move(img.px);
+    } else {
+      resample(img.px.data(), img.w, img.h, box, out.data(), tw, th);
+    }
+    r.bytes = encode_jpeg(out.data(), tw, th, o.quality);
+  }
+  return r;
+}
+
+// ---- progress ---------------------------------------------------------------------------------
+std::string fmt_secs(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  int t = static_cast<int>(s + 0.5);
+  char b[32];
+  if (t >= 3600) std::snprintf(b, sizeof b, "%dh%02dm", t / 3600, t / 60 % 60);
+  else std::snprintf(b, sizeof b, "%dm%02ds", t / 60, t % 60);
+  return b;
+}
+
+class Progress {
+ public:
+  Progress(bool enabled, int64_t total) : on_(enabled), tty_(isatty(2)), total_(total), t0_(clock::now()) {}
+  void update(int64_t done, const std::string& what, bool force = false) {
+    if (!on_) return;
+    auto now = clock::now();
+    double since = std::chrono::duration<double>(now - last_).count();
+    if (!force && since < (tty_ ? 0.25 : 10.0)) return;
+    last_ = now;
+    double el = std::chrono::duration<double>(now - t0_).count();
+    double rate = el > 0 ? done / el : 0;
+    double eta = rate > 0 ? (total_ - done) / rate : NAN;
+    int pct = total_ ? static_cast<int>(100.0 * done / total_) : 100;
+    char bar[41];
+    int fill = pct * 40 / 100;
+    for (int i = 0; i < 40; ++i) bar[i] = i < fill ? '#' : '.';
+    bar[40] = 0;
+    std::fprintf(stderr, "%s%-22s [%s] %3d%% %lld/%lld  %.0f img/s  ETA %s%s", tty_ ? "\r" : "", what.c_str(), bar,
+                 pct, static_cast<long long>(done), static_cast<long long>(total_), rate, fmt_secs(eta).c_str(),
+                 tty_ ? "" : "\n");
+    std::fflush(stderr);
+  }
+  void finish() {
+    if (on_ && tty_) std::fprintf(stderr, "\n");
+  }
+  double elapsed() const { return std::chrono::duration<double>(clock::now() - t0_).count(); }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  bool on_, tty_;
+  int64_t total_;
+  clock::time_point t0_, last_{};
+};
+
+// ---- one shard: pool decodes, this thread writes in order --------------------------------------
+void pack_shard(const std::vector<Item>& items, const std::string& final_path, ShardMeta meta, const Options& o,
+                int raw_size, Counters& cnt, std::vector<std::pair<std::string, std::string>>& bad, Progress& prog,
+                int64_t& done_total) {
+  ShardWriter w(final_path, meta);
+  const int64_t n = static_cast<int64_t>(items.size());
+  const int nthreads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int64_t window = std::max<int64_t>(64, int64_t{16} * nthreads);
+  std::vector<Result> ring(static_cast<size_t>(window));
+  std::mutex mu;
+  std::condition_variable cv_done, cv_room;
+  std::atomic<int64_t> next{0};
+  int64_t written = 0;
+  bool abort = false;
+  auto worker = [&] {
+    for (;;) {
+      const int64_t i = next.fetch_add(1);
+      if (i >= n) return;
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        cv_room.wait(lk, [&] { return abort || i < written + window; });
+        if (abort) return;
+      }
+      Result r;
+      try {
+        r = process(items[static_cast<size_t>(i)], o, raw_size);
+      } catch (const std::exception& e) {
+        r = Result{};
+        r.bad = true;
+        r.error = e.what();
+      }
+      r.done = true;
+      std::lock_guard<std::mutex> lk(mu);
+      ring[static_cast<size_t>(i % window)] = std::move(r);
+      cv_done.notify_all();
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 0; t < nthreads; ++t) pool.emplace_back(worker);
+  auto stop_pool = [&] {
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      abort = true;
+      cv_room.notify_all();
+    }
+    for (auto& t : pool) t.join();
+  };
+  const std::string what = fs::path(final_path).filename().string();
+  try {
+    for (int64_t i = 0; i < n; ++i) {
+      Result r;
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        auto& slot = ring[static_cast<size_t>(i % window)];
+        cv_done.wait(lk, [&] { return slot.done; });
+        r = std::move(slot);
+        slot = Result{};
+      }
+      const Item& it = items[static_cast<size_t>(i)];
+      if (r.bad) {
+        if (!o.skip_bad) {
+          // The message names the file; the partial shard is removed by ~ShardWriter.
+          throw Error(str(r.error, "\n(pass --skip-bad to leave out unreadable images and list them in a report)"));
+        }
+        bad.emplace_back(it.path, r.error);
+        ++cnt.bad;
+      } else {
+        if (o.encoding == "raw") {
+          w.append_raw(r.bytes.data(), it.label, it.rel);
+        } else {
+          w.append_jpeg(std::move(r.bytes), it.label, it.rel);
+        }
+        ++cnt.images;
+        if (r.passthrough) ++cnt.passthrough;
+        else ++cnt.converted;
+        if (!r.kind.empty()) ++cnt.kinds[r.kind];
+        if (!r.warning.empty()) ++cnt.warned;
+      }
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        ++written;
+        cv_room.notify_all();
+      }
+      ++done_total;
+      prog.update(done_total, what);
+    }
+  } catch (...) {
+    stop_pool();
+    throw;
+  }
+  stop_pool();
+  w.commit();
+}
+
+// ---- input discovery -------------------------------------------------------------------------
+struct Layout {
+  std::string data_root;  // holds train/ and val/
+  std::string kaggle_root;
+};
+
+Layout find_layout(const std::string& input) {
+  DDP_CHECK(fs::is_directory(input), "input directory '", input, "' does not exist or is not a directory");
+  if (fs::is_directory(fs::path(input) / "train") || fs::is_directory(fs::path(input) / "val")) return {input, input};
+  fs::path k = fs::path(input) / "ILSVRC" / "Data" / "CLS-LOC";
+  if (fs::is_directory(k)) return {k.string(), input};
+  DDP_FAIL("'", input, "' has neither train/ nor val/ (nor Kaggle's ILSVRC/Data/CLS-LOC/): not an ImageNet-style tree");
+}
+
+std::vector<Item> scan_class_folders(const fs::path& dir, const std::vector<std::string>& classes,
+                                     const std::map<std::string, int>& label_of, bool all_required) {
+  std::vector<Item> items;
+  auto folders = sorted_entries(dir.string(), true);
+  DDP_CHECK(!folders.empty(), "'", dir.string(), "' has no class folders");
+  std::set<std::string> have(folders.begin(), folders.end());
+  for (const auto& f : folders)
+    DDP_CHECK(label_of.count(f), "class folder '", (dir / f).string(), "' is not in the class list (",
+              classes.size(), " classes; check --class-index)");
+  if (all_required) {
+    for (const auto& c : classes)
+      DDP_CHECK(have.count(c), "class '", c, "' has no folder in '", dir.string(), "'");
+  }
+  for (const auto& f : folders) {
+    auto files = sorted_entries((dir / f).string(), false);
+    DDP_CHECK(!files.empty(), "class folder '", (dir / f).string(), "' is empty");
+    for (const auto& name : files) items.push_back(Item{(dir / f / name).string(), f + "/" + name, label_of.at(f)});
+  }
+  return items;
+}
+
+std::vector<Item> scan_split(const Layout& lay, const std::string& split, const std::vector<std::string>& classes,
+                             const std::map<std::string, int>& label_of, const Options& o) {
+  const fs::path dir = fs::path(lay.data_root) / split;
+  DDP_CHECK(fs::is_directory(dir), "split directory '", dir.string(), "' does not exist");
+  auto subdirs = sorted_entries(dir.string(), true);
+  if (!subdirs.empty()) return scan_class_folders(dir, classes, label_of, split == "train");
+  DDP_CHECK(split != "train", "'", dir.string(), "' has no class folders");
+  // Flat val/: labels from Kaggle's CSV.
+  std::string csv = o.val_csv;
+  if (csv.empty()) {
+    for (const fs::path& p : {fs::path(lay.kaggle_root) / "LOC_val_solution.csv",
+                              fs::path(lay.data_root) / "LOC_val_solution.csv", dir / "LOC_val_solution.csv"}) {
+      if (fs::is_regular_file(p)) {
+        csv = p.string();
+        break;
+      }
+    }
+  }
+  DDP_CHECK(!csv.empty(), "'", dir.string(),
+            "' is flat (no class folders) but no LOC_val_solution.csv was found next to it; pass --val-csv");
+  auto labels = load_val_csv(csv);
+  auto files = sorted_entries(dir.string(), false);
+  DDP_CHECK(!files.empty(), "'", dir.string(), "' is empty");
+  std::vector<Item> items;
+  for (const auto& name : files) {
+    if (name == "LOC_val_solution.csv") continue;
+    const std::string id = fs::path(name).stem().string();
+    auto it = labels.find(id);
+    DDP_CHECK(it != labels.end(), "validation image '", (dir / name).string(), "' has no label in '", csv, "'");
+    auto l = label_of.find(it->second);
+    DDP_CHECK(l != label_of.end(), "'", csv, "' labels '", id, "' with class '", it->second,
+              "', which is not in the class list");
+    items.push_back(Item{(dir / name).string(), name, l->second});
+  }
+  return items;
+}
+
+// Class-balanced, deterministic: the k-th file (sorted) of class c goes to shard (k + c) mod N.
+std::vector<std::vector<Item>> assign(const std::vector<Item>& items, int nshards, int nclasses) {
+  std::vector<std::vector<Item>> out(static_cast<size_t>(nshards));
+  std::vector<int64_t> k(static_cast<size_t>(nclasses), 0);
+  std::vector<Item> sorted = items;
+  std::stable_sort(sorted.begin(), sorted.end(), [](const Item& a, const Item& b) {
+    return a.label != b.label ? a.label < b.label : a.rel < b.rel;
+  });
+  for (const auto& it : sorted) {
+    const int64_t s = (k[static_cast<size_t>(it.label)]++ + it.label) % nshards;
+    out[static_cast<size_t>(s)].push_back(it);
+  }
+  return out;
+}
+
+// A shard already under its final name: reuse it if it was packed with these settings.
+bool complete_and_matching(const std::string& path, const ShardMeta& want, int64_t count) {
+  if (!fs::exists(path)) return false;
+  std::unique_ptr<ShardReader> r;
+  try {
+    r = std::make_unique<ShardReader>(path);
+  } catch (const std::exception& e) {
+    DDP_FAIL("'", path, "' exists but is not a valid shard (", e.what(), "); delete it and rerun");
+  }
+  const auto& m = r->meta();
+  bool same = m.split == want.split && m.num_shards == want.num_shards && m.shard_index == want.shard_index &&
+              m.encoding == want.encoding && m.resize_shorter == want.resize_shorter &&
+              m.jpeg_quality == want.jpeg_quality && m.height == want.height && m.width == want.width &&
+              m.classes == want.classes;
+  DDP_CHECK(same, "'", path, "' exists but was packed with other settings (encoding ", m.encoding, ", resize ",
+            m.resize_shorter, ", ", m.num_shards, " shards, ", m.classes.size(),
+            " classes); delete it or choose another --output");
+  // Fewer images than listed is fine only when --skip-bad dropped some.
+  DDP_CHECK(m.num_images <= count, "'", path, "' holds ", m.num_images, " images but the input lists ", count,
+            " for it: the input changed; delete the shards and repack");
+  return true;
+}
+
+int run(const Options& o) {
+  DDP_CHECK(o.encoding == "jpeg" || o.encoding == "raw", "--encoding must be 'jpeg' or 'raw', got '", o.encoding, "'");
+  DDP_CHECK(o.shards >= 1, "--shards/--nodes must be >= 1, got ", o.shards);
+  DDP_CHECK(o.node_index < o.shards, "--node-index ", o.node_index, " must be < --nodes ", o.shards);
+  DDP_CHECK(o.quality >= 1 && o.quality <= 100, "--quality must be in 1..100, got ", o.quality);
+  DDP_CHECK(o.resize >= 0, "--resize must be >= 0, got ", o.resize);
+  DDP_CHECK(o.encoding != "raw" || o.resize > 0, "--encoding raw needs --resize S > 0 (images are stored S x S)");
+  const Layout lay = find_layout(o.input);
+  // Classes: --class-index, else sorted train/ folders (torchvision ImageFolder order).
+  std::vector<std::string> classes;
+  if (!o.class_index.empty()) {
+    classes = load_class_index(o.class_index);
+  } else {
+    fs::path tr = fs::path(lay.data_root) / "train";
+    DDP_CHECK(fs::is_directory(tr), "no train/ folder in '", lay.data_root,
+              "' to take the class list from; pass --class-index");
+    classes = sorted_entries(tr.string(), true);
+    DDP_CHECK(!classes.empty(), "'", tr.string(), "' has no class folders");
+  }
+  std::map<std::string, int> label_of;
+  for (size_t i = 0; i < classes.size(); ++i) label_of[classes[i]] = static_cast<int>(i);
+  std::vector<std::string> splits = o.splits;
+  if (splits.empty()) {
+    for (std::string s : {"train", "val"})
+      if (fs::is_directory(fs::path(lay.data_root) / s)) splits.push_back(s);
+  }
+  // Output directory: created and proven writable before any work.
+  std::error_code ec;
+  fs::create_directories(o.output, ec);
+  DDP_CHECK(!ec, "cannot create output directory '", o.output, "': ", ec.message());
+  {
+    const std::string probe = (fs::path(o.output) / ".pack_imagenet_write_test").string();
+    FILE* f = std::fopen(probe.c_str(), "wb");
+    DDP_CHECK(f, "output directory '", o.output, "' is not writable: ", std::strerror(errno));
+    std::fclose(f);
+    std::remove(probe.c_str());
+  }
+  // Scan everything first, so an input error shows before hours of packing.
+  std::map<std::string, std::vector<std::vector<Item>>> plan;
+  int64_t total = 0;
+  for (const auto& s : splits) {
+    auto items = scan_split(lay, s, classes, label_of, o);
+    plan[s] = assign(items, o.shards, static_cast<int>(classes.size()));
+    std::cerr << "pack_imagenet: " << s << ": " << items.size() << " images in " << classes.size() << " classes -> "
+              << o.shards << " shard(s)\n";
+  }
+  struct Job {
+    std::string split, path;
+    int index;
+    const std::vector<Item>* items;
+  };
+  std::vector<Job> jobs;
+  std::vector<std::string> skipped;
+  const int raw_size = o.encoding == "raw" ? o.resize : 0;
+  for (const auto& s : splits) {
+    for (int i = 0; i < o.shards; ++i) {
+      if (o.node_index >= 0 && i != o.node_index) continue;
+      const auto& items = plan[s][static_cast<size_t>(i)];
+      const std::string path = (fs::path(o.output) / shard_file_name(s, i, o.shards)).string();
+      ShardMeta meta;
+      meta.split = s;
+      meta.shard_index = i;
+      meta.num_shards = o.shards;
+      meta.encoding = o.encoding;
+      meta.resize_shorter = o.resize;
+      meta.jpeg_quality = o.encoding == "jpeg" ? o.quality : 0;
+      meta.height = meta.width = raw_size;
+      meta.classes = classes;
+      if (complete_and_matching(path, meta, static_cast<int64_t>(items.size()))) {
+        skipped.push_back(path);
+        continue;
+      }
+      if (fs::exists(path + kPartialSuffix))
+        std::cerr << "pack_imagenet: removing " << path << kPartialSuffix << " left by an interrupted run\n";
+      jobs.push_back(Job{s, path, i, &items});
+      total += static_cast<int64_t>(items.size());
+    }
+  }
+  for (const auto& p : skipped) std::cerr << "pack_imagenet: " << p << " is already complete, skipped\n";
+  Counters cnt;
+  std::vector<std::pair<std::string, std::string>> bad;
+  Progress prog(o.progress, total);
+  int64_t done = 0;
+  std::vector<std::pair<std::string, int64_t>> per_shard;
+  for (const auto& j : jobs) {
+    ShardMeta meta;
+    meta.split = j.split;
+    meta.shard_index = j.index;
+    meta.num_shards = o.shards;
+    meta.encoding = o.encoding;
+    meta.resize_shorter = o.resize;
+    meta.jpeg_quality = o.encoding == "jpeg" ? o.quality : 0;
+    meta.height = meta.width = raw_size;
+    meta.source = fs::absolute(o.input).string();
+    meta.classes = classes;
+    const int64_t before = cnt.images;
+    pack_shard(*j.items, j.path, meta, o, raw_size, cnt, bad, prog, done);
+    per_shard.emplace_back(j.path, cnt.images - before);
+  }
+  prog.update(done, "done", true);
+  prog.finish();
+  const double secs = prog.elapsed();
+  // Report of left-out files (only with --skip-bad).
+  if (!bad.empty()) {
+    const std::string rp = o.bad_report.empty() ? (fs::path(o.output) / "bad_images.txt").string() : o.bad_report;
+    std::ofstream f(rp, std::ios::app);
+    DDP_CHECK(f, "cannot write the bad-image report '", rp, "'");
+    for (const auto& [p, why] : bad) f << p << "\t" << why << "\n";
+    std::cerr << "pack_imagenet: " << bad.size() << " unreadable image(s) left out, listed in " << rp << "\n";
+  }
+  std::printf("pack_imagenet summary (%.1f s, %.0f images/s with %d threads)\n", secs, secs > 0 ? done / secs : 0.0,
+              o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency()));
+  for (const auto& [p, c] : per_shard) std::printf("  %-50s %10lld images\n", p.c_str(), static_cast<long long>(c));
+  for (const auto& p : skipped) std::printf("  %-50s (already complete)\n", p.c_str());
+  std::printf("  written %lld (re-encoded %lld, original JPEG kept %lld), rejected %lld, with libjpeg warnings %lld\n",
+              static_cast<long long>(cnt.images), static_cast<long long>(cnt.converted),
+              static_cast<long long>(cnt.passthrough), static_cast<long long>(cnt.bad),
+              static_cast<long long>(cnt.warned));
+  for (const auto& [k, v] : cnt.kinds) std::printf("  converted from %s: %lld\n", k.c_str(), static_cast<long long>(v));
+  if (o.verify) {
+    std::vector<std::string> files;
+    for (const auto& j : jobs) files.push_back(j.path);
+    for (const auto& p : skipped) files.push_back(p);
+    return prep::inspect(files, true, std::cout) ? 0 : 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  std::string splits;
+  int nodes = 0;
+  po::options_description d(
+      "pack_imagenet: pack an ImageNet-style JPEG tree into per-node HDF5 shards\n"
+      "usage: pack_imagenet --input ROOT --output DIR [--shards N | --nodes N --node-index I] [options]\n"
+      "options");
+  d.add_options()("help,h", "show this help")
+      ("input,i", po::value(&o.input)->required(), "ImageNet root: train/<class>/*, val/<class>/* or flat val/ + LOC_val_solution.csv (Kaggle)")
+      ("output,o", po::value(&o.output)->required(), "output directory for <split>-NNNNN-of-MMMMM.h5")
+      ("shards", po::value(&o.shards)->default_value(1), "shards per split (one per node)")
+      ("nodes", po::value(&nodes), "number of nodes (same as --shards)")
+      ("node-index", po::value(&o.node_index)->default_value(-1), "write only this node's shards (0-based)")
+      ("splits", po::value(&splits), "comma-separated splits (default: those of train,val present)")
+      ("resize", po::value(&o.resize)->default_value(256), "shorter side in pixels (0: keep; raw: stored S x S)")
+      ("allow-upscale", po::bool_switch(&o.allow_upscale), "enlarge images smaller than --resize")
+      ("encoding", po::value(&o.encoding)->default_value("jpeg"), "jpeg (bytes) or raw (uint8 S x S x 3)")
+      ("quality", po::value(&o.quality)->default_value(90), "JPEG quality of re-encoded images")
+      ("class-index", po::value(&o.class_index), "file listing class folder names in label order (first token per line)")
+      ("val-csv", po::value(&o.val_csv), "Kaggle LOC_val_solution.csv for a flat val/ (default: searched next to it)")
+      ("threads,j", po::value(&o.threads)->default_value(0), "worker threads (0: all cores)")
+      ("skip-bad", po::bool_switch(&o.skip_bad), "leave out unreadable images (listed in --bad-report) instead of stopping")
+      ("bad-report", po::value(&o.bad_report), "report file for --skip-bad (default OUTPUT/bad_images.txt)")
+      ("max-pixels", po::value(&o.max_pixels)->default_value(o.max_pixels), "reject images with more pixels")
+      ("verify", po::bool_switch(&o.verify), "after packing, decode-check every shard (as inspect_shards)")
+      ("no-progress", "no progress bar");
+  try {
+    po::variables_map vm;
+    po::store(po::parse_command_line(argc, argv, d), vm);
+    if (vm.count("help")) {
+      std::cout << d << "\n";
+      return 0;
+    }
+    po::notify(vm);
+    if (vm.count("nodes")) {
+      DDP_CHECK(vm["shards"].defaulted() || o.shards == nodes, "--shards and --nodes disagree");
+      o.shards = nodes;
+    }
+    if (vm.count("no-progress")) o.progress = false;
+    std::stringstream ss(splits);
+    for (std::string s; std::getline(ss, s, ',');)
+      if (!trim(s).empty()) o.splits.push_back(trim(s));
+    return run(o);
+  } catch (const po::error& e) {
+    std::cerr << "pack_imagenet: " << e.what() << " (see --help)\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "pack_imagenet: error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -57,7 +57,7 @@ std::string describe_layout(const DistEnv& env) {
 std::string timeout_message(const std::string& op, double timeout_s, int64_t step) {
   std::string at = step >= 0 ? str(" at step ", step) : std::string(" (before training steps)");
   return str("no answer from the other ranks within ", timeout_s, " s in ", op, at,
-             "; a rank died or is stuck (timeout set by --comm-timeout)");
+             "; a rank died or is stuck (bound set by --timeout)");
 }
 
 }  // namespace detail

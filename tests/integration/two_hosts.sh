@@ -1,0 +1,89 @@
+#!/bin/bash
+# Runs an MPI program on two "hosts": two network namespaces joined by a veth pair (198.18.0.0/24,
+# the range reserved for network tests), one rank in each, TCP between them, launched by
+# `mpirun --hostfile` with an rsh agent that enters the namespace of the address it is given.
+#
+#   two_hosts.sh [--np-per-host N] [--rate 10gbit] [--mpirun PATH] -- PROGRAM ARGS...
+#
+# --rate limits the link in both directions with tc tbf. Needs root and `ip netns`; exits 77
+# (CTest SKIP_RETURN_CODE) with the reason when namespaces cannot be made. Always cleans up.
+set -u
+per_host=1
+rate=""
+mpiexec=$(command -v mpirun || true)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --np-per-host) per_host=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --mpirun) mpiexec=$2; shift 2 ;;
+    --) shift; break ;;
+    *) echo "two_hosts.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "two_hosts.sh: no program given (two_hosts.sh [options] -- PROGRAM ARGS)" >&2; exit 2; }
+[ -n "$mpiexec" ] || { echo "two_hosts.sh: mpirun not found" >&2; exit 2; }
+
+skip() { echo "SKIP: $*" >&2; exit 77; }
+[ "$(id -u)" = 0 ] || skip "two-host test needs root to create network namespaces"
+command -v ip >/dev/null || skip "the ip command (iproute2) is not installed"
+
+tag=$$
+ns1=ddpA$tag ns2=ddpB$tag
+if1=dva$tag if2=dvb$tag
+a1=198.18.0.1 a2=198.18.0.2 net=198.18.0.0/24
+work=$(mktemp -d /tmp/ddp_two_hosts.XXXXXX)
+
+cleanup() {
+  ip netns pids "$ns1" 2>/dev/null | xargs -r kill -9 2>/dev/null
+  ip netns pids "$ns2" 2>/dev/null | xargs -r kill -9 2>/dev/null
+  ip netns del "$ns1" 2>/dev/null
+  ip netns del "$ns2" 2>/dev/null
+  ip link del "$if1" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ip netns add "$ns1" 2>"$work/err" || skip "cannot create a network namespace: $(cat "$work/err")"
+ip netns add "$ns2" || skip "cannot create a second network namespace"
+ip link add "$if1" type veth peer name "$if2" 2>"$work/err" || skip "cannot create a veth pair: $(cat "$work/err")"
+ip link set "$if1" netns "$ns1" && ip link set "$if2" netns "$ns2" || skip "cannot move the veth ends into the namespaces"
+ip -n "$ns1" addr add "$a1/24" dev "$if1" && ip -n "$ns2" addr add "$a2/24" dev "$if2" || skip "cannot add addresses"
+for n in "$ns1:$if1" "$ns2:$if2"; do
+  ip -n "${n%%:*}" link set lo up && ip -n "${n%%:*}" link set "${n##*:}" up || skip "cannot bring links up"
+done
+if [ -n "$rate" ]; then
+  command -v tc >/dev/null || skip "tc not installed, cannot limit the link to $rate"
+  for n in "$ns1:$if1" "$ns2:$if2"; do
+    ip netns exec "${n%%:*}" tc qdisc add dev "${n##*:}" root tbf rate "$rate" burst 4mb latency 50ms \
+      || skip "cannot add a tbf qdisc of $rate"
+  done
+fi
+# Reachability without ping (often not installed): a TCP connect to a closed port is refused at once.
+probe=$(ip netns exec "$ns1" timeout 5 bash -c "echo > /dev/tcp/$a2/9" 2>&1)
+case "$probe" in
+  *refused*|"") ;;
+  *) skip "the two namespaces cannot reach each other: $probe" ;;
+esac
+
+cat > "$work/agent" <<AGENT
+#!/bin/bash
+# rsh agent: "agent HOST COMMAND..." runs COMMAND in the namespace that owns HOST's address.
+host=\$1; shift
+case "\$host" in
+  $a1) ns=$ns1 ;;
+  $a2) ns=$ns2 ;;
+  *) echo "rsh agent: unknown host \$host" >&2; exit 1 ;;
+esac
+exec ip netns exec "\$ns" /bin/bash -c "\$*"
+AGENT
+chmod +x "$work/agent"
+printf '%s slots=%s\n%s slots=%s\n' "$a1" "$per_host" "$a2" "$per_host" > "$work/hosts"
+
+np=$((2 * per_host))
+echo "two_hosts: $np ranks on $a1 ($ns1) and $a2 ($ns2)${rate:+, link limited to $rate}" >&2
+ip netns exec "$ns1" "$mpiexec" --allow-run-as-root --oversubscribe --bind-to none -np "$np" --hostfile "$work/hosts" \
+  --mca plm_rsh_agent "$work/agent" --mca btl tcp,self --mca btl_tcp_if_include "$net" \
+  --mca oob_tcp_if_include "$net" "$@"
+rc=$?
+exit $rc

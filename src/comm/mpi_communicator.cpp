@@ -361,7 +361,7 @@ std::unique_ptr<Communicator> make_mpi_communicator(const DistEnv& env, const Co
   std::string layout = detail::describe_layout(env);
   info0("distributed: ", env.world, " rank", env.world == 1 ? "" : "s", " on ", env.num_nodes, " node",
         env.num_nodes == 1 ? "" : "s", " [", layout, "]; devices: CPU; backend: mpi (",
-        env.thread_multiple ? "progress thread" : "inline progress, MPI_THREAD_MULTIPLE not granted",
+        env.world == 1 ? "no communication" : env.thread_multiple ? "progress thread" : "inline progress, MPI_THREAD_MULTIPLE not granted",
         "); timeout ", opt.timeout_s, " s");
   return c;
 }

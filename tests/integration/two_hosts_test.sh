@@ -20,5 +20,5 @@ cat "$out/two.log"
 [ $rc = 0 ] || { echo "FAIL: two-host run exited $rc"; exit 1; }
 grep -q "2 ranks on 2 nodes" "$out/two.log" || { echo "FAIL: the ranks did not land on two nodes"; exit 1; }
 grep -q "^steps=5,5$" "$out/rep.txt" || { echo "FAIL: step counts: $(cat "$out/rep.txt")"; exit 1; }
-/usr/bin/python3 "$here/compare_params.py" "$out/two.bin" "$out/one.bin" 1e-6 1e-5 || { echo "FAIL: parameters differ from the 1-rank run"; exit 1; }
+/usr/bin/python3 "$here/two_hosts_compare.py" "$out/two.bin" "$out/one.bin" 1e-6 1e-5 || { echo "FAIL: parameters differ from the 1-rank run"; exit 1; }
 echo "PASS: two hosts trained one model; replicas agree"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""compare_params.py A.bin B.bin ATOL RTOL: float32 files agree within |a-b| <= atol + rtol*|b|."""
+"""two_hosts_compare.py A.bin B.bin ATOL RTOL: float32 files agree within |a-b| <= atol + rtol*|b|."""
 import array
 import sys
 

@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2016,SC2012  # single-quoted bash -c bodies, ls of a tiny fixed dir: meant as written
+# Tests of the GPU-host tooling that run on a machine WITHOUT a GPU:
+#   tools/gpu_check.sh, tools/bundle_deps, tools/bench/torch_gpu_train.py.
+# A fake GPU host (stand-ins for nvidia-smi, the PyTorch python, bench_cuda_train and gtest binaries) drives
+# gpu_check.sh through every step, so its parsing, counting, table and exit codes are checked here; the
+# real thing runs on a GPU host only.
+#
+# Usage: tests/tools/test_scripts.sh [BUILD_DIR]
+#   BUILD_DIR (optional) a build whose test binaries bundle_deps is tried on (default: build, if present).
+# Needs: bash, shellcheck, python3 (json), ldd, strip. /usr/bin/python3 with torch (CPU) for the peer's
+# smoke test; that part is skipped with a note when it is absent.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD=${1:-$ROOT/build}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+FAILS=0
+pass() { printf 'PASS %s\n' "$*"; }
+fail() { printf 'FAIL %s\n' "$*"; FAILS=$((FAILS + 1)); }
+check() {  # check DESCRIPTION CMD...
+  local d=$1; shift
+  if "$@"; then pass "$d"; else fail "$d"; fi
+}
+PY=$(command -v python3 || echo /usr/bin/python3)
+jget() { "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$1" "$2"; }
+
+# ---- shellcheck ------------------------------------------------------------------------------------
+if command -v shellcheck >/dev/null; then
+  check "shellcheck gpu_check.sh, bundle_deps, this test" \
+    shellcheck "$ROOT/tools/gpu_check.sh" "$ROOT/tools/bundle_deps" "$ROOT/tests/tools/test_scripts.sh"
+else
+  fail "shellcheck not installed (tools/setup installs it)"
+fi
+
+# ---- gpu_check.sh on a machine with no GPU: a clear message, exit 2 -------------------------------
+NOGPU_PATH="$TMP/nogpu-bin"
+mkdir -p "$NOGPU_PATH"
+for t in bash env sed grep head tail cut tr wc date mkdir rm cat tee timeout ldd od paste sort xargs uname tar dirname basename kill sleep; do
+  p=$(command -v "$t") && ln -sf "$p" "$NOGPU_PATH/$t"
+done
+ln -sf "$PY" "$NOGPU_PATH/python3"
+out=$(PATH="$NOGPU_PATH" OUT="" "$ROOT/tools/gpu_check.sh" --out "$TMP/nogpu" 2>&1); rc=$?
+check "no GPU: exit 2" test "$rc" -eq 2
+check "no GPU: says 'no NVIDIA GPU/driver found'" grep -q 'no NVIDIA GPU/driver found' <<<"$out"
+check "no GPU: last line names the cause" grep -q 'STOPPED: no NVIDIA GPU/driver found' <<<"$(tail -1 <<<"$out")"
+check "no GPU: summary.json written, passed=false" test "$(jget "$TMP/nogpu/summary.json" 'd["passed"]')" = False
+
+# ---- argument errors -------------------------------------------------------------------------------
+"$ROOT/tools/gpu_check.sh" --batch zero >/dev/null 2>&1; rc=$?
+check "bad --batch: exit 2" test "$rc" -eq 2
+"$ROOT/tools/gpu_check.sh" --help | grep -q 'Usage: tools/gpu_check.sh'
+check "--help prints usage" test "${PIPESTATUS[0]}" -eq 0
+
+# ---- bundle_deps ---------------------------------------------------------------------------------
+BUNDLE_OK=0
+testbin=""
+if [[ -d $BUILD/tests ]]; then
+  testbin=$(find "$BUILD/tests" -type f -name 'test_*' -executable -not -path '*/CMakeFiles/*' 2>/dev/null | head -1)
+fi
+if [[ -n $testbin ]]; then
+  "$ROOT/tools/bundle_deps" "$BUILD" "$TMP/bundle" --extra "$testbin" >"$TMP/bundle.log" 2>&1; rc=$?
+  check "bundle_deps exits 0 on $BUILD (+ $(basename "$testbin"))" test "$rc" -eq 0
+  check "bundle: MANIFEST with commit and binary" grep -q "^commit: " "$TMP/bundle/MANIFEST"
+  check "bundle: binary copied" test -x "$TMP/bundle/bin/$(basename "$testbin")"
+  check "bundle: no glibc/libstdc++/CUDA libraries carried" \
+    bash -c '! ls "$1"/lib | grep -Eq "^(libc|libm|libstdc\+\+|libgcc_s|libcudart|libcudnn|libnccl|libcublas)\.so"' _ "$TMP/bundle"
+  check "bundle: env.sh passes shellcheck" shellcheck -s bash "$TMP/bundle/env.sh"
+  # With env.sh, every carried file resolves (on this machine the CUDA runtime comes from the toolkit).
+  # shellcheck source=/dev/null
+  unresolved=$( (source "$TMP/bundle/env.sh"; for f in "$TMP"/bundle/bin/* "$TMP"/bundle/lib/*.so*; do ldd "$f" 2>&1 | grep 'not found'; done) )
+  check "bundle: every carried file resolves with env.sh${unresolved:+ ($unresolved)}" test -z "$unresolved"
+  kib=$(sed -n 's/^size_kib: //p' "$TMP/bundle/MANIFEST")
+  check "bundle: size ${kib} KiB under 50 MiB" test "${kib:-999999}" -lt 51200
+  BUNDLE_OK=1
+else
+  printf 'NOTE no test binary under %s/tests: bundle_deps not exercised (build one first)\n' "$BUILD"
+fi
+"$ROOT/tools/bundle_deps" "$TMP/not-a-build" >/dev/null 2>&1; rc=$?
+check "bundle_deps: missing build dir is an error" test "$rc" -ne 0
+
+# ---- a fake GPU host drives gpu_check.sh through every step ---------------------------------------
+FAKE="$TMP/fake"
+mkdir -p "$FAKE/bin" "$FAKE/bundle/bin" "$FAKE/bundle/lib"
+cat >"$FAKE/bin/nvidia-smi" <<'EOF'
+#!/bin/bash
+# stand-in for nvidia-smi
+case " $* " in
+  *" -L "*) echo "GPU 0: Fake H100 80GB HBM3 (UUID: GPU-00000000)" ;;
+  *" -lms "*) while :; do echo "2026/11/28 07:00:00.000, 97, 20000, 1980, 600.0"; sleep 0.25; done ;;
+  *"--query-gpu=name"*) echo "Fake H100 80GB HBM3, 81559, 580.159.04, 9.0" ;;
+  *"--query-compute-apps"*) ;;
+  *" -q "*) echo "fake -q output" ;;
+  *) echo "| NVIDIA-SMI 580.159.04     Driver Version: 580.159.04     CUDA Version: 13.0 |" ;;
+esac
+EOF
+# A python whose PyTorch "sees a GPU": the probe is answered, the peer runs on the CPU at a tiny size.
+cat >"$FAKE/bin/fakepy" <<EOF
+#!/bin/bash
+if [[ \${1:-} == - ]]; then
+  script=\$(cat)
+  if [[ \$script == *"import torch, torchvision"* ]]; then
+    echo '{"python": "3.12", "torch": "fake", "torchvision": "fake", "torch_cuda": "13.0", "cuda_available": true, "torch_gpu": "Fake H100", "torch_cudnn": 91900}'
+    exit 0
+  fi
+  exec "$PY" - "\${@:2}" <<<"\$script"
+fi
+if [[ \${1:-} == *torch_gpu_train.py ]]; then
+  if [[ " \$* " == *" --compile "* ]]; then echo "torch.compile: fake failure" >&2; exit 3; fi
+  exec /usr/bin/python3 "\$@" --amp bf16 --device cpu --batch 2 --size 32 --classes 10 --warmup 1 --iters 2 --windows 2
+fi
+exec "$PY" "\$@"
+EOF
+cat >"$FAKE/bundle/bin/bench_cuda_train" <<'EOF'
+#!/bin/bash
+echo "bench_cuda_train (fake) $*"
+sleep 1  # long enough for the utilisation sampler to take a few samples
+amp=fp16; while (($#)); do [[ $1 == --amp ]] && amp=$2; shift; done
+echo "RESULT {\"amp\": \"$amp\", \"batch\": 256, \"img_per_s\": 12800.0, \"ms_per_step\": 20.0, \"peak_mem_mb\": 9000}"
+EOF
+# gtest stand-ins that write gtest's XML: one clean, one with a failure, one with a skip.
+write_fake_gtest() {  # NAME PASSED FAILED SKIPPED
+  cat >"$FAKE/bundle/bin/$1" <<EOF
+#!/bin/bash
+x=""; for a in "\$@"; do [[ \$a == --gtest_output=xml:* ]] && x=\${a#--gtest_output=xml:}; done
+{
+echo '<?xml version="1.0" encoding="UTF-8"?><testsuites tests="3" name="AllTests"><testsuite name="S">'
+for i in \$(seq 1 $2); do echo "<testcase name=\"ok\$i\" status=\"run\" result=\"completed\" classname=\"S\"/>"; done
+for i in \$(seq 1 $3); do echo "<testcase name=\"bad\$i\" status=\"run\" result=\"completed\" classname=\"S\"><failure message=\"x\"/></testcase>"; done
+for i in \$(seq 1 $4); do echo "<testcase name=\"skip\$i\" status=\"run\" result=\"skipped\" classname=\"S\"><skipped message=\"no GPU\"/></testcase>"; done
+echo '<testcase name="off" status="notrun" result="suppressed" classname="S"/></testsuite></testsuites>'
+} >"\$x"
+exit \$(( $3 > 0 ? 1 : 0 ))
+EOF
+}
+write_fake_gtest test_fake_ok 5 0 0
+echo "commit: 0123456789abcdef (fake)" >"$FAKE/bundle/MANIFEST"
+echo "cudnn_built_against: 9.19.0" >>"$FAKE/bundle/MANIFEST"
+chmod +x "$FAKE"/bin/* "$FAKE"/bundle/bin/*
+FPATH="$FAKE/bin:$PATH"
+
+if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 2>/dev/null; then
+  out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --bundle "$FAKE/bundle" --out "$TMP/gc-ok" --python fakepy 2>&1); rc=$?
+  S="$TMP/gc-ok/summary.json"
+  check "fake host, all clean: exit 0" test "$rc" -eq 0
+  check "fake host: PASSED is the last line" test "$(tail -1 <<<"$out")" = "gpu_check: PASSED"
+  check "fake host: 5 passed counted" test "$(jget "$S" 'd["tests_total"]["passed"]')" = 5
+  check "fake host: ours fp16 img/s parsed" test "$(jget "$S" 'd["bench"]["ours_fp16"]["img_per_s"]')" = 12800.0
+  check "fake host: torch eager ran (RESULT parsed)" test "$(jget "$S" 'd["bench"]["torch_eager_bf16"]["img_per_s"] > 0')" = True
+  check "fake host: ratio ours/torch eager computed" \
+    test "$(jget "$S" 'abs(d["bench"]["ours_bf16"]["x_torch_eager"] - 12800.0 / d["bench"]["torch_eager_bf16"]["img_per_s"]) < 1e-6')" = True
+  check "fake host: failed compile is a note, not a failure" grep -q 'torch compile fp16 .*skipped' <<<"$out"
+  check "fake host: GPU utilisation sampled (97%)" test "$(jget "$S" 'round(d["bench"]["ours_fp16"]["util"]["mean_pct"])')" = 97
+  check "fake host: test XML kept" test -f "$TMP/gc-ok/logs/test_fake_ok.xml"
+  check "fake host: table has all six benchmark rows" \
+    test "$(grep -cE '^(ours|torch eager|torch compile) (fp16|bf16) ' <<<"$out")" -eq 6
+
+  # a failing test and a skipped GPU test both fail the check; --allow-skip accepts the skip only
+  write_fake_gtest test_fake_skip 2 0 1
+  chmod +x "$FAKE/bundle/bin/test_fake_skip"
+  out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --bundle "$FAKE/bundle" --out "$TMP/gc-skip" --python fakepy 2>&1); rc=$?
+  check "fake host, a skipped GPU test: exit 1" test "$rc" -eq 1
+  check "fake host: the skip is reported as a failure" grep -q 'SKIPPED on a GPU host' <<<"$out"
+  check "fake host: --quick leaves torch.compile out" grep -q 'torch compile bf16 .*skipped (--quick)' <<<"$out"
+  PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --allow-skip --bundle "$FAKE/bundle" --out "$TMP/gc-skip2" --python fakepy >/dev/null 2>&1; rc=$?
+  check "fake host, --allow-skip: exit 0" test "$rc" -eq 0
+  write_fake_gtest test_fake_fail 3 2 0
+  chmod +x "$FAKE/bundle/bin/test_fake_fail"
+  out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --allow-skip --bundle "$FAKE/bundle" --out "$TMP/gc-fail" --python fakepy 2>&1); rc=$?
+  check "fake host, a failing test: exit 1" test "$rc" -eq 1
+  check "fake host: 2 failures counted" test "$(jget "$TMP/gc-fail/summary.json" 'd["tests_total"]["failed"]')" = 2
+  # $OUT set: logs are packed into one archive (the device tool returns few files)
+  mkdir -p "$TMP/outdir"
+  PATH="$FPATH" OUT="$TMP/outdir" "$ROOT/tools/gpu_check.sh" --quick --allow-skip --bundle "$FAKE/bundle" --python fakepy >/dev/null 2>&1
+  check "OUT set: summary.json, gpu_check.log and logs.tar.gz only" \
+    test "$(cd "$TMP/outdir" && ls | tr '\n' ' ')" = "gpu_check.log logs.tar.gz summary.json "
+else
+  printf 'NOTE /usr/bin/python3 with torch + torchvision missing: fake-host run of gpu_check.sh skipped\n'
+fi
+
+# missing pieces: named, exit 2 without --keep-going; run what is there with it
+rm -f "$FAKE/bundle/bin/bench_cuda_train"
+out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --bundle "$FAKE/bundle" --out "$TMP/gc-miss" --python fakepy 2>&1); rc=$?
+check "missing bench_cuda_train: exit 2, named" bash -c '[[ $1 -eq 2 ]] && grep -q "MISSING: .*bench_cuda_train" <<<"$2"' _ "$rc" "$out"
+out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --bundle "$TMP/no-bundle" --out "$TMP/gc-nob" --python fakepy 2>&1); rc=$?
+check "missing bundle: exit 2, names tools/bundle_deps" bash -c '[[ $1 -eq 2 ]] && grep -q "MISSING: bundle .*tools/bundle_deps" <<<"$2"' _ "$rc" "$out"
+
+# ---- the PyTorch peer on the CPU (smoke: arguments, RESULT line) ---------------------------------
+if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 2>/dev/null; then
+  last=$(/usr/bin/python3 "$ROOT/tools/bench/torch_gpu_train.py" --device cpu --amp bf16 --batch 2 --size 32 --classes 10 \
+         --warmup 1 --iters 2 --windows 2 2>/dev/null | tail -1)
+  check "torch_gpu_train.py: RESULT json last, with img_per_s and ms_per_step" \
+    "$PY" -c 'import json,sys; s=sys.argv[1]; assert s.startswith("RESULT "); d=json.loads(s[7:]); assert d["img_per_s"]>0 and d["ms_per_step"]>0 and d["batch"]==2' "$last"
+  /usr/bin/python3 "$ROOT/tools/bench/torch_gpu_train.py" --size 16 >/dev/null 2>&1; rc=$?
+  check "torch_gpu_train.py: --size 16 refused" test "$rc" -eq 2
+fi
+
+((BUNDLE_OK)) || true
+if ((FAILS)); then printf '%d check(s) FAILED\n' "$FAILS"; exit 1; fi
+echo "all checks passed"

@@ -1,0 +1,588 @@
+#!/usr/bin/env bash
+# The one prepared check for a GPU host (air-gapped is fine): checks the GPU and driver, runs the GPU
+# tests of a bundle made by tools/bundle_deps, benchmarks our ResNet18 training step against PyTorch on
+# the same GPU in the same run, and prints a short table LAST. Full logs and summary.json go to DIR.
+#
+# Usage: tools/gpu_check.sh [--bundle DIR] [--out DIR] [--quick] [options]
+#   --bundle DIR        bundle from tools/bundle_deps (default: .bundle in the repository root)
+#   --out DIR           where logs, test XML and summary.json go (default: $OUT if set, else ./gpu_check_out)
+#   --quick             tests + short benchmarks, no torch.compile (under 4 minutes)
+#   --keep-going        run whatever is there even if something is missing (still exits non-zero)
+#   --allow-skip        a skipped GPU test is not a failure (default: it is; on a GPU host nothing should skip)
+#   --python PY         python3 with PyTorch + torchvision (default: $DDP_PYTHON or python3)
+#   --batch N --size N  benchmark batch and image size (default 256, 224)
+#   --ours-args "ARGS"  extra arguments for bench_cuda_train
+#   --gtest-filter F    passed to every test binary
+#   --test-timeout S    per test binary (default 150; quick 90)
+#   --budget S          whole-run time budget; steps that would overrun it are skipped with a note
+#                       (default 450; quick 220)
+# Exit status: 0 all passed; 1 a test failed/skipped/crashed, a benchmark failed or something is missing;
+# 2 the host cannot run anything (no GPU/driver, no bundle) - the message says what is missing.
+# See docs/GPU_HOST.md.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUNDLE="$ROOT/.bundle"
+OUTDIR=${OUT:-./gpu_check_out}
+QUICK=0
+KEEP_GOING=0
+ALLOW_SKIP=0
+PY=${DDP_PYTHON:-python3}
+BATCH=256
+SIZE=224
+OURS_ARGS=""
+GTEST_FILTER=""
+TEST_TIMEOUT=""
+BUDGET=""
+
+usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+bad_arg() { printf 'gpu_check: %s (see --help)\n' "$*" >&2; exit 2; }
+need_val() { [[ $# -ge 2 && -n $2 ]] || bad_arg "$1 needs a value"; }
+need_int() { [[ $2 =~ ^[1-9][0-9]*$ ]] || bad_arg "$1 needs a positive whole number, got '$2'"; }
+
+while (($#)); do
+  case $1 in
+    --bundle) need_val "$@"; BUNDLE=$2; shift 2 ;;
+    --out) need_val "$@"; OUTDIR=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --keep-going) KEEP_GOING=1; shift ;;
+    --allow-skip) ALLOW_SKIP=1; shift ;;
+    --python) need_val "$@"; PY=$2; shift 2 ;;
+    --batch) need_val "$@"; need_int "$1" "$2"; BATCH=$2; shift 2 ;;
+    --size) need_val "$@"; need_int "$1" "$2"; SIZE=$2; shift 2 ;;
+    --ours-args) need_val "$@"; OURS_ARGS=$2; shift 2 ;;
+    --gtest-filter) need_val "$@"; GTEST_FILTER=$2; shift 2 ;;
+    --test-timeout) need_val "$@"; need_int "$1" "$2"; TEST_TIMEOUT=$2; shift 2 ;;
+    --budget) need_val "$@"; need_int "$1" "$2"; BUDGET=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) bad_arg "unknown argument '$1'" ;;
+  esac
+done
+if ((QUICK)); then
+  TEST_TIMEOUT=${TEST_TIMEOUT:-90}; BUDGET=${BUDGET:-220}; TESTS_BUDGET=100; BENCH_TIMEOUT=90
+  TORCH_STEPS=(--warmup 8 --iters 10 --windows 3)
+else
+  TEST_TIMEOUT=${TEST_TIMEOUT:-150}; BUDGET=${BUDGET:-450}; TESTS_BUDGET=200; BENCH_TIMEOUT=150
+  TORCH_STEPS=(--warmup 15 --iters 20 --windows 5)
+fi
+COMPILE_TIMEOUT=240   # torch.compile that takes longer than this is reported as skipped
+RESERVE=15            # seconds kept back for the summary
+
+mkdir -p "$OUTDIR" || bad_arg "cannot create output directory '$OUTDIR'"
+OUTDIR=$(cd "$OUTDIR" && pwd)
+LOGDIR="$OUTDIR/logs"
+rm -rf "$LOGDIR" "$OUTDIR/logs.tar.gz" "$OUTDIR/summary.json"
+mkdir -p "$LOGDIR"
+MAIN_LOG="$OUTDIR/gpu_check.log"
+: >"$MAIN_LOG"
+printf 'step\tstatus\tseconds\tnote\n' >"$LOGDIR/steps.tsv"
+printf 'binary\trc\tpassed\tfailed\tskipped\tseconds\tnote\n' >"$LOGDIR/tests.tsv"
+: >"$LOGDIR/missing.txt"
+
+log() {
+  local m
+  m=$(printf '[gpu_check %3ds] %s' "$SECONDS" "$*")
+  printf '%s\n' "$m"
+  printf '%s\n' "$m" >>"$MAIN_LOG"
+}
+missing() { log "MISSING: $*"; printf '%s\n' "$*" >>"$LOGDIR/missing.txt"; }
+
+STEP=""
+STEP_T0=0
+step_begin() { STEP=$1; STEP_T0=$SECONDS; log "== $1"; }
+step_end() {  # step_end STATUS [NOTE]
+  printf '%s\t%s\t%s\t%s\n' "$STEP" "$1" "$((SECONDS - STEP_T0))" "${2:-}" >>"$LOGDIR/steps.tsv"
+  log "-- $STEP: $1 ($((SECONDS - STEP_T0)) s)${2:+ - $2}"
+}
+# Seconds a step may use: its own limit, cut to what is left of the budget.
+cap() {
+  local left=$((BUDGET - RESERVE - SECONDS))
+  ((left < $1)) && { echo "$left"; return; }
+  echo "$1"
+}
+
+SAMPLER=""
+CHILD_NOTE=""
+# shellcheck disable=SC2317  # called by the EXIT trap
+cleanup() { [[ -n $SAMPLER ]] && kill "$SAMPLER" 2>/dev/null; return 0; }
+trap cleanup EXIT
+
+# A python that can at least parse XML and JSON for the summary, even if $PY lacks torch.
+TOOLPY=""
+for p in "$PY" python3 /usr/bin/python3; do
+  if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import json, xml.etree.ElementTree' >/dev/null 2>&1; then TOOLPY=$p; break; fi
+done
+
+# The summary: table to stdout (last), summary.json to OUTDIR. Its exit status is the script's.
+summarize() {
+  local fatal=${1:-}
+  if [[ -z $TOOLPY ]]; then
+    log "no python3 to write the summary; raw results:"
+    cat "$LOGDIR/tests.tsv" "$LOGDIR/steps.tsv"
+    [[ -n $fatal ]] && { log "FAILED: $fatal"; return 2; }
+    return 1
+  fi
+  FATAL="$fatal" QUICK="$QUICK" ALLOW_SKIP="$ALLOW_SKIP" BATCH="$BATCH" SIZE="$SIZE" BUNDLE="$BUNDLE" \
+    "$TOOLPY" - "$LOGDIR" "$OUTDIR/summary.json" <<'PYEOF' | tee -a "$MAIN_LOG"
+import csv, glob, json, os, statistics, sys
+logdir, out = sys.argv[1], sys.argv[2]
+env = os.environ
+def rd(name, default=None):
+    p = os.path.join(logdir, name)
+    try:
+        with open(p) as f:
+            return json.load(f) if name.endswith(".json") else f.read()
+    except (OSError, ValueError):
+        return default
+def tsv(name):
+    try:
+        with open(os.path.join(logdir, name)) as f:
+            return list(csv.DictReader(f, delimiter="\t"))
+    except OSError:
+        return []
+
+info = rd("host.json", {}) or {}
+missing = [l for l in (rd("missing.txt", "") or "").splitlines() if l.strip()]
+steps = tsv("steps.tsv")
+tests = tsv("tests.tsv")
+problems = []
+if env.get("FATAL"):
+    problems.append(env["FATAL"])
+problems += ["missing: " + m for m in missing]
+for s in steps:
+    if s["status"] == "FAIL":
+        problems.append(f"step {s['step']} failed: {s['note']}")
+
+tot = {"passed": 0, "failed": 0, "skipped": 0, "binaries": len(tests), "bad_binaries": 0}
+for t in tests:
+    for k in ("passed", "failed", "skipped"):
+        t[k] = int(t[k]) if str(t[k]).lstrip("-").isdigit() else 0
+        tot[k] += t[k]
+    t["rc"] = int(t["rc"]) if str(t["rc"]).lstrip("-").isdigit() else -1
+    t["seconds"] = int(t["seconds"]) if str(t["seconds"]).isdigit() else 0
+    ok = t["rc"] == 0 and t["failed"] == 0 and (t["skipped"] == 0 or env.get("ALLOW_SKIP") == "1")
+    t["ok"] = ok
+    if not ok:
+        tot["bad_binaries"] += 1
+        why = t["note"] or f"rc {t['rc']}"
+        problems.append(f"test binary {t['binary']}: {t['failed']} failed, {t['skipped']} skipped, {why}")
+if tot["skipped"] and env.get("ALLOW_SKIP") != "1":
+    problems.append(f"{tot['skipped']} GPU test(s) SKIPPED on a GPU host (a failure of the check; --allow-skip to accept)")
+
+def util_stats(key):
+    vals = []
+    try:
+        with open(os.path.join(logdir, key + ".util.csv")) as f:
+            for line in f:
+                parts = [p.strip() for p in line.split(",")]
+                if len(parts) >= 3 and parts[1].isdigit():
+                    vals.append((int(parts[1]), int(parts[2]) if parts[2].isdigit() else None))
+    except OSError:
+        pass
+    if not vals:
+        return None
+    u = [v[0] for v in vals]
+    tail = u[len(u) // 2:]
+    mem = [v[1] for v in vals if v[1] is not None]
+    return {"samples": len(u), "mean_pct": statistics.mean(u), "steady_mean_pct": statistics.mean(tail),
+            "max_mem_used_mb": max(mem) if mem else None}
+
+def pick(d, *keys):
+    for k in keys:
+        if isinstance(d, dict) and isinstance(d.get(k), (int, float)):
+            return float(d[k])
+    return None
+
+rows = [("ours fp16", "ours_fp16"), ("ours bf16", "ours_bf16"),
+        ("torch eager fp16", "torch_eager_fp16"), ("torch eager bf16", "torch_eager_bf16"),
+        ("torch compile fp16", "torch_compile_fp16"), ("torch compile bf16", "torch_compile_bf16")]
+bench = {}
+for label, key in rows:
+    st = rd(key + ".status")
+    r = rd(key + ".json")
+    e = {"label": label, "ran": st is not None}
+    if st is not None:
+        parts = st.strip().split("\t")
+        e["rc"] = int(parts[0]) if parts and parts[0].lstrip("-").isdigit() else None
+        e["seconds"] = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+        e["note"] = parts[2] if len(parts) > 2 else ""
+    else:
+        e["note"] = "not run"
+    if isinstance(r, dict):
+        e["result"] = r
+        ips = pick(r, "img_per_s", "images_per_s", "img_s", "imgs_per_s", "images_per_sec", "throughput")
+        ms = pick(r, "ms_per_step", "step_ms", "ms_step")
+        batch = pick(r, "batch") or float(env.get("BATCH", "256"))
+        if ips is None and ms:
+            ips = batch * 1e3 / ms
+        if ms is None and ips:
+            ms = batch * 1e3 / ips
+        peak = pick(r, "peak_mem_mb", "peak_mb", "peak_memory_mb")
+        if peak is None:
+            pb = pick(r, "peak_mem_bytes", "peak_bytes")
+            peak = pb / 2**20 if pb is not None else None
+        e.update(img_per_s=ips, ms_per_step=ms, peak_mb=peak)
+    e["util"] = util_stats(key)
+    bench[key] = e
+for amp in ("fp16", "bf16"):
+    eager = bench[f"torch_eager_{amp}"].get("img_per_s")
+    for key in (f"ours_{amp}", f"torch_eager_{amp}", f"torch_compile_{amp}"):
+        v = bench[key].get("img_per_s")
+        bench[key]["x_torch_eager"] = v / eager if (v and eager) else None
+    c = bench[f"torch_compile_{amp}"].get("img_per_s")
+    o = bench[f"ours_{amp}"].get("img_per_s")
+    bench[f"ours_{amp}"]["x_torch_compile"] = o / c if (o and c) else None
+for key in ("ours_fp16", "ours_bf16", "torch_eager_fp16", "torch_eager_bf16"):
+    e = bench[key]
+    if e["ran"] and e.get("img_per_s") is None:
+        problems.append(f"benchmark {e['label']} gave no result: {e.get('note') or 'no RESULT line'}")
+    if isinstance(e.get("result"), dict) and e["result"].get("loss_finite") is False:
+        problems.append(f"benchmark {e['label']}: loss not finite")
+
+passed = not problems
+summary = {"passed": passed, "problems": problems, "quick": env.get("QUICK") == "1", "host": info,
+           "bundle": env.get("BUNDLE"), "bundle_manifest": (rd("manifest.txt", "") or "").splitlines()[:12],
+           "steps": steps, "tests_total": tot, "tests": tests, "bench": bench,
+           "bench_config": {"batch": int(env.get("BATCH", 256)), "size": int(env.get("SIZE", 224))}}
+with open(out, "w") as f:
+    json.dump(summary, f, indent=1)
+
+if env.get("FATAL"):
+    # Nothing ran: the table would be all dashes; say what stopped it, last.
+    print("=" * 100)
+    print(f"gpu_check: {info.get('gpu_name', 'no GPU')}, bundle commit {info.get('bundle_commit', '?')}")
+    print(f"gpu_check: FAILED before running anything ({len(problems)} problem(s)):")
+    for p in problems[:15]:
+        print("  - " + p)
+    sys.exit(2)
+
+def f(v, fmt):
+    return format(v, fmt) if isinstance(v, (int, float)) else "-"
+W = 100
+print("=" * W)
+print(f"gpu_check: {info.get('gpu_name', '?')} ({info.get('gpu_mem_mib', '?')} MiB), driver {info.get('driver', '?')}, "
+      f"CUDA {info.get('cuda', '?')}, torch {info.get('torch', '?')}, cuDNN {info.get('torch_cudnn', '?')}")
+print(f"bundle commit: {info.get('bundle_commit', '?')}   mode: {'quick' if summary['quick'] else 'full'}   "
+      f"total {steps and sum(int(s['seconds']) for s in steps if s['seconds'].isdigit())} s")
+print("-" * W)
+print(f"{'test binary':<40}{'pass':>7}{'fail':>7}{'skip':>7}{'secs':>7}  status")
+for t in tests:
+    print(f"{t['binary']:<40}{t['passed']:>7}{t['failed']:>7}{t['skipped']:>7}{t['seconds']:>7}  "
+          f"{'ok' if t['ok'] else 'FAIL'}{(' - ' + t['note']) if t['note'] else ''}")
+print(f"{'all (' + str(tot['binaries']) + ' binaries)':<40}{tot['passed']:>7}{tot['failed']:>7}{tot['skipped']:>7}{'':>7}  "
+      f"{'ok' if tot['binaries'] and not tot['bad_binaries'] else 'FAIL'}")
+print("-" * W)
+print(f"{'benchmark b' + env.get('BATCH', '') + ' ' + env.get('SIZE', '') + 'px':<22}{'img/s':>10}{'ms/step':>10}{'peak MB':>10}"
+      f"{'util%':>7}{'x eager':>9}  note")
+for label, key in rows:
+    e = bench[key]
+    u = e["util"]["steady_mean_pct"] if e.get("util") else None
+    note = e.get("note") or ""
+    if e.get("img_per_s") is None and not note:
+        note = "no RESULT line"
+    print(f"{label:<22}{f(e.get('img_per_s'), '.0f'):>10}{f(e.get('ms_per_step'), '.2f'):>10}{f(e.get('peak_mb'), '.0f'):>10}"
+          f"{f(u, '.0f'):>7}{f(e.get('x_torch_eager'), '.2f'):>9}  {note}"[:W + 40])
+print("(x eager = img/s of the row / torch eager img/s at the same precision; util% = mean of the last half of "
+      "nvidia-smi samples)")
+print("=" * W)
+if passed:
+    print("gpu_check: PASSED")
+else:
+    print(f"gpu_check: FAILED ({len(problems)} problem(s)):")
+    for p in problems[:15]:
+        print("  - " + p)
+sys.exit(2 if env.get("FATAL") else (0 if passed else 1))
+PYEOF
+  return "${PIPESTATUS[0]}"
+}
+
+# Packs logs/ so that a device tool returning a few files from $OUT gets them all.
+finish() {
+  local rc=$1
+  if [[ -n ${OUT:-} && -d $OUT && $(cd "$OUT" && pwd) == "$OUTDIR" ]]; then
+    tar -czf "$OUTDIR/logs.tar.gz" -C "$OUTDIR" logs && rm -rf "$LOGDIR"
+  fi
+  exit "$rc"
+}
+fatal() {
+  log "STOP: $*"
+  summarize "$*"
+  local rc=$?
+  printf 'gpu_check: STOPPED: %s\n' "$*"
+  finish "$rc"
+}
+
+log "gpu_check $( ((QUICK)) && echo quick || echo full) run, budget ${BUDGET} s, logs in $OUTDIR"
+
+# ---- (a) GPU, driver, python, bundle --------------------------------------------------------------
+step_begin host
+NVSMI=$(command -v nvidia-smi || true)
+[[ -z $NVSMI && -x /usr/local/nvidia/bin/nvidia-smi ]] && NVSMI=/usr/local/nvidia/bin/nvidia-smi
+if [[ -z $NVSMI ]]; then
+  step_end FAIL "nvidia-smi not found"
+  fatal "no NVIDIA GPU/driver found: nvidia-smi is not on PATH (nor in /usr/local/nvidia/bin); this script needs a GPU host"
+fi
+if ! timeout 60 "$NVSMI" -L >"$LOGDIR/nvidia-smi-L.txt" 2>&1 || ! grep -q '^GPU [0-9]' "$LOGDIR/nvidia-smi-L.txt"; then
+  step_end FAIL "nvidia-smi -L failed"
+  fatal "no NVIDIA GPU/driver found: '$NVSMI -L' says: $(head -c 300 "$LOGDIR/nvidia-smi-L.txt" | tr '\n' ' ')"
+fi
+GPU_IDX=0
+[[ ${CUDA_VISIBLE_DEVICES:-} =~ ^([0-9]+) ]] && GPU_IDX=${BASH_REMATCH[1]}
+timeout 60 "$NVSMI" >"$LOGDIR/nvidia-smi.txt" 2>&1
+timeout 60 "$NVSMI" -q -i "$GPU_IDX" >"$LOGDIR/nvidia-smi-q.txt" 2>&1
+IFS=',' read -r GPU_NAME GPU_MEM DRIVER CAP < <(timeout 60 "$NVSMI" -i "$GPU_IDX" \
+  --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader,nounits 2>/dev/null | head -1)
+GPU_NAME=$(echo "${GPU_NAME:-?}" | xargs); GPU_MEM=$(echo "${GPU_MEM:-?}" | xargs)
+DRIVER=$(echo "${DRIVER:-?}" | xargs); CAP=$(echo "${CAP:-?}" | xargs)
+CUDA_VER=$(sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' "$LOGDIR/nvidia-smi.txt" | head -1)
+log "GPU $GPU_IDX: $GPU_NAME, $GPU_MEM MiB, compute capability $CAP, driver $DRIVER, CUDA ${CUDA_VER:-?} ($(grep -c '^GPU [0-9]' "$LOGDIR/nvidia-smi-L.txt") GPU(s) visible)"
+others=$(timeout 30 "$NVSMI" -i "$GPU_IDX" --query-compute-apps=pid,process_name --format=csv,noheader 2>/dev/null | grep -c . || true)
+((others > 0)) && log "WARNING: $others other process(es) already use GPU $GPU_IDX; timings will suffer"
+
+TORCH_JSON="{}"
+if ! command -v "$PY" >/dev/null 2>&1; then
+  missing "python '$PY' not found (needs PyTorch + torchvision; --python or DDP_PYTHON to pick another)"
+elif ! TORCH_JSON=$("$PY" - 2>"$LOGDIR/python.err" <<'PYEOF'
+import json, sys
+import torch, torchvision
+d = {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+     "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+if torch.cuda.is_available():
+    d["torch_gpu"] = torch.cuda.get_device_name()
+    d["torch_cudnn"] = torch.backends.cudnn.version()
+print(json.dumps(d))
+PYEOF
+); then
+  missing "PyTorch/torchvision in '$PY': $(tail -1 "$LOGDIR/python.err")"
+  TORCH_JSON="{}"
+else
+  log "python: $TORCH_JSON"
+  [[ $TORCH_JSON == *'"cuda_available": true'* ]] || missing "PyTorch in '$PY' sees no GPU (torch.cuda.is_available() is False)"
+fi
+
+BUNDLE_COMMIT="?"
+TESTS=()
+if [[ ! -d $BUNDLE/bin ]]; then
+  missing "bundle '$BUNDLE' (make it on a connected x86-64 machine: tools/bundle_deps build .bundle; see docs/GPU_HOST.md)"
+else
+  BUNDLE=$(cd "$BUNDLE" && pwd)
+  if [[ -f $BUNDLE/MANIFEST ]]; then
+    cp "$BUNDLE/MANIFEST" "$LOGDIR/manifest.txt"
+    BUNDLE_COMMIT=$(sed -n 's/^commit: //p' "$BUNDLE/MANIFEST" | head -1)
+    log "bundle: $BUNDLE, commit $BUNDLE_COMMIT, $(sed -n 's/^cudnn_built_against: /cuDNN built against /p' "$BUNDLE/MANIFEST"), $(sed -n 's/^cuda_code_in_binaries: /GPU code /p' "$BUNDLE/MANIFEST")"
+    sm="sm_${CAP//./}"
+    if grep -q '^cuda_code_in_binaries: .*sm_' "$BUNDLE/MANIFEST" && ! grep -q "^cuda_code_in_binaries: .*\\(${sm}\\|compute_\\)" "$BUNDLE/MANIFEST"; then
+      log "WARNING: the bundle holds no $sm code and no PTX; its kernels cannot run on this $GPU_NAME"
+    fi
+  else
+    log "WARNING: $BUNDLE/MANIFEST missing (not made by tools/bundle_deps?)"
+  fi
+  for b in "$BUNDLE"/bin/test_*; do [[ -f $b && -x $b ]] && TESTS+=("$b"); done
+  ((${#TESTS[@]})) || missing "GPU test binaries ($BUNDLE/bin/test_*)"
+  [[ -x $BUNDLE/bin/bench_cuda_train ]] || missing "$BUNDLE/bin/bench_cuda_train (our benchmark)"
+fi
+[[ -f $ROOT/tools/bench/torch_gpu_train.py ]] || missing "$ROOT/tools/bench/torch_gpu_train.py (the PyTorch peer)"
+
+# host.json feeds the summary
+if [[ -n $TOOLPY ]]; then
+  TORCH_JSON="$TORCH_JSON" GPU_NAME="$GPU_NAME" GPU_MEM="$GPU_MEM" DRIVER="$DRIVER" CAP="$CAP" CUDA_VER="${CUDA_VER:-?}" \
+    BUNDLE_COMMIT="$BUNDLE_COMMIT" HOSTN="$(uname -n)" "$TOOLPY" - >"$LOGDIR/host.json" 2>/dev/null <<'PYEOF'
+import json, os
+e = os.environ
+d = {"gpu_name": e["GPU_NAME"], "gpu_mem_mib": e["GPU_MEM"], "driver": e["DRIVER"], "compute_cap": e["CAP"],
+     "cuda": e["CUDA_VER"], "bundle_commit": e["BUNDLE_COMMIT"], "hostname": e["HOSTN"]}
+try:
+    d.update(json.loads(e["TORCH_JSON"]))
+except ValueError:
+    pass
+print(json.dumps(d))
+PYEOF
+fi
+
+if [[ -s $LOGDIR/missing.txt ]]; then
+  step_end FAIL "$(wc -l <"$LOGDIR/missing.txt") thing(s) missing"
+  if ((!KEEP_GOING)); then
+    fatal "missing: $(paste -sd ';' "$LOGDIR/missing.txt") (rerun with --keep-going to run what is there)"
+  fi
+else
+  step_end ok
+fi
+
+# ---- (b) library paths, and does every bundled binary resolve? ------------------------------------
+step_begin libraries
+declare -A CANNOT_RUN=()
+if [[ -d $BUNDLE/bin ]]; then
+  if [[ -f $BUNDLE/env.sh ]]; then
+    # shellcheck source=/dev/null
+    DDP_PYTHON=$PY source "$BUNDLE/env.sh"
+  else
+    log "WARNING: $BUNDLE/env.sh missing; using $BUNDLE/lib and /usr/local/cuda/lib64 only"
+    export LD_LIBRARY_PATH="$BUNDLE/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+  env | grep -E '^(LD_LIBRARY_PATH|OPAL_|OMPI_|DDP_)' | sort >"$LOGDIR/env.txt"
+  log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  [[ -n ${DDP_WHEEL_LIBS:-} ]] || log "WARNING: no nvidia-* wheel library dirs found through '$PY' (cuDNN/NCCL must then come from the toolkit)"
+  bad=0
+  for f in "$BUNDLE"/bin/* "$BUNDLE"/lib/*.so*; do
+    [[ -f $f ]] || continue
+    out=$(ldd "$f" 2>&1)
+    printf '== %s\n%s\n' "$f" "$out" >>"$LOGDIR/ldd.txt"
+    nf=$(grep -E 'not found' <<<"$out" | sed 's/^[[:space:]]*//' | sort -u | paste -sd ';' -)
+    if [[ -n $nf ]]; then
+      log "UNRESOLVED in ${f#"$BUNDLE"/}: $nf"
+      [[ $f == "$BUNDLE"/bin/* ]] && CANNOT_RUN[$f]="unresolved libraries: $nf"
+      bad=$((bad + 1))
+    fi
+  done
+  # What the key GPU libraries resolve to, and cuDNN's run-time-loaded parts (not visible to ldd).
+  first=""
+  for f in "$BUNDLE"/bin/*; do [[ -f $f ]] && ldd "$f" 2>/dev/null | grep -q libcudnn && { first=$f; break; }; done
+  [[ -n $first ]] && ldd "$first" | grep -E 'libcud(nn|art)|libcublas|libnccl' | sed 's/ (0x.*//; s/^[[:space:]]*/  /' | while IFS= read -r l; do log "$l"; done
+  IFS=':' read -ra dirs <<<"$LD_LIBRARY_PATH"
+  for sub in libcudnn_engines_precompiled.so.9 libcudnn_engines_runtime_compiled.so.9 libcudnn_heuristic.so.9 libcudnn_cnn.so.9 libcudnn_ops.so.9; do
+    found=""
+    for d in "${dirs[@]}"; do [[ -e $d/$sub ]] && { found=$d; break; }; done
+    if [[ -z $found ]]; then log "WARNING: $sub (loaded by cuDNN at run time) is in no LD_LIBRARY_PATH dir"; fi
+  done
+  # cuDNN on the host older than the one we compiled against is a known source of 'not supported'.
+  built=$(sed -n 's/^cudnn_built_against: //p' "$BUNDLE/MANIFEST" 2>/dev/null)
+  host_cudnn=$(sed -n 's/.*"torch_cudnn": \([0-9]*\).*/\1/p' <<<"$TORCH_JSON")
+  if [[ $built =~ ^([0-9]+)\.([0-9]+) && -n $host_cudnn ]]; then
+    bnum=$((BASH_REMATCH[1] * 10000 + BASH_REMATCH[2] * 100))
+    ((host_cudnn < bnum)) && log "WARNING: the host's cuDNN ($host_cudnn, from the PyTorch wheel) is older than the one the bundle was built against ($built)"
+  fi
+  if ((bad)); then step_end FAIL "$bad bundled file(s) with unresolved libraries (see logs/ldd.txt)"; else step_end ok; fi
+else
+  step_end skipped "no bundle"
+fi
+
+# ---- (c) GPU tests ------------------------------------------------------------------------------------
+parse_xml() {  # parse_xml FILE -> "passed failed skipped names-of-failed-or-skipped"
+  [[ -n $TOOLPY && -f $1 ]] || { echo "0 0 0"; return; }
+  "$TOOLPY" - "$1" <<'PYEOF' 2>/dev/null || echo "0 0 0 unparsable-xml"
+import sys, xml.etree.ElementTree as ET
+p = f = s = 0
+bad = []
+for tc in ET.parse(sys.argv[1]).getroot().iter("testcase"):
+    if tc.get("status") == "notrun":
+        continue
+    name = f"{tc.get('classname')}.{tc.get('name')}"
+    if tc.find("failure") is not None or tc.find("error") is not None:
+        f += 1; bad.append("FAILED:" + name)
+    elif tc.get("result") == "skipped" or tc.find("skipped") is not None:
+        s += 1; bad.append("SKIPPED:" + name)
+    else:
+        p += 1
+print(p, f, s, " ".join(bad[:20]))
+PYEOF
+}
+
+step_begin tests
+TESTS_T0=$SECONDS
+nfail=0
+for b in "${TESTS[@]}"; do
+  name=$(basename "$b")
+  if [[ -n ${CANNOT_RUN[$b]:-} ]]; then
+    printf '%s\t%s\t0\t0\t0\t0\t%s\n' "$name" -1 "not run: ${CANNOT_RUN[$b]}" >>"$LOGDIR/tests.tsv"; nfail=$((nfail + 1)); continue
+  fi
+  left=$((TESTS_BUDGET - (SECONDS - TESTS_T0)))
+  t=$(cap "$TEST_TIMEOUT"); ((left < t)) && t=$left
+  if ((t < 10)); then
+    printf '%s\t%s\t0\t0\t0\t0\t%s\n' "$name" -1 "not run: time budget spent" >>"$LOGDIR/tests.tsv"; nfail=$((nfail + 1))
+    log "$name: not run (time budget spent)"; continue
+  fi
+  args=(--gtest_output="xml:$LOGDIR/$name.xml" --gtest_color=no)
+  [[ -n $GTEST_FILTER ]] && args+=(--gtest_filter="$GTEST_FILTER")
+  t0=$SECONDS
+  timeout -k 10 "$t" "$b" "${args[@]}" >"$LOGDIR/$name.log" 2>&1
+  rc=$?
+  read -r p f s names < <(parse_xml "$LOGDIR/$name.xml")
+  note=""
+  if ((rc == 124 || rc == 137)); then note="timed out after $t s"
+  elif ((rc != 0 && f == 0)); then note="exit $rc without a test failure (crash?): $(grep -v '^\[' "$LOGDIR/$name.log" | tail -1 | cut -c1-120)"
+  elif [[ ! -f $LOGDIR/$name.xml ]]; then note="no XML written"
+  fi
+  ((s > 0)) && note="${note:+$note; }skipped: $(tr ' ' '\n' <<<"${names:-}" | grep '^SKIPPED:' | sed 's/^SKIPPED://' | head -5 | paste -sd ',' -)"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$p" "$f" "$s" "$((SECONDS - t0))" "$note" >>"$LOGDIR/tests.tsv"
+  log "$name: rc $rc, $p passed, $f failed, $s skipped ($((SECONDS - t0)) s)${note:+ - $note}"
+  [[ -n ${names:-} ]] && tr ' ' '\n' <<<"$names" | grep '^FAILED:' | head -10 | while IFS= read -r l; do log "   $l"; done
+  if ((rc != 0 || f > 0)) || { ((s > 0)) && ((!ALLOW_SKIP)); }; then nfail=$((nfail + 1)); fi
+done
+if ((${#TESTS[@]} == 0)); then step_end FAIL "no test binaries"
+elif ((nfail)); then step_end FAIL "$nfail of ${#TESTS[@]} binaries not clean"
+else step_end ok; fi
+
+# ---- (d, e) benchmarks with GPU utilisation sampling ---------------------------------------------
+# run_bench KEY LIMIT CMD...: runs CMD with nvidia-smi sampling beside it; keeps its RESULT json.
+run_bench() {
+  local key=$1 limit=$2 t rc t0 res
+  shift 2
+  t=$(cap "$limit")
+  if ((t < 20)); then
+    printf '%s\t%s\t%s\n' -1 0 "not run: time budget spent" >"$LOGDIR/$key.status"
+    log "$key: not run (time budget spent)"; return 1
+  fi
+  log "$key: $* (limit $t s)"
+  "$NVSMI" -i "$GPU_IDX" --query-gpu=timestamp,utilization.gpu,memory.used,clocks.sm,power.draw \
+    --format=csv,noheader,nounits -lms 250 >"$LOGDIR/$key.util.csv" 2>/dev/null &
+  SAMPLER=$!
+  t0=$SECONDS
+  PYTHONUNBUFFERED=1 timeout -k 10 "$t" "$@" >"$LOGDIR/$key.log" 2>&1
+  rc=$?
+  kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null; SAMPLER=""
+  res=$(grep '^RESULT ' "$LOGDIR/$key.log" | tail -1 | cut -c8-)
+  CHILD_NOTE=""
+  if [[ -n $res ]]; then
+    printf '%s\n' "$res" >"$LOGDIR/$key.json"
+  fi
+  if ((rc == 124 || rc == 137)); then CHILD_NOTE="killed after $t s"
+  elif ((rc != 0)); then CHILD_NOTE="exit $rc: $(grep -v '^RESULT ' "$LOGDIR/$key.log" | grep -v '^[[:space:]]*$' | tail -1 | cut -c1-100)"
+  elif [[ -z $res ]]; then CHILD_NOTE="no RESULT line in output"
+  fi
+  printf '%s\t%s\t%s\n' "$rc" "$((SECONDS - t0))" "$CHILD_NOTE" >"$LOGDIR/$key.status"
+  log "$key: rc $rc ($((SECONDS - t0)) s) ${res:0:300}${CHILD_NOTE:+ - $CHILD_NOTE}"
+  [[ $rc == 0 && -n $res ]]
+}
+
+step_begin benchmark
+read -ra ours_extra <<<"$OURS_ARGS"
+TORCH_PEER="$ROOT/tools/bench/torch_gpu_train.py"
+have_torch=0
+[[ $TORCH_JSON == *'"cuda_available": true'* && -f $TORCH_PEER ]] && have_torch=1
+ours_bin="$BUNDLE/bin/bench_cuda_train"
+bench_bad=0
+for amp in fp16 bf16; do
+  if [[ -x $ours_bin && -z ${CANNOT_RUN[$ours_bin]:-} ]]; then
+    run_bench "ours_$amp" "$BENCH_TIMEOUT" "$ours_bin" --amp "$amp" --batch "$BATCH" --size "$SIZE" "${ours_extra[@]}" || bench_bad=$((bench_bad + 1))
+  else
+    printf '%s\t%s\t%s\n' -1 0 "not run: ${CANNOT_RUN[$ours_bin]:-bench_cuda_train not in bundle}" >"$LOGDIR/ours_$amp.status"
+    bench_bad=$((bench_bad + 1))
+  fi
+  if ((have_torch)); then
+    run_bench "torch_eager_$amp" "$BENCH_TIMEOUT" "$PY" "$TORCH_PEER" --amp "$amp" --batch "$BATCH" --size "$SIZE" "${TORCH_STEPS[@]}" \
+      || bench_bad=$((bench_bad + 1))
+  else
+    printf '%s\t%s\t%s\n' -1 0 "not run: PyTorch with a GPU not available" >"$LOGDIR/torch_eager_$amp.status"
+    bench_bad=$((bench_bad + 1))
+  fi
+done
+if ((QUICK)); then
+  for amp in fp16 bf16; do printf '%s\t%s\t%s\n' 0 0 "skipped (--quick)" >"$LOGDIR/torch_compile_$amp.status"; done
+elif ((have_torch)); then
+  for amp in fp16 bf16; do
+    # A compile that fails or takes too long is a note, not a failure of the check.
+    if ! run_bench "torch_compile_$amp" "$COMPILE_TIMEOUT" "$PY" "$TORCH_PEER" --compile --amp "$amp" --batch "$BATCH" --size "$SIZE" "${TORCH_STEPS[@]}"; then
+      note="skipped: ${CHILD_NOTE:-torch.compile failed}"
+      [[ $CHILD_NOTE == killed* ]] && note="skipped: compile + run took over $COMPILE_TIMEOUT s (or the time budget)"
+      [[ -f $LOGDIR/torch_compile_$amp.status ]] && IFS=$'\t' read -r rc secs _ <"$LOGDIR/torch_compile_$amp.status"
+      printf '%s\t%s\t%s\n' "${rc:--1}" "${secs:-0}" "$note" >"$LOGDIR/torch_compile_$amp.status"
+    fi
+  done
+fi
+timeout 30 "$NVSMI" -q -i "$GPU_IDX" -d CLOCK,PERFORMANCE,TEMPERATURE,POWER >"$LOGDIR/nvidia-smi-after.txt" 2>&1
+if ((bench_bad)); then step_end FAIL "$bench_bad of 4 required runs (ours, torch eager) gave no result"; else step_end ok; fi
+
+# ---- (f) summary, printed last -------------------------------------------------------------------
+log "logs: $OUTDIR (summary.json, gpu_check.log, logs/)"
+summarize ""
+finish $?

@@ -1,0 +1,322 @@
+// The whole CUDA ResNet18 against the CPU backend (CpuResNet18) with the same weights and inputs:
+// logits, loss, running statistics, every gradient, SGD steps, a 20-step loss trajectory, the
+// uint8 input path, eval mode, gradient-ready reports and overflow detection.
+//
+// Tolerances (stated per comparison below):
+//   fp32 with TF32 off: element-wise rtol 1e-4, atol 1e-4 * rms(tensor) — 20 layers of fp32 rounding
+//     differences (different summation orders), amplified by batch norm over small batches.
+//   fp16 / bf16: norm-wise ||got - ref|| <= tol * ||ref||: logits 2e-2 / 5e-2, gradients 5e-2 / 1e-1
+//     (activation rounding of 2^-11 / 2^-8 at each of ~20 layers).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+
+#include "cuda_test_util.h"
+#include "ddp/backend/cpu/resnet18_cpu.h"
+#include "ddp/backend/cuda/resnet18_cuda.h"
+
+namespace ddp::cuda::test {
+namespace {
+
+using nn::Amp;
+
+nn::ModelConfig config(Amp amp, int max_batch = 8, int size = 64) {
+  nn::ModelConfig c;
+  c.num_classes = 10;
+  c.max_batch = max_batch;
+  c.height = c.width = size;
+  c.amp = amp;
+  c.tf32 = false;
+  c.init.seed = 5;
+  c.label_smoothing = 0.1f;
+  c.threads = 0;
+  return c;
+}
+
+struct Batch {
+  std::vector<float> x;
+  std::vector<int32_t> y;
+};
+Batch make_batch(int n, int h, int w, uint64_t seed) {
+  Batch b;
+  b.x = normal_vec(static_cast<size_t>(n) * 3 * h * w, seed, DType::F32);
+  Rng r(seed + 1000, rng_stream::kTest);
+  for (int i = 0; i < n; ++i) b.y.push_back(static_cast<int32_t>(r.below(10)));
+  return b;
+}
+
+struct Pair {
+  std::unique_ptr<cpu::CpuResNet18> cpu;
+  std::unique_ptr<CudaResNet18> gpu;
+};
+Pair make_pair(Amp amp, int max_batch = 8, int size = 64) {
+  Pair p;
+  p.cpu = std::make_unique<cpu::CpuResNet18>(config(Amp::Off, max_batch, size));
+  p.gpu = std::make_unique<CudaResNet18>(config(amp, max_batch, size));
+  // Same weights through the PyTorch-layout boundary (also exercises OIHW <-> KRSC).
+  std::vector<float> w(p.cpu->spec().param_count);
+  p.cpu->get_params_torch(w.data());
+  p.gpu->set_params_torch(w.data());
+  return p;
+}
+
+std::vector<float> slice(const std::vector<float>& v, const nn::ParamInfo& pi) {
+  return std::vector<float>(v.begin() + pi.offset, v.begin() + pi.offset + pi.numel);
+}
+
+void compare_grads(const nn::Model& cpu, const nn::Model& gpu, Amp amp, float gpu_scale) {
+  const auto& spec = cpu.spec();
+  std::vector<float> gc(spec.param_count), gg(spec.param_count);
+  cpu.get_grads_torch(gc.data());
+  gpu.get_grads_torch(gg.data());
+  for (auto& v : gg) v /= gpu_scale;
+  for (const auto& pi : spec.params) {
+    if (amp == Amp::Off) expect_close("grad " + pi.name, slice(gg, pi), slice(gc, pi), 1e-4, 1e-4);
+    else expect_rel_norm("grad " + pi.name, slice(gg, pi), slice(gc, pi), amp == Amp::F16 ? 5e-2 : 1e-1);
+  }
+}
+
+void compare_logits(const std::vector<float>& got, const std::vector<float>& ref, Amp amp, const char* what) {
+  if (amp == Amp::Off) expect_close(what, got, ref, 1e-4, 1e-4);
+  else expect_rel_norm(what, got, ref, amp == Amp::F16 ? 2e-2 : 5e-2);
+}
+
+class CudaModel : public ::testing::TestWithParam<Amp> {
+ protected:
+  void SetUp() override { DDP_REQUIRE_GPU(); }
+};
+
+TEST_P(CudaModel, ForwardBackwardMatchesCpu) {
+  const Amp amp = GetParam();
+  struct Geo { int n, h, w; };
+  // The configured size, then a smaller batch at a non-square smaller size (same buffers, new plans).
+  for (Geo g : {Geo{8, 64, 64}, Geo{3, 56, 40}}) {
+    SCOPED_TRACE(str("n=", g.n, " ", g.h, "x", g.w));
+    Pair p = make_pair(amp);
+    Batch b = make_batch(g.n, g.h, g.w, 7 + g.n);
+    p.cpu->set_input_f32(b.x.data(), b.y.data(), g.n, g.h, g.w);
+    p.gpu->set_input_f32(b.x.data(), b.y.data(), g.n, g.h, g.w);
+    const float lc = p.cpu->forward(nn::Mode::Train), lg = p.gpu->forward(nn::Mode::Train);
+    const double ltol = amp == Amp::Off ? 1e-4 : amp == Amp::F16 ? 1e-2 : 3e-2;
+    EXPECT_NEAR(lg, lc, ltol * std::fabs(lc)) << "loss";
+    compare_logits(p.gpu->logits_host(), p.cpu->logits_host(), amp, "logits");
+    // Running statistics after one train step (fp32 arithmetic on the batch statistics).
+    std::vector<float> bc(p.cpu->spec().buffer_count), bg(bc.size());
+    p.cpu->get_buffers(bc.data());
+    p.gpu->get_buffers(bg.data());
+    if (amp == Amp::Off) expect_close("running stats", bg, bc, 1e-4, 1e-4);
+    else expect_rel_norm("running stats", bg, bc, amp == Amp::F16 ? 1e-2 : 3e-2);
+    EXPECT_EQ(p.gpu->num_batches_tracked(), p.cpu->num_batches_tracked());
+
+    const float scale = amp == Amp::F16 ? 1024.0f : 1.0f;
+    p.cpu->backward(1.0f, nullptr);
+    p.gpu->backward(scale, nullptr);
+    EXPECT_TRUE(p.gpu->grads_finite());
+    compare_grads(*p.cpu, *p.gpu, amp, scale);
+  }
+}
+
+TEST_P(CudaModel, EvalModeMatchesCpu) {
+  const Amp amp = GetParam();
+  Pair p = make_pair(amp);
+  Batch b = make_batch(8, 64, 64, 31);
+  for (nn::Model* m : {static_cast<nn::Model*>(p.cpu.get()), static_cast<nn::Model*>(p.gpu.get())}) {
+    m->set_input_f32(b.x.data(), b.y.data(), 8, 64, 64);
+    m->forward(nn::Mode::Train);  // moves the running statistics away from (0, 1)
+    m->set_input_f32(b.x.data(), b.y.data(), 8, 64, 64);
+  }
+  const float lc = p.cpu->forward(nn::Mode::Eval), lg = p.gpu->forward(nn::Mode::Eval);
+  EXPECT_NEAR(lg, lc, (amp == Amp::Off ? 1e-4 : 5e-2) * std::fabs(lc));
+  compare_logits(p.gpu->logits_host(), p.cpu->logits_host(), amp, "eval logits");
+  auto ec = p.cpu->eval_counts(), eg = p.gpu->eval_counts();
+  EXPECT_EQ(eg.count, 8);
+  EXPECT_NEAR(eg.loss_sum, ec.loss_sum, (amp == Amp::Off ? 1e-4 : 5e-2) * std::fabs(ec.loss_sum));
+  if (amp == Amp::Off) {
+    EXPECT_EQ(eg.top1, ec.top1);
+    EXPECT_EQ(eg.top5, ec.top5);
+  }
+  EXPECT_EQ(p.gpu->num_batches_tracked(), 1);
+}
+
+TEST_P(CudaModel, LossTrajectory20StepsMatchesCpu) {
+  const Amp amp = GetParam();
+  Pair p = make_pair(amp);
+  nn::SgdConfig sgd;
+  sgd.momentum = 0.9f;
+  sgd.weight_decay = 5e-4f;
+  const float scale = amp == Amp::F16 ? 1024.0f : 1.0f;
+  // Per-step loss tolerance, relative: differences grow slowly along the trajectory.
+  const double tol = amp == Amp::Off ? 2e-3 : amp == Amp::F16 ? 3e-2 : 6e-2;
+  std::vector<float> lcs, lgs;
+  for (int step = 0; step < 20; ++step) {
+    Batch b = make_batch(8, 64, 64, 100 + step % 4);  // 4 batches cycled: the loss must fall
+    p.cpu->set_input_f32(b.x.data(), b.y.data(), 8, 64, 64);
+    p.gpu->set_input_f32(b.x.data(), b.y.data(), 8, 64, 64);
+    const float lc = p.cpu->forward(nn::Mode::Train), lg = p.gpu->forward(nn::Mode::Train);
+    lcs.push_back(lc);
+    lgs.push_back(lg);
+    EXPECT_NEAR(lg, lc, tol * std::fabs(lc)) << "step " << step;
+    p.cpu->backward(1.0f, nullptr);
+    p.gpu->backward(scale, nullptr);
+    ASSERT_TRUE(p.gpu->grads_finite()) << "step " << step;
+    p.cpu->sgd_step(sgd, 0.02f, 1.0f);
+    p.gpu->sgd_step(sgd, 0.02f, 1.0f / scale);
+  }
+  EXPECT_LT(lgs.back(), lgs.front()) << "the CUDA loss did not fall in 20 steps";
+  std::vector<float> wc(p.cpu->spec().param_count), wg(wc.size());
+  p.cpu->get_params_torch(wc.data());
+  p.gpu->get_params_torch(wg.data());
+  expect_rel_norm("params after 20 steps", wg, wc, amp == Amp::Off ? 1e-4 : 1e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Amp, CudaModel, ::testing::Values(Amp::Off, Amp::F16, Amp::BF16),
+                         [](const auto& info) { return std::string(nn::amp_name(info.param)); });
+
+class CudaModelF32 : public ::testing::Test {
+ protected:
+  void SetUp() override { DDP_REQUIRE_GPU(); }
+};
+
+TEST_F(CudaModelF32, SgdStepsMatchCpu) {
+  Pair p = make_pair(Amp::Off);
+  nn::SgdConfig sgd;
+  sgd.momentum = 0.9f;
+  sgd.nesterov = true;
+  sgd.weight_decay = 1e-3f;
+  sgd.decay_bn_and_bias = false;
+  for (int step = 0; step < 2; ++step) {
+    Batch b = make_batch(4, 64, 64, 200 + step);
+    for (nn::Model* m : {static_cast<nn::Model*>(p.cpu.get()), static_cast<nn::Model*>(p.gpu.get())}) {
+      m->set_input_f32(b.x.data(), b.y.data(), 4, 64, 64);
+      m->forward(nn::Mode::Train);
+      m->backward(4.0f, nullptr);
+      m->sgd_step(sgd, 0.1f, 0.25f);
+    }
+  }
+  EXPECT_TRUE(p.gpu->momentum_initialised());
+  std::vector<float> a(p.cpu->spec().param_count), g(a.size());
+  p.cpu->get_params_torch(a.data());
+  p.gpu->get_params_torch(g.data());
+  for (const auto& pi : p.cpu->spec().params) expect_close("param " + pi.name, slice(g, pi), slice(a, pi), 1e-4, 1e-4);
+  p.cpu->get_momentum_torch(a.data());
+  p.gpu->get_momentum_torch(g.data());
+  for (const auto& pi : p.cpu->spec().params) expect_close("momentum " + pi.name, slice(g, pi), slice(a, pi), 1e-4, 1e-4);
+}
+
+TEST_F(CudaModelF32, Uint8InputDeviceAndPinnedMatchCpu) {
+  Pair p = make_pair(Amp::Off);
+  const int n = 4, h = 48, w = 64;
+  Rng r(300, rng_stream::kTest);
+  std::vector<uint8_t> img(static_cast<size_t>(n) * h * w * 3);
+  for (auto& v : img) v = static_cast<uint8_t>(r.next_u32() & 0xff);
+  std::vector<int32_t> lab{1, 9, 0, 4};
+  p.cpu->set_input_u8(img.data(), lab.data(), n, h, w);
+  p.cpu->forward(nn::Mode::Eval);
+  const auto ref = p.cpu->logits_host();
+  DeviceBuffer d_img(img.size(), "u8 images");
+  CUDA_CHECK(cudaMemcpy(d_img.get(), img.data(), img.size(), cudaMemcpyHostToDevice));
+  p.gpu->set_input_u8(d_img.as<uint8_t>(), lab.data(), n, h, w);
+  p.gpu->forward(nn::Mode::Eval);
+  expect_close("logits (device uint8 input)", p.gpu->logits_host(), ref, 1e-4, 1e-4);
+  uint8_t* pinned = nullptr;
+  CUDA_CHECK(cudaMallocHost(&pinned, img.size()));
+  std::memcpy(pinned, img.data(), img.size());
+  p.gpu->set_input_u8(pinned, lab.data(), n, h, w);
+  std::memset(pinned, 0, img.size());  // the model must have its own copy by now
+  p.gpu->forward(nn::Mode::Eval);
+  CUDA_CHECK(cudaFreeHost(pinned));
+  expect_close("logits (pinned host uint8 input)", p.gpu->logits_host(), ref, 1e-4, 1e-4);
+}
+
+TEST_F(CudaModelF32, GradReadyReportsFinalTails) {
+  CudaResNet18 m(config(Amp::Off, 4, 64));
+  Batch b = make_batch(4, 64, 64, 400);
+  m.set_input_f32(b.x.data(), b.y.data(), 4, 64, 64);
+  m.forward(nn::Mode::Train);
+  const int64_t pc = m.spec().param_count;
+  std::vector<int64_t> firsts;
+  std::vector<std::vector<float>> tails;
+  m.backward(1.0f, [&](const nn::GradReady& r) {
+    ASSERT_NE(r.event, nullptr);
+    CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(r.event)));
+    firsts.push_back(r.first_ready);
+    std::vector<float> t(pc - r.first_ready);
+    CUDA_CHECK(cudaMemcpy(t.data(), m.grads() + r.first_ready, t.size() * 4, cudaMemcpyDeviceToHost));
+    tails.push_back(std::move(t));
+  });
+  m.synchronize();
+  ASSERT_EQ(firsts.size(), 10u);
+  EXPECT_EQ(firsts.front(), std::min(m.spec().params[m.spec().fc_weight].offset, m.spec().params[m.spec().fc_bias].offset));
+  EXPECT_EQ(firsts.back(), 0);
+  for (size_t i = 1; i < firsts.size(); ++i) EXPECT_LT(firsts[i], firsts[i - 1]);
+  std::vector<float> all(pc);
+  CUDA_CHECK(cudaMemcpy(all.data(), m.grads(), pc * 4, cudaMemcpyDeviceToHost));
+  for (size_t i = 0; i < firsts.size(); ++i) {
+    std::vector<float> fin(all.begin() + firsts[i], all.end());
+    expect_close(str("tail reported at ", firsts[i], " is final"), tails[i], fin, 0.0, 0.0);
+  }
+}
+
+TEST_F(CudaModelF32, OverflowIsDetected) {
+  // fp16: a huge loss scale overflows the half-precision activation gradients.
+  CudaResNet18 m16(config(Amp::F16, 4, 64));
+  Batch b = make_batch(4, 64, 64, 500);
+  m16.set_input_f32(b.x.data(), b.y.data(), 4, 64, 64);
+  m16.forward(nn::Mode::Train);
+  m16.backward(1e38f, nullptr);
+  EXPECT_FALSE(m16.grads_finite());
+  m16.backward(1024.0f, nullptr);  // backward overwrites every gradient: clean again
+  EXPECT_TRUE(m16.grads_finite());
+  // A step skipped on overflow leaves the weights alone; the checksum sees that.
+  const double c0 = m16.param_checksum();
+  EXPECT_EQ(c0, m16.param_checksum());
+  nn::SgdConfig sgd;
+  m16.sgd_step(sgd, 0.1f, 1.0f / 1024.0f);
+  EXPECT_NE(c0, m16.param_checksum());
+
+  // fp32: an inf in the input makes the gradients non-finite.
+  CudaResNet18 m32(config(Amp::Off, 4, 64));
+  b.x[123] = INFINITY;
+  m32.set_input_f32(b.x.data(), b.y.data(), 4, 64, 64);
+  const float loss = m32.forward(nn::Mode::Train);
+  EXPECT_FALSE(std::isfinite(loss));
+  m32.backward(1.0f, nullptr);
+  EXPECT_FALSE(m32.grads_finite());
+}
+
+TEST_F(CudaModelF32, TorchLayoutRoundTripsAndChecksum) {
+  CudaResNet18 m(config(Amp::BF16, 2, 32));
+  const auto& spec = m.spec();
+  auto w = random_vec(spec.param_count, 600, DType::F32);
+  m.set_params_torch(w.data());
+  std::vector<float> back(w.size());
+  m.get_params_torch(back.data());
+  expect_close("params round trip", back, w, 0.0, 0.0);
+  auto mom = random_vec(spec.param_count, 601, DType::F32);
+  m.set_momentum_torch(mom.data());
+  m.get_momentum_torch(back.data());
+  expect_close("momentum round trip", back, mom, 0.0, 0.0);
+  auto bufs = random_vec(spec.buffer_count, 602, DType::F32, 0.1f, 2.0f);
+  m.set_buffers(bufs.data());
+  std::vector<float> bb(bufs.size());
+  m.get_buffers(bb.data());
+  expect_close("buffers round trip", bb, bufs, 0.0, 0.0);
+  // Identical replicas give identical checksums; any change moves it.
+  CudaResNet18 m2(config(Amp::BF16, 2, 32));
+  m2.set_params_torch(w.data());
+  m2.set_buffers(bufs.data());
+  EXPECT_EQ(m.param_checksum(), m2.param_checksum());
+  w[17] += 0.5f;
+  m2.set_params_torch(w.data());
+  EXPECT_NE(m.param_checksum(), m2.param_checksum());
+  // Bad input is refused with a message, not run.
+  std::vector<int32_t> bad_labels{0, 10};
+  std::vector<float> x(2 * 3 * 32 * 32, 0.5f);
+  EXPECT_THROW(m.set_input_f32(x.data(), bad_labels.data(), 2, 32, 32), Error);
+  std::vector<int32_t> lab{0, 1, 2};
+  EXPECT_THROW(m.set_input_f32(x.data(), lab.data(), 3, 32, 32), Error);  // over max_batch
+}
+
+}  // namespace
+}  // namespace ddp::cuda::test

@@ -4,8 +4,10 @@
 // one process that runs the same N micro-batches one after another and averages their gradients
 // (ddp_test_worker --emulate N, which uses no communicator). That is the equivalence checked here;
 // the exact global-batch equivalence is checked with the BN-free MLP in test_comm_ddp.
-// Tolerance |a - b| <= 1e-5 + 1e-3 |b| after 3 SGD steps: summation order of the average differs,
-// and BN with 2-4 samples per rank amplifies fp32 rounding.
+// Tolerance |a - b| <= 1e-5 + 1e-4 |b| after 2 SGD steps. Only the summation order of the average
+// differs (4 ranks: MPI adds pairwise in float, the reference in double): 1.5e-8 after one step,
+// 2e-6 after two. BN over 4 samples per rank (1x1 maps in layer4 at 32 px) amplifies such rounding
+// roughly 100x per step, so the test stops at 2 steps rather than loosening the tolerance.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -19,7 +21,7 @@ namespace {
 TEST(CommResNet, DdpEqualsAccumulatedMicroBatches) {
   if (!DDP_TEST_HAVE_CPU_RESNET) GTEST_SKIP() << "ddp_cpu (CPU ResNet18) not in this build";
   std::string dir = temp_dir("resnet");
-  const std::string common = "--model resnet18 --size 32 --threads 1 --steps 3 --global-batch 8 --lr 0.02 ";
+  const std::string common = "--model resnet18 --size 32 --threads 1 --steps 2 --global-batch 16 --lr 0.01 ";
   for (int np : {2, 4}) {
     std::string ref = dir + "/emu" + std::to_string(np) + ".bin", out = dir + "/ddp" + std::to_string(np) + ".bin";
     auto e = single(common + "--emulate " + std::to_string(np) + " --out " + ref);
@@ -34,11 +36,11 @@ TEST(CommResNet, DdpEqualsAccumulatedMicroBatches) {
     for (size_t i = 0; i < a.size(); ++i) {
       double d = std::fabs(double(a[i]) - double(b[i]));
       worst = std::max(worst, d);
-      if (!(d <= 1e-5 + 1e-3 * std::fabs(double(b[i])))) ++bad;
+      if (!(d <= 1e-5 + 1e-4 * std::fabs(double(b[i])))) ++bad;
     }
     EXPECT_EQ(bad, 0u) << "np=" << np << " max |diff| " << worst;
     // The comparison must be able to fail: 1 rank on only its own micro-batches ends elsewhere.
-    auto solo = single(common + "--emulate 1 --global-batch " + std::to_string(8 / np) + " --out " + dir + "/solo.bin");
+    auto solo = single(common + "--emulate 1 --global-batch " + std::to_string(16 / np) + " --out " + dir + "/solo.bin");
     ASSERT_EQ(solo.rc, 0) << solo.output;
     auto s = read_floats(dir + "/solo.bin");
     for (size_t i = 0; i < a.size(); ++i) moved = std::max(moved, std::fabs(double(s[i]) - double(b[i])));

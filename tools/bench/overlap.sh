@@ -1,0 +1,28 @@
+#!/bin/bash
+# Overlap of gradient communication with backward, on the CPU ResNet18 (small images so a step is
+# short): median step time with communication off, with buckets overlapped with backward, and with
+# one bucket issued after backward; the allreduce of the whole gradient alone; and the share of
+# communication hidden = 1 - (t_overlapped - t_off) / t_allreduce.
+# Runs on one host (shared memory) and on two network-namespace hosts, unlimited and with the
+# veth limited to 10 Gbit/s.
+#   tools/bench/overlap.sh [BUILD_DIR] [ITERS] [BATCH_PER_RANK] [SIZE]
+set -u
+root=$(cd "$(dirname "$0")/../.." && pwd)
+build=${1:-$root/build}
+iters=${2:-5}
+bpr=${3:-8}
+size=${4:-32}
+worker=$build/tests/comm/ddp_test_worker
+[ -x "$worker" ] || { echo "build the worker first: cmake --build $build --target ddp_test_worker" >&2; exit 2; }
+threads=$(( $(nproc) / 2 )); [ $threads -lt 1 ] && threads=1
+args="--model resnet18 --size $size --threads $threads --global-batch $((2 * bpr)) --bench-overlap $iters"
+mpi="mpirun --allow-run-as-root --oversubscribe --bind-to none"
+echo "# machine: $(uname -n), $(nproc) cores; 2 ranks x $threads compute threads; batch $bpr per rank at ${size}px; $(date -u +%FT%TZ)"
+for bb in 26214400 4194304; do
+  echo "## one host, shared memory, bucket $bb bytes"
+  $mpi -np 2 --mca btl self,vader --mca btl_vader_single_copy_mechanism none "$worker" $args --bucket-bytes $bb 2>&1 | grep overlap
+  echo "## two namespaces (veth, TCP), bucket $bb bytes"
+  "$root/tests/integration/two_hosts.sh" -- "$worker" $args --bucket-bytes $bb 2>&1 | grep -E "overlap|SKIP"
+  echo "## two namespaces, veth limited to 10gbit, bucket $bb bytes"
+  "$root/tests/integration/two_hosts.sh" --rate 10gbit -- "$worker" $args --bucket-bytes $bb 2>&1 | grep -E "overlap|SKIP"
+done

@@ -11,15 +11,55 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <strings.h>
 #include <limits>
 #include <mutex>
 #include <vector>
 
 #include "ddp/core/check.h"
 
+// OpenBLAS internals (exported by its DYNAMIC_ARCH builds, weak so other builds still link): they
+// re-run the kernel selection, which reads OPENBLAS_CORETYPE.
+extern "C" {
+void gotoblas_dynamic_init(void) __attribute__((weak));
+void gotoblas_dynamic_quit(void) __attribute__((weak));
+}
+
 namespace ddp::cpu {
 
 namespace {
+// OpenBLAS 0.3.21 (Debian 12) does not know Sapphire/Emerald Rapids CPUs and falls back to its
+// Prescott (SSE3) kernels, about 5x slower than its AVX-512 ones (docs/perf/cpuops.md). When the user
+// has not chosen a core with OPENBLAS_CORETYPE, pick the best kernel set the CPU's features allow. This
+// runs during static initialisation, before any thread can be inside BLAS.
+bool select_blas_core() {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr || gotoblas_dynamic_init == nullptr ||
+      gotoblas_dynamic_quit == nullptr)
+    return false;
+  const char* want = nullptr;
+  __builtin_cpu_init();  // needed before __builtin_cpu_supports during static initialisation
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    want = "SkylakeX";
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    want = "Haswell";
+  if (want == nullptr) return false;
+  const std::string have = openblas_get_corename();
+  static const char* const kOlder[] = {"Prescott", "Core2",  "Penryn", "Dunnington", "Nehalem",
+                                       "Sandybridge", "Katmai", "Coppermine", "Northwood", "Banias",
+                                       "Atom", "Nano", "Unknown"};
+  bool older = std::string(want) == "SkylakeX" && have == "Haswell";
+  for (const char* c : kOlder) older = older || strcasecmp(have.c_str(), c) == 0;
+  if (!older) return false;
+  setenv("OPENBLAS_CORETYPE", want, 0);
+  gotoblas_dynamic_quit();
+  gotoblas_dynamic_init();
+  unsetenv("OPENBLAS_CORETYPE");
+  return true;
+}
+const bool g_core_selected = select_blas_core();
+
 std::atomic<int> g_threads{0};
 std::once_flag g_init;
 
@@ -54,6 +94,11 @@ void set_num_threads(int t) {
 }
 
 int num_threads() { return threads(); }
+
+const char* blas_core() {
+  (void)g_core_selected;
+  return openblas_get_corename();
+}
 
 void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
            int ldb, float beta, float* c, int ldc) {

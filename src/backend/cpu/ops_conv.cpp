@@ -5,6 +5,7 @@
 // no barriers between im2col and GEMM. Weight gradients accumulate per thread, then reduce in a fixed
 // order, so results do not depend on scheduling.
 #include <cblas.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -138,22 +139,202 @@ void im2col(const Conv2dShape& p, const float* x_n, int c0, int c1, int p0, int 
                    });
 }
 
-// dx_n(c, ih, iw) += src[row * ld + j] for channels [c0, c1); the caller zeroes dx_n's channels first.
-void col2im(const Conv2dShape& p, const float* src, int64_t ld, int c0, int c1, float* dx_n) {
+// Whole images [0, g) of x (image stride chw) into dst (row stride ld, image i at column i * ohw): the
+// small-image path, where rows are short and per-segment bookkeeping would cost more than the copy.
+void im2col_images(const Conv2dShape& p, const float* x, int g, int64_t chw, float* dst, int64_t ld) {
+  const int oh_n = p.out_h(), ow_n = p.out_w(), ohw = oh_n * ow_n;
   const int64_t hw = static_cast<int64_t>(p.h) * p.w;
   const int stride = p.stride, pad = p.pad, w = p.w, h = p.h;
-  for_each_segment(p, c0, c1, 0, p.out_h() * p.out_w(),
-                   [&](int c, int row, int base, int ih, int, int, int owlo, int owhi, int s) {
-                     if (ih < 0 || ih >= h) return;
-                     const float* sp = src + row * ld + base;
-                     float* xr = dx_n + c * hw + static_cast<int64_t>(ih) * w - pad + s;
-                     if (stride == 1) {
-#pragma omp simd
-                       for (int ow = owlo; ow < owhi; ++ow) xr[ow] += sp[ow];
-                     } else {
-                       for (int ow = owlo; ow < owhi; ++ow) xr[ow * stride] += sp[ow];
-                     }
-                   });
+  for (int c = 0; c < p.c; ++c)
+    for (int r = 0; r < p.r; ++r)
+      for (int s = 0; s < p.s; ++s) {
+        const int lo = std::min(ow_n, ceil_div_nonneg(pad - s, stride));
+        const int hi_num = w - 1 + pad - s;
+        const int hi = std::max(lo, std::min(ow_n, hi_num < 0 ? 0 : hi_num / stride + 1));
+        float* drow = dst + static_cast<int64_t>((c * p.r + r) * p.s + s) * ld;
+        for (int i = 0; i < g; ++i) {
+          const float* xc = x + i * chw + c * hw - pad + s;
+          float* d = drow + i * ohw;
+          for (int oh = 0; oh < oh_n; ++oh, d += ow_n) {
+            const int ih = oh * stride - pad + r;
+            if (ih < 0 || ih >= h) {
+              for (int ow = 0; ow < ow_n; ++ow) d[ow] = 0.f;
+              continue;
+            }
+            const float* xr = xc + static_cast<int64_t>(ih) * w;
+            for (int ow = 0; ow < lo; ++ow) d[ow] = 0.f;
+            if (stride == 1) {
+              for (int ow = lo; ow < hi; ++ow) d[ow] = xr[ow];
+            } else {
+              for (int ow = lo; ow < hi; ++ow) d[ow] = xr[ow * stride];
+            }
+            for (int ow = hi; ow < ow_n; ++ow) d[ow] = 0.f;
+          }
+        }
+      }
+}
+
+// dx(c, ih, iw) += src for whole images [0, g) and channels [c0, c1); src rows are relative to c0.
+void col2im_images(const Conv2dShape& p, const float* src, int64_t ld, int g, int c0, int c1, int64_t chw,
+                   float* dx) {
+  const int oh_n = p.out_h(), ow_n = p.out_w(), ohw = oh_n * ow_n;
+  const int64_t hw = static_cast<int64_t>(p.h) * p.w;
+  const int stride = p.stride, pad = p.pad, w = p.w, h = p.h;
+  for (int c = c0; c < c1; ++c)
+    for (int r = 0; r < p.r; ++r)
+      for (int s = 0; s < p.s; ++s) {
+        const int lo = std::min(ow_n, ceil_div_nonneg(pad - s, stride));
+        const int hi_num = w - 1 + pad - s;
+        const int hi = std::max(lo, std::min(ow_n, hi_num < 0 ? 0 : hi_num / stride + 1));
+        const float* srow = src + static_cast<int64_t>(((c - c0) * p.r + r) * p.s + s) * ld;
+        for (int i = 0; i < g; ++i) {
+          float* xc = dx + i * chw + c * hw - pad + s;
+          const float* sp = srow + i * ohw;
+          for (int oh = 0; oh < oh_n; ++oh, sp += ow_n) {
+            const int ih = oh * stride - pad + r;
+            if (ih < 0 || ih >= h) continue;
+            float* xr = xc + static_cast<int64_t>(ih) * w;
+            if (stride == 1) {
+              for (int ow = lo; ow < hi; ++ow) xr[ow] += sp[ow];
+            } else {
+              for (int ow = lo; ow < hi; ++ow) xr[ow * stride] += sp[ow];
+            }
+          }
+        }
+      }
+}
+
+// AVX-512 versions of the two whole-image kernels: rows of small images are a few floats long, so one
+// masked load/store per 16 outputs (masked-off lanes are never read) replaces the scalar loops. Stride
+// 2 deinterleaves with a permute. Chosen at run time; other CPUs use the portable loops above.
+#define DDP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi2")))
+
+DDP_AVX512 inline __mmask16 lanes(int a, int b) {  // bits [a, b) of 16, clipped
+  a = std::clamp(a, 0, 16);
+  b = std::clamp(b, 0, 16);
+  if (b <= a) return 0;
+  return static_cast<__mmask16>(((1u << b) - 1u) & ~((1u << a) - 1u));
+}
+
+DDP_AVX512 void im2col_images_avx512(const Conv2dShape& p, const float* x, int g, int64_t chw, float* dst,
+                                     int64_t ld) {
+  const int oh_n = p.out_h(), ow_n = p.out_w(), ohw = oh_n * ow_n;
+  const int64_t hw = static_cast<int64_t>(p.h) * p.w;
+  const int stride = p.stride, pad = p.pad, w = p.w, h = p.h;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int c = 0; c < p.c; ++c)
+    for (int r = 0; r < p.r; ++r)
+      for (int s = 0; s < p.s; ++s) {
+        // xr[t] = x(c, ih, t - pad + s) is inside the row for t in [tlo, thi).
+        const int tlo = pad - s, thi = w + pad - s;
+        float* drow = dst + static_cast<int64_t>((c * p.r + r) * p.s + s) * ld;
+        for (int i = 0; i < g; ++i) {
+          const float* xc = x + i * chw + c * hw - pad + s;
+          float* d = drow + i * ohw;
+          for (int oh = 0; oh < oh_n; ++oh, d += ow_n) {
+            const int ih = oh * stride - pad + r;
+            const bool row_ok = ih >= 0 && ih < h;
+            const float* xr = xc + static_cast<int64_t>(ih) * w;
+            for (int ow0 = 0; ow0 < ow_n; ow0 += 16) {
+              const __mmask16 st = lanes(0, ow_n - ow0);
+              __m512 v = zero;
+              if (row_ok) {
+                if (stride == 1) {
+                  v = _mm512_maskz_loadu_ps(lanes(tlo - ow0, thi - ow0), xr + ow0);
+                } else {
+                  const int t0 = 2 * ow0;
+                  const __m512 a = _mm512_maskz_loadu_ps(lanes(tlo - t0, thi - t0), xr + t0);
+                  const __m512 b = _mm512_maskz_loadu_ps(lanes(tlo - t0 - 16, thi - t0 - 16), xr + t0 + 16);
+                  v = _mm512_permutex2var_ps(a, even, b);
+                }
+              }
+              _mm512_mask_storeu_ps(d + ow0, st, v);
+            }
+          }
+        }
+      }
+}
+
+DDP_AVX512 void col2im_images_avx512(const Conv2dShape& p, const float* src, int64_t ld, int g, int c0, int c1,
+                                     int64_t chw, float* dx) {
+  const int oh_n = p.out_h(), ow_n = p.out_w(), ohw = oh_n * ow_n;
+  const int64_t hw = static_cast<int64_t>(p.h) * p.w;
+  const int stride = p.stride, pad = p.pad, w = p.w, h = p.h;
+  const __m512i dup_lo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i dup_hi = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+  for (int c = c0; c < c1; ++c)
+    for (int r = 0; r < p.r; ++r)
+      for (int s = 0; s < p.s; ++s) {
+        const int lo = std::min(ow_n, ceil_div_nonneg(pad - s, stride));
+        const int hi_num = w - 1 + pad - s;
+        const int hi = std::max(lo, std::min(ow_n, hi_num < 0 ? 0 : hi_num / stride + 1));
+        const float* srow = src + static_cast<int64_t>(((c - c0) * p.r + r) * p.s + s) * ld;
+        for (int i = 0; i < g; ++i) {
+          float* xc = dx + i * chw + c * hw - pad + s;
+          const float* sp = srow + i * ohw;
+          for (int oh = 0; oh < oh_n; ++oh, sp += ow_n) {
+            const int ih = oh * stride - pad + r;
+            if (ih < 0 || ih >= h) continue;
+            float* xr = xc + static_cast<int64_t>(ih) * w;
+            for (int ow0 = 0; ow0 < ow_n; ow0 += 16) {
+              const __mmask16 m = lanes(lo - ow0, hi - ow0);
+              if (m == 0) continue;
+              const __m512 v = _mm512_maskz_loadu_ps(m, sp + ow0);
+              if (stride == 1) {
+                const __m512 a = _mm512_maskz_loadu_ps(m, xr + ow0);
+                _mm512_mask_storeu_ps(xr + ow0, m, _mm512_add_ps(a, v));
+              } else {
+                const __mmask16 ma = static_cast<__mmask16>(_pdep_u32(m & 0xffu, 0x5555u));
+                const __mmask16 mb = static_cast<__mmask16>(_pdep_u32(m >> 8, 0x5555u));
+                float* x0 = xr + 2 * ow0;
+                if (ma) {
+                  const __m512 a = _mm512_maskz_loadu_ps(ma, x0);
+                  _mm512_mask_storeu_ps(x0, ma, _mm512_add_ps(a, _mm512_maskz_permutexvar_ps(0xffff, dup_lo, v)));
+                }
+                if (mb) {
+                  const __m512 b = _mm512_maskz_loadu_ps(mb, x0 + 16);
+                  _mm512_mask_storeu_ps(x0 + 16, mb, _mm512_add_ps(b, _mm512_maskz_permutexvar_ps(0xffff, dup_hi, v)));
+                }
+              }
+            }
+          }
+        }
+      }
+}
+
+bool cpu_init() {
+  __builtin_cpu_init();  // needed before __builtin_cpu_supports during static initialisation
+  return true;
+}
+const bool g_avx512 = cpu_init() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("bmi2");
+
+void im2col_images_any(const Conv2dShape& p, const float* x, int g, int64_t chw, float* dst, int64_t ld) {
+  if (g_avx512 && p.stride <= 2)
+    im2col_images_avx512(p, x, g, chw, dst, ld);
+  else
+    im2col_images(p, x, g, chw, dst, ld);
+}
+
+void col2im_images_any(const Conv2dShape& p, const float* src, int64_t ld, int g, int c0, int c1, int64_t chw,
+                       float* dx) {
+  if (g_avx512 && p.stride <= 2)
+    col2im_images_avx512(p, src, ld, g, c0, c1, chw, dx);
+  else
+    col2im_images(p, src, ld, g, c0, c1, chw, dx);
+}
+
+// dst (k rows of g * ohw) = the k x ohw matrices of images [0, g) side by side.
+void gather_images(const float* src, int g, int k, int ohw, float* dst) {
+  const int64_t cols = static_cast<int64_t>(g) * ohw;
+  for (int i = 0; i < g; ++i)
+    for (int kk = 0; kk < k; ++kk) {
+      const float* sp = src + (static_cast<int64_t>(i) * k + kk) * ohw;
+      float* dp = dst + kk * cols + static_cast<int64_t>(i) * ohw;
+      for (int j = 0; j < ohw; ++j) dp[j] = sp[j];
+    }
 }
 
 bool is_pointwise(const Conv2dShape& p) { return p.r == 1 && p.s == 1 && p.stride == 1 && p.pad == 0; }
@@ -188,7 +369,10 @@ void conv2d_forward(const Conv2dShape& p, const float* x, const float* w, float*
       ldb = tl.ohw;
     } else {
       float* col = t_col.get(static_cast<size_t>(crs) * cols);
-      for (int i = 0; i < g; ++i) im2col(p, x + (n0 + i) * chw, 0, p.c, p0, p1, col + i * (p1 - p0), cols);
+      if (p1 - p0 == tl.ohw)
+        im2col_images_any(p, x + n0 * chw, g, chw, col, cols);
+      else
+        im2col(p, x + n0 * chw, 0, p.c, p0, p1, col, cols);
       b = col;
       ldb = cols;
     }
@@ -199,9 +383,11 @@ void conv2d_forward(const Conv2dShape& p, const float* x, const float* w, float*
       float* out = t_mat.get(static_cast<size_t>(p.k) * cols);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p.k, cols, crs, 1.f, w, crs, b, ldb, 0.f, out, cols);
       for (int i = 0; i < g; ++i)
-        for (int k = 0; k < p.k; ++k)
-          std::memcpy(y + (n0 + i) * kohw + static_cast<int64_t>(k) * tl.ohw,
-                      out + static_cast<int64_t>(k) * cols + i * tl.ohw, sizeof(float) * tl.ohw);
+        for (int k = 0; k < p.k; ++k) {
+          float* dst = y + (n0 + i) * kohw + static_cast<int64_t>(k) * tl.ohw;
+          const float* src = out + static_cast<int64_t>(k) * cols + i * tl.ohw;
+          for (int j = 0; j < tl.ohw; ++j) dst[j] = src[j];
+        }
     }
   }
 }
@@ -237,10 +423,7 @@ void conv2d_backward_data(const Conv2dShape& p, const float* dy, const float* w,
       ldb = tl.ohw;
     } else {
       float* gathered = t_mat.get(static_cast<size_t>(p.k) * cols);
-      for (int k = 0; k < p.k; ++k)
-        for (int i = 0; i < g; ++i)
-          std::memcpy(gathered + static_cast<int64_t>(k) * cols + i * tl.ohw,
-                      dy + (n0 + i) * kohw + static_cast<int64_t>(k) * tl.ohw, sizeof(float) * tl.ohw);
+      gather_images(dy + n0 * kohw, g, p.k, tl.ohw, gathered);
       b = gathered;
       ldb = cols;
     }
@@ -252,11 +435,8 @@ void conv2d_backward_data(const Conv2dShape& p, const float* dy, const float* w,
     }
     float* dcol = t_col.get(static_cast<size_t>(m) * cols);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, cols, p.k, 1.f, a, crs, b, ldb, 0.f, dcol, cols);
-    for (int i = 0; i < g; ++i) {
-      float* dxn = dx + (n0 + i) * chw;
-      std::memset(dxn + c0 * hw, 0, sizeof(float) * (c1 - c0) * hw);
-      col2im(p, dcol + i * tl.ohw, cols, c0, c1, dxn);
-    }
+    for (int i = 0; i < g; ++i) std::memset(dx + (n0 + i) * chw + c0 * hw, 0, sizeof(float) * (c1 - c0) * hw);
+    col2im_images_any(p, dcol, cols, g, c0, c1, chw, dx + n0 * chw);
   }
 }
 
@@ -295,10 +475,7 @@ void conv2d_backward_weight(const Conv2dShape& p, const float* x, const float* d
         lda = tl.ohw;
       } else {
         float* gathered = t_mat.get(static_cast<size_t>(p.k) * cols);
-        for (int k = 0; k < p.k; ++k)
-          for (int i = 0; i < g; ++i)
-            std::memcpy(gathered + static_cast<int64_t>(k) * cols + i * tl.ohw,
-                        dy + (n0 + i) * kohw + static_cast<int64_t>(k) * tl.ohw, sizeof(float) * tl.ohw);
+        gather_images(dy + n0 * kohw, g, p.k, tl.ohw, gathered);
         a = gathered;
         lda = cols;
       }
@@ -307,7 +484,10 @@ void conv2d_backward_weight(const Conv2dShape& p, const float* x, const float* d
         ldb = tl.ohw;
       } else {
         float* col = t_col.get(static_cast<size_t>(crs) * cols);
-        for (int i = 0; i < g; ++i) im2col(p, x + (n0 + i) * chw, 0, p.c, p0, p1, col + i * (p1 - p0), cols);
+        if (p1 - p0 == tl.ohw)
+          im2col_images_any(p, x + n0 * chw, g, chw, col, cols);
+        else
+          im2col(p, x + n0 * chw, 0, p.c, p0, p1, col, cols);
         b = col;
         ldb = cols;
       }

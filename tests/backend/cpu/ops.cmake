@@ -4,3 +4,7 @@ ddp_add_gtest(test_cpu_ops
   LIBS ddp_cpu_ops
   LABELS cpu)
 target_compile_definitions(test_cpu_ops PRIVATE DDP_TORCH_OPS_REF="${CMAKE_CURRENT_LIST_DIR}/torch_ops_ref.py")
+
+# Not a test: times the convolutions on ResNet18's shapes (tools/bench/cpu_ops.py drives it).
+add_executable(ddp_cpu_ops_bench ${PROJECT_SOURCE_DIR}/tools/bench/cpu_ops_bench.cpp)
+target_link_libraries(ddp_cpu_ops_bench PRIVATE ddp_cpu_ops)

@@ -9,6 +9,10 @@ namespace ddp::cpu {
 
 void set_num_threads(int threads);  // 0 = OMP_NUM_THREADS or all cores; also sets BLAS threads
 int num_threads();
+// The OpenBLAS kernel set in use (e.g. "SkylakeX"). Where OpenBLAS does not recognise the CPU and falls
+// back to an older set, the ops library selects the best one the CPU supports at start-up, unless
+// OPENBLAS_CORETYPE is set.
+const char* blas_core();
 
 // C (m x n, row-major, leading dimension ldc) = alpha * op(A) op(B) + beta * C, op = transpose when the
 // flag is set (A is m x k after op, B is k x n after op). Split over the op threads, each calling

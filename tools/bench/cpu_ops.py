@@ -1,0 +1,104 @@
+#!/usr/bin/python3
+"""Conv timings: ddp::cpu (build/.../ddp_cpu_ops_bench) against PyTorch CPU on ResNet18's conv shapes.
+
+usage: tools/bench/cpu_ops.py BENCH_BINARY SIZE BATCH [THREADS [REPS]]
+BENCH_CLOCK=cpu times process CPU time instead of wall time (meaningful with THREADS=1 on a loaded machine).
+Runs PyTorch (same thread count) and our binary in one run and prints per-shape times (median ms) and
+the ratio torch_time / our_time (> 1 means we are faster).
+"""
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+
+CLOCK = time.process_time if os.environ.get("BENCH_CLOCK") == "cpu" else time.perf_counter
+
+
+def median_ms(reps, f):
+    f()
+    t = []
+    for _ in range(reps):
+        a = CLOCK()
+        f()
+        t.append((CLOCK() - a) * 1e3)
+    t.sort()
+    return t[0]  # minimum: the machine is shared, so the fastest run is the least disturbed
+
+
+def shapes(size, batch):
+    out = lambda s, r, st, pd: (s + 2 * pd - r) // st + 1
+    s1 = out(size, 7, 2, 3); s2 = out(s1, 3, 2, 1); s3 = out(s2, 3, 2, 1); s4 = out(s3, 3, 2, 1); s5 = out(s4, 3, 2, 1)
+    return [
+        ("conv1", 1, (batch, 3, size, size, 64, 7, 2, 3)),
+        ("l1.3x3", 4, (batch, 64, s2, s2, 64, 3, 1, 1)),
+        ("l2.0.3x3s2", 1, (batch, 64, s2, s2, 128, 3, 2, 1)),
+        ("l2.3x3", 3, (batch, 128, s3, s3, 128, 3, 1, 1)),
+        ("l2.ds", 1, (batch, 64, s2, s2, 128, 1, 2, 0)),
+        ("l3.0.3x3s2", 1, (batch, 128, s3, s3, 256, 3, 2, 1)),
+        ("l3.3x3", 3, (batch, 256, s4, s4, 256, 3, 1, 1)),
+        ("l3.ds", 1, (batch, 128, s3, s3, 256, 1, 2, 0)),
+        ("l4.0.3x3s2", 1, (batch, 256, s4, s4, 512, 3, 2, 1)),
+        ("l4.3x3", 3, (batch, 512, s5, s5, 512, 3, 1, 1)),
+        ("l4.ds", 1, (batch, 256, s4, s4, 512, 1, 2, 0)),
+    ]
+
+
+def torch_times(size, batch, reps):
+    res = {}
+    for name, count, (n, c, h, w, k, r, st, pd) in shapes(size, batch):
+        x = torch.randn(n, c, h, w)
+        wt = torch.randn(k, c, r, r) * 0.05
+        y = torch.nn.functional.conv2d(x, wt, stride=st, padding=pd)
+        dy = torch.randn_like(y)
+        conv = lambda: torch.nn.functional.conv2d(x, wt, stride=st, padding=pd)
+        bwd = lambda mask: torch.ops.aten.convolution_backward(dy, x, wt, None, [st, st], [pd, pd], [1, 1], False,
+                                                               [0, 0], 1, mask)
+        with torch.no_grad():
+            f = median_ms(reps, conv)
+            d = median_ms(reps, lambda: bwd([True, False, False]))
+            g = median_ms(reps, lambda: bwd([False, True, False]))
+        res[name] = (count, f, d, g)
+    return res
+
+
+def main():
+    if len(sys.argv) < 4:
+        sys.exit(__doc__)
+    binary, size, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    threads = int(sys.argv[4]) if len(sys.argv) > 4 else 2
+    reps = int(sys.argv[5]) if len(sys.argv) > 5 else 5
+    torch.set_num_threads(threads)
+    ours = {}
+    txt = subprocess.run([binary, str(size), str(batch), str(threads), str(reps)], check=True, capture_output=True,
+                         text=True).stdout
+    for line in txt.splitlines():
+        p = line.split()
+        if line.startswith("#") or p[0] in ("shape", "total"):
+            continue
+        ours[p[0]] = tuple(float(v) for v in p[2:5])
+    ref = torch_times(size, batch, reps)
+    print(f"# size {size} batch {batch} threads {threads} reps {reps}; torch {torch.__version__}; "
+          f"times in ms (min of reps); ratio = torch / ours")
+    print(f"{'shape':12s} {'n':>2s} | {'fwd':>8s} {'torch':>8s} {'ratio':>5s} | {'dgrad':>8s} {'torch':>8s} "
+          f"{'ratio':>5s} | {'wgrad':>8s} {'torch':>8s} {'ratio':>5s}")
+    tot_o = [0.0, 0.0, 0.0]
+    tot_t = [0.0, 0.0, 0.0]
+    for name, (count, f, d, g) in ref.items():
+        o = ours[name]
+        t = (f, d, g)
+        cols = []
+        for i in range(3):
+            tot_o[i] += o[i] * count
+            tot_t[i] += t[i] * count
+            cols.append(f"{o[i]:8.2f} {t[i]:8.2f} {t[i] / o[i]:5.2f}")
+        print(f"{name:12s} {count:2d} | " + " | ".join(cols))
+    cols = [f"{tot_o[i]:8.2f} {tot_t[i]:8.2f} {tot_t[i] / tot_o[i]:5.2f}" for i in range(3)]
+    print(f"{'total':12s} {'':2s} | " + " | ".join(cols))
+    print(f"all convs: ours {sum(tot_o):.1f} ms, torch {sum(tot_t):.1f} ms, ratio {sum(tot_t) / sum(tot_o):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+// Training checkpoints: one HDF5 file per checkpoint, readable with h5py/h5dump.
+//
+//   /<torchvision state_dict name>        params and BN buffers, fp32, PyTorch layout (OIHW), and
+//                                         "<bn>.num_batches_tracked" (int64 scalar): the same layout
+//                                         as a weights file, so tools/h5_to_torchvision.py converts a
+//                                         checkpoint to a torchvision .pth as it is
+//   /optimizer/momentum/<param name>      SGD momentum buffers, PyTorch layout
+//   root attributes                       format = "resnet18-ddp-checkpoint", format_version,
+//                                         complete = 1 (written last), epoch, step_in_epoch,
+//                                         global_step, steps_per_epoch, seed, world_size,
+//                                         num_classes, momentum_initialised, loss_scale,
+//                                         loss_scale_good_steps, loss_scale_skipped_steps, config
+//   /rng                                  attributes: positions of the host RNG streams in use
+//
+// Written to "<name>.tmp", flushed, fsync'd, renamed (and the directory fsync'd), so a file under a
+// final name is always whole. A truncated, incomplete or foreign file is refused with a message
+// that names it; nothing is half-loaded (the state is read completely before it is used).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ddp/nn/resnet18.h"
+#include "ddp/train/loss_scaler.h"
+
+namespace ddp::train {
+
+constexpr const char* kCheckpointFormat = "resnet18-ddp-checkpoint";
+constexpr int64_t kCheckpointVersion = 1;
+
+struct CheckpointState {
+  int num_classes = 0;
+  std::vector<float> params;    // spec.param_count, PyTorch layout
+  std::vector<float> momentum;  // spec.param_count, PyTorch layout
+  std::vector<float> buffers;   // spec.buffer_count
+  int64_t num_batches_tracked = 0;
+  bool momentum_initialised = false;
+  int64_t epoch = 0;          // the epoch to continue in (0-based)
+  int64_t step_in_epoch = 0;  // steps of that epoch already done
+  int64_t global_step = 0;    // optimizer steps taken in all (skipped fp16 steps included)
+  int64_t steps_per_epoch = 0;
+  uint64_t seed = 0;
+  int world_size = 1;
+  LossScalerState scaler;
+  std::string config;
+  std::vector<std::pair<std::string, uint64_t>> rng;  // name -> position
+};
+
+// "ckpt-<global step, 10 digits>.h5"
+std::string checkpoint_file_name(int64_t global_step);
+void save_checkpoint(const std::string& path, const nn::ResNet18Spec& spec, const CheckpointState& s);
+// Throws ddp::Error naming the file if it is unreadable, truncated, incomplete, foreign or does not
+// match the spec (class count, a tensor's name or shape).
+CheckpointState load_checkpoint(const std::string& path, const nn::ResNet18Spec& spec);
+// Reads only the class count (to build the model before loading); same checks as load_checkpoint.
+int checkpoint_num_classes(const std::string& path);
+// Empty string when the file is a complete checkpoint of ours; otherwise the reason it is not.
+std::string checkpoint_problem(const std::string& path);
+// ckpt-*.h5 files in dir (complete or not), oldest first.
+std::vector<std::string> list_checkpoints(const std::string& dir);
+// Newest complete checkpoint in dir; incomplete ones are skipped with a warning.
+std::optional<std::string> find_latest_checkpoint(const std::string& dir);
+// Deletes all but the newest `keep` checkpoints (and any stale *.tmp files).
+void prune_checkpoints(const std::string& dir, int keep);
+
+}  // namespace ddp::train

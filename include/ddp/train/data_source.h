@@ -1,0 +1,64 @@
+// What the trainer reads batches from: HDF5 shards through ddp::data::Loader, or the synthetic set.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ddp::train {
+
+struct BatchView {  // uint8 NHWC RGB images (host; pinned on GPU builds) and int32 labels
+  const uint8_t* images = nullptr;
+  const int32_t* labels = nullptr;
+  int n = 0, h = 0, w = 0;
+};
+
+class DataSource {
+ public:
+  virtual ~DataSource() = default;
+  virtual int num_classes() const = 0;
+  virtual int64_t num_images() const = 0;    // images this source covers (all of its ranks together)
+  virtual int64_t local_batches() const = 0;  // batches this rank has in one pass
+  // Begins a pass; the order is a pure function of (seed, epoch). num_batches: how many next() calls
+  // follow (the agreed equal count when training; local_batches() when evaluating).
+  virtual void start_epoch(int epoch, int64_t num_batches) = 0;
+  virtual bool next(BatchView& out) = 0;
+  virtual std::string describe() const = 0;
+};
+
+// Random uint8 images and labels drawn once from Philox stream kSynthetic (a pure function of the
+// seed) and held in memory: a fixed set the network can fit, so the loss visibly falls; benchmarks
+// use it to measure compute without the data path. Training: a per-epoch permutation of the set,
+// split into equal rank slices. Evaluation (train = false): every image exactly once across ranks,
+// in order (the reported accuracy is then accuracy on the training set).
+struct SyntheticConfig {
+  int64_t size = 1024;
+  int classes = 10;
+  int height = 224, width = 224;
+  uint64_t seed = 0;
+  int rank = 0, world = 1;
+  int batch_size = 256;
+  bool train = true;
+  bool pinned = false;  // batches in page-locked memory (CUDA builds)
+};
+class SyntheticSet;  // the images, shared by a train and an eval source
+std::shared_ptr<const SyntheticSet> make_synthetic_set(int64_t size, int classes, int h, int w, uint64_t seed);
+std::unique_ptr<DataSource> make_synthetic_source(std::shared_ptr<const SyntheticSet> set, const SyntheticConfig& cfg);
+
+// Shards in dir (<dir>/<split>-NNNNN-of-MMMMM.h5) through ddp::data::Loader.
+struct ShardSourceConfig {
+  std::string dir, split;  // split: "train" or "val"
+  int rank = 0, world = 1;  // over the ranks that share these shard files
+  int batch_size = 256;
+  int height = 224, width = 224;
+  bool train = true;
+  uint64_t seed = 0;
+  int aug_stream = 0;
+  int workers = 1;
+  bool pinned = false;
+};
+std::unique_ptr<DataSource> make_shard_source(const ShardSourceConfig& cfg);
+bool shards_exist(const std::string& dir, const std::string& split);
+
+}  // namespace ddp::train

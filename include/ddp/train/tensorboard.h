@@ -1,0 +1,35 @@
+// TensorBoard event files written directly, without TensorFlow: a TFRecord stream of Event protos.
+//   record = uint64 length (LE) | uint32 masked_crc32c(length bytes) | data | uint32 masked_crc32c(data)
+//   masked(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8
+// The first Event carries file_version "brain.Event:2"; each scalar is an Event with wall_time,
+// step and a Summary holding one Value {tag, simple_value}. Weights & Biases ingests the same files.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace ddp::train {
+
+uint32_t crc32c(const void* data, size_t n, uint32_t crc = 0);  // Castagnoli, reflected, as TF uses
+uint32_t masked_crc32c(const void* data, size_t n);
+
+class TensorBoardWriter {
+ public:
+  // Creates dir (and parents) and a file events.out.tfevents.<unix time>.<host>.<pid>.
+  explicit TensorBoardWriter(const std::string& dir);
+  ~TensorBoardWriter();
+  TensorBoardWriter(const TensorBoardWriter&) = delete;
+  TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
+
+  void add_scalar(const std::string& tag, double value, int64_t step, double wall_time = 0);
+  void flush();
+  const std::string& path() const { return path_; }
+
+ private:
+  void write_record(const std::string& data);
+  std::string path_;
+  FILE* f_ = nullptr;
+};
+
+}  // namespace ddp::train

@@ -1,0 +1,36 @@
+// The training driver behind train_resnet18: data, model, communicator, schedule, loss scaling,
+// evaluation, checkpoints, signals and metrics, following DESIGN §4:
+//   1. steps per epoch agreed up front (min over ranks); every collective is unconditional;
+//   3. parameters and BN buffers broadcast from rank 0 at start; a parameter checksum compared
+//      every --replica-check-every steps and at each epoch end;
+//   4. the fp16 found-inf flag summed across ranks every step, so all ranks skip together;
+//   5. checkpoints hold epoch, step, sampler seed, optimizer and loss-scaler state; resume is exact;
+//   7. evaluation sums exact per-rank counts;
+//   9. SIGTERM/SIGUSR1 checkpoint at the next step boundary (the flag rides on the per-step
+//      reduction) and exit 0.
+// BN running statistics are averaged across ranks before each evaluation and checkpoint.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "ddp/comm/dist.h"
+#include "ddp/train/options.h"
+
+namespace ddp::train {
+
+struct TrainResult {
+  int64_t global_steps = 0;
+  int epochs_done = 0;
+  bool stopped_by_signal = false;
+  bool evaluated = false;
+  double top1 = 0, top5 = 0, eval_loss = 0;  // last evaluation (fractions)
+  double train_images_per_s = 0;
+  std::vector<double> epoch_seconds;
+  std::string last_checkpoint;
+};
+
+// Runs the whole job on this rank. Throws ddp::Error on failure (the caller aborts the job).
+TrainResult run_training(TrainOptions& opts, const comm::DistEnv& env);
+
+}  // namespace ddp::train

@@ -1,0 +1,37 @@
+// train_resnet18: data-parallel ResNet18 training. Launch with mpirun / srun --mpi=pmix, or run
+// as a single process. See --help and README.md.
+#include <cstdio>
+#include <exception>
+
+#include "ddp/comm/dist.h"
+#include "ddp/core/check.h"
+#include "ddp/core/log.h"
+#include "ddp/train/options.h"
+#include "ddp/train/trainer.h"
+
+int main(int argc, char** argv) {
+  ddp::init_log_level_from_env();
+  // Options first: --help and bad flags need no MPI, and every rank parses the same argv.
+  std::optional<ddp::train::TrainOptions> opts;
+  try {
+    opts = ddp::train::parse_options(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "train_resnet18: %s\n", e.what());
+    return 2;
+  }
+  if (!opts) return 0;
+  ddp::comm::DistEnv env;
+  try {
+    env = ddp::comm::init_distributed(&argc, &argv);
+    ddp::train::TrainResult r = ddp::train::run_training(*opts, env);
+    ddp::comm::finalize_distributed();
+    (void)r;
+    return 0;
+  } catch (const std::exception& e) {
+    // One rank's failure ends the job on every rank (DESIGN §4 rule 2), with the cause printed.
+    if (ddp::comm::distributed_initialized() && env.world > 1) ddp::comm::abort_job(e.what(), 1);
+    ddp::error(e.what());
+    ddp::comm::finalize_distributed();
+    return 1;
+  }
+}

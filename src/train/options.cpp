@@ -1,0 +1,306 @@
+#include "ddp/train/options.h"
+
+#include <boost/program_options.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "ddp/core/check.h"
+
+namespace po = boost::program_options;
+
+namespace ddp::train {
+
+const char* lr_schedule_name(LrScheduleKind k) {
+  switch (k) {
+    case LrScheduleKind::Step: return "step";
+    case LrScheduleKind::Cosine: return "cosine";
+    case LrScheduleKind::OneCycle: return "onecycle";
+  }
+  return "?";
+}
+const char* comm_name(CommKind k) { return k == CommKind::Mpi ? "mpi" : "nccl"; }
+
+namespace {
+
+[[noreturn]] void bad(const std::string& flag, const std::string& why) {
+  throw Error(str("bad value for --", flag, ": ", why, " (see --help)"));
+}
+
+template <class T>
+void require(bool ok, const std::string& flag, const T& value, const std::string& rule) {
+  if (!ok) bad(flag, str("'", value, "' ", rule));
+}
+
+po::options_description make_description(TrainOptions& o, std::string& backend, std::string& amp,
+                                         std::string& tf32, std::string& sched, std::string& comm,
+                                         std::string& scope) {
+  po::options_description general("General");
+  general.add_options()
+      ("help,h", "print this help and exit")
+      ("config", po::value<std::string>(), "ini-style file with any of these settings (key = value); "
+                                            "the command line wins");
+  po::options_description data("Data");
+  data.add_options()
+      ("data", po::value<std::string>(&o.data), "shard directory (<dir>/train-NNNNN-of-MMMMM.h5, "
+                                                "<dir>/val-...), or 'synthetic'")
+      ("synthetic-size", po::value<int64_t>(&o.synthetic_size)->default_value(o.synthetic_size),
+       "images in the synthetic data set (all ranks together; drawn once, held in memory)")
+      ("synthetic-classes", po::value<int>(&o.synthetic_classes)->default_value(o.synthetic_classes),
+       "classes in the synthetic data set")
+      ("shard-scope", po::value<std::string>(&scope)->default_value("node"),
+       "node: the ranks on a host split that host's shard files (shards on each node's own volume); "
+       "global: all ranks split one shared set (a shared file system)")
+      ("image-size", po::value<int>(&o.image_size)->default_value(o.image_size), "training resolution (>= 32)")
+      ("val-size", po::value<int>(&o.val_size)->default_value(0), "evaluation resolution (0: same as --image-size)")
+      ("workers", po::value<int>(&o.workers)->default_value(-1), "decode threads per rank (-1: auto)");
+  po::options_description model("Model and numerics");
+  model.add_options()
+      ("backend", po::value<std::string>(&backend), "cpu | cuda (default: cuda when a GPU is visible, else cpu)")
+      ("amp", po::value<std::string>(&amp), "off | fp16 | bf16 (default: fp16 on cuda, off on cpu)")
+      ("tf32", po::value<std::string>(&tf32)->default_value("on"), "on | off: TF32 tensor cores for --amp off")
+      ("zero-init-residual", po::bool_switch(&o.zero_init_residual), "zero-init the last BN gamma of each block")
+      ("init-weights", po::value<std::string>(&o.init_weights),
+       "start from an HDF5 weights file (tools/torchvision_to_h5.py); fc is re-initialised when the "
+       "class count differs")
+      ("threads", po::value<int>(&o.threads)->default_value(0), "CPU backend threads per rank (0: cores / ranks on the host)");
+  po::options_description opt("Optimisation");
+  opt.add_options()
+      ("epochs", po::value<int>(&o.epochs)->default_value(o.epochs), "epochs to train")
+      ("batch-size", po::value<int>(&o.batch_size)->default_value(o.batch_size), "images per rank per step")
+      ("lr", po::value<double>(&o.lr)->default_value(0.0), "peak learning rate (0: 0.1 x global batch / 256)")
+      ("momentum", po::value<double>(&o.momentum)->default_value(o.momentum), "SGD momentum")
+      ("nesterov", po::bool_switch(&o.nesterov), "Nesterov momentum")
+      ("wd", po::value<double>(&o.weight_decay)->default_value(o.weight_decay), "weight decay")
+      ("no-wd-bn-bias", po::bool_switch(&o.no_wd_bn_bias), "no weight decay on BN parameters and biases")
+      ("label-smoothing", po::value<double>(&o.label_smoothing)->default_value(0.0), "label smoothing in [0, 1)")
+      ("lr-schedule", po::value<std::string>(&sched)->default_value("step"), "step | cosine | onecycle")
+      ("warmup-epochs", po::value<double>(&o.warmup_epochs)->default_value(0.0),
+       "linear warm-up (step, cosine); the rising phase of onecycle (0: 30% of the run)")
+      ("lr-step-epochs", po::value<double>(&o.lr_step_epochs)->default_value(o.lr_step_epochs),
+       "step schedule: multiply the lr by --lr-gamma every this many epochs")
+      ("lr-gamma", po::value<double>(&o.lr_gamma)->default_value(o.lr_gamma), "step schedule factor")
+      ("seed", po::value<uint64_t>(&o.seed)->default_value(0), "seed of init, data order and augmentation")
+      ("max-steps", po::value<int64_t>(&o.max_steps)->default_value(0), "stop after this many steps in all (0: no limit)");
+  po::options_description dist("Distributed");
+  dist.add_options()
+      ("comm", po::value<std::string>(&comm), "mpi | nccl (default: nccl on cuda, mpi on cpu)")
+      ("bucket-mb", po::value<double>(&o.bucket_mb)->default_value(o.bucket_mb), "gradient bucket size in MB")
+      ("timeout", po::value<double>(&o.timeout_s)->default_value(o.timeout_s),
+       "seconds after which a dead or stuck rank ends the job")
+      ("replica-check-every", po::value<int>(&o.replica_check_every)->default_value(o.replica_check_every),
+       "compare a parameter checksum across ranks every K steps (and at each epoch end; 0: epoch end only)")
+      ("fault-perturb-step", po::value<int64_t>(&o.fault_perturb_step)->default_value(-1),
+       "test only: perturb rank 1's parameters at this step so the replica check must fire");
+  po::options_description ck("Checkpoints");
+  ck.add_options()
+      ("checkpoint-dir", po::value<std::string>(&o.checkpoint_dir), "directory for checkpoints (rank 0 writes)")
+      ("checkpoint-every", po::value<std::string>(&o.checkpoint_every)->default_value("epoch"),
+       "'epoch', or a number of steps")
+      ("keep-checkpoints", po::value<int>(&o.keep_checkpoints)->default_value(o.keep_checkpoints),
+       "keep the newest K checkpoints")
+      ("resume", po::value<std::string>(&o.resume), "auto (newest complete checkpoint in --checkpoint-dir, "
+                                                     "if any) or a checkpoint file");
+  po::options_description met("Evaluation and metrics");
+  met.add_options()
+      ("eval-every", po::value<int>(&o.eval_every)->default_value(o.eval_every), "evaluate every N epochs (0: at the end only)")
+      ("no-eval", po::bool_switch(&o.no_eval), "never evaluate")
+      ("log-every", po::value<int>(&o.log_every)->default_value(o.log_every), "steps between log lines / JSONL records")
+      ("jsonl", po::value<std::string>(&o.jsonl), "append metrics as JSON lines to this file")
+      ("tensorboard", po::value<std::string>(&o.tensorboard), "write TensorBoard event files into this directory")
+      ("progress", po::value<std::string>(&o.progress)->default_value("auto"),
+       "auto | bar | lines: a progress bar (terminal) or periodic lines");
+  po::options_description all("train_resnet18: data-parallel ResNet18 training (mpirun / srun launch)");
+  all.add(general).add(data).add(model).add(opt).add(dist).add(ck).add(met);
+  return all;
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+}  // namespace
+
+std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
+  TrainOptions o;
+  std::string backend, amp, tf32, sched, comm, scope;
+  po::options_description desc = make_description(o, backend, amp, tf32, sched, comm, scope);
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, desc), vm);
+    if (vm.count("help")) {
+      std::cout << desc << "\nExamples:\n"
+                   "  train_resnet18 --data synthetic --backend cpu --image-size 32 --epochs 2\n"
+                   "  mpirun -np 8 --hostfile hosts train_resnet18 --data /data/shards --amp bf16 \\\n"
+                   "      --checkpoint-dir ckpt --resume auto --tensorboard tb\n";
+      return std::nullopt;
+    }
+    if (vm.count("config")) {
+      std::string path = vm["config"].as<std::string>();
+      std::ifstream in(path);
+      if (!in) throw Error(str("cannot read --config file '", path, "'"));
+      po::store(po::parse_config_file(in, desc), vm);
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw Error(str(e.what(), " (see --help)"));
+  }
+
+  if (o.data.empty()) bad("data", "missing: give a shard directory or 'synthetic'");
+  o.synthetic = (o.data == "synthetic");
+  if (vm.count("backend")) {
+    o.backend_given = true;
+    std::string b = lower(backend);
+    if (b == "cpu") o.backend = nn::Backend::CPU;
+    else if (b == "cuda" || b == "gpu") o.backend = nn::Backend::CUDA;
+    else bad("backend", str("'", backend, "' is not one of cpu, cuda"));
+  }
+  if (vm.count("amp")) {
+    o.amp_given = true;
+    std::string a = lower(amp);
+    if (a == "off" || a == "fp32" || a == "none") o.amp = nn::Amp::Off;
+    else if (a == "fp16" || a == "f16") o.amp = nn::Amp::F16;
+    else if (a == "bf16") o.amp = nn::Amp::BF16;
+    else bad("amp", str("'", amp, "' is not one of off, fp16, bf16"));
+  }
+  {
+    std::string t = lower(tf32);
+    if (t == "on" || t == "true" || t == "1") o.tf32 = true;
+    else if (t == "off" || t == "false" || t == "0") o.tf32 = false;
+    else bad("tf32", str("'", tf32, "' is not one of on, off"));
+  }
+  {
+    std::string s = lower(sched);
+    if (s == "step") o.lr_schedule = LrScheduleKind::Step;
+    else if (s == "cosine") o.lr_schedule = LrScheduleKind::Cosine;
+    else if (s == "onecycle") o.lr_schedule = LrScheduleKind::OneCycle;
+    else bad("lr-schedule", str("'", sched, "' is not one of step, cosine, onecycle"));
+  }
+  if (vm.count("comm")) {
+    o.comm_given = true;
+    std::string c = lower(comm);
+    if (c == "mpi") o.comm = CommKind::Mpi;
+    else if (c == "nccl") o.comm = CommKind::Nccl;
+    else bad("comm", str("'", comm, "' is not one of mpi, nccl"));
+  }
+  {
+    std::string s = lower(scope);
+    if (s == "node") o.shard_scope = ShardScope::Node;
+    else if (s == "global") o.shard_scope = ShardScope::Global;
+    else bad("shard-scope", str("'", scope, "' is not one of node, global"));
+  }
+  {
+    std::string p = lower(o.progress);
+    require(p == "auto" || p == "bar" || p == "lines", "progress", o.progress, "is not one of auto, bar, lines");
+    o.progress = p;
+  }
+  if (o.checkpoint_every == "epoch") {
+    o.checkpoint_every_steps = 0;
+  } else {
+    char* end = nullptr;
+    long long v = std::strtoll(o.checkpoint_every.c_str(), &end, 10);
+    require(end && *end == '\0' && v > 0, "checkpoint-every", o.checkpoint_every,
+            "is neither 'epoch' nor a positive number of steps");
+    o.checkpoint_every_steps = v;
+  }
+  require(o.synthetic_size >= 1, "synthetic-size", o.synthetic_size, "must be at least 1");
+  require(o.synthetic_classes >= 2, "synthetic-classes", o.synthetic_classes, "must be at least 2");
+  require(o.image_size >= 32, "image-size", o.image_size, "must be at least 32 (ResNet18's smallest input)");
+  require(o.val_size == 0 || o.val_size >= 32, "val-size", o.val_size, "must be 0 or at least 32");
+  if (o.val_size == 0) o.val_size = o.image_size;
+  require(o.workers >= -1, "workers", o.workers, "must be -1 (auto) or >= 0");
+  require(o.threads >= 0, "threads", o.threads, "must be >= 0");
+  require(o.epochs >= 1, "epochs", o.epochs, "must be at least 1");
+  require(o.batch_size >= 1, "batch-size", o.batch_size, "must be at least 1");
+  require(o.lr >= 0 && std::isfinite(o.lr), "lr", o.lr, "must be a finite number >= 0");
+  require(o.momentum >= 0 && o.momentum < 1, "momentum", o.momentum, "must be in [0, 1)");
+  require(!o.nesterov || o.momentum > 0, "nesterov", "on", "needs --momentum > 0");
+  require(o.weight_decay >= 0 && std::isfinite(o.weight_decay), "wd", o.weight_decay, "must be >= 0");
+  require(o.label_smoothing >= 0 && o.label_smoothing < 1, "label-smoothing", o.label_smoothing, "must be in [0, 1)");
+  require(o.warmup_epochs >= 0 && o.warmup_epochs < o.epochs, "warmup-epochs", o.warmup_epochs,
+          "must be >= 0 and less than --epochs");
+  require(o.lr_step_epochs > 0, "lr-step-epochs", o.lr_step_epochs, "must be > 0");
+  require(o.lr_gamma > 0 && o.lr_gamma <= 1, "lr-gamma", o.lr_gamma, "must be in (0, 1]");
+  require(o.max_steps >= 0, "max-steps", o.max_steps, "must be >= 0");
+  require(o.bucket_mb > 0, "bucket-mb", o.bucket_mb, "must be > 0");
+  require(o.timeout_s > 0, "timeout", o.timeout_s, "must be > 0 seconds");
+  require(o.replica_check_every >= 0, "replica-check-every", o.replica_check_every, "must be >= 0");
+  require(o.keep_checkpoints >= 1, "keep-checkpoints", o.keep_checkpoints, "must be at least 1");
+  require(o.eval_every >= 0, "eval-every", o.eval_every, "must be >= 0");
+  require(o.log_every >= 1, "log-every", o.log_every, "must be at least 1");
+  if (!o.resume.empty() && o.resume == "auto")
+    require(!o.checkpoint_dir.empty(), "resume", o.resume, "needs --checkpoint-dir");
+  if (o.checkpoint_every_steps > 0)
+    require(!o.checkpoint_dir.empty(), "checkpoint-every", o.checkpoint_every, "needs --checkpoint-dir");
+  return o;
+}
+
+std::vector<std::string> resolve_defaults(TrainOptions& o, int world_size, int local_size, bool gpu_visible) {
+  std::vector<std::string> notes;
+  if (!o.backend_given) {
+    o.backend = gpu_visible ? nn::Backend::CUDA : nn::Backend::CPU;
+    notes.push_back(str("backend: ", nn::backend_name(o.backend), " (default: ",
+                        gpu_visible ? "a GPU is visible" : "no GPU visible", "; set --backend)"));
+  }
+  if (o.backend == nn::Backend::CPU) {
+    if (o.amp_given && o.amp != nn::Amp::Off)
+      bad("amp", str("'", nn::amp_name(o.amp), "' needs --backend cuda (the CPU backend is fp32)"));
+    o.amp = nn::Amp::Off;
+    if (o.comm_given && o.comm == CommKind::Nccl) bad("comm", "'nccl' needs --backend cuda");
+    o.comm = CommKind::Mpi;
+    if (o.threads == 0) {
+      int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+      o.threads = std::max(1, cores / std::max(1, local_size));
+      notes.push_back(str("threads: ", o.threads, " per rank (", cores, " cores, ", local_size, " ranks on this host)"));
+    }
+  } else {
+    if (!o.amp_given) {
+      o.amp = nn::Amp::F16;
+      notes.push_back("amp: fp16 (default on cuda; set --amp)");
+    }
+    if (!o.comm_given) o.comm = CommKind::Nccl;
+  }
+  if (o.workers < 0) {
+    int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    // On the CPU backend the cores train; decoding shares them. On a GPU node they feed the GPU.
+    o.workers = o.backend == nn::Backend::CPU ? 1 : std::clamp(cores / std::max(1, local_size) - 1, 1, 16);
+  }
+  if (o.lr == 0.0) {
+    o.lr = 0.1 * static_cast<double>(o.batch_size) * world_size / 256.0;
+    notes.push_back(str("lr: ", o.lr, " (0.1 x global batch ", int64_t(o.batch_size) * world_size, " / 256)"));
+  }
+  o.config_text = describe(o);
+  return notes;
+}
+
+std::string describe(const TrainOptions& o) {
+  std::ostringstream s;
+  s << "data = " << o.data << "\n";
+  if (o.synthetic) s << "synthetic-size = " << o.synthetic_size << "\nsynthetic-classes = " << o.synthetic_classes << "\n";
+  s << "shard-scope = " << (o.shard_scope == ShardScope::Node ? "node" : "global") << "\n"
+    << "image-size = " << o.image_size << "\nval-size = " << o.val_size << "\nworkers = " << o.workers << "\n"
+    << "backend = " << nn::backend_name(o.backend) << "\namp = " << nn::amp_name(o.amp) << "\n"
+    << "tf32 = " << (o.tf32 ? "on" : "off") << "\nzero-init-residual = " << o.zero_init_residual << "\n";
+  if (!o.init_weights.empty()) s << "init-weights = " << o.init_weights << "\n";
+  s << "threads = " << o.threads << "\nepochs = " << o.epochs << "\nbatch-size = " << o.batch_size << "\n"
+    << "lr = " << o.lr << "\nmomentum = " << o.momentum << "\nnesterov = " << o.nesterov << "\n"
+    << "wd = " << o.weight_decay << "\nno-wd-bn-bias = " << o.no_wd_bn_bias << "\n"
+    << "label-smoothing = " << o.label_smoothing << "\nlr-schedule = " << lr_schedule_name(o.lr_schedule) << "\n"
+    << "warmup-epochs = " << o.warmup_epochs << "\nlr-step-epochs = " << o.lr_step_epochs << "\n"
+    << "lr-gamma = " << o.lr_gamma << "\nseed = " << o.seed << "\n";
+  if (o.max_steps) s << "max-steps = " << o.max_steps << "\n";
+  s << "comm = " << comm_name(o.comm) << "\nbucket-mb = " << o.bucket_mb << "\ntimeout = " << o.timeout_s << "\n"
+    << "replica-check-every = " << o.replica_check_every << "\n";
+  if (!o.checkpoint_dir.empty())
+    s << "checkpoint-dir = " << o.checkpoint_dir << "\ncheckpoint-every = " << o.checkpoint_every << "\n"
+      << "keep-checkpoints = " << o.keep_checkpoints << "\n";
+  s << "eval-every = " << o.eval_every << "\nlog-every = " << o.log_every << "\n";
+  return s.str();
+}
+
+}  // namespace ddp::train

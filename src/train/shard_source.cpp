@@ -1,0 +1,68 @@
+// DataSource over HDF5 shards: a thin adapter on ddp::data::Loader.
+#include <filesystem>
+
+#include "ddp/core/check.h"
+#include "ddp/data/loader.h"
+#include "ddp/train/data_source.h"
+
+namespace ddp::train {
+
+namespace {
+
+class ShardSource final : public DataSource {
+ public:
+  explicit ShardSource(const ShardSourceConfig& c) : dir_(c.dir), split_(c.split) {
+    data::LoaderConfig lc;
+    lc.shards = data::find_shards(c.dir, c.split);
+    lc.rank = c.rank;
+    lc.world = c.world;
+    lc.batch_size = c.batch_size;
+    lc.height = c.height;
+    lc.width = c.width;
+    lc.train = c.train;
+    lc.seed = c.seed;
+    lc.aug_stream = c.aug_stream;
+    lc.workers = c.workers;
+    lc.pinned = c.pinned;
+    nshards_ = lc.shards.size();
+    loader_ = std::make_unique<data::Loader>(lc);
+  }
+  int num_classes() const override { return loader_->num_classes(); }
+  int64_t num_images() const override { return loader_->num_images(); }
+  int64_t local_batches() const override { return loader_->local_batches(); }
+  void start_epoch(int epoch, int64_t num_batches) override { loader_->start_epoch(epoch, num_batches); }
+  bool next(BatchView& out) override {
+    data::Batch b;
+    if (!loader_->next(b)) return false;
+    out.images = b.images;
+    out.labels = b.labels;
+    out.n = b.n;
+    out.h = b.h;
+    out.w = b.w;
+    return true;
+  }
+  std::string describe() const override {
+    return str(split_, ": ", loader_->num_images(), " images in ", nshards_, " shard(s) of ", dir_, ", ",
+               loader_->num_classes(), " classes");
+  }
+
+ private:
+  std::string dir_, split_;
+  size_t nshards_ = 0;
+  std::unique_ptr<data::Loader> loader_;
+};
+
+}  // namespace
+
+std::unique_ptr<DataSource> make_shard_source(const ShardSourceConfig& cfg) { return std::make_unique<ShardSource>(cfg); }
+
+bool shards_exist(const std::string& dir, const std::string& split) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::string n = e.path().filename().string();
+    if (n.rfind(split + "-", 0) == 0 && n.size() > 3 && n.substr(n.size() - 3) == ".h5") return true;
+  }
+  return false;
+}
+
+}  // namespace ddp::train

@@ -1,0 +1,549 @@
+#include "ddp/train/trainer.h"
+
+// The C API only (Open MPI would otherwise pull in its deprecated C++ bindings).
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <memory>
+#include <optional>
+
+#include "ddp/comm/bucketer.h"
+#include "ddp/comm/communicator.h"
+#include "ddp/comm/replica_guard.h"
+#include "ddp/core/check.h"
+#include "ddp/core/h5.h"
+#include "ddp/core/log.h"
+#include "ddp/core/tensor.h"
+#include "ddp/nn/model.h"
+#include "ddp/nn/weights_io.h"
+#include "ddp/train/checkpoint.h"
+#include "ddp/train/data_source.h"
+#include "ddp/train/loss_scaler.h"
+#include "ddp/train/lr_schedule.h"
+#include "ddp/train/metrics.h"
+#include "ddp/train/signals.h"
+#include "ddp/train/tensorboard.h"
+
+#if DDP_HAVE_CUDA
+#include "ddp/backend/cuda/resnet18_cuda.h"
+#endif
+
+namespace ddp::train {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Host-side broadcasts of rank 0's state (checkpoint contents, file names). They go through MPI
+// directly because the NCCL communicator's broadcast takes device memory.
+void bcast_bytes(void* p, size_t n) {
+  auto* c = static_cast<char*>(p);
+  while (n > 0) {
+    int chunk = static_cast<int>(std::min<size_t>(n, size_t{1} << 30));
+    MPI_CHECK(MPI_Bcast(c, chunk, MPI_BYTE, 0, MPI_COMM_WORLD));
+    c += chunk;
+    n -= static_cast<size_t>(chunk);
+  }
+}
+void bcast_string(std::string& s) {
+  int64_t n = static_cast<int64_t>(s.size());
+  bcast_bytes(&n, sizeof n);
+  s.resize(static_cast<size_t>(n));
+  if (n) bcast_bytes(s.data(), static_cast<size_t>(n));
+}
+template <class T>
+void bcast_vec(std::vector<T>& v) {
+  int64_t n = static_cast<int64_t>(v.size());
+  bcast_bytes(&n, sizeof n);
+  v.resize(static_cast<size_t>(n));
+  if (n) bcast_bytes(v.data(), static_cast<size_t>(n) * sizeof(T));
+}
+
+// Rank 0 runs f; its error (if any) is re-thrown on every rank, so all ranks fail together instead
+// of the others waiting in the next collective.
+template <class F>
+void on_rank0_agreed(int rank, F&& f) {
+  std::string err;
+  if (rank == 0) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      err = e.what();
+    }
+  }
+  bcast_string(err);
+  if (!err.empty()) throw Error(rank == 0 ? err : str("rank 0 failed: ", err));
+}
+
+// Loads an HDF5 weights file into host buffers for `spec`; a file for another class count keeps
+// everything but fc (fine-tuning), which keeps the model's own initialisation.
+void load_init_weights(const std::string& path, const nn::ResNet18Spec& spec, std::vector<float>& params,
+                       std::vector<float>& buffers, int64_t& nbt) {
+  int file_classes = spec.num_classes;
+  {
+    h5::Handle f = h5::open_file(path);
+    if (h5::has_attr(f, "num_classes")) file_classes = static_cast<int>(h5::get_attr_i64(f, "num_classes"));
+  }
+  if (file_classes == spec.num_classes) {
+    nn::load_weights(path, spec, params.data(), buffers.data(), &nbt);
+    info0("initial weights: ", path);
+    return;
+  }
+  nn::ResNet18Spec fs = nn::make_resnet18_spec(file_classes);
+  std::vector<float> p(static_cast<size_t>(fs.param_count)), b(static_cast<size_t>(fs.buffer_count));
+  nn::load_weights(path, fs, p.data(), b.data(), &nbt);
+  for (const auto& pi : spec.params) {
+    if (pi.name == "fc.weight" || pi.name == "fc.bias") continue;
+    const auto& src = fs.param(pi.name);
+    std::copy_n(p.data() + src.offset, pi.numel, params.data() + pi.offset);
+  }
+  buffers = b;  // BN buffers do not depend on the class count
+  info0("initial weights: ", path, " (", file_classes, " classes; fc re-initialised for ", spec.num_classes,
+        " classes: fine-tuning)");
+}
+
+}  // namespace
+
+TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
+  TrainResult result;
+  const bool rank0 = env.rank == 0;
+  auto notes = resolve_defaults(o, env.world, env.local_size, cuda_available());
+  for (const auto& n : notes) info0(n);
+  install_stop_handlers();
+
+  int device = -1;
+  if (o.backend == nn::Backend::CUDA) device = comm::select_cuda_device(env);
+  comm::CommOptions copt;
+  copt.timeout_s = o.timeout_s;
+  auto comm = comm::make_communicator(comm_name(o.comm), env, copt);
+  const bool pinned = o.backend == nn::Backend::CUDA;
+
+  // ---- data ----------------------------------------------------------------------------------
+  std::unique_ptr<DataSource> train, val;
+  // --shard-scope node: the ranks of one host split that host's shards; global: all ranks split one set.
+  const bool node_scope = o.shard_scope == ShardScope::Node;
+  const int data_rank = node_scope ? env.local_rank : env.rank;
+  const int data_world = node_scope ? env.local_size : env.world;
+  if (o.synthetic) {
+    auto set = make_synthetic_set(o.synthetic_size, o.synthetic_classes, o.image_size, o.image_size, o.seed);
+    SyntheticConfig sc;
+    sc.size = o.synthetic_size;
+    sc.classes = o.synthetic_classes;
+    sc.height = sc.width = o.image_size;
+    sc.seed = o.seed;
+    sc.rank = env.rank;
+    sc.world = env.world;
+    sc.batch_size = o.batch_size;
+    sc.pinned = pinned;
+    train = make_synthetic_source(set, sc);
+    if (!o.no_eval) {
+      sc.train = false;
+      val = make_synthetic_source(set, sc);
+    }
+  } else {
+    ShardSourceConfig sc;
+    sc.dir = o.data;
+    sc.split = "train";
+    sc.rank = data_rank;
+    sc.world = data_world;
+    sc.batch_size = o.batch_size;
+    sc.height = sc.width = o.image_size;
+    sc.train = true;
+    sc.seed = o.seed;
+    sc.aug_stream = env.rank;
+    sc.workers = o.workers;
+    sc.pinned = pinned;
+    train = make_shard_source(sc);
+    int64_t has_val = (!o.no_eval && shards_exist(o.data, "val")) ? 1 : 0;
+    comm->allreduce_min(&has_val, 1);  // evaluate only if every node has its val shards
+    if (has_val) {
+      sc.split = "val";
+      sc.train = false;
+      sc.height = sc.width = o.val_size;
+      val = make_shard_source(sc);
+    } else if (!o.no_eval) {
+      warn0("no val-*.h5 shards in '", o.data, "' on every node: evaluation is off");
+    }
+  }
+  int64_t cls[2] = {train->num_classes(), -train->num_classes()};
+  comm->allreduce_min(cls, 2);
+  DDP_CHECK(cls[0] == -cls[1], "ranks disagree on the number of classes (", cls[0], " vs ", -cls[1],
+            "): every node's shards must come from one pack_imagenet run");
+  const int num_classes = static_cast<int>(cls[0]);
+  info0("data: ", train->describe());
+  if (val) info0("eval data: ", val->describe());
+
+  // ---- model ---------------------------------------------------------------------------------
+  nn::ModelConfig mc;
+  mc.num_classes = num_classes;
+  mc.max_batch = o.batch_size;
+  mc.height = mc.width = std::max(o.image_size, val ? o.val_size : o.image_size);
+  mc.amp = o.amp;
+  mc.tf32 = o.tf32;
+  mc.init.seed = o.seed;
+  mc.init.zero_init_residual = o.zero_init_residual;
+  mc.label_smoothing = static_cast<float>(o.label_smoothing);
+  mc.threads = o.threads;
+  mc.device = std::max(device, 0);
+  std::unique_ptr<nn::Model> model = nn::make_model(o.backend, mc);
+  const nn::ResNet18Spec& spec = model->spec();
+  void* stream = nullptr;
+#if DDP_HAVE_CUDA
+  if (auto* cm = dynamic_cast<cuda::CudaResNet18*>(model.get())) stream = cm->stream();
+#endif
+  info0("model: ResNet18, ", num_classes, " classes, ", spec.param_count, " parameters, backend ",
+        nn::backend_name(o.backend), ", amp ", nn::amp_name(o.amp),
+        o.backend == nn::Backend::CPU ? str(", ", o.threads, " threads/rank") : str(", tf32 ", o.tf32 ? "on" : "off"),
+        "; ", env.world, " rank(s), global batch ", int64_t(o.batch_size) * env.world, ", comm ", comm->name());
+
+  LossScaler scaler(o.amp == nn::Amp::F16);
+  int start_epoch = 0;
+  int64_t start_step = 0, gstep = 0;
+
+  if (!o.init_weights.empty()) {
+    std::vector<float> p(static_cast<size_t>(spec.param_count)), b(static_cast<size_t>(spec.buffer_count));
+    int64_t nbt = 0;
+    on_rank0_agreed(env.rank, [&] {
+      model->get_params_torch(p.data());  // keeps our fc init where the file's class count differs
+      load_init_weights(o.init_weights, spec, p, b, nbt);
+    });
+    bcast_vec(p);
+    bcast_vec(b);
+    model->set_params_torch(p.data());
+    model->set_buffers(b.data());
+  }
+
+  // ---- resume --------------------------------------------------------------------------------
+  std::string resume_path;
+  on_rank0_agreed(env.rank, [&] {
+    if (o.resume == "auto") {
+      auto latest = find_latest_checkpoint(o.checkpoint_dir);
+      if (latest) resume_path = *latest;
+      else info0("resume auto: no complete checkpoint in '", o.checkpoint_dir, "'; starting fresh");
+    } else if (!o.resume.empty()) {
+      resume_path = o.resume;
+    }
+  });
+  bcast_string(resume_path);
+  int64_t ckpt_steps_per_epoch = 0;
+  if (!resume_path.empty()) {
+    CheckpointState st;
+    on_rank0_agreed(env.rank, [&] {
+      st = load_checkpoint(resume_path, spec);
+      DDP_CHECK(st.seed == o.seed, "checkpoint '", resume_path, "' was trained with --seed ", st.seed,
+                "; resume with the same seed (the data order depends on it)");
+    });
+    bcast_vec(st.params);
+    bcast_vec(st.momentum);
+    bcast_vec(st.buffers);
+    int64_t sc[8] = {st.num_batches_tracked, st.momentum_initialised, st.epoch, st.step_in_epoch,
+                     st.global_step, st.steps_per_epoch, st.scaler.good_steps, st.scaler.skipped_steps};
+    bcast_bytes(sc, sizeof sc);
+    bcast_bytes(&st.scaler.scale, sizeof(double));
+    model->set_params_torch(st.params.data());
+    model->set_momentum_torch(st.momentum.data());
+    model->set_buffers(st.buffers.data());
+    model->set_num_batches_tracked(sc[0]);
+    model->set_momentum_initialised(sc[1] != 0);
+    start_epoch = static_cast<int>(sc[2]);
+    start_step = sc[3];
+    gstep = sc[4];
+    ckpt_steps_per_epoch = sc[5];
+    if (scaler.dynamic()) scaler.set_state({st.scaler.scale, sc[6], sc[7]});
+    info0("resumed from ", resume_path, ": epoch ", start_epoch + 1, ", step ", start_step, " of the epoch, global step ",
+          gstep, scaler.dynamic() ? str(", loss scale ", scaler.scale()) : std::string());
+  }
+
+  // Rule 3: replicas start identical, whatever each rank initialised or loaded.
+  comm::broadcast_model(*comm, *model);
+
+  // ---- schedule ------------------------------------------------------------------------------
+  const int64_t steps = comm::agree_steps(*comm, train->local_batches());
+  DDP_CHECK(steps >= 1, "some rank has no full batch of ", o.batch_size, " training images (",
+            train->num_images(), " images for ", data_world, " rank(s)); lower --batch-size");
+  if (ckpt_steps_per_epoch && ckpt_steps_per_epoch != steps) {
+    DDP_CHECK(start_step == 0, "the checkpoint stopped mid-epoch with ", ckpt_steps_per_epoch,
+              " steps per epoch, but this run has ", steps, " (different ranks or batch size); resume with the same "
+              "configuration, or from an epoch-end checkpoint");
+    warn0("steps per epoch changed from ", ckpt_steps_per_epoch, " to ", steps, " since the checkpoint");
+  }
+  if (start_step >= steps) {
+    ++start_epoch;
+    start_step = 0;
+  }
+  LrSchedule sched(o.lr_schedule, o.lr, o.epochs, steps, o.warmup_epochs, o.lr_step_epochs, o.lr_gamma);
+  nn::SgdConfig sgd;
+  sgd.momentum = static_cast<float>(o.momentum);
+  sgd.nesterov = o.nesterov;
+  sgd.weight_decay = static_cast<float>(o.weight_decay);
+  sgd.decay_bn_and_bias = !o.no_wd_bn_bias;
+  comm::GradBucketer bucketer(*comm, model->grads(), spec.param_count,
+                              static_cast<size_t>(std::max(4.0, o.bucket_mb * 1024 * 1024)));
+  const int64_t global_batch = static_cast<int64_t>(o.batch_size) * env.world;
+  info0("schedule: ", o.epochs, " epochs x ", steps, " steps (global batch ", global_batch, "), lr ", o.lr, " ",
+        lr_schedule_name(o.lr_schedule), o.warmup_epochs > 0 ? str(", warm-up ", o.warmup_epochs, " epochs") : "",
+        ", momentum ", o.momentum, o.nesterov ? " (nesterov)" : "", ", wd ", o.weight_decay,
+        o.no_wd_bn_bias ? " (not on BN/bias)" : "", ", label smoothing ", o.label_smoothing, ", ", comm->name(),
+        " buckets: ", bucketer.num_buckets());
+
+  // ---- metrics (rank 0) ------------------------------------------------------------------------
+  std::unique_ptr<Progress> progress;
+  std::unique_ptr<JsonlWriter> jsonl;
+  std::unique_ptr<TensorBoardWriter> tb;
+  std::unique_ptr<GpuMonitor> gpu;
+  if (rank0) {
+    bool bar = o.progress == "bar" || (o.progress == "auto" && isatty(STDOUT_FILENO));
+    progress = std::make_unique<Progress>(bar, o.log_every);
+    if (!o.jsonl.empty()) jsonl = std::make_unique<JsonlWriter>(o.jsonl);
+    if (!o.tensorboard.empty()) {
+      tb = std::make_unique<TensorBoardWriter>(o.tensorboard);
+      info0("tensorboard: ", tb->path());
+    }
+    gpu = std::make_unique<GpuMonitor>(device);
+  }
+  auto gpu_text = [&]() -> std::string {
+    auto u = gpu ? gpu->utilization_percent() : std::nullopt;
+    return u ? str(*u, "%") : std::string("n/a");
+  };
+
+  // ---- evaluation and checkpoints --------------------------------------------------------------
+  auto average_bn = [&] {
+    model->synchronize();
+    comm::average_buffers(*comm, model->buffers(), spec.buffer_count);
+  };
+  auto evaluate = [&](int epoch) {
+    average_bn();
+    auto t0 = Clock::now();
+    val->start_epoch(epoch, val->local_batches());
+    nn::EvalCounts local;
+    BatchView b;
+    while (val->next(b)) {
+      model->set_input_u8(b.images, b.labels, b.n, b.h, b.w);
+      model->forward(nn::Mode::Eval);
+      nn::EvalCounts c = model->eval_counts();
+      local.top1 += c.top1;
+      local.top5 += c.top5;
+      local.count += c.count;
+      local.loss_sum += c.loss_sum;
+    }
+    nn::EvalCounts all = comm::sum_eval_counts(*comm, local);
+    DDP_CHECK(all.count > 0, "evaluation saw no images");
+    result.evaluated = true;
+    result.top1 = static_cast<double>(all.top1) / static_cast<double>(all.count);
+    result.top5 = static_cast<double>(all.top5) / static_cast<double>(all.count);
+    result.eval_loss = all.loss_sum / static_cast<double>(all.count);
+    if (rank0) {
+      progress->message(str("eval epoch ", epoch + 1, ": top-1 ", result.top1 * 100, "%, top-5 ", result.top5 * 100,
+                            "%, loss ", result.eval_loss, " (", all.count, " images, ", seconds_since(t0), " s)"));
+      if (jsonl)
+        jsonl->write({{"type", json_string("eval")}, {"epoch", json_number(epoch + 1)}, {"step", json_number(double(gstep))},
+                      {"top1", json_number(result.top1)}, {"top5", json_number(result.top5)},
+                      {"loss", json_number(result.eval_loss)}, {"images", json_number(double(all.count))}});
+      if (tb) {
+        tb->add_scalar("eval/top1", result.top1, gstep);
+        tb->add_scalar("eval/top5", result.top5, gstep);
+        tb->add_scalar("eval/loss", result.eval_loss, gstep);
+        tb->flush();
+      }
+    }
+  };
+  auto save = [&](int64_t epoch_pos, int64_t step_pos, const std::string& why) {
+    if (o.checkpoint_dir.empty()) return;
+    average_bn();
+    std::string path = o.checkpoint_dir + "/" + checkpoint_file_name(gstep);
+    on_rank0_agreed(env.rank, [&] {
+      CheckpointState st;
+      st.num_classes = num_classes;
+      st.params.resize(static_cast<size_t>(spec.param_count));
+      st.momentum.resize(static_cast<size_t>(spec.param_count));
+      st.buffers.resize(static_cast<size_t>(spec.buffer_count));
+      model->get_params_torch(st.params.data());
+      model->get_momentum_torch(st.momentum.data());
+      model->get_buffers(st.buffers.data());
+      st.num_batches_tracked = model->num_batches_tracked();
+      st.momentum_initialised = model->momentum_initialised();
+      st.epoch = epoch_pos;
+      st.step_in_epoch = step_pos;
+      st.global_step = gstep;
+      st.steps_per_epoch = steps;
+      st.seed = o.seed;
+      st.world_size = env.world;
+      st.scaler = scaler.state();
+      st.config = o.config_text;
+      st.rng = {{"shuffle_epoch", static_cast<uint64_t>(epoch_pos)}, {"batches_done", static_cast<uint64_t>(step_pos)}};
+      auto t0 = Clock::now();
+      save_checkpoint(path, spec, st);
+      prune_checkpoints(o.checkpoint_dir, o.keep_checkpoints);
+      progress->message(str("checkpoint ", path, " (", why, ", ", seconds_since(t0), " s)"));
+    });
+    result.last_checkpoint = path;
+  };
+
+  // ---- training --------------------------------------------------------------------------------
+  auto run_t0 = Clock::now();
+  double train_seconds = 0;
+  int64_t train_images = 0;
+  bool stop = false, hit_max = false, eval_done_at_end = false;
+  int epoch = start_epoch;
+  for (; epoch < o.epochs && !stop && !hit_max; ++epoch) {
+    eval_done_at_end = false;
+    const int64_t first = (epoch == start_epoch) ? start_step : 0;
+    train->start_epoch(epoch, steps);
+    BatchView b;
+    // Mid-epoch resume: the order is a pure function of (seed, epoch), so skipping the batches
+    // already trained on puts the stream where the checkpoint left it.
+    for (int64_t k = 0; k < first; ++k) DDP_CHECK(train->next(b), "data ended while skipping to step ", first);
+    if (rank0) progress->begin_epoch(epoch, o.epochs, steps);
+    auto epoch_t0 = Clock::now();
+    auto window_t0 = epoch_t0;
+    int64_t window_images = 0;
+    double window_loss = 0;
+    int64_t window_steps = 0;
+    int64_t s = first;
+    for (; s < steps; ++s) {
+      comm->set_step(gstep);
+      DDP_CHECK(train->next(b), "the data loader ended after ", s, " of ", steps, " steps in epoch ", epoch + 1);
+      model->set_input_u8(b.images, b.labels, b.n, b.h, b.w);
+      float loss = model->forward(nn::Mode::Train);
+      const float used_scale = scaler.scale();
+      bucketer.begin_step();
+      model->backward(used_scale, [&](const nn::GradReady& r) { bucketer.on_ready(r); });
+      bucketer.finish(stream);
+      const bool finite = model->grads_finite();
+      // One small reduction per step: global loss, found-inf (rule 4) and the stop request (rule 9).
+      double red[3] = {static_cast<double>(loss), finite ? 0.0 : 1.0, stop_requested() ? 1.0 : 0.0};
+      comm->allreduce_sum(red, 3);
+      const double lr = sched.lr_at(static_cast<int64_t>(epoch) * steps + s);
+      if (scaler.update(red[1] == 0.0)) model->sgd_step(sgd, static_cast<float>(lr), 1.0f / used_scale);
+      ++gstep;
+      if (o.fault_perturb_step == gstep && env.rank == 1) {
+        // Test-only fault: one replica drifts, as when gradients are not averaged.
+        std::vector<float> p(static_cast<size_t>(spec.param_count));
+        model->get_params_torch(p.data());
+        p[0] += 1e-3f;
+        model->set_params_torch(p.data());
+        warn("test fault: perturbed this replica's parameters at step ", gstep);
+      }
+      const double gloss = red[0] / env.world;
+      window_loss += gloss;
+      ++window_steps;
+      window_images += global_batch;
+      train_images += global_batch;
+      if (o.replica_check_every > 0 && gstep % o.replica_check_every == 0) {
+        model->synchronize();
+        comm::check_replicas(*comm, model->param_checksum(), gstep);
+      }
+      if (rank0) {
+        double el = seconds_since(window_t0);
+        double ips = el > 0 ? static_cast<double>(window_images) / el : 0.0;
+        bool log_now = (s + 1) % o.log_every == 0 || s + 1 == steps;
+        std::string g = log_now ? gpu_text() : std::string("n/a");
+        progress->update(s + 1, gloss, lr, ips, scaler.scale(), g);
+        if (log_now) {
+          double mean_loss = window_loss / static_cast<double>(window_steps);
+          if (jsonl)
+            jsonl->write({{"type", json_string("train")}, {"step", json_number(double(gstep))},
+                          {"epoch", json_number(epoch + double(s + 1) / double(steps))},
+                          {"loss", json_number(mean_loss)}, {"lr", json_number(lr)}, {"img_per_s", json_number(ips)},
+                          {"loss_scale", json_number(scaler.scale())},
+                          {"gpu_util", g == "n/a" ? std::string("null") : g.substr(0, g.size() - 1)}});
+          if (tb) {
+            tb->add_scalar("train/loss", mean_loss, gstep);
+            tb->add_scalar("train/lr", lr, gstep);
+            tb->add_scalar("train/img_per_s", ips, gstep);
+            if (scaler.dynamic()) tb->add_scalar("train/loss_scale", scaler.scale(), gstep);
+            if (g != "n/a") tb->add_scalar("gpu/util_percent", std::stod(g), gstep);
+            tb->flush();
+          }
+          window_t0 = Clock::now();
+          window_images = 0;
+          window_loss = 0;
+          window_steps = 0;
+        }
+      }
+      if (red[2] > 0) {
+        stop = true;
+        ++s;
+        break;
+      }
+      if (o.max_steps > 0 && gstep >= o.max_steps) {
+        hit_max = true;
+        ++s;
+        break;
+      }
+      if (o.checkpoint_every_steps > 0 && gstep % o.checkpoint_every_steps == 0 && s + 1 < steps)
+        save(epoch, s + 1, "every " + std::to_string(o.checkpoint_every_steps) + " steps");
+    }
+    model->synchronize();
+    double et = seconds_since(epoch_t0);
+    train_seconds += et;
+    if (rank0) progress->end_epoch();
+    if (stop) {
+      int sig = stop_signal();
+      info0("stop requested",
+            sig ? str(" (", sig == SIGTERM ? "SIGTERM" : sig == SIGUSR1 ? "SIGUSR1" : std::to_string(sig), ")") : std::string(),
+            " at step ", gstep, o.checkpoint_dir.empty() ? ": exiting (no --checkpoint-dir, nothing saved)"
+                                                          : ": checkpointing and exiting");
+    }
+    if (s < steps) {  // stopped inside the epoch
+      save(epoch, s, stop ? "stop requested" : "--max-steps reached");
+      break;
+    }
+    result.epoch_seconds.push_back(et);
+    result.epochs_done = epoch + 1;
+    model->synchronize();
+    comm::check_replicas(*comm, model->param_checksum(), gstep);
+    info0("epoch ", epoch + 1, "/", o.epochs, " done in ", human_duration(et), " (", et, " s), ",
+          static_cast<int64_t>(static_cast<double>((steps - first) * global_batch) / std::max(et, 1e-9)), " img/s");
+    const bool last = epoch + 1 == o.epochs;
+    if (val && !stop && (last || hit_max || (o.eval_every > 0 && (epoch + 1) % o.eval_every == 0))) {
+      evaluate(epoch);
+      eval_done_at_end = true;
+    }
+    if (last || stop || hit_max || o.checkpoint_every_steps == 0 || gstep % o.checkpoint_every_steps == 0)
+      save(epoch + 1, 0, last ? "end of training" : stop ? "stop requested" : hit_max ? "--max-steps reached" : "end of epoch");
+    if (stop || hit_max) break;
+  }
+  if (hit_max && val && !stop && !eval_done_at_end) evaluate(epoch);
+
+  result.global_steps = gstep;
+  result.stopped_by_signal = stop;
+  result.train_images_per_s = train_seconds > 0 ? static_cast<double>(train_images) / train_seconds : 0;
+  if (rank0) {
+    double total = seconds_since(run_t0);
+    std::string per_epoch;
+    for (double t : result.epoch_seconds) per_epoch += str(per_epoch.empty() ? "" : ", ", human_duration(t));
+    info0("summary: ", gstep, " steps, ", result.epochs_done, " epoch(s) complete, time per epoch [", per_epoch,
+          "], training ", static_cast<int64_t>(result.train_images_per_s), " img/s (", env.world, " rank(s)), total ",
+          human_duration(total));
+    if (result.evaluated)
+      info0("final accuracy: top-1 ", result.top1 * 100, "%, top-5 ", result.top5 * 100, "%, eval loss ", result.eval_loss);
+    info0("peak memory: host ", human_bytes(static_cast<double>(peak_host_rss_bytes())),
+          o.backend == nn::Backend::CUDA ? str(", GPU ", human_bytes(static_cast<double>(model->peak_memory_bytes())))
+                                         : std::string());
+    if (scaler.dynamic()) info0("fp16 loss scale ", scaler.scale(), ", ", scaler.state().skipped_steps, " step(s) skipped for overflow");
+    if (jsonl) {
+      std::vector<std::pair<std::string, std::string>> f = {
+          {"type", json_string("summary")}, {"steps", json_number(double(gstep))},
+          {"epochs_done", json_number(result.epochs_done)}, {"img_per_s", json_number(result.train_images_per_s)},
+          {"seconds", json_number(total)}, {"peak_host_bytes", json_number(double(peak_host_rss_bytes()))},
+          {"peak_device_bytes", json_number(o.backend == nn::Backend::CUDA ? double(model->peak_memory_bytes()) : 0.0)},
+          {"stopped_by_signal", stop ? "true" : "false"}};
+      if (result.evaluated) {
+        f.push_back({"top1", json_number(result.top1)});
+        f.push_back({"top5", json_number(result.top5)});
+      }
+      jsonl->write(f);
+    }
+  }
+  comm->barrier();
+  return result;
+}
+
+}  // namespace ddp::train

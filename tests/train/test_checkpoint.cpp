@@ -1,0 +1,191 @@
+// Checkpoint files: exact round trip, refusal of truncated / incomplete / foreign files with a
+// message naming the file, keep-last-K, --resume auto's choice, and conversion to torchvision by
+// tools/h5_to_torchvision.py (Debian's python3 with torch).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "ddp/core/check.h"
+#include "ddp/core/h5.h"
+#include "ddp/core/rng.h"
+#include "ddp/nn/resnet18.h"
+#include "ddp/nn/weights_io.h"
+#include "ddp/train/checkpoint.h"
+
+namespace fs = std::filesystem;
+using namespace ddp::train;
+
+namespace {
+
+CheckpointState random_state(const ddp::nn::ResNet18Spec& spec, uint64_t seed) {
+  CheckpointState s;
+  ddp::Rng r(seed, ddp::rng_stream::kTest);
+  s.num_classes = spec.num_classes;
+  s.params.resize(spec.param_count);
+  s.momentum.resize(spec.param_count);
+  s.buffers.resize(spec.buffer_count);
+  for (auto& v : s.params) v = r.normal();
+  for (auto& v : s.momentum) v = r.normal();
+  for (auto& v : s.buffers) v = r.uniform(0.5f, 2.0f);
+  s.num_batches_tracked = 1234;
+  s.momentum_initialised = true;
+  s.epoch = 3;
+  s.step_in_epoch = 17;
+  s.global_step = 317;
+  s.steps_per_epoch = 100;
+  s.seed = 42;
+  s.world_size = 4;
+  s.scaler = {8192.0, 55, 3};
+  s.config = "data = synthetic\nepochs = 9\n";
+  s.rng = {{"shuffle_epoch", 3}, {"batches_done", 17}};
+  return s;
+}
+
+class CheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("ckpt_test_" + std::to_string(::getpid()) + "_" +
+                                             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& n) const { return (dir_ / n).string(); }
+  fs::path dir_;
+  ddp::nn::ResNet18Spec spec_ = ddp::nn::make_resnet18_spec(10);
+};
+
+std::string load_error(const std::string& p, const ddp::nn::ResNet18Spec& spec) {
+  try {
+    load_checkpoint(p, spec);
+  } catch (const ddp::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_F(CheckpointTest, RoundTripIsExact) {
+  CheckpointState a = random_state(spec_, 1);
+  std::string p = path(checkpoint_file_name(a.global_step));
+  save_checkpoint(p, spec_, a);
+  EXPECT_FALSE(fs::exists(p + ".tmp"));
+  CheckpointState b = load_checkpoint(p, spec_);
+  EXPECT_EQ(a.params, b.params);
+  EXPECT_EQ(a.momentum, b.momentum);
+  EXPECT_EQ(a.buffers, b.buffers);
+  EXPECT_EQ(a.num_batches_tracked, b.num_batches_tracked);
+  EXPECT_EQ(a.momentum_initialised, b.momentum_initialised);
+  EXPECT_EQ(a.epoch, b.epoch);
+  EXPECT_EQ(a.step_in_epoch, b.step_in_epoch);
+  EXPECT_EQ(a.global_step, b.global_step);
+  EXPECT_EQ(a.steps_per_epoch, b.steps_per_epoch);
+  EXPECT_EQ(a.seed, b.seed);
+  EXPECT_EQ(a.world_size, b.world_size);
+  EXPECT_EQ(a.scaler.scale, b.scaler.scale);
+  EXPECT_EQ(a.scaler.good_steps, b.scaler.good_steps);
+  EXPECT_EQ(a.scaler.skipped_steps, b.scaler.skipped_steps);
+  EXPECT_EQ(a.config, b.config);
+  EXPECT_EQ(a.rng.size(), b.rng.size());
+  EXPECT_EQ(checkpoint_num_classes(p), 10);
+  EXPECT_EQ(checkpoint_problem(p), "");
+}
+
+TEST_F(CheckpointTest, ModelTensorsReadAsAWeightsFileWould) {
+  // The model part uses the weights file layout: torchvision names at the root, PyTorch shapes.
+  CheckpointState a = random_state(spec_, 2);
+  std::string p = path("c.h5");
+  save_checkpoint(p, spec_, a);
+  ddp::h5::Handle f = ddp::h5::open_file(p);
+  const auto& w = spec_.param("layer3.0.downsample.0.weight");
+  std::vector<float> got(w.numel);
+  ddp::h5::read_f32(f, w.name, got.data(), {256, 128, 1, 1});
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), a.params.begin() + w.offset));
+}
+
+TEST_F(CheckpointTest, TruncatedFileIsRefusedNamingIt) {
+  CheckpointState a = random_state(spec_, 3);
+  std::string p = path("full.h5");
+  save_checkpoint(p, spec_, a);
+  std::string t = path("ckpt-0000000999.h5");
+  {
+    std::ifstream in(p, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream out(t, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
+  }
+  std::string e = load_error(t, spec_);
+  EXPECT_NE(e.find(t), std::string::npos) << e;
+  EXPECT_NE(checkpoint_problem(t), "");
+}
+
+TEST_F(CheckpointTest, ForeignFilesAreRefused) {
+  // A weights file is not a checkpoint.
+  std::string w = path("weights.h5");
+  CheckpointState a = random_state(spec_, 4);
+  ddp::nn::save_weights(w, spec_, a.params.data(), a.buffers.data(), 0);
+  std::string e = load_error(w, spec_);
+  EXPECT_NE(e.find("not a resnet18-ddp checkpoint"), std::string::npos) << e;
+  // Not HDF5 at all.
+  std::string txt = path("notes.h5");
+  std::ofstream(txt) << "hello";
+  e = load_error(txt, spec_);
+  EXPECT_NE(e.find(txt), std::string::npos) << e;
+  // Another class count.
+  std::string p = path("c10.h5");
+  save_checkpoint(p, spec_, a);
+  e = load_error(p, ddp::nn::make_resnet18_spec(1000));
+  EXPECT_NE(e.find("10 classes"), std::string::npos) << e;
+}
+
+TEST_F(CheckpointTest, IncompleteFileIsRefused) {
+  CheckpointState a = random_state(spec_, 5);
+  std::string p = path("ckpt-0000000005.h5");
+  save_checkpoint(p, spec_, a);
+  {
+    ddp::h5::Handle f = ddp::h5::open_file(p, true);
+    ddp::h5::set_attr(f, "complete", int64_t{0});
+  }
+  std::string e = load_error(p, spec_);
+  EXPECT_NE(e.find("incomplete"), std::string::npos) << e;
+}
+
+TEST_F(CheckpointTest, KeepLastKAndResumeAutoPicksNewestComplete) {
+  CheckpointState a = random_state(spec_, 6);
+  for (int64_t step : {100, 200, 300, 400, 500}) {
+    a.global_step = step;
+    save_checkpoint(path(checkpoint_file_name(step)), spec_, a);
+    prune_checkpoints(dir_.string(), 3);
+  }
+  auto all = list_checkpoints(dir_.string());
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_NE(all[0].find("0000000300"), std::string::npos);
+  EXPECT_NE(all[2].find("0000000500"), std::string::npos);
+  // The newest is damaged (e.g. a copy cut short): auto falls back to the one before it.
+  { std::ofstream(path(checkpoint_file_name(600))) << "garbage"; }
+  auto latest = find_latest_checkpoint(dir_.string());
+  ASSERT_TRUE(latest);
+  EXPECT_NE(latest->find("0000000500"), std::string::npos);
+  EXPECT_FALSE(find_latest_checkpoint((dir_ / "empty").string()));
+}
+
+TEST_F(CheckpointTest, ConvertsToTorchvision) {
+  if (std::system("/usr/bin/python3 -c 'import torch, torchvision, h5py' >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "Debian python3 with torch/torchvision/h5py not installed (tools/setup installs them)";
+  CheckpointState a = random_state(spec_, 7);
+  std::string p = path("ckpt.h5"), pth = path("model.pth");
+  save_checkpoint(p, spec_, a);
+  std::string cmd = std::string("/usr/bin/python3 ") + DDP_SOURCE_DIR + "/tools/h5_to_torchvision.py " + p + " " + pth +
+                    " >/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  // Compare one tensor as torch sees it.
+  std::string check = std::string("/usr/bin/python3 -c \"import torch; sd = torch.load('") + pth +
+                      "'); import sys; sys.exit(0 if abs(float(sd['conv1.weight'][1,2,3,4]) - (" +
+                      std::to_string(a.params[spec_.param("conv1.weight").offset + 1 * 147 + 2 * 49 + 3 * 7 + 4]) +
+                      ")) < 1e-5 else 1)\"";
+  EXPECT_EQ(std::system(check.c_str()), 0);
+}

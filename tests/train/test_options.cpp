@@ -1,0 +1,103 @@
+// The command line: defaults, the config file, and bad values refused with the flag named.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "ddp/core/check.h"
+#include "ddp/train/options.h"
+
+using ddp::train::parse_options;
+using ddp::train::TrainOptions;
+
+namespace {
+std::optional<TrainOptions> parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "train_resnet18");
+  std::vector<const char*> argv;
+  for (auto& a : args) argv.push_back(a.c_str());
+  return parse_options(static_cast<int>(argv.size()), argv.data());
+}
+std::string error_of(std::vector<std::string> args) {
+  try {
+    parse(std::move(args));
+  } catch (const ddp::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(Options, DefaultsAndLrRule) {
+  auto o = parse({"--data", "synthetic", "--batch-size", "64"});
+  ASSERT_TRUE(o);
+  EXPECT_TRUE(o->synthetic);
+  EXPECT_EQ(o->batch_size, 64);
+  auto notes = ddp::train::resolve_defaults(*o, 8, 4, false);
+  EXPECT_EQ(o->backend, ddp::nn::Backend::CPU);
+  EXPECT_DOUBLE_EQ(o->lr, 0.1 * 64 * 8 / 256);
+  EXPECT_FALSE(notes.empty());  // the choices are printed, not silent
+  auto g = parse({"--data", "synthetic"});
+  ddp::train::resolve_defaults(*g, 1, 1, true);
+  EXPECT_EQ(g->backend, ddp::nn::Backend::CUDA);
+  EXPECT_EQ(g->comm, ddp::train::CommKind::Nccl);
+  EXPECT_EQ(g->amp, ddp::nn::Amp::F16);
+}
+
+TEST(Options, HelpReturnsNothing) { EXPECT_FALSE(parse({"--help"})); }
+
+TEST(Options, BadValuesNameTheFlag) {
+  struct Case { std::vector<std::string> args; std::string flag; };
+  std::vector<Case> cases = {
+      {{"--data", "synthetic", "--backend", "tpu"}, "--backend"},
+      {{"--data", "synthetic", "--amp", "fp8"}, "--amp"},
+      {{"--data", "synthetic", "--epochs", "0"}, "--epochs"},
+      {{"--data", "synthetic", "--epochs", "abc"}, "--epochs"},
+      {{"--data", "synthetic", "--batch-size", "-3"}, "--batch-size"},
+      {{"--data", "synthetic", "--lr-schedule", "linear"}, "--lr-schedule"},
+      {{"--data", "synthetic", "--label-smoothing", "1.5"}, "--label-smoothing"},
+      {{"--data", "synthetic", "--image-size", "16"}, "--image-size"},
+      {{"--data", "synthetic", "--momentum", "1"}, "--momentum"},
+      {{"--data", "synthetic", "--resume", "auto"}, "--resume"},
+      {{"--data", "synthetic", "--checkpoint-every", "sometimes", "--checkpoint-dir", "x"}, "--checkpoint-every"},
+      {{"--data", "synthetic", "--tf32", "maybe"}, "--tf32"},
+      {{"--data", "synthetic", "--comm", "gloo"}, "--comm"},
+      {{"--data", "synthetic", "--warmup-epochs", "100", "--epochs", "10"}, "--warmup-epochs"},
+      {{"--data", "synthetic", "--no-such-flag"}, "--no-such-flag"},
+      {{"--epochs", "3"}, "--data"},
+  };
+  for (const auto& c : cases) {
+    std::string e = error_of(c.args);
+    EXPECT_NE(e.find(c.flag), std::string::npos) << "args for " << c.flag << " gave: '" << e << "'";
+  }
+}
+
+TEST(Options, CpuBackendRefusesGpuOnlySettings) {
+  auto o = parse({"--data", "synthetic", "--backend", "cpu", "--amp", "fp16"});
+  ASSERT_TRUE(o);
+  try {
+    ddp::train::resolve_defaults(*o, 1, 1, false);
+    FAIL() << "fp16 on the CPU backend was accepted";
+  } catch (const ddp::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--amp"), std::string::npos);
+  }
+  auto n = parse({"--data", "synthetic", "--backend", "cpu", "--comm", "nccl"});
+  EXPECT_THROW(ddp::train::resolve_defaults(*n, 1, 1, false), ddp::Error);
+}
+
+TEST(Options, ConfigFileWithCommandLineWinning) {
+  std::string path = ::testing::TempDir() + "/train_options_test.ini";
+  {
+    std::ofstream f(path);
+    f << "data = synthetic\nepochs = 7\nbatch-size = 32\nlr-schedule = cosine\nnesterov = true\n";
+  }
+  auto o = parse({"--config", path, "--epochs", "3"});
+  ASSERT_TRUE(o);
+  EXPECT_EQ(o->epochs, 3);  // command line wins
+  EXPECT_EQ(o->batch_size, 32);
+  EXPECT_EQ(o->lr_schedule, ddp::train::LrScheduleKind::Cosine);
+  EXPECT_TRUE(o->nesterov);
+  std::remove(path.c_str());
+  EXPECT_NE(error_of({"--config", "/nonexistent/x.ini"}).find("--config"), std::string::npos);
+}

@@ -1,0 +1,52 @@
+// TensorBoard files: CRC32C known answers (RFC 3720 / iSCSI test vectors) and a file decoded by an
+// independent Python reader (tests/train/read_tfevents.py: its own CRC and protobuf decoding, and
+// tensorboard's EventAccumulator when installed).
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "ddp/train/tensorboard.h"
+
+using namespace ddp::train;
+
+TEST(Crc32c, KnownAnswers) {
+  EXPECT_EQ(crc32c("123456789", 9), 0xE3069283u);
+  std::array<uint8_t, 32> zeros{}, ones{};
+  ones.fill(0xff);
+  EXPECT_EQ(crc32c(zeros.data(), 32), 0x8A9136AAu);
+  EXPECT_EQ(crc32c(ones.data(), 32), 0x62A8AB43u);
+  std::array<uint8_t, 32> inc{};
+  for (int i = 0; i < 32; ++i) inc[i] = static_cast<uint8_t>(i);
+  EXPECT_EQ(crc32c(inc.data(), 32), 0x46DD794Eu);
+}
+
+TEST(TensorBoard, FileDecodesWithIndependentReader) {
+  if (std::system("/usr/bin/python3 -c 'import struct' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no /usr/bin/python3";
+  std::string dir = ::testing::TempDir() + "/tb_test_" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  {
+    TensorBoardWriter w(dir);
+    w.add_scalar("train/loss", 2.5, 10);
+    w.add_scalar("train/loss", 1.25, 20);
+    w.add_scalar("eval/top1", 0.875, 20);
+    w.add_scalar("train/lr", 0.1, 300000000000LL);  // a step that needs a multi-byte varint
+  }
+  std::string cmd = std::string("/usr/bin/python3 ") + DDP_SOURCE_DIR + "/tests/train/read_tfevents.py " + dir;
+  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
+  ASSERT_TRUE(p);
+  std::string out;
+  char buf[256];
+  while (fgets(buf, sizeof buf, p.get())) out += buf;
+  int rc = pclose(p.release());
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(out,
+            "train/loss 10 2.5\n"
+            "train/loss 20 1.25\n"
+            "eval/top1 20 0.875\n"
+            "train/lr 300000000000 0.10000000149011612\n");
+  std::filesystem::remove_all(dir);
+}

@@ -1,0 +1,183 @@
+// train_resnet18 end to end on the CPU backend with synthetic data: exact resume (1 and 2 ranks),
+// a 2-rank run under mpirun whose loss falls, SIGUSR1 -> checkpoint + exit 0 -> resume, the replica
+// guard firing on a perturbed replica, clear errors for bad flags and for --backend cuda without a GPU.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "ddp/core/tensor.h"
+#include "ddp/nn/resnet18.h"
+#include "ddp/train/checkpoint.h"
+
+namespace fs = std::filesystem;
+using namespace ddp::train;
+
+namespace {
+
+struct Run {
+  int rc = -1;
+  std::string out;
+};
+
+Run sh(const std::string& cmd) {
+  Run r;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  int st = pclose(p);
+  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+  return r;
+}
+
+std::string mpirun(int np) {
+  return std::string(MPIEXEC) + " --allow-run-as-root --oversubscribe --bind-to none -np " + std::to_string(np) +
+         " --mca btl_vader_single_copy_mechanism none ";
+}
+
+// A small, fast recipe: 64 synthetic 32x32 images, batch 8 per rank.
+const std::string kRecipe =
+    std::string(TRAIN_RESNET18) +
+    " --data synthetic --synthetic-size 64 --synthetic-classes 4 --image-size 32 --backend cpu --threads 1"
+    " --batch-size 8 --epochs 3 --lr 0.05 --nesterov --wd 5e-4 --no-wd-bn-bias --label-smoothing 0.1"
+    " --lr-schedule onecycle --seed 3 --log-every 1 --progress lines --no-eval ";
+
+class TrainE2E : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) /
+           ("train_e2e_" + std::to_string(::getpid()) + "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+  std::string d(const std::string& n) const { return (dir_ / n).string(); }
+  fs::path dir_;
+};
+
+void expect_same_state(const std::string& a, const std::string& b, int classes) {
+  auto spec = ddp::nn::make_resnet18_spec(classes);
+  CheckpointState x = load_checkpoint(a, spec), y = load_checkpoint(b, spec);
+  EXPECT_EQ(x.global_step, y.global_step);
+  EXPECT_EQ(x.epoch, y.epoch);
+  EXPECT_EQ(x.step_in_epoch, y.step_in_epoch);
+  // Bit-identical, not close: the CPU backend is deterministic for a fixed thread count.
+  EXPECT_TRUE(x.params == y.params) << a << " vs " << b << ": parameters differ";
+  EXPECT_TRUE(x.momentum == y.momentum) << "momentum differs";
+  EXPECT_TRUE(x.buffers == y.buffers) << "BN buffers differ";
+  EXPECT_EQ(x.num_batches_tracked, y.num_batches_tracked);
+}
+
+std::vector<double> train_losses(const std::string& jsonl) {
+  std::vector<double> v;
+  std::ifstream f(jsonl);
+  std::string line;
+  std::regex re("\"type\": \"train\".*\"loss\": ([0-9.eE+-]+)");
+  std::smatch m;
+  while (std::getline(f, line))
+    if (std::regex_search(line, m, re)) v.push_back(std::stod(m[1]));
+  return v;
+}
+
+}  // namespace
+
+TEST_F(TrainE2E, ResumeMidEpochIsBitExactOneRank) {
+  // 8 steps per epoch; the interrupted run stops at step 11 (epoch 2, step 3) and resumes to 20.
+  auto a = sh(kRecipe + "--max-steps 20 --checkpoint-dir " + d("a"));
+  ASSERT_EQ(a.rc, 0) << a.out;
+  auto b1 = sh(kRecipe + "--max-steps 11 --checkpoint-dir " + d("b"));
+  ASSERT_EQ(b1.rc, 0) << b1.out;
+  ASSERT_TRUE(fs::exists(d("b/ckpt-0000000011.h5"))) << b1.out;
+  auto b2 = sh(kRecipe + "--max-steps 20 --checkpoint-dir " + d("b") + " --resume auto");
+  ASSERT_EQ(b2.rc, 0) << b2.out;
+  EXPECT_NE(b2.out.find("resumed from"), std::string::npos) << b2.out;
+  expect_same_state(d("a/ckpt-0000000020.h5"), d("b/ckpt-0000000020.h5"), 4);
+}
+
+TEST_F(TrainE2E, ResumeIsBitExactTwoRanks) {
+  // Checkpoints average BN statistics across ranks, so both runs checkpoint at the same steps.
+  std::string common = mpirun(2) + kRecipe + "--checkpoint-every 3 --keep-checkpoints 10 ";
+  auto a = sh(common + "--max-steps 10 --checkpoint-dir " + d("a"));
+  ASSERT_EQ(a.rc, 0) << a.out;
+  auto b1 = sh(common + "--max-steps 6 --checkpoint-dir " + d("b"));
+  ASSERT_EQ(b1.rc, 0) << b1.out;
+  auto b2 = sh(common + "--max-steps 10 --checkpoint-dir " + d("b") + " --resume " + d("b/ckpt-0000000006.h5"));
+  ASSERT_EQ(b2.rc, 0) << b2.out;
+  expect_same_state(d("a/ckpt-0000000010.h5"), d("b/ckpt-0000000010.h5"), 4);
+}
+
+TEST_F(TrainE2E, TwoRanksLossFallsAndMetricsAreWritten) {
+  std::string cmd = mpirun(2) + TRAIN_RESNET18 +
+                    " --data synthetic --synthetic-size 32 --synthetic-classes 4 --image-size 32 --backend cpu"
+                    " --threads 1 --batch-size 8 --epochs 8 --lr 0.05 --lr-schedule cosine --log-every 2"
+                    " --progress lines --jsonl " + d("m.jsonl") + " --tensorboard " + d("tb") +
+                    " --checkpoint-dir " + d("ck") + " --keep-checkpoints 2";
+  auto r = sh(cmd);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto losses = train_losses(d("m.jsonl"));
+  ASSERT_GE(losses.size(), 8u) << r.out;
+  double first = (losses[0] + losses[1]) / 2, last = (losses[losses.size() - 1] + losses[losses.size() - 2]) / 2;
+  EXPECT_LT(last, 0.7 * first) << "loss did not fall on the fixed synthetic set: " << first << " -> " << last;
+  EXPECT_NE(r.out.find("final accuracy: top-1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("time per epoch"), std::string::npos);
+  EXPECT_EQ(list_checkpoints(d("ck")).size(), 2u);  // keep-last-2
+  auto tb = sh(std::string("/usr/bin/python3 ") + DDP_SOURCE_DIR + "/tests/train/read_tfevents.py " + d("tb"));
+  EXPECT_EQ(tb.rc, 0) << tb.out;
+  EXPECT_NE(tb.out.find("train/loss"), std::string::npos) << tb.out;
+  EXPECT_NE(tb.out.find("eval/top1"), std::string::npos) << tb.out;
+}
+
+TEST_F(TrainE2E, SigusrCheckpointsExitsZeroAndResumes) {
+  std::string run = mpirun(2) + kRecipe + "--epochs 200 --checkpoint-dir " + d("ck") + " --jsonl " + d("m.jsonl");
+  // Signal mpirun (it forwards SIGUSR1 to the ranks) once training is under way.
+  std::string script = "( " + run + " > " + d("log") + " 2>&1 & pid=$!; "
+                       "for i in $(seq 1 600); do grep -q '\"type\": \"train\"' " + d("m.jsonl") +
+                       " 2>/dev/null && break; sleep 0.1; done; sleep 1; kill -USR1 $pid; wait $pid; echo rc=$? )";
+  auto r = sh("bash -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'");
+  std::ifstream lf(d("log"));
+  std::string log((std::istreambuf_iterator<char>(lf)), std::istreambuf_iterator<char>());
+  EXPECT_NE(r.out.find("rc=0"), std::string::npos) << r.out << log;
+  EXPECT_NE(log.find("stop requested"), std::string::npos) << log;
+  auto latest = find_latest_checkpoint(d("ck"));
+  ASSERT_TRUE(latest) << log;
+  auto st = load_checkpoint(*latest, ddp::nn::make_resnet18_spec(4));
+  EXPECT_GT(st.global_step, 0);
+  auto res = sh(mpirun(2) + kRecipe + "--epochs 200 --checkpoint-dir " + d("ck") + " --resume auto --max-steps " +
+                std::to_string(st.global_step + 2));
+  EXPECT_EQ(res.rc, 0) << res.out;
+  EXPECT_NE(res.out.find("resumed from"), std::string::npos) << res.out;
+}
+
+TEST_F(TrainE2E, ReplicaGuardStopsAPerturbedReplica) {
+  auto r = sh(mpirun(2) + kRecipe + "--max-steps 6 --replica-check-every 2 --fault-perturb-step 3 --timeout 20");
+  EXPECT_NE(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("replicas diverged at step 4"), std::string::npos) << r.out;
+}
+
+TEST_F(TrainE2E, BadFlagsAndMissingGpuAreClearErrors) {
+  auto r = sh(std::string(TRAIN_RESNET18) + " --data synthetic --lr-schedule sometimes");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_NE(r.out.find("--lr-schedule"), std::string::npos) << r.out;
+  auto h = sh(std::string(TRAIN_RESNET18) + " --help");
+  EXPECT_EQ(h.rc, 0);
+  EXPECT_NE(h.out.find("--checkpoint-dir"), std::string::npos);
+  auto m = sh(std::string(TRAIN_RESNET18) + " --data " + d("nowhere") + " --backend cpu");
+  EXPECT_NE(m.rc, 0);
+  EXPECT_NE(m.out.find(d("nowhere")), std::string::npos) << m.out;
+  if (!ddp::cuda_available()) {
+    auto c = sh(std::string(TRAIN_RESNET18) + " --data synthetic --backend cuda --image-size 32 --max-steps 1");
+    EXPECT_NE(c.rc, 0);
+    EXPECT_TRUE(c.out.find("no GPU") != std::string::npos || c.out.find("no CUDA") != std::string::npos) << c.out;
+  }
+}

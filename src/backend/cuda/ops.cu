@@ -240,6 +240,191 @@ __global__ void k_bn_apply_bwd(const T* x, const T* relu_out, const T* dy, int64
   }
 }
 
+
+// ---- 8-wide vector paths (c % 8 == 0: every ResNet18 layer) --------------------------------------
+// One thread moves 8 consecutive channels with 16-byte loads (two for fp32); the scalar kernels
+// above remain for other channel counts.
+template <class T>
+__device__ __forceinline__ void load8(const T* p, float (&v)[8]) {
+  if constexpr (sizeof(T) == 4) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+  } else {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = to_f(h[k]);
+  }
+}
+template <class T>
+__device__ __forceinline__ void store8(T* p, const float (&v)[8]) {
+  if constexpr (sizeof(T) == 4) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    uint4 raw;
+    T* h = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) h[k] = from_f<T>(v[k]);
+    *reinterpret_cast<uint4*>(p) = raw;
+  }
+}
+__device__ __forceinline__ void load8f(const float* p, float (&v)[8]) { load8<float>(p, v); }
+
+// Vector partial sums: 256 threads = (c/8 channel vectors) x (256/(c/8) row lanes).
+template <class T, bool kBwd>
+__global__ void __launch_bounds__(kThreads) k_bn_partial_vec(const T* x, const T* relu_out, const T* dy, int64_t rows,
+                                                            int c, const float* mean, const float* invstd, float* part) {
+  const int tv = c / 8, lanes = kThreads / tv;
+  const int v = threadIdx.x % tv, lane = threadIdx.x / tv;
+  const int ch0 = v * 8;
+  float a[8], b[8], shift[8], mu[8], is[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) a[k] = b[k] = 0.0f;
+  if constexpr (kBwd) {
+    load8f(mean + ch0, mu);
+    load8f(invstd + ch0, is);
+  } else {
+    load8(x + ch0, shift);  // row 0: the shift of the shifted sums
+  }
+  for (int64_t r = blockIdx.x * (int64_t)lanes + lane; r < rows; r += (int64_t)gridDim.x * lanes) {
+    const int64_t off = r * c + ch0;
+    float xv[8];
+    load8(x + off, xv);
+    if constexpr (kBwd) {
+      float g[8];
+      load8(dy + off, g);
+      if (relu_out) {
+        float y[8];
+        load8(relu_out + off, y);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) g[k] = y[k] > 0.0f ? g[k] : 0.0f;
+      }
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        a[k] += g[k];
+        b[k] += g[k] * (xv[k] - mu[k]) * is[k];
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const float d = xv[k] - shift[k];
+        a[k] += d;
+        b[k] += d * d;
+      }
+    }
+  }
+  __shared__ float sa[kThreads][9], sb[kThreads][9];  // 9: fewer bank conflicts
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    sa[threadIdx.x][k] = a[k];
+    sb[threadIdx.x][k] = b[k];
+  }
+  __syncthreads();
+  // Thread t < c reduces channel t over the row lanes.
+  for (int t = threadIdx.x; t < c; t += kThreads) {
+    const int vv = t / 8, k = t % 8;
+    float ra = 0.0f, rb = 0.0f;
+    for (int j = 0; j < lanes; ++j) {
+      ra += sa[j * tv + vv][k];
+      rb += sb[j * tv + vv][k];
+    }
+    part[(blockIdx.x * 2 + 0) * (int64_t)c + t] = ra;
+    part[(blockIdx.x * 2 + 1) * (int64_t)c + t] = rb;
+  }
+}
+
+template <class T>
+__global__ void k_bn_apply_vec(const T* x, int64_t rows, int c, const float* gamma, const float* beta, const float* mean,
+                               const float* invstd, const T* residual, bool relu, T* y) {
+  GRID_LOOP(i, rows * c / 8) {
+    const int64_t off = i * 8;
+    const int ch0 = static_cast<int>(off % c);
+    float xv[8], g[8], bt[8], mu[8], is[8];
+    load8(x + off, xv);
+    load8f(gamma + ch0, g);
+    load8f(beta + ch0, bt);
+    load8f(mean + ch0, mu);
+    load8f(invstd + ch0, is);
+    float out[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) out[k] = (xv[k] - mu[k]) * is[k] * g[k] + bt[k];
+    if (residual) {
+      float rv[8];
+      load8(residual + off, rv);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) out[k] += rv[k];
+    }
+    if (relu) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) out[k] = out[k] > 0.0f ? out[k] : 0.0f;
+    }
+    store8(y + off, out);
+  }
+}
+
+template <class T>
+__global__ void k_bn_apply_bwd_vec(const T* x, const T* relu_out, const T* dy, int64_t rows, int c, const float* gamma,
+                                   const float* mean, const float* invstd, const float* dgamma, const float* dbeta, T* dx,
+                                   T* dres) {
+  const float inv_m = 1.0f / static_cast<float>(rows);
+  GRID_LOOP(i, rows * c / 8) {
+    const int64_t off = i * 8;
+    const int ch0 = static_cast<int>(off % c);
+    float xv[8], g[8], ga[8], mu[8], is[8], dg[8], db[8];
+    load8(x + off, xv);
+    load8(dy + off, g);
+    if (relu_out) {
+      float y[8];
+      load8(relu_out + off, y);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) g[k] = y[k] > 0.0f ? g[k] : 0.0f;
+    }
+    load8f(gamma + ch0, ga);
+    load8f(mean + ch0, mu);
+    load8f(invstd + ch0, is);
+    load8f(dgamma + ch0, dg);
+    load8f(dbeta + ch0, db);
+    if (dres) store8(dres + off, g);
+    float out[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const float xhat = (xv[k] - mu[k]) * is[k];
+      out[k] = ga[k] * is[k] * (g[k] - db[k] * inv_m - xhat * dg[k] * inv_m);
+    }
+    store8(dx + off, out);
+  }
+}
+
+template <class T>
+__global__ void k_add_inplace_vec(T* y, const T* x, int64_t count8) {
+  GRID_LOOP(i, count8) {
+    float a[8], b[8];
+    load8(y + i * 8, a);
+    load8(x + i * 8, b);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) a[k] += b[k];
+    store8(y + i * 8, a);
+  }
+}
+
+template <class T>
+__global__ void k_avgpool_bwd_vec(const float* dy, int n, int hw, int c, T* dx) {
+  const float inv = 1.0f / static_cast<float>(hw);
+  GRID_LOOP(i, (int64_t)n * hw * c / 8) {
+    const int64_t off = i * 8;
+    const int ch0 = static_cast<int>(off % c);
+    const int64_t b = off / ((int64_t)hw * c);
+    float v[8];
+    load8f(dy + b * c + ch0, v);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] *= inv;
+    store8(dx + off, v);
+  }
+}
+
+bool vec_ok(int c) { return c % 8 == 0 && c / 8 <= kThreads && kThreads % (c / 8) == 0; }
+
 // ---- pools ------------------------------------------------------------------------------------
 template <class T>
 __global__ void k_maxpool_fwd(const T* x, int n, int h, int w, int c, int kernel, int stride, int pad, int oh, int ow,
@@ -456,7 +641,11 @@ void convert_to_f32(DType dt, const void* x, int64_t count, float* y, cudaStream
 }
 
 void add_inplace(DType dt, void* y, const void* x, int64_t count, cudaStream_t s) {
-  DDP_DISPATCH(dt, T, k_add_inplace<T><<<grid_for(count), kThreads, 0, s>>>(static_cast<T*>(y), static_cast<const T*>(x), count));
+  if (count % 8 == 0) {
+    DDP_DISPATCH(dt, T, k_add_inplace_vec<T><<<grid_for(count / 8), kThreads, 0, s>>>(static_cast<T*>(y), static_cast<const T*>(x), count / 8));
+  } else {
+    DDP_DISPATCH(dt, T, k_add_inplace<T><<<grid_for(count), kThreads, 0, s>>>(static_cast<T*>(y), static_cast<const T*>(x), count));
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -469,7 +658,12 @@ void bn_batch_stats(DType dt, const void* x, int64_t rows, int c, float eps, flo
   int groups = bn_row_groups(rows);
   dim3 grid((c + 31) / 32, groups), block(32, kBnLanes);
   DDP_DISPATCH(dt, T, {
-    k_bn_partial_stats<T><<<grid, block, 0, s>>>(static_cast<const T*>(x), rows, c, scratch);
+    if (vec_ok(c)) {
+      k_bn_partial_vec<T, false><<<groups, kThreads, 0, s>>>(static_cast<const T*>(x), nullptr, nullptr, rows, c, nullptr,
+                                                             nullptr, scratch);
+    } else {
+      k_bn_partial_stats<T><<<grid, block, 0, s>>>(static_cast<const T*>(x), rows, c, scratch);
+    }
     CUDA_CHECK_LAUNCH();
     k_bn_finish_stats<T><<<c, kThreads, 0, s>>>(static_cast<const T*>(x), scratch, groups, rows, c, eps, momentum,
                                                 update_running, running_mean, running_var, save_mean, save_invstd);
@@ -485,8 +679,13 @@ void bn_eval_stats(const float* running_mean, const float* running_var, int c, f
 
 void bn_apply(DType dt, const void* x, int64_t rows, int c, const float* gamma, const float* beta, const float* mean,
               const float* invstd, const void* residual, bool relu, void* y, cudaStream_t s) {
-  DDP_DISPATCH(dt, T, k_bn_apply<T><<<grid_for(rows * c), kThreads, 0, s>>>(
-      static_cast<const T*>(x), rows, c, gamma, beta, mean, invstd, static_cast<const T*>(residual), relu, static_cast<T*>(y)));
+  if (vec_ok(c)) {
+    DDP_DISPATCH(dt, T, k_bn_apply_vec<T><<<grid_for(rows * c / 8), kThreads, 0, s>>>(
+        static_cast<const T*>(x), rows, c, gamma, beta, mean, invstd, static_cast<const T*>(residual), relu, static_cast<T*>(y)));
+  } else {
+    DDP_DISPATCH(dt, T, k_bn_apply<T><<<grid_for(rows * c), kThreads, 0, s>>>(
+        static_cast<const T*>(x), rows, c, gamma, beta, mean, invstd, static_cast<const T*>(residual), relu, static_cast<T*>(y)));
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -499,12 +698,21 @@ void bn_backward(DType dt, const void* x, const void* relu_out, const void* dy, 
     const T* xt = static_cast<const T*>(x);
     const T* rt = static_cast<const T*>(relu_out);
     const T* dyt = static_cast<const T*>(dy);
-    k_bn_partial_bwd<T><<<grid, block, 0, s>>>(xt, rt, dyt, rows, c, mean, invstd, scratch);
+    if (vec_ok(c)) {
+      k_bn_partial_vec<T, true><<<groups, kThreads, 0, s>>>(xt, rt, dyt, rows, c, mean, invstd, scratch);
+    } else {
+      k_bn_partial_bwd<T><<<grid, block, 0, s>>>(xt, rt, dyt, rows, c, mean, invstd, scratch);
+    }
     CUDA_CHECK_LAUNCH();
     k_bn_finish_bwd<<<c, kThreads, 0, s>>>(scratch, groups, c, dgamma, dbeta);
     CUDA_CHECK_LAUNCH();
-    k_bn_apply_bwd<T><<<grid_for(rows * c), kThreads, 0, s>>>(xt, rt, dyt, rows, c, gamma, mean, invstd, dgamma, dbeta,
-                                                            static_cast<T*>(dx), static_cast<T*>(dresidual));
+    if (vec_ok(c)) {
+      k_bn_apply_bwd_vec<T><<<grid_for(rows * c / 8), kThreads, 0, s>>>(xt, rt, dyt, rows, c, gamma, mean, invstd, dgamma,
+                                                                      dbeta, static_cast<T*>(dx), static_cast<T*>(dresidual));
+    } else {
+      k_bn_apply_bwd<T><<<grid_for(rows * c), kThreads, 0, s>>>(xt, rt, dyt, rows, c, gamma, mean, invstd, dgamma, dbeta,
+                                                              static_cast<T*>(dx), static_cast<T*>(dresidual));
+    }
     CUDA_CHECK_LAUNCH();
   });
 }
@@ -531,7 +739,11 @@ void avgpool_forward(DType dt, const void* x, int n, int hw, int c, float* y, cu
 }
 
 void avgpool_backward(DType dt, const float* dy, int n, int hw, int c, void* dx, cudaStream_t s) {
-  DDP_DISPATCH(dt, T, k_avgpool_bwd<T><<<grid_for((int64_t)n * hw * c), kThreads, 0, s>>>(dy, n, hw, c, static_cast<T*>(dx)));
+  if (c % 8 == 0) {
+    DDP_DISPATCH(dt, T, k_avgpool_bwd_vec<T><<<grid_for((int64_t)n * hw * c / 8), kThreads, 0, s>>>(dy, n, hw, c, static_cast<T*>(dx)));
+  } else {
+    DDP_DISPATCH(dt, T, k_avgpool_bwd<T><<<grid_for((int64_t)n * hw * c), kThreads, 0, s>>>(dy, n, hw, c, static_cast<T*>(dx)));
+  }
   CUDA_CHECK_LAUNCH();
 }
 

@@ -103,8 +103,13 @@ cap() {
 
 SAMPLER=""
 CHILD_NOTE=""
+UNPACKED=""
 # shellcheck disable=SC2317  # called by the EXIT trap
-cleanup() { [[ -n $SAMPLER ]] && kill "$SAMPLER" 2>/dev/null; return 0; }
+cleanup() {
+  [[ -n $SAMPLER ]] && kill "$SAMPLER" 2>/dev/null
+  [[ -n $UNPACKED && -d $UNPACKED ]] && rm -rf "$UNPACKED"
+  return 0
+}
 trap cleanup EXIT
 
 # A python that can at least parse XML and JSON for the summary, even if $PY lacks torch.
@@ -176,7 +181,8 @@ def util_stats(key):
             for line in f:
                 parts = [p.strip() for p in line.split(",")]
                 if len(parts) >= 3 and parts[1].isdigit():
-                    vals.append((int(parts[1]), int(parts[2]) if parts[2].isdigit() else None))
+                    clk = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else None
+                    vals.append((int(parts[1]), int(parts[2]) if parts[2].isdigit() else None, clk))
     except OSError:
         pass
     if not vals:
@@ -184,8 +190,10 @@ def util_stats(key):
     u = [v[0] for v in vals]
     tail = u[len(u) // 2:]
     mem = [v[1] for v in vals if v[1] is not None]
+    clk = [v[2] for v in vals[len(vals) // 2:] if v[2] is not None]
     return {"samples": len(u), "mean_pct": statistics.mean(u), "steady_mean_pct": statistics.mean(tail),
-            "max_mem_used_mb": max(mem) if mem else None}
+            "max_mem_used_mb": max(mem) if mem else None,
+            "steady_mean_sm_clock_mhz": statistics.mean(clk) if clk else None}
 
 def pick(d, *keys):
     for k in keys:
@@ -280,6 +288,13 @@ for label, key in rows:
     note = e.get("note") or ""
     if e.get("img_per_s") is None and not note:
         note = "no RESULT line"
+    r = e.get("result") if isinstance(e.get("result"), dict) else {}
+    extra = []
+    if r.get("mode") == "compile" and isinstance(r.get("first_step_s"), (int, float)):
+        extra.append(f"compile {r['first_step_s']:.0f} s")
+    if isinstance(r.get("ms_spread_pct"), (int, float)) and r["ms_spread_pct"] > 3:
+        extra.append(f"window spread {r['ms_spread_pct']:.0f}%")
+    note = "; ".join([x for x in [note] + extra if x])
     print(f"{label:<22}{f(e.get('img_per_s'), '.0f'):>10}{f(e.get('ms_per_step'), '.2f'):>10}{f(e.get('peak_mb'), '.0f'):>10}"
           f"{f(u, '.0f'):>7}{f(e.get('x_torch_eager'), '.2f'):>9}  {note}"[:W + 40])
 print("(x eager = img/s of the row / torch eager img/s at the same precision; util% = mean of the last half of "
@@ -362,6 +377,22 @@ fi
 
 BUNDLE_COMMIT="?"
 TESTS=()
+if [[ ! -d $BUNDLE/bin && -f $BUNDLE/bundle.tar.xz ]]; then
+  # bundle_deps --pack: unpack next to nothing else, so a read-only or small repo copy does not matter
+  UNPACKED=$(mktemp -d "${TMPDIR:-/tmp}/ddp_bundle.XXXXXX")
+  if command -v xz >/dev/null; then
+    tar -xJf "$BUNDLE/bundle.tar.xz" -C "$UNPACKED" 2>"$LOGDIR/unpack.err"
+  else
+    ${TOOLPY:-python3} -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$BUNDLE/bundle.tar.xz" "$UNPACKED" 2>"$LOGDIR/unpack.err"
+  fi
+  if [[ -d $UNPACKED/bin ]]; then
+    log "unpacked $BUNDLE/bundle.tar.xz into $UNPACKED"
+    BUNDLE=$UNPACKED
+  else
+    missing "a readable bundle: unpacking $BUNDLE/bundle.tar.xz failed: $(tail -1 "$LOGDIR/unpack.err")"
+  fi
+fi
 if [[ ! -d $BUNDLE/bin ]]; then
   missing "bundle '$BUNDLE' (make it on a connected x86-64 machine: tools/bundle_deps build .bundle; see docs/GPU_HOST.md)"
 else

@@ -484,6 +484,86 @@ __global__ void k_maxpool_bwd(const T* dy, const int32_t* argmax, int n, int h, 
   }
 }
 
+
+template <class T>
+__global__ void k_maxpool_fwd_vec(const T* x, int n, int h, int w, int c, int kernel, int stride, int pad, int oh, int ow,
+                                  T* y, int32_t* argmax) {
+  const int cv = c / 8;
+  GRID_LOOP(i, (int64_t)n * oh * ow * cv) {
+    const int v = static_cast<int>(i % cv);
+    int64_t t = i / cv;
+    const int ox = static_cast<int>(t % ow);
+    t /= ow;
+    const int oy = static_cast<int>(t % oh);
+    const int b = static_cast<int>(t / oh);
+    const int y0 = oy * stride - pad, x0 = ox * stride - pad;
+    float best[8];
+    int idx[8];
+    const int first = max(y0, 0) * w + max(x0, 0);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      best[k] = -INFINITY;
+      idx[k] = first;
+    }
+    for (int ky = 0; ky < kernel; ++ky) {
+      const int iy = y0 + ky;
+      if (iy < 0 || iy >= h) continue;
+      for (int kx = 0; kx < kernel; ++kx) {
+        const int ix = x0 + kx;
+        if (ix < 0 || ix >= w) continue;
+        float xv[8];
+        load8(x + (((int64_t)b * h + iy) * w + ix) * c + v * 8, xv);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          // Once NaN, stays NaN at its first position (PyTorch propagates the first NaN).
+          if (!isnan(best[k]) && (xv[k] > best[k] || isnan(xv[k]))) {
+            best[k] = xv[k];
+            idx[k] = iy * w + ix;
+          }
+        }
+      }
+    }
+    const int64_t o = i * 8;
+    store8(y + o, best);
+    reinterpret_cast<int4*>(argmax + o)[0] = make_int4(idx[0], idx[1], idx[2], idx[3]);
+    reinterpret_cast<int4*>(argmax + o)[1] = make_int4(idx[4], idx[5], idx[6], idx[7]);
+  }
+}
+
+template <class T>
+__global__ void k_maxpool_bwd_vec(const T* dy, const int32_t* argmax, int n, int h, int w, int c, int kernel, int stride,
+                                  int pad, int oh, int ow, T* dx) {
+  const int cv = c / 8;
+  GRID_LOOP(i, (int64_t)n * h * w * cv) {
+    const int v = static_cast<int>(i % cv);
+    int64_t t = i / cv;
+    const int ix = static_cast<int>(t % w);
+    t /= w;
+    const int iy = static_cast<int>(t % h);
+    const int b = static_cast<int>(t / h);
+    const int lo_y = iy + pad - kernel + 1, lo_x = ix + pad - kernel + 1;
+    const int oy0 = lo_y <= 0 ? 0 : (lo_y + stride - 1) / stride;
+    const int ox0 = lo_x <= 0 ? 0 : (lo_x + stride - 1) / stride;
+    const int oy1 = min(oh - 1, (iy + pad) / stride), ox1 = min(ow - 1, (ix + pad) / stride);
+    const int me = iy * w + ix;
+    float acc[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) acc[k] = 0.0f;
+    for (int oy = oy0; oy <= oy1; ++oy)
+      for (int ox = ox0; ox <= ox1; ++ox) {
+        const int64_t o = (((int64_t)b * oh + oy) * ow + ox) * c + v * 8;
+        const int4 a0 = reinterpret_cast<const int4*>(argmax + o)[0], a1 = reinterpret_cast<const int4*>(argmax + o)[1];
+        const int am[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        float g[8];
+        load8(dy + o, g);
+#pragma unroll
+        for (int k = 0; k < 8; ++k)
+          if (am[k] == me) acc[k] += g[k];
+      }
+    store8(dx + i * 8, acc);
+  }
+}
+
 template <class T>
 __global__ void k_avgpool_fwd(const T* x, int n, int hw, int c, float* y) {
   GRID_LOOP(i, (int64_t)n * c) {
@@ -720,16 +800,26 @@ void bn_backward(DType dt, const void* x, const void* relu_out, const void* dy, 
 void maxpool_forward(DType dt, const void* x, int n, int h, int w, int c, int kernel, int stride, int pad, void* y,
                      int32_t* argmax, cudaStream_t s) {
   int oh = (h + 2 * pad - kernel) / stride + 1, ow = (w + 2 * pad - kernel) / stride + 1;
-  DDP_DISPATCH(dt, T, k_maxpool_fwd<T><<<grid_for((int64_t)n * oh * ow * c), kThreads, 0, s>>>(
-      static_cast<const T*>(x), n, h, w, c, kernel, stride, pad, oh, ow, static_cast<T*>(y), argmax));
+  if (c % 8 == 0) {
+    DDP_DISPATCH(dt, T, k_maxpool_fwd_vec<T><<<grid_for((int64_t)n * oh * ow * c / 8), kThreads, 0, s>>>(
+        static_cast<const T*>(x), n, h, w, c, kernel, stride, pad, oh, ow, static_cast<T*>(y), argmax));
+  } else {
+    DDP_DISPATCH(dt, T, k_maxpool_fwd<T><<<grid_for((int64_t)n * oh * ow * c), kThreads, 0, s>>>(
+        static_cast<const T*>(x), n, h, w, c, kernel, stride, pad, oh, ow, static_cast<T*>(y), argmax));
+  }
   CUDA_CHECK_LAUNCH();
 }
 
 void maxpool_backward(DType dt, const void* dy, const int32_t* argmax, int n, int h, int w, int c, int kernel,
                       int stride, int pad, void* dx, cudaStream_t s) {
   int oh = (h + 2 * pad - kernel) / stride + 1, ow = (w + 2 * pad - kernel) / stride + 1;
-  DDP_DISPATCH(dt, T, k_maxpool_bwd<T><<<grid_for((int64_t)n * h * w * c), kThreads, 0, s>>>(
-      static_cast<const T*>(dy), argmax, n, h, w, c, kernel, stride, pad, oh, ow, static_cast<T*>(dx)));
+  if (c % 8 == 0) {
+    DDP_DISPATCH(dt, T, k_maxpool_bwd_vec<T><<<grid_for((int64_t)n * h * w * c / 8), kThreads, 0, s>>>(
+        static_cast<const T*>(dy), argmax, n, h, w, c, kernel, stride, pad, oh, ow, static_cast<T*>(dx)));
+  } else {
+    DDP_DISPATCH(dt, T, k_maxpool_bwd<T><<<grid_for((int64_t)n * h * w * c), kThreads, 0, s>>>(
+        static_cast<const T*>(dy), argmax, n, h, w, c, kernel, stride, pad, oh, ow, static_cast<T*>(dx)));
+  }
   CUDA_CHECK_LAUNCH();
 }
 

@@ -224,7 +224,10 @@ TEST_P(CudaOps, BatchNormBackwardReluResidual) {
 TEST_P(CudaOps, MaxPoolForwardBackward) {
   const DType dt = GetParam();
   const Tol tol = tol_for(dt);
-  const int n = 2, h = 15, w = 14, c = 40, k = 3, s = 2, p = 1;
+  // c = 40: the 8-channel vector kernels; c = 20: the scalar ones.
+  for (const int c : {40, 20}) {
+  SCOPED_TRACE(str("channels ", c));
+  const int n = 2, h = 15, w = 14, k = 3, s = 2, p = 1;
   const int oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
   const size_t nx = static_cast<size_t>(n) * h * w * c, ny = static_cast<size_t>(n) * oh * ow * c;
   auto x = random_vec(nx, 51, dt, -3.0f, 3.0f);
@@ -246,6 +249,7 @@ TEST_P(CudaOps, MaxPoolForwardBackward) {
   for (size_t i = 0; i < ny; ++i) argf[i] = static_cast<float>(arg[i]), gargf[i] = static_cast<float>(garg[i]);
   expect_close("maxpool argmax", gargf, nchw_to_nhwc(argf, n, oh, ow, c), 0.0, 0.0);
   expect_close("maxpool dx", d_dx.download(), nchw_to_nhwc(dx, n, h, w, c), tol.rtol, std::min(tol.a, 1e-6));
+  }
 }
 
 TEST_P(CudaOps, AvgPoolForwardBackward) {

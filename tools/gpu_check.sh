@@ -539,6 +539,19 @@ for b in "${TESTS[@]}"; do
   [[ -n ${names:-} ]] && tr ' ' '\n' <<<"$names" | grep '^FAILED:' | head -10 | while IFS= read -r l; do log "   $l"; done
   if ((rc != 0 || f > 0)) || { ((s > 0)) && ((!ALLOW_SKIP)); }; then nfail=$((nfail + 1)); fi
 done
+# bench_cuda_train --selftest: a few steps per AMP mode, loss finite and falling (counted as one test).
+ours_bin="$BUNDLE/bin/bench_cuda_train"
+if [[ -x $ours_bin && -z ${CANNOT_RUN[$ours_bin]:-} ]] && (($(cap 120) >= 20)); then
+  t0=$SECONDS
+  timeout -k 10 "$(cap 120)" "$ours_bin" --selftest >"$LOGDIR/bench_selftest.log" 2>&1
+  rc=$?
+  note=""
+  ((rc == 0)) || note="exit $rc: $(grep -v '^[[:space:]]*$' "$LOGDIR/bench_selftest.log" | tail -1 | cut -c1-120)"
+  printf '%s\t%s\t%s\t%s\t0\t%s\t%s\n' "bench_cuda_train --selftest" "$rc" "$((rc == 0 ? 1 : 0))" "$((rc == 0 ? 0 : 1))" \
+    "$((SECONDS - t0))" "$note" >>"$LOGDIR/tests.tsv"
+  log "bench_cuda_train --selftest: rc $rc ($((SECONDS - t0)) s)${note:+ - $note}"
+  ((rc == 0)) || nfail=$((nfail + 1))
+fi
 if ((${#TESTS[@]} == 0)); then step_end FAIL "no test binaries"
 elif ((nfail)); then step_end FAIL "$nfail of ${#TESTS[@]} binaries not clean"
 else step_end ok; fi

@@ -124,6 +124,7 @@ EOF
 cat >"$FAKE/bundle/bin/bench_cuda_train" <<'EOF'
 #!/bin/bash
 echo "bench_cuda_train (fake) $*"
+[[ " $* " == *" --selftest "* ]] && { echo "selftest ok"; exit 0; }
 sleep 1  # long enough for the utilisation sampler to take a few samples
 amp=fp16; while (($#)); do [[ $1 == --amp ]] && amp=$2; shift; done
 echo "RESULT {\"amp\": \"$amp\", \"batch\": 256, \"img_per_s\": 12800.0, \"ms_per_step\": 20.0, \"peak_mem_mb\": 9000}"
@@ -154,7 +155,7 @@ if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 
   S="$TMP/gc-ok/summary.json"
   check "fake host, all clean: exit 0" test "$rc" -eq 0
   check "fake host: PASSED is the last line" test "$(tail -1 <<<"$out")" = "gpu_check: PASSED"
-  check "fake host: 5 passed counted" test "$(jget "$S" 'd["tests_total"]["passed"]')" = 5
+  check "fake host: 5 passed + the bench selftest counted" test "$(jget "$S" 'd["tests_total"]["passed"]')" = 6
   check "fake host: ours fp16 img/s parsed" test "$(jget "$S" 'd["bench"]["ours_fp16"]["img_per_s"]')" = 12800.0
   check "fake host: torch eager ran (RESULT parsed)" test "$(jget "$S" 'd["bench"]["torch_eager_bf16"]["img_per_s"] > 0')" = True
   check "fake host: ratio ours/torch eager computed" \

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <mpi.h>
+
 #include "ddp/comm/communicator.h"
 #include "ddp/comm/dist.h"
 #include "ddp/core/check.h"
@@ -19,6 +21,7 @@ int main(int argc, char** argv) {
   size_t min_bytes = 1024, max_bytes = size_t(64) << 20;
   int iters = 20, warmup = 3;
   double timeout = 60;
+  bool raw = false;  // --raw 1: plain blocking MPI_Allreduce, the peer figure for our communicator
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--min-bytes") min_bytes = std::stoull(argv[i + 1]);
@@ -26,6 +29,7 @@ int main(int argc, char** argv) {
     else if (k == "--iters") iters = std::stoi(argv[i + 1]);
     else if (k == "--warmup") warmup = std::stoi(argv[i + 1]);
     else if (k == "--timeout") timeout = std::stod(argv[i + 1]);
+    else if (k == "--raw") raw = std::stoi(argv[i + 1]) != 0;
     else {
       std::fprintf(stderr, "unknown flag %s\n", k.c_str());
       return 2;
@@ -44,8 +48,12 @@ int main(int argc, char** argv) {
       for (int it = 0; it < warmup + iters; ++it) {
         c->barrier();
         auto t0 = std::chrono::steady_clock::now();
-        c->allreduce_avg_async(buf.data(), count, nullptr);
-        c->wait_all();
+        if (raw) {
+          MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        } else {
+          c->allreduce_avg_async(buf.data(), count, nullptr);
+          c->wait_all();
+        }
         double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (it >= warmup) t.push_back(dt);
       }
@@ -55,7 +63,7 @@ int main(int argc, char** argv) {
       double algbw = bytes / med / 1e9;
       double busbw = algbw * 2.0 * (n - 1) / n;
       if (env.rank == 0)
-        std::printf("ranks=%d size_bytes=%zu time_us=%.1f algbw_GBps=%.3f busbw_GBps=%.3f busbw_Gbit=%.2f\n", n, bytes,
+        std::printf("%s ranks=%d size_bytes=%zu time_us=%.1f algbw_GBps=%.3f busbw_GBps=%.3f busbw_Gbit=%.2f\n", raw ? "mpi_allreduce" : "ddp_comm", n, bytes,
                     med * 1e6, algbw, busbw, busbw * 8);
       std::fflush(stdout);
     }

@@ -40,6 +40,11 @@ void average_buffers(Communicator& comm, float* buffers, int64_t count) {
   comm.wait_all(nullptr);
 }
 
+void average_buffers(Communicator& comm, ddp::nn::Model& model) {
+  model.synchronize();
+  average_buffers(comm, model.buffers(), model.spec().buffer_count);
+}
+
 int64_t agree_steps(Communicator& comm, int64_t local_steps) {
   DDP_CHECK(local_steps >= 0, "negative step count ", local_steps);
   int64_t v = local_steps;

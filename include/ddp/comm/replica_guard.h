@@ -24,6 +24,8 @@ void broadcast_model(Communicator& comm, ddp::nn::Model& model);
 // the mean of per-rank running variances, not the variance of the pooled data). `buffers` is the
 // model's flat buffer (device memory for NCCL), final on entry (call model.synchronize() first).
 void average_buffers(Communicator& comm, float* buffers, int64_t count);
+// The same on a model's buffers(), after model.synchronize() (so the GPU's last BN update is in).
+void average_buffers(Communicator& comm, ddp::nn::Model& model);
 
 // Steps per epoch every rank runs: the minimum of the ranks' local counts, agreed before the epoch
 // (rule 1: uneven shards never make one rank wait in a collective the others skip).

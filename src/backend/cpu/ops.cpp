@@ -4,6 +4,7 @@
 #include "ddp/backend/cpu/ops.h"
 
 #include <cblas.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -265,25 +266,125 @@ void batchnorm_backward(int n, int c, int hw, const float* x, const float* dy, c
 
 // ---- pointwise ----------------------------------------------------------------------------------------
 
+namespace {
+// The pointwise ops are memory-bound; the portable loops below compile to branchy scalar code (the
+// aliasing they allow defeats the vectoriser), so AVX-512 CPUs get explicit kernels.
+#define DDP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+const bool g_avx512 = cpu_has_avx512();
+
+DDP_AVX512 void relu_fwd_avx512(int64_t lo, int64_t hi, const float* x, float* y) {
+  const __m512 z = _mm512_setzero_ps();
+  int64_t i = lo;
+  // max(0, x) returns the second operand when either is NaN, so NaN propagates as in PyTorch.
+  for (; i + 16 <= hi; i += 16) _mm512_storeu_ps(y + i, _mm512_maskz_max_ps(0xffff, z, _mm512_loadu_ps(x + i)));
+  const __mmask16 m = static_cast<__mmask16>((1u << (hi - i)) - 1u);
+  _mm512_mask_storeu_ps(y + i, m, _mm512_maskz_max_ps(0xffff, z, _mm512_maskz_loadu_ps(m, x + i)));
+}
+DDP_AVX512 void relu_bwd_avx512(int64_t lo, int64_t hi, const float* y, const float* dy, float* dx) {
+  const __m512 z = _mm512_setzero_ps();
+  int64_t i = lo;
+  for (; i + 16 <= hi; i += 16) {
+    const __mmask16 pos = _mm512_cmp_ps_mask(_mm512_loadu_ps(y + i), z, _CMP_GT_OQ);
+    _mm512_storeu_ps(dx + i, _mm512_maskz_mov_ps(pos, _mm512_loadu_ps(dy + i)));
+  }
+  const __mmask16 m = static_cast<__mmask16>((1u << (hi - i)) - 1u);
+  const __mmask16 pos = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, y + i), z, _CMP_GT_OQ);
+  _mm512_mask_storeu_ps(dx + i, m, _mm512_maskz_loadu_ps(static_cast<__mmask16>(m & pos), dy + i));
+}
+DDP_AVX512 void add_avx512(int64_t lo, int64_t hi, const float* a, const float* b, float* y) {
+  int64_t i = lo;
+  for (; i + 16 <= hi; i += 16)
+    _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i)));
+  const __mmask16 m = static_cast<__mmask16>((1u << (hi - i)) - 1u);
+  _mm512_mask_storeu_ps(y + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i)));
+}
+
+// Runs f(lo, hi) over [0, count) in one contiguous slice per thread (serially when small).
+template <class F>
+void pointwise(int64_t count, F&& f) {
+  const int nt = count >= kParallelMin ? threads() : 1;
+  if (nt == 1) {
+    f(int64_t{0}, count);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();
+    const int64_t per = (count / team + 15) / 16 * 16;
+    const int64_t lo = std::min(count, t * per), hi = t == team - 1 ? count : std::min(count, lo + per);
+    if (hi > lo) f(lo, hi);
+  }
+}
+}  // namespace
+
 void relu_forward(int64_t count, const float* x, float* y) {
-  const int nt = threads();
-#pragma omp parallel for simd num_threads(nt) schedule(static) if (count >= kParallelMin)
-  for (int64_t i = 0; i < count; ++i) y[i] = x[i] < 0.f ? 0.f : x[i];  // NaN propagates, as in PyTorch
+  pointwise(count, [&](int64_t lo, int64_t hi) {
+    if (g_avx512) return relu_fwd_avx512(lo, hi, x, y);
+    for (int64_t i = lo; i < hi; ++i) y[i] = x[i] < 0.f ? 0.f : x[i];  // NaN propagates, as in PyTorch
+  });
 }
 
 void relu_backward(int64_t count, const float* y, const float* dy, float* dx) {
-  const int nt = threads();
-#pragma omp parallel for simd num_threads(nt) schedule(static) if (count >= kParallelMin)
-  for (int64_t i = 0; i < count; ++i) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+  pointwise(count, [&](int64_t lo, int64_t hi) {
+    if (g_avx512) return relu_bwd_avx512(lo, hi, y, dy, dx);
+    for (int64_t i = lo; i < hi; ++i) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+  });
 }
 
 void add(int64_t count, const float* a, const float* b, float* y) {
-  const int nt = threads();
-#pragma omp parallel for simd num_threads(nt) schedule(static) if (count >= kParallelMin)
-  for (int64_t i = 0; i < count; ++i) y[i] = a[i] + b[i];
+  pointwise(count, [&](int64_t lo, int64_t hi) {
+    if (g_avx512) return add_avx512(lo, hi, a, b, y);
+    for (int64_t i = lo; i < hi; ++i) y[i] = a[i] + b[i];
+  });
 }
 
 // ---- pooling ------------------------------------------------------------------------------------------
+
+namespace {
+// One output row of a stride-2 max pool, 16 outputs at a time: each window column is a deinterleaved
+// (even lanes) load, out-of-image lanes read as -inf. Same selection rule as the scalar loop.
+DDP_AVX512 void maxpool_row_s2_avx512(const float* xp, int h, int w, int kernel, int pad, int i, int ow, float* yrow,
+                                      int32_t* arow) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i lane2 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const int h0 = std::max(0, i * 2 - pad), h1 = std::min(h, i * 2 - pad + kernel);
+  for (int j0 = 0; j0 < ow; j0 += 16) {
+    const __mmask16 out_m = static_cast<__mmask16>(ow - j0 >= 16 ? 0xffffu : (1u << (ow - j0)) - 1u);
+    __m512 best = ninf;
+    // Index of the first in-image tap of each window, as the scalar loop starts from.
+    const __m512i wcol0 = _mm512_add_epi32(_mm512_set1_epi32(2 * j0 - pad), lane2);
+    __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(h0 * w), _mm512_maskz_max_epi32(0xffff, wcol0, _mm512_setzero_si512()));
+    for (int a = h0; a < h1; ++a)
+      for (int b = 0; b < kernel; ++b) {
+        const int t0 = 2 * j0 - pad + b;  // input column of lane 0
+        auto in_row = [&](int first) {    // lanes of 16 consecutive columns starting at `first` inside [0, w)
+          const int lo = std::clamp(-first, 0, 16), hi = std::clamp(w - first, 0, 16);
+          return static_cast<__mmask16>(hi <= lo ? 0u : ((1u << hi) - 1u) & ~((1u << lo) - 1u));
+        };
+        const float* row = xp + static_cast<int64_t>(a) * w;
+        const __m512 lo = _mm512_mask_loadu_ps(ninf, in_row(t0), row + t0);
+        const __m512 hi = _mm512_mask_loadu_ps(ninf, in_row(t0 + 16), row + t0 + 16);
+        const __m512 v = _mm512_permutex2var_ps(lo, even, hi);
+        const __mmask16 gt = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
+        const __mmask16 vnan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        const __mmask16 bnum = _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q);
+        const __mmask16 take = static_cast<__mmask16>(gt | (vnan & bnum));
+        best = _mm512_mask_mov_ps(best, take, v);
+        const __m512i pos = _mm512_add_epi32(_mm512_set1_epi32(a * w + t0), lane2);
+        idx = _mm512_mask_mov_epi32(idx, take, pos);
+      }
+    _mm512_mask_storeu_ps(yrow + j0, out_m, best);
+    _mm512_mask_storeu_epi32(arow + j0, out_m, idx);
+  }
+}
+}  // namespace
 
 void maxpool2d_forward(int n, int c, int h, int w, int kernel, int stride, int pad, const float* x, float* y,
                        int32_t* argmax) {
@@ -299,22 +400,25 @@ void maxpool2d_forward(int n, int c, int h, int w, int kernel, int stride, int p
     const float* xp = x + pl * h * w;
     float* yp = y + pl * oh * ow;
     int32_t* ap = argmax + pl * oh * ow;
+    if (g_avx512 && stride == 2) {
+      for (int i = 0; i < oh; ++i) maxpool_row_s2_avx512(xp, h, w, kernel, pad, i, ow, yp + i * ow, ap + i * ow);
+      continue;
+    }
     for (int i = 0; i < oh; ++i) {
       const int h0 = std::max(0, i * stride - pad), h1 = std::min(h, i * stride - pad + kernel);
       for (int j = 0; j < ow; ++j) {
         const int w0 = std::max(0, j * stride - pad), w1 = std::min(w, j * stride - pad + kernel);
         float best = -std::numeric_limits<float>::infinity();
         int idx = h0 * w + w0;
+        // Branch-free select (the maximum's position is random, so branches mispredict); the first NaN
+        // wins and stays, as in PyTorch.
         for (int a = h0; a < h1; ++a)
           for (int b = w0; b < w1; ++b) {
             const float v = xp[a * w + b];
-            if (v > best || std::isnan(v)) {
-              best = v;
-              idx = a * w + b;
-              if (std::isnan(v)) goto done;  // PyTorch keeps the first NaN
-            }
+            const bool take = (v > best) | ((v != v) & (best == best));
+            best = take ? v : best;
+            idx = take ? a * w + b : idx;
           }
-      done:
         yp[i * ow + j] = best;
         ap[i * ow + j] = idx;
       }

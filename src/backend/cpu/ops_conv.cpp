@@ -311,8 +311,91 @@ const bool g_avx512 = cpu_init() && __builtin_cpu_supports("avx512f") && __built
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                       __builtin_cpu_supports("bmi2");
 
+// Stride 1 with 'same' padding (3x3 p1, 1x1 p0): in a channel-major copy of the group (channel c of
+// all g images side by side), every im2col row is that channel's run shifted by a constant, with the
+// lanes whose tap falls outside its image masked to zero. One masked load and store per 16 values,
+// whatever the image size (down to 1x1).
+bool is_flat(const Conv2dShape& p) { return p.stride == 1 && 2 * p.pad == p.r - 1 && 2 * p.pad == p.s - 1; }
+
+thread_local std::vector<uint16_t> t_masks;
+thread_local Scratch t_xt;
+
+// t_masks[rs * chunks + k]: lanes of columns [16k, 16k + 16) whose tap (r, s) lies inside the image.
+int flat_masks(const Conv2dShape& p, int64_t cols) {
+  const int chunks = static_cast<int>((cols + 15) / 16);
+  const int ohw = p.h * p.w;
+  t_masks.assign(static_cast<size_t>(p.r) * p.s * chunks, 0);
+  for (int r = 0; r < p.r; ++r)
+    for (int s = 0; s < p.s; ++s) {
+      uint16_t* m = t_masks.data() + static_cast<size_t>(r * p.s + s) * chunks;
+      for (int64_t j = 0; j < cols; ++j) {
+        const int q = static_cast<int>(j % ohw);
+        const int ih = q / p.w + r - p.pad, iw = q % p.w + s - p.pad;
+        if (ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) m[j / 16] |= static_cast<uint16_t>(1u << (j % 16));
+      }
+    }
+  return chunks;
+}
+
+DDP_AVX512 void im2col_flat_avx512(const Conv2dShape& p, const float* x, int g, int64_t chw, float* dst,
+                                   int64_t ld) {
+  const int64_t hw = static_cast<int64_t>(p.h) * p.w, cols = g * hw;
+  const float* xt = x;  // channel c of the group at xt + c * cols
+  if (g > 1) {
+    float* t = t_xt.get(static_cast<size_t>(p.c) * cols);
+    for (int c = 0; c < p.c; ++c)
+      for (int i = 0; i < g; ++i) std::memcpy(t + c * cols + i * hw, x + i * chw + c * hw, sizeof(float) * hw);
+    xt = t;
+  }
+  const int chunks = flat_masks(p, cols);
+  const __mmask16 tail = lanes(0, static_cast<int>(cols - 16 * (chunks - 1)));
+  for (int c = 0; c < p.c; ++c)
+    for (int r = 0; r < p.r; ++r)
+      for (int s = 0; s < p.s; ++s) {
+        const int rs = r * p.s + s;
+        const float* src = xt + c * cols + (r - p.pad) * p.w + (s - p.pad);
+        float* d = dst + static_cast<int64_t>(c * p.r * p.s + rs) * ld;
+        const uint16_t* m = t_masks.data() + static_cast<size_t>(rs) * chunks;
+        for (int k = 0; k < chunks - 1; ++k)
+          _mm512_storeu_ps(d + 16 * k, _mm512_maskz_loadu_ps(m[k], src + 16 * k));
+        const int k = chunks - 1;
+        _mm512_mask_storeu_ps(d + 16 * k, tail, _mm512_maskz_loadu_ps(m[k] & tail, src + 16 * k));
+      }
+}
+
+// dx (channels [c0, c1) of g images, already zeroed) += the im2col adjoint of src.
+DDP_AVX512 void col2im_flat_avx512(const Conv2dShape& p, const float* src, int64_t ld, int g, int c0, int c1,
+                                   int64_t chw, float* dx) {
+  const int64_t hw = static_cast<int64_t>(p.h) * p.w, cols = g * hw;
+  const int chunks = flat_masks(p, cols);
+  const __mmask16 tail = lanes(0, static_cast<int>(cols - 16 * (chunks - 1)));
+  float* t = g > 1 ? t_xt.get(static_cast<size_t>(cols)) : nullptr;
+  for (int c = c0; c < c1; ++c) {
+    float* acc = g > 1 ? t : dx + c * hw;
+    if (g > 1) std::memset(acc, 0, sizeof(float) * cols);
+    for (int r = 0; r < p.r; ++r)
+      for (int s = 0; s < p.s; ++s) {
+        const int rs = r * p.s + s;
+        float* a = acc + (r - p.pad) * p.w + (s - p.pad);
+        const float* sp = src + static_cast<int64_t>((c - c0) * p.r * p.s + rs) * ld;
+        const uint16_t* m = t_masks.data() + static_cast<size_t>(rs) * chunks;
+        for (int k = 0; k < chunks; ++k) {
+          const __mmask16 mk = k == chunks - 1 ? static_cast<__mmask16>(m[k] & tail) : m[k];
+          if (mk == 0) continue;
+          const __m512 v = _mm512_maskz_loadu_ps(mk, sp + 16 * k);
+          const __m512 o = _mm512_maskz_loadu_ps(mk, a + 16 * k);
+          _mm512_mask_storeu_ps(a + 16 * k, mk, _mm512_add_ps(o, v));
+        }
+      }
+    if (g > 1)
+      for (int i = 0; i < g; ++i) std::memcpy(dx + i * chw + c * hw, acc + i * hw, sizeof(float) * hw);
+  }
+}
+
 void im2col_images_any(const Conv2dShape& p, const float* x, int g, int64_t chw, float* dst, int64_t ld) {
-  if (g_avx512 && p.stride <= 2)
+  if (g_avx512 && is_flat(p))
+    im2col_flat_avx512(p, x, g, chw, dst, ld);
+  else if (g_avx512 && p.stride <= 2)
     im2col_images_avx512(p, x, g, chw, dst, ld);
   else
     im2col_images(p, x, g, chw, dst, ld);
@@ -320,7 +403,9 @@ void im2col_images_any(const Conv2dShape& p, const float* x, int g, int64_t chw,
 
 void col2im_images_any(const Conv2dShape& p, const float* src, int64_t ld, int g, int c0, int c1, int64_t chw,
                        float* dx) {
-  if (g_avx512 && p.stride <= 2)
+  if (g_avx512 && is_flat(p))
+    col2im_flat_avx512(p, src, ld, g, c0, c1, chw, dx);
+  else if (g_avx512 && p.stride <= 2)
     col2im_images_avx512(p, src, ld, g, c0, c1, chw, dx);
   else
     col2im_images(p, src, ld, g, c0, c1, chw, dx);

@@ -285,6 +285,50 @@ TEST(Pooling, MaxPoolMatchesNaiveAndFiniteDifferences) {
   }
 }
 
+TEST(Pooling, MaxPoolNaNWinsAndFirstNaNIsKept) {
+  // Wide enough rows for the vector path's full and partial 16-lane chunks.
+  const int n = 1, c = 2, h = 7, w = 41, kernel = 3, stride = 2, pad = 1;
+  const int oh = (h + 2 * pad - kernel) / stride + 1, ow = (w + 2 * pad - kernel) / stride + 1;
+  auto x = randn(static_cast<size_t>(n) * c * h * w, 75);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (size_t k : {size_t{3}, size_t{44}, size_t{45}, size_t{100}, size_t{290}, size_t{300}}) x[k] = nan;
+  std::vector<float> y(static_cast<size_t>(n) * c * oh * ow);
+  std::vector<int32_t> am(y.size());
+  maxpool2d_forward(n, c, h, w, kernel, stride, pad, x.data(), y.data(), am.data());
+  for (int pl = 0; pl < n * c; ++pl)
+    for (int i = 0; i < oh; ++i)
+      for (int j = 0; j < ow; ++j) {
+        float best = -std::numeric_limits<float>::infinity();
+        int arg = std::max(0, i * stride - pad) * w + std::max(0, j * stride - pad);
+        bool found_nan = false;
+        for (int a = std::max(0, i * stride - pad); a < std::min(h, i * stride - pad + kernel) && !found_nan; ++a)
+          for (int b = std::max(0, j * stride - pad); b < std::min(w, j * stride - pad + kernel); ++b) {
+            const float v = x[static_cast<size_t>(pl) * h * w + a * w + b];
+            if (std::isnan(v)) {
+              best = v;
+              arg = a * w + b;
+              found_nan = true;
+              break;
+            }
+            if (v > best) {
+              best = v;
+              arg = a * w + b;
+            }
+          }
+        const size_t k = (static_cast<size_t>(pl) * oh + i) * ow + j;
+        if (found_nan)
+          ASSERT_TRUE(std::isnan(y[k])) << "output " << k;
+        else
+          ASSERT_EQ(y[k], best) << "output " << k;
+        ASSERT_EQ(am[k], arg) << "output " << k;
+      }
+  std::vector<float> r = {-1.f, nan, 2.f, -0.f};
+  relu_forward(4, r.data(), r.data());
+  EXPECT_EQ(r[0], 0.f);
+  EXPECT_TRUE(std::isnan(r[1])) << "ReLU must propagate NaN";
+  EXPECT_EQ(r[2], 2.f);
+}
+
 TEST(Pooling, MaxPoolTiesPickFirstIndex) {
   std::vector<float> x(16, 1.f), y(4);
   std::vector<int32_t> am(4);

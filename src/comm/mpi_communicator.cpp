@@ -10,6 +10,7 @@
 #include <chrono>
 #include <climits>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -101,7 +102,11 @@ class MpiCommunicator final : public Communicator {
     MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &ctl_comm_));
     MPI_CHECK(MPI_Comm_set_errhandler(grad_comm_, MPI_ERRORS_RETURN));
     MPI_CHECK(MPI_Comm_set_errhandler(ctl_comm_, MPI_ERRORS_RETURN));
-    threaded_ = env.thread_multiple && env.world > 1;
+    // DDP_MPI_PROGRESS_THREAD=0 forces inline progress (what runs when MPI_THREAD_MULTIPLE is not
+    // granted), so that path is testable everywhere.
+    const char* pt = std::getenv("DDP_MPI_PROGRESS_THREAD");
+    const bool thread_allowed = !(pt && std::string(pt) == "0");
+    threaded_ = env.thread_multiple && env.world > 1 && thread_allowed;
     if (threaded_) worker_ = std::thread([this] { progress_loop(); });
   }
 
@@ -360,10 +365,15 @@ std::unique_ptr<Communicator> make_mpi_communicator_quiet(const DistEnv& env, co
 
 std::unique_ptr<Communicator> make_mpi_communicator(const DistEnv& env, const CommOptions& opt) {
   auto c = detail::make_mpi_communicator_quiet(env, opt);
+  const char* pt = std::getenv("DDP_MPI_PROGRESS_THREAD");
+  const bool thread_allowed = !(pt && std::string(pt) == "0");
   std::string layout = detail::describe_layout(env);
   info0("distributed: ", env.world, " rank", env.world == 1 ? "" : "s", " on ", env.num_nodes, " node",
         env.num_nodes == 1 ? "" : "s", " [", layout, "]; devices: CPU; backend: mpi (",
-        env.world == 1 ? "no communication" : env.thread_multiple ? "progress thread" : "inline progress, MPI_THREAD_MULTIPLE not granted",
+        env.world == 1                       ? "no communication"
+        : !env.thread_multiple             ? "inline progress, MPI_THREAD_MULTIPLE not granted"
+        : thread_allowed                   ? "progress thread"
+                                           : "inline progress, DDP_MPI_PROGRESS_THREAD=0",
         "); timeout ", opt.timeout_s, " s");
   return c;
 }

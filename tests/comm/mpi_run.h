@@ -36,9 +36,10 @@ inline RunResult run_cmd(const std::string& cmd) {
 
 // Oversubscribed on one machine; shared-memory transport without the single-copy (CMA) mechanism,
 // which containers often forbid.
-inline RunResult mpirun(int np, const std::string& args) {
+inline RunResult mpirun(int np, const std::string& args, const std::string& mpirun_opts = "") {
   std::string cmd = std::string(DDP_MPIEXEC) + " --allow-run-as-root --oversubscribe --bind-to none -np " +
-                    std::to_string(np) + " --mca btl_vader_single_copy_mechanism none " + DDP_WORKER + " " + args;
+                    std::to_string(np) + " --mca btl_vader_single_copy_mechanism none " + mpirun_opts + DDP_WORKER +
+                    " " + args;
   return run_cmd(cmd);
 }
 

@@ -64,6 +64,17 @@ TEST_F(CommDdp, MlpOneBucketAndTinyBucketsAgree) {
   }
 }
 
+// Without MPI_THREAD_MULTIPLE the communicator progresses inline; same result.
+TEST_F(CommDdp, InlineProgressGivesTheSameParameters) {
+  auto ref = single(kCommon + "--out " + dir_ + "/p1.bin");
+  ASSERT_EQ(ref.rc, 0) << ref.output;
+  std::string out = dir_ + "/inline.bin";
+  auto r = mpirun(3, kCommon + "--bucket-bytes 1024 --check-every 1 --out " + out, "-x DDP_MPI_PROGRESS_THREAD=0 ");
+  ASSERT_EQ(r.rc, 0) << r.output;
+  EXPECT_NE(r.output.find("inline progress"), std::string::npos) << r.output;
+  expect_close(read_floats(out), read_floats(dir_ + "/p1.bin"), 1e-6, 1e-5, "inline progress");
+}
+
 // The negative control: without gradient averaging the run must not look like DDP. The replicas
 // diverge after the first step and the guard stops the job naming the step.
 TEST_F(CommDdp, NoAveragingIsCaughtByTheReplicaGuard) {

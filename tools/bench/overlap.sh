@@ -23,6 +23,11 @@ for bb in 26214400 4194304; do
   $mpi -np 2 --mca btl self,vader --mca btl_vader_single_copy_mechanism none "$worker" $args --bucket-bytes $bb 2>&1 | grep overlap
   echo "## two namespaces (veth, TCP), bucket $bb bytes"
   "$root/tests/integration/two_hosts.sh" -- "$worker" $args --bucket-bytes $bb 2>&1 | grep -E "overlap|SKIP"
-  echo "## two namespaces, veth limited to 10gbit, bucket $bb bytes"
-  "$root/tests/integration/two_hosts.sh" --rate 10gbit -- "$worker" $args --bucket-bytes $bb 2>&1 | grep -E "overlap|SKIP"
+  # 10gbit is the AWS single-flow limit; 1gbit makes the wire, not this machine's CPU, the
+  # bottleneck on a small CPU host (a veth here moves ~1 Gbit/s of MPI traffic at best), which is
+  # the regime of a GPU cluster: the link waits, the cores compute.
+  for rate in 10gbit 1gbit; do
+    echo "## two namespaces, veth limited to $rate, bucket $bb bytes"
+    "$root/tests/integration/two_hosts.sh" --rate $rate -- "$worker" $args --bucket-bytes $bb 2>&1 | grep -E "overlap|SKIP"
+  done
 done

@@ -311,11 +311,25 @@ const bool g_avx512 = cpu_init() && __builtin_cpu_supports("avx512f") && __built
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                       __builtin_cpu_supports("bmi2");
 
-// Stride 1 with 'same' padding (3x3 p1, 1x1 p0): in a channel-major copy of the group (channel c of
-// all g images side by side), every im2col row is that channel's run shifted by a constant, with the
-// lanes whose tap falls outside its image masked to zero. One masked load and store per 16 values,
-// whatever the image size (down to 1x1).
-bool is_flat(const Conv2dShape& p) { return p.stride == 1 && 2 * p.pad == p.r - 1 && 2 * p.pad == p.s - 1; }
+// The "flat" layout: channel c of all g images side by side, split for stride 2 into the four phase
+// planes (even/odd rows x even/odd columns), each exactly out_h x out_w. Then every im2col row is one
+// channel-phase run shifted by a constant, with the lanes whose tap falls outside its image masked to
+// zero: one masked load and store per 16 values whatever the image size (down to 1x1). Covers stride 1
+// with 'same' padding (3x3 p1, 1x1 p0) and stride 2 on even sizes (7x7 p3, 3x3 p1, 1x1 p0).
+bool is_flat(const Conv2dShape& p) {
+  if (p.stride == 1) return 2 * p.pad == p.r - 1 && 2 * p.pad == p.s - 1;
+  return p.stride == 2 && p.h % 2 == 0 && p.w % 2 == 0 && p.out_h() * 2 == p.h && p.out_w() * 2 == p.w;
+}
+
+// Tap (r, s) reads phase plane `phase` at offset (dh, dw) from the output position.
+struct Tap {
+  int phase, dh, dw;
+};
+inline Tap tap(const Conv2dShape& p, int r, int s) {
+  const int a = r - p.pad, b = s - p.pad, st = p.stride;
+  const int pa = ((a % st) + st) % st, pb = ((b % st) + st) % st;
+  return {pa * st + pb, (a - pa) / st, (b - pb) / st};
+}
 
 thread_local std::vector<uint16_t> t_masks;
 thread_local Scratch t_xt;
@@ -323,25 +337,61 @@ thread_local Scratch t_xt;
 // t_masks[rs * chunks + k]: lanes of columns [16k, 16k + 16) whose tap (r, s) lies inside the image.
 int flat_masks(const Conv2dShape& p, int64_t cols) {
   const int chunks = static_cast<int>((cols + 15) / 16);
-  const int ohw = p.h * p.w;
+  const int ph = p.out_h(), pw = p.out_w(), ohw = ph * pw;
   t_masks.assign(static_cast<size_t>(p.r) * p.s * chunks, 0);
   for (int r = 0; r < p.r; ++r)
     for (int s = 0; s < p.s; ++s) {
+      const Tap t = tap(p, r, s);
       uint16_t* m = t_masks.data() + static_cast<size_t>(r * p.s + s) * chunks;
       for (int64_t j = 0; j < cols; ++j) {
         const int q = static_cast<int>(j % ohw);
-        const int ih = q / p.w + r - p.pad, iw = q % p.w + s - p.pad;
-        if (ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) m[j / 16] |= static_cast<uint16_t>(1u << (j % 16));
+        const int y = q / pw + t.dh, x = q % pw + t.dw;
+        if (y >= 0 && y < ph && x >= 0 && x < pw) m[j / 16] |= static_cast<uint16_t>(1u << (j % 16));
       }
     }
   return chunks;
 }
 
+// xt[(c * 4 + phase) * cols + i * ohw + y * pw + x] = x_i(c, 2y + phase / 2, 2x + phase % 2) for the phases
+// some tap uses.
+DDP_AVX512 void split_phases_avx512(const Conv2dShape& p, const float* x, int g, int64_t chw, float* xt,
+                                    int64_t cols) {
+  const int pw = p.out_w(), ohw = p.out_h() * pw, w = p.w;
+  const int64_t hw = static_cast<int64_t>(p.h) * w;
+  bool used[4] = {false, false, false, false};
+  for (int r = 0; r < p.r; ++r)
+    for (int s = 0; s < p.s; ++s) used[tap(p, r, s).phase] = true;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (int c = 0; c < p.c; ++c)
+    for (int i = 0; i < g; ++i)
+      for (int y = 0; y < p.h; ++y) {
+        const int py = y & 1;
+        if (!used[py * 2] && !used[py * 2 + 1]) continue;
+        const float* row = x + i * chw + c * hw + static_cast<int64_t>(y) * w;
+        float* d0 = xt + (c * 4 + py * 2) * cols + i * ohw + (y >> 1) * pw;
+        float* d1 = d0 + cols;
+        for (int x0 = 0; x0 < pw; x0 += 16) {
+          const __mmask16 st = lanes(0, pw - x0);
+          const __m512 lo = _mm512_maskz_loadu_ps(lanes(0, w - 2 * x0), row + 2 * x0);
+          const __m512 hi = _mm512_maskz_loadu_ps(lanes(0, w - 2 * x0 - 16), row + 2 * x0 + 16);
+          if (used[py * 2]) _mm512_mask_storeu_ps(d0 + x0, st, _mm512_permutex2var_ps(lo, even, hi));
+          if (used[py * 2 + 1]) _mm512_mask_storeu_ps(d1 + x0, st, _mm512_permutex2var_ps(lo, odd, hi));
+        }
+      }
+}
+
 DDP_AVX512 void im2col_flat_avx512(const Conv2dShape& p, const float* x, int g, int64_t chw, float* dst,
                                    int64_t ld) {
-  const int64_t hw = static_cast<int64_t>(p.h) * p.w, cols = g * hw;
-  const float* xt = x;  // channel c of the group at xt + c * cols
-  if (g > 1) {
+  const int64_t hw = static_cast<int64_t>(p.h) * p.w;
+  const int pw = p.out_w(), phases = p.stride * p.stride;
+  const int64_t cols = static_cast<int64_t>(g) * p.out_h() * pw;
+  const float* xt = x;  // channel c, phase f of the group at xt + (c * phases + f) * cols
+  if (p.stride == 2) {
+    float* t = t_xt.get(static_cast<size_t>(p.c) * phases * cols);
+    split_phases_avx512(p, x, g, chw, t, cols);
+    xt = t;
+  } else if (g > 1) {
     float* t = t_xt.get(static_cast<size_t>(p.c) * cols);
     for (int c = 0; c < p.c; ++c)
       for (int i = 0; i < g; ++i) std::memcpy(t + c * cols + i * hw, x + i * chw + c * hw, sizeof(float) * hw);
@@ -353,7 +403,8 @@ DDP_AVX512 void im2col_flat_avx512(const Conv2dShape& p, const float* x, int g, 
     for (int r = 0; r < p.r; ++r)
       for (int s = 0; s < p.s; ++s) {
         const int rs = r * p.s + s;
-        const float* src = xt + c * cols + (r - p.pad) * p.w + (s - p.pad);
+        const Tap tp = tap(p, r, s);
+        const float* src = xt + (c * phases + tp.phase) * cols + tp.dh * pw + tp.dw;
         float* d = dst + static_cast<int64_t>(c * p.r * p.s + rs) * ld;
         const uint16_t* m = t_masks.data() + static_cast<size_t>(rs) * chunks;
         for (int k = 0; k < chunks - 1; ++k)
@@ -366,17 +417,23 @@ DDP_AVX512 void im2col_flat_avx512(const Conv2dShape& p, const float* x, int g, 
 // dx (channels [c0, c1) of g images, already zeroed) += the im2col adjoint of src.
 DDP_AVX512 void col2im_flat_avx512(const Conv2dShape& p, const float* src, int64_t ld, int g, int c0, int c1,
                                    int64_t chw, float* dx) {
-  const int64_t hw = static_cast<int64_t>(p.h) * p.w, cols = g * hw;
+  const int64_t hw = static_cast<int64_t>(p.h) * p.w;
+  const int pw = p.out_w(), ohw = p.out_h() * pw, phases = p.stride * p.stride, w = p.w;
+  const int64_t cols = static_cast<int64_t>(g) * ohw;
   const int chunks = flat_masks(p, cols);
   const __mmask16 tail = lanes(0, static_cast<int>(cols - 16 * (chunks - 1)));
-  float* t = g > 1 ? t_xt.get(static_cast<size_t>(cols)) : nullptr;
+  const bool direct = p.stride == 1 && g == 1;  // accumulate straight into dx
+  float* t = direct ? nullptr : t_xt.get(static_cast<size_t>(phases) * cols);
+  const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   for (int c = c0; c < c1; ++c) {
-    float* acc = g > 1 ? t : dx + c * hw;
-    if (g > 1) std::memset(acc, 0, sizeof(float) * cols);
+    float* acc = direct ? dx + c * hw : t;
+    if (!direct) std::memset(acc, 0, sizeof(float) * phases * cols);
     for (int r = 0; r < p.r; ++r)
       for (int s = 0; s < p.s; ++s) {
         const int rs = r * p.s + s;
-        float* a = acc + (r - p.pad) * p.w + (s - p.pad);
+        const Tap tp = tap(p, r, s);
+        float* a = acc + tp.phase * cols + tp.dh * pw + tp.dw;
         const float* sp = src + static_cast<int64_t>((c - c0) * p.r * p.s + rs) * ld;
         const uint16_t* m = t_masks.data() + static_cast<size_t>(rs) * chunks;
         for (int k = 0; k < chunks; ++k) {
@@ -387,8 +444,26 @@ DDP_AVX512 void col2im_flat_avx512(const Conv2dShape& p, const float* src, int64
           _mm512_mask_storeu_ps(a + 16 * k, mk, _mm512_add_ps(o, v));
         }
       }
-    if (g > 1)
+    if (direct) continue;
+    if (p.stride == 1) {
       for (int i = 0; i < g; ++i) std::memcpy(dx + i * chw + c * hw, acc + i * hw, sizeof(float) * hw);
+      continue;
+    }
+    // Interleave the phases back into the image rows.
+    for (int i = 0; i < g; ++i)
+      for (int y = 0; y < p.h; ++y) {
+        const int py = y & 1;
+        float* row = dx + i * chw + c * hw + static_cast<int64_t>(y) * w;
+        const float* s0 = acc + (py * 2) * cols + i * ohw + (y >> 1) * pw;
+        const float* s1 = s0 + cols;
+        for (int x0 = 0; x0 < pw; x0 += 16) {
+          const __mmask16 ld_m = lanes(0, pw - x0);
+          const __m512 e = _mm512_maskz_loadu_ps(ld_m, s0 + x0);
+          const __m512 o = _mm512_maskz_loadu_ps(ld_m, s1 + x0);
+          _mm512_mask_storeu_ps(row + 2 * x0, lanes(0, w - 2 * x0), _mm512_permutex2var_ps(e, ilo, o));
+          _mm512_mask_storeu_ps(row + 2 * x0 + 16, lanes(0, w - 2 * x0 - 16), _mm512_permutex2var_ps(e, ihi, o));
+        }
+      }
   }
 }
 

@@ -2,6 +2,7 @@
 """Conv timings: ddp::cpu (build/.../ddp_cpu_ops_bench) against PyTorch CPU on ResNet18's conv shapes.
 
 usage: tools/bench/cpu_ops.py BENCH_BINARY SIZE BATCH [THREADS [REPS]]
+BENCH_ROUNDS=n alternates ours and PyTorch n times per shape (default 2).
 BENCH_CLOCK=cpu times process CPU time instead of wall time (meaningful with THREADS=1 on a loaded machine).
 Runs PyTorch (same thread count) and our binary in one run and prints per-shape times (median ms) and
 the ratio torch_time / our_time (> 1 means we are faster).
@@ -46,22 +47,29 @@ def shapes(size, batch):
     ]
 
 
-def torch_times(size, batch, reps):
-    res = {}
-    for name, count, (n, c, h, w, k, r, st, pd) in shapes(size, batch):
-        x = torch.randn(n, c, h, w)
-        wt = torch.randn(k, c, r, r) * 0.05
-        y = torch.nn.functional.conv2d(x, wt, stride=st, padding=pd)
-        dy = torch.randn_like(y)
-        conv = lambda: torch.nn.functional.conv2d(x, wt, stride=st, padding=pd)
-        bwd = lambda mask: torch.ops.aten.convolution_backward(dy, x, wt, None, [st, st], [pd, pd], [1, 1], False,
-                                                               [0, 0], 1, mask)
-        with torch.no_grad():
-            f = median_ms(reps, conv)
-            d = median_ms(reps, lambda: bwd([True, False, False]))
-            g = median_ms(reps, lambda: bwd([False, True, False]))
-        res[name] = (count, f, d, g)
-    return res
+def torch_shape(shape, reps):
+    n, c, h, w, k, r, st, pd = shape
+    x = torch.randn(n, c, h, w)
+    wt = torch.randn(k, c, r, r) * 0.05
+    y = torch.nn.functional.conv2d(x, wt, stride=st, padding=pd)
+    dy = torch.randn_like(y)
+    conv = lambda: torch.nn.functional.conv2d(x, wt, stride=st, padding=pd)
+    bwd = lambda mask: torch.ops.aten.convolution_backward(dy, x, wt, None, [st, st], [pd, pd], [1, 1], False,
+                                                           [0, 0], 1, mask)
+    with torch.no_grad():
+        return (median_ms(reps, conv), median_ms(reps, lambda: bwd([True, False, False])),
+                median_ms(reps, lambda: bwd([False, True, False])))
+
+
+def ours_shape(binary, name, size, batch, threads, reps):
+    env = dict(os.environ, BENCH_ONLY=name)
+    txt = subprocess.run([binary, str(size), str(batch), str(threads), str(reps)], check=True, capture_output=True,
+                         text=True, env=env).stdout
+    for line in txt.splitlines():
+        p = line.split()
+        if p and p[0] == name:
+            return tuple(float(v) for v in p[2:5])
+    sys.exit(f"cpu_ops.py: {binary} printed no line for {name}")
 
 
 def main():
@@ -71,15 +79,19 @@ def main():
     threads = int(sys.argv[4]) if len(sys.argv) > 4 else 2
     reps = int(sys.argv[5]) if len(sys.argv) > 5 else 5
     torch.set_num_threads(threads)
-    ours = {}
-    txt = subprocess.run([binary, str(size), str(batch), str(threads), str(reps)], check=True, capture_output=True,
-                         text=True).stdout
-    for line in txt.splitlines():
-        p = line.split()
-        if line.startswith("#") or p[0] in ("shape", "total"):
-            continue
-        ours[p[0]] = tuple(float(v) for v in p[2:5])
-    ref = torch_times(size, batch, reps)
+    # Shape by shape, alternating ours and PyTorch ROUNDS times and keeping each side's minimum, so a
+    # burst of load on the shared machine hits both sides alike.
+    rounds = int(os.environ.get("BENCH_ROUNDS", "2"))
+    ours, ref = {}, {}
+    for name, count, shape in shapes(size, batch):
+        o = t = None
+        for _ in range(rounds):
+            a = ours_shape(binary, name, size, batch, threads, reps)
+            b = torch_shape(shape, reps)
+            o = a if o is None else tuple(map(min, o, a))
+            t = b if t is None else tuple(map(min, t, b))
+        ours[name] = o
+        ref[name] = (count,) + t
     print(f"# size {size} batch {batch} threads {threads} reps {reps}; torch {torch.__version__}; "
           f"times in ms (min of reps); ratio = torch / ours")
     print(f"{'shape':12s} {'n':>2s} | {'fwd':>8s} {'torch':>8s} {'ratio':>5s} | {'dgrad':>8s} {'torch':>8s} "

@@ -76,7 +76,10 @@ int main(int argc, char** argv) {
   std::printf("# size %d batch %d threads %d reps %d blas %s\n", size, batch, ddp::cpu::num_threads(), reps,
               ddp::cpu::blas_core());
   std::printf("%-12s %5s %10s %10s %10s\n", "shape", "count", "fwd_ms", "dgrad_ms", "wgrad_ms");
+  // BENCH_ONLY=name times one shape (tools/bench/cpu_ops.py interleaves shapes with PyTorch).
+  const char* only = std::getenv("BENCH_ONLY");
   for (const auto& en : e) {
+    if (only != nullptr && en.name != only) continue;
     const auto& p = en.p;
     std::vector<float> x(static_cast<size_t>(p.n) * p.c * p.h * p.w), w(static_cast<size_t>(p.k) * p.c * p.r * p.s),
         y(static_cast<size_t>(p.n) * p.k * p.out_h() * p.out_w()), dx(x.size()), dw(w.size());

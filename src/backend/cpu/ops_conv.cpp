@@ -331,25 +331,41 @@ inline Tap tap(const Conv2dShape& p, int r, int s) {
   return {pa * st + pb, (a - pa) / st, (b - pb) / st};
 }
 
-thread_local std::vector<uint16_t> t_masks;
 thread_local Scratch t_xt;
 
-// t_masks[rs * chunks + k]: lanes of columns [16k, 16k + 16) whose tap (r, s) lies inside the image.
-int flat_masks(const Conv2dShape& p, int64_t cols) {
-  const int chunks = static_cast<int>((cols + 15) / 16);
+struct MaskKey {
+  int h, w, r, s, stride, pad;
+  int64_t cols;
+  bool operator==(const MaskKey&) const = default;
+};
+// Per-thread cache: the masks depend only on the shape and the tile width, and a model has few of each.
+thread_local std::vector<std::pair<MaskKey, std::vector<uint16_t>>> t_mask_cache;
+
+// masks[rs * chunks + k]: lanes of columns [16k, 16k + 16) whose tap (r, s) lies inside the image.
+const uint16_t* flat_masks(const Conv2dShape& p, int64_t cols, int& chunks) {
+  chunks = static_cast<int>((cols + 15) / 16);
+  const MaskKey key{p.h, p.w, p.r, p.s, p.stride, p.pad, cols};
+  for (const auto& [k, v] : t_mask_cache)
+    if (k == key) return v.data();
+  if (t_mask_cache.size() >= 64) t_mask_cache.clear();
   const int ph = p.out_h(), pw = p.out_w(), ohw = ph * pw;
-  t_masks.assign(static_cast<size_t>(p.r) * p.s * chunks, 0);
+  std::vector<uint16_t> m(static_cast<size_t>(p.r) * p.s * chunks, 0);
+  std::vector<uint8_t> valid(ohw);
   for (int r = 0; r < p.r; ++r)
     for (int s = 0; s < p.s; ++s) {
       const Tap t = tap(p, r, s);
-      uint16_t* m = t_masks.data() + static_cast<size_t>(r * p.s + s) * chunks;
+      for (int y = 0; y < ph; ++y)
+        for (int x = 0; x < pw; ++x)
+          valid[y * pw + x] = y + t.dh >= 0 && y + t.dh < ph && x + t.dw >= 0 && x + t.dw < pw;
+      uint16_t* mt = m.data() + static_cast<size_t>(r * p.s + s) * chunks;
+      int q = 0;
       for (int64_t j = 0; j < cols; ++j) {
-        const int q = static_cast<int>(j % ohw);
-        const int y = q / pw + t.dh, x = q % pw + t.dw;
-        if (y >= 0 && y < ph && x >= 0 && x < pw) m[j / 16] |= static_cast<uint16_t>(1u << (j % 16));
+        if (valid[q]) mt[j >> 4] |= static_cast<uint16_t>(1u << (j & 15));
+        if (++q == ohw) q = 0;
       }
     }
-  return chunks;
+  t_mask_cache.emplace_back(key, std::move(m));
+  return t_mask_cache.back().second.data();
 }
 
 // xt[(c * 4 + phase) * cols + i * ohw + y * pw + x] = x_i(c, 2y + phase / 2, 2x + phase % 2) for the phases
@@ -397,7 +413,8 @@ DDP_AVX512 void im2col_flat_avx512(const Conv2dShape& p, const float* x, int g, 
       for (int i = 0; i < g; ++i) std::memcpy(t + c * cols + i * hw, x + i * chw + c * hw, sizeof(float) * hw);
     xt = t;
   }
-  const int chunks = flat_masks(p, cols);
+  int chunks = 0;
+  const uint16_t* masks = flat_masks(p, cols, chunks);
   const __mmask16 tail = lanes(0, static_cast<int>(cols - 16 * (chunks - 1)));
   for (int c = 0; c < p.c; ++c)
     for (int r = 0; r < p.r; ++r)
@@ -406,7 +423,7 @@ DDP_AVX512 void im2col_flat_avx512(const Conv2dShape& p, const float* x, int g, 
         const Tap tp = tap(p, r, s);
         const float* src = xt + (c * phases + tp.phase) * cols + tp.dh * pw + tp.dw;
         float* d = dst + static_cast<int64_t>(c * p.r * p.s + rs) * ld;
-        const uint16_t* m = t_masks.data() + static_cast<size_t>(rs) * chunks;
+        const uint16_t* m = masks + static_cast<size_t>(rs) * chunks;
         for (int k = 0; k < chunks - 1; ++k)
           _mm512_storeu_ps(d + 16 * k, _mm512_maskz_loadu_ps(m[k], src + 16 * k));
         const int k = chunks - 1;
@@ -420,7 +437,8 @@ DDP_AVX512 void col2im_flat_avx512(const Conv2dShape& p, const float* src, int64
   const int64_t hw = static_cast<int64_t>(p.h) * p.w;
   const int pw = p.out_w(), ohw = p.out_h() * pw, phases = p.stride * p.stride, w = p.w;
   const int64_t cols = static_cast<int64_t>(g) * ohw;
-  const int chunks = flat_masks(p, cols);
+  int chunks = 0;
+  const uint16_t* masks = flat_masks(p, cols, chunks);
   const __mmask16 tail = lanes(0, static_cast<int>(cols - 16 * (chunks - 1)));
   const bool direct = p.stride == 1 && g == 1;  // accumulate straight into dx
   float* t = direct ? nullptr : t_xt.get(static_cast<size_t>(phases) * cols);
@@ -435,7 +453,7 @@ DDP_AVX512 void col2im_flat_avx512(const Conv2dShape& p, const float* src, int64
         const Tap tp = tap(p, r, s);
         float* a = acc + tp.phase * cols + tp.dh * pw + tp.dw;
         const float* sp = src + static_cast<int64_t>((c - c0) * p.r * p.s + rs) * ld;
-        const uint16_t* m = t_masks.data() + static_cast<size_t>(rs) * chunks;
+        const uint16_t* m = masks + static_cast<size_t>(rs) * chunks;
         for (int k = 0; k < chunks; ++k) {
           const __mmask16 mk = k == chunks - 1 ? static_cast<__mmask16>(m[k] & tail) : m[k];
           if (mk == 0) continue;

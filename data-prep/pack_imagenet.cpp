@@ -178,7 +178,9 @@ Result process(const Item& it, const Options& o, int raw_size) {
   Rgb img;
   Box box;
   if (fmt == ImageFormat::Jpeg) {
-    Decoded d = decode_jpeg(bytes.data(), bytes.size(), it.path, {}, tw, th, o.max_pixels, true);
+    // DCT-domain downscaling only down to twice the target: the rest goes through the antialiased
+    // resampler, so packed pixels stay within rounding of PIL's resize.
+    Decoded d = decode_jpeg(bytes.data(), bytes.size(), it.path, {}, 2 * tw, 2 * th, o.max_pixels, true);
     r.warning = d.warning;
     img = std::move(d.img);
     box = d.box;
@@ -569,7 +571,7 @@ int run(const Options& o) {
               static_cast<long long>(cnt.images), static_cast<long long>(cnt.converted),
               static_cast<long long>(cnt.passthrough), static_cast<long long>(cnt.bad),
               static_cast<long long>(cnt.warned));
-  for (const auto& [k, v] : cnt.kinds) std::printf("  converted from %s: %lld\n", k.c_str(), static_cast<long long>(v));
+  for (const auto& [k, v] : cnt.kinds) std::printf("  input kind %s: %lld\n", k.c_str(), static_cast<long long>(v));
   if (o.verify) {
     std::vector<std::string> files;
     for (const auto& j : jobs) files.push_back(j.path);

@@ -107,7 +107,7 @@ bool decode_impl(Decompressor* d, const uint8_t* data, size_t n, const Box* want
   const bool cmyk = ci->jpeg_color_space == JCS_CMYK || ci->jpeg_color_space == JCS_YCCK;
   ci->out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
   int denom = 1;
-  if (!full_check) {
+  if (min_w > 0 || min_h > 0) {
     for (int dd : {8, 4, 2}) {
       if (box.w / dd >= static_cast<float>(min_w) && box.h / dd >= static_cast<float>(min_h) && box.w / dd >= 1 &&
           box.h / dd >= 1) {
@@ -122,11 +122,15 @@ bool decode_impl(Decompressor* d, const uint8_t* data, size_t n, const Box* want
   const float s = 1.0f / static_cast<float>(denom);
   const int ow = static_cast<int>(ci->output_width), oh = static_cast<int>(ci->output_height);
   int x0 = 0, x1 = ow, y0 = 0, y1 = oh;
-  if (!full_check) {
-    x0 = std::clamp(static_cast<int>(std::floor(box.x * s)), 0, ow - 1);
-    x1 = std::clamp(static_cast<int>(std::ceil((box.x + box.w) * s)), x0 + 1, ow);
-    y0 = std::clamp(static_cast<int>(std::floor(box.y * s)), 0, oh - 1);
-    y1 = std::clamp(static_cast<int>(std::ceil((box.y + box.h) * s)), y0 + 1, oh);
+  {
+    // A margin of the resampling filter's reach around the box, so that pixels just outside it
+    // weigh in as they do when the whole image is resized (torchvision's Resize + CenterCrop).
+    const float mx = (min_w > 0 ? std::max(1.0f, box.w * s / static_cast<float>(min_w)) : 1.0f) + 1.0f;
+    const float my = (min_h > 0 ? std::max(1.0f, box.h * s / static_cast<float>(min_h)) : 1.0f) + 1.0f;
+    x0 = std::clamp(static_cast<int>(std::floor(box.x * s - mx)), 0, ow - 1);
+    x1 = std::clamp(static_cast<int>(std::ceil((box.x + box.w) * s + mx)), x0 + 1, ow);
+    y0 = std::clamp(static_cast<int>(std::floor(box.y * s - my)), 0, oh - 1);
+    y1 = std::clamp(static_cast<int>(std::ceil((box.y + box.h) * s + my)), y0 + 1, oh);
   }
   JDIMENSION xoff = static_cast<JDIMENSION>(x0), cw = static_cast<JDIMENSION>(x1 - x0);
   if (x0 > 0 || x1 < ow) jpeg_crop_scanline(ci, &xoff, &cw);  // widens to iMCU boundaries
@@ -154,6 +158,7 @@ bool decode_impl(Decompressor* d, const uint8_t* data, size_t n, const Box* want
     }
   }
   if (full_check) {
+    if (y1 < oh) jpeg_skip_scanlines(ci, static_cast<JDIMENSION>(oh - y1));
     jpeg_finish_decompress(ci);
   } else {
     jpeg_abort_decompress(ci);
@@ -216,7 +221,7 @@ std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality) 
   DDP_CHECK(tj.h != nullptr, "tjInitCompress failed: ", tjGetErrorStr());
   unsigned char* buf = nullptr;
   unsigned long size = 0;
-  int r = tjCompress2(tj.h, rgb, w, 0, h, TJPF_RGB, &buf, &size, TJSAMP_420, quality, 0);
+  int r = tjCompress2(tj.h, rgb, w, 0, h, TJPF_RGB, &buf, &size, TJSAMP_420, quality, TJFLAG_ACCURATEDCT);
   if (r != 0) {
     if (buf) tjFree(buf);
     DDP_FAIL("JPEG encoding failed (", w, "x", h, "): ", tjGetErrorStr2(tj.h));
@@ -376,7 +381,8 @@ Box random_resized_crop(Rng& rng, int W, int H, float min_scale, float max_scale
 
 Box center_crop_box(int W, int H, int out_w, int out_h, float ratio) {
   DDP_CHECK(ratio > 0 && ratio <= 1, "eval crop ratio must be in (0, 1], got ", ratio);
-  const double target_short = std::min(out_w, out_h) / static_cast<double>(ratio);
+  // Whole pixels, as timm and torchvision's recipes do: int(224 / 0.875) = 256.
+  const double target_short = std::floor(std::min(out_w, out_h) / static_cast<double>(ratio) + 1e-6);
   double f = target_short / std::min(W, H);  // source -> resized scale
   f = std::max({f, static_cast<double>(out_w) / W, static_cast<double>(out_h) / H});
   const double bw = out_w / f, bh = out_h / f;

@@ -48,12 +48,12 @@ struct Decoded {
 // coarsest DCT scale (1/8, 1/4, 1/2, 1) at which that part is still at least min_w x min_h pixels.
 // Grayscale, CMYK/YCCK and progressive files all come out as RGB. Damage (truncation, bad Huffman
 // data) and images over max_pixels (0: no limit) throw ddp::Error naming `name`.
-// full_check reads every scanline (so damage anywhere is found); otherwise decoding stops after the
-// box's last row.
+// full_check reads the entropy data to the end of the file (so damage anywhere is found); otherwise
+// decoding stops after the box's last row.
 Decoded decode_jpeg(const uint8_t* data, size_t n, const std::string& name, Box box = {}, int min_w = 0,
                     int min_h = 0, int64_t max_pixels = 0, bool full_check = false);
 
-// RGB -> baseline JPEG (4:2:0), quality 1..100.
+// RGB -> baseline JPEG (4:2:0, accurate integer DCT, as PIL/libjpeg default), quality 1..100.
 std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality);
 
 // Resamples `box` of src (sw x sh RGB) to dst (dw x dh RGB) with PIL's bilinear filter, whose
@@ -64,7 +64,7 @@ void resample(const uint8_t* src, int sw, int sh, Box box, uint8_t* dst, int dw,
 // torchvision.transforms.RandomResizedCrop.get_params: integer crop of a W x H image.
 Box random_resized_crop(Rng& rng, int W, int H, float min_scale, float max_scale,
                         float min_ratio = 3.0f / 4.0f, float max_ratio = 4.0f / 3.0f);
-// Resize(shorter side -> min(out)/ratio) + CenterCrop(out_h, out_w), as a box in source pixels.
+// Resize(shorter side -> floor(min(out)/ratio)) + CenterCrop(out_h, out_w), as a box in source pixels.
 Box center_crop_box(int W, int H, int out_w, int out_h, float ratio);
 // Output size of "resize so the shorter side is S, keep aspect" (torchvision Resize(S)).
 void resize_shorter_dims(int W, int H, int S, int& out_w, int& out_h);

@@ -1,0 +1,154 @@
+// Image primitives: format sniffing, region/DCT-scaled decode against a full decode, damage
+// detection, crop geometry against torchvision's formulas.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "data_test_util.h"
+#include "ddp/core/check.h"
+#include "ddp/core/rng.h"
+#include "ddp/data/image.h"
+
+using namespace ddp;
+using namespace ddp::data;
+
+namespace {
+std::vector<uint8_t> smooth(int w, int h, uint32_t seed) {
+  Rng rng(seed, rng_stream::kTest);
+  float a[6];
+  for (auto& x : a) x = rng.uniform(0.01f, 0.08f);
+  std::vector<uint8_t> px(static_cast<size_t>(w) * h * 3);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x)
+      for (int c = 0; c < 3; ++c)
+        px[(static_cast<size_t>(y) * w + x) * 3 + c] = static_cast<uint8_t>(
+            127 + 60 * std::sin(a[c] * x + c) + 60 * std::cos(a[c + 3] * y) * 0.9f + (rng.next_u32() % 5));
+  return px;
+}
+}  // namespace
+
+TEST(Image, SniffsFormatsByContent) {
+  const uint8_t jpg[] = {0xFF, 0xD8, 0xFF, 0xE0};
+  const uint8_t png[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  const uint8_t gif[] = {'G', 'I', 'F', '8', '9', 'a'};
+  const uint8_t txt[] = {'h', 'e', 'l', 'l', 'o'};
+  EXPECT_EQ(sniff_format(jpg, sizeof jpg), ImageFormat::Jpeg);
+  EXPECT_EQ(sniff_format(png, sizeof png), ImageFormat::Png);
+  EXPECT_EQ(sniff_format(gif, sizeof gif), ImageFormat::Gif);
+  EXPECT_EQ(sniff_format(txt, sizeof txt), ImageFormat::Unknown);
+  EXPECT_EQ(sniff_format(jpg, 0), ImageFormat::Unknown);
+}
+
+// Decoding only a region (crop + skipped rows) gives the pixels of the full decode (atol 2: fancy
+// upsampling of chroma at the crop edge sees other neighbours); with
+// DCT scaling the result is a faithful smaller view (mean |diff| <= 3 after resampling both to the
+// same output).
+TEST(Image, RegionDecodeAgreesWithFullDecode) {
+  const int W = 301, H = 203;
+  auto px = smooth(W, H, 3);
+  auto jpg = encode_jpeg(px.data(), W, H, 95);
+  Decoded full = decode_jpeg(jpg.data(), jpg.size(), "full", {}, 0, 0, 0, true);
+  ASSERT_EQ(full.img.w, W);
+  ASSERT_EQ(full.img.h, H);
+  ASSERT_EQ(full.scale_denom, 1);
+  for (Box b : {Box{17, 33, 150, 120}, Box{0, 0, 301, 203}, Box{200, 100, 101, 103}, Box{64, 8, 40, 40}}) {
+    // Needs full resolution: no scaling, exact pixels.
+    Decoded d = decode_jpeg(jpg.data(), jpg.size(), "region", b, static_cast<int>(b.w), static_cast<int>(b.h));
+    EXPECT_EQ(d.scale_denom, 1);
+    const int bx = static_cast<int>(b.x), by = static_cast<int>(b.y);
+    ASSERT_NEAR(d.box.w, b.w, 1e-4);
+    int maxd = 0;
+    for (int y = 0; y < static_cast<int>(b.h); ++y)
+      for (int x = 0; x < static_cast<int>(b.w); ++x)
+        for (int c = 0; c < 3; ++c) {
+          int xi = static_cast<int>(d.box.x) + x, yi = static_cast<int>(d.box.y) + y;
+          int a = d.img.px[(static_cast<size_t>(yi) * d.img.w + xi) * 3 + c];
+          int e = full.img.px[(static_cast<size_t>(by + y) * W + bx + x) * 3 + c];
+          maxd = std::max(maxd, std::abs(a - e));
+        }
+    EXPECT_LE(maxd, 2) << "box " << b.x << "," << b.y;
+    // Small output: DCT scaling kicks in.
+    Decoded s = decode_jpeg(jpg.data(), jpg.size(), "scaled", b, 32, 32);
+    if (b.w >= 64 && b.h >= 64) {
+      EXPECT_GT(s.scale_denom, 1);
+    }
+    std::vector<uint8_t> o1(32 * 32 * 3), o2(32 * 32 * 3);
+    resample(full.img.px.data(), W, H, b, o1.data(), 32, 32);
+    resample(s.img.px.data(), s.img.w, s.img.h, s.box, o2.data(), 32, 32);
+    auto df = ddp::test::diff(o1.data(), o2.data(), o1.size());
+    EXPECT_LE(df.mean, 3.0) << "box " << b.x << "," << b.y << " denom " << s.scale_denom;
+  }
+}
+
+TEST(Image, DamagedAndForeignDataAreErrorsNamingTheImage) {
+  auto px = smooth(120, 80, 5);
+  auto jpg = encode_jpeg(px.data(), 120, 80, 90);
+  std::vector<uint8_t> cut(jpg.begin(), jpg.begin() + static_cast<long>(jpg.size() * 6 / 10));
+  try {
+    decode_jpeg(cut.data(), cut.size(), "cut.jpg", {}, 0, 0, 0, true);
+    FAIL() << "truncated JPEG decoded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cut.jpg"), std::string::npos) << e.what();
+  }
+  std::vector<uint8_t> junk = {0xFF, 0xD8, 0xFF, 0x00, 1, 2, 3};
+  EXPECT_THROW(decode_jpeg(junk.data(), junk.size(), "junk", {}), Error);
+  EXPECT_THROW(decode_jpeg(jpg.data(), 0, "empty", {}), Error);
+  EXPECT_THROW(decode_jpeg(jpg.data(), jpg.size(), "big", {}, 0, 0, 1000), Error);  // 9600 px > 1000
+}
+
+TEST(Image, ResampleIdentityAndFlip) {
+  auto px = smooth(16, 12, 9);
+  std::vector<uint8_t> o(16 * 12 * 3), f(16 * 12 * 3);
+  resample(px.data(), 16, 12, Box{0, 0, 16, 12}, o.data(), 16, 12);
+  EXPECT_EQ(o, px);
+  resample(px.data(), 16, 12, Box{0, 0, 16, 12}, f.data(), 16, 12, true);
+  for (int y = 0; y < 12; ++y)
+    for (int x = 0; x < 16; ++x)
+      for (int c = 0; c < 3; ++c) ASSERT_EQ(f[(y * 16 + x) * 3 + c], px[(y * 16 + 15 - x) * 3 + c]);
+  // A constant image stays constant under any resampling.
+  std::vector<uint8_t> k(40 * 30 * 3, 77), ko(13 * 17 * 3);
+  resample(k.data(), 40, 30, Box{3.5f, 2.25f, 30.1f, 20.7f}, ko.data(), 13, 17);
+  for (uint8_t v : ko) ASSERT_EQ(v, 77);
+}
+
+// torchvision's RandomResizedCrop: area in [0.08, 1] of the image, aspect in [3/4, 4/3] (up to
+// rounding to whole pixels), inside the image; fallback centre crop for extreme shapes.
+TEST(Image, RandomResizedCropGeometry) {
+  Rng rng(11, rng_stream::kTest);
+  for (int t = 0; t < 2000; ++t) {
+    const int W = 50 + static_cast<int>(rng.below(500)), H = 50 + static_cast<int>(rng.below(500));
+    Box b = random_resized_crop(rng, W, H, 0.08f, 1.0f);
+    ASSERT_GE(b.x, 0);
+    ASSERT_GE(b.y, 0);
+    ASSERT_LE(b.x + b.w, W);
+    ASSERT_LE(b.y + b.h, H);
+    const double area = b.w * b.h / (double(W) * H);
+    const double ratio = b.w / b.h;
+    const bool fallback = area > 0.999 || std::fabs(ratio - 0.75) < 1e-3 || std::fabs(ratio - 4.0 / 3) < 1e-3;
+    if (!fallback) {
+      EXPECT_GE(area, 0.08 * 0.9);
+      EXPECT_LE(ratio, 4.0 / 3 * (1 + 2.0 / b.h) + 1e-6);
+      EXPECT_GE(ratio, 0.75 / (1 + 2.0 / b.w) - 1e-6);
+    }
+  }
+  Box f = random_resized_crop(rng, 1000, 10, 0.08f, 1.0f);  // ratio 100: centre crop of ratio 4/3
+  EXPECT_FLOAT_EQ(f.h, 10);
+  EXPECT_FLOAT_EQ(f.w, 13);
+  EXPECT_FLOAT_EQ(f.x, (1000 - 13) / 2);
+}
+
+TEST(Image, CenterCropBoxMatchesResizeThenCrop) {
+  // torchvision: Resize(256) of 500x375 -> 341x256, CenterCrop(224): a 224/256*375 = 328.125 box.
+  Box b = center_crop_box(500, 375, 224, 224, 0.875f);
+  EXPECT_NEAR(b.w, 328.125, 1e-3);
+  EXPECT_NEAR(b.h, 328.125, 1e-3);
+  EXPECT_NEAR(b.x, (500 - 328.125) / 2, 1e-3);
+  EXPECT_NEAR(b.y, (375 - 328.125) / 2, 1e-3);
+  Box id = center_crop_box(32, 32, 32, 32, 1.0f);
+  EXPECT_FLOAT_EQ(id.x, 0);
+  EXPECT_FLOAT_EQ(id.w, 32);
+  int w, h;
+  resize_shorter_dims(500, 375, 256, w, h);
+  EXPECT_EQ(w, 341);  // int(256 * 500 / 375), as torchvision
+  EXPECT_EQ(h, 256);
+}

@@ -1,0 +1,319 @@
+// The Loader over shards written in the test: exact eval coverage, equal train batch counts,
+// per-rank disjointness, deterministic order and augmentation, bad-shard errors naming the file,
+// and the JPEG eval transform against torchvision.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "data_test_util.h"
+#include "ddp/core/check.h"
+#include "ddp/core/h5.h"
+#include "ddp/core/rng.h"
+#include "ddp/data/image.h"
+#include "ddp/data/loader.h"
+#include "ddp/data/sampler.h"
+#include "ddp/data/shard.h"
+
+using namespace ddp;
+using namespace ddp::data;
+using namespace ddp::test;
+
+namespace {
+
+const std::vector<std::string> kCls = {"a", "b", "c"};
+
+// Raw shards whose image i (global) carries i in its first pixel; label i % 3.
+std::vector<std::string> make_indexed_shards(const fs::path& dir, const std::vector<int>& sizes, int hw,
+                                             std::vector<std::string> classes = kCls) {
+  std::vector<std::string> files;
+  int64_t g = 0;
+  for (size_t s = 0; s < sizes.size(); ++s) {
+    ShardMeta m;
+    m.split = "train";
+    m.shard_index = static_cast<int>(s);
+    m.num_shards = static_cast<int>(sizes.size());
+    m.encoding = "raw";
+    m.height = m.width = hw;
+    m.resize_shorter = hw;
+    m.jpeg_quality = 0;
+    m.classes = classes;
+    const std::string path = (dir / shard_file_name("train", static_cast<int>(s), static_cast<int>(sizes.size()))).string();
+    ShardWriter w(path, m);
+    std::vector<uint8_t> px(static_cast<size_t>(hw) * hw * 3);
+    for (int k = 0; k < sizes[s]; ++k, ++g) {
+      for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<uint8_t>((g * 7 + i) % 251);
+      px[0] = static_cast<uint8_t>(g & 255);
+      px[1] = static_cast<uint8_t>((g >> 8) & 255);
+      px[2] = static_cast<uint8_t>((g >> 16) & 255);
+      w.append_raw(px.data(), static_cast<int32_t>(g % 3), "img_" + std::to_string(g));
+    }
+    w.commit();
+    files.push_back(path);
+  }
+  return files;
+}
+
+int64_t index_of(const Batch& b, int i) {
+  const uint8_t* p = b.images + static_cast<size_t>(i) * b.h * b.w * 3;
+  return p[0] | (p[1] << 8) | (p[2] << 16);
+}
+
+LoaderConfig identity_cfg(const std::vector<std::string>& files, int hw, bool train, int rank, int world, int batch) {
+  LoaderConfig c;
+  c.shards = files;
+  c.rank = rank;
+  c.world = world;
+  c.batch_size = batch;
+  c.height = c.width = hw;
+  c.train = train;
+  c.random_crop = false;
+  c.flip = false;
+  c.eval_crop_ratio = 1.0f;
+  c.workers = 2;
+  c.prefetch = 2;
+  c.seed = 99;
+  return c;
+}
+
+class LoaderTest : public ::testing::Test {
+ protected:
+  fs::path dir_;
+  void SetUp() override { dir_ = make_temp_dir("loader"); }
+  void TearDown() override { fs::remove_all(dir_); }
+};
+
+TEST_F(LoaderTest, EvalReadsEveryImageExactlyOnceAcrossRanks) {
+  auto files = make_indexed_shards(dir_, {50, 53}, 8);  // 103 images: not divisible by 4
+  std::vector<int> hits(103, 0);
+  for (int r = 0; r < 4; ++r) {
+    Loader ld(identity_cfg(files, 8, false, r, 4, 7));
+    EXPECT_EQ(ld.num_images(), 103);
+    EXPECT_EQ(ld.classes(), kCls);
+    const int64_t share = eval_share(103, r, 4).size();
+    EXPECT_EQ(ld.local_batches(), (share + 6) / 7);
+    ld.start_epoch(0, ld.local_batches());
+    Batch b;
+    int64_t seen = 0, nb = 0;
+    while (ld.next(b)) {
+      ++nb;
+      EXPECT_TRUE(b.n == 7 || nb == ld.local_batches()) << "only the last batch may be partial";
+      for (int i = 0; i < b.n; ++i) {
+        const int64_t g = index_of(b, i);
+        ASSERT_LT(g, 103);
+        ++hits[static_cast<size_t>(g)];
+        EXPECT_EQ(b.labels[i], g % 3);
+      }
+      seen += b.n;
+    }
+    EXPECT_EQ(seen, share);
+    EXPECT_EQ(nb, ld.local_batches());
+  }
+  for (int g = 0; g < 103; ++g) EXPECT_EQ(hits[static_cast<size_t>(g)], 1) << "image " << g;
+}
+
+TEST_F(LoaderTest, TrainRanksGetEqualDisjointDeterministicShares) {
+  auto files = make_indexed_shards(dir_, {40, 31, 32}, 8);  // 103
+  const int world = 3, B = 5;
+  std::set<int64_t> all;
+  std::vector<int64_t> epoch0_rank0;
+  for (int r = 0; r < world; ++r) {
+    Loader ld(identity_cfg(files, 8, true, r, world, B));
+    EXPECT_EQ(ld.local_batches(), 103 / 3 / 5);
+    ld.start_epoch(0, ld.local_batches());
+    Batch b;
+    std::vector<int64_t> got;
+    int nb = 0;
+    while (ld.next(b)) {
+      ++nb;
+      EXPECT_EQ(b.n, B);
+      for (int i = 0; i < b.n; ++i) {
+        got.push_back(index_of(b, i));
+        EXPECT_EQ(b.labels[i], got.back() % 3);
+      }
+    }
+    EXPECT_EQ(nb, 6);
+    // The order is the (seed, epoch) permutation's slice for this rank.
+    auto p = epoch_permutation(103, 99, 0);
+    Share s = train_share(103, r, world);
+    std::vector<int64_t> want(p.begin() + s.begin, p.begin() + s.begin + 30);
+    EXPECT_EQ(got, want);
+    for (auto g : got) EXPECT_TRUE(all.insert(g).second) << "image " << g << " on two ranks";
+    if (r == 0) epoch0_rank0 = got;
+  }
+  // Same config, new Loader: same order; another epoch: another order; an agreed smaller count.
+  Loader ld(identity_cfg(files, 8, true, 0, world, B));
+  ld.start_epoch(1, 4);
+  Batch b;
+  std::vector<int64_t> e1;
+  while (ld.next(b))
+    for (int i = 0; i < b.n; ++i) e1.push_back(index_of(b, i));
+  EXPECT_EQ(e1.size(), 20u);
+  EXPECT_NE(std::vector<int64_t>(epoch0_rank0.begin(), epoch0_rank0.begin() + 20), e1);
+  ld.start_epoch(0, 6);
+  std::vector<int64_t> e0;
+  while (ld.next(b))
+    for (int i = 0; i < b.n; ++i) e0.push_back(index_of(b, i));
+  EXPECT_EQ(e0, epoch0_rank0);
+  EXPECT_THROW(ld.start_epoch(0, 7), Error);  // more than this rank has
+}
+
+std::vector<uint8_t> epoch_bytes(Loader& ld, int epoch, int64_t batches, int stop_after = -1) {
+  ld.start_epoch(epoch, batches);
+  Batch b;
+  std::vector<uint8_t> out;
+  int k = 0;
+  while ((stop_after < 0 || k < stop_after) && ld.next(b)) {
+    out.insert(out.end(), b.images, b.images + static_cast<size_t>(b.n) * b.h * b.w * 3);
+    ++k;
+  }
+  return out;
+}
+
+TEST_F(LoaderTest, AugmentationIsReproduciblePerRankAndResumable) {
+  // 40x40 random content, RandomResizedCrop + flip to 24x24.
+  ShardMeta m;
+  m.split = "train";
+  m.encoding = "raw";
+  m.height = m.width = 40;
+  m.classes = kCls;
+  const std::string path = (dir_ / "train-00000-of-00001.h5").string();
+  {
+    ShardWriter w(path, m);
+    Rng rng(1, rng_stream::kTest);
+    std::vector<uint8_t> px(40 * 40 * 3);
+    for (int k = 0; k < 64; ++k) {
+      for (auto& v : px) v = static_cast<uint8_t>(rng.next_u32());
+      w.append_raw(px.data(), k % 3, "x");
+    }
+    w.commit();
+  }
+  LoaderConfig c;
+  c.shards = {path};
+  c.batch_size = 8;
+  c.height = c.width = 24;
+  c.workers = 3;
+  c.seed = 5;
+  c.aug_stream = 0;
+  Loader a(c), b(c);
+  auto a0 = epoch_bytes(a, 2, 8);
+  EXPECT_EQ(a0, epoch_bytes(b, 2, 8));       // same config, other instance (thread timing differs)
+  auto partial = epoch_bytes(a, 2, 8, 3);    // abandon an epoch midway...
+  EXPECT_EQ(a0, epoch_bytes(a, 2, 8));       // ...and restart it: identical
+  EXPECT_EQ(std::vector<uint8_t>(a0.begin(), a0.begin() + static_cast<long>(partial.size())), partial);
+  c.aug_stream = 1;
+  Loader r1(c);
+  EXPECT_NE(a0, epoch_bytes(r1, 2, 8));      // another rank's stream: other crops
+  EXPECT_NE(a0, epoch_bytes(a, 3, 8));
+}
+
+template <class F>
+void expect_error_naming(F f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one naming " << needle;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(LoaderTest, BadShardsAreErrorsNamingTheFile) {
+  auto files = make_indexed_shards(dir_, {20, 20}, 8);
+  auto cfg = [&](std::vector<std::string> f) {
+    LoaderConfig c = identity_cfg(f, 8, true, 0, 1, 4);
+    return c;
+  };
+  const std::string missing = (dir_ / "train-00007-of-00009.h5").string();
+  expect_error_naming([&] { Loader l(cfg({files[0], missing})); }, missing);
+  // Truncated copy.
+  const std::string cut = (dir_ / "cut.h5").string();
+  fs::copy(files[1], cut);
+  fs::resize_file(cut, fs::file_size(cut) * 2 / 3);
+  expect_error_naming([&] { Loader l(cfg({files[0], cut})); }, cut);
+  // Not HDF5 at all.
+  const std::string text = (dir_ / "text.h5").string();
+  std::ofstream(text) << "hello";
+  expect_error_naming([&] { Loader l(cfg({text})); }, text);
+  // HDF5, but not a shard (e.g. a checkpoint).
+  const std::string foreign = (dir_ / "foreign.h5").string();
+  {
+    auto f = h5::create_file(foreign);
+    float x = 1;
+    h5::write_f32(f, "conv1.weight", &x, {1});
+  }
+  expect_error_naming([&] { Loader l(cfg({files[0], foreign})); }, foreign);
+  // A shard from another data set (other class list).
+  fs::create_directories(dir_ / "other");
+  auto other = make_indexed_shards(dir_ / "other", {5}, 8, {"a", "b", "x"});
+  expect_error_naming([&] { Loader l(cfg({files[0], other[0]})); }, other[0]);
+  expect_error_naming([&] { Loader l(cfg({files[0], files[0]})); }, files[0]);
+  expect_error_naming([&] { find_shards((dir_ / "nowhere").string(), "train"); }, "nowhere");
+  expect_error_naming([&] { find_shards(dir_.string(), "val"); }, dir_.string());
+  EXPECT_EQ(find_shards(dir_.string(), "train"), files);
+}
+
+// JPEG shards, eval transform: torchvision Resize(int(32/0.875)) + CenterCrop(32) on PIL, within
+// mean |diff| <= 3.0 (one-step resample from the source vs torchvision's two steps, DCT scaling).
+TEST_F(LoaderTest, JpegEvalMatchesTorchvision) {
+  if (std::system("/usr/bin/python3 -c 'import torchvision' >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "/usr/bin/python3 with torchvision needed";
+  ShardMeta m;
+  m.split = "val";
+  m.classes = kCls;
+  const std::string path = (dir_ / "val-00000-of-00001.h5").string();
+  const int sizes[4][2] = {{120, 90}, {97, 131}, {300, 200}, {64, 64}};
+  {
+    ShardWriter w(path, m);
+    for (int k = 0; k < 4; ++k) {
+      const int W = sizes[k][0], H = sizes[k][1];
+      std::vector<uint8_t> px(static_cast<size_t>(W) * H * 3);
+      for (int y = 0; y < H; ++y)
+        for (int x = 0; x < W; ++x)
+          for (int c = 0; c < 3; ++c)
+            px[(static_cast<size_t>(y) * W + x) * 3 + c] =
+                static_cast<uint8_t>(128 + 100 * std::sin(0.05 * x * (c + 1) + k) * std::cos(0.07 * y + c));
+      auto j = encode_jpeg(px.data(), W, H, 92);
+      std::ofstream(dir_ / ("src" + std::to_string(k) + ".jpg"), std::ios::binary)
+          .write(reinterpret_cast<const char*>(j.data()), static_cast<std::streamsize>(j.size()));
+      w.append_jpeg(j, k % 3, "src" + std::to_string(k) + ".jpg");
+    }
+    w.commit();
+  }
+  const std::string py =
+      "import sys,struct,numpy as np; from PIL import Image; import torchvision.transforms as T\n"
+      "t=T.Compose([T.Resize(int(32/0.875)),T.CenterCrop(32)])\n"
+      "for k in range(4):\n"
+      "  a=np.asarray(t(Image.open(sys.argv[1]+'/src%d.jpg'%k).convert('RGB')))\n"
+      "  open(sys.argv[1]+'/ref%d.bin'%k,'wb').write(struct.pack('<ii',32,32)+a.tobytes())\n";
+  std::ofstream(dir_ / "ref.py") << py;
+  auto r = run("/usr/bin/python3 " + q(dir_ / "ref.py") + " " + q(dir_));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  LoaderConfig c;
+  c.shards = {path};
+  c.train = false;
+  c.batch_size = 3;
+  c.height = c.width = 32;
+  c.workers = 2;
+  Loader ld(c);
+  ASSERT_EQ(ld.local_batches(), 2);
+  ld.start_epoch(0, 2);
+  Batch b;
+  int k = 0;
+  while (ld.next(b)) {
+    for (int i = 0; i < b.n; ++i, ++k) {
+      auto rf = read_ref(dir_ / ("ref" + std::to_string(k) + ".bin"));
+      Diff d = diff(rf.px.data(), b.images + static_cast<size_t>(i) * 32 * 32 * 3, rf.px.size());
+      EXPECT_LE(d.mean, 3.0) << "image " << k << " max " << d.max;
+      EXPECT_EQ(b.labels[i], k % 3);
+    }
+  }
+  EXPECT_EQ(k, 4);
+  // Training on JPEG shards: batches come out, deterministic across instances.
+  c.train = true;
+  c.batch_size = 2;
+  Loader t1(c), t2(c);
+  EXPECT_EQ(epoch_bytes(t1, 0, 2), epoch_bytes(t2, 0, 2));
+}
+
+}  // namespace

@@ -1,0 +1,502 @@
+// pack_imagenet / inspect_shards / fashion_mnist_to_jpeg, run as programs on inputs made by PIL
+// (make_fixture.py). Expected pixels come from PIL; expected labels from the fixture's own truth file.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "data_test_util.h"
+#include "ddp/core/check.h"
+#include "ddp/core/rng.h"
+#include "ddp/data/image.h"
+#include "ddp/data/loader.h"
+#include "ddp/data/shard.h"
+
+using namespace ddp;
+using namespace ddp::data;
+using namespace ddp::test;
+
+namespace {
+
+const std::string kPack = DDP_PACK_BIN;
+const std::string kInspect = DDP_INSPECT_BIN;
+
+class PackTest : public ::testing::Test {
+ protected:
+  static fs::path fx_;  // fixture inputs, shared by all tests of the suite
+  static bool ok_;
+  fs::path out_;
+
+  static void SetUpTestSuite() {
+    ok_ = have_pil();
+    if (!ok_) return;
+    fx_ = make_temp_dir("pack_fx");
+    auto r = run("/usr/bin/python3 " + std::string(DDP_DATA_FIXTURE_PY) + " " + q(fx_ / "in"));
+    ok_ = r.rc == 0;
+    if (!ok_) std::fprintf(stderr, "fixture failed: %s\n", r.out.c_str());
+  }
+  static void TearDownTestSuite() {
+    if (!fx_.empty()) fs::remove_all(fx_);
+  }
+  void SetUp() override {
+    if (!ok_) GTEST_SKIP() << "/usr/bin/python3 with PIL + numpy is needed to make the test images";
+    out_ = make_temp_dir("pack_out");
+  }
+  void TearDown() override {
+    if (!out_.empty()) fs::remove_all(out_);
+  }
+  fs::path in(const std::string& root) const { return fx_ / "in" / root; }
+  fs::path ref(const std::string& rel, const std::string& ext) const { return fx_ / "in" / "refs" / (rel + ext); }
+  RunResult pack(const std::string& args) { return run(kPack + " --no-progress " + args); }
+
+  // filename -> (label, decoded-or-raw pixels) for every image of the given shards.
+  struct Img {
+    int label = 0, w = 0, h = 0;
+    std::vector<uint8_t> px;
+  };
+  static std::map<std::string, Img> read_all(const std::vector<std::string>& files) {
+    std::map<std::string, Img> out;
+    for (const auto& f : files) {
+      ShardReader r(f);
+      auto names = r.filenames();
+      for (int64_t i = 0; i < r.size(); ++i) {
+        Img im;
+        im.label = r.labels()[static_cast<size_t>(i)];
+        if (r.raw()) {
+          im.w = r.meta().width;
+          im.h = r.meta().height;
+          im.px.resize(static_cast<size_t>(im.w) * im.h * 3);
+          r.read_raw(i, im.px.data());
+        } else {
+          std::vector<std::vector<uint8_t>> b;
+          r.read_jpeg({i}, b);
+          Decoded d = decode_jpeg(b[0].data(), b[0].size(), names[static_cast<size_t>(i)], {}, 0, 0, 0, true);
+          im.w = d.img.w;
+          im.h = d.img.h;
+          im.px = std::move(d.img.px);
+        }
+        EXPECT_TRUE(out.emplace(names[static_cast<size_t>(i)], std::move(im)).second)
+            << "file " << names[static_cast<size_t>(i)] << " appears twice";
+      }
+    }
+    return out;
+  }
+  std::vector<std::string> shards(const std::string& sub, const std::string& split) {
+    return find_shards((out_ / sub).string(), split);
+  }
+};
+fs::path PackTest::fx_;
+bool PackTest::ok_ = false;
+
+const std::vector<std::string> kClasses = {"apple", "cat_a", "dog_b", "n0123", "zebra"};  // sorted
+const std::map<std::string, int> kCounts = {{"zebra", 7}, {"cat_a", 8}, {"n0123", 9}, {"dog_b", 10}, {"apple", 11}};
+
+// Stored JPEG bytes kept as they were (already at the right size) decode exactly as PIL decodes the
+// source (both are libjpeg-turbo; tolerance: atol 1 for a different build's rounding).
+TEST_F(PackTest, JpegRoundTripKeepsOriginals) {
+  auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --shards 2 --resize 0");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto imgs = read_all(shards("s", "train"));
+  ASSERT_EQ(imgs.size(), 45u);
+  for (const auto& [name, im] : imgs) {
+    auto rf = read_ref(ref("good/train/" + name, ".ref"));
+    ASSERT_EQ(rf.w, im.w) << name;
+    ASSERT_EQ(rf.h, im.h) << name;
+    Diff d = diff(rf.px.data(), im.px.data(), rf.px.size());
+    EXPECT_LE(d.max, 1) << name;
+    const std::string cls = name.substr(0, name.find('/'));
+    EXPECT_EQ(kClasses[static_cast<size_t>(im.label)], cls) << name;
+  }
+  ShardReader s0(shards("s", "train")[0]);
+  EXPECT_EQ(s0.meta().classes, kClasses);
+  EXPECT_EQ(s0.meta().num_shards, 2);
+  EXPECT_EQ(s0.meta().encoding, "jpeg");
+}
+
+// Resized + re-encoded: against PIL's bilinear resize of PIL's decode, then a quality-95 4:2:0 JPEG
+// round trip through PIL's encoder (mean |diff| <= 1.5, max <= 16: our resize differs from PIL's
+// fixed-point one by at most 1 in about 1 pixel in 6 (checked below), and such a difference can
+// move a DCT coefficient across a quantisation step, which spreads over its 8x8 block). The plain resize is checked more loosely (the
+// JPEG loss itself: mean <= 3).
+TEST_F(PackTest, JpegResizeMatchesPil) {
+  auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --splits train --resize 48 --allow-upscale --quality 95");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto imgs = read_all(shards("s", "train"));
+  ASSERT_EQ(imgs.size(), 45u);
+  for (const auto& [name, im] : imgs) {
+    auto rf = read_ref(ref("good/train/" + name, ".r48q95"));
+    ASSERT_EQ(rf.w, im.w) << name;
+    ASSERT_EQ(rf.h, im.h) << name;
+    Diff d = diff(rf.px.data(), im.px.data(), rf.px.size());
+    EXPECT_LE(d.mean, 1.5) << name;
+    EXPECT_LE(d.max, 16) << name;
+    auto plain = read_ref(ref("good/train/" + name, ".r48"));
+    EXPECT_LE(diff(plain.px.data(), im.px.data(), plain.px.size()).mean, 3.0) << name;
+  }
+}
+
+// Raw: centre square resized to 32x32 as PIL does (no JPEG loss on our side, and sources under 128 px
+// are decoded at full size: only PIL's fixed-point rounding differs, atol 1).
+TEST_F(PackTest, RawResizeMatchesPil) {
+  auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --splits train --encoding raw --resize 32");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto imgs = read_all(shards("s", "train"));
+  ASSERT_EQ(imgs.size(), 45u);
+  for (const auto& [name, im] : imgs) {
+    auto rf = read_ref(ref("good/train/" + name, ".raw32"));
+    ASSERT_EQ(im.w, 32);
+    Diff d = diff(rf.px.data(), im.px.data(), rf.px.size());
+    EXPECT_LE(d.max, 1) << name;
+  }
+}
+
+// Raw at the source's own size is lossless: exact equality, through the loader too.
+TEST_F(PackTest, RawRoundTripIsExact) {
+  auto r = pack("-i " + q(in("exact")) + " -o " + q(out_ / "s") + " --encoding raw --resize 32");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto files = shards("s", "train");
+  auto imgs = read_all(files);
+  ASSERT_EQ(imgs.size(), 9u);
+  for (const auto& [name, im] : imgs) {
+    auto rf = read_ref(ref("exact/train/" + name, ".ref"));
+    EXPECT_EQ(rf.px, im.px) << name;
+  }
+  LoaderConfig c;
+  c.shards = files;
+  c.train = false;
+  c.batch_size = 4;
+  c.height = c.width = 32;
+  c.eval_crop_ratio = 1.0f;
+  c.workers = 2;
+  Loader ld(c);
+  ShardReader sr(files[0]);
+  auto names = sr.filenames();
+  ld.start_epoch(0, ld.local_batches());
+  Batch b;
+  int64_t k = 0;
+  while (ld.next(b)) {
+    for (int i = 0; i < b.n; ++i, ++k) {
+      auto rf = read_ref(ref("exact/train/" + names[static_cast<size_t>(k)], ".ref"));
+      EXPECT_TRUE(std::equal(rf.px.begin(), rf.px.end(), b.images + static_cast<size_t>(i) * 32 * 32 * 3))
+          << names[static_cast<size_t>(k)];
+    }
+  }
+  EXPECT_EQ(k, 9);
+}
+
+std::map<std::string, std::string> val_truth(const fs::path& p) {
+  std::map<std::string, std::string> t;
+  std::ifstream f(p);
+  std::string a, b;
+  while (f >> a >> b) t[a] = b;
+  return t;
+}
+
+// Both val layouts (class folders; flat + Kaggle CSV) give every image its true class.
+TEST_F(PackTest, ValLayoutsGiveTrueLabels) {
+  auto truth = val_truth(fx_ / "in" / "val_truth.txt");
+  ASSERT_EQ(truth.size(), 12u);
+  for (std::string root : {"good", "kaggle"}) {
+    auto r = pack("-i " + q(in(root)) + " -o " + q(out_ / root) + " --shards 2 --resize 0");
+    ASSERT_EQ(r.rc, 0) << r.out;
+    auto imgs = read_all(shards(root, "val"));
+    ASSERT_EQ(imgs.size(), 12u) << root;
+    for (const auto& [name, im] : imgs) {
+      const std::string base = name.substr(name.find('/') == std::string::npos ? 0 : name.find('/') + 1);
+      ASSERT_TRUE(truth.count(base)) << root << ": " << name;
+      EXPECT_EQ(kClasses[static_cast<size_t>(im.label)], truth[base]) << root << ": " << name;
+    }
+  }
+}
+
+// Every shard gets every class, within one image of the others; the split is exact and
+// --node-index writes the same shard the full run does.
+TEST_F(PackTest, ClassBalancedDeterministicShards) {
+  auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "all") + " --splits train --shards 3 --resize 0");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto files = shards("all", "train");
+  ASSERT_EQ(files.size(), 3u);
+  std::map<int, std::vector<int>> per_class;  // class -> count per shard
+  std::set<std::string> names;
+  int64_t total = 0;
+  for (const auto& f : files) {
+    ShardReader s(f);
+    std::vector<int> h(5, 0);
+    for (int32_t l : s.labels()) ++h[static_cast<size_t>(l)];
+    for (int c = 0; c < 5; ++c) per_class[c].push_back(h[static_cast<size_t>(c)]);
+    for (auto& n : s.filenames()) EXPECT_TRUE(names.insert(n).second) << n << " in two shards";
+    total += s.size();
+  }
+  EXPECT_EQ(total, 45);
+  for (auto& [c, v] : per_class) {
+    auto [mn, mx] = std::minmax_element(v.begin(), v.end());
+    EXPECT_LE(*mx - *mn, 1) << "class " << kClasses[static_cast<size_t>(c)];
+    EXPECT_GE(*mn, 1);
+    EXPECT_EQ(v[0] + v[1] + v[2], kCounts.at(kClasses[static_cast<size_t>(c)]));
+  }
+  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "node1") + " --splits train --nodes 3 --node-index 1 --resize 0");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto node = shards("node1", "train");
+  ASSERT_EQ(node.size(), 1u);
+  EXPECT_EQ(fs::path(node[0]).filename(), fs::path(files[1]).filename());
+  EXPECT_EQ(ShardReader(node[0]).filenames(), ShardReader(files[1]).filenames());
+  EXPECT_EQ(ShardReader(node[0]).labels(), ShardReader(files[1]).labels());
+}
+
+bool has_shard_or_partial(const fs::path& dir) {
+  if (!fs::exists(dir)) return false;
+  for (auto& e : fs::directory_iterator(dir)) {
+    auto n = e.path().filename().string();
+    if (n.find(".h5") != std::string::npos) return true;
+  }
+  return false;
+}
+
+// Each unreadable input stops the run with its name, and leaves no shard (final or partial).
+TEST_F(PackTest, BadInputStopsNamingTheFile) {
+  std::ifstream bf(fx_ / "in" / "bad_files.txt");
+  std::vector<std::string> bad;
+  for (std::string l; std::getline(bf, l);)
+    if (!l.empty()) bad.push_back(l);
+  ASSERT_EQ(bad.size(), 4u);
+  for (const auto& b : bad) {
+    fs::path root = out_ / ("in_" + fs::path(b).stem().string());
+    fs::create_directories(root / "train" / "alpha");
+    fs::copy(in("bad") / "train" / "alpha" / "ok_0.JPEG", root / "train" / "alpha" / "ok_0.JPEG");
+    fs::copy(b, root / "train" / "alpha" / fs::path(b).filename());
+    fs::path o = out_ / ("out_" + fs::path(b).stem().string());
+    auto r = pack("-i " + q(root) + " -o " + q(o) + " --max-pixels 4000000");
+    EXPECT_NE(r.rc, 0) << b;
+    EXPECT_NE(r.out.find(fs::path(b).filename().string()), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("--skip-bad"), std::string::npos) << r.out;
+    EXPECT_FALSE(has_shard_or_partial(o)) << b;
+  }
+}
+
+// --skip-bad: the four bad files are listed in the report; CMYK, PNG-named-.JPEG, grayscale and
+// progressive files are converted to RGB and match PIL's RGB decode after the same quality-95
+// 4:2:0 JPEG round trip by PIL (mean |diff| <= 0.5; the progressive file is kept as it was and is
+// compared with PIL's decode of it, atol 1).
+TEST_F(PackTest, SkipBadReportsAndConvertsTheRest) {
+  auto r = pack("-i " + q(in("bad")) + " -o " + q(out_ / "s") + " --skip-bad --max-pixels 4000000 --resize 0 --quality 95");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::ifstream rep(out_ / "s" / "bad_images.txt");
+  std::set<std::string> listed;
+  for (std::string l; std::getline(rep, l);) listed.insert(l.substr(0, l.find('\t')));
+  std::ifstream bf(fx_ / "in" / "bad_files.txt");
+  std::set<std::string> bad;
+  for (std::string l; std::getline(bf, l);)
+    if (!l.empty()) bad.insert(l);
+  EXPECT_EQ(listed, bad);
+  EXPECT_NE(r.out.find("rejected 4"), std::string::npos) << r.out;
+  auto imgs = read_all(shards("s", "train"));
+  EXPECT_EQ(imgs.size(), 10u);
+  for (std::string n : {"cmyk.JPEG", "png_named.JPEG", "gray.JPEG", "progressive.JPEG"}) {
+    ASSERT_TRUE(imgs.count("alpha/" + n)) << n;
+    const auto& im = imgs["alpha/" + n];
+    const bool kept = n == "progressive.JPEG";
+    auto rf = read_ref(ref("bad/train/alpha/" + n, kept ? ".ref" : ".q95"));
+    ASSERT_EQ(rf.w, im.w);
+    Diff d = diff(rf.px.data(), im.px.data(), rf.px.size());
+    EXPECT_LE(d.mean, 0.5) << n;
+    if (kept) {
+      EXPECT_LE(d.max, 1) << n;
+    }
+  }
+}
+
+// Writes n synthetic 256x192 JPEGs into root/train/<class>/ (for runs long enough to interrupt).
+void make_big_tree(const fs::path& root, int classes, int per_class) {
+  Rng rng(7, rng_stream::kTest);
+  std::vector<uint8_t> px(256 * 192 * 3);
+  for (int c = 0; c < classes; ++c) {
+    fs::path d = root / "train" / ("c" + std::to_string(c));
+    fs::create_directories(d);
+    for (int k = 0; k < per_class; ++k) {
+      for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<uint8_t>((i * (c + 3) / 97 + k * 5 + (rng.next_u32() & 15)) & 255);
+      auto j = encode_jpeg(px.data(), 256, 192, 90);
+      std::ofstream(d / ("img_" + std::to_string(k) + ".JPEG"), std::ios::binary)
+          .write(reinterpret_cast<const char*>(j.data()), static_cast<std::streamsize>(j.size()));
+    }
+  }
+}
+
+// A stale .partial is replaced, complete shards are kept, only missing shards are redone, and a
+// run killed mid-shard leaves nothing under a final name that is not complete.
+TEST_F(PackTest, InterruptedPackRecovers) {
+  const fs::path o = out_ / "s";
+  fs::create_directories(o);
+  std::ofstream(o / (shard_file_name("train", 0, 2) + kPartialSuffix)) << "garbage from a killed run";
+  auto r = pack("-i " + q(in("good")) + " -o " + q(o) + " --splits train --shards 2 --resize 0");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_FALSE(fs::exists(o / (shard_file_name("train", 0, 2) + kPartialSuffix)));
+  auto files = shards("s", "train");
+  ASSERT_EQ(files.size(), 2u);
+  auto names1 = ShardReader(files[1]).filenames();
+  auto t0 = fs::last_write_time(files[0]);
+  fs::remove(files[1]);
+  r = pack("-i " + q(in("good")) + " -o " + q(o) + " --splits train --shards 2 --resize 0");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("already complete"), std::string::npos) << r.out;
+  EXPECT_EQ(fs::last_write_time(files[0]), t0);
+  EXPECT_EQ(ShardReader(files[1]).filenames(), names1);
+
+  // Kill a run in the middle.
+  const fs::path big = out_ / "big";
+  make_big_tree(big, 4, 150);
+  const fs::path ko = out_ / "killed";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    freopen("/dev/null", "w", stderr);
+    freopen("/dev/null", "w", stdout);
+    execl(kPack.c_str(), kPack.c_str(), "--no-progress", "-i", big.c_str(), "-o", ko.c_str(), "--shards", "2",
+          "--threads", "1", "--resize", "128", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const fs::path part1 = ko / (shard_file_name("train", 1, 2) + kPartialSuffix);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!fs::exists(part1) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  kill(pid, SIGKILL);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  ASSERT_TRUE(fs::exists(part1)) << "the run ended before the second shard was started";
+  EXPECT_FALSE(fs::exists(ko / shard_file_name("train", 1, 2)));
+  r = pack("-i " + q(big) + " -o " + q(ko) + " --shards 2 --resize 128");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_FALSE(fs::exists(part1));
+  r = pack("-i " + q(big) + " -o " + q(out_ / "clean") + " --shards 2 --resize 128");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  for (int i = 0; i < 2; ++i) {
+    ShardReader a((ko / shard_file_name("train", i, 2)).string());
+    ShardReader b((out_ / "clean" / shard_file_name("train", i, 2)).string());
+    EXPECT_EQ(a.size(), 300);
+    EXPECT_EQ(a.filenames(), b.filenames());
+    EXPECT_EQ(a.labels(), b.labels());
+  }
+}
+
+TEST_F(PackTest, ExistingShardWithOtherSettingsIsRefused) {
+  auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --splits train --resize 0");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --splits train --encoding raw --resize 32");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("other settings"), std::string::npos) << r.out;
+}
+
+TEST_F(PackTest, BadLayoutsAndOptionsGiveClearErrors) {
+  auto r = pack("-i " + q(out_ / "nope") + " -o " + q(out_ / "s"));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("nope"), std::string::npos) << r.out;
+  // Empty class folder.
+  fs::path root = out_ / "empty_class";
+  fs::create_directories(root / "train" / "a");
+  fs::create_directories(root / "train" / "b");
+  fs::copy(in("bad") / "train" / "alpha" / "ok_0.JPEG", root / "train" / "a" / "x.JPEG");
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s"));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("train/b' is empty"), std::string::npos) << r.out;
+  // Flat val/ without its CSV.
+  fs::path flat = out_ / "flat";
+  fs::create_directories(flat / "train" / "a");
+  fs::create_directories(flat / "val");
+  fs::copy(in("bad") / "train" / "alpha" / "ok_0.JPEG", flat / "train" / "a" / "x.JPEG");
+  fs::copy(in("bad") / "train" / "alpha" / "ok_1.JPEG", flat / "val" / "v.JPEG");
+  r = pack("-i " + q(flat) + " -o " + q(out_ / "s2"));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("--val-csv"), std::string::npos) << r.out;
+  // Output under a regular file.
+  std::ofstream(out_ / "afile") << "x";
+  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "afile" / "sub"));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("afile"), std::string::npos) << r.out;
+  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s3") + " --encoding png");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("--encoding"), std::string::npos) << r.out;
+  r = run(kPack + " --help");
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_NE(r.out.find("--skip-bad"), std::string::npos);
+}
+
+// A full volume: a 256 KiB tmpfs (needs root and mount rights, else skipped).
+TEST_F(PackTest, FullDiskFailsCleanly) {
+  fs::path mnt = out_ / "tiny";
+  fs::create_directories(mnt);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=256k") != 0) GTEST_SKIP() << "cannot mount a tmpfs here";
+  const fs::path big = out_ / "big";
+  make_big_tree(big, 2, 40);
+  auto r = pack("-i " + q(big) + " -o " + q(mnt / "s") + " --resize 0");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_TRUE(r.out.find("disk full") != std::string::npos || r.out.find("No space") != std::string::npos) << r.out;
+  bool final_exists = fs::exists(mnt / "s" / shard_file_name("train", 0, 1));
+  bool partial_exists = fs::exists(mnt / "s" / (shard_file_name("train", 0, 1) + kPartialSuffix));
+  umount(mnt.c_str());
+  EXPECT_FALSE(final_exists);
+  EXPECT_FALSE(partial_exists);
+}
+
+TEST_F(PackTest, InspectShardsChecksEveryImage) {
+  auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --shards 2 --verify");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("OK"), std::string::npos);
+  r = run(kInspect + " " + q(out_ / "s"));
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("total train: 45 images, 5 classes, 7..11 per class"), std::string::npos) << r.out;
+  // Damage one image's bytes inside a copy: open with h5py-free means: truncate the file.
+  auto files = shards("s", "train");
+  fs::copy(files[0], out_ / "cut.h5");
+  fs::resize_file(out_ / "cut.h5", fs::file_size(out_ / "cut.h5") / 2);
+  r = run(kInspect + " " + q(out_ / "cut.h5"));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("cut.h5"), std::string::npos) << r.out;
+}
+
+// Fashion-MNIST -> JPEG tree -> pack with --class-index keeps the IDX labels.
+TEST_F(PackTest, FashionMnistTreePacks) {
+  const fs::path src = "/usr/share/datasets/fashion-mnist";
+  if (!fs::exists(src / "train-labels-idx1-ubyte.gz")) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  auto r = run(std::string(DDP_FMNIST_BIN) + " -o " + q(out_ / "fm") + " --limit-train 200 --limit-val 50");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_TRUE(fs::exists(out_ / "fm" / "LOC_val_solution.csv"));
+  r = run(std::string(DDP_FMNIST_BIN) + " -o " + q(out_ / "fm"));
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_NE(r.out.find("already complete"), std::string::npos);
+  r = pack("-i " + q(out_ / "fm") + " -o " + q(out_ / "s") + " --shards 2 --encoding raw --resize 32 --allow-upscale "
+           "--class-index " + q(out_ / "fm" / "classes.txt"));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  // Truth from the IDX files, read by Python's gzip.
+  auto t = run("/usr/bin/python3 -c \"import gzip,sys; d=gzip.open('" + (src / "train-labels-idx1-ubyte.gz").string() +
+               "').read()[8:208]; e=gzip.open('" + (src / "t10k-labels-idx1-ubyte.gz").string() +
+               "').read()[8:58]; print(' '.join(map(str,d))); print(' '.join(map(str,e)))\"");
+  ASSERT_EQ(t.rc, 0) << t.out;
+  std::istringstream ts(t.out);
+  std::vector<int> tr(200), va(50);
+  for (auto& x : tr) ts >> x;
+  for (auto& x : va) ts >> x;
+  auto check = [&](const std::string& split, const std::vector<int>& truth) {
+    int64_t n = 0;
+    for (const auto& f : shards("s", split)) {
+      ShardReader s(f);
+      EXPECT_EQ(s.meta().height, 32);
+      auto names = s.filenames();
+      for (size_t i = 0; i < names.size(); ++i, ++n) {
+        const std::string& nm = names[i];
+        const int idx = std::stoi(nm.substr(nm.size() - 10, 5));
+        EXPECT_EQ(s.labels()[i], truth[static_cast<size_t>(idx)]) << nm;
+      }
+    }
+    EXPECT_EQ(n, static_cast<int64_t>(truth.size()));
+  };
+  check("train", tr);
+  check("val", va);
+}
+
+}  // namespace

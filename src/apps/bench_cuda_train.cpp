@@ -27,12 +27,14 @@ struct Args {
   int batch = 256, size = 224, warmup = 15, iters = 50, classes = 1000;
   bool selftest = false;
   bool tf32 = true;
+  bool autotune = false;
 };
 
 void usage() {
   std::fprintf(stderr,
                "usage: bench_cuda_train [--amp fp16|bf16|off] [--batch N] [--size PX] [--warmup N] [--iters N]\n"
-               "                        [--classes N] [--tf32 on|off] [--selftest]\n");
+               "                        [--classes N] [--tf32 on|off] [--autotune] [--selftest]\n"
+               "  --autotune: time every cuDNN engine per conv shape during warm-up (default: heuristics)\n");
 }
 
 int to_int(const char* flag, const char* v) {
@@ -61,6 +63,7 @@ Args parse(int argc, char** argv) {
       DDP_CHECK(v == "on" || v == "off", "bench_cuda_train: --tf32 wants on|off, got '", v, "'");
       a.tf32 = v == "on";
     } else if (f == "--selftest") a.selftest = true;
+    else if (f == "--autotune") a.autotune = true;
     else if (f == "--help" || f == "-h") {
       usage();
       std::exit(0);
@@ -145,6 +148,7 @@ int bench(const Args& a) {
   const ddp::nn::Amp amp = amp_of(a.amp);
   ddp::cuda::tracked_reset_peak();
   ddp::cuda::CudaResNet18 model(model_config(a, amp, a.batch, a.size));
+  if (a.autotune) model.set_conv_autotune(true);
   SyntheticBatch data(a.batch, a.size, a.classes);
   ddp::nn::SgdConfig sgd;
   sgd.weight_decay = 5e-5f;
@@ -180,8 +184,9 @@ int bench(const Args& a) {
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-  std::printf("device %s, amp %s, tf32 %s, batch %d, %dx%d, %d warm-up + %d timed steps\n", prop.name, a.amp.c_str(),
-              a.tf32 ? "on" : "off", a.batch, a.size, a.size, a.warmup, a.iters);
+  std::printf("device %s, amp %s, tf32 %s, conv engines %s, batch %d, %dx%d, %d warm-up + %d timed steps\n",
+              prop.name, a.amp.c_str(), a.tf32 ? "on" : "off", a.autotune ? "autotuned" : "heuristic", a.batch, a.size,
+              a.size, a.warmup, a.iters);
   std::printf("loss after timing %.4f, grads finite %d\n", loss, finite ? 1 : 0);
   if (!std::isfinite(loss) || !finite) {
     std::fprintf(stderr, "bench_cuda_train: non-finite loss or gradients after the timed steps\n");

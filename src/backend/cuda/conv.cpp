@@ -52,13 +52,18 @@ void fe_check(fe::error_t e, const char* step, Op op, const ConvShape& p) {
 struct Plan {
   std::shared_ptr<fe::graph::Graph> graph;
   int64_t workspace = 0;
+  bool tuned = false;  // autotune ran (or was declined) for this plan
 };
+
+// Autotune declines plans whose candidates need more workspace than this (some engines ask for GBs).
+constexpr int64_t kAutotuneWorkspaceCap = int64_t{1} << 30;
 
 }  // namespace
 
 struct ConvEngine::Impl {
   cudnnHandle_t handle = nullptr;
   bool allow_tf32 = true;
+  bool autotune = false;
   std::map<Key, Plan> plans;
   DeviceBuffer workspace;
 
@@ -67,15 +72,18 @@ struct ConvEngine::Impl {
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
     Plan plan = build(op, p);
-    if (plan.workspace > static_cast<int64_t>(workspace.bytes())) {
-      // The old workspace may still be in use by queued convs: drain the stream before freeing.
-      cudaStream_t s = nullptr;
-      CUDNN_CHECK(cudnnGetStream(handle, &s));
-      CUDA_CHECK(cudaStreamSynchronize(s));
-      workspace = DeviceBuffer();
-      workspace = DeviceBuffer(static_cast<size_t>(plan.workspace), "cuDNN conv workspace");
-    }
+    grow_workspace(plan.workspace);
     return plans.emplace(key, std::move(plan)).first->second;
+  }
+
+  void grow_workspace(int64_t bytes) {
+    if (bytes <= static_cast<int64_t>(workspace.bytes())) return;
+    // The old workspace may still be in use by queued convs: drain the stream before freeing.
+    cudaStream_t s = nullptr;
+    CUDNN_CHECK(cudnnGetStream(handle, &s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    workspace = DeviceBuffer();
+    workspace = DeviceBuffer(static_cast<size_t>(bytes), "cuDNN conv workspace");
   }
 
   Plan build(Op op, const ConvShape& p) {
@@ -119,7 +127,8 @@ struct ConvEngine::Impl {
       g->deselect_numeric_notes({fe::NumericalNote_t::TENSOR_CORE, fe::NumericalNote_t::DOWN_CONVERT_INPUTS});
     }
     fe_check(g->check_support(handle), "check_support (no engine supports this conv)", op, p);
-    fe_check(g->build_plans(handle, fe::BuildPlanPolicy_t::HEURISTICS_CHOICE), "build_plans", op, p);
+    fe_check(g->build_plans(handle, autotune ? fe::BuildPlanPolicy_t::ALL : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE),
+             "build_plans", op, p);
     Plan plan;
     fe_check(g->get_workspace_size(plan.workspace), "get_workspace_size", op, p);
     plan.graph = std::move(g);
@@ -130,15 +139,28 @@ struct ConvEngine::Impl {
     Plan& plan = get(op, p);
     std::unordered_map<int64_t, void*> pack{
         {kUidA, const_cast<void*>(a)}, {kUidB, const_cast<void*>(b)}, {kUidOut, out}};
+    if (autotune && !plan.tuned) {
+      // Timed search over every built plan on the real buffers (their outputs are rewritten below).
+      const int64_t need = plan.graph->get_autotune_workspace_size();
+      if (need <= kAutotuneWorkspaceCap) {
+        grow_workspace(need);
+        fe_check(plan.graph->autotune(handle, pack, workspace.get()), "autotune", op, p);
+        fe_check(plan.graph->get_workspace_size(plan.workspace), "get_workspace_size", op, p);
+        grow_workspace(plan.workspace);
+      }
+      plan.tuned = true;
+    }
     fe_check(plan.graph->execute(handle, pack, workspace.get()), "execute", op, p);
   }
 };
 
-ConvEngine::ConvEngine(cudnnHandle_t handle, bool allow_tf32) : impl_(std::make_unique<Impl>()) {
+ConvEngine::ConvEngine(cudnnHandle_t handle, bool allow_tf32, bool autotune) : impl_(std::make_unique<Impl>()) {
   DDP_CHECK(handle != nullptr, "ConvEngine: null cuDNN handle");
   impl_->handle = handle;
   impl_->allow_tf32 = allow_tf32;
+  impl_->autotune = autotune;
 }
+void ConvEngine::set_autotune(bool on) { impl_->autotune = on; }
 ConvEngine::~ConvEngine() = default;
 
 void ConvEngine::forward(const ConvShape& p, const void* x, const void* w, void* y) { impl_->run(Op::Fprop, p, x, w, y); }

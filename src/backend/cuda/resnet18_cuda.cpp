@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "ddp/backend/cuda/conv.h"
 #include "ddp/backend/cuda/linear.h"
@@ -142,7 +144,9 @@ struct CudaResNet18::Impl {
     CUBLAS_CHECK(cublasCreate(&cublas));
     CUBLAS_CHECK(cublasSetStream(cublas, stream));
     CUBLAS_CHECK(cublasSetMathMode(cublas, cfg.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
-    convs = std::make_unique<ConvEngine>(cudnn, cfg.tf32);
+    // DDP_CUDNN_AUTOTUNE=1: timed engine search per conv shape (ModelConfig has no field for it).
+    const char* at = std::getenv("DDP_CUDNN_AUTOTUNE");
+    convs = std::make_unique<ConvEngine>(cudnn, cfg.tf32, at && std::string(at) == "1");
 
     // Layer tables.
     auto add_conv = [&](const nn::ConvSpec& cs) {
@@ -500,6 +504,7 @@ void CudaResNet18::set_num_batches_tracked(int64_t n) { impl_->nbt = n; }
 bool CudaResNet18::momentum_initialised() const { return impl_->mom_init; }
 void CudaResNet18::set_momentum_initialised(bool v) { impl_->mom_init = v; }
 void* CudaResNet18::stream() const { return impl_->stream; }
+void CudaResNet18::set_conv_autotune(bool on) { impl_->convs->set_autotune(on); }
 
 void CudaResNet18::get_params_torch(float* host) const { impl_->to_torch(impl_->params.as<float>(), host); }
 void CudaResNet18::set_params_torch(const float* host) { impl_->set_params_torch(host); }

@@ -1,6 +1,8 @@
 // NHWC convolutions through cuDNN's graph API (cudnn-frontend). Each (op, shape, dtype) gets its
 // graph and execution plan built once (heuristics mode A, then the fallback list) and cached; all
-// plans share one workspace that grows to the largest need. The frontend headers stay in conv.cpp
+// plans share one workspace that grows to the largest need. With autotune, every candidate plan is
+// built and the fastest is chosen by timing them on the first call (like cudnn.benchmark); plans
+// whose candidates need more than 1 GiB of workspace keep the heuristic choice. The frontend headers stay in conv.cpp
 // (they compile slowly).
 //
 // Tensors: x is n x h x w x c, y is n x oh x ow x k, weights are KRSC (k x r x s x c), all dense in
@@ -28,7 +30,9 @@ struct ConvShape {
 class ConvEngine {
  public:
   // The handle must already be bound to the stream the convs should run on.
-  ConvEngine(cudnnHandle_t handle, bool allow_tf32);
+  ConvEngine(cudnnHandle_t handle, bool allow_tf32, bool autotune = false);
+  // Applies to plans built from now on.
+  void set_autotune(bool on);
   ~ConvEngine();
   ConvEngine(const ConvEngine&) = delete;
   ConvEngine& operator=(const ConvEngine&) = delete;

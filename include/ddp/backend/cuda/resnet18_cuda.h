@@ -66,6 +66,9 @@ class CudaResNet18 final : public nn::Model {
   // Enqueues forward (train mode, no host sync) + backward + SGD: the benchmark's step. Returns
   // nothing; the loss stays on the device.
   void train_step_async(const nn::SgdConfig& cfg, float lr, float loss_scale);
+  // Timed cuDNN engine search for conv plans built from now on (also: DDP_CUDNN_AUTOTUNE=1 in the
+  // environment when the model is constructed). Off by default: heuristics mode A.
+  void set_conv_autotune(bool on);
 
   struct Impl;
 

@@ -99,7 +99,7 @@ struct CudaResNet18::Impl {
   // Current input geometry.
   int n = 0, h = 0, w = 0, h1 = 0, w1 = 0, h2 = 0, w2 = 0;
   std::array<int, 8> bh{}, bw{}, bc{};  // block output size and channels
-  bool have_input = false, have_forward = false;
+  bool have_input = false, have_forward = false, last_train = false;
   std::vector<int32_t> labels_host;
   int32_t* labels_pinned = nullptr;  // page-locked, so the label copy is truly asynchronous
   cudaEvent_t labels_copied = nullptr;
@@ -399,6 +399,7 @@ struct CudaResNet18::Impl {
                        probs.as<float>(), row_loss.as<float>(), label_rank.as<int32_t>(), stream);
     if (train) ++nbt;
     have_forward = true;
+    last_train = train;
   }
 
   float mean_loss() {
@@ -439,7 +440,7 @@ struct CudaResNet18::Impl {
   }
 
   void backward(float loss_scale, const nn::GradReadyFn& on_ready) {
-    DDP_CHECK(have_forward, "CudaResNet18::backward without a forward");
+    DDP_CHECK(have_forward && last_train, "CudaResNet18::backward needs a forward(Mode::Train) on the current input");
     const int C = cfg.num_classes;
     softmax_ce_backward(probs.as<float>(), labels.as<int32_t>(), n, C, cfg.label_smoothing, loss_scale,
                         dlogits.as<float>(), stream);

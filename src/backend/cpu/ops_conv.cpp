@@ -335,16 +335,17 @@ thread_local Scratch t_xt;
 
 struct MaskKey {
   int h, w, r, s, stride, pad;
-  int64_t cols;
+  int64_t cols, p0;
   bool operator==(const MaskKey&) const = default;
 };
 // Per-thread cache: the masks depend only on the shape and the tile width, and a model has few of each.
 thread_local std::vector<std::pair<MaskKey, std::vector<uint16_t>>> t_mask_cache;
 
-// masks[rs * chunks + k]: lanes of columns [16k, 16k + 16) whose tap (r, s) lies inside the image.
-const uint16_t* flat_masks(const Conv2dShape& p, int64_t cols, int& chunks) {
+// masks[rs * chunks + k]: lanes of columns [16k, 16k + 16) whose tap (r, s) lies inside the image;
+// column j is output pixel (p0 + j) mod out_h * out_w.
+const uint16_t* flat_masks(const Conv2dShape& p, int64_t cols, int& chunks, int p0 = 0) {
   chunks = static_cast<int>((cols + 15) / 16);
-  const MaskKey key{p.h, p.w, p.r, p.s, p.stride, p.pad, cols};
+  const MaskKey key{p.h, p.w, p.r, p.s, p.stride, p.pad, cols, p0};
   for (const auto& [k, v] : t_mask_cache)
     if (k == key) return v.data();
   if (t_mask_cache.size() >= 64) t_mask_cache.clear();
@@ -358,7 +359,7 @@ const uint16_t* flat_masks(const Conv2dShape& p, int64_t cols, int& chunks) {
         for (int x = 0; x < pw; ++x)
           valid[y * pw + x] = y + t.dh >= 0 && y + t.dh < ph && x + t.dw >= 0 && x + t.dw < pw;
       uint16_t* mt = m.data() + static_cast<size_t>(r * p.s + s) * chunks;
-      int q = 0;
+      int q = p0 % ohw;
       for (int64_t j = 0; j < cols; ++j) {
         if (valid[q]) mt[j >> 4] |= static_cast<uint16_t>(1u << (j & 15));
         if (++q == ohw) q = 0;
@@ -397,11 +398,14 @@ DDP_AVX512 void split_phases_avx512(const Conv2dShape& p, const float* x, int g,
       }
 }
 
+// Columns [p0, p1) of one image (stride 1 only: its flat layout is the image itself), or all columns of
+// g images (p1 < 0).
 DDP_AVX512 void im2col_flat_avx512(const Conv2dShape& p, const float* x, int g, int64_t chw, float* dst,
-                                   int64_t ld) {
+                                   int64_t ld, int p0 = 0, int p1 = -1) {
   const int64_t hw = static_cast<int64_t>(p.h) * p.w;
   const int pw = p.out_w(), phases = p.stride * p.stride;
-  const int64_t cols = static_cast<int64_t>(g) * p.out_h() * pw;
+  const int64_t cols = static_cast<int64_t>(g) * p.out_h() * pw;  // run length of one channel-phase
+  const int64_t ncols = p1 >= 0 ? p1 - p0 : cols;                 // columns written
   const float* xt = x;  // channel c, phase f of the group at xt + (c * phases + f) * cols
   if (p.stride == 2) {
     float* t = t_xt.get(static_cast<size_t>(p.c) * phases * cols);
@@ -414,14 +418,14 @@ DDP_AVX512 void im2col_flat_avx512(const Conv2dShape& p, const float* x, int g, 
     xt = t;
   }
   int chunks = 0;
-  const uint16_t* masks = flat_masks(p, cols, chunks);
-  const __mmask16 tail = lanes(0, static_cast<int>(cols - 16 * (chunks - 1)));
+  const uint16_t* masks = flat_masks(p, ncols, chunks, p0);
+  const __mmask16 tail = lanes(0, static_cast<int>(ncols - 16 * (chunks - 1)));
   for (int c = 0; c < p.c; ++c)
     for (int r = 0; r < p.r; ++r)
       for (int s = 0; s < p.s; ++s) {
         const int rs = r * p.s + s;
         const Tap tp = tap(p, r, s);
-        const float* src = xt + (c * phases + tp.phase) * cols + tp.dh * pw + tp.dw;
+        const float* src = xt + (c * phases + tp.phase) * cols + p0 + tp.dh * pw + tp.dw;
         float* d = dst + static_cast<int64_t>(c * p.r * p.s + rs) * ld;
         const uint16_t* m = masks + static_cast<size_t>(rs) * chunks;
         for (int k = 0; k < chunks - 1; ++k)
@@ -485,6 +489,17 @@ DDP_AVX512 void col2im_flat_avx512(const Conv2dShape& p, const float* src, int64
   }
 }
 
+// Flat stride-2 convolutions need whole images per tile (the phase split is per image).
+bool whole_image_tiles(const Conv2dShape& p) { return g_avx512 && is_flat(p) && p.stride == 2; }
+
+// Columns [p0, p1) of one image.
+void im2col_piece_any(const Conv2dShape& p, const float* x_n, int p0, int p1, float* dst, int64_t ld) {
+  if (g_avx512 && is_flat(p) && p.stride == 1)
+    im2col_flat_avx512(p, x_n, 1, 0, dst, ld, p0, p1);
+  else
+    im2col(p, x_n, 0, p.c, p0, p1, dst, ld);
+}
+
 void im2col_images_any(const Conv2dShape& p, const float* x, int g, int64_t chw, float* dst, int64_t ld) {
   if (g_avx512 && is_flat(p))
     im2col_flat_avx512(p, x, g, chw, dst, ld);
@@ -528,7 +543,7 @@ int conv_threads(const Conv2dShape& p) {
 void conv2d_forward(const Conv2dShape& p, const float* x, const float* w, float* y) {
   check_shape("conv2d_forward", p);
   const int nt = conv_threads(p);
-  const Tiling tl = make_tiling(p, nt, false);
+  const Tiling tl = make_tiling(p, nt, whole_image_tiles(p));
   const int crs = p.c * p.r * p.s;
   const int64_t chw = static_cast<int64_t>(p.c) * p.h * p.w;
   const int64_t kohw = static_cast<int64_t>(p.k) * tl.ohw;
@@ -550,7 +565,7 @@ void conv2d_forward(const Conv2dShape& p, const float* x, const float* w, float*
       if (p1 - p0 == tl.ohw)
         im2col_images_any(p, x + n0 * chw, g, chw, col, cols);
       else
-        im2col(p, x + n0 * chw, 0, p.c, p0, p1, col, cols);
+        im2col_piece_any(p, x + n0 * chw, p0, p1, col, cols);
       b = col;
       ldb = cols;
     }
@@ -621,7 +636,7 @@ void conv2d_backward_data(const Conv2dShape& p, const float* dy, const float* w,
 void conv2d_backward_weight(const Conv2dShape& p, const float* x, const float* dy, float* dw) {
   check_shape("conv2d_backward_weight", p);
   const int nt = conv_threads(p);
-  const Tiling tl = make_tiling(p, nt, false);
+  const Tiling tl = make_tiling(p, nt, whole_image_tiles(p));
   const int crs = p.c * p.r * p.s;
   const int64_t kcrs = static_cast<int64_t>(p.k) * crs;
   const int64_t chw = static_cast<int64_t>(p.c) * p.h * p.w;
@@ -665,7 +680,7 @@ void conv2d_backward_weight(const Conv2dShape& p, const float* x, const float* d
         if (p1 - p0 == tl.ohw)
           im2col_images_any(p, x + n0 * chw, g, chw, col, cols);
         else
-          im2col(p, x + n0 * chw, 0, p.c, p0, p1, col, cols);
+          im2col_piece_any(p, x + n0 * chw, p0, p1, col, cols);
         b = col;
         ldb = cols;
       }

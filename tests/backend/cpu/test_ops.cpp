@@ -63,6 +63,7 @@ const std::vector<Conv2dShape> kConvShapes = {
     // Even sizes with stride 2 take the phase-plane path.
     {3, 5, 10, 8, 6, 3, 3, 2, 1},   {3, 6, 8, 12, 4, 1, 1, 2, 0},    {2, 3, 20, 18, 4, 7, 7, 2, 3},
     {5, 16, 2, 2, 8, 3, 3, 2, 1},   {4, 8, 2, 4, 5, 1, 1, 2, 0},     {2, 4, 40, 36, 3, 3, 3, 2, 1},
+    {1, 64, 80, 72, 4, 3, 3, 2, 1},  // stride 2, one whole large image per tile
 };
 
 class ConvTest : public ::testing::TestWithParam<Conv2dShape> {};

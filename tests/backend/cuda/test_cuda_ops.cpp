@@ -4,8 +4,11 @@
 //
 // Tolerances (|got - ref| <= atol + rtol*|ref|, atol = a * rms(ref)):
 //   fp32, TF32 off: rtol 1e-5, a 1e-5 (BN backward dx: a 1e-4, its terms cancel)
-//   TF32 convs:     rtol 3e-4, a 3e-3 (10-bit mantissa inputs; error ~7e-4 * rms per output, 4 sigma)
-//   fp16 / bf16:    rtol 1e-2, a 1e-2 (output rounding 2^-11 / 2^-9 on fp32 accumulation)
+//   TF32 convs:     rtol 2e-3, a 5e-3 (10-bit mantissa inputs, possibly truncated: a systematic
+//                   ~1e-3 relative shrink plus a random ~8e-4 * rms per output, 4.5 sigma over 50k outputs)
+//   fp16:           rtol 1e-2, a 1e-2 (output rounding 2^-11 on fp32 accumulation; reduced-precision
+//                   split-K reductions, which cuDNN may pick as PyTorch allows, stay well inside)
+//   bf16:           rtol 2e-2, a 2e-2 (8-bit mantissa: output rounding 2^-9, plus split-K partials)
 #include <cublas_v2.h>
 #include <cudnn.h>
 #include <gtest/gtest.h>
@@ -25,7 +28,9 @@ namespace {
 struct Tol {
   double rtol, a;
 };
-Tol tol_for(DType dt) { return dt == DType::F32 ? Tol{1e-5, 1e-5} : Tol{1e-2, 1e-2}; }
+Tol tol_for(DType dt) {
+  return dt == DType::F32 ? Tol{1e-5, 1e-5} : dt == DType::F16 ? Tol{1e-2, 1e-2} : Tol{2e-2, 2e-2};
+}
 
 class CudaOps : public ::testing::TestWithParam<DType> {
  protected:
@@ -104,11 +109,15 @@ void run_conv_case(const ConvCase& cc, DType dt, bool tf32, Tol tol, cudaStream_
 }
 
 TEST_P(CudaOps, ConvAllShapeClasses) {
-  for (const auto& cc : kConvCases) run_conv_case(cc, GetParam(), false, tol_for(GetParam()), stream_);
+  Tol tol = tol_for(GetParam());
+  // Strict fp32 may still pick Winograd or FFT engines (PyTorch allows them too): their transforms
+  // cost a few 1e-6 of the output scale, hence atol 3e-5 * rms for fp32 convs.
+  if (GetParam() == DType::F32) tol.a = 3e-5;
+  for (const auto& cc : kConvCases) run_conv_case(cc, GetParam(), false, tol, stream_);
 }
 
 TEST_F(CudaOps, ConvTf32) {
-  for (const auto& cc : kConvCases) run_conv_case(cc, DType::F32, true, Tol{3e-4, 3e-3}, stream_);
+  for (const auto& cc : kConvCases) run_conv_case(cc, DType::F32, true, Tol{2e-3, 5e-3}, stream_);
 }
 
 // ---- batch norm ---------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 // uint8 input path, eval mode, gradient-ready reports and overflow detection.
 //
 // Tolerances (stated per comparison below):
-//   fp32 with TF32 off: element-wise rtol 1e-4, atol 1e-4 * rms(tensor) — 20 layers of fp32 rounding
-//     differences (different summation orders), amplified by batch norm over small batches.
+//   fp32 with TF32 off: element-wise rtol 3e-4, atol 3e-4 * rms(tensor), and norm-wise 1e-4 — 20
+//     layers of fp32 rounding differences (summation orders, Winograd/FFT engines ~1e-5 each),
+//     amplified by batch norm over small batches.
 //   fp16 / bf16: norm-wise ||got - ref|| <= tol * ||ref||: logits 2e-2 / 5e-2, gradients 5e-2 / 1e-1
 //     (activation rounding of 2^-11 / 2^-8 at each of ~20 layers).
 #include <gtest/gtest.h>
@@ -72,14 +73,20 @@ void compare_grads(const nn::Model& cpu, const nn::Model& gpu, Amp amp, float gp
   gpu.get_grads_torch(gg.data());
   for (auto& v : gg) v /= gpu_scale;
   for (const auto& pi : spec.params) {
-    if (amp == Amp::Off) expect_close("grad " + pi.name, slice(gg, pi), slice(gc, pi), 1e-4, 1e-4);
-    else expect_rel_norm("grad " + pi.name, slice(gg, pi), slice(gc, pi), amp == Amp::F16 ? 5e-2 : 1e-1);
+    if (amp == Amp::Off) {
+      expect_close("grad " + pi.name, slice(gg, pi), slice(gc, pi), 3e-4, 3e-4);
+      expect_rel_norm("grad " + pi.name, slice(gg, pi), slice(gc, pi), 1e-4);
+    } else expect_rel_norm("grad " + pi.name, slice(gg, pi), slice(gc, pi), amp == Amp::F16 ? 5e-2 : 1e-1);
   }
 }
 
 void compare_logits(const std::vector<float>& got, const std::vector<float>& ref, Amp amp, const char* what) {
-  if (amp == Amp::Off) expect_close(what, got, ref, 1e-4, 1e-4);
-  else expect_rel_norm(what, got, ref, amp == Amp::F16 ? 2e-2 : 5e-2);
+  if (amp == Amp::Off) {
+    expect_close(what, got, ref, 3e-4, 3e-4);
+    expect_rel_norm(what, got, ref, 1e-4);
+  } else {
+    expect_rel_norm(what, got, ref, amp == Amp::F16 ? 2e-2 : 5e-2);
+  }
 }
 
 class CudaModel : public ::testing::TestWithParam<Amp> {
@@ -105,7 +112,7 @@ TEST_P(CudaModel, ForwardBackwardMatchesCpu) {
     std::vector<float> bc(p.cpu->spec().buffer_count), bg(bc.size());
     p.cpu->get_buffers(bc.data());
     p.gpu->get_buffers(bg.data());
-    if (amp == Amp::Off) expect_close("running stats", bg, bc, 1e-4, 1e-4);
+    if (amp == Amp::Off) expect_close("running stats", bg, bc, 3e-4, 3e-4);
     else expect_rel_norm("running stats", bg, bc, amp == Amp::F16 ? 1e-2 : 3e-2);
     EXPECT_EQ(p.gpu->num_batches_tracked(), p.cpu->num_batches_tracked());
 
@@ -198,10 +205,10 @@ TEST_F(CudaModelF32, SgdStepsMatchCpu) {
   std::vector<float> a(p.cpu->spec().param_count), g(a.size());
   p.cpu->get_params_torch(a.data());
   p.gpu->get_params_torch(g.data());
-  for (const auto& pi : p.cpu->spec().params) expect_close("param " + pi.name, slice(g, pi), slice(a, pi), 1e-4, 1e-4);
+  for (const auto& pi : p.cpu->spec().params) expect_close("param " + pi.name, slice(g, pi), slice(a, pi), 3e-4, 3e-4);
   p.cpu->get_momentum_torch(a.data());
   p.gpu->get_momentum_torch(g.data());
-  for (const auto& pi : p.cpu->spec().params) expect_close("momentum " + pi.name, slice(g, pi), slice(a, pi), 1e-4, 1e-4);
+  for (const auto& pi : p.cpu->spec().params) expect_close("momentum " + pi.name, slice(g, pi), slice(a, pi), 3e-4, 3e-4);
 }
 
 TEST_F(CudaModelF32, Uint8InputDeviceAndPinnedMatchCpu) {
@@ -218,7 +225,7 @@ TEST_F(CudaModelF32, Uint8InputDeviceAndPinnedMatchCpu) {
   CUDA_CHECK(cudaMemcpy(d_img.get(), img.data(), img.size(), cudaMemcpyHostToDevice));
   p.gpu->set_input_u8(d_img.as<uint8_t>(), lab.data(), n, h, w);
   p.gpu->forward(nn::Mode::Eval);
-  expect_close("logits (device uint8 input)", p.gpu->logits_host(), ref, 1e-4, 1e-4);
+  expect_close("logits (device uint8 input)", p.gpu->logits_host(), ref, 3e-4, 3e-4);
   uint8_t* pinned = nullptr;
   CUDA_CHECK(cudaMallocHost(&pinned, img.size()));
   std::memcpy(pinned, img.data(), img.size());
@@ -226,7 +233,7 @@ TEST_F(CudaModelF32, Uint8InputDeviceAndPinnedMatchCpu) {
   std::memset(pinned, 0, img.size());  // the model must have its own copy by now
   p.gpu->forward(nn::Mode::Eval);
   CUDA_CHECK(cudaFreeHost(pinned));
-  expect_close("logits (pinned host uint8 input)", p.gpu->logits_host(), ref, 1e-4, 1e-4);
+  expect_close("logits (pinned host uint8 input)", p.gpu->logits_host(), ref, 3e-4, 3e-4);
 }
 
 TEST_F(CudaModelF32, GradReadyReportsFinalTails) {

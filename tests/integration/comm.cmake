@@ -9,8 +9,10 @@ add_test(NAME comm_kill_rank COMMAND ${_comm_int}/kill_rank.sh ${_worker} ${MPIE
 add_test(NAME comm_stuck_rank COMMAND ${_comm_int}/kill_rank.sh ${_worker} ${MPIEXEC_EXECUTABLE} stop 10)
 add_test(NAME comm_two_hosts_kill_rank COMMAND ${_comm_int}/kill_rank.sh ${_worker} ${MPIEXEC_EXECUTABLE} kill 10 two-hosts)
 add_test(NAME comm_two_hosts_stuck_rank COMMAND ${_comm_int}/kill_rank.sh ${_worker} ${MPIEXEC_EXECUTABLE} stop 10 two-hosts)
+# The link between the two hosts goes down: nobody dies, nobody can talk; the timeout ends every rank.
+add_test(NAME comm_two_hosts_partition COMMAND ${_comm_int}/kill_rank.sh ${_worker} ${MPIEXEC_EXECUTABLE} partition 10 two-hosts)
 # The same with inline MPI progress (the path taken when MPI_THREAD_MULTIPLE is not granted).
 add_test(NAME comm_stuck_rank_inline COMMAND ${_comm_int}/kill_rank.sh ${_worker} ${MPIEXEC_EXECUTABLE} stop 10)
 set_tests_properties(comm_stuck_rank_inline PROPERTIES ENVIRONMENT DDP_MPI_PROGRESS_THREAD=0)
 set_tests_properties(comm_two_hosts comm_kill_rank comm_stuck_rank comm_two_hosts_kill_rank comm_two_hosts_stuck_rank
-  comm_stuck_rank_inline PROPERTIES LABELS "comm;integration" SKIP_RETURN_CODE 77 TIMEOUT 180)
+  comm_stuck_rank_inline comm_two_hosts_partition PROPERTIES LABELS "comm;integration" SKIP_RETURN_CODE 77 TIMEOUT 180)

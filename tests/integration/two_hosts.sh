@@ -33,7 +33,9 @@ if1=dva$tag if2=dvb$tag
 a1=198.18.0.1 a2=198.18.0.2 net=198.18.0.0/24
 work=$(mktemp -d /tmp/ddp_two_hosts.XXXXXX)
 
+mpid=""
 cleanup() {
+  [ -n "$mpid" ] && kill -9 "$mpid" 2>/dev/null
   ip netns pids "$ns1" 2>/dev/null | xargs -r kill -9 2>/dev/null
   ip netns pids "$ns2" 2>/dev/null | xargs -r kill -9 2>/dev/null
   ip netns del "$ns1" 2>/dev/null
@@ -80,10 +82,17 @@ AGENT
 chmod +x "$work/agent"
 printf '%s slots=%s\n%s slots=%s\n' "$a1" "$per_host" "$a2" "$per_host" > "$work/hosts"
 
+# TWO_HOSTS_INFO=FILE: tell a test which namespaces and links were made (fault injection).
+[ -n "${TWO_HOSTS_INFO:-}" ] && printf 'ns1=%s\nns2=%s\nif1=%s\nif2=%s\n' "$ns1" "$ns2" "$if1" "$if2" > "$TWO_HOSTS_INFO"
 np=$((2 * per_host))
 echo "two_hosts: $np ranks on $a1 ($ns1) and $a2 ($ns2)${rate:+, link limited to $rate}" >&2
+# In the background, so that a TERM from a test harness runs the cleanup trap at once instead of
+# after mpirun (which may hang when a host became unreachable).
 ip netns exec "$ns1" "$mpiexec" --allow-run-as-root --oversubscribe --bind-to none -np "$np" --hostfile "$work/hosts" \
   --mca plm_rsh_agent "$work/agent" --mca btl tcp,self --mca btl_tcp_if_include "$net" \
-  --mca oob_tcp_if_include "$net" "$@"
+  --mca oob_tcp_if_include "$net" "$@" &
+mpid=$!
+wait $mpid
 rc=$?
+mpid=""
 exit $rc

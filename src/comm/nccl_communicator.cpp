@@ -77,7 +77,14 @@ class NcclCommunicator final : public Communicator {
 
   void allreduce_avg_async(float* data, size_t count, void* ready) override {
     if (count == 0) return;
-    if (ready) CUDA_CHECK(cudaStreamWaitEvent(stream_, static_cast<cudaEvent_t>(ready), 0));
+    if (ready) {
+      CUDA_CHECK(cudaStreamWaitEvent(stream_, static_cast<cudaEvent_t>(ready), 0));
+    } else {
+      // No event: the caller promises nothing about which stream wrote `data` (average_buffers,
+      // tools), so wait for all work queued on the device. Never taken per bucket in training,
+      // where the model records an event for every readiness report.
+      CUDA_CHECK(cudaDeviceSynchronize());
+    }
     ncclResult_t r = ncclAllReduce(data, data, count, ncclFloat, ncclAvg, comm_, stream_);
     after_call(r, "the gradient allreduce");
   }

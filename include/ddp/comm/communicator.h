@@ -28,8 +28,10 @@ class Communicator {
   virtual int size() const = 0;
 
   // Enqueues an average-allreduce of `count` fp32 values in place (device pointer for NCCL).
-  // `ready` is a cudaEvent_t the communication stream waits on before reading `data` (nullptr on
-  // the CPU, where the data must be final when this is called). Returns at once.
+  // `ready` is a cudaEvent_t the communication stream waits on before reading `data`. nullptr: on
+  // the CPU the data must be final when this is called; on the GPU (NCCL) the call first waits for
+  // all work queued on the device (a host synchronisation; fine for BN buffers, not per bucket).
+  // Returns at once otherwise.
   virtual void allreduce_avg_async(float* data, size_t count, void* ready) = 0;
   // Completes every enqueued allreduce. NCCL: makes `compute_stream` (cudaStream_t, nullptr = the
   // legacy default stream) wait on them and returns once the host may launch the optimizer. MPI:

@@ -10,6 +10,7 @@
 #include "ddp/comm/bucketer.h"
 #include "ddp/comm/communicator.h"
 #include "ddp/comm/dist.h"
+#include "ddp/comm/replica_guard.h"
 #include "ddp/core/check.h"
 #include "ddp/core/tensor.h"
 
@@ -87,6 +88,13 @@ TEST(CommNccl, OneRankAllreduceBroadcastAndBuckets) {
     b.finish(compute);
   }
   CUDA_CHECK(cudaStreamSynchronize(compute));
+  CUDA_CHECK(cudaMemcpy(back.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));
+  EXPECT_EQ(back, host);
+
+  // No event: the communicator waits for the device first (the copy below is on another stream).
+  CUDA_CHECK(cudaMemsetAsync(dev, 0, n * sizeof(float), compute));
+  CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), n * sizeof(float), cudaMemcpyHostToDevice, compute));
+  ddp::comm::average_buffers(*c, dev, static_cast<int64_t>(n));
   CUDA_CHECK(cudaMemcpy(back.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));
   EXPECT_EQ(back, host);
 

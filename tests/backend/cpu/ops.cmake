@@ -8,3 +8,7 @@ target_compile_definitions(test_cpu_ops PRIVATE DDP_TORCH_OPS_REF="${CMAKE_CURRE
 # Not a test: times the convolutions on ResNet18's shapes (tools/bench/cpu_ops.py drives it).
 add_executable(ddp_cpu_ops_bench ${PROJECT_SOURCE_DIR}/tools/bench/cpu_ops_bench.cpp)
 target_link_libraries(ddp_cpu_ops_bench PRIVATE ddp_cpu_ops)
+# Not a test: OpenBLAS threads vs OpenMP-split single-threaded BLAS (docs/perf/cpuops.md).
+add_executable(ddp_cpu_ops_gemm_threads ${PROJECT_SOURCE_DIR}/tools/bench/cpu_ops_gemm_threads.cpp)
+target_link_libraries(ddp_cpu_ops_gemm_threads PRIVATE ddp_cpu_ops)
+target_include_directories(ddp_cpu_ops_gemm_threads PRIVATE ${OPENBLAS_INCLUDE_DIR})

@@ -357,6 +357,18 @@ class MpiCommunicator final : public Communicator {
 
 }  // namespace
 
+namespace {
+// What Open MPI was told to use (mpirun --mca ... reaches the ranks as OMPI_MCA_* variables).
+std::string mpi_network() {
+  std::string out;
+  for (const char* k : {"btl", "btl_tcp_if_include", "btl_tcp_if_exclude", "pml"}) {
+    const char* v = std::getenv((std::string("OMPI_MCA_") + k).c_str());
+    if (v) out += str(out.empty() ? "" : ", ", k, "=", v);
+  }
+  return out.empty() ? std::string("Open MPI's choice (set --mca btl_tcp_if_include to pin it)") : out;
+}
+}  // namespace
+
 namespace detail {
 std::unique_ptr<Communicator> make_mpi_communicator_quiet(const DistEnv& env, const CommOptions& opt) {
   return std::make_unique<MpiCommunicator>(env, opt);
@@ -374,7 +386,7 @@ std::unique_ptr<Communicator> make_mpi_communicator(const DistEnv& env, const Co
         : !env.thread_multiple             ? "inline progress, MPI_THREAD_MULTIPLE not granted"
         : thread_allowed                   ? "progress thread"
                                            : "inline progress, DDP_MPI_PROGRESS_THREAD=0",
-        "); timeout ", opt.timeout_s, " s");
+        "); network: ", mpi_network(), "; timeout ", opt.timeout_s, " s");
   return c;
 }
 

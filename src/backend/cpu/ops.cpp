@@ -271,8 +271,11 @@ namespace {
 // aliasing they allow defeats the vectoriser), so AVX-512 CPUs get explicit kernels.
 #define DDP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
+// DDP_CPU_NO_AVX512=1 forces the portable loops (the tests run both ways).
 bool cpu_has_avx512() {
   __builtin_cpu_init();
+  const char* off = std::getenv("DDP_CPU_NO_AVX512");
+  if (off != nullptr && *off != '\0' && std::string(off) != "0") return false;
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }

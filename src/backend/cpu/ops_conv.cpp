@@ -9,8 +9,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "ddp/backend/cpu/ops.h"
@@ -303,9 +305,11 @@ DDP_AVX512 void col2im_images_avx512(const Conv2dShape& p, const float* src, int
       }
 }
 
+// DDP_CPU_NO_AVX512=1 forces the portable loops (the tests run both ways).
 bool cpu_init() {
   __builtin_cpu_init();  // needed before __builtin_cpu_supports during static initialisation
-  return true;
+  const char* off = std::getenv("DDP_CPU_NO_AVX512");
+  return off == nullptr || *off == '\0' || std::string(off) == "0";
 }
 const bool g_avx512 = cpu_init() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&

@@ -4,6 +4,10 @@ ddp_add_gtest(test_cpu_ops
   LIBS ddp_cpu_ops
   LABELS cpu)
 target_compile_definitions(test_cpu_ops PRIVATE DDP_TORCH_OPS_REF="${CMAKE_CURRENT_LIST_DIR}/torch_ops_ref.py")
+# The same op checks with the AVX-512 kernels switched off, so the portable loops (CPUs without
+# AVX-512) are tested on every machine.
+add_test(NAME test_cpu_ops_portable COMMAND test_cpu_ops --gtest_filter=-TorchRef.*)
+set_tests_properties(test_cpu_ops_portable PROPERTIES ENVIRONMENT DDP_CPU_NO_AVX512=1 LABELS cpu TIMEOUT 600)
 
 # Not a test: times the convolutions on ResNet18's shapes (tools/bench/cpu_ops.py drives it).
 add_executable(ddp_cpu_ops_bench ${PROJECT_SOURCE_DIR}/tools/bench/cpu_ops_bench.cpp)

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "mpi_run.h"
 
@@ -36,6 +37,7 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& ref, 
 class CommDdp : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = temp_dir("ddp"); }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
   std::string dir_;
 };
 

@@ -236,8 +236,8 @@ namespace {
 // input index and normalised weights. Support grows with the shrink factor (antialiasing).
 struct Coeffs {
   int taps = 0;
-  std::vector<int> first;
-  std::vector<float> w;  // out x taps
+  std::vector<int> first, count;  // per output: first input index, number of non-zero taps
+  std::vector<float> w;           // out x taps
 };
 
 Coeffs coeffs(int in_size, float in0, float in1, int out_size) {
@@ -247,6 +247,7 @@ Coeffs coeffs(int in_size, float in0, float in1, int out_size) {
   const double support = 1.0 * filterscale;
   c.taps = static_cast<int>(std::ceil(support)) * 2 + 1;
   c.first.resize(static_cast<size_t>(out_size));
+  c.count.resize(static_cast<size_t>(out_size));
   c.w.assign(static_cast<size_t>(out_size) * c.taps, 0.0f);
   const double ss = 1.0 / filterscale;
   for (int xx = 0; xx < out_size; ++xx) {
@@ -271,14 +272,11 @@ Coeffs coeffs(int in_size, float in0, float in1, int out_size) {
       for (int x = 0; x < xmax; ++x) w[x] = static_cast<float>(w[x] / total);
     }
     c.first[static_cast<size_t>(xx)] = xmin;
+    c.count[static_cast<size_t>(xx)] = xmax;
   }
   return c;
 }
 
-inline uint8_t clip8(float v) {
-  int i = static_cast<int>(v + 0.5f);
-  return static_cast<uint8_t>(i < 0 ? 0 : (i > 255 ? 255 : i));
-}
 }  // namespace
 
 void resample(const uint8_t* src, int sw, int sh, Box box, uint8_t* dst, int dw, int dh, bool flip) {
@@ -302,51 +300,65 @@ void resample(const uint8_t* src, int sw, int sh, Box box, uint8_t* dst, int dw,
   }
   Coeffs cx = coeffs(sw, box.x, box.x + box.w, dw);
   Coeffs cy = coeffs(sh, box.y, box.y + box.h, dh);
+  // Fixed point as PIL does for 8-bit images: weights scaled by 2^14, the horizontal pass rounded to
+  // uint8, then the vertical pass (which vectorises over whole rows).
+  constexpr int kBits = 14;
+  constexpr int32_t kHalf = 1 << (kBits - 1);
+  auto quantise = [](const Coeffs& c) {
+    std::vector<int32_t> q(c.w.size());
+    for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<int32_t>(std::lround(c.w[i] * (1 << kBits)));
+    return q;
+  };
+  const std::vector<int32_t> wx = quantise(cx), wy = quantise(cy);
+  auto clip = [](int32_t v) -> uint8_t { return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v)); };
   // Rows of the source the vertical pass touches.
   int ylo = sh, yhi = 0;
   for (int y = 0; y < dh; ++y) {
     ylo = std::min(ylo, cy.first[static_cast<size_t>(y)]);
-    yhi = std::max(yhi, std::min(cy.first[static_cast<size_t>(y)] + cy.taps, sh));
+    yhi = std::max(yhi, cy.first[static_cast<size_t>(y)] + cy.count[static_cast<size_t>(y)]);
   }
   const int rows = yhi - ylo;
-  std::vector<float> tmp(static_cast<size_t>(rows) * dw * 3);
+  const int m = dw * 3;
+  // Scratch reused across calls of a thread (the loader's workers call this per image).
+  thread_local std::vector<uint8_t> tmp;
+  thread_local std::vector<int32_t> acc;
+  tmp.resize(static_cast<size_t>(rows) * m);
   for (int r = 0; r < rows; ++r) {
-    const uint8_t* s = src + static_cast<size_t>(ylo + r) * sw * 3;
-    float* t = tmp.data() + static_cast<size_t>(r) * dw * 3;
+    const uint8_t* srow = src + static_cast<size_t>(ylo + r) * sw * 3;
+    uint8_t* t = tmp.data() + static_cast<size_t>(r) * m;
     for (int x = 0; x < dw; ++x) {
-      const int f = cx.first[static_cast<size_t>(x)];
-      const int n = std::min(cx.taps, sw - f);
-      const float* w = &cx.w[static_cast<size_t>(x) * cx.taps];
-      float a0 = 0, a1 = 0, a2 = 0;
-      const uint8_t* p = s + static_cast<size_t>(f) * 3;
-      for (int k = 0; k < n; ++k, p += 3) {
-        a0 += w[k] * p[0];
-        a1 += w[k] * p[1];
-        a2 += w[k] * p[2];
+      const int n = cx.count[static_cast<size_t>(x)];
+      const int32_t* w = &wx[static_cast<size_t>(x) * cx.taps];
+      const uint8_t* px = srow + static_cast<size_t>(cx.first[static_cast<size_t>(x)]) * 3;
+      int32_t a0 = kHalf, a1 = kHalf, a2 = kHalf;
+      for (int k = 0; k < n; ++k, px += 3) {
+        a0 += w[k] * px[0];
+        a1 += w[k] * px[1];
+        a2 += w[k] * px[2];
       }
-      t[x * 3 + 0] = a0;
-      t[x * 3 + 1] = a1;
-      t[x * 3 + 2] = a2;
+      t[x * 3 + 0] = clip(a0 >> kBits);
+      t[x * 3 + 1] = clip(a1 >> kBits);
+      t[x * 3 + 2] = clip(a2 >> kBits);
     }
   }
-  std::vector<float> acc(static_cast<size_t>(dw) * 3);
+  acc.resize(static_cast<size_t>(m));
   for (int y = 0; y < dh; ++y) {
     const int f = cy.first[static_cast<size_t>(y)];
-    const int n = std::min(cy.taps, sh - f);
-    const float* w = &cy.w[static_cast<size_t>(y) * cy.taps];
-    std::fill(acc.begin(), acc.end(), 0.0f);
+    const int n = cy.count[static_cast<size_t>(y)];
+    const int32_t* w = &wy[static_cast<size_t>(y) * cy.taps];
+    int32_t* a = acc.data();
+    for (int i = 0; i < m; ++i) a[i] = kHalf;
     for (int k = 0; k < n; ++k) {
-      if (w[k] == 0.0f) continue;
-      const float* t = tmp.data() + static_cast<size_t>(f + k - ylo) * dw * 3;
-      const float wk = w[k];
-      for (int i = 0; i < dw * 3; ++i) acc[static_cast<size_t>(i)] += wk * t[i];
+      const uint8_t* t = tmp.data() + static_cast<size_t>(f + k - ylo) * m;
+      const int32_t wk = w[k];
+      for (int i = 0; i < m; ++i) a[i] += wk * t[i];
     }
-    uint8_t* d = dst + static_cast<size_t>(y) * dw * 3;
+    uint8_t* d = dst + static_cast<size_t>(y) * m;
     if (!flip) {
-      for (int i = 0; i < dw * 3; ++i) d[i] = clip8(acc[static_cast<size_t>(i)]);
+      for (int i = 0; i < m; ++i) d[i] = clip(a[i] >> kBits);
     } else {
       for (int x = 0; x < dw; ++x)
-        for (int c = 0; c < 3; ++c) d[(dw - 1 - x) * 3 + c] = clip8(acc[static_cast<size_t>(x) * 3 + c]);
+        for (int c = 0; c < 3; ++c) d[(dw - 1 - x) * 3 + c] = clip(a[x * 3 + c] >> kBits);
     }
   }
 }

@@ -1,0 +1,66 @@
+// loader_bench: images/s of ddp::data::Loader over a shard directory (training transform by default).
+// Driven by tools/bench/loader_vs_torchvision.sh; the first epoch warms up and is not counted.
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include <boost/program_options.hpp>
+
+#include "ddp/data/loader.h"
+
+namespace po = boost::program_options;
+
+int main(int argc, char** argv) {
+  std::string dir, split = "train";
+  int workers = 0, batch = 64, epochs = 3, size = 224;
+  bool eval = false;
+  po::options_description d("loader_bench: Loader throughput\noptions");
+  d.add_options()("help,h", "show this help")("shards", po::value(&dir)->required(), "shard directory")(
+      "split", po::value(&split)->default_value(split), "split")(
+      "workers", po::value(&workers)->default_value(0), "decode threads (0: all cores)")(
+      "batch", po::value(&batch)->default_value(batch), "batch size")(
+      "epochs", po::value(&epochs)->default_value(epochs), "timed epochs (after one warm-up epoch)")(
+      "size", po::value(&size)->default_value(size), "output resolution")("eval", po::bool_switch(&eval),
+                                                                          "evaluation transform");
+  try {
+    po::variables_map vm;
+    po::store(po::parse_command_line(argc, argv, d), vm);
+    if (vm.count("help")) {
+      std::cout << d << "\n";
+      return 0;
+    }
+    po::notify(vm);
+    ddp::data::LoaderConfig c;
+    c.shards = ddp::data::find_shards(dir, split);
+    c.batch_size = batch;
+    c.height = c.width = size;
+    c.train = !eval;
+    c.workers = workers;
+    ddp::data::Loader ld(c);
+    int64_t images = 0;
+    double secs = 0;
+    uint64_t checksum = 0;
+    for (int e = 0; e <= epochs; ++e) {
+      auto t0 = std::chrono::steady_clock::now();
+      ld.start_epoch(e, ld.local_batches());
+      ddp::data::Batch b;
+      int64_t n = 0;
+      while (ld.next(b)) {
+        n += b.n;
+        checksum += b.images[0];
+      }
+      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (e > 0) {
+        images += n;
+        secs += s;
+      }
+    }
+    std::printf("loader_bench: %lld images in %.2f s: %.1f img/s (%d workers, batch %d, %dx%d, %s) [%llu]\n",
+                static_cast<long long>(images), secs, images / secs, workers, batch, size, size,
+                eval ? "eval" : "train", static_cast<unsigned long long>(checksum % 10));
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "loader_bench: error: " << e.what() << "\n";
+    return 1;
+  }
+}

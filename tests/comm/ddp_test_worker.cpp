@@ -383,54 +383,53 @@ int run(const Args& a, const comm::DistEnv& env) {
   auto cb = [&](const nn::GradReady& r) { bucketer.on_ready(r); };
 
   if (a.bench_overlap > 0) {
-    // Step time with communication on and off, and the full-buffer allreduce alone.
-    auto time_steps = [&](bool comm_on, size_t bucket_bytes, int iters) {
-      comm::GradBucketer b(*c, m->grads(), m->param_count(), bucket_bytes);
-      b.enabled = comm_on;
+    // Step time with communication off, overlapped, and as one bucket after backward, plus the
+    // whole-gradient allreduce alone. The four are interleaved iteration by iteration so that load
+    // drifting on a shared machine hits them alike; medians of the slowest rank.
+    comm::GradBucketer b_off(*c, m->grads(), m->param_count(), a.bucket_bytes);
+    comm::GradBucketer b_on(*c, m->grads(), m->param_count(), a.bucket_bytes);
+    comm::GradBucketer b_end(*c, m->grads(), m->param_count(), size_t(m->param_count()) * 4);
+    b_off.enabled = false;
+    auto step_time = [&](comm::GradBucketer& b, int it) {
       auto bcb = [&](const nn::GradReady& r) { b.on_ready(r); };
-      std::vector<double> t;
-      for (int it = 0; it < iters + 1; ++it) {
-        c->barrier();
-        auto t0 = std::chrono::steady_clock::now();
-        m->set_batch(batch_samples(it, a.global_batch, R, me));
-        m->forward_train();
-        b.begin_step();
-        m->backward(bcb);
-        b.finish();
-        m->sgd(0.0f);
-        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (it > 0) t.push_back(dt);  // first iteration warms up
-      }
-      std::sort(t.begin(), t.end());
-      double med = t[t.size() / 2];
-      c->allreduce_max(&med, 1);
-      return med;
+      c->barrier();
+      auto t0 = std::chrono::steady_clock::now();
+      m->set_batch(batch_samples(it, a.global_batch, R, me));
+      m->forward_train();
+      b.begin_step();
+      m->backward(bcb);
+      b.finish();
+      m->sgd(0.0f);
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     };
-    auto time_allreduce = [&](int iters) {
-      std::vector<double> t;
-      for (int it = 0; it < iters + 1; ++it) {
-        c->barrier();
-        auto t0 = std::chrono::steady_clock::now();
-        c->allreduce_avg_async(m->grads(), m->param_count(), nullptr);
-        c->wait_all();
-        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (it > 0) t.push_back(dt);
-      }
-      std::sort(t.begin(), t.end());
-      double med = t[t.size() / 2];
-      c->allreduce_max(&med, 1);
-      return med;
+    auto allreduce_time = [&]() {
+      c->barrier();
+      auto t0 = std::chrono::steady_clock::now();
+      c->allreduce_avg_async(m->grads(), m->param_count(), nullptr);
+      c->wait_all();
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     };
-    const int it = a.bench_overlap;
-    double t_off = time_steps(false, a.bucket_bytes, it);
-    double t_on = time_steps(true, a.bucket_bytes, it);
-    double t_end = time_steps(true, size_t(m->param_count()) * 4, it);  // one bucket after backward
-    double t_ar = time_allreduce(it);
-    double hidden = t_ar > 0 ? std::clamp(1.0 - (t_on - t_off) / t_ar, 0.0, 1.0) : 0.0;
+    std::vector<double> t_off, t_on, t_end, t_ar;
+    for (int it = 0; it <= a.bench_overlap; ++it) {
+      double x0 = step_time(b_off, it), x1 = step_time(b_on, it), x2 = step_time(b_end, it), x3 = allreduce_time();
+      if (it == 0) continue;  // warm-up
+      t_off.push_back(x0);
+      t_on.push_back(x1);
+      t_end.push_back(x2);
+      t_ar.push_back(x3);
+    }
+    auto med = [&](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      double x = v[v.size() / 2];
+      c->allreduce_max(&x, 1);
+      return x;
+    };
+    const double off = med(t_off), on = med(t_on), end1 = med(t_end), ar = med(t_ar);
+    const double hidden = ar > 0 ? std::clamp(1.0 - (on - off) / ar, 0.0, 1.0) : 0.0;
     info0("overlap ranks=", R, " model=", a.model, " params=", m->param_count(), " bucket_bytes=", a.bucket_bytes,
-          " buckets=", bucketer.num_buckets(), " step_ms_comm_off=", t_off * 1e3, " step_ms_overlapped=", t_on * 1e3,
-          " step_ms_one_bucket_after_backward=", t_end * 1e3, " allreduce_ms=", t_ar * 1e3,
-          " hidden_share=", hidden);
+          " buckets=", b_on.num_buckets(), " iters=", a.bench_overlap, " step_ms_comm_off=", off * 1e3,
+          " step_ms_overlapped=", on * 1e3, " step_ms_one_bucket_after_backward=", end1 * 1e3,
+          " allreduce_ms=", ar * 1e3, " hidden_share=", hidden);
     return 0;
   }
 

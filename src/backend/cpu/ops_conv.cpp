@@ -439,7 +439,8 @@ DDP_AVX512 void im2col_flat_avx512(const Conv2dShape& p, const float* x, int g, 
       }
 }
 
-// dx (channels [c0, c1) of g images, already zeroed) += the im2col adjoint of src.
+// dx (channels [c0, c1) of g images) = the im2col adjoint of src; when it accumulates in place (stride 1,
+// one image) the caller has zeroed those channels.
 DDP_AVX512 void col2im_flat_avx512(const Conv2dShape& p, const float* src, int64_t ld, int g, int c0, int c1,
                                    int64_t chw, float* dx) {
   const int64_t hw = static_cast<int64_t>(p.h) * p.w;
@@ -632,7 +633,9 @@ void conv2d_backward_data(const Conv2dShape& p, const float* dy, const float* w,
     }
     float* dcol = t_col.get(static_cast<size_t>(m) * cols);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, cols, p.k, 1.f, a, crs, b, ldb, 0.f, dcol, cols);
-    for (int i = 0; i < g; ++i) std::memset(dx + (n0 + i) * chw + c0 * hw, 0, sizeof(float) * (c1 - c0) * hw);
+    // The flat path overwrites dx itself unless it accumulates in place (stride 1, one image).
+    if (!(g_avx512 && is_flat(p)) || (p.stride == 1 && g == 1))
+      for (int i = 0; i < g; ++i) std::memset(dx + (n0 + i) * chw + c0 * hw, 0, sizeof(float) * (c1 - c0) * hw);
     col2im_images_any(p, dcol, cols, g, c0, c1, chw, dx + n0 * chw);
   }
 }

@@ -38,7 +38,7 @@ void require(bool ok, const std::string& flag, const T& value, const std::string
 
 po::options_description make_description(TrainOptions& o, std::string& backend, std::string& amp,
                                          std::string& tf32, std::string& sched, std::string& comm,
-                                         std::string& scope) {
+                                         std::string& scope, std::string& rcrop, std::string& flip) {
   po::options_description general("General");
   general.add_options()
       ("help,h", "print this help and exit")
@@ -57,7 +57,14 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
        "global: all ranks split one shared set (a shared file system)")
       ("image-size", po::value<int>(&o.image_size)->default_value(o.image_size), "training resolution (>= 32)")
       ("val-size", po::value<int>(&o.val_size)->default_value(0), "evaluation resolution (0: same as --image-size)")
-      ("workers", po::value<int>(&o.workers)->default_value(-1), "decode threads per rank (-1: auto)");
+      ("workers", po::value<int>(&o.workers)->default_value(-1), "decode threads per rank (-1: auto)")
+      ("random-crop", po::value<std::string>(&rcrop)->default_value("on"),
+       "on | off: RandomResizedCrop when training (off: the evaluation resize + centre crop)")
+      ("min-crop-scale", po::value<double>(&o.min_crop_scale)->default_value(o.min_crop_scale),
+       "smallest area fraction of RandomResizedCrop")
+      ("flip", po::value<std::string>(&flip)->default_value("on"), "on | off: random horizontal flip when training")
+      ("eval-crop-ratio", po::value<double>(&o.eval_crop_ratio)->default_value(o.eval_crop_ratio),
+       "evaluation: resize the shorter side to size / ratio, then centre crop (1: keep the whole image)");
   po::options_description model("Model and numerics");
   model.add_options()
       ("backend", po::value<std::string>(&backend), "cpu | cuda (default: cuda when a GPU is visible, else cpu)")
@@ -128,8 +135,8 @@ std::string lower(std::string s) {
 
 std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
   TrainOptions o;
-  std::string backend, amp, tf32, sched, comm, scope;
-  po::options_description desc = make_description(o, backend, amp, tf32, sched, comm, scope);
+  std::string backend, amp, tf32, sched, comm, scope, rcrop, flip;
+  po::options_description desc = make_description(o, backend, amp, tf32, sched, comm, scope, rcrop, flip);
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -174,6 +181,16 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
     else if (t == "off" || t == "false" || t == "0") o.tf32 = false;
     else bad("tf32", str("'", tf32, "' is not one of on, off"));
   }
+  auto on_off = [](const std::string& flag, const std::string& v) {
+    std::string t = lower(v);
+    if (t == "on" || t == "true" || t == "1") return true;
+    if (t == "off" || t == "false" || t == "0") return false;
+    bad(flag, str("'", v, "' is not one of on, off"));
+  };
+  o.random_crop = on_off("random-crop", rcrop);
+  o.flip = on_off("flip", flip);
+  require(o.min_crop_scale > 0 && o.min_crop_scale <= 1, "min-crop-scale", o.min_crop_scale, "must be in (0, 1]");
+  require(o.eval_crop_ratio > 0 && o.eval_crop_ratio <= 1, "eval-crop-ratio", o.eval_crop_ratio, "must be in (0, 1]");
   {
     std::string s = lower(sched);
     if (s == "step") o.lr_schedule = LrScheduleKind::Step;
@@ -283,6 +300,8 @@ std::string describe(const TrainOptions& o) {
   s << "data = " << o.data << "\n";
   if (o.synthetic) s << "synthetic-size = " << o.synthetic_size << "\nsynthetic-classes = " << o.synthetic_classes << "\n";
   s << "shard-scope = " << (o.shard_scope == ShardScope::Node ? "node" : "global") << "\n"
+    << "random-crop = " << (o.random_crop ? "on" : "off") << "\nmin-crop-scale = " << o.min_crop_scale << "\n"
+    << "flip = " << (o.flip ? "on" : "off") << "\neval-crop-ratio = " << o.eval_crop_ratio << "\n"
     << "image-size = " << o.image_size << "\nval-size = " << o.val_size << "\nworkers = " << o.workers << "\n"
     << "backend = " << nn::backend_name(o.backend) << "\namp = " << nn::amp_name(o.amp) << "\n"
     << "tf32 = " << (o.tf32 ? "on" : "off") << "\nzero-init-residual = " << o.zero_init_residual << "\n";

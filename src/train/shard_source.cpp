@@ -24,6 +24,10 @@ class ShardSource final : public DataSource {
     lc.aug_stream = c.aug_stream;
     lc.workers = c.workers;
     lc.pinned = c.pinned;
+    lc.min_scale = c.min_scale;
+    lc.random_crop = c.random_crop;
+    lc.flip = c.flip;
+    lc.eval_crop_ratio = c.eval_crop_ratio;
     nshards_ = lc.shards.size();
     loader_ = std::make_unique<data::Loader>(lc);
   }

@@ -159,6 +159,10 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     sc.aug_stream = env.rank;
     sc.workers = o.workers;
     sc.pinned = pinned;
+    sc.min_scale = static_cast<float>(o.min_crop_scale);
+    sc.random_crop = o.random_crop;
+    sc.flip = o.flip;
+    sc.eval_crop_ratio = static_cast<float>(o.eval_crop_ratio);
     train = make_shard_source(sc);
     int64_t has_val = (!o.no_eval && shards_exist(o.data, "val")) ? 1 : 0;
     comm->allreduce_min(&has_val, 1);  // evaluate only if every node has its val shards
@@ -317,6 +321,12 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     model->synchronize();
     comm::average_buffers(*comm, model->buffers(), spec.buffer_count);
   };
+  // The model's checksum covers the BN running statistics too, which each rank updates from its own
+  // data: they are averaged first (as before evaluation and checkpoints), then every bit must agree.
+  auto check_replicas = [&] {
+    average_bn();
+    comm::check_replicas(*comm, model->param_checksum(), gstep);
+  };
   auto evaluate = [&](int epoch) {
     average_bn();
     auto t0 = Clock::now();
@@ -435,10 +445,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       ++window_steps;
       window_images += global_batch;
       train_images += global_batch;
-      if (o.replica_check_every > 0 && gstep % o.replica_check_every == 0) {
-        model->synchronize();
-        comm::check_replicas(*comm, model->param_checksum(), gstep);
-      }
+      if (o.replica_check_every > 0 && gstep % o.replica_check_every == 0) check_replicas();
       if (rank0) {
         double el = seconds_since(window_t0);
         double ips = el > 0 ? static_cast<double>(window_images) / el : 0.0;
@@ -497,8 +504,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     }
     result.epoch_seconds.push_back(et);
     result.epochs_done = epoch + 1;
-    model->synchronize();
-    comm::check_replicas(*comm, model->param_checksum(), gstep);
+    check_replicas();
     info0("epoch ", epoch + 1, "/", o.epochs, " done in ", human_duration(et), " (", et, " s), ",
           static_cast<int64_t>(static_cast<double>((steps - first) * global_batch) / std::max(et, 1e-9)), " img/s");
     const bool last = epoch + 1 == o.epochs;

@@ -48,7 +48,7 @@ std::string mpirun(int np) {
 const std::string kRecipe =
     std::string(TRAIN_RESNET18) +
     " --data synthetic --synthetic-size 64 --synthetic-classes 4 --image-size 32 --backend cpu --threads 1"
-    " --batch-size 8 --epochs 3 --lr 0.05 --nesterov --wd 5e-4 --no-wd-bn-bias --label-smoothing 0.1"
+    " --batch-size 8 --lr 0.05 --nesterov --wd 5e-4 --no-wd-bn-bias --label-smoothing 0.1"
     " --lr-schedule onecycle --seed 3 --log-every 1 --progress lines --no-eval ";
 
 class TrainE2E : public ::testing::Test {
@@ -94,12 +94,12 @@ std::vector<double> train_losses(const std::string& jsonl) {
 
 TEST_F(TrainE2E, ResumeMidEpochIsBitExactOneRank) {
   // 8 steps per epoch; the interrupted run stops at step 11 (epoch 2, step 3) and resumes to 20.
-  auto a = sh(kRecipe + "--max-steps 20 --checkpoint-dir " + d("a"));
+  auto a = sh(kRecipe + "--epochs 3 --max-steps 20 --checkpoint-dir " + d("a"));
   ASSERT_EQ(a.rc, 0) << a.out;
-  auto b1 = sh(kRecipe + "--max-steps 11 --checkpoint-dir " + d("b"));
+  auto b1 = sh(kRecipe + "--epochs 3 --max-steps 11 --checkpoint-dir " + d("b"));
   ASSERT_EQ(b1.rc, 0) << b1.out;
   ASSERT_TRUE(fs::exists(d("b/ckpt-0000000011.h5"))) << b1.out;
-  auto b2 = sh(kRecipe + "--max-steps 20 --checkpoint-dir " + d("b") + " --resume auto");
+  auto b2 = sh(kRecipe + "--epochs 3 --max-steps 20 --checkpoint-dir " + d("b") + " --resume auto");
   ASSERT_EQ(b2.rc, 0) << b2.out;
   EXPECT_NE(b2.out.find("resumed from"), std::string::npos) << b2.out;
   expect_same_state(d("a/ckpt-0000000020.h5"), d("b/ckpt-0000000020.h5"), 4);
@@ -107,7 +107,7 @@ TEST_F(TrainE2E, ResumeMidEpochIsBitExactOneRank) {
 
 TEST_F(TrainE2E, ResumeIsBitExactTwoRanks) {
   // Checkpoints average BN statistics across ranks, so both runs checkpoint at the same steps.
-  std::string common = mpirun(2) + kRecipe + "--checkpoint-every 3 --keep-checkpoints 10 ";
+  std::string common = mpirun(2) + kRecipe + "--epochs 3 --checkpoint-every 3 --keep-checkpoints 10 ";
   auto a = sh(common + "--max-steps 10 --checkpoint-dir " + d("a"));
   ASSERT_EQ(a.rc, 0) << a.out;
   auto b1 = sh(common + "--max-steps 6 --checkpoint-dir " + d("b"));
@@ -160,7 +160,7 @@ TEST_F(TrainE2E, SigusrCheckpointsExitsZeroAndResumes) {
 }
 
 TEST_F(TrainE2E, ReplicaGuardStopsAPerturbedReplica) {
-  auto r = sh(mpirun(2) + kRecipe + "--max-steps 6 --replica-check-every 2 --fault-perturb-step 3 --timeout 20");
+  auto r = sh(mpirun(2) + kRecipe + "--epochs 3 --max-steps 6 --replica-check-every 2 --fault-perturb-step 3 --timeout 20");
   EXPECT_NE(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("replicas diverged at step 4"), std::string::npos) << r.out;
 }

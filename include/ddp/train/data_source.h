@@ -57,6 +57,9 @@ struct ShardSourceConfig {
   int aug_stream = 0;
   int workers = 1;
   bool pinned = false;
+  float min_scale = 0.08f;
+  bool random_crop = true, flip = true;
+  float eval_crop_ratio = 0.875f;
 };
 std::unique_ptr<DataSource> make_shard_source(const ShardSourceConfig& cfg);
 bool shards_exist(const std::string& dir, const std::string& split);

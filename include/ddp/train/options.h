@@ -26,6 +26,11 @@ struct TrainOptions {
   int image_size = 224;             // training resolution
   int val_size = 0;                 // evaluation resolution; 0: same as image_size
   int workers = -1;                 // decode threads per rank; -1: auto
+  // augmentation (shards only): RandomResizedCrop(min_crop_scale..1) + flip, eval resize/crop ratio
+  double min_crop_scale = 0.08;
+  bool random_crop = true;          // off: the eval resize + centre crop, then the flip
+  bool flip = true;
+  double eval_crop_ratio = 0.875;   // eval: shorter side to size / ratio, centre crop (1: no border cut)
   // model / numerics
   nn::Backend backend = nn::Backend::CPU;
   bool backend_given = false;

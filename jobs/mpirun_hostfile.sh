@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Plain Open MPI launch across hosts listed in a hostfile (one line per host: "host slots=GPUS").
+#   jobs/mpirun_hostfile.sh hosts 2 --data /data/shards --epochs 16
+# Arguments: HOSTFILE NP [train_resnet18 flags...]. Every host needs the same build at the same
+# path and its own shards under --data. SIGUSR1 to mpirun is forwarded to the ranks: they
+# checkpoint at the next step and exit 0.
+set -euo pipefail
+[[ $# -ge 2 ]] || { echo "usage: $0 HOSTFILE NP [train_resnet18 flags...]" >&2; exit 2; }
+HOSTFILE=$1 NP=$2
+shift 2
+[[ -r $HOSTFILE ]] || { echo "$0: cannot read hostfile '$HOSTFILE'" >&2; exit 2; }
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TRAIN=${TRAIN:-$ROOT/build/src/apps/train_resnet18}
+extra=()
+[[ $(id -u) -eq 0 ]] && extra+=(--allow-run-as-root)
+# TCP interface for MPI's own traffic (bootstrap, small reductions); NCCL picks its own
+# (NCCL_SOCKET_IFNAME to force one). Set DDP_IFACE=eth0 etc. when hosts have several networks.
+if [[ -n ${DDP_IFACE:-} ]]; then
+  extra+=(--mca btl_tcp_if_include "$DDP_IFACE" --mca oob_tcp_if_include "$DDP_IFACE" -x NCCL_SOCKET_IFNAME="$DDP_IFACE")
+fi
+# Ranks fill each host's slots in order; DDP_PER_NODE=k places exactly k per host instead.
+[[ -n ${DDP_PER_NODE:-} ]] && extra+=(--map-by "ppr:${DDP_PER_NODE}:node")
+exec mpirun --hostfile "$HOSTFILE" -np "$NP" --bind-to none \
+  -x LD_LIBRARY_PATH -x PATH "${extra[@]}" "$TRAIN" "$@"

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# A real one-node Slurm on this machine: munged, slurmctld and slurmd with a generated slurm.conf in
+# a temp dir; sbatch jobs/slurm_train.sbatch with a tiny synthetic run (2 tasks, srun --mpi=pmix);
+# assert the job completes, trained and wrote its checkpoint. Cleans up everything it started.
+# Usage: slurm_train.sh TRAIN_BINARY SOURCE_DIR
+# Exit 77 (CTest: skipped) where Slurm or munge is not installed or cannot start here.
+set -uo pipefail
+TRAIN=$1 SRC=$2
+skip() { echo "SKIP: $*"; exit 77; }
+for c in munged slurmctld slurmd sbatch squeue sacct scontrol; do command -v $c >/dev/null || skip "$c not installed (tools/setup installs slurm-wlm and munge)"; done
+[[ $(id -u) -eq 0 ]] || skip "needs root (slurmd runs jobs as their user)"
+
+T=$(mktemp -d /tmp/ddp_slurm.XXXXXX)
+chmod 755 "$T"
+pids=()
+cleanup() {
+  scontrol -f "$T/slurm.conf" shutdown >/dev/null 2>&1 || true
+  sleep 1
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [[ -f $T/munged.pid ]] && kill "$(cat "$T/munged.pid")" 2>/dev/null || true
+  sleep 1
+  rm -rf "$T"
+}
+trap cleanup EXIT
+
+HOST=$(hostname -s)
+CPUS=$(nproc)
+mkdir -p "$T"/{state,spool,munge,log,run,work}
+chmod 700 "$T/munge"
+# munge: a key of our own, its socket in the temp dir.
+dd if=/dev/urandom of="$T/munge/munge.key" bs=1024 count=1 status=none
+chmod 400 "$T/munge/munge.key"
+MUNGE_SOCK=$T/munge/munge.socket
+munged --key-file="$T/munge/munge.key" --socket="$MUNGE_SOCK" --pid-file="$T/munged.pid" \
+  --log-file="$T/log/munged.log" --seed-file="$T/munge/seed" -f 2>"$T/log/munged.err" \
+  || skip "munged does not start here: $(cat "$T/log/munged.err")"
+
+cat >"$T/slurm.conf" <<CONF
+ClusterName=ddptest
+SlurmctldHost=$HOST
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket=$MUNGE_SOCK
+CredType=cred/munge
+SlurmctldPort=$((6900 + RANDOM % 500))
+SlurmdPort=$((7500 + RANDOM % 500))
+StateSaveLocation=$T/state
+SlurmdSpoolDir=$T/spool
+SlurmctldPidFile=$T/run/slurmctld.pid
+SlurmdPidFile=$T/run/slurmd.pid
+SlurmctldLogFile=$T/log/slurmctld.log
+SlurmdLogFile=$T/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/builtin
+MpiDefault=none
+ReturnToService=2
+JobCompType=jobcomp/none
+AccountingStorageType=accounting_storage/none
+NodeName=$HOST CPUs=$CPUS State=UNKNOWN
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=30 State=UP OverSubscribe=YES
+CONF
+export SLURM_CONF=$T/slurm.conf
+slurmctld -D -f "$SLURM_CONF" >"$T/log/ctld.out" 2>&1 &
+pids+=($!)
+slurmd -D -f "$SLURM_CONF" >"$T/log/d.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 60); do
+  sinfo -h -o %T 2>/dev/null | grep -qE "idle|mixed" && break
+  sleep 1
+done
+sinfo -h -o %T 2>/dev/null | grep -qE "idle|mixed" || { tail -20 "$T"/log/*; skip "slurmctld/slurmd did not come up here"; }
+
+# The real job script, with a tiny synthetic run; 2 tasks on this one node.
+cd "$T/work" || exit 1
+# This host has no GPUs (no gres configured): the copy drops only the script's --gpus-per-node line.
+grep -v -- '--gpus-per-node' "$SRC/jobs/slurm_train.sbatch" >"$T/work/slurm_train.sbatch"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+export ROOT=$T/work TRAIN DATA=synthetic
+export ARGS="--synthetic-size 32 --synthetic-classes 4 --image-size 32 --batch-size 8 --epochs 2 --backend cpu --threads 1"
+jid=$(sbatch --parsable --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --time=10 --export=ALL \
+  "$T/work/slurm_train.sbatch") || { tail -20 "$T"/log/*; echo "FAIL: sbatch refused the job"; exit 1; }
+echo "submitted job $jid"
+state=""
+for _ in $(seq 1 300); do
+  state=$(scontrol show job "$jid" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p')
+  [[ $state =~ ^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY)$ ]] && break
+  sleep 1
+done
+out=$(ls "$T"/work/*-"$jid".out 2>/dev/null | head -1)
+echo "job $jid: $state"
+[[ -n $out ]] && cat "$out"
+ok=1
+[[ $state == COMPLETED ]] || { echo "FAIL: job state $state"; ok=0; }
+grep -q "summary: 4 steps" "$out" 2>/dev/null || { echo "FAIL: no training summary in the job output"; ok=0; }
+grep -q "2 ranks on 1 node" "$out" 2>/dev/null || { echo "FAIL: srun --mpi=pmix did not start 2 ranks of one job"; ok=0; }
+ls "$T"/work/checkpoints/*/ckpt-*.h5 >/dev/null 2>&1 || { echo "FAIL: no checkpoint written"; ok=0; }
+((ok)) || { tail -30 "$T"/log/slurmd.log "$T"/log/slurmctld.log; exit 1; }
+echo "PASS: Slurm ran jobs/slurm_train.sbatch to completion"

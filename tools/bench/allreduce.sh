@@ -14,15 +14,13 @@ args="--min-bytes 1024 --max-bytes 67108864 --iters 10 --warmup 2"
 [ "$quick" = --quick ] && args="--min-bytes 1024 --max-bytes 4194304 --iters 5 --warmup 1"
 mpi="mpirun --allow-run-as-root --oversubscribe --bind-to none"
 echo "# machine: $(uname -n), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(date -u +%FT%TZ)"
-# Each configuration runs our communicator (ddp_comm lines) and, as the peer, a plain blocking
-# MPI_Allreduce in the same job setup (mpi_allreduce lines).
-for raw in 0 1; do
-  echo "## 2 ranks, one host, shared memory (btl vader)"
-  $mpi -np 2 --mca btl self,vader --mca btl_vader_single_copy_mechanism none "$bench" $args --raw $raw
-  echo "## 2 ranks, one host, TCP over loopback"
-  $mpi -np 2 --mca btl self,tcp --mca btl_tcp_if_include lo "$bench" $args --raw $raw
-  echo "## 2 ranks, two namespaces over a veth pair (TCP)"
-  "$root/tests/integration/two_hosts.sh" -- "$bench" $args --raw $raw
-  echo "## 2 ranks, two namespaces, veth limited to 10gbit (tc tbf)"
-  "$root/tests/integration/two_hosts.sh" --rate 10gbit -- "$bench" $args --raw $raw
-done
+# Each run prints our communicator (ddp_comm lines) and, as the peer, a plain blocking MPI_Allreduce
+# in the same job, interleaved iteration by iteration (mpi_allreduce lines).
+echo "## 2 ranks, one host, shared memory (btl vader)"
+$mpi -np 2 --mca btl self,vader --mca btl_vader_single_copy_mechanism none "$bench" $args
+echo "## 2 ranks, one host, TCP over loopback"
+$mpi -np 2 --mca btl self,tcp --mca btl_tcp_if_include lo "$bench" $args
+echo "## 2 ranks, two namespaces over a veth pair (TCP)"
+"$root/tests/integration/two_hosts.sh" -- "$bench" $args
+echo "## 2 ranks, two namespaces, veth limited to 10gbit (tc tbf)"
+"$root/tests/integration/two_hosts.sh" --rate 10gbit -- "$bench" $args

@@ -2,7 +2,9 @@
 //   algbw = bytes / time, busbw = algbw * 2 (n - 1) / n  (what each link carries in a ring).
 // Run under mpirun (tools/bench/allreduce.sh):
 //   ddp_allreduce_bench [--min-bytes 1024] [--max-bytes 67108864] [--iters 20] [--warmup 3] [--timeout 60]
-// Prints one line per size on rank 0: "size_bytes=... time_us=... algbw_GBps=... busbw_GBps=...".
+// Prints two lines per size on rank 0, ours ("ddp_comm": allreduce_avg_async + wait_all) and the
+// peer measured in the same job, interleaved ("mpi_allreduce": a plain blocking MPI_Allreduce):
+// "size_bytes=... time_us=... algbw_GBps=... busbw_GBps=...".
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -21,7 +23,7 @@ int main(int argc, char** argv) {
   size_t min_bytes = 1024, max_bytes = size_t(64) << 20;
   int iters = 20, warmup = 3;
   double timeout = 60;
-  bool raw = false;  // --raw 1: plain blocking MPI_Allreduce, the peer figure for our communicator
+  bool raw_only = false;  // --raw 1: only the peer (plain blocking MPI_Allreduce)
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--min-bytes") min_bytes = std::stoull(argv[i + 1]);
@@ -29,7 +31,7 @@ int main(int argc, char** argv) {
     else if (k == "--iters") iters = std::stoi(argv[i + 1]);
     else if (k == "--warmup") warmup = std::stoi(argv[i + 1]);
     else if (k == "--timeout") timeout = std::stod(argv[i + 1]);
-    else if (k == "--raw") raw = std::stoi(argv[i + 1]) != 0;
+    else if (k == "--raw") raw_only = std::stoi(argv[i + 1]) != 0;
     else {
       std::fprintf(stderr, "unknown flag %s\n", k.c_str());
       return 2;
@@ -44,27 +46,34 @@ int main(int argc, char** argv) {
     std::vector<float> buf(max_bytes / sizeof(float) + 1, 1.0f);
     for (size_t bytes = min_bytes; bytes <= max_bytes; bytes *= 2) {
       size_t count = bytes / sizeof(float);
-      std::vector<double> t;
+      // Ours and the peer alternate iteration by iteration, so load drift hits both alike.
+      std::vector<double> t[2];
       for (int it = 0; it < warmup + iters; ++it) {
-        c->barrier();
-        auto t0 = std::chrono::steady_clock::now();
-        if (raw) {
-          MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-        } else {
-          c->allreduce_avg_async(buf.data(), count, nullptr);
-          c->wait_all();
+        for (int peer = 0; peer < 2; ++peer) {
+          if (peer == 0 && raw_only) continue;
+          c->barrier();
+          auto t0 = std::chrono::steady_clock::now();
+          if (peer) {
+            MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+          } else {
+            c->allreduce_avg_async(buf.data(), count, nullptr);
+            c->wait_all();
+          }
+          double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          if (it >= warmup) t[peer].push_back(dt);
         }
-        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (it >= warmup) t.push_back(dt);
       }
-      std::sort(t.begin(), t.end());
-      double med = t[t.size() / 2];
-      c->allreduce_max(&med, 1);  // the slowest rank's median
-      double algbw = bytes / med / 1e9;
-      double busbw = algbw * 2.0 * (n - 1) / n;
-      if (env.rank == 0)
-        std::printf("%s ranks=%d size_bytes=%zu time_us=%.1f algbw_GBps=%.3f busbw_GBps=%.3f busbw_Gbit=%.2f\n", raw ? "mpi_allreduce" : "ddp_comm", n, bytes,
-                    med * 1e6, algbw, busbw, busbw * 8);
+      for (int peer = 0; peer < 2; ++peer) {
+        if (t[peer].empty()) continue;
+        std::sort(t[peer].begin(), t[peer].end());
+        double med = t[peer][t[peer].size() / 2];
+        c->allreduce_max(&med, 1);  // the slowest rank's median
+        double algbw = bytes / med / 1e9;
+        double busbw = algbw * 2.0 * (n - 1) / n;
+        if (env.rank == 0)
+          std::printf("%s ranks=%d size_bytes=%zu time_us=%.1f algbw_GBps=%.3f busbw_GBps=%.3f busbw_Gbit=%.2f\n",
+                      peer ? "mpi_allreduce" : "ddp_comm", n, bytes, med * 1e6, algbw, busbw, busbw * 8);
+      }
       std::fflush(stdout);
     }
   } catch (const std::exception& e) {

@@ -468,7 +468,7 @@ if [[ -d $BUNDLE/bin ]]; then
   # What the key GPU libraries resolve to, and cuDNN's run-time-loaded parts (not visible to ldd).
   first=""
   for f in "$BUNDLE"/bin/*; do [[ -f $f ]] && ldd "$f" 2>/dev/null | grep -q libcudnn && { first=$f; break; }; done
-  [[ -n $first ]] && ldd "$first" | grep -E 'libcud(nn|art)|libcublas|libnccl' | sed 's/ (0x.*//; s/^[[:space:]]*/  /' | while IFS= read -r l; do log "$l"; done
+  [[ -n $first ]] && ldd "$first" | grep -E 'libcud(nn|art)|libcublas|libnccl|libnvrtc' | sed 's/ (0x.*//; s/^[[:space:]]*/  /' | while IFS= read -r l; do log "$l"; done
   IFS=':' read -ra dirs <<<"$LD_LIBRARY_PATH"
   for sub in libcudnn_engines_precompiled.so.9 libcudnn_engines_runtime_compiled.so.9 libcudnn_heuristic.so.9 libcudnn_cnn.so.9 libcudnn_ops.so.9; do
     found=""

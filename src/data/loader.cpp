@@ -133,7 +133,7 @@ void Loader::Impl::open() {
   const bool pinned = cfg.pinned && cuda_available();
   slots.resize(static_cast<size_t>(cfg.prefetch) + 1);
   for (auto& s : slots) {
-    s.images = Tensor::empty({cfg.batch_size, cfg.height, cfg.width, 3}, DType::U8, Device::CPU, Layout::NHWC, pinned);
+    s.images = Tensor::empty({cfg.batch_size, cfg.height, cfg.width, 3}, DType::U8, Device::CPU, Layout::Contiguous, pinned);
     s.labels.resize(static_cast<size_t>(cfg.batch_size));
   }
   int nw = cfg.workers > 0 ? cfg.workers : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

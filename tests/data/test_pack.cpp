@@ -450,8 +450,30 @@ TEST_F(PackTest, InspectShardsChecksEveryImage) {
   r = run(kInspect + " " + q(out_ / "s"));
   EXPECT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("total train: 45 images, 5 classes, 7..11 per class"), std::string::npos) << r.out;
-  // Damage one image's bytes inside a copy: open with h5py-free means: truncate the file.
   auto files = shards("s", "train");
+  // Standard tools read the shards: h5py + PIL decode an image and find its class; h5dump lists them.
+  const std::string py =
+      "import h5py,io,sys\nfrom PIL import Image\nf=h5py.File(sys.argv[1],'r')\n"
+      "assert f.attrs['format']=='resnet18-ddp-shard' and f.attrs['format_version']==1\n"
+      "assert f['images'].shape[0]==f.attrs['num_images']==f['labels'].shape[0]\n"
+      "im=Image.open(io.BytesIO(f['images'][0].tobytes())); im.load()\n"
+      "print('H5PY', f['filenames'][0].decode().split('/')[0], f['classes'][f['labels'][0]].decode(), im.size[0] > 0)\n";
+  std::ofstream(out_ / "read.py") << py;
+  r = run("/usr/bin/python3 " + q(out_ / "read.py") + " " + q(files[0]));
+  if (run("/usr/bin/python3 -c 'import h5py'").rc == 0) {
+    EXPECT_EQ(r.rc, 0) << r.out;
+    std::istringstream ls(r.out.substr(r.out.find("H5PY")));
+    std::string tag, folder, cls, ok;
+    ls >> tag >> folder >> cls >> ok;
+    EXPECT_EQ(folder, cls);
+    EXPECT_EQ(ok, "True");
+  }
+  if (run("command -v h5dump").rc == 0) {
+    r = run("h5dump -A " + q(files[0]));
+    EXPECT_EQ(r.rc, 0) << r.out;
+    EXPECT_NE(r.out.find("resnet18-ddp-shard"), std::string::npos);
+  }
+  // A damaged copy (truncated) is reported with its name.
   fs::copy(files[0], out_ / "cut.h5");
   fs::resize_file(out_ / "cut.h5", fs::file_size(out_ / "cut.h5") / 2);
   r = run(kInspect + " " + q(out_ / "cut.h5"));

@@ -100,7 +100,8 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
       ("timeout", po::value<double>(&o.timeout_s)->default_value(o.timeout_s),
        "seconds after which a dead or stuck rank ends the job")
       ("replica-check-every", po::value<int>(&o.replica_check_every)->default_value(o.replica_check_every),
-       "compare a parameter checksum across ranks every K steps (and at each epoch end; 0: epoch end only)")
+       "compare a parameter checksum across ranks every K steps (and at each epoch end; 0: epoch end only); "
+       "BN running statistics are averaged across ranks first")
       ("fault-perturb-step", po::value<int64_t>(&o.fault_perturb_step)->default_value(-1),
        "test only: perturb rank 1's parameters at this step so the replica check must fire");
   po::options_description ck("Checkpoints");

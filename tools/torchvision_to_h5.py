@@ -1,0 +1,88 @@
+#!/usr/bin/python3
+"""Convert a torchvision ResNet18 state_dict (.pth) into our HDF5 weights file.
+
+    /usr/bin/python3 tools/torchvision_to_h5.py resnet18.pth weights.h5
+    /usr/bin/python3 tools/torchvision_to_h5.py --pretrained weights.h5   # torchvision's IMAGENET1K_V1
+                                                                       # (needs the download cache)
+
+The file holds one dataset per state_dict entry under its torchvision name, in PyTorch layout (OIHW,
+fp32; num_batches_tracked int64 0-d) and the attributes format="resnet18-ddp-weights",
+format_version=1, num_classes. It is written under a temporary name and renamed.
+"""
+import argparse
+import os
+import sys
+
+import h5py
+import numpy as np
+import torch
+import torchvision
+
+FORMAT = "resnet18-ddp-weights"
+FORMAT_VERSION = 1
+
+
+def load_state_dict(path):
+    obj = torch.load(path, map_location="cpu")
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        sys.exit(f"{path}: not a state_dict (got {type(obj).__name__})")
+    # Models saved from DataParallel/DDP prefix every name with "module.".
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def check_resnet18(sd, source):
+    if "fc.weight" not in sd:
+        sys.exit(f"{source}: no tensor 'fc.weight'; not a torchvision ResNet18 state_dict")
+    num_classes = int(sd["fc.weight"].shape[0])
+    ref = torchvision.models.resnet18(num_classes=num_classes).state_dict()
+    for name, t in ref.items():
+        if name not in sd:
+            sys.exit(f"{source}: missing tensor '{name}'")
+        if tuple(sd[name].shape) != tuple(t.shape):
+            sys.exit(f"{source}: tensor '{name}' has shape {tuple(sd[name].shape)}, ResNet18 needs {tuple(t.shape)}")
+    extra = sorted(set(sd) - set(ref))
+    if extra:
+        sys.exit(f"{source}: tensors that ResNet18 does not have: {', '.join(extra[:5])}")
+    return num_classes, list(ref.keys())
+
+
+def write_h5(sd, names, num_classes, out):
+    tmp = out + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+        f.attrs["num_classes"] = np.int64(num_classes)
+        for name in names:
+            t = sd[name].detach().cpu()
+            if name.endswith("num_batches_tracked"):
+                f.create_dataset(name, data=np.int64(t.item()))
+            else:
+                f.create_dataset(name, data=t.to(torch.float32).contiguous().numpy())
+    os.replace(tmp, out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("input", nargs="?", help="torchvision .pth state_dict")
+    ap.add_argument("output", help="HDF5 weights file to write")
+    ap.add_argument("--pretrained", action="store_true", help="use torchvision's IMAGENET1K_V1 weights")
+    a = ap.parse_args()
+    if a.pretrained == (a.input is not None):
+        ap.error("give either an input .pth or --pretrained")
+    if a.pretrained:
+        sd = torchvision.models.resnet18(weights="IMAGENET1K_V1").state_dict()
+        source = "torchvision IMAGENET1K_V1"
+    else:
+        sd = load_state_dict(a.input)
+        source = a.input
+    num_classes, names = check_resnet18(sd, source)
+    write_h5(sd, names, num_classes, a.output)
+    print(f"wrote {a.output}: {len(names)} tensors, {num_classes} classes")
+
+
+if __name__ == "__main__":
+    main()

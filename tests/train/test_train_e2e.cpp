@@ -15,6 +15,7 @@
 
 #include "ddp/core/tensor.h"
 #include "ddp/nn/resnet18.h"
+#include "ddp/nn/weights_io.h"
 #include "ddp/train/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -180,4 +181,32 @@ TEST_F(TrainE2E, BadFlagsAndMissingGpuAreClearErrors) {
     EXPECT_NE(c.rc, 0);
     EXPECT_TRUE(c.out.find("no GPU") != std::string::npos || c.out.find("no CUDA") != std::string::npos) << c.out;
   }
+}
+
+TEST_F(TrainE2E, InitWeightsWithAnotherClassCountKeepsAllButFc) {
+  // A 1000-class weights file (as converted from torchvision) fine-tuned on 4 classes.
+  auto spec1000 = ddp::nn::make_resnet18_spec(1000);
+  std::vector<float> p(spec1000.param_count), b(spec1000.buffer_count);
+  ddp::nn::init_resnet18(spec1000, {123, false}, p.data(), b.data());
+  for (size_t i = 0; i < b.size(); i += 2) b[i] = 0.25f;  // recognisable running means
+  ddp::nn::save_weights(d("w1000.h5"), spec1000, p.data(), b.data(), 7);
+  // lr 1e-20: the one step cannot move a weight of magnitude ~1e-3 or more, so the checkpoint shows
+  // what was loaded (BN biases start at 0 and do move, so none is compared).
+  auto r = sh(std::string(TRAIN_RESNET18) +
+              " --data synthetic --synthetic-size 16 --synthetic-classes 4 --image-size 32 --backend cpu --threads 1"
+              " --batch-size 8 --epochs 1 --max-steps 1 --lr 1e-20 --wd 0 --no-eval --progress lines"
+              " --init-weights " + d("w1000.h5") + " --checkpoint-dir " + d("ck"));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("fc re-initialised for 4 classes"), std::string::npos) << r.out;
+  auto spec4 = ddp::nn::make_resnet18_spec(4);
+  auto st = load_checkpoint(d("ck/ckpt-0000000001.h5"), spec4);
+  for (const char* name : {"conv1.weight", "layer4.1.conv2.weight", "layer2.0.downsample.1.weight"}) {
+    const auto& a = spec1000.param(name);
+    const auto& c = spec4.param(name);
+    EXPECT_TRUE(std::equal(p.begin() + a.offset, p.begin() + a.offset + a.numel, st.params.begin() + c.offset)) << name;
+  }
+  // fc comes from our own init (seed 0), not from the file's first 4 rows.
+  const auto& fw = spec4.param("fc.weight");
+  EXPECT_FALSE(std::equal(st.params.begin() + fw.offset, st.params.begin() + fw.offset + fw.numel,
+                          p.begin() + spec1000.param("fc.weight").offset));
 }

@@ -136,7 +136,9 @@ void Loader::Impl::open() {
     s.images = Tensor::empty({cfg.batch_size, cfg.height, cfg.width, 3}, DType::U8, Device::CPU, Layout::Contiguous, pinned);
     s.labels.resize(static_cast<size_t>(cfg.batch_size));
   }
-  int nw = cfg.workers > 0 ? cfg.workers : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // Default: the node's cores shared among the ranks that share these shards (= the node's ranks).
+  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int nw = cfg.workers > 0 ? cfg.workers : std::max(1, hw / cfg.world);
   for (int i = 0; i < nw; ++i) workers.emplace_back([this] { worker_main(); });
 }
 

@@ -21,7 +21,7 @@ struct LoaderConfig {
   bool train = true;  // train: RandomResizedCrop(scale, 3/4-4/3)+flip; eval: resize res/eval_crop_ratio + centre crop
   uint64_t seed = 0;
   int aug_stream = 0;  // per-rank augmentation stream (the trainer passes the global rank)
-  int workers = 0;     // decode threads; 0 = hardware threads
+  int workers = 0;     // decode threads; 0 = hardware threads / world (the node's cores, shared)
   int prefetch = 4;    // batches queued ahead
   bool pinned = false; // page-locked batch memory (CUDA builds)
   // Extensions (defaults reproduce torchvision's ImageNet recipe).

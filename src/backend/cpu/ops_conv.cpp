@@ -4,6 +4,11 @@
 // runs single-threaded BLAS on it and writes its share of the output: one parallel region per call,
 // no barriers between im2col and GEMM. Weight gradients accumulate per thread, then reduce in a fixed
 // order, so results do not depend on scheduling.
+//
+// im2col itself: on AVX-512 CPUs every ResNet18 convolution (stride 1 with 'same' padding, stride 2 on
+// even sizes) uses the "flat" layout below, where each im2col row is one masked, shifted copy; other
+// shapes use row-wise copies (AVX-512 for strides 1-2 on whole images, portable loops otherwise).
+// docs/perf/cpuops.md has the measurements behind these choices.
 #include <cblas.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -86,16 +91,16 @@ Tiling make_tiling(const Conv2dShape& p, int nt, bool whole_images) {
     const int per_thread = (p.n + nt - 1) / nt;
     t.group = std::max(1, std::min(target / t.ohw, per_thread));
   }
-  t.tiles = t.pieces > 1 ? p.n * t.pieces : (p.n + t.group - 1) / t.group;
-  // Last group may be short.
+  t.tiles = t.pieces > 1 ? p.n * t.pieces : (p.n + t.group - 1) / t.group;  // the last group may be short
   return t;
 }
 
 inline int ceil_div_nonneg(int a, int b) { return a <= 0 ? 0 : (a + b - 1) / b; }
 
 // Visits the rows (c, r, s) for channels [c0, c1) and output pixels [p0, p1) of one image; for each
-// output row segment calls f(row, dst_col, ih, ow0, ow1, owlo, owhi) where [owlo, owhi) are the output
-// columns whose input column is inside the image (ih may be outside it).
+// output row segment calls f(c, row, base, ih, ow0, ow1, owlo, owhi, s): the segment covers output
+// columns [ow0, ow1) of input row ih (which may be outside the image), written at dst column base + ow,
+// and [owlo, owhi) are the columns whose input column is inside the image.
 template <class F>
 inline void for_each_segment(const Conv2dShape& p, int c0, int c1, int p0, int p1, F&& f) {
   const int ow_n = p.out_w();

@@ -1,0 +1,5 @@
+# CpuResNet18 and the SGD update (the comparison with PyTorch is in tests/reference).
+ddp_add_gtest(test_resnet18_cpu
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_resnet18_cpu.cpp
+  LIBS ddp_cpu
+  LABELS cpu)

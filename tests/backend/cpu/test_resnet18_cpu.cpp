@@ -1,0 +1,328 @@
+// CpuResNet18 behaviour beyond the numerics checked against PyTorch (tests/reference): uint8 input
+// normalisation, buffer reuse across batch and image sizes, determinism, loss scaling, gradient
+// readiness order, eval counts, finiteness, checksums, training progress, and the SGD update
+// against an independent double-precision evaluation of torch.optim.SGD's formulas.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "ddp/backend/cpu/resnet18_cpu.h"
+#include "ddp/backend/cpu/sgd.h"
+#include "ddp/core/check.h"
+#include "ddp/core/rng.h"
+
+using ddp::cpu::CpuResNet18;
+using ddp::nn::Mode;
+using ddp::nn::ModelConfig;
+
+namespace {
+
+ModelConfig small(int k = 10, int batch = 4, int h = 32, int w = 32) {
+  ModelConfig c;
+  c.num_classes = k;
+  c.max_batch = batch;
+  c.height = h;
+  c.width = w;
+  c.init.seed = 11;
+  return c;
+}
+
+std::vector<float> randn(size_t n, uint64_t seed) {
+  ddp::Rng r(seed, ddp::rng_stream::kTest);
+  std::vector<float> v(n);
+  for (auto& x : v) x = r.normal();
+  return v;
+}
+
+std::vector<int32_t> labels(int n, int k, uint64_t seed) {
+  ddp::Rng r(seed, ddp::rng_stream::kTest);
+  std::vector<int32_t> v(n);
+  for (auto& x : v) x = static_cast<int32_t>(r.below(static_cast<uint32_t>(k)));
+  return v;
+}
+
+std::vector<float> grads_of(CpuResNet18& m) {
+  std::vector<float> g(m.spec().param_count);
+  m.get_grads_torch(g.data());
+  return g;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, static_cast<double>(std::abs(a[i] - b[i])));
+  return d;
+}
+
+TEST(CpuResNet18, U8InputIsNormalisedWithImageNetMeanAndStd) {
+  const int n = 2, h = 36, w = 33;
+  CpuResNet18 a(small(10, n, h, w)), b(small(10, n, h, w));
+  ddp::Rng r(5, ddp::rng_stream::kTest);
+  std::vector<uint8_t> img(static_cast<size_t>(n) * h * w * 3);
+  for (auto& v : img) v = static_cast<uint8_t>(r.next_u32());
+  // Independently: NHWC uint8 -> NCHW, torchvision ToTensor then Normalize.
+  const double mean[3] = {0.485, 0.456, 0.406}, std[3] = {0.229, 0.224, 0.225};
+  std::vector<float> x(img.size());
+  for (int i = 0; i < n; ++i)
+    for (int c = 0; c < 3; ++c)
+      for (int y = 0; y < h; ++y)
+        for (int xx = 0; xx < w; ++xx)
+          x[((static_cast<size_t>(i) * 3 + c) * h + y) * w + xx] = static_cast<float>(
+              (img[((static_cast<size_t>(i) * h + y) * w + xx) * 3 + c] / 255.0 - mean[c]) / std[c]);
+  auto y = labels(n, 10, 1);
+  a.set_input_u8(img.data(), y.data(), n, h, w);
+  b.set_input_f32(x.data(), y.data(), n, h, w);
+  EXPECT_NEAR(a.forward(Mode::Eval), b.forward(Mode::Eval), 1e-5);
+  auto la = a.logits_host(), lb = b.logits_host();
+  EXPECT_LT(max_abs_diff(la, lb), 1e-4);
+}
+
+TEST(CpuResNet18, SmallerBatchAndImageReuseBuffersCorrectly) {
+  // A model built for 6 x 64x56 gives the same result on 3 x 40x36 as a model built exactly for that.
+  CpuResNet18 big(small(7, 6, 64, 56)), exact(small(7, 3, 40, 36));
+  auto x = randn(3 * 3 * 40 * 36, 2);
+  auto y = labels(3, 7, 2);
+  // Run the big model at full size first, so its buffers hold stale data.
+  auto xb = randn(6 * 3 * 64 * 56, 3);
+  auto yb = labels(6, 7, 3);
+  big.set_input_f32(xb.data(), yb.data(), 6, 64, 56);
+  big.forward(Mode::Train);
+  big.backward(1.0f, nullptr);
+  std::vector<float> buf(big.spec().buffer_count);
+  exact.get_buffers(buf.data());
+  big.set_buffers(buf.data());
+  big.set_input_f32(x.data(), y.data(), 3, 40, 36);
+  exact.set_input_f32(x.data(), y.data(), 3, 40, 36);
+  EXPECT_EQ(big.forward(Mode::Train), exact.forward(Mode::Train));
+  big.backward(1.0f, nullptr);
+  exact.backward(1.0f, nullptr);
+  EXPECT_EQ(grads_of(big), grads_of(exact));
+}
+
+TEST(CpuResNet18, DeterministicAndLossScaled) {
+  CpuResNet18 m(small());
+  auto x = randn(4 * 3 * 32 * 32, 4);
+  auto y = labels(4, 10, 4);
+  m.set_input_f32(x.data(), y.data(), 4, 32, 32);
+  m.forward(Mode::Train);
+  m.backward(1.0f, nullptr);
+  auto g1 = grads_of(m);
+  m.set_input_f32(x.data(), y.data(), 4, 32, 32);
+  m.forward(Mode::Train);
+  m.backward(1.0f, nullptr);
+  EXPECT_EQ(g1, grads_of(m)) << "two identical steps must give bit-identical gradients (exact resume)";
+  m.set_input_f32(x.data(), y.data(), 4, 32, 32);
+  m.forward(Mode::Train);
+  m.backward(1024.0f, nullptr);
+  auto g2 = grads_of(m);
+  double maxg = 0;
+  for (float v : g1) maxg = std::max(maxg, static_cast<double>(std::abs(v)));
+  for (size_t i = 0; i < g1.size(); ++i) ASSERT_NEAR(g2[i], 1024.0 * g1[i], 1024.0 * (1e-6 * maxg + 1e-4 * std::abs(g1[i])));
+}
+
+TEST(CpuResNet18, GradReadyReportsTailsInReverseLayerOrder) {
+  CpuResNet18 m(small());
+  auto x = randn(2 * 3 * 32 * 32, 5);
+  auto y = labels(2, 10, 5);
+  m.set_input_f32(x.data(), y.data(), 2, 32, 32);
+  m.forward(Mode::Train);
+  std::vector<int64_t> seen;
+  m.backward(1.0f, [&](const ddp::nn::GradReady& r) {
+    EXPECT_EQ(r.event, nullptr);
+    seen.push_back(r.first_ready);
+  });
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen.front(), m.spec().params[m.spec().fc_weight].offset);
+  EXPECT_EQ(seen.back(), 0);
+  for (size_t i = 1; i < seen.size(); ++i) EXPECT_LT(seen[i], seen[i - 1]);
+  EXPECT_EQ(seen.size(), 41u);  // 20 convs, 20 BNs, fc
+}
+
+TEST(CpuResNet18, EvalLeavesStatsAloneTrainUpdatesThem) {
+  CpuResNet18 m(small());
+  auto x = randn(4 * 3 * 32 * 32, 6);
+  auto y = labels(4, 10, 6);
+  std::vector<float> b0(m.spec().buffer_count), b1(b0.size()), b2(b0.size());
+  m.get_buffers(b0.data());
+  m.set_input_f32(x.data(), y.data(), 4, 32, 32);
+  m.forward(Mode::Eval);
+  m.get_buffers(b1.data());
+  EXPECT_EQ(b0, b1);
+  EXPECT_EQ(m.num_batches_tracked(), 0);
+  m.forward(Mode::Train);
+  m.get_buffers(b2.data());
+  EXPECT_NE(b0, b2);
+  EXPECT_EQ(m.num_batches_tracked(), 1);
+}
+
+TEST(CpuResNet18, EvalCountsMatchLogits) {
+  CpuResNet18 m(small(10, 8));
+  auto x = randn(8 * 3 * 32 * 32, 7);
+  auto y = labels(8, 10, 7);
+  m.set_input_f32(x.data(), y.data(), 8, 32, 32);
+  const float loss = m.forward(Mode::Eval);
+  auto l = m.logits_host();
+  ASSERT_EQ(l.size(), 80u);
+  int64_t top1 = 0, top5 = 0;
+  for (int i = 0; i < 8; ++i) {
+    int rank = 0;
+    for (int k = 0; k < 10; ++k) rank += l[i * 10 + k] > l[i * 10 + y[i]];
+    top1 += rank == 0;
+    top5 += rank < 5;
+  }
+  auto e = m.eval_counts();
+  EXPECT_EQ(e.count, 8);
+  EXPECT_EQ(e.top1, top1);
+  EXPECT_EQ(e.top5, top5);
+  EXPECT_NEAR(e.loss_sum, 8.0 * loss, 1e-4);
+}
+
+TEST(CpuResNet18, GradsFiniteAndChecksum) {
+  CpuResNet18 a(small()), b(small());
+  auto x = randn(2 * 3 * 32 * 32, 8);
+  auto y = labels(2, 10, 8);
+  a.set_input_f32(x.data(), y.data(), 2, 32, 32);
+  a.forward(Mode::Train);
+  a.backward(1.0f, nullptr);
+  EXPECT_TRUE(a.grads_finite());
+  a.grads()[12345] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_FALSE(a.grads_finite());
+  a.grads()[12345] = std::numeric_limits<float>::infinity();
+  EXPECT_FALSE(a.grads_finite());
+  a.grads()[12345] = 0.0f;
+  EXPECT_TRUE(a.grads_finite());
+  // Same seed, same parameters: same checksum; any parameter or buffer change moves it.
+  b.set_num_batches_tracked(a.num_batches_tracked());
+  std::vector<float> buf(a.spec().buffer_count);
+  a.get_buffers(buf.data());
+  b.set_buffers(buf.data());
+  const double c = a.param_checksum();
+  EXPECT_EQ(c, a.param_checksum());
+  EXPECT_EQ(c, b.param_checksum());
+  b.params()[777] += 1e-3f;
+  EXPECT_NE(c, b.param_checksum());
+  b.params()[777] -= 1e-3f;
+  b.buffers()[5] += 1e-3f;
+  EXPECT_NE(c, b.param_checksum());
+}
+
+TEST(CpuResNet18, LossFallsOnAFixedBatch) {
+  ModelConfig c = small(10, 8);
+  c.label_smoothing = 0.1f;
+  CpuResNet18 m(c);
+  auto x = randn(8 * 3 * 32 * 32, 9);
+  auto y = labels(8, 10, 9);
+  ddp::nn::SgdConfig sgd;
+  sgd.momentum = 0.9f;
+  sgd.weight_decay = 5e-4f;
+  float first = 0, last = 0;
+  for (int s = 0; s < 15; ++s) {
+    m.set_input_f32(x.data(), y.data(), 8, 32, 32);
+    float l = m.forward(Mode::Train);
+    if (s == 0) first = l;
+    last = l;
+    m.backward(1.0f, nullptr);
+    m.sgd_step(sgd, 0.01f, 1.0f);
+  }
+  EXPECT_TRUE(m.momentum_initialised());
+  EXPECT_LT(last, 0.5f * first) << "first " << first << " last " << last;
+}
+
+TEST(CpuResNet18, RejectsMixedPrecision) {
+  ModelConfig c = small();
+  c.amp = ddp::nn::Amp::F16;
+  EXPECT_THROW(CpuResNet18 m(c), ddp::Error);
+}
+
+TEST(CpuResNet18, MemoryIsAllocatedUpFront) {
+  CpuResNet18 a(small(10, 2)), b(small(10, 8));
+  const size_t params = static_cast<size_t>(a.spec().param_count) * 4;
+  EXPECT_GT(a.peak_memory_bytes(), 3 * params);
+  EXPECT_GT(b.peak_memory_bytes(), a.peak_memory_bytes());
+  const size_t before = b.peak_memory_bytes();
+  auto x = randn(8 * 3 * 32 * 32, 10);
+  auto y = labels(8, 10, 10);
+  b.set_input_f32(x.data(), y.data(), 8, 32, 32);
+  b.forward(Mode::Train);
+  b.backward(1.0f, nullptr);
+  EXPECT_EQ(b.peak_memory_bytes(), before);
+}
+
+// torch.optim.SGD's update evaluated in double, step by step.
+struct RefSgd {
+  std::vector<double> p, buf;
+  bool init = false;
+  void step(const std::vector<float>& g, double lr, double scale, double wd, double mom, double damp, bool nesterov) {
+    if (buf.empty()) buf.assign(p.size(), 0.0);
+    for (size_t i = 0; i < p.size(); ++i) {
+      double d = g[i] * scale + wd * p[i];
+      if (mom != 0) {
+        buf[i] = init ? mom * buf[i] + (1 - damp) * d : d;
+        d = nesterov ? d + mom * buf[i] : buf[i];
+      }
+      p[i] -= lr * d;
+    }
+    init = true;
+  }
+};
+
+struct SgdCase {
+  float momentum, dampening, wd;
+  bool nesterov;
+};
+
+class SgdUpdate : public ::testing::TestWithParam<SgdCase> {};
+
+TEST_P(SgdUpdate, MatchesTorchFormulas) {
+  const SgdCase c = GetParam();
+  const int n = 1003;
+  auto p = randn(n, 20);
+  std::vector<float> buf(n, 123.0f);  // garbage: the first step must overwrite it
+  RefSgd ref;
+  ref.p.assign(p.begin(), p.end());
+  for (int s = 0; s < 4; ++s) {
+    auto g = randn(n, 30 + s);
+    ddp::cpu::sgd_update(n, p.data(), g.data(), c.momentum != 0 ? buf.data() : nullptr, 0.1f, 0.5f, c.wd, c.momentum,
+                         c.dampening, c.nesterov, s == 0);
+    ref.step(g, 0.1, 0.5, c.wd, c.momentum, c.dampening, c.nesterov);
+    for (int i = 0; i < n; ++i) ASSERT_NEAR(p[i], ref.p[i], 1e-6 + 1e-5 * std::abs(ref.p[i])) << "step " << s;
+    if (c.momentum != 0) {
+      for (int i = 0; i < n; ++i) ASSERT_NEAR(buf[i], ref.buf[i], 1e-6 + 1e-5 * std::abs(ref.buf[i]));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, SgdUpdate,
+                         ::testing::Values(SgdCase{0.0f, 0.0f, 0.0f, false}, SgdCase{0.0f, 0.0f, 1e-2f, false},
+                                           SgdCase{0.9f, 0.0f, 1e-2f, false}, SgdCase{0.9f, 0.0f, 1e-2f, true},
+                                           SgdCase{0.9f, 0.3f, 0.0f, false}));
+
+TEST(SgdUpdate, RejectsNesterovWithDampening) {
+  std::vector<float> p(4), g(4), b(4);
+  EXPECT_THROW(ddp::cpu::sgd_update(4, p.data(), g.data(), b.data(), 0.1f, 1.0f, 0.0f, 0.9f, 0.1f, true, true),
+               ddp::Error);
+  EXPECT_THROW(ddp::cpu::sgd_update(4, p.data(), g.data(), nullptr, 0.1f, 1.0f, 0.0f, 0.9f, 0.0f, false, true),
+               ddp::Error);
+}
+
+TEST(SgdStep, WeightDecaySkipsBnAndBiasWhenAsked) {
+  ModelConfig c = small();
+  for (bool decay_all : {false, true}) {
+    CpuResNet18 m(c);
+    const int64_t n = m.spec().param_count;
+    std::fill(m.params(), m.params() + n, 1.0f);
+    std::fill(m.grads(), m.grads() + n, 0.0f);
+    ddp::nn::SgdConfig s;
+    s.momentum = 0.0f;
+    s.weight_decay = 0.1f;
+    s.decay_bn_and_bias = decay_all;
+    m.sgd_step(s, 1.0f, 1.0f);  // p = 1 - 1 * (0 + 0.1 * 1) = 0.9 where decayed
+    for (const auto& pi : m.spec().params) {
+      const float want = (decay_all || !pi.is_bn_or_bias()) ? 0.9f : 1.0f;
+      for (int64_t j = 0; j < pi.numel; ++j) ASSERT_EQ(m.params()[pi.offset + j], want) << pi.name << " decay_all " << decay_all;
+    }
+  }
+}
+
+}  // namespace

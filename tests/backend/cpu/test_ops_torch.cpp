@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -22,15 +24,20 @@ namespace {
 
 namespace fs = std::filesystem;
 
+std::string run_script(const std::string& args) {
+  return "/usr/bin/python3 " + std::string(DDP_TORCH_OPS_REF) + " " + args + " 2>&1";
+}
+
 class TorchRef {
  public:
-  TorchRef() {
+  explicit TorchRef(int index = 0) {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("ddp_cpu_ops_" + std::to_string(getpid()) + "_" + info->name());
+    dir_ = fs::temp_directory_path() / ("ddp_cpu_ops_" + std::to_string(getpid()) + "_" + info->name() + "_" +
+                                        std::to_string(index));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
+  const fs::path& dir() const { return dir_; }
   ~TorchRef() {
     std::error_code ec;
     fs::remove_all(dir_, ec);
@@ -43,8 +50,7 @@ class TorchRef {
   }
   // Runs the script; returns false (with a test failure) when it fails.
   bool run(const std::string& op, const std::string& args) {
-    const std::string cmd = "/usr/bin/python3 " + std::string(DDP_TORCH_OPS_REF) + " " + op + " " + dir_.string() +
-                            " " + args + " 2>&1";
+    const std::string cmd = run_script(op + " " + dir_.string() + " " + args);
     const int rc = std::system(cmd.c_str());
     EXPECT_EQ(rc, 0) << "PyTorch reference failed: " << cmd
                      << " (needs Debian's python3-torch in /usr/bin/python3; tools/setup installs it)";
@@ -64,6 +70,20 @@ class TorchRef {
   fs::path dir_;
 };
 
+// Runs several (reference, op, args) jobs in one Python process (importing torch dominates the time).
+bool run_jobs(const std::vector<std::tuple<TorchRef*, std::string, std::string>>& jobs) {
+  const fs::path list = std::get<0>(jobs.front())->dir() / "jobs.txt";
+  {
+    std::ofstream f(list);
+    for (const auto& [ref, op, args] : jobs) f << op << " " << ref->dir().string() << " " << args << "\n";
+  }
+  const std::string cmd = run_script("--jobs " + list.string());
+  const int rc = std::system(cmd.c_str());
+  EXPECT_EQ(rc, 0) << "PyTorch reference failed: " << cmd
+                   << " (needs Debian's python3-torch in /usr/bin/python3; tools/setup installs it)";
+  return rc == 0;
+}
+
 std::string conv_args(const Conv2dShape& p) {
   return "n=" + std::to_string(p.n) + " c=" + std::to_string(p.c) + " h=" + std::to_string(p.h) +
          " w=" + std::to_string(p.w) + " k=" + std::to_string(p.k) + " r=" + std::to_string(p.r) +
@@ -80,17 +100,27 @@ TEST(TorchRef, ConvForwardAndBackwardOnResNet18Shapes) {
       {8, 64, 1, 1, 64, 3, 3, 1, 1},    // layer4 at 32 px input
       {2, 64, 56, 56, 64, 3, 3, 1, 1},  // layer1 at 224 px: pixel tiles
   };
+  std::vector<std::unique_ptr<TorchRef>> refs;
+  std::vector<std::tuple<TorchRef*, std::string, std::string>> jobs;
   for (const auto& p : shapes) {
+    refs.push_back(std::make_unique<TorchRef>(static_cast<int>(refs.size())));
+    TorchRef& t = *refs.back();
+    const size_t xs = static_cast<size_t>(p.n) * p.c * p.h * p.w, ws = static_cast<size_t>(p.k) * p.c * p.r * p.s;
+    const size_t ys = static_cast<size_t>(p.n) * p.k * p.out_h() * p.out_w();
+    t.put("x", randn(xs, 1));
+    t.put("w", randn(ws, 2, 1.f / std::sqrt(static_cast<float>(p.c * p.r * p.s))));
+    t.put("dy", randn(ys, 3));
+    jobs.emplace_back(&t, "conv", conv_args(p));
+  }
+  ASSERT_TRUE(run_jobs(jobs));
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const auto& p = shapes[i];
     SCOPED_TRACE(conv_args(p));
-    TorchRef t;
+    TorchRef& t = *refs[i];
     const size_t xs = static_cast<size_t>(p.n) * p.c * p.h * p.w, ws = static_cast<size_t>(p.k) * p.c * p.r * p.s;
     const size_t ys = static_cast<size_t>(p.n) * p.k * p.out_h() * p.out_w();
     auto x = randn(xs, 1), w = randn(ws, 2, 1.f / std::sqrt(static_cast<float>(p.c * p.r * p.s))),
          dy = randn(ys, 3);
-    t.put("x", x);
-    t.put("w", w);
-    t.put("dy", dy);
-    ASSERT_TRUE(t.run("conv", conv_args(p)));
     std::vector<float> y(ys), dx(xs), dw(ws);
     conv2d_forward(p, x.data(), w.data(), y.data());
     conv2d_backward_data(p, dy.data(), w.data(), dx.data());
@@ -131,21 +161,30 @@ TEST(TorchRef, BatchNormTrainForwardBackwardAndRunningStats) {
 }
 
 TEST(TorchRef, CrossEntropyWithLabelSmoothing) {
-  for (float e : {0.f, 0.1f, 0.3f}) {
-    SCOPED_TRACE("smoothing " + std::to_string(e));
-    const int n = 9, classes = 13;
-    TorchRef t;
-    auto z = randn(static_cast<size_t>(n) * classes, 21, 4.f);
-    std::vector<int32_t> labels = {0, 12, 5, 5, 1, 7, 11, 3, 9};
-    t.put("z", z);
-    t.put("labels", labels);
+  const int n = 9, classes = 13;
+  const std::vector<float> smoothing = {0.f, 0.1f, 0.3f};
+  const auto z = randn(static_cast<size_t>(n) * classes, 21, 4.f);
+  const std::vector<int32_t> labels = {0, 12, 5, 5, 1, 7, 11, 3, 9};
+  std::vector<std::unique_ptr<TorchRef>> refs;
+  std::vector<std::tuple<TorchRef*, std::string, std::string>> jobs;
+  for (float e : smoothing) {
+    refs.push_back(std::make_unique<TorchRef>(static_cast<int>(refs.size())));
+    refs.back()->put("z", z);
+    refs.back()->put("labels", labels);
     char args[128];
-    std::snprintf(args, sizeof args, "n=%d classes=%d smoothing=%.9g scale=2.5", n, classes, e);
-    if (e == 0.f) std::snprintf(args, sizeof args, "n=%d classes=%d smoothing=0.0 scale=2.5", n, classes);
-    ASSERT_TRUE(t.run("ce", args));
+    std::snprintf(args, sizeof args, "n=%d classes=%d smoothing=%.9f scale=2.5", n, classes, e);
+    jobs.emplace_back(refs.back().get(), "ce", args);
+  }
+  ASSERT_TRUE(run_jobs(jobs));
+  for (size_t i = 0; i < smoothing.size(); ++i) {
+    const float e = smoothing[i];
+    SCOPED_TRACE("smoothing " + std::to_string(e));
+    TorchRef& t = *refs[i];
+    auto zz = z;
+    auto ll = labels;
     std::vector<float> probs(z.size()), dz(z.size());
-    const float loss = softmax_cross_entropy_forward(n, classes, z.data(), labels.data(), e, probs.data());
-    softmax_cross_entropy_backward(n, classes, probs.data(), labels.data(), e, 2.5f, dz.data());
+    const float loss = softmax_cross_entropy_forward(n, classes, zz.data(), ll.data(), e, probs.data());
+    softmax_cross_entropy_backward(n, classes, probs.data(), ll.data(), e, 2.5f, dz.data());
     expect_close("loss", {loss}, t.get("loss"), 1e-6, 1e-6);
     expect_close("dlogits", dz, t.get("dz"), 1e-7, 1e-5);
   }

@@ -2,6 +2,7 @@
 """PyTorch reference outputs for the CPU op tests (tests/backend/cpu/test_ops_torch.cpp).
 
 usage: torch_ops_ref.py OP DIR key=value ...
+       torch_ops_ref.py --jobs FILE     (one "OP DIR key=value ..." per line: one torch start-up for all)
 Reads raw little-endian float32 (int32 for labels) NAME.bin inputs from DIR, computes the op and its
 gradients with torch (float64 unless noted, so the reference is more precise than the code under test),
 and writes float64 outputs as NAME.out.bin into DIR.
@@ -26,11 +27,21 @@ def save(d, name, t):
 
 
 def main():
-    if len(sys.argv) < 3:
+    if len(sys.argv) == 3 and sys.argv[1] == "--jobs":
+        with open(sys.argv[2]) as f:
+            for line in f:
+                if line.strip():
+                    run(line.split())
+    elif len(sys.argv) >= 3:
+        run(sys.argv[1:])
+    else:
         sys.exit(__doc__)
-    op, d = sys.argv[1], sys.argv[2]
+
+
+def run(argv):
+    op, d = argv[0], argv[1]
     a = {}
-    for kv in sys.argv[3:]:
+    for kv in argv[2:]:
         k, v = kv.split("=", 1)
         a[k] = float(v) if "." in v or "e" in v else int(v)
     torch.set_num_threads(1)

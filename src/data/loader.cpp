@@ -70,7 +70,7 @@ struct Loader::Impl {
   int64_t order_size = 0;
 
   void open();
-  void reader_main(int64_t batches);
+  void reader_main(int64_t first, int64_t batches);
   void worker_main();
   void process(int slot, int i);
   void stop_epoch();
@@ -202,11 +202,11 @@ void Loader::Impl::process(int si, int i) {
   resample(d.img.px.data(), d.img.w, d.img.h, d.box, dst, W, H, flip);
 }
 
-void Loader::Impl::reader_main(int64_t batches) {
+void Loader::Impl::reader_main(int64_t first, int64_t batches) {
   try {
     const int B = cfg.batch_size;
     const size_t per_raw = static_cast<size_t>(raw_h) * raw_w * 3;
-    for (int64_t b = 0; b < batches; ++b) {
+    for (int64_t b = first; b < batches; ++b) {
       const int si = static_cast<int>(b % static_cast<int64_t>(slots.size()));
       Slot& s = slots[static_cast<size_t>(si)];
       {
@@ -314,16 +314,18 @@ int64_t Loader::local_batches() const {
   return (share + c.batch_size - 1) / c.batch_size;
 }
 
-void Loader::start_epoch(int epoch, int64_t num_batches) {
+void Loader::start_epoch(int epoch, int64_t num_batches, int64_t first_batch) {
   Impl& m = *impl_;
   DDP_CHECK(epoch >= 0, "epoch must be >= 0, got ", epoch);
   DDP_CHECK(num_batches >= 0 && num_batches <= local_batches(), "start_epoch: ", num_batches,
             " batches asked, this rank has ", local_batches(), " (", m.cfg.train ? "train" : "eval", ", ", m.n,
             " images, rank ", m.cfg.rank, " of ", m.cfg.world, ", batch ", m.cfg.batch_size, ")");
+  DDP_CHECK(first_batch >= 0 && first_batch <= num_batches, "start_epoch: first batch ", first_batch,
+            " outside 0..", num_batches);
   m.stop_epoch();
   m.epoch = epoch;
   m.num_batches = num_batches;
-  m.next_batch = 0;
+  m.next_batch = first_batch;
   const int64_t B = m.cfg.batch_size;
   if (m.cfg.train) {
     const Share sh = train_share(m.n, m.cfg.rank, m.cfg.world);
@@ -336,7 +338,7 @@ void Loader::start_epoch(int epoch, int64_t num_batches) {
     m.order.resize(static_cast<size_t>(m.order_size));
     for (int64_t k = 0; k < m.order_size; ++k) m.order[static_cast<size_t>(k)] = sh.begin + k;
   }
-  m.reader = std::thread([&m, num_batches] { m.reader_main(num_batches); });
+  m.reader = std::thread([&m, first_batch, num_batches] { m.reader_main(first_batch, num_batches); });
 }
 
 bool Loader::next(Batch& out) {

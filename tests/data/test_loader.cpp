@@ -202,6 +202,13 @@ TEST_F(LoaderTest, AugmentationIsReproduciblePerRankAndResumable) {
   auto partial = epoch_bytes(a, 2, 8, 3);    // abandon an epoch midway...
   EXPECT_EQ(a0, epoch_bytes(a, 2, 8));       // ...and restart it: identical
   EXPECT_EQ(std::vector<uint8_t>(a0.begin(), a0.begin() + static_cast<long>(partial.size())), partial);
+  // Resume mid-epoch (checkpoint at batch 5): the rest is byte-identical to the uninterrupted epoch.
+  a.start_epoch(2, 8, 5);
+  std::vector<uint8_t> tail;
+  Batch bt;
+  while (a.next(bt)) tail.insert(tail.end(), bt.images, bt.images + static_cast<size_t>(bt.n) * bt.h * bt.w * 3);
+  EXPECT_EQ(std::vector<uint8_t>(a0.end() - static_cast<long>(tail.size()), a0.end()), tail);
+  EXPECT_EQ(tail.size(), a0.size() * 3 / 8);
   c.aug_stream = 1;
   Loader r1(c);
   EXPECT_NE(a0, epoch_bytes(r1, 2, 8));      // another rank's stream: other crops

@@ -53,7 +53,9 @@ class Loader {
   int64_t local_batches() const;
   // train: num_batches = the count agreed across all ranks (min), must be <= local_batches();
   // eval: pass local_batches(). Abandons whatever is left of the previous epoch.
-  void start_epoch(int epoch, int64_t num_batches);
+  // first_batch > 0 resumes mid-epoch (from a checkpoint): batches first_batch..num_batches-1 come
+  // out exactly as they would have in the uninterrupted epoch, without decoding the skipped ones.
+  void start_epoch(int epoch, int64_t num_batches, int64_t first_batch = 0);
   // false when the epoch's batches are done; out stays valid until the next call.
   bool next(Batch& out);
 

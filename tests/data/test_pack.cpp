@@ -203,10 +203,17 @@ std::map<std::string, std::string> val_truth(const fs::path& p) {
 TEST_F(PackTest, ValLayoutsGiveTrueLabels) {
   auto truth = val_truth(fx_ / "in" / "val_truth.txt");
   ASSERT_EQ(truth.size(), 12u);
-  for (std::string root : {"good", "kaggle"}) {
-    auto r = pack("-i " + q(in(root)) + " -o " + q(out_ / root) + " --shards 2 --resize 0");
+  // Kaggle's own tree: ROOT/ILSVRC/Data/CLS-LOC/{train,val} with ROOT/LOC_val_solution.csv.
+  const fs::path kt = out_ / "kaggle_tree";
+  fs::create_directories(kt / "ILSVRC" / "Data" / "CLS-LOC");
+  fs::copy(in("kaggle") / "train", kt / "ILSVRC" / "Data" / "CLS-LOC" / "train", fs::copy_options::recursive);
+  fs::copy(in("kaggle") / "val", kt / "ILSVRC" / "Data" / "CLS-LOC" / "val", fs::copy_options::recursive);
+  fs::copy(in("kaggle") / "LOC_val_solution.csv", kt / "LOC_val_solution.csv");
+  for (std::string root : {"good", "kaggle", "kaggle_tree"}) {
+    const fs::path src = root == "kaggle_tree" ? kt : in(root);
+    auto r = pack("-i " + q(src) + " -o " + q(out_ / ("s_" + root)) + " --shards 2 --resize 0");
     ASSERT_EQ(r.rc, 0) << r.out;
-    auto imgs = read_all(shards(root, "val"));
+    auto imgs = read_all(shards("s_" + root, "val"));
     ASSERT_EQ(imgs.size(), 12u) << root;
     for (const auto& [name, im] : imgs) {
       const std::string base = name.substr(name.find('/') == std::string::npos ? 0 : name.find('/') + 1);

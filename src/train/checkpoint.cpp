@@ -56,6 +56,8 @@ int64_t step_of(const std::string& file) {
 
 // Opens and validates the identity of a checkpoint; throws with the reason.
 h5::Handle open_checked(const std::string& path) {
+  std::error_code ec;
+  DDP_CHECK(fs::is_regular_file(path, ec), "checkpoint '", path, "' does not exist (or is not a file)");
   h5::Handle f;
   try {
     f = h5::open_file(path);

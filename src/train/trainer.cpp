@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstring>
+#include <filesystem>
 #include <memory>
 #include <optional>
 
@@ -221,6 +223,20 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     bcast_vec(b);
     model->set_params_torch(p.data());
     model->set_buffers(b.data());
+  }
+
+  // An unwritable checkpoint directory must fail now, not after the first epoch of training.
+  if (!o.checkpoint_dir.empty()) {
+    on_rank0_agreed(env.rank, [&] {
+      std::error_code ec;
+      std::filesystem::create_directories(o.checkpoint_dir, ec);
+      DDP_CHECK(!ec, "cannot create --checkpoint-dir '", o.checkpoint_dir, "': ", ec.message());
+      std::string probe = o.checkpoint_dir + "/.write_test";
+      FILE* f = std::fopen(probe.c_str(), "w");
+      DDP_CHECK(f != nullptr, "--checkpoint-dir '", o.checkpoint_dir, "' is not writable: ", std::strerror(errno));
+      std::fclose(f);
+      std::remove(probe.c_str());
+    });
   }
 
   // ---- resume --------------------------------------------------------------------------------

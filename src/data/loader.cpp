@@ -6,6 +6,7 @@
 #include <deque>
 #include <exception>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <regex>
 #include <set>
@@ -379,6 +380,33 @@ std::vector<std::string> find_shards(const std::string& dir, const std::string& 
   std::sort(out.begin(), out.end());
   DDP_CHECK(!out.empty(), "no '", split, "' shards (", split, "-NNNNN-of-MMMMM.h5) in '", dir,
             "' (run pack_imagenet first?)");
+  return out;
+}
+
+std::vector<std::string> find_node_shards(const std::string& dir, const std::string& split, int node, int nodes) {
+  DDP_CHECK(nodes >= 1 && node >= 0 && node < nodes, "node ", node, " is not in 0..", nodes - 1);
+  const auto all = find_shards(dir, split);
+  const std::regex re(split + R"(-(\d{5})-of-(\d{5})\.h5)");
+  int count = -1;
+  std::map<int, std::string> mine;
+  for (const auto& p : all) {
+    std::smatch m;
+    const std::string name = std::filesystem::path(p).filename().string();
+    std::regex_match(name, m, re);
+    const int idx = std::stoi(m[1].str()), of = std::stoi(m[2].str());
+    DDP_CHECK(count < 0 || of == count, "'", dir, "' mixes shard sets of ", count, " and ", of, " '", split,
+              "' shards");
+    count = of;
+    if (idx % nodes == node) mine[idx] = p;
+  }
+  DDP_CHECK(count % nodes == 0, "'", dir, "' holds a set of ", count, " '", split, "' shards, which ", nodes,
+            " nodes cannot share evenly (repack with --shards ", nodes, ")");
+  std::vector<std::string> out;
+  for (int i = node; i < count; i += nodes) {
+    DDP_CHECK(mine.count(i), "node ", node, " of ", nodes, " needs '", shard_file_name(split, i, count), "' in '",
+              dir, "', which is missing");
+    out.push_back(mine[i]);
+  }
   return out;
 }
 

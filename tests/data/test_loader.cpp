@@ -260,6 +260,21 @@ TEST_F(LoaderTest, BadShardsAreErrorsNamingTheFile) {
   EXPECT_EQ(find_shards(dir_.string(), "train"), files);
 }
 
+TEST_F(LoaderTest, NodeShardsAreItsShareOfTheSet) {
+  auto files = make_indexed_shards(dir_, {3, 3, 3, 3}, 4);  // train-0000i-of-00004
+  EXPECT_EQ(find_node_shards(dir_.string(), "train", 0, 1), files);
+  EXPECT_EQ(find_node_shards(dir_.string(), "train", 1, 2), (std::vector<std::string>{files[1], files[3]}));
+  EXPECT_EQ(find_node_shards(dir_.string(), "train", 2, 4), (std::vector<std::string>{files[2]}));
+  expect_error_naming([&] { find_node_shards(dir_.string(), "train", 0, 3); }, "--shards 3");
+  fs::remove(files[3]);  // a node's volume missing its shard
+  expect_error_naming([&] { find_node_shards(dir_.string(), "train", 1, 2); }, "train-00003-of-00004.h5");
+  // A node's own volume with only its shard (pack_imagenet --node-index 2 --nodes 4).
+  fs::path own = dir_ / "own";
+  fs::create_directories(own);
+  fs::copy(files[2], own / fs::path(files[2]).filename());
+  EXPECT_EQ(find_node_shards(own.string(), "train", 2, 4).size(), 1u);
+}
+
 // JPEG shards, eval transform: torchvision Resize(int(32/0.875)) + CenterCrop(32) on PIL, within
 // mean |diff| <= 3.0 (one-step resample from the source vs torchvision's two steps, DCT scaling).
 TEST_F(LoaderTest, JpegEvalMatchesTorchvision) {

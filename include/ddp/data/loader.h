@@ -69,4 +69,10 @@ class Loader {
 // the dir if none.
 std::vector<std::string> find_shards(const std::string& dir, const std::string& split);
 
+// The shards node `node` of `nodes` reads: shard i of an M-shard set belongs to node i mod nodes
+// (M must be a multiple of nodes). Works on a full set in a shared directory and on a node's own
+// volume holding only its shards (pack_imagenet --node-index). Error naming the directory if a
+// shard of this node is missing or the set mixes shard counts.
+std::vector<std::string> find_node_shards(const std::string& dir, const std::string& split, int node, int nodes);
+
 }  // namespace ddp::data

@@ -100,3 +100,38 @@ grep -q "2 ranks on 1 node" "$out" 2>/dev/null || { echo "FAIL: srun --mpi=pmix 
 ls "$T"/work/checkpoints/*/ckpt-*.h5 >/dev/null 2>&1 || { echo "FAIL: no checkpoint written"; ok=0; }
 ((ok)) || { tail -30 "$T"/log/slurmd.log "$T"/log/slurmctld.log; exit 1; }
 echo "PASS: Slurm ran jobs/slurm_train.sbatch to completion"
+
+# Preemption: scancel --signal=USR1 reaches every task; the ranks checkpoint at the next step and
+# exit 0 (job COMPLETED); the requeued job (--resume auto in the script) continues from there.
+wait_job() {
+  local j=$1 s=""
+  for _ in $(seq 1 300); do
+    s=$(scontrol show job "$j" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p')
+    [[ $s =~ ^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY)$ ]] && break
+    sleep 1
+  done
+  echo "$s"
+}
+export ARGS="--synthetic-size 32 --synthetic-classes 4 --image-size 32 --batch-size 8 --epochs 500 --backend cpu --threads 1 --log-every 1 --no-eval"
+jid=$(sbatch --parsable --job-name=preempt --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --time=10 --export=ALL \
+  "$T/work/slurm_train.sbatch") || { echo "FAIL: sbatch refused the preemption job"; exit 1; }
+for _ in $(seq 1 120); do
+  grep -q '"type": "train"' "$T/work/runs/preempt/metrics.jsonl" 2>/dev/null && break
+  sleep 1
+done
+scancel --signal=USR1 "$jid"
+state=$(wait_job "$jid")
+out=$(ls "$T"/work/preempt-"$jid".out 2>/dev/null | head -1)
+echo "preemption job $jid: $state"
+[[ $state == COMPLETED ]] || { cat "$out"; echo "FAIL: a SIGUSR1'd job should end COMPLETED (exit 0), got $state"; exit 1; }
+grep -q "stop requested (SIGUSR1)" "$out" || { cat "$out"; echo "FAIL: no 'stop requested' in the job output"; exit 1; }
+ls "$T"/work/checkpoints/preempt/ckpt-*.h5 >/dev/null 2>&1 || { cat "$out"; echo "FAIL: no checkpoint after SIGUSR1"; exit 1; }
+ARGS="--synthetic-size 32 --synthetic-classes 4 --image-size 32 --batch-size 8 --epochs 500 --backend cpu --threads 1 --no-eval --max-steps $(( $(ls "$T"/work/checkpoints/preempt/ | sed -n 's/ckpt-0*\([0-9]*\)\.h5/\1/p' | sort -n | tail -1) + 2 ))"
+export ARGS
+jid=$(sbatch --parsable --job-name=preempt --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --time=10 --export=ALL \
+  "$T/work/slurm_train.sbatch") || { echo "FAIL: sbatch refused the resumed job"; exit 1; }
+state=$(wait_job "$jid")
+out=$(ls "$T"/work/preempt-"$jid".out 2>/dev/null | head -1)
+echo "resumed job $jid: $state"
+[[ $state == COMPLETED ]] && grep -q "resumed from" "$out" || { cat "$out"; echo "FAIL: the resubmitted job did not resume"; exit 1; }
+echo "PASS: SIGUSR1 under Slurm checkpointed, exited 0, and the next job resumed"

@@ -407,25 +407,34 @@ DDP_AVX512 void split_phases_avx512(const Conv2dShape& p, const float* x, int g,
       }
 }
 
+// The flat layout of g whole images: channel c, phase f at result + (c * phases + f) * g * out_h * out_w
+// (in scratch, or x itself for one image at stride 1). row = the stride between channels.
+DDP_AVX512 const float* flat_layout(const Conv2dShape& p, const float* x, int g, int64_t chw, int64_t& row) {
+  const int64_t hw = static_cast<int64_t>(p.h) * p.w;
+  const int phases = p.stride * p.stride;
+  const int64_t cols = static_cast<int64_t>(g) * p.out_h() * p.out_w();
+  row = phases * cols;
+  if (p.stride == 2) {
+    float* t = t_xt.get(static_cast<size_t>(p.c) * phases * cols);
+    split_phases_avx512(p, x, g, chw, t, cols);
+    return t;
+  }
+  if (g == 1) return x;
+  float* t = t_xt.get(static_cast<size_t>(p.c) * cols);
+  for (int c = 0; c < p.c; ++c)
+    for (int i = 0; i < g; ++i) std::memcpy(t + c * cols + i * hw, x + i * chw + c * hw, sizeof(float) * hw);
+  return t;
+}
+
 // Columns [p0, p1) of one image (stride 1 only: its flat layout is the image itself), or all columns of
 // g images (p1 < 0).
 DDP_AVX512 void im2col_flat_avx512(const Conv2dShape& p, const float* x, int g, int64_t chw, float* dst,
                                    int64_t ld, int p0 = 0, int p1 = -1) {
-  const int64_t hw = static_cast<int64_t>(p.h) * p.w;
   const int pw = p.out_w(), phases = p.stride * p.stride;
   const int64_t cols = static_cast<int64_t>(g) * p.out_h() * pw;  // run length of one channel-phase
   const int64_t ncols = p1 >= 0 ? p1 - p0 : cols;                 // columns written
-  const float* xt = x;  // channel c, phase f of the group at xt + (c * phases + f) * cols
-  if (p.stride == 2) {
-    float* t = t_xt.get(static_cast<size_t>(p.c) * phases * cols);
-    split_phases_avx512(p, x, g, chw, t, cols);
-    xt = t;
-  } else if (g > 1) {
-    float* t = t_xt.get(static_cast<size_t>(p.c) * cols);
-    for (int c = 0; c < p.c; ++c)
-      for (int i = 0; i < g; ++i) std::memcpy(t + c * cols + i * hw, x + i * chw + c * hw, sizeof(float) * hw);
-    xt = t;
-  }
+  int64_t row = 0;
+  const float* xt = p1 >= 0 ? x : flat_layout(p, x, g, chw, row);  // a piece: the image itself
   int chunks = 0;
   const uint16_t* masks = flat_masks(p, ncols, chunks, p0);
   const __mmask16 tail = lanes(0, static_cast<int>(ncols - 16 * (chunks - 1)));
@@ -499,6 +508,16 @@ DDP_AVX512 void col2im_flat_avx512(const Conv2dShape& p, const float* src, int64
   }
 }
 
+// For a 1x1 flat convolution the flat layout (phase 0) is the im2col matrix itself, rows `ld` apart:
+// returns it, or nullptr where an im2col copy is needed.
+const float* pointwise_cols(const Conv2dShape& p, const float* x, int g, int64_t chw, int& ld) {
+  if (!(g_avx512 && is_flat(p) && p.r == 1 && p.s == 1)) return nullptr;
+  int64_t row = 0;
+  const float* b = flat_layout(p, x, g, chw, row);
+  ld = static_cast<int>(row);
+  return b;
+}
+
 // Flat stride-2 convolutions need whole images per tile (the phase split is per image).
 bool whole_image_tiles(const Conv2dShape& p) { return g_avx512 && is_flat(p) && p.stride == 2; }
 
@@ -570,6 +589,8 @@ void conv2d_forward(const Conv2dShape& p, const float* x, const float* w, float*
     if (pointwise && g == 1) {
       b = x + n0 * chw + p0;
       ldb = tl.ohw;
+    } else if (p1 - p0 == tl.ohw && (b = pointwise_cols(p, x + n0 * chw, g, chw, ldb)) != nullptr) {
+      // 1x1 on whole images: the flat layout is the column matrix
     } else {
       float* col = t_col.get(static_cast<size_t>(crs) * cols);
       if (p1 - p0 == tl.ohw)
@@ -687,6 +708,8 @@ void conv2d_backward_weight(const Conv2dShape& p, const float* x, const float* d
       if (pointwise && g == 1) {
         b = x + n0 * chw + p0;
         ldb = tl.ohw;
+      } else if (p1 - p0 == tl.ohw && (b = pointwise_cols(p, x + n0 * chw, g, chw, ldb)) != nullptr) {
+        // 1x1 on whole images: the flat layout is the column matrix
       } else {
         float* col = t_col.get(static_cast<size_t>(crs) * cols);
         if (p1 - p0 == tl.ohw)

@@ -1,5 +1,12 @@
-# Trainer integration: the Slurm job script on a real one-node Slurm (slow; skips where Slurm or
-# munge cannot run).
+# Trainer integration: the quick start's pipeline in miniature (Fashion-MNIST subset -> pack_imagenet
+# -> mpirun -np 2 train_resnet18 with exact evaluation), and the Slurm job script on a real one-node
+# Slurm including a SIGUSR1 preemption and resume (slow; exit 77 = skipped where they cannot run).
+if(TARGET train_resnet18 AND TARGET pack_imagenet AND TARGET fashion_mnist_to_jpeg)
+  add_test(NAME train_on_shards
+           COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/train_shards.sh $<TARGET_FILE:train_resnet18>
+                   $<TARGET_FILE:pack_imagenet> $<TARGET_FILE:fashion_mnist_to_jpeg> ${MPIEXEC_EXECUTABLE})
+  set_tests_properties(train_on_shards PROPERTIES LABELS "train;slow;integration" TIMEOUT 900 SKIP_RETURN_CODE 77)
+endif()
 if(TARGET train_resnet18)
   add_test(NAME train_slurm_job
            COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/slurm_train.sh $<TARGET_FILE:train_resnet18> ${PROJECT_SOURCE_DIR})

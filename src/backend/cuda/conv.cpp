@@ -122,9 +122,12 @@ struct ConvEngine::Impl {
     fe_check(g->validate(), "validate", op, p);
     fe_check(g->build_operation_graph(handle), "build_operation_graph", op, p);
     fe_check(g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}), "create_execution_plans", op, p);
+    // Engines that down-convert their inputs (e.g. fp32 -> fp16 on tensor cores: fp16 range, not
+    // TF32's) are never wanted, TF32 or not: PyTorch's cuDNN path drops them in every mode too.
+    g->deselect_numeric_notes({fe::NumericalNote_t::DOWN_CONVERT_INPUTS});
     if (p.dtype == DType::F32 && !allow_tf32) {
-      // Strict fp32 (--tf32 off, and the fp32 tests): no TF32 tensor-core engines, no down-conversion.
-      g->deselect_numeric_notes({fe::NumericalNote_t::TENSOR_CORE, fe::NumericalNote_t::DOWN_CONVERT_INPUTS});
+      // Strict fp32 (--tf32 off, and the fp32 tests): no TF32 tensor-core engines either.
+      g->deselect_numeric_notes({fe::NumericalNote_t::TENSOR_CORE});
     }
     fe_check(g->check_support(handle), "check_support (no engine supports this conv)", op, p);
     fe_check(g->build_plans(handle, autotune ? fe::BuildPlanPolicy_t::ALL : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE),

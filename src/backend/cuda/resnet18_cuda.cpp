@@ -527,6 +527,8 @@ void CudaResNet18::params_changed() {
 void CudaResNet18::set_input_u8(const uint8_t* images, const int32_t* labels, int n, int h, int w) {
   Impl& m = *impl_;
   DDP_CHECK(images != nullptr && labels != nullptr, "CudaResNet18::set_input_u8: null images or labels");
+  // A refused input (bad label, size) must not leave the previous forward usable under the new geometry.
+  m.have_input = m.have_forward = false;
   m.set_geometry(n, h, w);
   m.set_labels(labels, n);
   const int64_t pixels = static_cast<int64_t>(n) * h * w;
@@ -552,6 +554,7 @@ void CudaResNet18::set_input_u8(const uint8_t* images, const int32_t* labels, in
 void CudaResNet18::set_input_f32(const float* images_nchw, const int32_t* labels, int n, int h, int w) {
   Impl& m = *impl_;
   DDP_CHECK(images_nchw != nullptr && labels != nullptr, "CudaResNet18::set_input_f32: null images or labels");
+  m.have_input = m.have_forward = false;  // as in set_input_u8
   m.set_geometry(n, h, w);
   m.set_labels(labels, n);
   const int64_t hw = static_cast<int64_t>(h) * w;

@@ -320,6 +320,13 @@ TEST_F(CudaModelF32, TorchLayoutRoundTripsAndChecksum) {
   // Bad input is refused with a message, not run.
   std::vector<int32_t> bad_labels{0, 10};
   std::vector<float> x(2 * 3 * 32 * 32, 0.5f);
+  std::vector<int32_t> good{0, 1};
+  m.set_input_f32(x.data(), good.data(), 2, 32, 32);
+  m.forward(nn::Mode::Train);
+  const std::vector<int32_t> bad_one{10};  // and a new batch size: set_geometry ran before the label check
+  EXPECT_THROW(m.set_input_f32(x.data(), bad_one.data(), 1, 32, 32), Error);
+  // The refused input invalidated the previous forward (its geometry was already replaced).
+  EXPECT_THROW(m.backward(1.0f, nullptr), Error);
   EXPECT_THROW(m.set_input_f32(x.data(), bad_labels.data(), 2, 32, 32), Error);
   std::vector<int32_t> lab{0, 1, 2};
   EXPECT_THROW(m.set_input_f32(x.data(), lab.data(), 3, 32, 32), Error);  // over max_batch

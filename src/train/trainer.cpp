@@ -416,6 +416,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   double train_seconds = 0;
   int64_t train_images = 0;
   bool stop = false, hit_max = false, eval_done_at_end = false;
+  std::string last_gpu = "n/a";
   int epoch = start_epoch;
   for (; epoch < o.epochs && !stop && !hit_max; ++epoch) {
     eval_done_at_end = false;
@@ -466,7 +467,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
         double el = seconds_since(window_t0);
         double ips = el > 0 ? static_cast<double>(window_images) / el : 0.0;
         bool log_now = (s + 1) % o.log_every == 0 || s + 1 == steps;
-        std::string g = log_now ? gpu_text() : std::string("n/a");
+        if (log_now) last_gpu = gpu_text();  // NVML is polled only at log steps
+        const std::string& g = last_gpu;
         progress->update(s + 1, gloss, lr, ips, scaler.scale(), g);
         if (log_now) {
           double mean_loss = window_loss / static_cast<double>(window_steps);

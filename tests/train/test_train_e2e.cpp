@@ -143,7 +143,7 @@ TEST_F(TrainE2E, SigusrCheckpointsExitsZeroAndResumes) {
   std::string run = mpirun(2) + kRecipe + "--epochs 200 --checkpoint-dir " + d("ck") + " --jsonl " + d("m.jsonl");
   // Signal mpirun (it forwards SIGUSR1 to the ranks) once training is under way.
   std::string script = "( " + run + " > " + d("log") + " 2>&1 & pid=$!; "
-                       "for i in $(seq 1 600); do grep -q '\"type\": \"train\"' " + d("m.jsonl") +
+                       "for i in $(seq 1 1800); do grep -q '\"type\": \"train\"' " + d("m.jsonl") +
                        " 2>/dev/null && break; sleep 0.1; done; sleep 1; kill -USR1 $pid; wait $pid; echo rc=$? )";
   auto r = sh("bash -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'");
   std::ifstream lf(d("log"));

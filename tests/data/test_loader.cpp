@@ -8,6 +8,10 @@
 #include <set>
 
 #include "data_test_util.h"
+#include "ddp/core/tensor.h"
+#if DDP_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 #include "ddp/core/check.h"
 #include "ddp/core/h5.h"
 #include "ddp/core/rng.h"
@@ -258,6 +262,24 @@ TEST_F(LoaderTest, BadShardsAreErrorsNamingTheFile) {
   expect_error_naming([&] { find_shards((dir_ / "nowhere").string(), "train"); }, "nowhere");
   expect_error_naming([&] { find_shards(dir_.string(), "val"); }, dir_.string());
   EXPECT_EQ(find_shards(dir_.string(), "train"), files);
+}
+
+// GPU hosts: cfg.pinned gives page-locked batches (what cudaMemcpyAsync needs to overlap).
+TEST_F(LoaderTest, PinnedBatchesOnGpuHosts) {
+  if (!cuda_available()) GTEST_SKIP() << "no GPU: pinned memory is a CUDA-build, GPU-host feature";
+  auto files = make_indexed_shards(dir_, {10}, 8);
+  LoaderConfig c = identity_cfg(files, 8, false, 0, 1, 4);
+  c.pinned = true;
+  Loader ld(c);
+  ld.start_epoch(0, ld.local_batches());
+  Batch b;
+  ASSERT_TRUE(ld.next(b));
+  EXPECT_EQ(index_of(b, 0), 0);
+#if DDP_HAVE_CUDA
+  cudaPointerAttributes attr{};
+  ASSERT_EQ(cudaPointerGetAttributes(&attr, b.images), cudaSuccess);
+  EXPECT_EQ(attr.type, cudaMemoryTypeHost);
+#endif
 }
 
 TEST_F(LoaderTest, NodeShardsAreItsShareOfTheSet) {

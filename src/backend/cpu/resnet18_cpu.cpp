@@ -382,7 +382,7 @@ void CpuResNet18::backward(float loss_scale, const nn::GradReadyFn& on_ready) {
   // Stem: maxpool -> ReLU -> BN -> conv1 (no gradient for the image itself).
   float* d_act = m.g_stem.data<float>();
   const int64_t stem_cnt = numel_of(n, 64, m.c1_h, m.c1_w);
-  std::fill(d_act, d_act + stem_cnt, 0.0f);
+  // maxpool2d_backward overwrites all of d_act (ops.h: outputs are overwritten, never accumulated).
   maxpool2d_backward(n, 64, m.c1_h, m.c1_w, 3, 2, 1, g[0], m.argmax.data<int32_t>(), d_act);
   relu_backward(stem_cnt, m.stem_act.data<float>(), d_act, d_act);
   // The ReLU output is dead now: its buffer takes d(conv1 output).

@@ -70,10 +70,14 @@ std::string trim(const std::string& s) {
 }
 
 std::vector<uint8_t> read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
   DDP_CHECK(f, "cannot read '", path, "': ", std::strerror(errno));
-  std::vector<uint8_t> d((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  DDP_CHECK(!f.bad(), "error reading '", path, "'");
+  const std::streamoff size = f.tellg();
+  DDP_CHECK(size >= 0, "cannot read '", path, "'");
+  std::vector<uint8_t> d(static_cast<size_t>(size));
+  f.seekg(0);
+  f.read(reinterpret_cast<char*>(d.data()), size);
+  DDP_CHECK(f || size == 0, "error reading '", path, "': ", std::strerror(errno));
   return d;
 }
 

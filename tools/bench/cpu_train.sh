@@ -14,9 +14,10 @@ if [[ ! -x $BIN ]]; then
   cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build "$BUILD" --target bench_cpu_train -j "$(nproc)" >/dev/null
 fi
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc --all) CPUs), threads $THREADS," \
+     "load average $(cut -d' ' -f1-3 /proc/loadavg), OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-default}, $(date -u +%FT%TZ)"
 # OpenMP and OpenBLAS read these; both sides get the same count.
 export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=1
-echo "machine: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) CPUs), threads $THREADS, $(date -u +%FT%TZ)"
 run() {  # batch size iters warmup
   local ours torch
   ours=$("$BIN" --batch "$1" --size "$2" --iters "$3" --warmup "$4" --threads "$THREADS")

@@ -26,7 +26,7 @@ std::string dims(const std::vector<hsize_t>& d) {
 void save_weights(const std::string& path, const ResNet18Spec& spec, const float* params, const float* buffers,
                   int64_t num_batches_tracked) {
   const std::string tmp = path + ".tmp";
-  {
+  try {
     h5::Handle f = h5::create_file(tmp);
     h5::set_attr(f, "format", std::string(kWeightsFormat));
     h5::set_attr(f, "format_version", kWeightsFormatVersion);
@@ -37,6 +37,10 @@ void save_weights(const std::string& path, const ResNet18Spec& spec, const float
     for (const std::string& bn : spec.bn_names())
       h5::write_i64(f, bn + ".num_batches_tracked", &num_batches_tracked, {});  // 0-d, as in PyTorch
     DDP_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, "cannot flush weights file '", tmp, "' (disk full?)");
+    f.close();
+  } catch (...) {
+    std::remove(tmp.c_str());  // never leave a half-written file behind
+    throw;
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     int e = errno;

@@ -351,23 +351,45 @@ void resample(const uint8_t* src, int sw, int sh, Box box, uint8_t* dst, int dw,
       uint8_t* t = vt.data() + static_cast<size_t>(y) * mc;
       for (int i = 0; i < mc; ++i) t[i] = clip(a[i] >> kBits);
     }
-    for (int y = 0; y < dh; ++y) {
-      const uint8_t* trow = vt.data() + static_cast<size_t>(y) * mc;
-      uint8_t* d = dst + static_cast<size_t>(y) * m;
+    // Horizontal pass on the transposed rows, so that it too runs over long contiguous vectors
+    // instead of 3-channel pixels one at a time.
+    const int C = xhi - xlo, R = dh, mr = R * 3;
+    thread_local std::vector<uint8_t> tin, tout;
+    thread_local std::vector<int32_t> tacc;
+    tin.resize(static_cast<size_t>(C) * mr);
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* row = vt.data() + static_cast<size_t>(r) * mc;
+      for (int c = 0; c < C; ++c) {
+        uint8_t* o = tin.data() + (static_cast<size_t>(c) * R + r) * 3;
+        o[0] = row[c * 3];
+        o[1] = row[c * 3 + 1];
+        o[2] = row[c * 3 + 2];
+      }
+    }
+    tacc.resize(static_cast<size_t>(mr));
+    tout.resize(static_cast<size_t>(dw) * mr);
+    for (int x = 0; x < dw; ++x) {
+      const int f = cx.first[static_cast<size_t>(x)] - xlo;
+      const int n = cx.count[static_cast<size_t>(x)];
+      const int32_t* w = &wx[static_cast<size_t>(x) * cx.taps];
+      int32_t* a = tacc.data();
+      for (int i = 0; i < mr; ++i) a[i] = kHalf;
+      for (int k = 0; k < n; ++k) {
+        const uint8_t* t = tin.data() + static_cast<size_t>(f + k) * mr;
+        const int32_t wk = w[k];
+        for (int i = 0; i < mr; ++i) a[i] += wk * t[i];
+      }
+      uint8_t* o = tout.data() + static_cast<size_t>(x) * mr;
+      for (int i = 0; i < mr; ++i) o[i] = clip(a[i] >> kBits);
+    }
+    for (int r = 0; r < R; ++r) {
+      uint8_t* d = dst + static_cast<size_t>(r) * m;
       for (int x = 0; x < dw; ++x) {
-        const int n = cx.count[static_cast<size_t>(x)];
-        const int32_t* w = &wx[static_cast<size_t>(x) * cx.taps];
-        const uint8_t* px = trow + static_cast<size_t>(cx.first[static_cast<size_t>(x)] - xlo) * 3;
-        int32_t a0 = kHalf, a1 = kHalf, a2 = kHalf;
-        for (int k = 0; k < n; ++k, px += 3) {
-          a0 += w[k] * px[0];
-          a1 += w[k] * px[1];
-          a2 += w[k] * px[2];
-        }
+        const uint8_t* src3 = tout.data() + (static_cast<size_t>(x) * R + r) * 3;
         uint8_t* o = d + (flip ? (dw - 1 - x) : x) * 3;
-        o[0] = clip(a0 >> kBits);
-        o[1] = clip(a1 >> kBits);
-        o[2] = clip(a2 >> kBits);
+        o[0] = src3[0];
+        o[1] = src3[1];
+        o[2] = src3[2];
       }
     }
     return;

@@ -279,6 +279,12 @@ Coeffs coeffs(int in_size, float in0, float in1, int out_size) {
 
 }  // namespace
 
+// Lambdas are functions of their own: inlined, they are compiled for each clone of resample.
+#if defined(__GNUC__)
+#define DDP_INLINE __attribute__((always_inline))
+#else
+#define DDP_INLINE
+#endif
 // AVX2 clone picked at run time where the CPU has it (the integer multiply-adds vectorise 8-wide);
 // the default clone keeps the binaries runnable on any x86-64.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -315,7 +321,7 @@ void resample(const uint8_t* src, int sw, int sh, Box box, uint8_t* dst, int dw,
     return q;
   };
   const std::vector<int32_t> wx = quantise(cx), wy = quantise(cy);
-  auto clip = [](int32_t v) -> uint8_t { return static_cast<uint8_t>(std::min(std::max(v, 0), 255)); };
+  auto clip = [](int32_t v) DDP_INLINE -> uint8_t { return static_cast<uint8_t>(std::min(std::max(v, 0), 255)); };
   // Rows of the source the vertical pass touches.
   int ylo = sh, yhi = 0;
   for (int y = 0; y < dh; ++y) {
@@ -324,41 +330,22 @@ void resample(const uint8_t* src, int sw, int sh, Box box, uint8_t* dst, int dw,
   }
   const int rows = yhi - ylo;
   const int m = dw * 3;
-  if (dh < rows) {
-    // Shrinking vertically: the (vectorised) vertical pass first leaves fewer rows for the scalar
-    // horizontal pass. Same filters; only the intermediate rounding differs from PIL's order.
-    int xlo = sw, xhi = 0;
-    for (int x = 0; x < dw; ++x) {
-      xlo = std::min(xlo, cx.first[static_cast<size_t>(x)]);
-      xhi = std::max(xhi, cx.first[static_cast<size_t>(x)] + cx.count[static_cast<size_t>(x)]);
-    }
-    const int mc = (xhi - xlo) * 3;
-    thread_local std::vector<uint8_t> vt;
-    thread_local std::vector<int32_t> vacc;
-    vt.resize(static_cast<size_t>(dh) * mc);
-    vacc.resize(static_cast<size_t>(mc));
-    for (int y = 0; y < dh; ++y) {
-      const int f = cy.first[static_cast<size_t>(y)];
-      const int n = cy.count[static_cast<size_t>(y)];
-      const int32_t* w = &wy[static_cast<size_t>(y) * cy.taps];
-      int32_t* a = vacc.data();
-      for (int i = 0; i < mc; ++i) a[i] = kHalf;
-      for (int k = 0; k < n; ++k) {
-        const uint8_t* srow = src + (static_cast<size_t>(f + k) * sw + xlo) * 3;
-        const int32_t wk = w[k];
-        for (int i = 0; i < mc; ++i) a[i] += wk * srow[i];
-      }
-      uint8_t* t = vt.data() + static_cast<size_t>(y) * mc;
-      for (int i = 0; i < mc; ++i) t[i] = clip(a[i] >> kBits);
-    }
-    // Horizontal pass on the transposed rows, so that it too runs over long contiguous vectors
-    // instead of 3-channel pixels one at a time.
-    const int C = xhi - xlo, R = dh, mr = R * 3;
+  int xlo = sw, xhi = 0;
+  for (int x = 0; x < dw; ++x) {
+    xlo = std::min(xlo, cx.first[static_cast<size_t>(x)]);
+    xhi = std::max(xhi, cx.first[static_cast<size_t>(x)] + cx.count[static_cast<size_t>(x)]);
+  }
+  const int mc = (xhi - xlo) * 3;
+  // Horizontal pass over R rows of pixels xlo..xhi-1 (row stride in_stride bytes), into R rows of
+  // dw pixels. It runs on the transposed rows, so the multiply-adds go over long contiguous vectors
+  // instead of one 3-channel pixel at a time.
+  auto hpass = [&](const uint8_t* in, size_t in_stride, int R, uint8_t* out, bool mirror) DDP_INLINE {
+    const int C = xhi - xlo, mr = R * 3;
     thread_local std::vector<uint8_t> tin, tout;
     thread_local std::vector<int32_t> tacc;
     tin.resize(static_cast<size_t>(C) * mr);
     for (int r = 0; r < R; ++r) {
-      const uint8_t* row = vt.data() + static_cast<size_t>(r) * mc;
+      const uint8_t* row = in + static_cast<size_t>(r) * in_stride;
       for (int c = 0; c < C; ++c) {
         uint8_t* o = tin.data() + (static_cast<size_t>(c) * R + r) * 3;
         o[0] = row[c * 3];
@@ -372,69 +359,64 @@ void resample(const uint8_t* src, int sw, int sh, Box box, uint8_t* dst, int dw,
       const int f = cx.first[static_cast<size_t>(x)] - xlo;
       const int n = cx.count[static_cast<size_t>(x)];
       const int32_t* w = &wx[static_cast<size_t>(x) * cx.taps];
-      int32_t* a = tacc.data();
-      for (int i = 0; i < mr; ++i) a[i] = kHalf;
+      int32_t* acc = tacc.data();
+      for (int i = 0; i < mr; ++i) acc[i] = kHalf;
       for (int k = 0; k < n; ++k) {
         const uint8_t* t = tin.data() + static_cast<size_t>(f + k) * mr;
         const int32_t wk = w[k];
-        for (int i = 0; i < mr; ++i) a[i] += wk * t[i];
+        for (int i = 0; i < mr; ++i) acc[i] += wk * t[i];
       }
       uint8_t* o = tout.data() + static_cast<size_t>(x) * mr;
-      for (int i = 0; i < mr; ++i) o[i] = clip(a[i] >> kBits);
+      for (int i = 0; i < mr; ++i) o[i] = clip(acc[i] >> kBits);
     }
     for (int r = 0; r < R; ++r) {
-      uint8_t* d = dst + static_cast<size_t>(r) * m;
+      uint8_t* d = out + static_cast<size_t>(r) * m;
       for (int x = 0; x < dw; ++x) {
-        const uint8_t* src3 = tout.data() + (static_cast<size_t>(x) * R + r) * 3;
-        uint8_t* o = d + (flip ? (dw - 1 - x) : x) * 3;
-        o[0] = src3[0];
-        o[1] = src3[1];
-        o[2] = src3[2];
+        const uint8_t* p3 = tout.data() + (static_cast<size_t>(x) * R + r) * 3;
+        uint8_t* o = d + (mirror ? (dw - 1 - x) : x) * 3;
+        o[0] = p3[0];
+        o[1] = p3[1];
+        o[2] = p3[2];
       }
     }
-    return;
-  }
-  // Scratch reused across calls of a thread (the loader's workers call this per image).
-  thread_local std::vector<uint8_t> tmp;
-  thread_local std::vector<int32_t> acc;
-  tmp.resize(static_cast<size_t>(rows) * m);
-  for (int r = 0; r < rows; ++r) {
-    const uint8_t* srow = src + static_cast<size_t>(ylo + r) * sw * 3;
-    uint8_t* t = tmp.data() + static_cast<size_t>(r) * m;
-    for (int x = 0; x < dw; ++x) {
-      const int n = cx.count[static_cast<size_t>(x)];
-      const int32_t* w = &wx[static_cast<size_t>(x) * cx.taps];
-      const uint8_t* px = srow + static_cast<size_t>(cx.first[static_cast<size_t>(x)]) * 3;
-      int32_t a0 = kHalf, a1 = kHalf, a2 = kHalf;
-      for (int k = 0; k < n; ++k, px += 3) {
-        a0 += w[k] * px[0];
-        a1 += w[k] * px[1];
-        a2 += w[k] * px[2];
+  };
+  // Vertical pass over rows of `width3` bytes: out row y = sum_k wy * in row (first(y) + k - row0).
+  auto vpass = [&](const uint8_t* in, size_t in_stride, int row0, int width3, uint8_t* out, size_t out_stride,
+                   bool mirror) DDP_INLINE {
+    thread_local std::vector<int32_t> vacc;
+    vacc.resize(static_cast<size_t>(width3));
+    for (int y = 0; y < dh; ++y) {
+      const int f = cy.first[static_cast<size_t>(y)];
+      const int n = cy.count[static_cast<size_t>(y)];
+      const int32_t* w = &wy[static_cast<size_t>(y) * cy.taps];
+      int32_t* acc = vacc.data();
+      for (int i = 0; i < width3; ++i) acc[i] = kHalf;
+      for (int k = 0; k < n; ++k) {
+        const uint8_t* t = in + static_cast<size_t>(f + k - row0) * in_stride;
+        const int32_t wk = w[k];
+        for (int i = 0; i < width3; ++i) acc[i] += wk * t[i];
       }
-      t[x * 3 + 0] = clip(a0 >> kBits);
-      t[x * 3 + 1] = clip(a1 >> kBits);
-      t[x * 3 + 2] = clip(a2 >> kBits);
+      uint8_t* d = out + static_cast<size_t>(y) * out_stride;
+      if (!mirror) {
+        for (int i = 0; i < width3; ++i) d[i] = clip(acc[i] >> kBits);
+      } else {
+        const int px = width3 / 3;
+        for (int x = 0; x < px; ++x)
+          for (int c = 0; c < 3; ++c) d[(px - 1 - x) * 3 + c] = clip(acc[x * 3 + c] >> kBits);
+      }
     }
-  }
-  acc.resize(static_cast<size_t>(m));
-  for (int y = 0; y < dh; ++y) {
-    const int f = cy.first[static_cast<size_t>(y)];
-    const int n = cy.count[static_cast<size_t>(y)];
-    const int32_t* w = &wy[static_cast<size_t>(y) * cy.taps];
-    int32_t* a = acc.data();
-    for (int i = 0; i < m; ++i) a[i] = kHalf;
-    for (int k = 0; k < n; ++k) {
-      const uint8_t* t = tmp.data() + static_cast<size_t>(f + k - ylo) * m;
-      const int32_t wk = w[k];
-      for (int i = 0; i < m; ++i) a[i] += wk * t[i];
-    }
-    uint8_t* d = dst + static_cast<size_t>(y) * m;
-    if (!flip) {
-      for (int i = 0; i < m; ++i) d[i] = clip(a[i] >> kBits);
-    } else {
-      for (int x = 0; x < dw; ++x)
-        for (int c = 0; c < 3; ++c) d[(dw - 1 - x) * 3 + c] = clip(a[x * 3 + c] >> kBits);
-    }
+  };
+  thread_local std::vector<uint8_t> mid;
+  if (dh < rows) {
+    // Shrinking vertically: the vertical pass first leaves fewer rows for the horizontal one. Same
+    // filters; only the intermediate rounding differs from PIL's order.
+    mid.resize(static_cast<size_t>(dh) * mc);
+    vpass(src + static_cast<size_t>(xlo) * 3, static_cast<size_t>(sw) * 3, 0, mc, mid.data(), mc, false);
+    hpass(mid.data(), mc, dh, dst, flip);
+  } else {
+    mid.resize(static_cast<size_t>(rows) * m);
+    hpass(src + (static_cast<size_t>(ylo) * sw + xlo) * 3, static_cast<size_t>(sw) * 3, rows, mid.data(), false);
+    vpass(mid.data(), m, ylo, m, dst, m, flip);
   }
 }
 

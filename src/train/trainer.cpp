@@ -418,6 +418,12 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   bool stop = false, hit_max = false, eval_done_at_end = false;
   std::string last_gpu = "n/a";
   int epoch = start_epoch;
+  if (o.max_steps > 0 && gstep >= o.max_steps) {
+    hit_max = true;
+    info0("--max-steps ", o.max_steps, " already reached at global step ", gstep, ": no training");
+  } else if (start_epoch >= o.epochs) {
+    info0("all ", o.epochs, " epochs already trained (checkpoint at global step ", gstep, "): nothing to do");
+  }
   for (; epoch < o.epochs && !stop && !hit_max; ++epoch) {
     eval_done_at_end = false;
     const int64_t first = (epoch == start_epoch) ? start_step : 0;

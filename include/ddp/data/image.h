@@ -45,7 +45,9 @@ struct Decoded {
 };
 
 // Decodes the part of a JPEG that covers `box` (the whole image when box.w <= 0) to RGB, at the
-// coarsest DCT scale (1/8, 1/4, 1/2, 1) at which that part is still at least min_w x min_h pixels.
+// coarsest DCT scale (1/8, 1/4, 1/2, 1) at which that part is still at least min_w x min_h pixels
+// (pass the size the box will be resampled to; 0, 0: full resolution). A margin of the resampling
+// filter's reach around the box is decoded too.
 // Grayscale, CMYK/YCCK and progressive files all come out as RGB. Damage (truncation, bad Huffman
 // data) and images over max_pixels (0: no limit) throw ddp::Error naming `name`.
 // full_check reads the entropy data to the end of the file (so damage anywhere is found); otherwise

@@ -282,6 +282,8 @@ std::vector<std::string> resolve_defaults(TrainOptions& o, int world_size, int l
       notes.push_back("amp: fp16 (default on cuda; set --amp)");
     }
     if (!o.comm_given) o.comm = CommKind::Nccl;
+    // The MPI communicator averages host memory; the CUDA model's gradients live on the GPU.
+    if (o.comm == CommKind::Mpi) bad("comm", "'mpi' works with --backend cpu only; the GPU backend uses nccl");
   }
   if (o.workers < 0) {
     int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -84,6 +84,8 @@ TEST(Options, CpuBackendRefusesGpuOnlySettings) {
   }
   auto n = parse({"--data", "synthetic", "--backend", "cpu", "--comm", "nccl"});
   EXPECT_THROW(ddp::train::resolve_defaults(*n, 1, 1, false), ddp::Error);
+  auto m = parse({"--data", "synthetic", "--backend", "cuda", "--comm", "mpi"});
+  EXPECT_THROW(ddp::train::resolve_defaults(*m, 1, 1, true), ddp::Error);
 }
 
 TEST(Options, ConfigFileWithCommandLineWinning) {

@@ -554,6 +554,26 @@ if [[ -x $ours_bin && -z ${CANNOT_RUN[$ours_bin]:-} ]] && (($(cap 120) >= 20)); 
   ((rc == 0)) || nfail=$((nfail + 1))
   nrows=$((nrows + 1))
 fi
+# train_resnet18 end to end on the GPU (when bundled): synthetic data, NCCL with one rank (singleton
+# MPI_Init through env.sh), fp16 with dynamic loss scaling, a checkpoint written; counted as one test.
+train_bin="$BUNDLE/bin/train_resnet18"
+if [[ -x $train_bin && -z ${CANNOT_RUN[$train_bin]:-} ]] && (($(cap 150) >= 30)); then
+  t0=$SECONDS
+  rm -rf "$LOGDIR/train_ckpt"
+  timeout -k 10 "$(cap 150)" "$train_bin" --backend cuda --comm nccl --amp fp16 --data synthetic \
+    --synthetic-size 4096 --image-size 224 --batch-size 128 --max-steps 60 --no-eval --progress lines \
+    --log-every 10 --checkpoint-dir "$LOGDIR/train_ckpt" --jsonl "$LOGDIR/train_resnet18.jsonl" \
+    >"$LOGDIR/train_resnet18.log" 2>&1
+  rc=$?
+  note=""
+  if ((rc == 0)) && ! ls "$LOGDIR"/train_ckpt/*.h5 >/dev/null 2>&1; then rc=1; note="no checkpoint written"; fi
+  ((rc == 0)) || note="${note:-exit $rc: $(grep -v '^[[:space:]]*$' "$LOGDIR/train_resnet18.log" | tail -1 | cut -c1-120)}"
+  printf '%s\t%s\t%s\t%s\t0\t%s\t%s\n' "train_resnet18 --backend cuda (synthetic)" "$rc" "$((rc == 0 ? 1 : 0))" \
+    "$((rc == 0 ? 0 : 1))" "$((SECONDS - t0))" "$note" >>"$LOGDIR/tests.tsv"
+  log "train_resnet18 --backend cuda: rc $rc ($((SECONDS - t0)) s)${note:+ - $note}"
+  ((rc == 0)) || nfail=$((nfail + 1))
+  nrows=$((nrows + 1))
+fi
 if ((${#TESTS[@]} == 0)); then step_end FAIL "no test binaries"
 elif ((nfail)); then step_end FAIL "$nfail of $nrows test runs not clean"
 else step_end ok; fi

@@ -87,6 +87,24 @@ int bn_row_groups(int64_t rows) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(g, kBnRowGroupsMax)));
 }
 
+// Adds the kBnLanes row lanes of a (32 channels x kBnLanes) block in a fixed order (deterministic) and
+// writes the block's two partial sums for channel ch to part[(row group * 2 + {0,1}) * c + ch].
+__device__ __forceinline__ void store_lane_sums(float s0, float s1, int ch, int c, float* part) {
+  __shared__ float sh[2][kBnLanes][33];
+  sh[0][threadIdx.y][threadIdx.x] = s0;
+  sh[1][threadIdx.y][threadIdx.x] = s1;
+  __syncthreads();
+  if (threadIdx.y == 0 && ch < c) {
+    float a = 0.0f, b = 0.0f;
+    for (int j = 0; j < kBnLanes; ++j) {
+      a += sh[0][j][threadIdx.x];
+      b += sh[1][j][threadIdx.x];
+    }
+    part[(blockIdx.y * 2 + 0) * (int64_t)c + ch] = a;
+    part[(blockIdx.y * 2 + 1) * (int64_t)c + ch] = b;
+  }
+}
+
 // Sums are shifted by the channel's first value (row 0) to avoid cancellation in E[x^2] - E[x]^2.
 template <class T>
 __global__ void k_bn_partial_stats(const T* x, int64_t rows, int c, float* part) {
@@ -100,19 +118,7 @@ __global__ void k_bn_partial_stats(const T* x, int64_t rows, int c, float* part)
       ss += v * v;
     }
   }
-  __shared__ float sh[2][kBnLanes][33];
-  sh[0][threadIdx.y][threadIdx.x] = s;
-  sh[1][threadIdx.y][threadIdx.x] = ss;
-  __syncthreads();
-  if (threadIdx.y == 0 && ch < c) {
-    float a = 0.0f, b = 0.0f;
-    for (int j = 0; j < kBnLanes; ++j) {
-      a += sh[0][j][threadIdx.x];
-      b += sh[1][j][threadIdx.x];
-    }
-    part[(blockIdx.y * 2 + 0) * (int64_t)c + ch] = a;
-    part[(blockIdx.y * 2 + 1) * (int64_t)c + ch] = b;
-  }
+  store_lane_sums(s, ss, ch, c, part);
 }
 
 // Sums the row-group partials of channel blockIdx.x in double (fixed order: deterministic).
@@ -199,19 +205,7 @@ __global__ void k_bn_partial_bwd(const T* x, const T* relu_out, const T* dy, int
       sx += g * (to_f(x[i]) - mu) * is;
     }
   }
-  __shared__ float sh[2][kBnLanes][33];
-  sh[0][threadIdx.y][threadIdx.x] = s;
-  sh[1][threadIdx.y][threadIdx.x] = sx;
-  __syncthreads();
-  if (threadIdx.y == 0 && ch < c) {
-    float a = 0.0f, b = 0.0f;
-    for (int j = 0; j < kBnLanes; ++j) {
-      a += sh[0][j][threadIdx.x];
-      b += sh[1][j][threadIdx.x];
-    }
-    part[(blockIdx.y * 2 + 0) * (int64_t)c + ch] = a;
-    part[(blockIdx.y * 2 + 1) * (int64_t)c + ch] = b;
-  }
+  store_lane_sums(s, sx, ch, c, part);
 }
 
 __global__ void k_bn_finish_bwd(const float* part, int groups, int c, float* dgamma, float* dbeta) {

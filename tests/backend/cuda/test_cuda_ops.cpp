@@ -32,7 +32,8 @@ Tol tol_for(DType dt) {
   return dt == DType::F32 ? Tol{1e-5, 1e-5} : dt == DType::F16 ? Tol{1e-2, 1e-2} : Tol{2e-2, 2e-2};
 }
 
-class CudaOps : public ::testing::TestWithParam<DType> {
+// Every CUDA op test: skip without a GPU, one stream per test, drained before it is destroyed.
+class CudaStreamTest : public ::testing::Test {
  protected:
   void SetUp() override {
     DDP_REQUIRE_GPU();
@@ -46,6 +47,8 @@ class CudaOps : public ::testing::TestWithParam<DType> {
   }
   cudaStream_t stream_ = nullptr;
 };
+
+class CudaOps : public CudaStreamTest, public ::testing::WithParamInterface<DType> {};
 
 // ---- convolutions: one case per ResNet18 conv shape class --------------------------------------
 struct ConvCase {
@@ -283,20 +286,7 @@ INSTANTIATE_TEST_SUITE_P(DTypes, CudaOps, ::testing::Values(DType::F32, DType::F
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
 // ---- fp32 ops (classifier, loss, optimizer, checks) ------------------------------------------------
-class CudaOpsF32 : public ::testing::Test {
- protected:
-  void SetUp() override {
-    DDP_REQUIRE_GPU();
-    CUDA_CHECK(cudaStreamCreate(&stream_));
-  }
-  void TearDown() override {
-    if (stream_) {
-      CUDA_CHECK(cudaStreamSynchronize(stream_));
-      CUDA_CHECK(cudaStreamDestroy(stream_));
-    }
-  }
-  cudaStream_t stream_ = nullptr;
-};
+class CudaOpsF32 : public CudaStreamTest {};
 
 TEST_F(CudaOpsF32, LinearForwardBackward) {
   const int n = 5, in = 512, out = 37;

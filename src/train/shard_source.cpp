@@ -34,7 +34,9 @@ class ShardSource final : public DataSource {
   int num_classes() const override { return loader_->num_classes(); }
   int64_t num_images() const override { return loader_->num_images(); }
   int64_t local_batches() const override { return loader_->local_batches(); }
-  void start_epoch(int epoch, int64_t num_batches) override { loader_->start_epoch(epoch, num_batches); }
+  void start_epoch(int epoch, int64_t num_batches, int64_t first_batch) override {
+    loader_->start_epoch(epoch, num_batches, first_batch);
+  }
   bool next(BatchView& out) override {
     data::Batch b;
     if (!loader_->next(b)) return false;

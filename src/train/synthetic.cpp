@@ -74,10 +74,12 @@ class SyntheticSource final : public DataSource {
                " classes (seed ", set_->seed, ")");
   }
 
-  void start_epoch(int epoch, int64_t num_batches) override {
+  void start_epoch(int epoch, int64_t num_batches, int64_t first_batch) override {
     DDP_CHECK(num_batches <= local_batches_, "asked for ", num_batches, " batches of ", local_batches_);
-    remaining_ = num_batches;
-    cursor_ = 0;
+    DDP_CHECK(first_batch >= 0 && first_batch <= num_batches, "start_epoch: first batch ", first_batch,
+              " outside 0..", num_batches);
+    remaining_ = num_batches - first_batch;
+    cursor_ = first_batch;
     if (!c_.train) return;
     // Permutation = f(seed, epoch): Fisher-Yates driven by stream kShuffle at counter epoch << 40.
     order_.resize(static_cast<size_t>(set_->size));

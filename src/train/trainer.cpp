@@ -427,11 +427,10 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   for (; epoch < o.epochs && !stop && !hit_max; ++epoch) {
     eval_done_at_end = false;
     const int64_t first = (epoch == start_epoch) ? start_step : 0;
-    train->start_epoch(epoch, steps);
+    // Mid-epoch resume: the order and the augmentation are pure functions of (seed, epoch, rank), so
+    // the source starts at the checkpoint's batch without reading or decoding the ones before it.
+    train->start_epoch(epoch, steps, first);
     BatchView b;
-    // Mid-epoch resume: the order is a pure function of (seed, epoch), so skipping the batches
-    // already trained on puts the stream where the checkpoint left it.
-    for (int64_t k = 0; k < first; ++k) DDP_CHECK(train->next(b), "data ended while skipping to step ", first);
     if (rank0) progress->begin_epoch(epoch, o.epochs, steps);
     auto epoch_t0 = Clock::now();
     auto window_t0 = epoch_t0;

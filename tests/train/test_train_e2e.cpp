@@ -13,7 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "ddp/core/rng.h"
 #include "ddp/core/tensor.h"
+#include "ddp/data/shard.h"
 #include "ddp/nn/resnet18.h"
 #include "ddp/nn/weights_io.h"
 #include "ddp/train/checkpoint.h"
@@ -104,6 +106,43 @@ TEST_F(TrainE2E, ResumeMidEpochIsBitExactOneRank) {
   ASSERT_EQ(b2.rc, 0) << b2.out;
   EXPECT_NE(b2.out.find("resumed from"), std::string::npos) << b2.out;
   expect_same_state(d("a/ckpt-0000000020.h5"), d("b/ckpt-0000000020.h5"), 4);
+}
+
+TEST_F(TrainE2E, ResumeMidEpochOnShardsIsBitExact) {
+  // The loader path (random crops + flips from shards): the resumed run starts the epoch at the
+  // checkpoint's batch without decoding the batches before it, and must land on the same bits.
+  // 72 raw 36x36 images, batch 8 -> 9 steps per epoch; stop at step 13 (epoch 2, step 4).
+  fs::create_directories(d("shards"));
+  ddp::Rng rng(11, ddp::rng_stream::kTest);
+  for (const std::string split : {"train", "val"}) {
+    ddp::data::ShardMeta m;
+    m.split = split;
+    m.encoding = "raw";
+    m.height = m.width = 36;
+    m.jpeg_quality = 0;
+    m.resize_shorter = 0;
+    m.classes = {"a", "b", "c", "d"};
+    ddp::data::ShardWriter w(d("shards/" + ddp::data::shard_file_name(split, 0, 1)), m);
+    std::vector<uint8_t> px(36 * 36 * 3);
+    for (int k = 0; k < (split == "train" ? 72 : 20); ++k) {
+      for (auto& v : px) v = static_cast<uint8_t>(rng.next_u32());
+      w.append_raw(px.data(), k % 4, "img" + std::to_string(k));
+    }
+    w.commit();
+  }
+  const std::string recipe = std::string(TRAIN_RESNET18) + " --data " + d("shards") +
+                             " --image-size 32 --backend cpu --threads 1 --batch-size 8 --lr 0.05 --seed 4"
+                             " --random-crop on --min-crop-scale 0.3 --flip on --log-every 1 --progress lines"
+                             " --no-eval --epochs 3 ";
+  auto a = sh(recipe + "--max-steps 22 --checkpoint-dir " + d("a"));
+  ASSERT_EQ(a.rc, 0) << a.out;
+  auto b1 = sh(recipe + "--max-steps 13 --checkpoint-dir " + d("b"));
+  ASSERT_EQ(b1.rc, 0) << b1.out;
+  ASSERT_TRUE(fs::exists(d("b/ckpt-0000000013.h5"))) << b1.out;
+  auto b2 = sh(recipe + "--max-steps 22 --checkpoint-dir " + d("b") + " --resume auto");
+  ASSERT_EQ(b2.rc, 0) << b2.out;
+  EXPECT_NE(b2.out.find("step 4 of the epoch"), std::string::npos) << b2.out;
+  expect_same_state(d("a/ckpt-0000000022.h5"), d("b/ckpt-0000000022.h5"), 4);
 }
 
 TEST_F(TrainE2E, ResumeIsBitExactTwoRanks) {

@@ -20,9 +20,11 @@ class DataSource {
   virtual int num_classes() const = 0;
   virtual int64_t num_images() const = 0;    // images this source covers (all of its ranks together)
   virtual int64_t local_batches() const = 0;  // batches this rank has in one pass
-  // Begins a pass; the order is a pure function of (seed, epoch). num_batches: how many next() calls
-  // follow (the agreed equal count when training; local_batches() when evaluating).
-  virtual void start_epoch(int epoch, int64_t num_batches) = 0;
+  // Begins a pass; the order is a pure function of (seed, epoch). num_batches: the pass's length (the
+  // agreed equal count when training; local_batches() when evaluating). first_batch > 0 resumes a pass
+  // mid-way (from a checkpoint): next() then yields batches first_batch..num_batches-1, exactly as the
+  // uninterrupted pass would have, without producing the skipped ones.
+  virtual void start_epoch(int epoch, int64_t num_batches, int64_t first_batch = 0) = 0;
   virtual bool next(BatchView& out) = 0;
   virtual std::string describe() const = 0;
 };

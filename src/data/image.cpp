@@ -3,11 +3,16 @@
 #include <turbojpeg.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
 #include <memory>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 // jpeglib.h needs size_t and FILE declared first.
 #include <jpeglib.h>
@@ -232,24 +237,30 @@ std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality) 
 }
 
 namespace {
+// Weights in fixed point, as PIL does for 8-bit images: scaled by 2^14, accumulated in int32 from
+// kHalf (rounding), shifted back and clipped to 0..255.
+constexpr int kBits = 14;
+constexpr int32_t kHalf = 1 << (kBits - 1);
+
 // PIL's precompute_coeffs for the bilinear (triangle) filter: for each output index, the first
 // input index and normalised weights. Support grows with the shrink factor (antialiasing).
 struct Coeffs {
   int taps = 0;
   std::vector<int> first, count;  // per output: first input index, number of non-zero taps
-  std::vector<float> w;           // out x taps
+  std::vector<int16_t> w;         // out x taps, fixed point (<= 2^14, so int16 holds them)
 };
 
-Coeffs coeffs(int in_size, float in0, float in1, int out_size) {
-  Coeffs c;
+void coeffs(int in_size, float in0, float in1, int out_size, Coeffs& c) {
   const double scale = (static_cast<double>(in1) - in0) / out_size;
   const double filterscale = std::max(scale, 1.0);
   const double support = 1.0 * filterscale;
   c.taps = static_cast<int>(std::ceil(support)) * 2 + 1;
   c.first.resize(static_cast<size_t>(out_size));
   c.count.resize(static_cast<size_t>(out_size));
-  c.w.assign(static_cast<size_t>(out_size) * c.taps, 0.0f);
+  c.w.assign(static_cast<size_t>(out_size) * c.taps, 0);
   const double ss = 1.0 / filterscale;
+  thread_local std::vector<float> wf;
+  wf.resize(static_cast<size_t>(c.taps));
   for (int xx = 0; xx < out_size; ++xx) {
     const double center = in0 + (xx + 0.5) * scale;
     int xmin = std::max(static_cast<int>(center - support + 0.5), 0);
@@ -258,38 +269,212 @@ Coeffs coeffs(int in_size, float in0, float in1, int out_size) {
     if (xmin > in_size - 1) xmin = in_size - 1;
     if (xmin + xmax > in_size) xmax = in_size - xmin;
     double total = 0;
-    float* w = &c.w[static_cast<size_t>(xx) * c.taps];
     for (int x = 0; x < xmax; ++x) {
       double t = std::fabs((x + xmin - center + 0.5) * ss);
       double v = t < 1.0 ? 1.0 - t : 0.0;
-      w[x] = static_cast<float>(v);
+      wf[static_cast<size_t>(x)] = static_cast<float>(v);
       total += v;
     }
+    int16_t* w = &c.w[static_cast<size_t>(xx) * c.taps];
     if (total <= 0) {  // degenerate (box narrower than a pixel): nearest neighbour
-      w[0] = 1.0f;
-      for (int x = 1; x < xmax; ++x) w[x] = 0.0f;
+      w[0] = 1 << kBits;
     } else {
-      for (int x = 0; x < xmax; ++x) w[x] = static_cast<float>(w[x] / total);
+      for (int x = 0; x < xmax; ++x) {
+        const float f = static_cast<float>(wf[static_cast<size_t>(x)] / total);
+        w[x] = static_cast<int16_t>(std::lround(f * (1 << kBits)));
+      }
     }
     c.first[static_cast<size_t>(xx)] = xmin;
     c.count[static_cast<size_t>(xx)] = xmax;
   }
-  return c;
+}
+
+// The two building blocks of the resampler, each in a portable and an AVX2 version (picked at run
+// time) that compute the same integers.
+//
+// filter_rows: out row j (j < c.first.size()) = clip((kHalf + sum_k w[j][k] * in row (first[j]+k-base))
+// >> kBits), over `bytes` bytes of each row. Both passes use it: the vertical one on image rows, the
+// horizontal one on transposed rows (so that it, too, runs over long contiguous vectors).
+void filter_rows_portable(const uint8_t* in, size_t in_stride, int base, const Coeffs& c, int bytes, uint8_t* out,
+                          size_t out_stride) {
+  thread_local std::vector<int32_t> acc;
+  acc.resize(static_cast<size_t>(bytes));
+  const int n_out = static_cast<int>(c.first.size());
+  for (int j = 0; j < n_out; ++j) {
+    const int f = c.first[static_cast<size_t>(j)] - base;
+    const int n = c.count[static_cast<size_t>(j)];
+    const int16_t* w = &c.w[static_cast<size_t>(j) * c.taps];
+    int32_t* a = acc.data();
+    for (int i = 0; i < bytes; ++i) a[i] = kHalf;
+    for (int k = 0; k < n; ++k) {
+      const uint8_t* t = in + static_cast<size_t>(f + k) * in_stride;
+      const int32_t wk = w[k];
+      for (int i = 0; i < bytes; ++i) a[i] += wk * t[i];
+    }
+    uint8_t* o = out + static_cast<size_t>(j) * out_stride;
+    for (int i = 0; i < bytes; ++i) o[i] = static_cast<uint8_t>(std::clamp(a[i] >> kBits, 0, 255));
+  }
+}
+
+// transpose3: dst row c, pixel r' = src row r, pixel c, for 3-byte pixels (rows x cols of src);
+// r' = rows-1-r when reverse (a horizontal flip of dst).
+void transpose3_portable(const uint8_t* src, size_t src_stride, int rows, int cols, uint8_t* dst, size_t dst_stride,
+                         bool reverse) {
+  for (int c = 0; c < cols; ++c) {
+    uint8_t* d = dst + static_cast<size_t>(c) * dst_stride;
+    for (int r = 0; r < rows; ++r) {
+      const uint8_t* s = src + static_cast<size_t>(r) * src_stride + static_cast<size_t>(c) * 3;
+      std::memcpy(d + static_cast<size_t>(reverse ? rows - 1 - r : r) * 3, s, 3);
+    }
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DDP_RESAMPLE_AVX2 1
+// Pairs of taps go through one pmaddwd: the bytes of two input rows are interleaved and widened to
+// int16 (x0 y0 x1 y1 ...) and multiplied by (w_k, w_k+1) into int32 sums, as Pillow-SIMD does. The
+// unpacks and packs work within 128-bit lanes and undo each other, so bytes come out in order.
+__attribute__((target("avx2"))) void filter_rows_avx2(const uint8_t* in, size_t in_stride, int base,
+                                                      const Coeffs& c, int bytes, uint8_t* out, size_t out_stride) {
+  thread_local std::vector<int32_t> pairs;
+  pairs.resize(static_cast<size_t>(c.taps) / 2 + 1);
+  const int n_out = static_cast<int>(c.first.size());
+  const __m256i half = _mm256_set1_epi32(kHalf), zero = _mm256_setzero_si256();
+  const __m128i half4 = _mm_set1_epi32(kHalf), zero4 = _mm_setzero_si128();
+  for (int j = 0; j < n_out; ++j) {
+    const uint8_t* r0 = in + static_cast<size_t>(c.first[static_cast<size_t>(j)] - base) * in_stride;
+    const int n = c.count[static_cast<size_t>(j)];
+    const int16_t* w = &c.w[static_cast<size_t>(j) * c.taps];
+    const int np = (n + 1) / 2;
+    for (int p = 0; p < np; ++p) {
+      const uint32_t lo = static_cast<uint16_t>(w[2 * p]);
+      const uint32_t hi = 2 * p + 1 < n ? static_cast<uint16_t>(w[2 * p + 1]) : 0u;
+      pairs[static_cast<size_t>(p)] = static_cast<int32_t>(lo | (hi << 16));
+    }
+    uint8_t* o = out + static_cast<size_t>(j) * out_stride;
+    int i = 0;
+    for (; i + 32 <= bytes; i += 32) {
+      __m256i a0 = half, a1 = half, a2 = half, a3 = half;
+      for (int p = 0; p < np; ++p) {
+        const uint8_t* t = r0 + static_cast<size_t>(2 * p) * in_stride + i;
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t));
+        const __m256i y = 2 * p + 1 < n ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + in_stride)) : zero;
+        const __m256i wp = _mm256_set1_epi32(pairs[static_cast<size_t>(p)]);
+        const __m256i lo = _mm256_unpacklo_epi8(x, y), hi = _mm256_unpackhi_epi8(x, y);
+        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_unpacklo_epi8(lo, zero), wp));
+        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_unpackhi_epi8(lo, zero), wp));
+        a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_unpacklo_epi8(hi, zero), wp));
+        a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_unpackhi_epi8(hi, zero), wp));
+      }
+      const __m256i p01 = _mm256_packs_epi32(_mm256_srai_epi32(a0, kBits), _mm256_srai_epi32(a1, kBits));
+      const __m256i p23 = _mm256_packs_epi32(_mm256_srai_epi32(a2, kBits), _mm256_srai_epi32(a3, kBits));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + i), _mm256_packus_epi16(p01, p23));
+    }
+    for (; i + 16 <= bytes; i += 16) {
+      __m128i a0 = half4, a1 = half4, a2 = half4, a3 = half4;
+      for (int p = 0; p < np; ++p) {
+        const uint8_t* t = r0 + static_cast<size_t>(2 * p) * in_stride + i;
+        const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(t));
+        const __m128i y = 2 * p + 1 < n ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + in_stride)) : zero4;
+        const __m128i wp = _mm_set1_epi32(pairs[static_cast<size_t>(p)]);
+        const __m128i lo = _mm_unpacklo_epi8(x, y), hi = _mm_unpackhi_epi8(x, y);
+        a0 = _mm_add_epi32(a0, _mm_madd_epi16(_mm_unpacklo_epi8(lo, zero4), wp));
+        a1 = _mm_add_epi32(a1, _mm_madd_epi16(_mm_unpackhi_epi8(lo, zero4), wp));
+        a2 = _mm_add_epi32(a2, _mm_madd_epi16(_mm_unpacklo_epi8(hi, zero4), wp));
+        a3 = _mm_add_epi32(a3, _mm_madd_epi16(_mm_unpackhi_epi8(hi, zero4), wp));
+      }
+      const __m128i p01 = _mm_packs_epi32(_mm_srai_epi32(a0, kBits), _mm_srai_epi32(a1, kBits));
+      const __m128i p23 = _mm_packs_epi32(_mm_srai_epi32(a2, kBits), _mm_srai_epi32(a3, kBits));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + i), _mm_packus_epi16(p01, p23));
+    }
+    for (; i < bytes; ++i) {
+      int32_t a = kHalf;
+      for (int k = 0; k < n; ++k) a += w[k] * r0[static_cast<size_t>(k) * in_stride + i];
+      o[i] = static_cast<uint8_t>(std::clamp(a >> kBits, 0, 255));
+    }
+  }
+}
+
+// 4x4 blocks of pixels: each row's 12 bytes widened to 4 dwords (pshufb), a 4x4 dword transpose,
+// narrowed back to 12 bytes (reversed when asked) and stored exactly (8 + 4 bytes). The 16-byte
+// loads read 4 bytes past a block's pixels, which stay inside src except on its last row: that row
+// is done by the portable loop.
+__attribute__((target("avx2"))) void transpose3_avx2(const uint8_t* src, size_t src_stride, int rows, int cols,
+                                                     uint8_t* dst, size_t dst_stride, bool reverse) {
+  const __m128i widen = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+  const __m128i narrow = reverse ? _mm_setr_epi8(12, 13, 14, 8, 9, 10, 4, 5, 6, 0, 1, 2, -1, -1, -1, -1)
+                                 : _mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1);
+  const int rb = std::max(0, (rows - 1) / 4 * 4);  // rows done in blocks (never the last one)
+  const int cb = cols / 4 * 4;
+  for (int r = 0; r < rb; r += 4) {
+    const uint8_t* s = src + static_cast<size_t>(r) * src_stride;
+    const size_t dr = static_cast<size_t>(reverse ? rows - 4 - r : r) * 3;
+    for (int c = 0; c < cb; c += 4) {
+      const uint8_t* sc = s + static_cast<size_t>(c) * 3;
+      const __m128i v0 = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)), widen);
+      const __m128i v1 = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + src_stride)), widen);
+      const __m128i v2 =
+          _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + 2 * src_stride)), widen);
+      const __m128i v3 =
+          _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + 3 * src_stride)), widen);
+      const __m128i t0 = _mm_unpacklo_epi32(v0, v1), t1 = _mm_unpacklo_epi32(v2, v3);
+      const __m128i t2 = _mm_unpackhi_epi32(v0, v1), t3 = _mm_unpackhi_epi32(v2, v3);
+      const __m128i col[4] = {_mm_unpacklo_epi64(t0, t1), _mm_unpackhi_epi64(t0, t1), _mm_unpacklo_epi64(t2, t3),
+                              _mm_unpackhi_epi64(t2, t3)};
+      for (int k = 0; k < 4; ++k) {
+        const __m128i b = _mm_shuffle_epi8(col[k], narrow);
+        uint8_t* d = dst + static_cast<size_t>(c + k) * dst_stride + dr;
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(d), b);
+        const int32_t tail = _mm_extract_epi32(b, 2);
+        std::memcpy(d + 8, &tail, 4);
+      }
+    }
+    // Columns past the last whole block.
+    for (int c = cb; c < cols; ++c)
+      for (int k = 0; k < 4; ++k)
+        std::memcpy(dst + static_cast<size_t>(c) * dst_stride + static_cast<size_t>(reverse ? rows - 1 - r - k : r + k) * 3,
+                    s + static_cast<size_t>(k) * src_stride + static_cast<size_t>(c) * 3, 3);
+  }
+  // Rows past the last whole block (the last row always among them).
+  for (int c = 0; c < cols; ++c) {
+    uint8_t* d = dst + static_cast<size_t>(c) * dst_stride;
+    for (int r = rb; r < rows; ++r)
+      std::memcpy(d + static_cast<size_t>(reverse ? rows - 1 - r : r) * 3,
+                  src + static_cast<size_t>(r) * src_stride + static_cast<size_t>(c) * 3, 3);
+  }
+}
+#endif
+
+struct Kernels {
+  void (*filter_rows)(const uint8_t*, size_t, int, const Coeffs&, int, uint8_t*, size_t) = filter_rows_portable;
+  void (*transpose3)(const uint8_t*, size_t, int, int, uint8_t*, size_t, bool) = transpose3_portable;
+};
+bool cpu_has_avx2() {
+#ifdef DDP_RESAMPLE_AVX2
+  return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+std::atomic<bool> g_simd{cpu_has_avx2()};
+Kernels kernels() {
+  Kernels k;
+#ifdef DDP_RESAMPLE_AVX2
+  if (g_simd.load(std::memory_order_relaxed)) {
+    k.filter_rows = filter_rows_avx2;
+    k.transpose3 = transpose3_avx2;
+  }
+#endif
+  return k;
 }
 
 }  // namespace
 
-// Lambdas are functions of their own: inlined, they are compiled for each clone of resample.
-#if defined(__GNUC__)
-#define DDP_INLINE __attribute__((always_inline))
-#else
-#define DDP_INLINE
-#endif
-// AVX2 clone picked at run time where the CPU has it (the integer multiply-adds vectorise 8-wide);
-// the default clone keeps the binaries runnable on any x86-64.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
-#endif
+bool set_resample_simd(bool enable) {
+  g_simd.store(enable && cpu_has_avx2());
+  return g_simd.load();
+}
+
 void resample(const uint8_t* src, int sw, int sh, Box box, uint8_t* dst, int dw, int dh, bool flip) {
   DDP_CHECK(sw > 0 && sh > 0 && dw > 0 && dh > 0, "resample: empty image (", sw, "x", sh, " -> ", dw, "x", dh, ")");
   DDP_CHECK(box.w > 0 && box.h > 0, "resample: empty box");
@@ -309,114 +494,46 @@ void resample(const uint8_t* src, int sw, int sh, Box box, uint8_t* dst, int dw,
     }
     return;
   }
-  Coeffs cx = coeffs(sw, box.x, box.x + box.w, dw);
-  Coeffs cy = coeffs(sh, box.y, box.y + box.h, dh);
-  // Fixed point as PIL does for 8-bit images: weights scaled by 2^14, the horizontal pass rounded to
-  // uint8, then the vertical pass (which vectorises over whole rows).
-  constexpr int kBits = 14;
-  constexpr int32_t kHalf = 1 << (kBits - 1);
-  auto quantise = [](const Coeffs& c) {
-    std::vector<int32_t> q(c.w.size());
-    for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<int32_t>(std::lround(c.w[i] * (1 << kBits)));
-    return q;
-  };
-  const std::vector<int32_t> wx = quantise(cx), wy = quantise(cy);
-  auto clip = [](int32_t v) DDP_INLINE -> uint8_t { return static_cast<uint8_t>(std::min(std::max(v, 0), 255)); };
-  // Rows of the source the vertical pass touches.
+  const Kernels kn = kernels();
+  thread_local Coeffs cx, cy;
+  coeffs(sw, box.x, box.x + box.w, dw, cx);
+  coeffs(sh, box.y, box.y + box.h, dh, cy);
+  // Rows and columns of the source the filters touch.
   int ylo = sh, yhi = 0;
   for (int y = 0; y < dh; ++y) {
     ylo = std::min(ylo, cy.first[static_cast<size_t>(y)]);
     yhi = std::max(yhi, cy.first[static_cast<size_t>(y)] + cy.count[static_cast<size_t>(y)]);
   }
-  const int rows = yhi - ylo;
-  const int m = dw * 3;
   int xlo = sw, xhi = 0;
   for (int x = 0; x < dw; ++x) {
     xlo = std::min(xlo, cx.first[static_cast<size_t>(x)]);
     xhi = std::max(xhi, cx.first[static_cast<size_t>(x)] + cx.count[static_cast<size_t>(x)]);
   }
-  const int mc = (xhi - xlo) * 3;
-  // Horizontal pass over R rows of pixels xlo..xhi-1 (row stride in_stride bytes), into R rows of
-  // dw pixels. It runs on the transposed rows, so the multiply-adds go over long contiguous vectors
-  // instead of one 3-channel pixel at a time.
-  auto hpass = [&](const uint8_t* in, size_t in_stride, int R, uint8_t* out, bool mirror) DDP_INLINE {
-    const int C = xhi - xlo, mr = R * 3;
-    thread_local std::vector<uint8_t> tin, tout;
-    thread_local std::vector<int32_t> tacc;
-    tin.resize(static_cast<size_t>(C) * mr);
-    for (int r = 0; r < R; ++r) {
-      const uint8_t* row = in + static_cast<size_t>(r) * in_stride;
-      for (int c = 0; c < C; ++c) {
-        uint8_t* o = tin.data() + (static_cast<size_t>(c) * R + r) * 3;
-        o[0] = row[c * 3];
-        o[1] = row[c * 3 + 1];
-        o[2] = row[c * 3 + 2];
-      }
-    }
-    tacc.resize(static_cast<size_t>(mr));
-    tout.resize(static_cast<size_t>(dw) * mr);
-    for (int x = 0; x < dw; ++x) {
-      const int f = cx.first[static_cast<size_t>(x)] - xlo;
-      const int n = cx.count[static_cast<size_t>(x)];
-      const int32_t* w = &wx[static_cast<size_t>(x) * cx.taps];
-      int32_t* acc = tacc.data();
-      for (int i = 0; i < mr; ++i) acc[i] = kHalf;
-      for (int k = 0; k < n; ++k) {
-        const uint8_t* t = tin.data() + static_cast<size_t>(f + k) * mr;
-        const int32_t wk = w[k];
-        for (int i = 0; i < mr; ++i) acc[i] += wk * t[i];
-      }
-      uint8_t* o = tout.data() + static_cast<size_t>(x) * mr;
-      for (int i = 0; i < mr; ++i) o[i] = clip(acc[i] >> kBits);
-    }
-    for (int r = 0; r < R; ++r) {
-      uint8_t* d = out + static_cast<size_t>(r) * m;
-      for (int x = 0; x < dw; ++x) {
-        const uint8_t* p3 = tout.data() + (static_cast<size_t>(x) * R + r) * 3;
-        uint8_t* o = d + (mirror ? (dw - 1 - x) : x) * 3;
-        o[0] = p3[0];
-        o[1] = p3[1];
-        o[2] = p3[2];
-      }
-    }
+  const int rows = yhi - ylo, m = dw * 3, mc = (xhi - xlo) * 3;
+  // Horizontal pass over R rows of pixels xlo..xhi-1 (row stride in_stride bytes) into R rows of dw
+  // pixels (stride out_stride), mirrored when asked: transpose, filter the transposed rows, transpose
+  // back. Transposed rows are padded so the 16-byte loads of the transposes stay inside the buffers.
+  thread_local std::vector<uint8_t> tin, tout, mid;
+  auto hpass = [&](const uint8_t* in, size_t in_stride, int R, uint8_t* out, size_t out_stride, bool mirror) {
+    const int C = xhi - xlo;
+    const size_t ts = static_cast<size_t>(R) * 3 + 16;
+    tin.resize(static_cast<size_t>(C) * ts);
+    tout.resize(static_cast<size_t>(dw) * ts);
+    kn.transpose3(in, in_stride, R, C, tin.data(), ts, false);
+    kn.filter_rows(tin.data(), ts, xlo, cx, R * 3, tout.data(), ts);
+    kn.transpose3(tout.data(), ts, dw, R, out, out_stride, mirror);
   };
-  // Vertical pass over rows of `width3` bytes: out row y = sum_k wy * in row (first(y) + k - row0).
-  auto vpass = [&](const uint8_t* in, size_t in_stride, int row0, int width3, uint8_t* out, size_t out_stride,
-                   bool mirror) DDP_INLINE {
-    thread_local std::vector<int32_t> vacc;
-    vacc.resize(static_cast<size_t>(width3));
-    for (int y = 0; y < dh; ++y) {
-      const int f = cy.first[static_cast<size_t>(y)];
-      const int n = cy.count[static_cast<size_t>(y)];
-      const int32_t* w = &wy[static_cast<size_t>(y) * cy.taps];
-      int32_t* acc = vacc.data();
-      for (int i = 0; i < width3; ++i) acc[i] = kHalf;
-      for (int k = 0; k < n; ++k) {
-        const uint8_t* t = in + static_cast<size_t>(f + k - row0) * in_stride;
-        const int32_t wk = w[k];
-        for (int i = 0; i < width3; ++i) acc[i] += wk * t[i];
-      }
-      uint8_t* d = out + static_cast<size_t>(y) * out_stride;
-      if (!mirror) {
-        for (int i = 0; i < width3; ++i) d[i] = clip(acc[i] >> kBits);
-      } else {
-        const int px = width3 / 3;
-        for (int x = 0; x < px; ++x)
-          for (int c = 0; c < 3; ++c) d[(px - 1 - x) * 3 + c] = clip(acc[x * 3 + c] >> kBits);
-      }
-    }
-  };
-  thread_local std::vector<uint8_t> mid;
   if (dh < rows) {
     // Shrinking vertically: the vertical pass first leaves fewer rows for the horizontal one. Same
     // filters; only the intermediate rounding differs from PIL's order.
     mid.resize(static_cast<size_t>(dh) * mc);
-    vpass(src + static_cast<size_t>(xlo) * 3, static_cast<size_t>(sw) * 3, 0, mc, mid.data(), mc, false);
-    hpass(mid.data(), mc, dh, dst, flip);
+    kn.filter_rows(src + static_cast<size_t>(xlo) * 3, static_cast<size_t>(sw) * 3, 0, cy, mc, mid.data(), mc);
+    hpass(mid.data(), mc, dh, dst, m, flip);
   } else {
+    // The flip is horizontal, so it commutes with the vertical pass and is done by the first.
     mid.resize(static_cast<size_t>(rows) * m);
-    hpass(src + (static_cast<size_t>(ylo) * sw + xlo) * 3, static_cast<size_t>(sw) * 3, rows, mid.data(), false);
-    vpass(mid.data(), m, ylo, m, dst, m, flip);
+    hpass(src + (static_cast<size_t>(ylo) * sw + xlo) * 3, static_cast<size_t>(sw) * 3, rows, mid.data(), m, flip);
+    kn.filter_rows(mid.data(), m, ylo, cy, m, dst, m);
   }
 }
 

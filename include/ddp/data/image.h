@@ -62,6 +62,10 @@ std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality);
 // support widens when shrinking (antialiasing), so it agrees with PIL's Image.resize(box=...).
 // flip mirrors the output horizontally.
 void resample(const uint8_t* src, int sw, int sh, Box box, uint8_t* dst, int dw, int dh, bool flip = false);
+// resample uses AVX2 kernels where the CPU has them, otherwise portable ones computing the same
+// bytes. For tests and comparisons: false forces the portable kernels, true restores the default;
+// returns whether the AVX2 kernels are now in use.
+bool set_resample_simd(bool enable);
 
 // torchvision.transforms.RandomResizedCrop.get_params: integer crop of a W x H image.
 Box random_resized_crop(Rng& rng, int W, int H, float min_scale, float max_scale,

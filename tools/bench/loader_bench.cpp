@@ -1,5 +1,6 @@
 // loader_bench: images/s of ddp::data::Loader over a shard directory (training transform by default).
-// Driven by tools/bench/loader_vs_torchvision.sh; the first epoch warms up and is not counted.
+// Driven by tools/bench/loader_vs_torchvision.sh; the first epoch warms up and is not counted; then
+// whole epochs run until at least --epochs of them and --seconds of time are done.
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -13,13 +14,15 @@ namespace po = boost::program_options;
 int main(int argc, char** argv) {
   std::string dir, split = "train";
   int workers = 0, batch = 64, epochs = 3, size = 224;
+  double min_seconds = 0;
   bool eval = false;
   po::options_description d("loader_bench: Loader throughput\noptions");
   d.add_options()("help,h", "show this help")("shards", po::value(&dir)->required(), "shard directory")(
       "split", po::value(&split)->default_value(split), "split")(
       "workers", po::value(&workers)->default_value(0), "decode threads (0: all cores)")(
       "batch", po::value(&batch)->default_value(batch), "batch size")(
-      "epochs", po::value(&epochs)->default_value(epochs), "timed epochs (after one warm-up epoch)")(
+      "epochs", po::value(&epochs)->default_value(epochs), "least timed epochs (after one warm-up epoch)")(
+      "seconds", po::value(&min_seconds)->default_value(0), "least timed seconds (whole epochs)")(
       "size", po::value(&size)->default_value(size), "output resolution")("eval", po::bool_switch(&eval),
                                                                           "evaluation transform");
   try {
@@ -40,7 +43,8 @@ int main(int argc, char** argv) {
     int64_t images = 0;
     double secs = 0;
     uint64_t checksum = 0;
-    for (int e = 0; e <= epochs; ++e) {
+    int e = 0;
+    for (; e <= epochs || secs < min_seconds; ++e) {
       auto t0 = std::chrono::steady_clock::now();
       ld.start_epoch(e, ld.local_batches());
       ddp::data::Batch b;
@@ -55,8 +59,8 @@ int main(int argc, char** argv) {
         secs += s;
       }
     }
-    std::printf("loader_bench: %lld images in %.2f s: %.1f img/s (%d workers, batch %d, %dx%d, %s) [%llu]\n",
-                static_cast<long long>(images), secs, images / secs, workers, batch, size, size,
+    std::printf("loader_bench: %lld images in %.2f s: %.1f img/s (%d epochs, %d workers, batch %d, %dx%d, %s) [%llu]\n",
+                static_cast<long long>(images), secs, images / secs, e - 1, workers, batch, size, size,
                 eval ? "eval" : "train", static_cast<unsigned long long>(checksum % 10));
     return 0;
   } catch (const std::exception& e) {

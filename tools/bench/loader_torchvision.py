@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """The peer for loader_bench: torchvision ImageFolder + RandomResizedCrop(224) + RandomHorizontalFlip
-+ ToTensor through a DataLoader with the same worker count; the first epoch warms up.
++ ToTensor through a DataLoader with the same worker count; the first epoch warms up, then whole
+epochs run until at least EPOCHS of them and MIN_SECONDS of time are done.
 
-usage: loader_torchvision.py ROOT WORKERS [BATCH EPOCHS SIZE]
+usage: loader_torchvision.py ROOT WORKERS [BATCH EPOCHS SIZE MIN_SECONDS]
 """
 import sys
 import time
@@ -17,12 +18,13 @@ def main():
     batch = int(sys.argv[3]) if len(sys.argv) > 3 else 64
     epochs = int(sys.argv[4]) if len(sys.argv) > 4 else 3
     size = int(sys.argv[5]) if len(sys.argv) > 5 else 224
+    min_seconds = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
     torch.set_num_threads(1)
     ds = datasets.ImageFolder(root, T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor()]))
     dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                                      persistent_workers=workers > 0)
-    n, secs = 0, 0.0
-    for e in range(epochs + 1):
+    n, secs, e = 0, 0.0, 0
+    while e <= epochs or secs < min_seconds:
         t0 = time.perf_counter()
         k = 0
         for x, y in dl:
@@ -31,7 +33,8 @@ def main():
         if e > 0:
             n += k
             secs += dt
-    print(f"torchvision: {n} images in {secs:.2f} s: {n / secs:.1f} img/s ({workers} workers, batch {batch}, "
+        e += 1
+    print(f"torchvision: {n} images in {secs:.2f} s: {n / secs:.1f} img/s ({e - 1} epochs, {workers} workers, batch {batch}, "
           f"{size}x{size}, train)")
 
 

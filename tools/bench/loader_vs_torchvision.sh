@@ -1,28 +1,55 @@
 #!/bin/bash
 # Loader throughput against torchvision on the same machine, same JPEG files, same worker count.
-#   tools/bench/loader_vs_torchvision.sh [BUILD_DIR] [N_IMAGES] [WORKERS]
+#   tools/bench/loader_vs_torchvision.sh [BUILD_DIR] [N_IMAGES] [WORKERS] [ROUNDS] [SECONDS]
 # Makes N natural-looking ~470x400 JPEGs (ImageNet's typical size), packs them unchanged
-# (pack_imagenet --resize 0 keeps the original bytes), then times one warm-up + 3 epochs of each:
+# (pack_imagenet --resize 0 keeps the original bytes), then runs ROUNDS rounds (default 5), each
+# timing both sides back to back (the order alternates between rounds, so a drift in the machine's
+# load does not favour one side), each side one warm-up epoch and then whole epochs for at least
+# SECONDS (default 10):
 #   ours:  ddp::data::Loader, RandomResizedCrop(224) + flip -> uint8 NHWC batches
 #   peer:  ImageFolder + RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor, DataLoader
-# and prints both rates, per core, and the ratio.
+# Prints every run, each round's ratio, and the medians (ratio: median of the rounds' ratios).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BUILD="${1:-$ROOT/build}"
 N="${2:-400}"
 WORKERS="${3:-$(nproc)}"
+ROUNDS="${4:-5}"
+SECONDS_MIN="${5:-10}"
 PY=/usr/bin/python3
 cmake --build "$BUILD" --target pack_imagenet loader_bench -j"$(nproc)" >/dev/null
 WORK="$(mktemp -d /tmp/loader_bench.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 $PY "$ROOT/tools/bench/loader_make_jpegs.py" "$WORK/imgs" "$N"
 "$BUILD/data-prep/pack_imagenet" --no-progress -i "$WORK/imgs" -o "$WORK/shards" --resize 0 >/dev/null 2>&1
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-PEER=$($PY "$ROOT/tools/bench/loader_torchvision.py" "$WORK/imgs/train" "$WORKERS")
-OURS=$("$BUILD/data-prep/loader_bench" --shards "$WORK/shards" --workers "$WORKERS")
-echo "$PEER"
-echo "$OURS"
-P=$(echo "$PEER" | sed -E 's/.*: ([0-9.]+) img\/s.*/\1/')
-O=$(echo "$OURS" | sed -E 's/.*: ([0-9.]+) img\/s.*/\1/')
-awk -v p="$P" -v o="$O" -v w="$WORKERS" 'BEGIN {
-  printf "per core (%d workers): ours %.1f img/s, torchvision %.1f img/s; ratio ours/torchvision = %.2fx\n", w, o / w, p / w, o / p }'
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u '+%F %H:%M UTC');" \
+  "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+rate() { sed -E 's/.*: ([0-9.]+) img\/s.*/\1/' <<<"$1"; }
+peer() { $PY "$ROOT/tools/bench/loader_torchvision.py" "$WORK/imgs/train" "$WORKERS" 64 3 224 "$SECONDS_MIN"; }
+ours() { "$BUILD/data-prep/loader_bench" --shards "$WORK/shards" --workers "$WORKERS" --seconds "$SECONDS_MIN"; }
+RESULTS=()
+for ((r = 1; r <= ROUNDS; ++r)); do
+  if ((r % 2)); then
+    P=$(peer); O=$(ours)
+  else
+    O=$(ours); P=$(peer)
+  fi
+  p=$(rate "$P"); o=$(rate "$O")
+  echo "round $r: $P"
+  echo "round $r: $O"
+  awk -v r="$r" -v p="$p" -v o="$o" -v l="$(cut -d' ' -f1 /proc/loadavg)" 'BEGIN {
+    printf "round %d: torchvision %.1f img/s, ours %.1f img/s, ratio %.2fx (load %s)\n", r, p, o, o / p, l }'
+  RESULTS+=("$p $o")
+done
+printf '%s\n' "${RESULTS[@]}" | awk -v w="$WORKERS" '
+  function median(a, n,   i, j, t) {
+    for (i = 2; i <= n; ++i) for (j = i; j > 1 && a[j - 1] > a[j]; --j) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  { p[NR] = $1; o[NR] = $2; q[NR] = $2 / $1; if (NR == 1 || q[NR] < lo) lo = q[NR]; if (NR == 1 || q[NR] > hi) hi = q[NR] }
+  END {
+    mp = median(p, NR); mo = median(o, NR); mq = median(q, NR)
+    printf "median of %d rounds (%d workers): torchvision %.1f img/s (%.1f per core), ours %.1f img/s (%.1f per core); ", NR, w, mp, mp / w, mo, mo / w
+    printf "ratio ours/torchvision: median %.2fx, min %.2fx, max %.2fx\n", mq, lo, hi
+  }'
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,12 +1,13 @@
 // Training throughput of CudaResNet18 on synthetic, GPU-resident uint8 data (no data loader in the
 // loop): forward + backward + SGD per step, timed with CUDA events after a warm-up that also builds
 // every cuDNN plan. The last line is machine-readable:
-//   RESULT {"amp":"fp16","batch":256,"size":224,"img_per_s":N,"ms_per_step":N,"peak_mem_mb":N}
+//   RESULT {"amp":"fp16","batch":256,"size":224,"img_per_s":N,"ms_per_step":N,"peak_mem_mb":N,"warmup_s":N,...}
 //
 // --selftest: a few steps on one small fixed batch per AMP mode; fails unless the loss is finite
 // and falls (cheap insurance before a long run on a GPU host).
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "ddp/backend/cuda/conv.h"
 #include "ddp/backend/cuda/memory.h"
 #include "ddp/backend/cuda/resnet18_cuda.h"
 #include "ddp/core/check.h"
@@ -141,6 +143,8 @@ int selftest(const Args& a) {
                 finite && falls ? "ok" : "FAILED");
     ok = ok && finite && falls;
   }
+  std::printf("cuDNN plans: %zu built in %.1f s\n", ddp::cuda::ConvEngine::plans_built(),
+              ddp::cuda::ConvEngine::plan_build_seconds());
   std::printf("SELFTEST %s\n", ok ? "ok" : "FAILED");
   return ok ? 0 : 1;
 }
@@ -159,8 +163,10 @@ int bench(const Args& a) {
     model.set_input_u8(data.dev, data.labels.data(), a.batch, a.size, a.size);
     model.train_step_async(sgd, 0.01f, loss_scale);
   };
+  const auto w0 = std::chrono::steady_clock::now();
   for (int i = 0; i < a.warmup; ++i) step();
   model.synchronize();
+  const double warmup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
   cudaEvent_t t0, t1;
   CUDA_CHECK(cudaEventCreate(&t0));
   CUDA_CHECK(cudaEventCreate(&t1));
@@ -188,13 +194,16 @@ int bench(const Args& a) {
   std::printf("device %s, amp %s, tf32 %s, conv engines %s, batch %d, %dx%d, %d warm-up + %d timed steps\n",
               prop.name, a.amp.c_str(), a.tf32 ? "on" : "off", a.autotune ? "autotuned" : "heuristic", a.batch, a.size,
               a.size, a.warmup, a.iters);
-  std::printf("loss after timing %.4f, grads finite %d\n", loss, finite ? 1 : 0);
+  std::printf("loss after timing %.4f, grads finite %d; warm-up %.1f s, of which building %zu cuDNN plans %.1f s\n", loss,
+              finite ? 1 : 0, warmup_s, ddp::cuda::ConvEngine::plans_built(), ddp::cuda::ConvEngine::plan_build_seconds());
   if (!std::isfinite(loss) || !finite) {
     std::fprintf(stderr, "bench_cuda_train: non-finite loss or gradients after the timed steps\n");
     return 1;
   }
-  std::printf("RESULT {\"amp\":\"%s\",\"batch\":%d,\"size\":%d,\"img_per_s\":%.1f,\"ms_per_step\":%.3f,\"peak_mem_mb\":%.1f}\n",
-              a.amp.c_str(), a.batch, a.size, img_s, ms_step, peak_mb);
+  std::printf("RESULT {\"amp\":\"%s\",\"batch\":%d,\"size\":%d,\"img_per_s\":%.1f,\"ms_per_step\":%.3f,\"peak_mem_mb\":%.1f,"
+              "\"warmup_s\":%.2f,\"plans_built\":%zu,\"plan_build_s\":%.2f}\n",
+              a.amp.c_str(), a.batch, a.size, img_s, ms_step, peak_mb, warmup_s, ddp::cuda::ConvEngine::plans_built(),
+              ddp::cuda::ConvEngine::plan_build_seconds());
   return 0;
 }
 

@@ -1,9 +1,13 @@
-// cudnn-frontend graphs for NHWC conv fprop / dgrad / wgrad, one per (op, shape, dtype), cached.
+// cudnn-frontend graphs for NHWC conv fprop / dgrad / wgrad, one per (op, shape, dtype, numerics,
+// policy) and device, built once per process and shared by every ConvEngine (see conv.h).
 #include "ddp/backend/cuda/conv.h"
 
 #include <cudnn_frontend.h>
 
+#include <atomic>
+#include <chrono>
 #include <map>
+#include <mutex>
 #include <tuple>
 
 #include "ddp/backend/cuda/memory.h"
@@ -20,9 +24,12 @@ const char* op_name(Op op) { return op == Op::Fprop ? "fprop" : op == Op::Dgrad 
 // Tensor uids in every graph: two inputs and the output.
 constexpr int64_t kUidA = 1, kUidB = 2, kUidOut = 3;
 
-using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int>;
-Key make_key(Op op, const ConvShape& p) {
-  return {static_cast<int>(op), p.n, p.c, p.h, p.w, p.k, p.r, p.s, p.stride, p.pad, static_cast<int>(p.dtype)};
+// Everything a built plan depends on: op, shape, dtype, whether TF32 engines are barred (strict fp32
+// only) and whether every candidate was built for a timed search.
+using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, bool, bool>;
+Key make_key(Op op, const ConvShape& p, bool strict_fp32, bool autotune) {
+  return {static_cast<int>(op), p.n, p.c, p.h, p.w, p.k, p.r, p.s, p.stride, p.pad, static_cast<int>(p.dtype),
+          strict_fp32, autotune};
 }
 
 std::string describe(Op op, const ConvShape& p) {
@@ -58,88 +65,134 @@ struct Plan {
 // Autotune declines plans whose candidates need more workspace than this (some engines ask for GBs).
 constexpr int64_t kAutotuneWorkspaceCap = int64_t{1} << 30;
 
+// One per device: the handle every engine of the device uses, its plans, and the lock that
+// serialises building and executing them.
+struct DeviceContext {
+  std::mutex mu;
+  cudnnHandle_t handle = nullptr;
+  std::map<Key, std::shared_ptr<Plan>> plans;
+};
+
+std::atomic<size_t> g_plans_built{0};
+std::atomic<int64_t> g_build_us{0};
+
+DeviceContext& device_context(int device) {
+  static std::mutex mu;
+  // Never destroyed: handles and plans must not be torn down by static destructors after the CUDA
+  // context is gone at exit.
+  static auto* contexts = new std::map<int, std::unique_ptr<DeviceContext>>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto& c = (*contexts)[device];
+  if (!c) {
+    auto fresh = std::make_unique<DeviceContext>();
+    CUDNN_CHECK(cudnnCreate(&fresh->handle));  // on the current device, which is `device`
+    c = std::move(fresh);
+  }
+  return *c;
+}
+
+Plan build(cudnnHandle_t handle, Op op, const ConvShape& p, bool strict_fp32, bool autotune) {
+  DDP_CHECK(p.n > 0 && p.c > 0 && p.h > 0 && p.w > 0 && p.k > 0 && p.out_h() > 0 && p.out_w() > 0,
+            "conv: bad shape ", describe(op, p));
+  auto g = std::make_shared<fe::graph::Graph>();
+  fe::DataType_t io = fe_type(p.dtype);
+  g->set_io_data_type(io).set_intermediate_data_type(fe::DataType_t::FLOAT).set_compute_data_type(fe::DataType_t::FLOAT);
+  const int64_t oh = p.out_h(), ow = p.out_w();
+  auto x_attr = fe::graph::Tensor_attributes().set_name("x").set_dim({p.n, p.c, p.h, p.w})
+                    .set_stride(nhwc_strides(p.n, p.c, p.h, p.w)).set_data_type(io);
+  auto w_attr = fe::graph::Tensor_attributes().set_name("w").set_dim({p.k, p.c, p.r, p.s})
+                    .set_stride(nhwc_strides(p.k, p.c, p.r, p.s)).set_data_type(io);
+  auto y_attr = fe::graph::Tensor_attributes().set_name("y").set_dim({p.n, p.k, oh, ow})
+                    .set_stride(nhwc_strides(p.n, p.k, oh, ow)).set_data_type(io);
+  const std::vector<int64_t> pad{p.pad, p.pad}, stride{p.stride, p.stride}, dil{1, 1};
+  std::shared_ptr<fe::graph::Tensor_attributes> out;
+  if (op == Op::Fprop) {
+    auto x = g->tensor(x_attr.set_uid(kUidA));
+    auto w = g->tensor(w_attr.set_uid(kUidB));
+    out = g->conv_fprop(x, w, fe::graph::Conv_fprop_attributes().set_name("fprop").set_padding(pad).set_stride(stride).set_dilation(dil));
+    out->set_dim({p.n, p.k, oh, ow}).set_stride(nhwc_strides(p.n, p.k, oh, ow));
+  } else if (op == Op::Dgrad) {
+    auto dy = g->tensor(y_attr.set_name("dy").set_uid(kUidA));
+    auto w = g->tensor(w_attr.set_uid(kUidB));
+    out = g->conv_dgrad(dy, w, fe::graph::Conv_dgrad_attributes().set_name("dgrad").set_padding(pad).set_stride(stride).set_dilation(dil));
+    out->set_dim({p.n, p.c, p.h, p.w}).set_stride(nhwc_strides(p.n, p.c, p.h, p.w));
+  } else {
+    auto dy = g->tensor(y_attr.set_name("dy").set_uid(kUidA));
+    auto x = g->tensor(x_attr.set_uid(kUidB));
+    out = g->conv_wgrad(dy, x, fe::graph::Conv_wgrad_attributes().set_name("wgrad").set_padding(pad).set_stride(stride).set_dilation(dil));
+    out->set_dim({p.k, p.c, p.r, p.s}).set_stride(nhwc_strides(p.k, p.c, p.r, p.s));
+  }
+  out->set_output(true).set_data_type(io).set_uid(kUidOut);
+
+  fe_check(g->validate(), "validate", op, p);
+  fe_check(g->build_operation_graph(handle), "build_operation_graph", op, p);
+  fe_check(g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}), "create_execution_plans", op, p);
+  // Engines that down-convert their inputs (e.g. fp32 -> fp16 on tensor cores: fp16 range, not
+  // TF32's) are never wanted, TF32 or not: PyTorch's cuDNN path drops them in every mode too.
+  g->deselect_numeric_notes({fe::NumericalNote_t::DOWN_CONVERT_INPUTS});
+  if (strict_fp32) {
+    // Strict fp32 (--tf32 off, and the fp32 tests): no TF32 tensor-core engines either.
+    g->deselect_numeric_notes({fe::NumericalNote_t::TENSOR_CORE});
+  }
+  fe_check(g->check_support(handle), "check_support (no engine supports this conv)", op, p);
+  fe_check(g->build_plans(handle, autotune ? fe::BuildPlanPolicy_t::ALL : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE),
+           "build_plans", op, p);
+  Plan plan;
+  fe_check(g->get_workspace_size(plan.workspace), "get_workspace_size", op, p);
+  plan.graph = std::move(g);
+  return plan;
+}
+
 }  // namespace
 
 struct ConvEngine::Impl {
-  cudnnHandle_t handle = nullptr;
+  cudaStream_t stream = nullptr;
+  DeviceContext* ctx = nullptr;
   bool allow_tf32 = true;
   bool autotune = false;
-  std::map<Key, Plan> plans;
+  std::map<Key, std::shared_ptr<Plan>> used;  // this engine's view of ctx->plans
   DeviceBuffer workspace;
 
-  Plan& get(Op op, const ConvShape& p) {
-    Key key = make_key(op, p);
-    auto it = plans.find(key);
-    if (it != plans.end()) return it->second;
-    Plan plan = build(op, p);
-    grow_workspace(plan.workspace);
-    return plans.emplace(key, std::move(plan)).first->second;
+  // Caller holds ctx->mu.
+  Plan& get_locked(Op op, const ConvShape& p) {
+    const bool strict = p.dtype == DType::F32 && !allow_tf32;
+    const Key key = make_key(op, p, strict, autotune);
+    auto mine = used.find(key);
+    if (mine != used.end()) return *mine->second;
+    auto& shared = ctx->plans[key];
+    if (!shared) {
+      const auto t0 = std::chrono::steady_clock::now();
+      shared = std::make_shared<Plan>(build(ctx->handle, op, p, strict, autotune));
+      g_build_us += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+      ++g_plans_built;
+    }
+    used.emplace(key, shared);
+    return *shared;
   }
 
   void grow_workspace(int64_t bytes) {
     if (bytes <= static_cast<int64_t>(workspace.bytes())) return;
     // The old workspace may still be in use by queued convs: drain the stream before freeing.
-    cudaStream_t s = nullptr;
-    CUDNN_CHECK(cudnnGetStream(handle, &s));
-    CUDA_CHECK(cudaStreamSynchronize(s));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
     workspace = DeviceBuffer();
     workspace = DeviceBuffer(static_cast<size_t>(bytes), "cuDNN conv workspace");
   }
 
-  Plan build(Op op, const ConvShape& p) {
-    DDP_CHECK(p.n > 0 && p.c > 0 && p.h > 0 && p.w > 0 && p.k > 0 && p.out_h() > 0 && p.out_w() > 0,
-              "conv: bad shape ", describe(op, p));
-    auto g = std::make_shared<fe::graph::Graph>();
-    fe::DataType_t io = fe_type(p.dtype);
-    g->set_io_data_type(io).set_intermediate_data_type(fe::DataType_t::FLOAT).set_compute_data_type(fe::DataType_t::FLOAT);
-    const int64_t oh = p.out_h(), ow = p.out_w();
-    auto x_attr = fe::graph::Tensor_attributes().set_name("x").set_dim({p.n, p.c, p.h, p.w})
-                      .set_stride(nhwc_strides(p.n, p.c, p.h, p.w)).set_data_type(io);
-    auto w_attr = fe::graph::Tensor_attributes().set_name("w").set_dim({p.k, p.c, p.r, p.s})
-                      .set_stride(nhwc_strides(p.k, p.c, p.r, p.s)).set_data_type(io);
-    auto y_attr = fe::graph::Tensor_attributes().set_name("y").set_dim({p.n, p.k, oh, ow})
-                      .set_stride(nhwc_strides(p.n, p.k, oh, ow)).set_data_type(io);
-    const std::vector<int64_t> pad{p.pad, p.pad}, stride{p.stride, p.stride}, dil{1, 1};
-    std::shared_ptr<fe::graph::Tensor_attributes> out;
-    if (op == Op::Fprop) {
-      auto x = g->tensor(x_attr.set_uid(kUidA));
-      auto w = g->tensor(w_attr.set_uid(kUidB));
-      out = g->conv_fprop(x, w, fe::graph::Conv_fprop_attributes().set_name("fprop").set_padding(pad).set_stride(stride).set_dilation(dil));
-      out->set_dim({p.n, p.k, oh, ow}).set_stride(nhwc_strides(p.n, p.k, oh, ow));
-    } else if (op == Op::Dgrad) {
-      auto dy = g->tensor(y_attr.set_name("dy").set_uid(kUidA));
-      auto w = g->tensor(w_attr.set_uid(kUidB));
-      out = g->conv_dgrad(dy, w, fe::graph::Conv_dgrad_attributes().set_name("dgrad").set_padding(pad).set_stride(stride).set_dilation(dil));
-      out->set_dim({p.n, p.c, p.h, p.w}).set_stride(nhwc_strides(p.n, p.c, p.h, p.w));
-    } else {
-      auto dy = g->tensor(y_attr.set_name("dy").set_uid(kUidA));
-      auto x = g->tensor(x_attr.set_uid(kUidB));
-      out = g->conv_wgrad(dy, x, fe::graph::Conv_wgrad_attributes().set_name("wgrad").set_padding(pad).set_stride(stride).set_dilation(dil));
-      out->set_dim({p.k, p.c, p.r, p.s}).set_stride(nhwc_strides(p.k, p.c, p.r, p.s));
-    }
-    out->set_output(true).set_data_type(io).set_uid(kUidOut);
+  std::unique_lock<std::mutex> lock() {
+    std::unique_lock<std::mutex> l(ctx->mu);
+    // The shared handle last served whichever engine ran before: bind it to ours.
+    CUDNN_CHECK(cudnnSetStream(ctx->handle, stream));
+    return l;
+  }
 
-    fe_check(g->validate(), "validate", op, p);
-    fe_check(g->build_operation_graph(handle), "build_operation_graph", op, p);
-    fe_check(g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}), "create_execution_plans", op, p);
-    // Engines that down-convert their inputs (e.g. fp32 -> fp16 on tensor cores: fp16 range, not
-    // TF32's) are never wanted, TF32 or not: PyTorch's cuDNN path drops them in every mode too.
-    g->deselect_numeric_notes({fe::NumericalNote_t::DOWN_CONVERT_INPUTS});
-    if (p.dtype == DType::F32 && !allow_tf32) {
-      // Strict fp32 (--tf32 off, and the fp32 tests): no TF32 tensor-core engines either.
-      g->deselect_numeric_notes({fe::NumericalNote_t::TENSOR_CORE});
-    }
-    fe_check(g->check_support(handle), "check_support (no engine supports this conv)", op, p);
-    fe_check(g->build_plans(handle, autotune ? fe::BuildPlanPolicy_t::ALL : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE),
-             "build_plans", op, p);
-    Plan plan;
-    fe_check(g->get_workspace_size(plan.workspace), "get_workspace_size", op, p);
-    plan.graph = std::move(g);
-    return plan;
+  void prepare(Op op, const ConvShape& p) {
+    auto l = lock();
+    grow_workspace(get_locked(op, p).workspace);
   }
 
   void run(Op op, const ConvShape& p, const void* a, const void* b, void* out) {
-    Plan& plan = get(op, p);
+    auto l = lock();
+    Plan& plan = get_locked(op, p);
     std::unordered_map<int64_t, void*> pack{
         {kUidA, const_cast<void*>(a)}, {kUidB, const_cast<void*>(b)}, {kUidOut, out}};
     if (autotune && !plan.tuned) {
@@ -147,19 +200,22 @@ struct ConvEngine::Impl {
       const int64_t need = plan.graph->get_autotune_workspace_size();
       if (need <= kAutotuneWorkspaceCap) {
         grow_workspace(need);
-        fe_check(plan.graph->autotune(handle, pack, workspace.get()), "autotune", op, p);
+        fe_check(plan.graph->autotune(ctx->handle, pack, workspace.get()), "autotune", op, p);
         fe_check(plan.graph->get_workspace_size(plan.workspace), "get_workspace_size", op, p);
-        grow_workspace(plan.workspace);
       }
       plan.tuned = true;
     }
-    fe_check(plan.graph->execute(handle, pack, workspace.get()), "execute", op, p);
+    // Another engine may have built (or tuned) the plan with a larger need than this one's workspace.
+    grow_workspace(plan.workspace);
+    fe_check(plan.graph->execute(ctx->handle, pack, workspace.get()), "execute", op, p);
   }
 };
 
-ConvEngine::ConvEngine(cudnnHandle_t handle, bool allow_tf32, bool autotune) : impl_(std::make_unique<Impl>()) {
-  DDP_CHECK(handle != nullptr, "ConvEngine: null cuDNN handle");
-  impl_->handle = handle;
+ConvEngine::ConvEngine(cudaStream_t stream, bool allow_tf32, bool autotune) : impl_(std::make_unique<Impl>()) {
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  impl_->stream = stream;
+  impl_->ctx = &device_context(device);
   impl_->allow_tf32 = allow_tf32;
   impl_->autotune = autotune;
 }
@@ -174,11 +230,13 @@ void ConvEngine::backward_weight(const ConvShape& p, const void* x, const void* 
   impl_->run(Op::Wgrad, p, dy, x, dw);
 }
 void ConvEngine::prepare(const ConvShape& p, bool need_dgrad) {
-  impl_->get(Op::Fprop, p);
-  impl_->get(Op::Wgrad, p);
-  if (need_dgrad) impl_->get(Op::Dgrad, p);
+  impl_->prepare(Op::Fprop, p);
+  impl_->prepare(Op::Wgrad, p);
+  if (need_dgrad) impl_->prepare(Op::Dgrad, p);
 }
 size_t ConvEngine::workspace_bytes() const { return impl_->workspace.bytes(); }
-size_t ConvEngine::plan_count() const { return impl_->plans.size(); }
+size_t ConvEngine::plan_count() const { return impl_->used.size(); }
+size_t ConvEngine::plans_built() { return g_plans_built.load(); }
+double ConvEngine::plan_build_seconds() { return static_cast<double>(g_build_us.load()) * 1e-6; }
 
 }  // namespace ddp::cuda

@@ -3,7 +3,6 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
-#include <cudnn.h>
 
 #include <algorithm>
 #include <cmath>
@@ -77,7 +76,6 @@ struct CudaResNet18::Impl {
   bool mom_init = false;
 
   cudaStream_t stream = nullptr, copy_stream = nullptr;
-  cudnnHandle_t cudnn = nullptr;
   cublasHandle_t cublas = nullptr;
   std::unique_ptr<ConvEngine> convs;
   cudaEvent_t input_copied = nullptr, input_consumed = nullptr;
@@ -139,14 +137,12 @@ struct CudaResNet18::Impl {
     CUDA_CHECK(cudaEventCreateWithFlags(&labels_copied, cudaEventDisableTiming));
     CUDA_CHECK(cudaMallocHost(&labels_pinned, static_cast<size_t>(cfg.max_batch) * 4));
     for (auto& e : grad_events) CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-    CUDNN_CHECK(cudnnCreate(&cudnn));
-    CUDNN_CHECK(cudnnSetStream(cudnn, stream));
     CUBLAS_CHECK(cublasCreate(&cublas));
     CUBLAS_CHECK(cublasSetStream(cublas, stream));
     CUBLAS_CHECK(cublasSetMathMode(cublas, cfg.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
     // DDP_CUDNN_AUTOTUNE=1: timed engine search per conv shape (ModelConfig has no field for it).
     const char* at = std::getenv("DDP_CUDNN_AUTOTUNE");
-    convs = std::make_unique<ConvEngine>(cudnn, cfg.tf32, at && std::string(at) == "1");
+    convs = std::make_unique<ConvEngine>(stream, cfg.tf32, at && std::string(at) == "1");
 
     // Layer tables.
     auto add_conv = [&](const nn::ConvSpec& cs) {
@@ -270,7 +266,6 @@ struct CudaResNet18::Impl {
     if (copy_stream) (void)cudaStreamSynchronize(copy_stream);
     convs.reset();
     if (cublas) (void)cublasDestroy(cublas);
-    if (cudnn) (void)cudnnDestroy(cudnn);
     for (auto& e : grad_events)
       if (e) (void)cudaEventDestroy(e);
     if (input_copied) (void)cudaEventDestroy(input_copied);

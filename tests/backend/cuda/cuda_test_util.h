@@ -8,10 +8,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "ddp/backend/cuda/conv.h"
 #include "ddp/backend/cuda/memory.h"
 #include "ddp/core/check.h"
 #include "ddp/core/half.h"
@@ -157,5 +159,15 @@ inline std::vector<float> nchw_to_nhwc(const std::vector<float>& x, int n, int h
       for (int ch = 0; ch < c; ++ch) y[(static_cast<size_t>(b) * h * w + i) * c + ch] = x[(static_cast<size_t>(b) * c + ch) * h * w + i];
   return y;
 }
+
+// Each binary reports, at its end, the cuDNN plans it built and the time that took: where a GPU run's
+// minutes go (plans are shared by every engine of the process, see conv.h).
+class CudnnPlanReport : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::printf("[ cuDNN    ] %zu plan(s) built in %.1f s\n", ConvEngine::plans_built(), ConvEngine::plan_build_seconds());
+  }
+};
+inline ::testing::Environment* const kCudnnPlanReport = ::testing::AddGlobalTestEnvironment(new CudnnPlanReport);
 
 }  // namespace ddp::cuda::test

@@ -10,7 +10,6 @@
 //                   split-K reductions, which cuDNN may pick as PyTorch allows, stay well inside)
 //   bf16:           rtol 2e-2, a 2e-2 (8-bit mantissa: output rounding 2^-9, plus split-K partials)
 #include <cublas_v2.h>
-#include <cudnn.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -66,11 +65,8 @@ const ConvCase kConvCases[] = {
 
 void run_conv_case(const ConvCase& cc, DType dt, bool tf32, Tol tol, cudaStream_t stream) {
   SCOPED_TRACE(std::string(cc.name) + " " + dtype_name(dt) + (tf32 ? " tf32" : ""));
-  cudnnHandle_t handle;
-  CUDNN_CHECK(cudnnCreate(&handle));
-  CUDNN_CHECK(cudnnSetStream(handle, stream));
   {
-    ConvEngine eng(handle, tf32);
+    ConvEngine eng(stream, tf32);
     ConvShape p{cc.n, cc.c, cc.h, cc.w, cc.k, cc.r, cc.s, cc.stride, cc.pad, dt};
     cpu::Conv2dShape q;
     q.n = cc.n; q.c = cc.c; q.h = cc.h; q.w = cc.w; q.k = cc.k; q.r = cc.r; q.s = cc.s; q.stride = cc.stride; q.pad = cc.pad;
@@ -108,7 +104,6 @@ void run_conv_case(const ConvCase& cc, DType dt, bool tf32, Tol tol, cudaStream_
     EXPECT_EQ(eng.plan_count(), 3u);
     CUDA_CHECK(cudaStreamSynchronize(stream));
   }
-  CUDNN_CHECK(cudnnDestroy(handle));
 }
 
 TEST_P(CudaOps, ConvAllShapeClasses) {
@@ -121,6 +116,37 @@ TEST_P(CudaOps, ConvAllShapeClasses) {
 
 TEST_F(CudaOps, ConvTf32) {
   for (const auto& cc : kConvCases) run_conv_case(cc, DType::F32, true, Tol{2e-3, 5e-3}, stream_);
+}
+
+// Plans are built once per process and device and shared by every engine (each model has one):
+// a second engine running the same conv builds nothing and gets the same result; a different
+// numerics setting (strict fp32) is a plan of its own.
+TEST_F(CudaOps, ConvPlansSharedAcrossEngines) {
+  ConvShape p{2, 64, 9, 11, 64, 3, 3, 1, 1, DType::F16};  // a shape no other test uses
+  const size_t nx = size_t{2} * 9 * 11 * 64, nw = size_t{64} * 3 * 3 * 64;
+  Dev x(random_vec(nx, 21, DType::F16), DType::F16), w(random_vec(nw, 22, DType::F16, -0.2f, 0.2f), DType::F16);
+  Dev y1(nx, DType::F16), y2(nx, DType::F16);
+  const size_t before = ConvEngine::plans_built();
+  {
+    ConvEngine a(stream_, true);
+    a.forward(p, x.get(), w.get(), y1.get());
+    EXPECT_EQ(a.plan_count(), 1u);
+    EXPECT_EQ(ConvEngine::plans_built(), before + 1);
+  }
+  ConvEngine b(stream_, false);  // tf32 off does not matter for fp16 convs: same plan
+  b.forward(p, x.get(), w.get(), y2.get());
+  EXPECT_EQ(b.plan_count(), 1u);
+  EXPECT_EQ(ConvEngine::plans_built(), before + 1) << "the second engine rebuilt a plan the first one built";
+  expect_close("conv fprop y (shared plan)", y2.download(), y1.download(), 0.0, 0.0);
+
+  ConvShape q = p;
+  q.dtype = DType::F32;
+  Dev xf(random_vec(nx, 23, DType::F32)), wf(random_vec(nw, 24, DType::F32, -0.2f, 0.2f)), yf(nx, DType::F32);
+  ConvEngine strict(stream_, false), tf32(stream_, true);
+  strict.forward(q, xf.get(), wf.get(), yf.get());
+  tf32.forward(q, xf.get(), wf.get(), yf.get());
+  EXPECT_EQ(ConvEngine::plans_built(), before + 3) << "strict fp32 and TF32 need plans of their own";
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 // ---- batch norm ---------------------------------------------------------------------------------

@@ -1,15 +1,21 @@
-// NHWC convolutions through cuDNN's graph API (cudnn-frontend). Each (op, shape, dtype) gets its
-// graph and execution plan built once (heuristics mode A, then the fallback list) and cached; all
-// plans share one workspace that grows to the largest need. With autotune, every candidate plan is
-// built and the fastest is chosen by timing them on the first call (like cudnn.benchmark); plans
-// whose candidates need more than 1 GiB of workspace keep the heuristic choice. The frontend headers stay in conv.cpp
-// (they compile slowly).
+// NHWC convolutions through cuDNN's graph API (cudnn-frontend). Each (op, shape, dtype, numerics,
+// build policy) gets its graph and execution plan built once per process and device (heuristics
+// mode A, then the fallback list) and shared by every ConvEngine on that device, so a second model
+// of the same shape (the tests build ~20) builds nothing. Each engine keeps its own workspace,
+// grown to the largest need of the plans it ran. With autotune, every candidate plan is built and
+// the fastest is chosen by timing them on the first call (like cudnn.benchmark); plans whose
+// candidates need more than 1 GiB of workspace keep the heuristic choice. The frontend headers stay
+// in conv.cpp (they compile slowly).
+//
+// All engines of a device share one cuDNN handle; building and executing take that device's lock
+// and bind the handle to the calling engine's stream (a handle serves one thread at a time, and
+// cuDNN's backend plans are not safe to execute concurrently). Executing only enqueues work.
 //
 // Tensors: x is n x h x w x c, y is n x oh x ow x k, weights are KRSC (k x r x s x c), all dense in
 // the activation dtype; compute is fp32 (TF32 tensor cores for fp32 only when allow_tf32).
 #pragma once
 
-#include <cudnn.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 #include <memory>
@@ -29,9 +35,9 @@ struct ConvShape {
 
 class ConvEngine {
  public:
-  // The handle must already be bound to the stream the convs should run on.
-  ConvEngine(cudnnHandle_t handle, bool allow_tf32, bool autotune = false);
-  // Applies to plans built from now on.
+  // The convs run on `stream`, on the device current when the engine is made.
+  ConvEngine(cudaStream_t stream, bool allow_tf32, bool autotune = false);
+  // Applies to convs run from now on (timed plans are cache entries of their own).
   void set_autotune(bool on);
   ~ConvEngine();
   ConvEngine(const ConvEngine&) = delete;
@@ -44,7 +50,11 @@ class ConvEngine {
   void prepare(const ConvShape& p, bool need_dgrad);
 
   size_t workspace_bytes() const;
-  size_t plan_count() const;
+  size_t plan_count() const;  // distinct plans this engine has used
+
+  // Process-wide: plans built so far (all engines, all devices) and the seconds spent building them.
+  static size_t plans_built();
+  static double plan_build_seconds();
 
  private:
   struct Impl;

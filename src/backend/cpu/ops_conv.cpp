@@ -77,12 +77,12 @@ struct Tiling {
 };
 
 // whole_images: tiles never split an image (col2im needs every column of an image in one tile).
-Tiling make_tiling(const Conv2dShape& p, int nt, bool whole_images) {
+// rows: rows of the column matrix (c * r * s, or c * live taps).
+Tiling make_tiling(const Conv2dShape& p, int nt, bool whole_images, int64_t rows) {
   Tiling t;
   t.ohw = p.out_h() * p.out_w();
-  const int64_t crs = static_cast<int64_t>(p.c) * p.r * p.s;
   const int target =
-      static_cast<int>(std::clamp<int64_t>(kTileBytes / (crs * 4), kMinCols, kMaxCols));
+      static_cast<int>(std::clamp<int64_t>(kTileBytes / (rows * 4), kMinCols, kMaxCols));
   if (t.ohw >= target) {
     t.pieces = whole_images ? 1 : (t.ohw + target - 1) / target;
     t.group = 1;
@@ -96,6 +96,34 @@ Tiling make_tiling(const Conv2dShape& p, int nt, bool whole_images) {
 }
 
 inline int ceil_div_nonneg(int a, int b) { return a <= 0 ? 0 : (a + b - 1) / b; }
+
+// The kernel taps r * s_count + s (ascending) that read the image for at least one output position.
+// On tiny images most taps see only zero padding (ResNet18's layer4 at 32 px input: 3x3 pad 1 on a 1x1
+// map uses 1 of 9 taps, the stride-2 conv from 2x2 uses 4): the convolution then runs over the live
+// taps only. On larger images every tap is live and the usual path runs unchanged.
+std::vector<int> live_taps(const Conv2dShape& p) {
+  auto live_1d = [&](int in, int out, int k) {
+    std::vector<int> v;
+    for (int r = 0; r < k; ++r)
+      for (int o = 0; o < out; ++o)
+        if (const int i = o * p.stride - p.pad + r; i >= 0 && i < in) {
+          v.push_back(r);
+          break;
+        }
+    return v;
+  };
+  const std::vector<int> rows = live_1d(p.h, p.out_h(), p.r), cols = live_1d(p.w, p.out_w(), p.s);
+  std::vector<int> taps;
+  for (int r : rows)
+    for (int s : cols) taps.push_back(r * p.s + s);
+  return taps;
+}
+
+std::vector<int> all_taps(const Conv2dShape& p) {
+  std::vector<int> taps(static_cast<size_t>(p.r) * p.s);
+  for (size_t i = 0; i < taps.size(); ++i) taps[i] = static_cast<int>(i);
+  return taps;
+}
 
 // Visits the rows (c, r, s) for channels [c0, c1) and output pixels [p0, p1) of one image; for each
 // output row segment calls f(c, row, base, ih, ow0, ow1, owlo, owhi, s): the segment covers output
@@ -146,69 +174,72 @@ void im2col(const Conv2dShape& p, const float* x_n, int c0, int c1, int p0, int 
                    });
 }
 
-// Whole images [0, g) of x (image stride chw) into dst (row stride ld, image i at column i * ohw): the
-// small-image path, where rows are short and per-segment bookkeeping would cost more than the copy.
-void im2col_images(const Conv2dShape& p, const float* x, int g, int64_t chw, float* dst, int64_t ld) {
+// Whole images [0, g) of x (image stride chw) into dst (row stride ld, image i at column i * ohw; row
+// c * taps + t for tap taps[t]): the small-image path, where rows are short and per-segment bookkeeping
+// would cost more than the copy.
+void im2col_images(const Conv2dShape& p, const std::vector<int>& taps, const float* x, int g, int64_t chw,
+                   float* dst, int64_t ld) {
   const int oh_n = p.out_h(), ow_n = p.out_w(), ohw = oh_n * ow_n;
   const int64_t hw = static_cast<int64_t>(p.h) * p.w;
-  const int stride = p.stride, pad = p.pad, w = p.w, h = p.h;
+  const int stride = p.stride, pad = p.pad, w = p.w, h = p.h, ntaps = static_cast<int>(taps.size());
   for (int c = 0; c < p.c; ++c)
-    for (int r = 0; r < p.r; ++r)
-      for (int s = 0; s < p.s; ++s) {
-        const int lo = std::min(ow_n, ceil_div_nonneg(pad - s, stride));
-        const int hi_num = w - 1 + pad - s;
-        const int hi = std::max(lo, std::min(ow_n, hi_num < 0 ? 0 : hi_num / stride + 1));
-        float* drow = dst + static_cast<int64_t>((c * p.r + r) * p.s + s) * ld;
-        for (int i = 0; i < g; ++i) {
-          const float* xc = x + i * chw + c * hw - pad + s;
-          float* d = drow + i * ohw;
-          for (int oh = 0; oh < oh_n; ++oh, d += ow_n) {
-            const int ih = oh * stride - pad + r;
-            if (ih < 0 || ih >= h) {
-              for (int ow = 0; ow < ow_n; ++ow) d[ow] = 0.f;
-              continue;
-            }
-            const float* xr = xc + static_cast<int64_t>(ih) * w;
-            for (int ow = 0; ow < lo; ++ow) d[ow] = 0.f;
-            if (stride == 1) {
-              for (int ow = lo; ow < hi; ++ow) d[ow] = xr[ow];
-            } else {
-              for (int ow = lo; ow < hi; ++ow) d[ow] = xr[ow * stride];
-            }
-            for (int ow = hi; ow < ow_n; ++ow) d[ow] = 0.f;
+    for (int t = 0; t < ntaps; ++t) {
+      const int r = taps[t] / p.s, s = taps[t] % p.s;
+      const int lo = std::min(ow_n, ceil_div_nonneg(pad - s, stride));
+      const int hi_num = w - 1 + pad - s;
+      const int hi = std::max(lo, std::min(ow_n, hi_num < 0 ? 0 : hi_num / stride + 1));
+      float* drow = dst + static_cast<int64_t>(c * ntaps + t) * ld;
+      for (int i = 0; i < g; ++i) {
+        const float* xc = x + i * chw + c * hw - pad + s;
+        float* d = drow + i * ohw;
+        for (int oh = 0; oh < oh_n; ++oh, d += ow_n) {
+          const int ih = oh * stride - pad + r;
+          if (ih < 0 || ih >= h) {
+            for (int ow = 0; ow < ow_n; ++ow) d[ow] = 0.f;
+            continue;
           }
+          const float* xr = xc + static_cast<int64_t>(ih) * w;
+          for (int ow = 0; ow < lo; ++ow) d[ow] = 0.f;
+          if (stride == 1) {
+            for (int ow = lo; ow < hi; ++ow) d[ow] = xr[ow];
+          } else {
+            for (int ow = lo; ow < hi; ++ow) d[ow] = xr[ow * stride];
+          }
+          for (int ow = hi; ow < ow_n; ++ow) d[ow] = 0.f;
         }
       }
+    }
 }
 
-// dx(c, ih, iw) += src for whole images [0, g) and channels [c0, c1); src rows are relative to c0.
-void col2im_images(const Conv2dShape& p, const float* src, int64_t ld, int g, int c0, int c1, int64_t chw,
-                   float* dx) {
+// dx(c, ih, iw) += src for whole images [0, g) and channels [c0, c1); src rows (c - c0) * taps + t for
+// tap taps[t].
+void col2im_images(const Conv2dShape& p, const std::vector<int>& taps, const float* src, int64_t ld, int g,
+                   int c0, int c1, int64_t chw, float* dx) {
   const int oh_n = p.out_h(), ow_n = p.out_w(), ohw = oh_n * ow_n;
   const int64_t hw = static_cast<int64_t>(p.h) * p.w;
-  const int stride = p.stride, pad = p.pad, w = p.w, h = p.h;
+  const int stride = p.stride, pad = p.pad, w = p.w, h = p.h, ntaps = static_cast<int>(taps.size());
   for (int c = c0; c < c1; ++c)
-    for (int r = 0; r < p.r; ++r)
-      for (int s = 0; s < p.s; ++s) {
-        const int lo = std::min(ow_n, ceil_div_nonneg(pad - s, stride));
-        const int hi_num = w - 1 + pad - s;
-        const int hi = std::max(lo, std::min(ow_n, hi_num < 0 ? 0 : hi_num / stride + 1));
-        const float* srow = src + static_cast<int64_t>(((c - c0) * p.r + r) * p.s + s) * ld;
-        for (int i = 0; i < g; ++i) {
-          float* xc = dx + i * chw + c * hw - pad + s;
-          const float* sp = srow + i * ohw;
-          for (int oh = 0; oh < oh_n; ++oh, sp += ow_n) {
-            const int ih = oh * stride - pad + r;
-            if (ih < 0 || ih >= h) continue;
-            float* xr = xc + static_cast<int64_t>(ih) * w;
-            if (stride == 1) {
-              for (int ow = lo; ow < hi; ++ow) xr[ow] += sp[ow];
-            } else {
-              for (int ow = lo; ow < hi; ++ow) xr[ow * stride] += sp[ow];
-            }
+    for (int t = 0; t < ntaps; ++t) {
+      const int r = taps[t] / p.s, s = taps[t] % p.s;
+      const int lo = std::min(ow_n, ceil_div_nonneg(pad - s, stride));
+      const int hi_num = w - 1 + pad - s;
+      const int hi = std::max(lo, std::min(ow_n, hi_num < 0 ? 0 : hi_num / stride + 1));
+      const float* srow = src + static_cast<int64_t>((c - c0) * ntaps + t) * ld;
+      for (int i = 0; i < g; ++i) {
+        float* xc = dx + i * chw + c * hw - pad + s;
+        const float* sp = srow + i * ohw;
+        for (int oh = 0; oh < oh_n; ++oh, sp += ow_n) {
+          const int ih = oh * stride - pad + r;
+          if (ih < 0 || ih >= h) continue;
+          float* xr = xc + static_cast<int64_t>(ih) * w;
+          if (stride == 1) {
+            for (int ow = lo; ow < hi; ++ow) xr[ow] += sp[ow];
+          } else {
+            for (int ow = lo; ow < hi; ++ow) xr[ow * stride] += sp[ow];
           }
         }
       }
+    }
 }
 
 // AVX-512 versions of the two whole-image kernels: rows of small images are a few floats long, so one
@@ -535,7 +566,7 @@ void im2col_images_any(const Conv2dShape& p, const float* x, int g, int64_t chw,
   else if (g_avx512 && p.stride <= 2)
     im2col_images_avx512(p, x, g, chw, dst, ld);
   else
-    im2col_images(p, x, g, chw, dst, ld);
+    im2col_images(p, all_taps(p), x, g, chw, dst, ld);
 }
 
 void col2im_images_any(const Conv2dShape& p, const float* src, int64_t ld, int g, int c0, int c1, int64_t chw,
@@ -545,7 +576,7 @@ void col2im_images_any(const Conv2dShape& p, const float* src, int64_t ld, int g
   else if (g_avx512 && p.stride <= 2)
     col2im_images_avx512(p, src, ld, g, c0, c1, chw, dx);
   else
-    col2im_images(p, src, ld, g, c0, c1, chw, dx);
+    col2im_images(p, all_taps(p), src, ld, g, c0, c1, chw, dx);
 }
 
 // dst (k rows of g * ohw) = the k x ohw matrices of images [0, g) side by side.
@@ -561,19 +592,157 @@ void gather_images(const float* src, int g, int k, int ohw, float* dst) {
 
 bool is_pointwise(const Conv2dShape& p) { return p.r == 1 && p.s == 1 && p.stride == 1 && p.pad == 0; }
 
-// Threads for a convolution: waking the team costs more than a tiny convolution.
-int conv_threads(const Conv2dShape& p) {
-  const double flops = 2.0 * p.n * p.k * p.out_h() * p.out_w() * p.c * p.r * p.s;
+// Threads for a convolution over `taps` kernel taps: waking the team costs more than a tiny convolution.
+int conv_threads(const Conv2dShape& p, int taps) {
+  const double flops = 2.0 * p.n * p.k * p.out_h() * p.out_w() * p.c * taps;
   return flops < 2e6 ? 1 : num_threads();
+}
+
+// dst images [0, g) (k x ohw each) = the k rows of g * ohw columns of src: the inverse of gather_images.
+void scatter_images(const float* src, int g, int k, int ohw, float* dst) {
+  const int64_t cols = static_cast<int64_t>(g) * ohw;
+  for (int i = 0; i < g; ++i)
+    for (int kk = 0; kk < k; ++kk) {
+      const float* sp = src + kk * cols + static_cast<int64_t>(i) * ohw;
+      float* dp = dst + (static_cast<int64_t>(i) * k + kk) * ohw;
+      for (int j = 0; j < ohw; ++j) dp[j] = sp[j];
+    }
+}
+
+// ---- convolutions with dead taps (some kernel taps see only padding: tiny images) ----------------------
+// The column matrix has c * L rows (L live taps) and the GEMMs run over K = c * L. Images here are a few
+// pixels, so whole-image tiles and the portable im2col/col2im loops (over the live taps) suffice: their
+// cost is 1/k of the GEMM's.
+
+// wl (k x c * L) = the live-tap columns of w (KCRS), gathered by the calling thread for all tiles.
+thread_local Scratch t_wl;
+const float* gather_live_weights(const Conv2dShape& p, const std::vector<int>& taps, const float* w) {
+  const int ntaps = static_cast<int>(taps.size()), rs = p.r * p.s;
+  const int64_t kc = static_cast<int64_t>(p.k) * p.c;
+  float* wl = t_wl.get(static_cast<size_t>(kc) * ntaps);
+  for (int64_t i = 0; i < kc; ++i)
+    for (int t = 0; t < ntaps; ++t) wl[i * ntaps + t] = w[i * rs + taps[t]];
+  return wl;
+}
+
+void conv_live_forward(const Conv2dShape& p, const std::vector<int>& taps, const float* x, const float* w,
+                       float* y) {
+  const int cl = p.c * static_cast<int>(taps.size());
+  const int nt = conv_threads(p, static_cast<int>(taps.size()));
+  const Tiling tl = make_tiling(p, nt, true, std::max(cl, 1));
+  const int64_t chw = static_cast<int64_t>(p.c) * p.h * p.w;
+  const int64_t kohw = static_cast<int64_t>(p.k) * tl.ohw;
+  if (taps.empty()) {  // every output sees only padding (possible with pad >= kernel and stride > 1)
+    std::memset(y, 0, sizeof(float) * p.n * kohw);
+    return;
+  }
+  const float* wl = gather_live_weights(p, taps, w);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int t = 0; t < tl.tiles; ++t) {
+    int n0, n1, p0, p1;
+    tl.tile(t, n0, n1, p0, p1);
+    n1 = std::min(n1, p.n);
+    const int g = n1 - n0, cols = g * tl.ohw;
+    float* col = t_col.get(static_cast<size_t>(cl) * cols);
+    im2col_images(p, taps, x + n0 * chw, g, chw, col, cols);
+    float* out = g == 1 ? y + n0 * kohw : t_mat.get(static_cast<size_t>(p.k) * cols);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p.k, cols, cl, 1.f, wl, cl, col, cols, 0.f, out, cols);
+    if (g > 1) scatter_images(out, g, p.k, tl.ohw, y + n0 * kohw);
+  }
+}
+
+void conv_live_backward_data(const Conv2dShape& p, const std::vector<int>& taps, const float* dy,
+                             const float* w, float* dx) {
+  const int cl = p.c * static_cast<int>(taps.size());
+  const int nt = conv_threads(p, static_cast<int>(taps.size()));
+  const Tiling tl = make_tiling(p, nt, true, std::max(cl, 1));
+  const int64_t chw = static_cast<int64_t>(p.c) * p.h * p.w;
+  const int64_t kohw = static_cast<int64_t>(p.k) * tl.ohw;
+  if (taps.empty()) {
+    std::memset(dx, 0, sizeof(float) * p.n * chw);
+    return;
+  }
+  const float* wl = gather_live_weights(p, taps, w);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int t = 0; t < tl.tiles; ++t) {
+    int n0, n1, p0, p1;
+    tl.tile(t, n0, n1, p0, p1);
+    n1 = std::min(n1, p.n);
+    const int g = n1 - n0, cols = g * tl.ohw;
+    const float* b = dy + n0 * kohw;
+    if (g > 1) {
+      float* gathered = t_mat.get(static_cast<size_t>(p.k) * cols);
+      gather_images(dy + n0 * kohw, g, p.k, tl.ohw, gathered);
+      b = gathered;
+    }
+    float* dcol = t_col.get(static_cast<size_t>(cl) * cols);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cl, cols, p.k, 1.f, wl, cl, b, cols, 0.f, dcol, cols);
+    std::memset(dx + n0 * chw, 0, sizeof(float) * g * chw);
+    col2im_images(p, taps, dcol, cols, g, 0, p.c, chw, dx + n0 * chw);
+  }
+}
+
+// The weight gradient of a dead tap is exactly zero.
+void conv_live_backward_weight(const Conv2dShape& p, const std::vector<int>& taps, const float* x,
+                               const float* dy, float* dw) {
+  const int ntaps = static_cast<int>(taps.size()), cl = p.c * ntaps, rs = p.r * p.s;
+  const int nt = conv_threads(p, ntaps);
+  const Tiling tl = make_tiling(p, nt, true, std::max(cl, 1));
+  const int64_t kcl = static_cast<int64_t>(p.k) * cl;
+  if (taps.empty()) {
+    std::memset(dw, 0, sizeof(float) * p.k * p.c * rs);
+    return;
+  }
+  const int64_t chw = static_cast<int64_t>(p.c) * p.h * p.w;
+  const int64_t kohw = static_cast<int64_t>(p.k) * tl.ohw;
+  const int used = std::max(1, std::min(nt, tl.tiles));
+  std::vector<float*> acc(used, nullptr);
+#pragma omp parallel num_threads(used)
+  {
+    const int me = omp_get_thread_num();
+    const int team = omp_get_num_threads();
+    float* mine = t_acc.get(static_cast<size_t>(kcl));
+    std::memset(mine, 0, sizeof(float) * kcl);
+    acc[me] = mine;
+#pragma omp for schedule(static)
+    for (int t = 0; t < tl.tiles; ++t) {
+      int n0, n1, p0, p1;
+      tl.tile(t, n0, n1, p0, p1);
+      n1 = std::min(n1, p.n);
+      const int g = n1 - n0, cols = g * tl.ohw;
+      const float* a = dy + n0 * kohw;
+      if (g > 1) {
+        float* gathered = t_mat.get(static_cast<size_t>(p.k) * cols);
+        gather_images(dy + n0 * kohw, g, p.k, tl.ohw, gathered);
+        a = gathered;
+      }
+      float* col = t_col.get(static_cast<size_t>(cl) * cols);
+      im2col_images(p, taps, x + n0 * chw, g, chw, col, cols);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p.k, cl, cols, 1.f, a, cols, col, cols, 1.f, mine, cl);
+    }
+    // The implicit barrier above means every accumulator is complete; sum them in thread order.
+#pragma omp for schedule(static)
+    for (int64_t kc = 0; kc < static_cast<int64_t>(p.k) * p.c; ++kc) {
+      float* d = dw + kc * rs;
+      std::memset(d, 0, sizeof(float) * rs);
+      for (int t = 0; t < ntaps; ++t) {
+        float s = acc[0][kc * ntaps + t];
+        for (int j = 1; j < team; ++j) s += acc[j][kc * ntaps + t];
+        d[taps[t]] = s;
+      }
+    }
+  }
 }
 
 }  // namespace
 
 void conv2d_forward(const Conv2dShape& p, const float* x, const float* w, float* y) {
   check_shape("conv2d_forward", p);
-  const int nt = conv_threads(p);
-  const Tiling tl = make_tiling(p, nt, whole_image_tiles(p));
   const int crs = p.c * p.r * p.s;
+  if (const auto taps = live_taps(p); static_cast<int>(taps.size()) < p.r * p.s)
+    return conv_live_forward(p, taps, x, w, y);
+  const int nt = conv_threads(p, p.r * p.s);
+  const Tiling tl = make_tiling(p, nt, whole_image_tiles(p), crs);
   const int64_t chw = static_cast<int64_t>(p.c) * p.h * p.w;
   const int64_t kohw = static_cast<int64_t>(p.k) * tl.ohw;
   const bool pointwise = is_pointwise(p);
@@ -606,21 +775,18 @@ void conv2d_forward(const Conv2dShape& p, const float* x, const float* w, float*
     } else {
       float* out = t_mat.get(static_cast<size_t>(p.k) * cols);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p.k, cols, crs, 1.f, w, crs, b, ldb, 0.f, out, cols);
-      for (int i = 0; i < g; ++i)
-        for (int k = 0; k < p.k; ++k) {
-          float* dst = y + (n0 + i) * kohw + static_cast<int64_t>(k) * tl.ohw;
-          const float* src = out + static_cast<int64_t>(k) * cols + i * tl.ohw;
-          for (int j = 0; j < tl.ohw; ++j) dst[j] = src[j];
-        }
+      scatter_images(out, g, p.k, tl.ohw, y + n0 * kohw);
     }
   }
 }
 
 void conv2d_backward_data(const Conv2dShape& p, const float* dy, const float* w, float* dx) {
   check_shape("conv2d_backward_data", p);
-  const int nt = conv_threads(p);
-  const Tiling tl = make_tiling(p, nt, true);
   const int crs = p.c * p.r * p.s;
+  if (const auto taps = live_taps(p); static_cast<int>(taps.size()) < p.r * p.s)
+    return conv_live_backward_data(p, taps, dy, w, dx);
+  const int nt = conv_threads(p, p.r * p.s);
+  const Tiling tl = make_tiling(p, nt, true, crs);
   const int rs = p.r * p.s;
   const int64_t hw = static_cast<int64_t>(p.h) * p.w;
   const int64_t chw = p.c * hw;
@@ -668,9 +834,11 @@ void conv2d_backward_data(const Conv2dShape& p, const float* dy, const float* w,
 
 void conv2d_backward_weight(const Conv2dShape& p, const float* x, const float* dy, float* dw) {
   check_shape("conv2d_backward_weight", p);
-  const int nt = conv_threads(p);
-  const Tiling tl = make_tiling(p, nt, whole_image_tiles(p));
   const int crs = p.c * p.r * p.s;
+  if (const auto taps = live_taps(p); static_cast<int>(taps.size()) < p.r * p.s)
+    return conv_live_backward_weight(p, taps, x, dy, dw);
+  const int nt = conv_threads(p, p.r * p.s);
+  const Tiling tl = make_tiling(p, nt, whole_image_tiles(p), crs);
   const int64_t kcrs = static_cast<int64_t>(p.k) * crs;
   const int64_t chw = static_cast<int64_t>(p.c) * p.h * p.w;
   const int64_t kohw = static_cast<int64_t>(p.k) * tl.ohw;

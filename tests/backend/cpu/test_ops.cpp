@@ -64,6 +64,9 @@ const std::vector<Conv2dShape> kConvShapes = {
     {3, 5, 10, 8, 6, 3, 3, 2, 1},   {3, 6, 8, 12, 4, 1, 1, 2, 0},    {2, 3, 20, 18, 4, 7, 7, 2, 3},
     {5, 16, 2, 2, 8, 3, 3, 2, 1},   {4, 8, 2, 4, 5, 1, 1, 2, 0},     {2, 4, 40, 36, 3, 3, 3, 2, 1},
     {1, 64, 80, 72, 4, 3, 3, 2, 1},  // stride 2, one whole large image per tile
+    // Tiny images where some kernel taps see only padding (the live-tap path; kDeadTapShapes below).
+    {3, 16, 1, 1, 8, 3, 3, 2, 1},   {4, 8, 2, 5, 6, 3, 3, 2, 1},     {3, 8, 1, 3, 5, 3, 3, 1, 1},
+    {2, 4, 1, 2, 3, 5, 5, 1, 2},    {2, 3, 1, 1, 4, 1, 1, 2, 1},     {64, 256, 2, 2, 64, 3, 3, 2, 1},
 };
 
 class ConvTest : public ::testing::TestWithParam<Conv2dShape> {};
@@ -120,6 +123,58 @@ TEST(ConvTest, DeterministicAndThreadCountIndependent) {
   conv2d_backward_weight(p, x.data(), dy.data(), c.data());
   set_num_threads(saved);
   expect_close("dw 1 thread vs many", c, a, 1e-4, 1e-5);
+}
+
+// Taps (r, s) whose input position is padding for every output position, by the definition.
+std::vector<bool> dead_taps(const Conv2dShape& p) {
+  std::vector<bool> dead(static_cast<size_t>(p.r) * p.s, true);
+  for (int r = 0; r < p.r; ++r)
+    for (int s = 0; s < p.s; ++s)
+      for (int i = 0; i < p.out_h(); ++i)
+        for (int j = 0; j < p.out_w(); ++j) {
+          const int ih = i * p.stride - p.pad + r, iw = j * p.stride - p.pad + s;
+          if (ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) dead[static_cast<size_t>(r) * p.s + s] = false;
+        }
+  return dead;
+}
+
+// ResNet18's layer4 at 32 px input (3x3 pad 1 on 1x1; the stride-2 conv from 2x2) and other tiny maps,
+// square and not, stride 1 and 2, including one where every tap is dead (pad 1 > a 1x1 kernel, stride 2).
+const std::vector<Conv2dShape> kDeadTapShapes = {
+    {7, 32, 1, 1, 16, 3, 3, 1, 1}, {3, 16, 1, 1, 8, 3, 3, 2, 1}, {5, 16, 2, 2, 8, 3, 3, 2, 1},
+    {5, 16, 2, 3, 8, 3, 3, 2, 1},  {4, 8, 2, 5, 6, 3, 3, 2, 1},  {3, 8, 1, 3, 5, 3, 3, 1, 1},
+    {2, 4, 1, 2, 3, 5, 5, 1, 2},   {2, 3, 1, 1, 4, 1, 1, 2, 1},  {64, 256, 2, 2, 64, 3, 3, 2, 1},
+};
+
+// Every output is overwritten (buffers start as NaN) and a dead tap's weight gradient is exactly 0;
+// the values themselves are checked against the naive loops by ConvTest (these shapes are in kConvShapes).
+TEST(ConvDeadTaps, OutputsOverwrittenAndDeadTapGradientExactlyZero) {
+  for (const Conv2dShape& p : kDeadTapShapes) {
+    SCOPED_TRACE(name(p));
+    const std::vector<bool> dead = dead_taps(p);
+    ASSERT_GT(std::count(dead.begin(), dead.end(), true), 0) << "shape has no dead tap: not a test of it";
+    ASSERT_TRUE(std::any_of(kConvShapes.begin(), kConvShapes.end(), [&](const Conv2dShape& q) {
+      return name(q) == name(p);
+    })) << "add the shape to kConvShapes so its values are checked";
+    const size_t xs = static_cast<size_t>(p.n) * p.c * p.h * p.w, ws = static_cast<size_t>(p.k) * p.c * p.r * p.s;
+    const size_t ys = static_cast<size_t>(p.n) * p.k * p.out_h() * p.out_w();
+    auto x = randn(xs, 51), w = randn(ws, 52), dy = randn(ys, 53);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    std::vector<float> y(ys, nan), dx(xs, nan), dw(ws, nan);
+    conv2d_forward(p, x.data(), w.data(), y.data());
+    conv2d_backward_data(p, dy.data(), w.data(), dx.data());
+    conv2d_backward_weight(p, x.data(), dy.data(), dw.data());
+    EXPECT_TRUE(std::all_of(y.begin(), y.end(), [](float v) { return std::isfinite(v); })) << "y not written";
+    EXPECT_TRUE(std::all_of(dx.begin(), dx.end(), [](float v) { return std::isfinite(v); })) << "dx not written";
+    int nonzero_dead = 0, zero_live = 0;
+    for (size_t i = 0; i < ws; ++i) {
+      const bool is_dead = dead[i % dead.size()];
+      if (is_dead && dw[i] != 0.f) ++nonzero_dead;  // NaN counts too
+      if (!is_dead && !(std::isfinite(dw[i]) && dw[i] != 0.f)) ++zero_live;
+    }
+    EXPECT_EQ(nonzero_dead, 0) << "dead taps must get an exactly zero weight gradient";
+    EXPECT_EQ(zero_live, 0) << "live taps must get a finite, generally nonzero weight gradient";
+  }
 }
 
 TEST(ConvTest, RejectsBadShape) {

@@ -90,16 +90,8 @@ std::string conv_args(const Conv2dShape& p) {
          " s=" + std::to_string(p.s) + " stride=" + std::to_string(p.stride) + " pad=" + std::to_string(p.pad);
 }
 
-TEST(TorchRef, ConvForwardAndBackwardOnResNet18Shapes) {
-  // ResNet18's conv kinds at reduced batch/width, non-square where it matters.
-  const std::vector<Conv2dShape> shapes = {
-      {2, 3, 40, 36, 16, 7, 7, 2, 3},   // conv1
-      {2, 16, 10, 9, 16, 3, 3, 1, 1},   // layerX.convY
-      {4, 16, 10, 9, 32, 3, 3, 2, 1},   // first conv of layer2-4
-      {4, 16, 10, 9, 32, 1, 1, 2, 0},   // downsample
-      {8, 64, 1, 1, 64, 3, 3, 1, 1},    // layer4 at 32 px input
-      {2, 64, 56, 56, 64, 3, 3, 1, 1},  // layer1 at 224 px: pixel tiles
-  };
+// Forward, data and weight gradients of each shape against torch.nn.functional.conv2d in float64.
+void expect_convs_match_torch(const std::vector<Conv2dShape>& shapes) {
   std::vector<std::unique_ptr<TorchRef>> refs;
   std::vector<std::tuple<TorchRef*, std::string, std::string>> jobs;
   for (const auto& p : shapes) {
@@ -130,6 +122,30 @@ TEST(TorchRef, ConvForwardAndBackwardOnResNet18Shapes) {
     expect_close("dx", dx, t.get("dx"), 1e-4, 1e-4);
     expect_close("dw", dw, t.get("dw"), 1e-3, 1e-4);
   }
+}
+
+TEST(TorchRef, ConvForwardAndBackwardOnResNet18Shapes) {
+  // ResNet18's conv kinds at reduced batch/width, non-square where it matters.
+  expect_convs_match_torch({
+      {2, 3, 40, 36, 16, 7, 7, 2, 3},   // conv1
+      {2, 16, 10, 9, 16, 3, 3, 1, 1},   // layerX.convY
+      {4, 16, 10, 9, 32, 3, 3, 2, 1},   // first conv of layer2-4
+      {4, 16, 10, 9, 32, 1, 1, 2, 0},   // downsample
+      {8, 64, 1, 1, 64, 3, 3, 1, 1},    // layer4 at 32 px input
+      {2, 64, 56, 56, 64, 3, 3, 1, 1},  // layer1 at 224 px: pixel tiles
+  });
+}
+
+TEST(TorchRef, ConvWithDeadTapsOnTinyImages) {
+  // Kernel taps that see only padding for every output are skipped (the weight gradient there is 0).
+  expect_convs_match_torch({
+      {8, 64, 2, 2, 64, 3, 3, 2, 1},    // layer4's first conv at 32 px input: 4 of 9 taps live
+      {16, 96, 1, 1, 48, 3, 3, 1, 1},   // layer4's other convs at 32 px: 1 of 9 live
+      {3, 16, 1, 1, 8, 3, 3, 2, 1},     // stride 2 on 1x1
+      {4, 16, 1, 3, 8, 3, 3, 1, 1},     // non-square: 3 of 9 live
+      {4, 16, 2, 5, 8, 3, 3, 2, 1},     // non-square, stride 2: 6 of 9 live
+      {64, 128, 2, 2, 32, 3, 3, 2, 1},  // enough work for several threads and image groups
+  });
 }
 
 TEST(TorchRef, BatchNormTrainForwardBackwardAndRunningStats) {

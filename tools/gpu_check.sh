@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The one prepared check for a GPU host (air-gapped is fine): checks the GPU and driver, runs the GPU
 # tests of a bundle made by tools/bundle_deps, benchmarks our ResNet18 training step against PyTorch on
-# the same GPU in the same run, and prints a short table LAST. Full logs and summary.json go to DIR.
+# the same GPU in the same run, runs train_resnet18 end to end (synthetic data, then HDF5 shards packed
+# there from generated JPEGs), and prints a short table LAST. Full logs and summary.json go to DIR.
 #
 # Usage: tools/gpu_check.sh [--bundle DIR] [--out DIR] [--quick] [options]
 #   --bundle DIR        bundle from tools/bundle_deps (default: .bundle in the repository root)
 #   --out DIR           where logs, test XML and summary.json go (default: $OUT if set, else ./gpu_check_out)
-#   --quick             tests + short benchmarks, no torch.compile (under 4 minutes)
+#   --quick             tests + short benchmarks and end-to-end runs, no torch.compile (about 4 minutes)
 #   --keep-going        run whatever is there even if something is missing (still exits non-zero)
 #   --allow-skip        a skipped GPU test is not a failure (default: it is; on a GPU host nothing should skip)
 #   --python PY         python3 with PyTorch + torchvision (default: $DDP_PYTHON or python3)
@@ -15,7 +16,10 @@
 #   --gtest-filter F    passed to every test binary
 #   --test-timeout S    per test binary (default 150; quick 90)
 #   --budget S          whole-run time budget; steps that would overrun it are skipped with a note
-#                       (default 465; quick 220)
+#                       (default 465; quick 230)
+#   --e2e-images N      JPEGs made and packed for the end-to-end run (default 8192; quick 4096)
+#   --e2e-steps N       steps of each train_resnet18 run, synthetic and HDF5 (default 200; quick 100)
+#   --no-e2e            skip the train_resnet18 runs
 # Exit status: 0 all passed; 1 a test failed/skipped/crashed, a benchmark failed or something is missing;
 # 2 the host cannot run anything (no GPU/driver, no bundle) - the message says what is missing.
 # See docs/GPU_HOST.md.
@@ -34,8 +38,11 @@ OURS_ARGS=""
 GTEST_FILTER=""
 TEST_TIMEOUT=""
 BUDGET=""
+E2E=1
+E2E_IMAGES=""
+E2E_STEPS=""
 
-usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 bad_arg() { printf 'gpu_check: %s (see --help)\n' "$*" >&2; exit 2; }
 need_val() { [[ $# -ge 2 && -n $2 ]] || bad_arg "$1 needs a value"; }
 need_int() { [[ $2 =~ ^[1-9][0-9]*$ ]] || bad_arg "$1 needs a positive whole number, got '$2'"; }
@@ -54,16 +61,21 @@ while (($#)); do
     --gtest-filter) need_val "$@"; GTEST_FILTER=$2; shift 2 ;;
     --test-timeout) need_val "$@"; need_int "$1" "$2"; TEST_TIMEOUT=$2; shift 2 ;;
     --budget) need_val "$@"; need_int "$1" "$2"; BUDGET=$2; shift 2 ;;
+    --e2e-images) need_val "$@"; need_int "$1" "$2"; E2E_IMAGES=$2; shift 2 ;;
+    --e2e-steps) need_val "$@"; need_int "$1" "$2"; E2E_STEPS=$2; shift 2 ;;
+    --no-e2e) E2E=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) bad_arg "unknown argument '$1'" ;;
   esac
 done
 if ((QUICK)); then
-  TEST_TIMEOUT=${TEST_TIMEOUT:-90}; BUDGET=${BUDGET:-220}; TESTS_BUDGET=100; BENCH_TIMEOUT=90
+  TEST_TIMEOUT=${TEST_TIMEOUT:-90}; BUDGET=${BUDGET:-230}; TESTS_BUDGET=100; BENCH_TIMEOUT=90
   TORCH_STEPS=(--warmup 8 --iters 10 --windows 3)
+  E2E_IMAGES=${E2E_IMAGES:-4096}; E2E_STEPS=${E2E_STEPS:-100}
 else
   TEST_TIMEOUT=${TEST_TIMEOUT:-150}; BUDGET=${BUDGET:-465}; TESTS_BUDGET=200; BENCH_TIMEOUT=150
   TORCH_STEPS=(--warmup 15 --iters 20 --windows 5)
+  E2E_IMAGES=${E2E_IMAGES:-8192}; E2E_STEPS=${E2E_STEPS:-200}
 fi
 COMPILE_TIMEOUT=240   # torch.compile that takes longer than this is reported as skipped
 RESERVE=15            # seconds kept back for the summary
@@ -104,10 +116,12 @@ cap() {
 SAMPLER=""
 CHILD_NOTE=""
 UNPACKED=""
+E2E_DIR=""
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
   [[ -n $SAMPLER ]] && kill "$SAMPLER" 2>/dev/null
   [[ -n $UNPACKED && -d $UNPACKED ]] && rm -rf "$UNPACKED"
+  [[ -n $E2E_DIR && -d $E2E_DIR ]] && rm -rf "$E2E_DIR"
   return 0
 }
 trap cleanup EXIT
@@ -204,8 +218,9 @@ def pick(d, *keys):
 rows = [("ours fp16", "ours_fp16"), ("ours bf16", "ours_bf16"),
         ("torch eager fp16", "torch_eager_fp16"), ("torch eager bf16", "torch_eager_bf16"),
         ("torch compile fp16", "torch_compile_fp16"), ("torch compile bf16", "torch_compile_bf16")]
+e2e_rows = [("trainer fp16 synthetic", "train_synth_fp16"), ("trainer fp16 HDF5", "train_hdf5_fp16")]
 bench = {}
-for label, key in rows:
+for label, key in rows + e2e_rows:
     st = rd(key + ".status")
     r = rd(key + ".json")
     e = {"label": label, "ran": st is not None}
@@ -231,26 +246,37 @@ for label, key in rows:
             peak = pb / 2**20 if pb is not None else None
         e.update(img_per_s=ips, ms_per_step=ms, peak_mb=peak)
     e["util"] = util_stats(key)
+    # The trainer polls NVML itself at its log steps: its mean over the steady windows is the better figure.
+    tu = pick(e.get("result"), "gpu_util_mean")
+    e["util_pct"] = tu if tu is not None else (e["util"]["steady_mean_pct"] if e["util"] else None)
+    e["smi_peak_mb"] = e["util"]["max_mem_used_mb"] if e["util"] else None
     bench[key] = e
 for amp in ("fp16", "bf16"):
     eager = bench[f"torch_eager_{amp}"].get("img_per_s")
-    for key in (f"ours_{amp}", f"torch_eager_{amp}", f"torch_compile_{amp}"):
+    extra = ["train_synth_fp16", "train_hdf5_fp16"] if amp == "fp16" else []
+    for key in [f"ours_{amp}", f"torch_eager_{amp}", f"torch_compile_{amp}"] + extra:
         v = bench[key].get("img_per_s")
         bench[key]["x_torch_eager"] = v / eager if (v and eager) else None
     c = bench[f"torch_compile_{amp}"].get("img_per_s")
     o = bench[f"ours_{amp}"].get("img_per_s")
     bench[f"ours_{amp}"]["x_torch_compile"] = o / c if (o and c) else None
-for key in ("ours_fp16", "ours_bf16", "torch_eager_fp16", "torch_eager_bf16"):
+for key in ("ours_fp16", "ours_bf16", "torch_eager_fp16", "torch_eager_bf16", "train_synth_fp16", "train_hdf5_fp16"):
     e = bench[key]
-    if e["ran"] and e.get("img_per_s") is None:
+    if e["ran"] and e.get("img_per_s") is None and not (e.get("note") or "").startswith("skipped"):
         problems.append(f"benchmark {e['label']} gave no result: {e.get('note') or 'no RESULT line'}")
     if isinstance(e.get("result"), dict) and e["result"].get("loss_finite") is False:
         problems.append(f"benchmark {e['label']}: loss not finite")
 
+e2e = rd("e2e.json", {}) or {}
+hd, sy, ob = (bench[k].get("img_per_s") for k in ("train_hdf5_fp16", "train_synth_fp16", "ours_fp16"))
+e2e["hdf5_over_trainer_synthetic"] = hd / sy if (hd and sy) else None
+e2e["hdf5_over_bench_fp16"] = hd / ob if (hd and ob) else None
+e2e["trainer_synthetic_over_bench_fp16"] = sy / ob if (sy and ob) else None
+
 passed = not problems
 summary = {"passed": passed, "problems": problems, "quick": env.get("QUICK") == "1", "host": info,
            "bundle": env.get("BUNDLE"), "bundle_manifest": (rd("manifest.txt", "") or "").splitlines()[:12],
-           "steps": steps, "tests_total": tot, "tests": tests, "bench": bench,
+           "steps": steps, "tests_total": tot, "tests": tests, "bench": bench, "e2e": e2e,
            "bench_config": {"batch": int(env.get("BATCH", 256)), "size": int(env.get("SIZE", 224))}}
 with open(out, "w") as f:
     json.dump(summary, f, indent=1)
@@ -280,11 +306,15 @@ for t in tests:
 print(f"{'all (' + str(tot['binaries']) + ' binaries)':<40}{tot['passed']:>7}{tot['failed']:>7}{tot['skipped']:>7}{'':>7}  "
       f"{'ok' if tot['binaries'] and not tot['bad_binaries'] else 'FAIL'}")
 print("-" * W)
-print(f"{'benchmark b' + env.get('BATCH', '') + ' ' + env.get('SIZE', '') + 'px':<22}{'img/s':>10}{'ms/step':>10}{'peak MB':>10}"
-      f"{'util%':>7}{'x eager':>9}  note")
-for label, key in rows:
+print(f"{'benchmark b' + env.get('BATCH', '') + ' ' + env.get('SIZE', '') + 'px':<23}{'img/s':>8}{'ms/step':>9}{'peak MB':>9}"
+      f"{'smi MB':>8}{'util%':>6}{'x eager':>8}  note")
+for label, key in rows + e2e_rows:
+    if key == e2e_rows[0][1]:
+        print(f"end to end: train_resnet18, NCCL 1 rank, fp16 loss scaling, {e2e.get('steps', '?')} steps each")
     e = bench[key]
-    u = e["util"]["steady_mean_pct"] if e.get("util") else None
+    got = e.get("img_per_s") is not None  # samples of a run that gave no figure say nothing
+    u = e.get("util_pct") if got else None
+    smi = e.get("smi_peak_mb") if got else None
     note = e.get("note") or ""
     if e.get("img_per_s") is None and not note:
         note = "no RESULT line"
@@ -294,11 +324,18 @@ for label, key in rows:
         extra.append(f"compile {r['first_step_s']:.0f} s")
     if isinstance(r.get("ms_spread_pct"), (int, float)) and r["ms_spread_pct"] > 3:
         extra.append(f"window spread {r['ms_spread_pct']:.0f}%")
+    if key == "train_synth_fp16" and e2e.get("trainer_synthetic_over_bench_fp16"):
+        extra.append(f"{e2e['trainer_synthetic_over_bench_fp16']:.2f} x ours fp16")
+    if key == "train_hdf5_fp16" and e2e.get("hdf5_over_trainer_synthetic"):
+        extra.append(f"{e2e['hdf5_over_trainer_synthetic']:.2f} x synthetic")
     note = "; ".join([x for x in [note] + extra if x])
-    print(f"{label:<22}{f(e.get('img_per_s'), '.0f'):>10}{f(e.get('ms_per_step'), '.2f'):>10}{f(e.get('peak_mb'), '.0f'):>10}"
-          f"{f(u, '.0f'):>7}{f(e.get('x_torch_eager'), '.2f'):>9}  {note}"[:W + 40])
-print("(x eager = img/s of the row / torch eager img/s at the same precision; util% = mean of the last half of "
-      "nvidia-smi samples)")
+    print(f"{label:<23}{f(e.get('img_per_s'), '.0f'):>8}{f(e.get('ms_per_step'), '.2f'):>9}{f(e.get('peak_mb'), '.0f'):>9}"
+          f"{f(smi, '.0f'):>8}{f(u, '.0f'):>6}{f(e.get('x_torch_eager'), '.2f'):>8}  {note}"[:W + 40])
+if e2e.get("images"):
+    print(f"HDF5 data: {e2e['images']} JPEGs made in {e2e.get('make_jpegs_s', '?')} s ({e2e.get('jpeg_mb', '?')} MB), "
+          f"packed in {e2e.get('pack_s', '?')} s to {e2e.get('shard_mb', '?')} MB (shorter side 256)")
+print("(x eager: img/s / torch eager img/s at the same precision. peak MB: the program's own count (ours: tracked);\n"
+      " smi MB: nvidia-smi's peak. util%: mean of the last half of nvidia-smi samples (trainer rows: its NVML polls))")
 print("=" * W)
 if passed:
     print("gpu_check: PASSED")
@@ -554,32 +591,56 @@ if [[ -x $ours_bin && -z ${CANNOT_RUN[$ours_bin]:-} ]] && (($(cap 120) >= 20)); 
   ((rc == 0)) || nfail=$((nfail + 1))
   nrows=$((nrows + 1))
 fi
-# train_resnet18 end to end on the GPU (when bundled): synthetic data, NCCL with one rank (singleton
-# MPI_Init through env.sh), fp16 with dynamic loss scaling, a checkpoint written; counted as one test.
-train_bin="$BUNDLE/bin/train_resnet18"
-if [[ -x $train_bin && -z ${CANNOT_RUN[$train_bin]:-} ]] && (($(cap 150) >= 30)); then
-  t0=$SECONDS
-  rm -rf "$LOGDIR/train_ckpt"
-  timeout -k 10 "$(cap 150)" "$train_bin" --backend cuda --comm nccl --amp fp16 --data synthetic \
-    --synthetic-size 4096 --image-size 224 --batch-size 128 --max-steps 60 --no-eval --progress lines \
-    --log-every 10 --checkpoint-dir "$LOGDIR/train_ckpt" --jsonl "$LOGDIR/train_resnet18.jsonl" \
-    >"$LOGDIR/train_resnet18.log" 2>&1
-  rc=$?
-  note=""
-  if ((rc == 0)) && ! ls "$LOGDIR"/train_ckpt/*.h5 >/dev/null 2>&1; then rc=1; note="no checkpoint written"; fi
-  ((rc == 0)) || note="${note:-exit $rc: $(grep -v '^[[:space:]]*$' "$LOGDIR/train_resnet18.log" | tail -1 | cut -c1-120)}"
-  printf '%s\t%s\t%s\t%s\t0\t%s\t%s\n' "train_resnet18 --backend cuda (synthetic)" "$rc" "$((rc == 0 ? 1 : 0))" \
-    "$((rc == 0 ? 0 : 1))" "$((SECONDS - t0))" "$note" >>"$LOGDIR/tests.tsv"
-  log "train_resnet18 --backend cuda: rc $rc ($((SECONDS - t0)) s)${note:+ - $note}"
-  ((rc == 0)) || nfail=$((nfail + 1))
-  nrows=$((nrows + 1))
-fi
 if ((${#TESTS[@]} == 0)); then step_end FAIL "no test binaries"
 elif ((nfail)); then step_end FAIL "$nfail of $nrows test runs not clean"
 else step_end ok; fi
 
-# ---- (d, e) benchmarks with GPU utilisation sampling ---------------------------------------------
-# run_bench KEY LIMIT CMD...: runs CMD with nvidia-smi sampling beside it; keeps its RESULT json.
+# ---- (d) benchmarks with GPU utilisation sampling --------------------------------------------------
+# jsonl_result FILE: a RESULT json from a train_resnet18 --jsonl file: img/s over the log windows after
+# the first (which holds start-up: plan building, loader warm-up), the trainer's own NVML utilisation
+# over the same windows, peak tracked device memory, last loss. Prints nothing without train records.
+jsonl_result() {
+  [[ -n $TOOLPY && -s $1 ]] || return 0
+  "$TOOLPY" - "$1" "$BATCH" <<'PYEOF' 2>/dev/null
+import json, math, sys
+recs = []
+for line in open(sys.argv[1]):
+    try:
+        recs.append(json.loads(line))
+    except ValueError:
+        pass
+batch = int(sys.argv[2])
+train = [r for r in recs if r.get("type") == "train" and isinstance(r.get("img_per_s"), (int, float))
+         and r["img_per_s"] > 0 and isinstance(r.get("step"), (int, float))]
+summ = next((r for r in reversed(recs) if r.get("type") == "summary"), {})
+if not train:
+    sys.exit(0)
+steady = train[1:] if len(train) > 1 else train
+prev = train[0]["step"] if len(train) > 1 else 0
+first = prev
+imgs = secs = 0.0
+for r in steady:
+    n = (r["step"] - prev) * batch
+    prev = r["step"]
+    imgs += n
+    secs += n / r["img_per_s"]
+ips = imgs / secs if secs > 0 else None
+util = [r["gpu_util"] for r in steady if isinstance(r.get("gpu_util"), (int, float))]
+loss = train[-1].get("loss")
+peak = summ.get("peak_device_bytes")
+print(json.dumps({"impl": "train_resnet18", "batch": batch, "img_per_s": ips,
+                  "ms_per_step": batch * 1e3 / ips if ips else None,
+                  "steady_steps": prev - first, "steady_windows": len(steady),
+                  "gpu_util_mean": sum(util) / len(util) if util else None,
+                  "peak_mem_mb": peak / 2**20 if isinstance(peak, (int, float)) and peak > 0 else None,
+                  "overall_img_per_s": summ.get("img_per_s"), "steps": summ.get("steps"), "loss": loss,
+                  "loss_finite": isinstance(loss, (int, float)) and math.isfinite(loss)}))
+PYEOF
+}
+
+# run_bench KEY LIMIT CMD...: runs CMD with nvidia-smi sampling beside it; keeps its RESULT json (with
+# BENCH_JSONL set and no RESULT line: the one jsonl_result makes of that file).
+BENCH_JSONL=""
 run_bench() {
   local key=$1 limit=$2 t rc t0 res
   shift 2
@@ -597,6 +658,7 @@ run_bench() {
   rc=$?
   kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null; SAMPLER=""
   res=$(grep '^RESULT ' "$LOGDIR/$key.log" | tail -1 | cut -c8-)
+  [[ -z $res && -n $BENCH_JSONL ]] && res=$(jsonl_result "$BENCH_JSONL")
   CHILD_NOTE=""
   if [[ -n $res ]]; then
     printf '%s\n' "$res" >"$LOGDIR/$key.json"
@@ -632,8 +694,97 @@ for amp in fp16 bf16; do
     bench_bad=$((bench_bad + 1))
   fi
 done
+if ((bench_bad)); then step_end FAIL "$bench_bad of 4 required runs (ours, torch eager) gave no result"; else step_end ok; fi
+
+# ---- (e) end to end: train_resnet18 on synthetic data, then on HDF5 shards packed here --------------
+# Both runs: fp16 with dynamic loss scaling, NCCL with one rank (singleton MPI_Init through env.sh), the
+# benchmark's batch and size, the same number of steps. The synthetic run also writes a checkpoint and
+# counts as a test. Their img/s (steady JSONL windows) show what the trainer's per-step host work and
+# then the data path (decode + augment on this host's cores) cost against bench_cuda_train.
+e2e_status() { printf '%s\t%s\t%s\n' "$2" "$3" "$4" >"$LOGDIR/$1.status"; }  # KEY RC SECONDS NOTE
+step_begin e2e
+train_bin="$BUNDLE/bin/train_resnet18"
+jpeg_bin="$BUNDLE/bin/make_bench_jpegs"
+pack_bin="$BUNDLE/bin/pack_imagenet"
+SYNTH_TEST="train_resnet18 --backend cuda (synthetic)"
+e2e_bad=0
+e2e_common=(--backend cuda --comm nccl --amp fp16 --image-size "$SIZE" --batch-size "$BATCH" --max-steps "$E2E_STEPS"
+            --no-eval --progress lines --log-every 10)
+if ((!E2E)); then
+  for k in train_synth_fp16 train_hdf5_fp16; do e2e_status "$k" 0 0 "skipped (--no-e2e)"; done
+  step_end skipped "--no-e2e"
+else
+  why=""
+  if [[ ! -x $train_bin ]]; then why="train_resnet18 not in the bundle (build it before tools/bundle_deps)"
+  elif [[ -n ${CANNOT_RUN[$train_bin]:-} ]]; then why=${CANNOT_RUN[$train_bin]}
+  fi
+  # (1) synthetic data: the trainer's own cost, and a test (exit 0 and a checkpoint written)
+  if [[ -n $why ]]; then
+    e2e_status train_synth_fp16 -1 0 "not run: $why"
+    printf '%s\t-1\t0\t1\t0\t0\tnot run: %s\n' "$SYNTH_TEST" "$why" >>"$LOGDIR/tests.tsv"
+    e2e_bad=$((e2e_bad + 1))
+  else
+    rm -rf "$LOGDIR/train_ckpt" "$LOGDIR/train_synth_fp16.jsonl"
+    BENCH_JSONL="$LOGDIR/train_synth_fp16.jsonl"
+    run_bench train_synth_fp16 150 "$train_bin" "${e2e_common[@]}" --data synthetic --synthetic-size $((BATCH * 16)) \
+      --synthetic-classes 1000 --checkpoint-dir "$LOGDIR/train_ckpt" --checkpoint-every 1000000 --jsonl "$BENCH_JSONL" \
+      || e2e_bad=$((e2e_bad + 1))
+    BENCH_JSONL=""
+    IFS=$'\t' read -r rc secs note <"$LOGDIR/train_synth_fp16.status"
+    if ((rc == 0)) && ! ls "$LOGDIR"/train_ckpt/*.h5 >/dev/null 2>&1; then rc=1; note="no checkpoint written"; fi
+    printf '%s\t%s\t%s\t%s\t0\t%s\t%s\n' "$SYNTH_TEST" "$rc" "$((rc == 0 ? 1 : 0))" "$((rc == 0 ? 0 : 1))" "$secs" \
+      "$note" >>"$LOGDIR/tests.tsv"
+  fi
+  # (2) HDF5 shards: natural-looking JPEGs made here, packed as ImageNet would be (shorter side 256)
+  if [[ -z $why ]]; then
+    if [[ ! -x $jpeg_bin ]]; then why="make_bench_jpegs not in the bundle (build it before tools/bundle_deps)"
+    elif [[ ! -x $pack_bin ]]; then why="pack_imagenet not in the bundle (build it before tools/bundle_deps)"
+    elif [[ -n ${CANNOT_RUN[$jpeg_bin]:-} ]]; then why="make_bench_jpegs: ${CANNOT_RUN[$jpeg_bin]}"
+    elif [[ -n ${CANNOT_RUN[$pack_bin]:-} ]]; then why="pack_imagenet: ${CANNOT_RUN[$pack_bin]}"
+    elif (($(cap 150) < 60)); then why="time budget spent"
+    fi
+  fi
+  jpeg_s=0 pack_s=0 jpeg_mb=0 shard_mb=0
+  if [[ -z $why ]]; then
+    E2E_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ddp_e2e.XXXXXX")
+    t0=$SECONDS
+    log "make_bench_jpegs: $E2E_IMAGES images into $E2E_DIR"
+    timeout -k 10 "$(cap 120)" "$jpeg_bin" "$E2E_DIR/jpeg" "$E2E_IMAGES" >"$LOGDIR/make_bench_jpegs.log" 2>&1 \
+      || why="make_bench_jpegs failed (exit $?): $(tail -1 "$LOGDIR/make_bench_jpegs.log" | cut -c1-120)"
+    jpeg_s=$((SECONDS - t0))
+    log "$(tail -1 "$LOGDIR/make_bench_jpegs.log" | cut -c1-200) [$jpeg_s s]"
+  fi
+  if [[ -z $why ]]; then
+    jpeg_mb=$(du -sm "$E2E_DIR/jpeg" | cut -f1)
+    t0=$SECONDS
+    timeout -k 10 "$(cap 120)" "$pack_bin" --input "$E2E_DIR/jpeg" --output "$E2E_DIR/shards" --shards 1 --splits train \
+      --no-progress >"$LOGDIR/pack_imagenet.log" 2>&1 \
+      || why="pack_imagenet failed (exit $?): $(grep -v '^[[:space:]]*$' "$LOGDIR/pack_imagenet.log" | tail -1 | cut -c1-120)"
+    pack_s=$((SECONDS - t0))
+    rm -rf "$E2E_DIR/jpeg"  # the shards are what training reads
+    [[ -z $why ]] && shard_mb=$(du -sm "$E2E_DIR/shards" | cut -f1)
+    log "pack_imagenet: ${shard_mb} MB of shards from $jpeg_mb MB of JPEGs in $pack_s s"
+  fi
+  if [[ -z $why ]]; then
+    BENCH_JSONL="$LOGDIR/train_hdf5_fp16.jsonl"
+    run_bench train_hdf5_fp16 180 "$train_bin" "${e2e_common[@]}" --data "$E2E_DIR/shards" --jsonl "$BENCH_JSONL" \
+      || e2e_bad=$((e2e_bad + 1))
+    BENCH_JSONL=""
+  else
+    e2e_status train_hdf5_fp16 -1 0 "not run: $why"
+    e2e_bad=$((e2e_bad + 1))
+  fi
+  printf '{"images": %s, "steps": %s, "make_jpegs_s": %s, "jpeg_mb": %s, "pack_s": %s, "shard_mb": %s}\n' \
+    "$E2E_IMAGES" "$E2E_STEPS" "$jpeg_s" "${jpeg_mb:-0}" "$pack_s" "${shard_mb:-0}" >"$LOGDIR/e2e.json"
+  [[ -n $E2E_DIR ]] && rm -rf "$E2E_DIR"
+  if ((e2e_bad)); then step_end FAIL "$e2e_bad of 2 train_resnet18 runs gave no result${why:+ ($why)}"; else step_end ok; fi
+fi
+
+# ---- (f) torch.compile, last: the least needed figure, and the slowest -------------------------------
+step_begin compile
 if ((QUICK)); then
   for amp in fp16 bf16; do printf '%s\t%s\t%s\n' 0 0 "skipped (--quick)" >"$LOGDIR/torch_compile_$amp.status"; done
+  step_end skipped "--quick"
 elif ((have_torch)); then
   for amp in fp16 bf16; do
     # A compile that fails or takes too long is a note, not a failure of the check.
@@ -644,11 +795,14 @@ elif ((have_torch)); then
       printf '%s\t%s\t%s\n' "${rc:--1}" "${secs:-0}" "$note" >"$LOGDIR/torch_compile_$amp.status"
     fi
   done
+  step_end ok
+else
+  for amp in fp16 bf16; do printf '%s\t%s\t%s\n' -1 0 "not run: PyTorch with a GPU not available" >"$LOGDIR/torch_compile_$amp.status"; done
+  step_end skipped "no PyTorch with a GPU"
 fi
 timeout 30 "$NVSMI" -q -i "$GPU_IDX" -d CLOCK,PERFORMANCE,TEMPERATURE,POWER >"$LOGDIR/nvidia-smi-after.txt" 2>&1
-if ((bench_bad)); then step_end FAIL "$bench_bad of 4 required runs (ours, torch eager) gave no result"; else step_end ok; fi
 
-# ---- (f) summary, printed last -------------------------------------------------------------------
+# ---- (g) summary, printed last -------------------------------------------------------------------
 log "logs: $OUTDIR (summary.json, gpu_check.log, logs/)"
 summarize ""
 finish $?

@@ -130,6 +130,37 @@ sleep 1  # long enough for the utilisation sampler to take a few samples
 amp=fp16; while (($#)); do [[ $1 == --amp ]] && amp=$2; shift; done
 echo "RESULT {\"amp\": \"$amp\", \"batch\": 256, \"img_per_s\": 12800.0, \"ms_per_step\": 20.0, \"peak_mem_mb\": 9000}"
 EOF
+# train_resnet18, make_bench_jpegs and pack_imagenet stand-ins for the end-to-end step: the trainer writes
+# JSONL records as the real one does (the first window slow: start-up), and a checkpoint.
+cat >"$FAKE/bundle/bin/train_resnet18" <<'EOF'
+#!/bin/bash
+j=""; ck=""; steps=20; data=""
+while (($#)); do
+  case $1 in --jsonl) j=$2; shift ;; --checkpoint-dir) ck=$2; shift ;; --max-steps) steps=$2; shift ;; --data) data=$2; shift ;; esac
+  shift
+done
+ips=11000
+if [[ $data != synthetic ]]; then
+  ips=7000
+  [[ -f $data/train-00000-of-00001.h5 ]] || { echo "error: no shards in '$data'" >&2; exit 1; }
+fi
+sleep 1
+for ((s = 10; s <= steps; s += 10)); do
+  echo "{\"type\": \"train\", \"step\": $s, \"loss\": 6.9, \"img_per_s\": $( ((s == 10)) && echo 2000 || echo "$ips"), \"gpu_util\": 95}" >>"$j"
+done
+echo "{\"type\": \"summary\", \"steps\": $steps, \"img_per_s\": 9000, \"peak_device_bytes\": 10485760000}" >>"$j"
+[[ -n $ck ]] && mkdir -p "$ck" && touch "$ck/ckpt-fake.h5"
+exit 0
+EOF
+cat >"$FAKE/bundle/bin/make_bench_jpegs" <<'EOF'
+#!/bin/bash
+mkdir -p "$1/train/c0000" && head -c 1000 /dev/zero >"$1/train/c0000/img_00000000.JPEG" && echo "make_bench_jpegs (fake): $2 JPEGs"
+EOF
+cat >"$FAKE/bundle/bin/pack_imagenet" <<'EOF'
+#!/bin/bash
+o=""; while (($#)); do [[ $1 == --output ]] && o=$2; shift; done
+mkdir -p "$o" && head -c 1000 /dev/zero >"$o/train-00000-of-00001.h5"
+EOF
 # gtest stand-ins that write gtest's XML: one clean, one with a failure, one with a skip.
 write_fake_gtest() {  # NAME PASSED FAILED SKIPPED
   cat >"$FAKE/bundle/bin/$1" <<EOF
@@ -156,7 +187,8 @@ if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 
   S="$TMP/gc-ok/summary.json"
   check "fake host, all clean: exit 0" test "$rc" -eq 0
   check "fake host: PASSED is the last line" test "$(tail -1 <<<"$out")" = "gpu_check: PASSED"
-  check "fake host: 5 passed + the bench selftest counted" test "$(jget "$S" 'd["tests_total"]["passed"]')" = 6
+  check "fake host: 5 passed + the bench selftest + the synthetic trainer run counted" \
+    test "$(jget "$S" 'd["tests_total"]["passed"]')" = 7
   check "fake host: ours fp16 img/s parsed" test "$(jget "$S" 'd["bench"]["ours_fp16"]["img_per_s"]')" = 12800.0
   check "fake host: torch eager ran (RESULT parsed)" test "$(jget "$S" 'd["bench"]["torch_eager_bf16"]["img_per_s"] > 0')" = True
   check "fake host: ratio ours/torch eager computed" \
@@ -166,6 +198,16 @@ if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 
   check "fake host: test XML kept" test -f "$TMP/gc-ok/logs/test_fake_ok.xml"
   check "fake host: table has all six benchmark rows" \
     test "$(grep -cE '^(ours|torch eager|torch compile) (fp16|bf16) ' <<<"$out")" -eq 6
+  check "fake host: HDF5 trainer img/s from the steady JSONL windows (the slow first one left out)" \
+    test "$(jget "$S" 'd["bench"]["train_hdf5_fp16"]["img_per_s"]')" = 7000.0
+  check "fake host: HDF5 / synthetic trainer ratio" \
+    test "$(jget "$S" 'round(d["e2e"]["hdf5_over_trainer_synthetic"], 4)')" = "$(jget "$S" 'round(7000 / 11000, 4)')"
+  check "fake host: trainer utilisation (its NVML polls) and peak memory" \
+    test "$(jget "$S" '(d["bench"]["train_synth_fp16"]["util_pct"], round(d["bench"]["train_synth_fp16"]["peak_mb"]))')" = "(95.0, 10000)"
+  check "fake host: table has both end-to-end rows and the data line" \
+    bash -c 'grep -q "^trainer fp16 synthetic .*x ours fp16" <<<"$1" && grep -q "^trainer fp16 HDF5 .*0.64 x synthetic" <<<"$1" && grep -q "^HDF5 data: 8192 JPEGs" <<<"$1"' _ "$out"
+  e2e_dir=$(sed -n 's/.*make_bench_jpegs: [0-9]* images into \(.*\)$/\1/p' <<<"$out")
+  check "fake host: end-to-end data (${e2e_dir:-?}) removed at exit" bash -c '[[ -n $1 && ! -e $1 ]]' _ "$e2e_dir"
 
   # a failing test and a skipped GPU test both fail the check; --allow-skip accepts the skip only
   write_fake_gtest test_fake_skip 2 0 1
@@ -198,6 +240,13 @@ out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --allow-skip --bun
 check "packed bundle: unpacked and run" bash -c '[[ $1 -le 1 ]] && grep -q "unpacked .*bundle.tar.xz" <<<"$2" && grep -q "^test_fake_ok .* ok" <<<"$2"' _ "$rc" "$out"
 check "packed bundle: unpacked copy removed at exit" bash -c '! ls -d "${TMPDIR:-/tmp}"/ddp_bundle.* 2>/dev/null | grep -q "$1"' _ \
   "$(sed -n 's/.*unpacked .* into \(.*\)$/\1/p' <<<"$out")"
+
+# no train_resnet18 in the bundle: the end-to-end rows say so and the check fails, everything else still runs
+mv "$FAKE/bundle/bin/train_resnet18" "$TMP/train_resnet18.away"
+out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --allow-skip --bundle "$FAKE/bundle" --out "$TMP/gc-notrain" --python fakepy 2>&1); rc=$?
+check "no train_resnet18: exit 1, end-to-end rows say why, benchmarks still ran" \
+  bash -c '[[ $1 -eq 1 ]] && grep -q "^trainer fp16 HDF5 .*not run: train_resnet18 not in the bundle" <<<"$2" && grep -q "^ours fp16 .*12800" <<<"$2"' _ "$rc" "$out"
+mv "$TMP/train_resnet18.away" "$FAKE/bundle/bin/train_resnet18"
 
 # missing pieces: named, exit 2 without --keep-going; run what is there with it
 rm -f "$FAKE/bundle/bin/bench_cuda_train"

@@ -170,13 +170,12 @@ Result process(const Item& it, const Options& o, int raw_size) {
   } else if (o.resize > 0 && shorter != o.resize && (shorter > o.resize || o.allow_upscale)) {
     resize_shorter_dims(W, H, o.resize, tw, th);
   }
-  // Already the right size and plain YCbCr: keep the original bytes (no second generation loss),
-  // after checking that they decode to the end.
+  // Already the right size and plain YCbCr: keep the original DCT coefficients (no second generation
+  // loss, the same pixels), re-entropy-coded with restart markers so that the loader's crops decode
+  // only what they cover; this reads the whole file, so damage anywhere is found.
   if (!raw && fmt == ImageFormat::Jpeg && tw == W && th == H && hd.ycbcr && hd.components == 3) {
-    Decoded d = decode_jpeg(bytes.data(), bytes.size(), it.path, {}, 1, 1, o.max_pixels, true);
-    r.warning = d.warning;
+    r.bytes = jpeg_add_restarts(bytes.data(), bytes.size(), it.path, &r.warning);
     r.passthrough = true;
-    r.bytes = std::move(bytes);
     return r;
   }
   Rgb img;

@@ -1,12 +1,11 @@
 #include "ddp/data/image.h"
 
-#include <turbojpeg.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <csetjmp>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -92,6 +91,149 @@ struct Decompressor {
   ~Decompressor() { jpeg_destroy_decompress(&cinfo); }
 };
 
+// The coarsest DCT scale (1/8, 1/4, 1/2, 1) at which the box is still at least min_w x min_h.
+int choose_denom(const Box& box, int min_w, int min_h) {
+  if (min_w <= 0 && min_h <= 0) return 1;
+  for (int dd : {8, 4, 2}) {
+    if (box.w / dd >= static_cast<float>(min_w) && box.h / dd >= static_cast<float>(min_h) && box.w / dd >= 1 &&
+        box.h / dd >= 1)
+      return dd;
+  }
+  return 1;
+}
+
+// The pixels decoded for `box` in an ow x oh image at scale 1/denom: the box plus a margin of the
+// resampling filter's reach, so that pixels just outside it weigh in as they do when the whole image
+// is resized (torchvision's Resize + CenterCrop).
+struct Window {
+  int x0 = 0, x1 = 0, y0 = 0, y1 = 0;
+};
+Window decode_window(const Box& box, int denom, int min_w, int min_h, int ow, int oh) {
+  const float s = 1.0f / static_cast<float>(denom);
+  const float mx = (min_w > 0 ? std::max(1.0f, box.w * s / static_cast<float>(min_w)) : 1.0f) + 1.0f;
+  const float my = (min_h > 0 ? std::max(1.0f, box.h * s / static_cast<float>(min_h)) : 1.0f) + 1.0f;
+  Window w;
+  w.x0 = std::clamp(static_cast<int>(std::floor(box.x * s - mx)), 0, ow - 1);
+  w.x1 = std::clamp(static_cast<int>(std::ceil((box.x + box.w) * s + mx)), w.x0 + 1, ow);
+  w.y0 = std::clamp(static_cast<int>(std::floor(box.y * s - my)), 0, oh - 1);
+  w.y1 = std::clamp(static_cast<int>(std::ceil((box.y + box.h) * s + my)), w.y0 + 1, oh);
+  return w;
+}
+
+// A baseline JPEG with one interleaved 3-component scan and restart markers at whole-row-aligned
+// intervals (what encode_jpeg and jpeg_add_restarts write): every interval's entropy-coded bytes
+// decode on their own (DC prediction restarts, bytes aligned), so the intervals covering a crop can
+// be spliced into a smaller JPEG of the same blocks, and libjpeg decodes only those.
+struct RestartLayout {
+  int w = 0, h = 0, mcu_w = 0, mcu_h = 0, mcus_per_row = 0, mcu_rows = 0, interval = 0;
+  size_t sof = 0, scan = 0;             // offsets of the SOF marker and of the first entropy-coded byte
+  std::vector<uint32_t> begin, end;     // each interval's entropy-coded bytes (end: its RSTn or EOI)
+};
+
+// False (and the caller decodes the file as it is) for anything else, damaged files included.
+bool parse_restart_layout(const uint8_t* p, size_t n, RestartLayout& L) {
+  if (n < 4 || n >= (size_t{1} << 32) || p[0] != 0xFF || p[1] != 0xD8) return false;
+  size_t pos = 2;
+  int maxh = 0, maxv = 0;
+  bool sof = false;
+  L.interval = 0;
+  for (;;) {
+    if (pos + 4 > n || p[pos] != 0xFF) return false;
+    const uint8_t m = p[pos + 1];
+    if (m == 0xFF || m == 0x01 || (m >= 0xD0 && m <= 0xD9)) return false;  // fill or stray marker
+    const size_t len = (static_cast<size_t>(p[pos + 2]) << 8) | p[pos + 3];
+    if (len < 2 || pos + 2 + len > n) return false;
+    const uint8_t* q = p + pos + 4;
+    if (m == 0xC0 || m == 0xC1) {
+      if (len != 8 + 3 * 3 || q[0] != 8 || q[5] != 3) return false;
+      L.h = (q[1] << 8) | q[2];
+      L.w = (q[3] << 8) | q[4];
+      for (int c = 0; c < 3; ++c) {
+        maxh = std::max(maxh, q[7 + 3 * c] >> 4);
+        maxv = std::max(maxv, q[7 + 3 * c] & 15);
+      }
+      L.sof = pos;
+      sof = true;
+    } else if (m >= 0xC2 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) {
+      return false;  // progressive, lossless, hierarchical or arithmetic-coded
+    } else if (m == 0xDD) {
+      if (len != 4) return false;
+      L.interval = (q[0] << 8) | q[1];
+    } else if (m == 0xDA) {
+      if (!sof || q[0] != 3) return false;
+      L.scan = pos + 2 + len;
+      break;
+    }
+    pos += 2 + len;
+  }
+  if (L.interval <= 0 || L.w <= 0 || L.h <= 0 || maxh < 1 || maxv < 1 || maxh > 4 || maxv > 4) return false;
+  L.mcu_w = 8 * maxh;
+  L.mcu_h = 8 * maxv;
+  L.mcus_per_row = (L.w + L.mcu_w - 1) / L.mcu_w;
+  L.mcu_rows = (L.h + L.mcu_h - 1) / L.mcu_h;
+  if (L.mcus_per_row % L.interval != 0) return false;
+  const size_t total = static_cast<size_t>(L.mcus_per_row / L.interval) * static_cast<size_t>(L.mcu_rows);
+  L.begin.assign(1, static_cast<uint32_t>(L.scan));
+  L.end.clear();
+  for (size_t i = L.scan;;) {
+    const auto* f = static_cast<const uint8_t*>(std::memchr(p + i, 0xFF, n - i));
+    if (!f || f + 1 >= p + n) return false;  // no EOI: truncated
+    i = static_cast<size_t>(f - p);
+    const uint8_t m = p[i + 1];
+    if (m == 0x00) {  // stuffed 0xFF data byte
+      i += 2;
+      continue;
+    }
+    if (m == 0xD9) {
+      L.end.push_back(static_cast<uint32_t>(i));
+      break;
+    }
+    // Anything but the next RSTn in sequence (another scan, DNL, fill bytes): not spliceable.
+    if (m != 0xD0 + (L.begin.size() - 1) % 8 || L.begin.size() >= total) return false;
+    L.end.push_back(static_cast<uint32_t>(i));
+    i += 2;
+    L.begin.push_back(static_cast<uint32_t>(i));
+  }
+  return L.begin.size() == total;
+}
+
+// The JPEG made of interval columns c0..c1-1 of MCU rows r0..r1-1 (the header's SOF resized,
+// restart markers renumbered) into out; returns its length.
+size_t splice_restart_intervals(const uint8_t* p, const RestartLayout& L, int c0, int c1, int r0, int r1,
+                                std::vector<uint8_t>& out) {
+  const int per_row = L.mcus_per_row / L.interval;
+  const int w = std::min(c1 * L.interval * L.mcu_w, L.w) - c0 * L.interval * L.mcu_w;
+  const int h = std::min(r1 * L.mcu_h, L.h) - r0 * L.mcu_h;
+  size_t len = L.scan + 2;
+  for (int r = r0; r < r1; ++r)
+    for (int c = c0; c < c1; ++c) {
+      const size_t k = static_cast<size_t>(r) * per_row + c;
+      len += L.end[k] - L.begin[k] + 2;
+    }
+  if (out.size() < len) out.resize(len);
+  uint8_t* o = out.data();
+  std::memcpy(o, p, L.scan);
+  o[L.sof + 5] = static_cast<uint8_t>(h >> 8);
+  o[L.sof + 6] = static_cast<uint8_t>(h);
+  o[L.sof + 7] = static_cast<uint8_t>(w >> 8);
+  o[L.sof + 8] = static_cast<uint8_t>(w);
+  size_t at = L.scan;
+  int marker = 0;
+  for (int r = r0; r < r1; ++r)
+    for (int c = c0; c < c1; ++c) {
+      const size_t k = static_cast<size_t>(r) * per_row + c;
+      if (marker > 0 || r > r0 || c > c0) {
+        o[at++] = 0xFF;
+        o[at++] = static_cast<uint8_t>(0xD0 + (marker++ % 8));
+      }
+      std::memcpy(o + at, p + L.begin[k], L.end[k] - L.begin[k]);
+      at += L.end[k] - L.begin[k];
+    }
+  o[at++] = 0xFF;
+  o[at++] = 0xD9;
+  return at;
+}
+
 // The body of decode_jpeg that may longjmp: it modifies only objects reached through pointers.
 // Returns false after a libjpeg error (message in d->err.msg).
 bool decode_impl(Decompressor* d, const uint8_t* data, size_t n, const Box* want, int min_w, int min_h,
@@ -105,51 +247,48 @@ bool decode_impl(Decompressor* d, const uint8_t* data, size_t n, const Box* want
     *too_big = true;
     out->img.w = W;
     out->img.h = H;
+    jpeg_abort_decompress(ci);
     return true;
   }
   Box box = *want;
   if (box.w <= 0 || box.h <= 0) box = Box{0, 0, static_cast<float>(W), static_cast<float>(H)};
   const bool cmyk = ci->jpeg_color_space == JCS_CMYK || ci->jpeg_color_space == JCS_YCCK;
   ci->out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
-  int denom = 1;
-  if (min_w > 0 || min_h > 0) {
-    for (int dd : {8, 4, 2}) {
-      if (box.w / dd >= static_cast<float>(min_w) && box.h / dd >= static_cast<float>(min_h) && box.w / dd >= 1 &&
-          box.h / dd >= 1) {
-        denom = dd;
-        break;
-      }
-    }
-  }
+  const int denom = choose_denom(box, min_w, min_h);
   ci->scale_num = 1;
   ci->scale_denom = static_cast<unsigned>(denom);
   jpeg_start_decompress(ci);
   const float s = 1.0f / static_cast<float>(denom);
   const int ow = static_cast<int>(ci->output_width), oh = static_cast<int>(ci->output_height);
-  int x0 = 0, x1 = ow, y0 = 0, y1 = oh;
-  {
-    // A margin of the resampling filter's reach around the box, so that pixels just outside it
-    // weigh in as they do when the whole image is resized (torchvision's Resize + CenterCrop).
-    const float mx = (min_w > 0 ? std::max(1.0f, box.w * s / static_cast<float>(min_w)) : 1.0f) + 1.0f;
-    const float my = (min_h > 0 ? std::max(1.0f, box.h * s / static_cast<float>(min_h)) : 1.0f) + 1.0f;
-    x0 = std::clamp(static_cast<int>(std::floor(box.x * s - mx)), 0, ow - 1);
-    x1 = std::clamp(static_cast<int>(std::ceil((box.x + box.w) * s + mx)), x0 + 1, ow);
-    y0 = std::clamp(static_cast<int>(std::floor(box.y * s - my)), 0, oh - 1);
-    y1 = std::clamp(static_cast<int>(std::ceil((box.y + box.h) * s + my)), y0 + 1, oh);
-  }
+  const Window win = decode_window(box, denom, min_w, min_h, ow, oh);
+  const int x0 = win.x0, x1 = win.x1, y0 = win.y0, y1 = win.y1;
   JDIMENSION xoff = static_cast<JDIMENSION>(x0), cw = static_cast<JDIMENSION>(x1 - x0);
   if (x0 > 0 || x1 < ow) jpeg_crop_scanline(ci, &xoff, &cw);  // widens to iMCU boundaries
   const int comps = static_cast<int>(ci->output_components);
   row->resize(static_cast<size_t>(cw) * static_cast<size_t>(comps));
   out->img.w = static_cast<int>(cw);
   out->img.h = y1 - y0;
-  out->img.px.resize(static_cast<size_t>(out->img.w) * static_cast<size_t>(out->img.h) * 3);
+  // Grown only: a reused buffer is not refilled with zeros for every image.
+  const size_t need = static_cast<size_t>(out->img.w) * static_cast<size_t>(out->img.h) * 3;
+  if (out->img.px.size() < need) out->img.px.resize(need);
   if (y0 > 0) jpeg_skip_scanlines(ci, static_cast<JDIMENSION>(y0));
   const bool inverted = ci->saw_Adobe_marker;  // Adobe CMYK stores inverted ink values
-  for (int y = 0; y < out->img.h; ++y) {
-    JSAMPROW rp = cmyk ? row->data() : out->img.px.data() + static_cast<size_t>(y) * cw * 3;
+  if (!cmyk) {
+    // As many rows per call as libjpeg will give.
+    thread_local std::vector<JSAMPROW> rows;
+    rows.resize(static_cast<size_t>(out->img.h));
+    for (int y = 0; y < out->img.h; ++y) rows[static_cast<size_t>(y)] = out->img.px.data() + static_cast<size_t>(y) * cw * 3;
+    for (int y = 0; y < out->img.h;) {
+      const JDIMENSION got =
+          jpeg_read_scanlines(ci, rows.data() + y, static_cast<JDIMENSION>(out->img.h - y));
+      if (got == 0) ERREXIT(ci, JERR_INPUT_EMPTY);  // cannot happen with a memory source
+      y += static_cast<int>(got);
+    }
+  }
+  for (int y = 0; cmyk && y < out->img.h; ++y) {
+    JSAMPROW rp = row->data();
     jpeg_read_scanlines(ci, &rp, 1);
-    if (cmyk) {
+    {
       uint8_t* o = out->img.px.data() + static_cast<size_t>(y) * cw * 3;
       const uint8_t* r = row->data();
       for (JDIMENSION x = 0; x < cw; ++x, r += 4, o += 3) {
@@ -193,47 +332,134 @@ JpegHeader read_jpeg_header(const uint8_t* data, size_t n, const std::string& na
   return h;
 }
 
+void decode_jpeg(const uint8_t* data, size_t n, const std::string& name, Box box, int min_w, int min_h,
+                 int64_t max_pixels, bool full_check, Decoded& out) {
+  DDP_CHECK(n > 0, "'", name, "' is empty (0 bytes)");
+  thread_local Decompressor d;
+  thread_local std::vector<uint8_t> row, spliced;
+  thread_local RestartLayout layout;
+  d.err.msg[0] = d.err.damage[0] = d.err.warning[0] = 0;
+  d.err.damaged = false;
+  d.err.warnings = 0;
+  const uint8_t* src = data;
+  size_t len = n;
+  // A crop of a file with restart markers: decode only the intervals that cover the decoded window
+  // plus 2 pixels (at the decode scale) of context for the chroma upsampling, so the pixels equal
+  // those of decoding the whole file.
+  if (!full_check && box.w > 0 && box.h > 0 && parse_restart_layout(data, n, layout) &&
+      (max_pixels <= 0 || static_cast<int64_t>(layout.w) * layout.h <= max_pixels)) {
+    const RestartLayout& L = layout;
+    const int denom = choose_denom(box, min_w, min_h);
+    const Window win = decode_window(box, denom, min_w, min_h, (L.w + denom - 1) / denom, (L.h + denom - 1) / denom);
+    const int iw = L.interval * L.mcu_w;
+    const int x0 = std::max(0, (win.x0 - 2) * denom), x1 = std::min(L.w, (win.x1 + 2) * denom);
+    const int y0 = std::max(0, (win.y0 - 2) * denom), y1 = std::min(L.h, (win.y1 + 2) * denom);
+    const int c0 = x0 / iw, c1 = std::min(L.mcus_per_row / L.interval, (x1 + iw - 1) / iw);
+    const int r0 = y0 / L.mcu_h, r1 = std::min(L.mcu_rows, (y1 + L.mcu_h - 1) / L.mcu_h);
+    len = splice_restart_intervals(data, L, c0, c1, r0, r1, spliced);
+    src = spliced.data();
+    box.x -= static_cast<float>(c0 * iw);
+    box.y -= static_cast<float>(r0 * L.mcu_h);
+  }
+  bool too_big = false;
+  const bool ok = decode_impl(&d, src, len, &box, min_w, min_h, max_pixels, full_check, &out, &row, &too_big);
+  if (!ok) {
+    jpeg_abort_decompress(&d.cinfo);  // ready for the next image
+    DDP_FAIL("cannot decode JPEG '", name, "': ", d.err.msg);
+  }
+  DDP_CHECK(!too_big, "'", name, "' is too large: ", out.img.w, "x", out.img.h, " pixels exceeds the limit of ",
+            max_pixels, " (raise --max-pixels to accept it)");
+  DDP_CHECK(!d.err.damaged, "JPEG '", name, "' is damaged: ", d.err.damage);
+  out.warnings = d.err.warnings;
+  out.warning = d.err.warning;
+}
+
 Decoded decode_jpeg(const uint8_t* data, size_t n, const std::string& name, Box box, int min_w, int min_h,
                     int64_t max_pixels, bool full_check) {
-  DDP_CHECK(n > 0, "'", name, "' is empty (0 bytes)");
-  auto d = std::make_unique<Decompressor>();
-  auto out = std::make_unique<Decoded>();
-  auto row = std::make_unique<std::vector<uint8_t>>();
-  bool too_big = false;
-  if (!decode_impl(d.get(), data, n, &box, min_w, min_h, max_pixels, full_check, out.get(), row.get(), &too_big))
-    DDP_FAIL("cannot decode JPEG '", name, "': ", d->err.msg);
-  DDP_CHECK(!too_big, "'", name, "' is too large: ", out->img.w, "x", out->img.h, " pixels exceeds the limit of ",
-            max_pixels, " (raise --max-pixels to accept it)");
-  DDP_CHECK(!d->err.damaged, "JPEG '", name, "' is damaged: ", d->err.damage);
-  out->warnings = d->err.warnings;
-  out->warning = d->err.warning;
-  return std::move(*out);
+  Decoded out;
+  decode_jpeg(data, n, name, box, min_w, min_h, max_pixels, full_check, out);
+  out.img.px.resize(static_cast<size_t>(out.img.w) * static_cast<size_t>(out.img.h) * 3);
+  return out;
 }
 
 namespace {
-struct TjHandle {
-  tjhandle h = nullptr;
-  TjHandle() : h(tjInitCompress()) {}
-  ~TjHandle() {
-    if (h) tjDestroy(h);
+struct Compressor {
+  jpeg_compress_struct cinfo;
+  ErrorMgr err;
+  Compressor() {
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = on_error_exit;
+    err.pub.emit_message = on_emit_message;
+    jpeg_create_compress(&cinfo);
   }
+  ~Compressor() { jpeg_destroy_compress(&cinfo); }
 };
+
+// jpeg_mem_dest's buffer (malloc'ed by libjpeg, also when an error cuts the encode short).
+struct MemDest {
+  unsigned char* buf = nullptr;
+  unsigned long size = 0;
+  ~MemDest() { std::free(buf); }
+  std::vector<uint8_t> bytes() const { return std::vector<uint8_t>(buf, buf + size); }
+};
+
+bool encode_impl(Compressor* c, const uint8_t* rgb, int w, int h, int quality, MemDest* dest) {
+  jpeg_compress_struct* ci = &c->cinfo;
+  if (setjmp(c->err.jb)) return false;
+  jpeg_mem_dest(ci, &dest->buf, &dest->size);
+  ci->image_width = static_cast<JDIMENSION>(w);
+  ci->image_height = static_cast<JDIMENSION>(h);
+  ci->input_components = 3;
+  ci->in_color_space = JCS_RGB;
+  jpeg_set_defaults(ci);  // YCbCr 4:2:0, Huffman tables of the standard
+  jpeg_set_quality(ci, quality, TRUE);
+  ci->dct_method = JDCT_ISLOW;
+  ci->restart_interval = 1;
+  jpeg_start_compress(ci, TRUE);
+  while (ci->next_scanline < ci->image_height) {
+    JSAMPROW r = const_cast<uint8_t*>(rgb) + static_cast<size_t>(ci->next_scanline) * static_cast<size_t>(w) * 3;
+    jpeg_write_scanlines(ci, &r, 1);
+  }
+  jpeg_finish_compress(ci);
+  return true;
+}
+
+// The compressor reports through the decompressor's error manager, so one setjmp covers both.
+bool transcode_impl(Decompressor* d, Compressor* c, const uint8_t* data, size_t n, MemDest* dest) {
+  if (setjmp(d->err.jb)) return false;
+  jpeg_mem_src(&d->cinfo, data, static_cast<unsigned long>(n));
+  jpeg_read_header(&d->cinfo, TRUE);
+  jvirt_barray_ptr* coefs = jpeg_read_coefficients(&d->cinfo);
+  jpeg_copy_critical_parameters(&d->cinfo, &c->cinfo);
+  c->cinfo.restart_interval = 1;
+  c->cinfo.optimize_coding = TRUE;
+  jpeg_mem_dest(&c->cinfo, &dest->buf, &dest->size);
+  jpeg_write_coefficients(&c->cinfo, coefs);
+  jpeg_finish_compress(&c->cinfo);
+  jpeg_finish_decompress(&d->cinfo);
+  return true;
+}
 }  // namespace
 
 std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality) {
   DDP_CHECK(quality >= 1 && quality <= 100, "JPEG quality must be in 1..100, got ", quality);
-  thread_local TjHandle tj;
-  DDP_CHECK(tj.h != nullptr, "tjInitCompress failed: ", tjGetErrorStr());
-  unsigned char* buf = nullptr;
-  unsigned long size = 0;
-  int r = tjCompress2(tj.h, rgb, w, 0, h, TJPF_RGB, &buf, &size, TJSAMP_420, quality, TJFLAG_ACCURATEDCT);
-  if (r != 0) {
-    if (buf) tjFree(buf);
-    DDP_FAIL("JPEG encoding failed (", w, "x", h, "): ", tjGetErrorStr2(tj.h));
-  }
-  std::vector<uint8_t> out(buf, buf + size);
-  tjFree(buf);
-  return out;
+  DDP_CHECK(w > 0 && h > 0, "JPEG encoding: empty image (", w, "x", h, ")");
+  Compressor c;
+  MemDest dest;
+  if (!encode_impl(&c, rgb, w, h, quality, &dest)) DDP_FAIL("JPEG encoding failed (", w, "x", h, "): ", c.err.msg);
+  return dest.bytes();
+}
+
+std::vector<uint8_t> jpeg_add_restarts(const uint8_t* data, size_t n, const std::string& name, std::string* warning) {
+  DDP_CHECK(n > 0, "'", name, "' is empty (0 bytes)");
+  Decompressor d;
+  Compressor c;
+  c.cinfo.err = &d.err.pub;
+  MemDest dest;
+  if (!transcode_impl(&d, &c, data, n, &dest)) DDP_FAIL("cannot read JPEG '", name, "': ", d.err.msg);
+  DDP_CHECK(!d.err.damaged, "JPEG '", name, "' is damaged: ", d.err.damage);
+  if (warning) *warning = d.err.warnings > 0 ? std::string(d.err.warning) : std::string();
+  return dest.bytes();
 }
 
 namespace {

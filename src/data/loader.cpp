@@ -199,7 +199,8 @@ void Loader::Impl::process(int si, int i) {
   JpegHeader hd = read_jpeg_header(bytes.data(), bytes.size(), name());
   Box box = pick_box(hd.w, hd.h);
   bool flip = pick_flip();
-  Decoded d = decode_jpeg(bytes.data(), bytes.size(), name(), box, W, H);
+  thread_local Decoded d;  // reused: no allocation or zero-filling per image
+  decode_jpeg(bytes.data(), bytes.size(), name(), box, W, H, 0, false, d);
   resample(d.img.px.data(), d.img.w, d.img.h, d.box, dst, W, H, flip);
 }
 

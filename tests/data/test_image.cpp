@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <iterator>
 
 #include "data_test_util.h"
 #include "ddp/core/check.h"
@@ -81,6 +82,89 @@ TEST(Image, RegionDecodeAgreesWithFullDecode) {
     auto df = ddp::test::diff(o1.data(), o2.data(), o1.size());
     EXPECT_LE(df.mean, 3.0) << "box " << b.x << "," << b.y << " denom " << s.scale_denom;
   }
+}
+
+// Files with restart markers (encode_jpeg's, jpeg_add_restarts') decode a crop from the restart
+// intervals around it only: exactly the pixels libjpeg's own region decode (full_check, which reads
+// the file as it is) gives, at every DCT scale, for boxes at the edges and in the middle.
+TEST(Image, RestartIntervalCropsEqualRegionDecode) {
+  const int W = 203, H = 151;  // not whole MCUs
+  auto px = smooth(W, H, 8);
+  Rng noise(6, rng_stream::kTest);
+  for (auto& v : px) v = static_cast<uint8_t>(std::clamp(int(v) + int(noise.next_u32() % 31) - 15, 0, 255));
+  auto jpg = encode_jpeg(px.data(), W, H, 90);
+  Rng rng(7, rng_stream::kTest);
+  for (int k = 0; k < 400; ++k) {
+    Box b = k == 0 ? Box{0, 0, 203, 151} : k == 1 ? Box{180, 130, 23, 21} : random_resized_crop(rng, W, H, 0.02f, 1.0f);
+    const int out = 8 + (k % 4) * 12;  // 8..44: DCT scales 1 to 8
+    Decoded a = decode_jpeg(jpg.data(), jpg.size(), "spliced", b, out, out);
+    Decoded e = decode_jpeg(jpg.data(), jpg.size(), "region", b, out, out, 0, true);
+    ASSERT_EQ(a.scale_denom, e.scale_denom) << k;
+    // The same window of the image: compare where both decoded, box-relative.
+    const float s = 1.0f / static_cast<float>(a.scale_denom);
+    const int ax = static_cast<int>(std::lround(a.box.x - b.x * s)), ay = static_cast<int>(std::lround(a.box.y - b.y * s));
+    const int ex = static_cast<int>(std::lround(e.box.x - b.x * s)), ey = static_cast<int>(std::lround(e.box.y - b.y * s));
+    ASSERT_NEAR(a.box.x - b.x * s, ax, 1e-3) << k;
+    ASSERT_NEAR(e.box.x - b.x * s, ex, 1e-3) << k;
+    // a.img covers image pixels -ax.., e.img -ex..; the box plus a pixel each side lies in both.
+    const int x0 = std::max(-ax, -ex), y0 = std::max(-ay, -ey);
+    const int x1 = std::min(a.img.w - ax, e.img.w - ex), y1 = std::min(a.img.h - ay, e.img.h - ey);
+    ASSERT_LE(x0, std::max(0, static_cast<int>(std::floor(b.x * s)) - 1)) << k;
+    ASSERT_GE(x1, std::min(a.img.w - ax, static_cast<int>(std::ceil((b.x + b.w) * s)) + 1)) << k;
+    ASSERT_LE(y0, std::max(0, static_cast<int>(std::floor(b.y * s)) - 1)) << k;
+    ASSERT_GE(y1, std::min(a.img.h - ay, static_cast<int>(std::ceil((b.y + b.h) * s)) + 1)) << k;
+    int maxd = 0;
+    for (int y = y0; y < y1; ++y)
+      for (int x = x0; x < x1; ++x)
+        for (int c = 0; c < 3; ++c) {
+          const int va = a.img.px[(static_cast<size_t>(y + ay) * a.img.w + (x + ax)) * 3 + c];
+          const int ve = e.img.px[(static_cast<size_t>(y + ey) * e.img.w + (x + ex)) * 3 + c];
+          maxd = std::max(maxd, std::abs(va - ve));
+        }
+    EXPECT_EQ(maxd, 0) << "box " << b.x << "," << b.y << " " << b.w << "x" << b.h << " denom " << a.scale_denom;
+  }
+}
+
+// jpeg_add_restarts is lossless: baseline 4:2:0, 4:4:4 and progressive files made by PIL decode to
+// exactly the same pixels before and after; a truncated file is an error naming it.
+TEST(Image, AddRestartsKeepsPixels) {
+  if (!test::have_pil()) GTEST_SKIP() << "/usr/bin/python3 with PIL + numpy needed";
+  auto dir = test::make_temp_dir("restarts");
+  std::ofstream(dir / "make.py")
+      << "import sys,numpy as np; from PIL import Image\n"
+         "r=np.random.default_rng(3); a=(r.random((97,130,3))*60+np.linspace(0,180,130)[None,:,None]).astype(np.uint8)\n"
+         "im=Image.fromarray(a); d=sys.argv[1]\n"
+         "im.save(d+'/b420.jpg',quality=90); im.save(d+'/b444.jpg',quality=85,subsampling=0)\n"
+         "im.save(d+'/prog.jpg',quality=90,progressive=True)\n";
+  auto r = test::run("/usr/bin/python3 " + test::q(dir / "make.py") + " " + test::q(dir));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  for (const char* f : {"b420.jpg", "b444.jpg", "prog.jpg"}) {
+    std::ifstream in(dir / f, std::ios::binary);
+    std::vector<uint8_t> src((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    ASSERT_FALSE(src.empty()) << f;
+    auto rst = jpeg_add_restarts(src.data(), src.size(), f);
+    EXPECT_FALSE(read_jpeg_header(rst.data(), rst.size(), f).progressive) << f;
+    Decoded a = decode_jpeg(src.data(), src.size(), f, {}, 0, 0, 0, true);
+    Decoded b = decode_jpeg(rst.data(), rst.size(), f, {}, 0, 0, 0, true);
+    ASSERT_EQ(a.img.w, b.img.w) << f;
+    ASSERT_EQ(a.img.h, b.img.h) << f;
+    EXPECT_EQ(a.img.px, b.img.px) << f;
+    // Crops through the restart intervals too.
+    Decoded c = decode_jpeg(rst.data(), rst.size(), f, Box{33, 20, 50, 40}, 50, 40);
+    Decoded e = decode_jpeg(src.data(), src.size(), f, Box{33, 20, 50, 40}, 50, 40);
+    std::vector<uint8_t> oc(50 * 40 * 3), oe(50 * 40 * 3);
+    resample(c.img.px.data(), c.img.w, c.img.h, c.box, oc.data(), 50, 40);
+    resample(e.img.px.data(), e.img.w, e.img.h, e.box, oe.data(), 50, 40);
+    EXPECT_EQ(oc, oe) << f;
+    std::vector<uint8_t> cut(src.begin(), src.begin() + static_cast<long>(src.size() / 2));
+    try {
+      jpeg_add_restarts(cut.data(), cut.size(), std::string("cut_") + f);
+      ADD_FAILURE() << "truncated " << f << " transcoded";
+    } catch (const Error& err) {
+      EXPECT_NE(std::string(err.what()).find(std::string("cut_") + f), std::string::npos) << err.what();
+    }
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Image, DamagedAndForeignDataAreErrorsNamingTheImage) {

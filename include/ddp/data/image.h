@@ -52,10 +52,24 @@ struct Decoded {
 // data) and images over max_pixels (0: no limit) throw ddp::Error naming `name`.
 // full_check reads the entropy data to the end of the file (so damage anywhere is found); otherwise
 // decoding stops after the box's last row.
+// A crop of a file with restart markers (as encode_jpeg and jpeg_add_restarts write them) decodes
+// only the restart intervals around the crop, the same pixels at a fraction of the entropy decoding.
 Decoded decode_jpeg(const uint8_t* data, size_t n, const std::string& name, Box box = {}, int min_w = 0,
                     int min_h = 0, int64_t max_pixels = 0, bool full_check = false);
+// The same into `out`, reusing its buffers (for loops over many images): out.img.px keeps its largest
+// size, so it holds at least img.w * img.h * 3 bytes.
+void decode_jpeg(const uint8_t* data, size_t n, const std::string& name, Box box, int min_w, int min_h,
+                 int64_t max_pixels, bool full_check, Decoded& out);
 
-// RGB -> baseline JPEG (4:2:0, accurate integer DCT, as PIL/libjpeg default), quality 1..100.
+// Lossless: the same DCT coefficients (so the same decoded pixels) re-entropy-coded as a baseline
+// JPEG with optimised Huffman tables and a restart marker after every MCU, which lets decode_jpeg
+// skip everything outside a crop. Progressive files become baseline; metadata (APPn) is dropped.
+// Reads the whole file: damage throws ddp::Error naming `name`; other libjpeg warnings go to *warning.
+std::vector<uint8_t> jpeg_add_restarts(const uint8_t* data, size_t n, const std::string& name,
+                                       std::string* warning = nullptr);
+
+// RGB -> baseline JPEG (4:2:0, accurate integer DCT, as PIL/libjpeg default), quality 1..100, with
+// a restart marker after every MCU (about 2-3% larger; crops decode only what they cover).
 std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality);
 
 // Resamples `box` of src (sw x sh RGB) to dst (dw x dh RGB) with PIL's bilinear filter, whose

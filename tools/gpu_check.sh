@@ -566,10 +566,21 @@ for b in "${TESTS[@]}"; do
   timeout -k 10 "$t" "$b" "${args[@]}" >"$LOGDIR/$name.log" 2>&1
   rc=$?
   read -r p f s names < <(parse_xml "$LOGDIR/$name.xml")
+  if [[ ! -f $LOGDIR/$name.xml ]]; then
+    # No XML (gtest writes it at the end): count the tests the log shows finished before the timeout or crash.
+    p=$(grep -c '^\[       OK \] .*([0-9]* ms)$' "$LOGDIR/$name.log")
+    f=$(grep -c '^\[  FAILED  \] .*([0-9]* ms)$' "$LOGDIR/$name.log")
+    s=$(grep -c '^\[  SKIPPED \] .*([0-9]* ms)$' "$LOGDIR/$name.log")
+    names=$(grep -E '^\[  (FAILED|SKIPPED) +\] .*\([0-9]+ ms\)$' "$LOGDIR/$name.log" \
+      | sed -E 's/^\[  (FAILED|SKIPPED) +\] ([^ ,]+).*/\1:\2/' | head -20 | paste -sd ' ' -)
+  fi
   note=""
-  if ((rc == 124 || rc == 137)); then note="timed out after $t s"
+  last_run=$(grep '^\[ RUN      \]' "$LOGDIR/$name.log" | tail -1 | sed 's/^\[ RUN      \] //' | cut -c1-80)
+  if ((rc == 124 || rc == 137)); then
+    note="timed out after $t s in $last_run"
+  elif [[ ! -f $LOGDIR/$name.xml ]]; then
+    note="exit $rc without its XML (crash?; counts from the log) in $last_run: $(grep -v '^\[' "$LOGDIR/$name.log" | tail -1 | cut -c1-100)"
   elif ((rc != 0 && f == 0)); then note="exit $rc without a test failure (crash?): $(grep -v '^\[' "$LOGDIR/$name.log" | tail -1 | cut -c1-120)"
-  elif [[ ! -f $LOGDIR/$name.xml ]]; then note="no XML written"
   fi
   ((s > 0)) && note="${note:+$note; }skipped: $(tr ' ' '\n' <<<"${names:-}" | grep '^SKIPPED:' | sed 's/^SKIPPED://' | head -5 | paste -sd ',' -)"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$p" "$f" "$s" "$((SECONDS - t0))" "$note" >>"$LOGDIR/tests.tsv"

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2016,SC2012  # single-quoted bash -c bodies, ls of a tiny fixed dir: meant as written
 # Tests of the GPU-host tooling that run on a machine WITHOUT a GPU:
-#   tools/gpu_check.sh, tools/bundle_deps, tools/bench/torch_gpu_train.py.
+#   tools/gpu_check.sh, tools/bundle_deps, tools/bench/torch_gpu_train.py, data-prep/make_bench_jpegs.
 # A fake GPU host (stand-ins for nvidia-smi, the PyTorch python, bench_cuda_train and gtest binaries) drives
 # gpu_check.sh through every step, so its parsing, counting, table and exit codes are checked here; the
 # real thing runs on a GPU host only.
 #
 # Usage: tests/tools/test_scripts.sh [BUILD_DIR]
-#   BUILD_DIR (optional) a build whose test binaries bundle_deps is tried on (default: build, if present).
+#   BUILD_DIR (optional) a build whose test binaries bundle_deps is tried on, and whose make_bench_jpegs and
+#             pack_imagenet are run (default: build, if present).
 # Needs: bash, shellcheck, python3 (json), ldd, strip. /usr/bin/python3 with torch (CPU) for the peer's
 # smoke test; that part is skipped with a note when it is absent.
 set -uo pipefail
@@ -85,6 +86,42 @@ else
 fi
 "$ROOT/tools/bundle_deps" "$TMP/not-a-build" >/dev/null 2>&1; rc=$?
 check "bundle_deps: missing build dir is an error" test "$rc" -ne 0
+
+# ---- make_bench_jpegs (the end-to-end step's images) ----------------------------------------------
+MBJ="$BUILD/data-prep/make_bench_jpegs"
+if [[ -x $MBJ ]]; then
+  "$MBJ" "$TMP/mbj1" 12 --classes 5 --threads 1 >/dev/null 2>&1 && "$MBJ" "$TMP/mbj3" 12 --classes 5 --threads 3 >/dev/null 2>&1
+  check "make_bench_jpegs: 12 files in 5 class folders" \
+    test "$(find "$TMP/mbj1/train" -name 'img_*.JPEG' | wc -l) $(find "$TMP/mbj1/train" -mindepth 1 -type d | wc -l)" = "12 5"
+  check "make_bench_jpegs: same images whatever the thread count" \
+    bash -c 'diff <(cd "$1" && find . -type f | sort | xargs md5sum) <(cd "$2" && find . -type f | sort | xargs md5sum) >/dev/null' _ \
+    "$TMP/mbj1" "$TMP/mbj3"
+  "$MBJ" "$TMP/mbj-bad" 0 >/dev/null 2>&1; rc=$?
+  check "make_bench_jpegs: N = 0 refused (exit 2)" test "$rc" -eq 2
+  if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import PIL' 2>/dev/null; then
+    # Independent decoder (PIL): RGB baseline JPEGs about 500x375 (+-15%), natural-image sized (tens of KB).
+    check "make_bench_jpegs: PIL decodes every file as RGB about 500x375, 30-150 KB" /usr/bin/python3 -c '
+import glob, os, sys
+from PIL import Image
+files = glob.glob(sys.argv[1] + "/train/*/*.JPEG")
+assert len(files) == 12, len(files)
+for f in files:
+    im = Image.open(f); im.load()
+    assert im.format == "JPEG" and im.mode == "RGB", (f, im.format, im.mode)
+    w, h = im.size
+    assert 425 <= w <= 575 and 318 <= h <= 432, (f, im.size)
+    assert 30e3 <= os.path.getsize(f) <= 150e3, (f, os.path.getsize(f))
+' "$TMP/mbj1"
+  fi
+  if [[ -x $BUILD/data-prep/pack_imagenet ]]; then
+    "$BUILD/data-prep/pack_imagenet" --input "$TMP/mbj1" --output "$TMP/mbj-shards" --shards 1 --splits train --no-progress \
+      >"$TMP/mbj-pack.log" 2>&1; rc=$?
+    check "make_bench_jpegs output packs (pack_imagenet exit 0, one shard)" \
+      bash -c '[[ $1 -eq 0 && -f $2/train-00000-of-00001.h5 ]]' _ "$rc" "$TMP/mbj-shards"
+  fi
+else
+  printf 'NOTE no %s: make_bench_jpegs not exercised (build it first)\n' "$MBJ"
+fi
 
 # ---- a fake GPU host drives gpu_check.sh through every step ---------------------------------------
 FAKE="$TMP/fake"
@@ -220,9 +257,21 @@ if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 
   check "fake host, --allow-skip: exit 0" test "$rc" -eq 0
   write_fake_gtest test_fake_fail 3 2 0
   chmod +x "$FAKE/bundle/bin/test_fake_fail"
+  # a binary that dies without writing its XML: what its log shows finished is still counted
+  cat >"$FAKE/bundle/bin/test_fake_crash" <<'EOF'
+#!/bin/bash
+printf '%s\n' '[ RUN      ] S.a' '[       OK ] S.a (1 ms)' '[ RUN      ] P/S.b/f16' '[  FAILED  ] P/S.b/f16, where GetParam() = f16 (2 ms)' \
+  '[ RUN      ] S.c' '[       OK ] S.c (3 ms)' '[ RUN      ] S.d'
+exit 139
+EOF
+  chmod +x "$FAKE/bundle/bin/test_fake_crash"
   out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --allow-skip --bundle "$FAKE/bundle" --out "$TMP/gc-fail" --python fakepy 2>&1); rc=$?
   check "fake host, a failing test: exit 1" test "$rc" -eq 1
-  check "fake host: 2 failures counted" test "$(jget "$TMP/gc-fail/summary.json" 'd["tests_total"]["failed"]')" = 2
+  check "fake host: 2 failures + 1 from the crashed binary's log counted" \
+    test "$(jget "$TMP/gc-fail/summary.json" 'd["tests_total"]["failed"]')" = 3
+  check "fake host: crashed binary without XML: counts from its log, failed test named" \
+    bash -c 'grep -q "^test_fake_crash .* 2 .* 1 .* 0 .*FAIL - exit 139 .* in S.d" <<<"$1" && grep -q "FAILED:P/S.b/f16" <<<"$1"' _ "$out"
+  rm -f "$FAKE/bundle/bin/test_fake_crash"
   # $OUT set: logs are packed into one archive (the device tool returns few files)
   mkdir -p "$TMP/outdir"
   PATH="$FPATH" OUT="$TMP/outdir" "$ROOT/tools/gpu_check.sh" --quick --allow-skip --bundle "$FAKE/bundle" --python fakepy >/dev/null 2>&1

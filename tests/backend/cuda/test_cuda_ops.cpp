@@ -137,7 +137,8 @@ TEST_F(CudaOps, ConvPlansSharedAcrossEngines) {
   b.forward(p, x.get(), w.get(), y2.get());
   EXPECT_EQ(b.plan_count(), 1u);
   EXPECT_EQ(ConvEngine::plans_built(), before + 1) << "the second engine rebuilt a plan the first one built";
-  expect_close("conv fprop y (shared plan)", y2.download(), y1.download(), 0.0, 0.0);
+  // The same plan on the same inputs (fp16 tolerance, in case the engine reduces split-K partials in any order).
+  expect_close("conv fprop y (shared plan)", y2.download(), y1.download(), 1e-2, 1e-2);
 
   ConvShape q = p;
   q.dtype = DType::F32;

@@ -203,7 +203,7 @@ Result process(const Item& it, const Options& o, int raw_size) {
     } else {
       resample(img.px.data(), img.w, img.h, box, out.data(), tw, th);
     }
-    r.bytes = encode_jpeg(out.data(), tw, th, o.quality);
+    r.bytes = encode_jpeg(out.data(), tw, th, o.quality, /*restarts=*/true);  // crops decode only what they cover
   }
   return r;
 }

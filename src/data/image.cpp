@@ -403,7 +403,7 @@ struct MemDest {
   std::vector<uint8_t> bytes() const { return std::vector<uint8_t>(buf, buf + size); }
 };
 
-bool encode_impl(Compressor* c, const uint8_t* rgb, int w, int h, int quality, MemDest* dest) {
+bool encode_impl(Compressor* c, const uint8_t* rgb, int w, int h, int quality, bool restarts, MemDest* dest) {
   jpeg_compress_struct* ci = &c->cinfo;
   if (setjmp(c->err.jb)) return false;
   jpeg_mem_dest(ci, &dest->buf, &dest->size);
@@ -414,7 +414,7 @@ bool encode_impl(Compressor* c, const uint8_t* rgb, int w, int h, int quality, M
   jpeg_set_defaults(ci);  // YCbCr 4:2:0, Huffman tables of the standard
   jpeg_set_quality(ci, quality, TRUE);
   ci->dct_method = JDCT_ISLOW;
-  ci->restart_interval = 1;
+  ci->restart_interval = restarts ? 1 : 0;
   jpeg_start_compress(ci, TRUE);
   while (ci->next_scanline < ci->image_height) {
     JSAMPROW r = const_cast<uint8_t*>(rgb) + static_cast<size_t>(ci->next_scanline) * static_cast<size_t>(w) * 3;
@@ -441,12 +441,12 @@ bool transcode_impl(Decompressor* d, Compressor* c, const uint8_t* data, size_t 
 }
 }  // namespace
 
-std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality) {
+std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality, bool restarts) {
   DDP_CHECK(quality >= 1 && quality <= 100, "JPEG quality must be in 1..100, got ", quality);
   DDP_CHECK(w > 0 && h > 0, "JPEG encoding: empty image (", w, "x", h, ")");
   Compressor c;
   MemDest dest;
-  if (!encode_impl(&c, rgb, w, h, quality, &dest)) DDP_FAIL("JPEG encoding failed (", w, "x", h, "): ", c.err.msg);
+  if (!encode_impl(&c, rgb, w, h, quality, restarts, &dest)) DDP_FAIL("JPEG encoding failed (", w, "x", h, "): ", c.err.msg);
   return dest.bytes();
 }
 

@@ -84,7 +84,7 @@ TEST(Image, RegionDecodeAgreesWithFullDecode) {
   }
 }
 
-// Files with restart markers (encode_jpeg's, jpeg_add_restarts') decode a crop from the restart
+// Files with restart markers (encode_jpeg(restarts)'s, jpeg_add_restarts') decode a crop from the restart
 // intervals around it only: exactly the pixels libjpeg's own region decode (full_check, which reads
 // the file as it is) gives, at every DCT scale, for boxes at the edges and in the middle.
 TEST(Image, RestartIntervalCropsEqualRegionDecode) {
@@ -92,7 +92,7 @@ TEST(Image, RestartIntervalCropsEqualRegionDecode) {
   auto px = smooth(W, H, 8);
   Rng noise(6, rng_stream::kTest);
   for (auto& v : px) v = static_cast<uint8_t>(std::clamp(int(v) + int(noise.next_u32() % 31) - 15, 0, 255));
-  auto jpg = encode_jpeg(px.data(), W, H, 90);
+  auto jpg = encode_jpeg(px.data(), W, H, 90, true);
   Rng rng(7, rng_stream::kTest);
   for (int k = 0; k < 400; ++k) {
     Box b = k == 0 ? Box{0, 0, 203, 151} : k == 1 ? Box{180, 130, 23, 21} : random_resized_crop(rng, W, H, 0.02f, 1.0f);

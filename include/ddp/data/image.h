@@ -52,7 +52,7 @@ struct Decoded {
 // data) and images over max_pixels (0: no limit) throw ddp::Error naming `name`.
 // full_check reads the entropy data to the end of the file (so damage anywhere is found); otherwise
 // decoding stops after the box's last row.
-// A crop of a file with restart markers (as encode_jpeg and jpeg_add_restarts write them) decodes
+// A crop of a file with restart markers (as encode_jpeg(restarts) and jpeg_add_restarts write them) decodes
 // only the restart intervals around the crop, the same pixels at a fraction of the entropy decoding.
 Decoded decode_jpeg(const uint8_t* data, size_t n, const std::string& name, Box box = {}, int min_w = 0,
                     int min_h = 0, int64_t max_pixels = 0, bool full_check = false);
@@ -68,9 +68,10 @@ void decode_jpeg(const uint8_t* data, size_t n, const std::string& name, Box box
 std::vector<uint8_t> jpeg_add_restarts(const uint8_t* data, size_t n, const std::string& name,
                                        std::string* warning = nullptr);
 
-// RGB -> baseline JPEG (4:2:0, accurate integer DCT, as PIL/libjpeg default), quality 1..100, with
-// a restart marker after every MCU (about 2-3% larger; crops decode only what they cover).
-std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality);
+// RGB -> baseline JPEG (4:2:0, accurate integer DCT, as PIL/libjpeg default), quality 1..100.
+// restarts: a restart marker after every MCU (about 3% larger; crops decode only what they cover;
+// for shards). Without, a plain file like PIL's (benchmark inputs, test sources).
+std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality, bool restarts = false);
 
 // Resamples `box` of src (sw x sh RGB) to dst (dw x dh RGB) with PIL's bilinear filter, whose
 // support widens when shrinking (antialiasing), so it agrees with PIL's Image.resize(box=...).

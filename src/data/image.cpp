@@ -432,7 +432,9 @@ bool transcode_impl(Decompressor* d, Compressor* c, const uint8_t* data, size_t 
   jvirt_barray_ptr* coefs = jpeg_read_coefficients(&d->cinfo);
   jpeg_copy_critical_parameters(&d->cinfo, &c->cinfo);
   c->cinfo.restart_interval = 1;
-  c->cinfo.optimize_coding = TRUE;
+  // Standard tables: optimised ones are 5% smaller and decode 2% faster, but double the cost of
+  // packing (a second pass over the coefficients).
+  c->cinfo.optimize_coding = FALSE;
   jpeg_mem_dest(&c->cinfo, &dest->buf, &dest->size);
   jpeg_write_coefficients(&c->cinfo, coefs);
   jpeg_finish_compress(&c->cinfo);

@@ -62,8 +62,8 @@ void decode_jpeg(const uint8_t* data, size_t n, const std::string& name, Box box
                  int64_t max_pixels, bool full_check, Decoded& out);
 
 // Lossless: the same DCT coefficients (so the same decoded pixels) re-entropy-coded as a baseline
-// JPEG with optimised Huffman tables and a restart marker after every MCU, which lets decode_jpeg
-// skip everything outside a crop. Progressive files become baseline; metadata (APPn) is dropped.
+// JPEG with a restart marker after every MCU (about 3.5% larger), which lets decode_jpeg skip
+// everything outside a crop. Progressive files become baseline; metadata (APPn) is dropped.
 // Reads the whole file: damage throws ddp::Error naming `name`; other libjpeg warnings go to *warning.
 std::vector<uint8_t> jpeg_add_restarts(const uint8_t* data, size_t n, const std::string& name,
                                        std::string* warning = nullptr);

@@ -214,6 +214,17 @@ exit \$(( $3 > 0 ? 1 : 0 ))
 EOF
 }
 write_fake_gtest test_fake_ok 5 0 0
+# A skip that is not about a missing GPU (a test of the non-CUDA build's message, as in test_comm_nccl): by design.
+cat >"$FAKE/bundle/bin/test_fake_bydesign" <<'EOF'
+#!/bin/bash
+x=""; for a in "$@"; do [[ $a == --gtest_output=xml:* ]] && x=${a#--gtest_output=xml:}; done
+cat >"$x" <<'XML'
+<?xml version="1.0" encoding="UTF-8"?><testsuites tests="3" name="AllTests"><testsuite name="C">
+<testcase name="ok1" status="run" result="completed" classname="C"/><testcase name="ok2" status="run" result="completed" classname="C"/>
+<testcase name="NonCudaBuild" status="run" result="skipped" classname="C"><skipped message="t.cpp:3&#x0A;CUDA build"/></testcase>
+</testsuite></testsuites>
+XML
+EOF
 echo "commit: 0123456789abcdef (fake)" >"$FAKE/bundle/MANIFEST"
 echo "cudnn_built_against: 9.19.0" >>"$FAKE/bundle/MANIFEST"
 chmod +x "$FAKE"/bin/* "$FAKE"/bundle/bin/*
@@ -224,8 +235,10 @@ if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 
   S="$TMP/gc-ok/summary.json"
   check "fake host, all clean: exit 0" test "$rc" -eq 0
   check "fake host: PASSED is the last line" test "$(tail -1 <<<"$out")" = "gpu_check: PASSED"
-  check "fake host: 5 passed + the bench selftest + the synthetic trainer run counted" \
-    test "$(jget "$S" 'd["tests_total"]["passed"]')" = 7
+  check "fake host: 5 + 2 passed + the bench selftest + the synthetic trainer run counted" \
+    test "$(jget "$S" 'd["tests_total"]["passed"]')" = 9
+  check "fake host: a skip that is not about the GPU is by design, not a failure" \
+    grep -q "^test_fake_bydesign .* ok - 1 skipped by design: C.NonCudaBuild" <<<"$out"
   check "fake host: ours fp16 img/s parsed" test "$(jget "$S" 'd["bench"]["ours_fp16"]["img_per_s"]')" = 12800.0
   check "fake host: torch eager ran (RESULT parsed)" test "$(jget "$S" 'd["bench"]["torch_eager_bf16"]["img_per_s"] > 0')" = True
   check "fake host: ratio ours/torch eager computed" \

@@ -348,10 +348,15 @@ PYEOF
   return "${PIPESTATUS[0]}"
 }
 
-# Packs logs/ so that a device tool returning a few files from $OUT gets them all.
+# Packs logs/ so that a device tool returning a few files from $OUT gets them all (16 MiB a file at most
+# on ours): a log over 4 MiB keeps its first and last MiB.
 finish() {
-  local rc=$1
+  local rc=$1 f
   if [[ -n ${OUT:-} && -d $OUT && $(cd "$OUT" && pwd) == "$OUTDIR" ]]; then
+    while IFS= read -r f; do
+      { head -c 1048576 "$f"; printf '\n[... gpu_check: %s bytes cut here ...]\n' "$(($(wc -c <"$f") - 2097152))"; tail -c 1048576 "$f"; } \
+        >"$f.cut" && mv "$f.cut" "$f"
+    done < <(find "$LOGDIR" -type f -size +4M)
     tar -czf "$OUTDIR/logs.tar.gz" -C "$OUTDIR" logs && rm -rf "$LOGDIR"
   fi
   exit "$rc"
@@ -735,6 +740,8 @@ if ((!E2E)); then
   for k in train_synth_fp16 train_hdf5_fp16; do e2e_status "$k" 0 0 "skipped (--no-e2e)"; done
   step_end skipped "--no-e2e"
 else
+  # Checkpoint, JPEGs and shards live outside logs/ (a checkpoint is ~100 MB; logs/ travels back packed).
+  E2E_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ddp_e2e.XXXXXX")
   why=""
   if [[ ! -x $train_bin ]]; then why="train_resnet18 not in the bundle (build it before tools/bundle_deps)"
   elif [[ -n ${CANNOT_RUN[$train_bin]:-} ]]; then why=${CANNOT_RUN[$train_bin]}
@@ -745,14 +752,15 @@ else
     printf '%s\t-1\t0\t1\t0\t0\tnot run: %s\n' "$SYNTH_TEST" "$why" >>"$LOGDIR/tests.tsv"
     e2e_bad=$((e2e_bad + 1))
   else
-    rm -rf "$LOGDIR/train_ckpt" "$LOGDIR/train_synth_fp16.jsonl"
+    rm -f "$LOGDIR/train_synth_fp16.jsonl"
     BENCH_JSONL="$LOGDIR/train_synth_fp16.jsonl"
     run_bench train_synth_fp16 150 "$train_bin" "${e2e_common[@]}" --data synthetic --synthetic-size $((BATCH * 16)) \
-      --synthetic-classes 1000 --checkpoint-dir "$LOGDIR/train_ckpt" --checkpoint-every 1000000 --jsonl "$BENCH_JSONL" \
+      --synthetic-classes 1000 --checkpoint-dir "$E2E_DIR/ckpt" --checkpoint-every 1000000 --jsonl "$BENCH_JSONL" \
       || e2e_bad=$((e2e_bad + 1))
     BENCH_JSONL=""
+    ls -la "$E2E_DIR/ckpt" >"$LOGDIR/train_ckpt.txt" 2>&1
     IFS=$'\t' read -r rc secs note <"$LOGDIR/train_synth_fp16.status"
-    if ((rc == 0)) && ! ls "$LOGDIR"/train_ckpt/*.h5 >/dev/null 2>&1; then rc=1; note="no checkpoint written"; fi
+    if ((rc == 0)) && ! ls "$E2E_DIR"/ckpt/*.h5 >/dev/null 2>&1; then rc=1; note="no checkpoint written"; fi
     printf '%s\t%s\t%s\t%s\t0\t%s\t%s\n' "$SYNTH_TEST" "$rc" "$((rc == 0 ? 1 : 0))" "$((rc == 0 ? 0 : 1))" "$secs" \
       "$note" >>"$LOGDIR/tests.tsv"
   fi
@@ -767,7 +775,6 @@ else
   fi
   jpeg_s=0 pack_s=0 jpeg_mb=0 shard_mb=0
   if [[ -z $why ]]; then
-    E2E_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ddp_e2e.XXXXXX")
     t0=$SECONDS
     log "make_bench_jpegs: $E2E_IMAGES images into $E2E_DIR"
     timeout -k 10 "$(cap 120)" "$jpeg_bin" "$E2E_DIR/jpeg" "$E2E_IMAGES" >"$LOGDIR/make_bench_jpegs.log" 2>&1 \
@@ -797,7 +804,7 @@ else
   fi
   printf '{"images": %s, "steps": %s, "make_jpegs_s": %s, "jpeg_mb": %s, "pack_s": %s, "shard_mb": %s}\n' \
     "$E2E_IMAGES" "$E2E_STEPS" "$jpeg_s" "${jpeg_mb:-0}" "$pack_s" "${shard_mb:-0}" >"$LOGDIR/e2e.json"
-  [[ -n $E2E_DIR ]] && rm -rf "$E2E_DIR"
+  rm -rf "$E2E_DIR"
   if ((e2e_bad)); then step_end FAIL "$e2e_bad of 2 train_resnet18 runs gave no result${why:+ ($why)}"; else step_end ok; fi
 fi
 

@@ -285,11 +285,18 @@ EOF
   check "fake host: crashed binary without XML: counts from its log, failed test named" \
     bash -c 'grep -q "^test_fake_crash .* 2 .* 1 .* 0 .*FAIL - exit 139 .* in S.d" <<<"$1" && grep -q "FAILED:P/S.b/f16" <<<"$1"' _ "$out"
   rm -f "$FAKE/bundle/bin/test_fake_crash"
-  # $OUT set: logs are packed into one archive (the device tool returns few files)
+  # $OUT set: logs are packed into one archive (the device tool returns few files, 16 MiB each at most);
+  # a 6 MB test log keeps its first and last MiB
+  printf '#!/bin/bash\nhead -c 6000000 /dev/zero | tr "\\\\0" x\nexec "%s" "$@"\n' "$FAKE/bundle/bin/test_fake_ok" >"$FAKE/bundle/bin/test_fake_big"
+  chmod +x "$FAKE/bundle/bin/test_fake_big"
   mkdir -p "$TMP/outdir"
   PATH="$FPATH" OUT="$TMP/outdir" "$ROOT/tools/gpu_check.sh" --quick --allow-skip --bundle "$FAKE/bundle" --python fakepy >/dev/null 2>&1
+  rm -f "$FAKE/bundle/bin/test_fake_big"
   check "OUT set: summary.json, gpu_check.log and logs.tar.gz only" \
     test "$(cd "$TMP/outdir" && ls | tr '\n' ' ')" = "gpu_check.log logs.tar.gz summary.json "
+  check "OUT set: a 6 MB log cut to its first and last MiB in logs.tar.gz" \
+    bash -c 'tar -xzf "$1/logs.tar.gz" -C "$1" logs/test_fake_big.log && s=$(wc -c <"$1/logs/test_fake_big.log") &&
+             ((s > 2097152 && s < 2200000)) && grep -q "gpu_check: .* bytes cut here" "$1/logs/test_fake_big.log"' _ "$TMP/outdir"
 else
   printf 'NOTE /usr/bin/python3 with torch + torchvision missing: fake-host run of gpu_check.sh skipped\n'
 fi

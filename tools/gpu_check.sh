@@ -399,7 +399,7 @@ others=$(timeout 30 "$NVSMI" -i "$GPU_IDX" --query-compute-apps=pid,process_name
 TORCH_JSON="{}"
 if ! command -v "$PY" >/dev/null 2>&1; then
   missing "python '$PY' not found (needs PyTorch + torchvision; --python or DDP_PYTHON to pick another)"
-elif ! TORCH_JSON=$("$PY" - 2>"$LOGDIR/python.err" <<'PYEOF'
+elif ! TORCH_JSON=$(timeout 120 "$PY" - 2>"$LOGDIR/python.err" <<'PYEOF'
 import json, sys
 import torch, torchvision
 d = {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,

@@ -166,6 +166,127 @@ inline double sq_dev_run(const float* x, int64_t len, float mean) {
   }
   return s;
 }
+
+// Small planes (hw <= kSmallPlane: ResNet18's last stages at low resolution, 1x1 to 4x4 at 32 px input):
+// per-plane loops would run a handful of iterations each, so these walk each image's contiguous block
+// of channels [c0, c1) instead, accumulating per (channel, position) in double over the images in order,
+// then over the positions. Threads take disjoint channel ranges, so results do not depend on them.
+constexpr int kSmallPlane = 16;
+
+// Calls f(c0, c1) for this thread's share of the c channels, inside a parallel region when worth it.
+template <class F>
+void for_channel_ranges(int c, int64_t total, F&& f) {
+  const int nt = threads();
+#pragma omp parallel num_threads(nt) if (total >= kParallelMin)
+  {
+    const int team = omp_get_num_threads(), me = omp_get_thread_num();
+    const int c0 = static_cast<int>(static_cast<int64_t>(c) * me / team);
+    const int c1 = static_cast<int>(static_cast<int64_t>(c) * (me + 1) / team);
+    if (c1 > c0) f(c0, c1);
+  }
+}
+
+// acc[j] (j over positions [c0 * hw, c1 * hw)) = sum over images of term(image block, j).
+template <class Term>
+void accumulate_positions(int n, int c, int hw, int c0, int c1, std::vector<double>& acc, Term&& term) {
+  const int64_t lo = static_cast<int64_t>(c0) * hw, len = static_cast<int64_t>(c1 - c0) * hw;
+  const int64_t chw = static_cast<int64_t>(c) * hw;
+  acc.assign(static_cast<size_t>(len), 0.0);
+  for (int i = 0; i < n; ++i) {
+    const int64_t off = i * chw + lo;
+    for (int64_t j = 0; j < len; ++j) acc[j] += term(off + j, j);
+  }
+}
+
+double channel_sum(const std::vector<double>& acc, int hw, int ch_rel) {
+  double s = 0.0;
+  for (int j = 0; j < hw; ++j) s += acc[static_cast<size_t>(ch_rel) * hw + j];
+  return s;
+}
+
+void bn_forward_train_small(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float eps,
+                            float momentum, float* running_mean, float* running_var, float* save_mean,
+                            float* save_invstd, float* y) {
+  const int64_t m = static_cast<int64_t>(n) * hw, chw = static_cast<int64_t>(c) * hw;
+  for_channel_ranges(c, m * c, [&](int c0, int c1) {
+    const int64_t lo = static_cast<int64_t>(c0) * hw, len = static_cast<int64_t>(c1 - c0) * hw;
+    std::vector<double> acc, mean_at(static_cast<size_t>(len));
+    std::vector<float> scale_at(static_cast<size_t>(len)), shift_at(static_cast<size_t>(len));
+    accumulate_positions(n, c, hw, c0, c1, acc, [&](int64_t k, int64_t) { return static_cast<double>(x[k]); });
+    for (int ch = c0; ch < c1; ++ch) {
+      const double mean = channel_sum(acc, hw, ch - c0) / static_cast<double>(m);
+      for (int j = 0; j < hw; ++j) mean_at[static_cast<size_t>(ch - c0) * hw + j] = mean;
+    }
+    accumulate_positions(n, c, hw, c0, c1, acc, [&](int64_t k, int64_t j) {
+      const double d = static_cast<double>(x[k]) - mean_at[j];
+      return d * d;
+    });
+    for (int ch = c0; ch < c1; ++ch) {
+      const double mean = mean_at[static_cast<size_t>(ch - c0) * hw];
+      const double var = channel_sum(acc, hw, ch - c0) / static_cast<double>(m);
+      const double invstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
+      save_mean[ch] = static_cast<float>(mean);
+      save_invstd[ch] = static_cast<float>(invstd);
+      if (running_mean != nullptr)
+        running_mean[ch] = static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * mean);
+      if (running_var != nullptr)
+        running_var[ch] = static_cast<float>((1.0 - momentum) * running_var[ch] +
+                                             momentum * var * static_cast<double>(m) / static_cast<double>(m - 1));
+      const float scale = static_cast<float>(gamma[ch] * invstd);
+      const float shift = static_cast<float>(beta[ch] - mean * gamma[ch] * invstd);
+      for (int j = 0; j < hw; ++j) {
+        scale_at[static_cast<size_t>(ch - c0) * hw + j] = scale;
+        shift_at[static_cast<size_t>(ch - c0) * hw + j] = shift;
+      }
+    }
+    for (int i = 0; i < n; ++i) {
+      const float* xp = x + i * chw + lo;
+      float* yp = y + i * chw + lo;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) yp[j] = xp[j] * scale_at[j] + shift_at[j];
+    }
+  });
+}
+
+void bn_backward_small(int n, int c, int hw, const float* x, const float* dy, const float* gamma,
+                       const float* save_mean, const float* save_invstd, float* dx, float* dgamma, float* dbeta) {
+  const int64_t m = static_cast<int64_t>(n) * hw, chw = static_cast<int64_t>(c) * hw;
+  for_channel_ranges(c, m * c, [&](int c0, int c1) {
+    const int64_t lo = static_cast<int64_t>(c0) * hw, len = static_cast<int64_t>(c1 - c0) * hw;
+    std::vector<float> mean_at(static_cast<size_t>(len)), k_at(static_cast<size_t>(len)),
+        mdy_at(static_cast<size_t>(len)), cx_at(static_cast<size_t>(len));
+    for (int64_t j = 0; j < len; ++j) mean_at[j] = save_mean[c0 + j / hw];
+    std::vector<double> sdy, sdyx;  // sum(dy), sum(dy * (x - mean)) per position
+    accumulate_positions(n, c, hw, c0, c1, sdy, [&](int64_t k, int64_t) { return static_cast<double>(dy[k]); });
+    accumulate_positions(n, c, hw, c0, c1, sdyx, [&](int64_t k, int64_t j) {
+      return static_cast<double>(dy[k]) * (static_cast<double>(x[k]) - mean_at[j]);
+    });
+    for (int ch = c0; ch < c1; ++ch) {
+      const double s_dy = channel_sum(sdy, hw, ch - c0), s_dyx = channel_sum(sdyx, hw, ch - c0);
+      const double invstd = save_invstd[ch];
+      const double dg = s_dyx * invstd;
+      dgamma[ch] = static_cast<float>(dg);
+      dbeta[ch] = static_cast<float>(s_dy);
+      // dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)), as in batchnorm_backward
+      const float k = static_cast<float>(gamma[ch] * invstd);
+      const float mdy = static_cast<float>(s_dy / m);
+      const float cx = static_cast<float>(dg / m * invstd);
+      for (int j = 0; j < hw; ++j) {
+        const size_t at = static_cast<size_t>(ch - c0) * hw + j;
+        k_at[at] = k;
+        mdy_at[at] = mdy;
+        cx_at[at] = cx;
+      }
+    }
+    for (int i = 0; i < n; ++i) {
+      const int64_t off = i * chw + lo;
+      const float *xp = x + off, *dp = dy + off;
+      float* op = dx + off;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) op[j] = k_at[j] * (dp[j] - mdy_at[j] - (xp[j] - mean_at[j]) * cx_at[j]);
+    }
+  });
+}
 }  // namespace
 
 void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta,
@@ -173,6 +294,9 @@ void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* 
                              float* save_mean, float* save_invstd, float* y) {
   const int64_t m = static_cast<int64_t>(n) * hw;
   DDP_CHECK(m > 1, "batchnorm_forward_train: need more than one value per channel (n=", n, ", hw=", hw, ")");
+  if (hw <= kSmallPlane)
+    return bn_forward_train_small(n, c, hw, x, gamma, beta, eps, momentum, running_mean, running_var, save_mean,
+                                  save_invstd, y);
   const int nt = threads();
 #pragma omp parallel for num_threads(nt) schedule(static) if (m * c >= kParallelMin)
   for (int ch = 0; ch < c; ++ch) {
@@ -222,6 +346,8 @@ void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* g
 void batchnorm_backward(int n, int c, int hw, const float* x, const float* dy, const float* gamma,
                         const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                         float* dbeta) {
+  if (hw <= kSmallPlane)
+    return bn_backward_small(n, c, hw, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta);
   const int64_t m = static_cast<int64_t>(n) * hw;
   const int nt = threads();
 #pragma omp parallel for num_threads(nt) schedule(static) if (m * c >= kParallelMin)

@@ -720,15 +720,21 @@ void conv_live_backward_weight(const Conv2dShape& p, const std::vector<int>& tap
       im2col_images(p, taps, x + n0 * chw, g, chw, col, cols);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p.k, cl, cols, 1.f, a, cols, col, cols, 1.f, mine, cl);
     }
-    // The implicit barrier above means every accumulator is complete; sum them in thread order.
+    // The implicit barrier above means every accumulator is complete; sum them in thread order. One
+    // pass over dw, no per-row memset: its rows are only r * s floats.
 #pragma omp for schedule(static)
     for (int64_t kc = 0; kc < static_cast<int64_t>(p.k) * p.c; ++kc) {
       float* d = dw + kc * rs;
-      std::memset(d, 0, sizeof(float) * rs);
-      for (int t = 0; t < ntaps; ++t) {
-        float s = acc[0][kc * ntaps + t];
-        for (int j = 1; j < team; ++j) s += acc[j][kc * ntaps + t];
-        d[taps[t]] = s;
+      const int64_t base = kc * ntaps;
+      for (int j = 0, t = 0; j < rs; ++j) {
+        if (t == ntaps || taps[t] != j) {
+          d[j] = 0.f;
+          continue;
+        }
+        float s = acc[0][base + t];
+        for (int u = 1; u < team; ++u) s += acc[u][base + t];
+        d[j] = s;
+        ++t;
       }
     }
   }

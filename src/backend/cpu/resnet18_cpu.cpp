@@ -1,7 +1,10 @@
 #include "ddp/backend/cpu/resnet18_cpu.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <optional>
 
@@ -390,13 +393,32 @@ void CpuResNet18::backward(float loss_scale, const nn::GradReadyFn& on_ready) {
   m.have_train_forward = false;  // stem_act was overwritten
 }
 
+namespace {
+// The largest bit pattern of |g[i]| over [lo, hi): inf and NaN are exactly those >= 0x7f800000 (exponent
+// all ones). An integer max vectorises (isfinite did not, beyond SSE2 compares); the AVX-512 clone makes
+// this 11.7 M-value pass about twice as fast (docs/perf/cpumodel.md).
+__attribute__((target_clones("avx512f", "default"))) uint32_t max_abs_bits(const float* g, int64_t lo,
+                                                                           int64_t hi) {
+  uint32_t m = 0;
+  for (int64_t i = lo; i < hi; ++i) {
+    uint32_t b;
+    std::memcpy(&b, g + i, sizeof b);
+    m = std::max(m, b & 0x7fffffffu);
+  }
+  return m;
+}
+}  // namespace
+
 bool CpuResNet18::grads_finite() {
   const float* g = grads_.data<float>();
   const int64_t n = spec_.param_count;
-  int bad = 0;
-#pragma omp parallel for reduction(| : bad) schedule(static)
-  for (int64_t i = 0; i < n; ++i) bad |= !std::isfinite(g[i]);
-  return bad == 0;
+  uint32_t m = 0;
+#pragma omp parallel reduction(max : m)
+  {
+    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+    m = std::max(m, max_abs_bits(g, n * me / team, n * (me + 1) / team));
+  }
+  return m < 0x7f800000u;
 }
 
 void CpuResNet18::sgd_step(const nn::SgdConfig& sc, float lr, float grad_scale) {

@@ -185,8 +185,17 @@ TEST(ConvTest, RejectsBadShape) {
 
 // ---- batch norm -----------------------------------------------------------------------------------------
 
-TEST(BatchNorm, TrainForwardMatchesNaive) {
-  const int n = 3, c = 5, hw = 7 * 6;
+// (n, c, hw): a plane of 42 values, and the small planes (hw <= 16) that take the position-wise path,
+// 1x1 with enough values for several threads.
+struct BnShape {
+  int n, c, hw;
+};
+const std::vector<BnShape> kBnShapes = {{3, 5, 7 * 6}, {16, 6, 1}, {5, 7, 4}, {3, 9, 16}, {64, 512, 1}, {9, 70, 4}};
+
+class BatchNormShapes : public ::testing::TestWithParam<BnShape> {};
+
+TEST_P(BatchNormShapes, TrainForwardMatchesNaive) {
+  const int n = GetParam().n, c = GetParam().c, hw = GetParam().hw;
   const size_t sz = static_cast<size_t>(n) * c * hw;
   auto x = randn(sz, 31, 2.f), gamma = randn(c, 32), beta = randn(c, 33);
   for (auto& v : x) v += 3.f;  // a mean far from zero exercises the two-pass variance
@@ -234,25 +243,68 @@ TEST(BatchNorm, TrainForwardMatchesNaive) {
   expect_close("bn eval y", ye, rye, 1e-5, 1e-5);
 }
 
-TEST(BatchNorm, TrainBackwardMatchesFiniteDifferences) {
-  const int n = 2, c = 3, hw = 5 * 4;
+// The backward formulas written out in double from the definition (independent of the op's code).
+TEST_P(BatchNormShapes, TrainBackwardMatchesNaive) {
+  const int n = GetParam().n, c = GetParam().c, hw = GetParam().hw;
   const size_t sz = static_cast<size_t>(n) * c * hw;
-  auto x = randn(sz, 41), gamma = randn(c, 42), beta = randn(c, 43), r = randn(sz, 44);
+  auto x = randn(sz, 35, 1.5f), gamma = randn(c, 36), beta = randn(c, 37), dy = randn(sz, 38);
   std::vector<float> rm(c), rv(c), sm(c), si(c), y(sz), dx(sz), dg(c), db(c);
-  const float eps = 1e-5f;
-  batchnorm_forward_train(n, c, hw, x.data(), gamma.data(), beta.data(), eps, 0.1f, rm.data(), rv.data(), sm.data(),
-                          si.data(), y.data());
-  batchnorm_backward(n, c, hw, x.data(), r.data(), gamma.data(), sm.data(), si.data(), dx.data(), dg.data(),
+  batchnorm_forward_train(n, c, hw, x.data(), gamma.data(), beta.data(), 1e-5f, 0.1f, rm.data(), rv.data(),
+                          sm.data(), si.data(), y.data());
+  batchnorm_backward(n, c, hw, x.data(), dy.data(), gamma.data(), sm.data(), si.data(), dx.data(), dg.data(),
                      db.data());
-  auto objective = [&] {
-    batchnorm_forward_train(n, c, hw, x.data(), gamma.data(), beta.data(), eps, 0.1f, rm.data(), rv.data(),
-                            sm.data(), si.data(), y.data());
-    return dot(y, r);
-  };
-  // Nonlinear in x: central difference error O(eps^2); fp32 rounding ~1e-7 * |J| / eps.
-  check_fd("bn dx", x, dx, objective, 1e-2f, 5e-3, 1e-2, 120);
-  check_fd("bn dgamma", gamma, dg, objective, 1e-2f, 2e-3, 1e-3);
-  check_fd("bn dbeta", beta, db, objective, 1e-2f, 2e-3, 1e-3);
+  std::vector<double> rdx(sz), rdg(c), rdb(c);
+  const double m = static_cast<double>(n) * hw;
+  auto at = [&](int i, int ch, int j) { return (static_cast<size_t>(i) * c + ch) * hw + j; };
+  for (int ch = 0; ch < c; ++ch) {
+    double mean = 0, var = 0, sdy = 0, sdyxh = 0;
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < hw; ++j) mean += x[at(i, ch, j)] / m;
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < hw; ++j) var += (x[at(i, ch, j)] - mean) * (x[at(i, ch, j)] - mean) / m;
+    const double invstd = 1.0 / std::sqrt(var + 1e-5);
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < hw; ++j) {
+        sdy += dy[at(i, ch, j)];
+        sdyxh += dy[at(i, ch, j)] * (x[at(i, ch, j)] - mean) * invstd;
+      }
+    rdg[ch] = sdyxh;
+    rdb[ch] = sdy;
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < hw; ++j) {
+        const double xh = (x[at(i, ch, j)] - mean) * invstd;
+        rdx[at(i, ch, j)] = gamma[ch] * invstd * (dy[at(i, ch, j)] - sdy / m - xh * sdyxh / m);
+      }
+  }
+  expect_close("bn dx", dx, rdx, 1e-5, 1e-4);
+  expect_close("bn dgamma", dg, rdg, 1e-4, 1e-5);
+  expect_close("bn dbeta", db, rdb, 1e-4, 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, BatchNormShapes, ::testing::ValuesIn(kBnShapes));
+
+TEST(BatchNorm, TrainBackwardMatchesFiniteDifferences) {
+  for (const BnShape& shape : std::vector<BnShape>{{2, 3, 5 * 4}, {6, 4, 1}, {3, 5, 4}}) {
+    const int n = shape.n, c = shape.c, hw = shape.hw;
+    SCOPED_TRACE("n" + std::to_string(n) + " c" + std::to_string(c) + " hw" + std::to_string(hw));
+    const size_t sz = static_cast<size_t>(n) * c * hw;
+    auto x = randn(sz, 41), gamma = randn(c, 42), beta = randn(c, 43), r = randn(sz, 44);
+    std::vector<float> rm(c), rv(c), sm(c), si(c), y(sz), dx(sz), dg(c), db(c);
+    const float eps = 1e-5f;
+    batchnorm_forward_train(n, c, hw, x.data(), gamma.data(), beta.data(), eps, 0.1f, rm.data(), rv.data(), sm.data(),
+                            si.data(), y.data());
+    batchnorm_backward(n, c, hw, x.data(), r.data(), gamma.data(), sm.data(), si.data(), dx.data(), dg.data(),
+                       db.data());
+    auto objective = [&] {
+      batchnorm_forward_train(n, c, hw, x.data(), gamma.data(), beta.data(), eps, 0.1f, rm.data(), rv.data(),
+                              sm.data(), si.data(), y.data());
+      return dot(y, r);
+    };
+    // Nonlinear in x: central difference error O(eps^2); fp32 rounding ~1e-7 * |J| / eps.
+    check_fd("bn dx", x, dx, objective, 1e-2f, 5e-3, 1e-2, 120);
+    check_fd("bn dgamma", gamma, dg, objective, 1e-2f, 2e-3, 1e-3);
+    check_fd("bn dbeta", beta, db, objective, 1e-2f, 2e-3, 1e-3);
+  }
 }
 
 TEST(BatchNorm, RejectsSingleValuePerChannel) {

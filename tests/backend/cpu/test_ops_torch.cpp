@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -149,31 +150,50 @@ TEST(TorchRef, ConvWithDeadTapsOnTinyImages) {
 }
 
 TEST(TorchRef, BatchNormTrainForwardBackwardAndRunningStats) {
-  const int n = 4, c = 6, h = 7, w = 5, hw = h * w;
-  const size_t sz = static_cast<size_t>(n) * c * hw;
-  TorchRef t;
-  auto x = randn(sz, 11, 1.5f), gamma = randn(c, 12), beta = randn(c, 13), dy = randn(sz, 14);
-  for (auto& v : x) v += 0.7f;
-  std::vector<float> rm = randn(c, 15), rv(c);
-  for (int i = 0; i < c; ++i) rv[i] = 0.5f + 0.25f * i;
-  for (auto [name, v] : {std::pair{"x", &x}, std::pair{"gamma", &gamma}, std::pair{"beta", &beta},
-                         std::pair{"rm", &rm}, std::pair{"rv", &rv}, std::pair{"dy", &dy}})
-    t.put(name, *v);
+  // A 7x5 plane, and the 1x1 and 2x2 planes of ResNet18's last stages at 32 px input.
+  const std::vector<std::array<int, 4>> shapes = {{4, 6, 7, 5}, {8, 6, 1, 1}, {4, 6, 2, 2}};
   const float eps = 1e-5f, mom = 0.1f;
-  ASSERT_TRUE(t.run("bn", "n=4 c=6 h=7 w=5 eps=1e-05 momentum=0.1"));
-  std::vector<float> sm(c), si(c), y(sz), dx(sz), dg(c), db(c);
-  batchnorm_forward_train(n, c, hw, x.data(), gamma.data(), beta.data(), eps, mom, rm.data(), rv.data(), sm.data(),
-                          si.data(), y.data());
-  batchnorm_backward(n, c, hw, x.data(), dy.data(), gamma.data(), sm.data(), si.data(), dx.data(), dg.data(),
-                     db.data());
-  expect_close("y", y, t.get("y"), 1e-5, 1e-5);
-  expect_close("running_mean", rm, t.get("rm"), 1e-6, 1e-6);
-  expect_close("running_var (unbiased)", rv, t.get("rv"), 1e-6, 1e-6);
-  expect_close("save_mean", sm, t.get("mean"), 1e-6, 1e-6);
-  expect_close("save_invstd", si, t.get("invstd"), 1e-6, 1e-5);
-  expect_close("dx", dx, t.get("dx"), 1e-5, 1e-4);
-  expect_close("dgamma", dg, t.get("dgamma"), 1e-4, 1e-5);
-  expect_close("dbeta", db, t.get("dbeta"), 1e-4, 1e-5);
+  std::vector<std::unique_ptr<TorchRef>> refs;
+  std::vector<std::tuple<TorchRef*, std::string, std::string>> jobs;
+  auto inputs = [](int n, int c, int hw) {  // x, gamma, beta, dy, rm, rv
+    const size_t sz = static_cast<size_t>(n) * c * hw;
+    std::array<std::vector<float>, 6> in = {randn(sz, 11, 1.5f), randn(c, 12), randn(c, 13), randn(sz, 14),
+                                            randn(c, 15), std::vector<float>(c)};
+    for (auto& v : in[0]) v += 0.7f;
+    for (int i = 0; i < c; ++i) in[5][i] = 0.5f + 0.25f * i;
+    return in;
+  };
+  for (const auto& [n, c, h, w] : shapes) {
+    refs.push_back(std::make_unique<TorchRef>(static_cast<int>(refs.size())));
+    const auto in = inputs(n, c, h * w);
+    const char* names[6] = {"x", "gamma", "beta", "dy", "rm", "rv"};
+    for (int i = 0; i < 6; ++i) refs.back()->put(names[i], in[i]);
+    jobs.emplace_back(refs.back().get(), "bn",
+                      "n=" + std::to_string(n) + " c=" + std::to_string(c) + " h=" + std::to_string(h) +
+                          " w=" + std::to_string(w) + " eps=1e-05 momentum=0.1");
+  }
+  ASSERT_TRUE(run_jobs(jobs));
+  for (size_t s = 0; s < shapes.size(); ++s) {
+    const auto [n, c, h, w] = shapes[s];
+    const int hw = h * w;
+    SCOPED_TRACE(std::get<2>(jobs[s]));
+    TorchRef& t = *refs[s];
+    auto [x, gamma, beta, dy, rm, rv] = inputs(n, c, hw);
+    const size_t sz = x.size();
+    std::vector<float> sm(c), si(c), y(sz), dx(sz), dg(c), db(c);
+    batchnorm_forward_train(n, c, hw, x.data(), gamma.data(), beta.data(), eps, mom, rm.data(), rv.data(),
+                            sm.data(), si.data(), y.data());
+    batchnorm_backward(n, c, hw, x.data(), dy.data(), gamma.data(), sm.data(), si.data(), dx.data(), dg.data(),
+                       db.data());
+    expect_close("y", y, t.get("y"), 1e-5, 1e-5);
+    expect_close("running_mean", rm, t.get("rm"), 1e-6, 1e-6);
+    expect_close("running_var (unbiased)", rv, t.get("rv"), 1e-6, 1e-6);
+    expect_close("save_mean", sm, t.get("mean"), 1e-6, 1e-6);
+    expect_close("save_invstd", si, t.get("invstd"), 1e-6, 1e-5);
+    expect_close("dx", dx, t.get("dx"), 1e-5, 1e-4);
+    expect_close("dgamma", dg, t.get("dgamma"), 1e-4, 1e-5);
+    expect_close("dbeta", db, t.get("dbeta"), 1e-4, 1e-5);
+  }
 }
 
 TEST(TorchRef, CrossEntropyWithLabelSmoothing) {

@@ -7,8 +7,10 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "ddp/backend/cpu/ops.h"
+#include "ddp/backend/cpu/ops_conv.h"
 #include "ddp/backend/cpu/sgd.h"
 #include "ddp/core/check.h"
 
@@ -23,6 +25,17 @@ struct ConvBn {
   Tensor conv_out;                // BN input
   Tensor save_mean, save_invstd;  // per channel
   Conv2dShape shape;              // of the last forward
+  // On tiny maps (layer4 at 32 px input) some kernel taps see only padding: the live-tap weights are
+  // gathered once in forward and reused by backward's data gradient (ddp/backend/cpu/ops_conv.h). The
+  // buffer is sized for the configured input size, which has the most live taps of any allowed size
+  // (smaller maps only lose taps); empty when every tap is live there.
+  std::vector<int> taps;  // live taps of `shape`
+  Tensor live_w;          // k x c x taps.size() when gathered() (see below)
+  int64_t live_cap = 0;   // floats in live_w (0: not allocated)
+  bool gathered() const {
+    return live_cap > 0 && static_cast<int>(taps.size()) < shape.r * shape.s &&
+           static_cast<int64_t>(shape.k) * shape.c * static_cast<int64_t>(taps.size()) <= live_cap;
+  }
 };
 
 struct Block {
@@ -73,12 +86,20 @@ Tensor alloc(int64_t count, size_t& total, DType t = DType::F32) {
   return x;
 }
 
-void alloc_conv_bn(ConvBn& L, const nn::ConvSpec& c, const nn::BnSpec& b, int64_t out_count, size_t& total) {
+// in_h x in_w: the conv's input size at the configured image size.
+void alloc_conv_bn(ConvBn& L, const nn::ConvSpec& c, const nn::BnSpec& b, int64_t out_count, int n, int in_h,
+                   int in_w, size_t& total) {
   L.conv = &c;
   L.bn = &b;
   L.conv_out = alloc(out_count, total);
   L.save_mean = alloc(b.channels, total);
   L.save_invstd = alloc(b.channels, total);
+  const Conv2dShape s{n, c.in_channels, in_h, in_w, c.out_channels, c.kernel, c.kernel, c.stride, c.pad};
+  const size_t live = conv2d_live_taps(s).size();
+  if (static_cast<int>(live) < c.kernel * c.kernel && live > 0) {
+    L.live_cap = static_cast<int64_t>(c.out_channels) * c.in_channels * static_cast<int64_t>(live);
+    L.live_w = alloc(L.live_cap, total);
+  }
 }
 
 }  // namespace
@@ -107,7 +128,8 @@ CpuResNet18::CpuResNet18(const nn::ModelConfig& cfg) : cfg_(cfg), spec_(nn::make
   const auto st = nn::resnet18_stage_sizes(cfg.height, cfg.width);
   m.input = alloc(numel_of(N, 3, cfg.height, cfg.width), total);
   m.labels.resize(static_cast<size_t>(N));
-  alloc_conv_bn(m.stem, spec_.conv1, spec_.bn1, numel_of(N, 64, st.conv1_h, st.conv1_w), total);
+  alloc_conv_bn(m.stem, spec_.conv1, spec_.bn1, numel_of(N, 64, st.conv1_h, st.conv1_w), N, cfg.height, cfg.width,
+                total);
   m.stem_act = alloc(numel_of(N, 64, st.conv1_h, st.conv1_w), total);
   m.pool = alloc(numel_of(N, 64, st.pool_h, st.pool_w), total);
   m.argmax = alloc(numel_of(N, 64, st.pool_h, st.pool_w), total, DType::I32);
@@ -120,11 +142,11 @@ CpuResNet18::CpuResNet18(const nn::ModelConfig& cfg) : cfg_(cfg), spec_(nn::make
     int oh = nn::conv_out(h, 3, bs.stride, 1), ow = nn::conv_out(w, 3, bs.stride, 1);
     int64_t cnt = numel_of(N, bs.conv1.out_channels, oh, ow);
     largest_block = std::max(largest_block, cnt);
-    alloc_conv_bn(b.c1, bs.conv1, bs.bn1, cnt, total);
-    alloc_conv_bn(b.c2, bs.conv2, bs.bn2, cnt, total);
+    alloc_conv_bn(b.c1, bs.conv1, bs.bn1, cnt, N, h, w, total);
+    alloc_conv_bn(b.c2, bs.conv2, bs.bn2, cnt, N, oh, ow, total);
     if (bs.down_conv) {
       b.ds.emplace();
-      alloc_conv_bn(*b.ds, *bs.down_conv, *bs.down_bn, cnt, total);
+      alloc_conv_bn(*b.ds, *bs.down_conv, *bs.down_bn, cnt, N, h, w, total);
     }
     b.mid = alloc(cnt, total);
     b.out = alloc(cnt, total);
@@ -222,7 +244,13 @@ struct Ctx {
 // conv -> BN (-> ReLU) into y.
 void conv_bn_forward(const Ctx& c, ConvBn& L, const Conv2dShape& s, const float* x, float* y, bool relu) {
   L.shape = s;
-  conv2d_forward(s, x, c.p(L.conv->weight), L.conv_out.data<float>());
+  L.taps = conv2d_live_taps(s);
+  if (L.gathered()) {
+    conv2d_gather_taps(s, L.taps, c.p(L.conv->weight), L.live_w.data<float>());
+    conv2d_forward_gathered(s, L.taps, x, L.live_w.data<float>(), L.conv_out.data<float>());
+  } else {
+    conv2d_forward(s, x, c.p(L.conv->weight), L.conv_out.data<float>());
+  }
   const nn::BnSpec& bn = *L.bn;
   const int hw = s.out_h() * s.out_w();
   if (c.train) {
@@ -248,7 +276,10 @@ void conv_bn_backward(const Ctx& c, ConvBn& L, const float* x, const float* dy, 
   if (ready) ready({c.spec.params[bn.weight].offset, nullptr});
   conv2d_backward_weight(s, x, d_conv_out, c.g(L.conv->weight));
   if (ready) ready({c.spec.params[L.conv->weight].offset, nullptr});
-  if (dx) conv2d_backward_data(s, d_conv_out, c.p(L.conv->weight), dx);
+  if (dx && L.gathered())
+    conv2d_backward_data_gathered(s, L.taps, d_conv_out, L.live_w.data<float>(), dx);  // forward's weights
+  else if (dx)
+    conv2d_backward_data(s, d_conv_out, c.p(L.conv->weight), dx);
 }
 
 Conv2dShape conv_shape(int n, int c, int h, int w, const nn::ConvSpec& cs) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ddp/backend/cpu/ops.h"
+#include "ddp/backend/cpu/ops_conv.h"
 #include "ddp/core/check.h"
 #include "test_ops_util.h"
 
@@ -67,6 +68,7 @@ const std::vector<Conv2dShape> kConvShapes = {
     // Tiny images where some kernel taps see only padding (the live-tap path; kDeadTapShapes below).
     {3, 16, 1, 1, 8, 3, 3, 2, 1},   {4, 8, 2, 5, 6, 3, 3, 2, 1},     {3, 8, 1, 3, 5, 3, 3, 1, 1},
     {2, 4, 1, 2, 3, 5, 5, 1, 2},    {2, 3, 1, 1, 4, 1, 1, 2, 1},     {64, 256, 2, 2, 64, 3, 3, 2, 1},
+    {4, 512, 1, 1, 128, 3, 3, 1, 1},  // a weight gradient >= 2 MB (streaming stores)
 };
 
 class ConvTest : public ::testing::TestWithParam<Conv2dShape> {};
@@ -144,6 +146,7 @@ const std::vector<Conv2dShape> kDeadTapShapes = {
     {7, 32, 1, 1, 16, 3, 3, 1, 1}, {3, 16, 1, 1, 8, 3, 3, 2, 1}, {5, 16, 2, 2, 8, 3, 3, 2, 1},
     {5, 16, 2, 3, 8, 3, 3, 2, 1},  {4, 8, 2, 5, 6, 3, 3, 2, 1},  {3, 8, 1, 3, 5, 3, 3, 1, 1},
     {2, 4, 1, 2, 3, 5, 5, 1, 2},   {2, 3, 1, 1, 4, 1, 1, 2, 1},  {64, 256, 2, 2, 64, 3, 3, 2, 1},
+    {4, 512, 1, 1, 128, 3, 3, 1, 1},
 };
 
 // Every output is overwritten (buffers start as NaN) and a dead tap's weight gradient is exactly 0;
@@ -174,6 +177,41 @@ TEST(ConvDeadTaps, OutputsOverwrittenAndDeadTapGradientExactlyZero) {
     }
     EXPECT_EQ(nonzero_dead, 0) << "dead taps must get an exactly zero weight gradient";
     EXPECT_EQ(zero_live, 0) << "live taps must get a finite, generally nonzero weight gradient";
+  }
+}
+
+// ops_conv.h: the live taps are the complement of the dead ones, the gathered weights are w at those taps,
+// and forward / data gradient from gathered weights equal the ops.h results bit for bit (same kernels).
+TEST(ConvDeadTaps, GatheredWeightEntryPoints) {
+  std::vector<Conv2dShape> shapes = kDeadTapShapes;
+  shapes.push_back({2, 4, 6, 5, 3, 3, 3, 1, 1});  // every tap live
+  for (const Conv2dShape& p : shapes) {
+    SCOPED_TRACE(name(p));
+    const std::vector<bool> dead = dead_taps(p);
+    std::vector<int> want;
+    for (int t = 0; t < p.r * p.s; ++t)
+      if (!dead[t]) want.push_back(t);
+    const std::vector<int> taps = conv2d_live_taps(p);
+    ASSERT_EQ(taps, want);
+    const size_t xs = static_cast<size_t>(p.n) * p.c * p.h * p.w, ws = static_cast<size_t>(p.k) * p.c * p.r * p.s;
+    const size_t ys = static_cast<size_t>(p.n) * p.k * p.out_h() * p.out_w();
+    auto x = randn(xs, 61), w = randn(ws, 62), dy = randn(ys, 63);
+    std::vector<float> wl(static_cast<size_t>(p.k) * p.c * taps.size());
+    conv2d_gather_taps(p, taps, w.data(), wl.data());
+    for (size_t kc = 0; kc < static_cast<size_t>(p.k) * p.c; ++kc)
+      for (size_t t = 0; t < taps.size(); ++t)
+        ASSERT_EQ(wl[kc * taps.size() + t], w[kc * p.r * p.s + taps[t]]) << "kc " << kc << " tap " << taps[t];
+    if (taps.size() == static_cast<size_t>(p.r * p.s)) continue;  // ops.h's own path then
+    std::vector<float> y(ys), y2(ys), dx(xs), dx2(xs);
+    conv2d_forward(p, x.data(), w.data(), y.data());
+    conv2d_forward_gathered(p, taps, x.data(), wl.data(), y2.data());
+    EXPECT_EQ(y, y2);
+    conv2d_backward_data(p, dy.data(), w.data(), dx.data());
+    conv2d_backward_data_gathered(p, taps, dy.data(), wl.data(), dx2.data());
+    EXPECT_EQ(dx, dx2);
+    std::vector<int> all(static_cast<size_t>(p.r) * p.s);
+    std::iota(all.begin(), all.end(), 0);
+    EXPECT_THROW(conv2d_forward_gathered(p, all, x.data(), wl.data(), y2.data()), ddp::Error);
   }
 }
 

@@ -100,6 +100,22 @@ TEST(CpuResNet18, SmallerBatchAndImageReuseBuffersCorrectly) {
   EXPECT_EQ(grads_of(big), grads_of(exact));
 }
 
+TEST(CpuResNet18, DeadTapPathsAgree) {
+  // At 32x32, layer4's 3x3 convs see 1x1 and 2x2 maps where most kernel taps read only padding. A model
+  // built for 32x32 gathers their live-tap weights once per step (buffers sized at construction); one
+  // built for 40x40 (every tap live there) takes the ops' own dead-tap path at 32x32. Same kernels on
+  // the same gathered weights: bit-identical loss and gradients.
+  CpuResNet18 big(small(10, 4, 40, 40)), exact(small(10, 4, 32, 32));
+  auto x = randn(4 * 3 * 32 * 32, 4);
+  auto y = labels(4, 10, 4);
+  big.set_input_f32(x.data(), y.data(), 4, 32, 32);
+  exact.set_input_f32(x.data(), y.data(), 4, 32, 32);
+  EXPECT_EQ(big.forward(Mode::Train), exact.forward(Mode::Train));
+  big.backward(1.0f, nullptr);
+  exact.backward(1.0f, nullptr);
+  EXPECT_EQ(grads_of(big), grads_of(exact));
+}
+
 TEST(CpuResNet18, DeterministicAndLossScaled) {
   CpuResNet18 m(small());
   auto x = randn(4 * 3 * 32 * 32, 4);

@@ -623,9 +623,6 @@ void scatter_images(const float* src, int g, int k, int ohw, float* dst) {
 // pixels, so whole-image tiles and the portable im2col/col2im loops (over the live taps) suffice: their
 // cost is 1/k of the GEMM's.
 
-// Weight gradients at least this large are written with streaming stores.
-constexpr int64_t kStreamBytes = 1 << 21;
-
 // wl (k x c * L) = the live-tap columns of w (KCRS). Reading w is the cost (every line of it, 9.4 MB for
 // a layer4 conv): a model can gather once per step for forward and data gradient (ops_conv.h).
 void gather_live_weights(const Conv2dShape& p, const std::vector<int>& taps, const float* w, float* wl) {
@@ -736,32 +733,23 @@ void conv_live_backward_weight(const Conv2dShape& p, const std::vector<int>& tap
       im2col_images(p, taps, x + n0 * chw, g, chw, col, cols);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p.k, cl, cols, 1.f, a, cols, col, cols, 1.f, mine, cl);
     }
-    // The implicit barrier above means every accumulator is complete; sum them in thread order. One
-    // pass over dw (rows of r * s floats, mostly zeros). A large dw (layer4's are 4.7-9.4 MB) is written
-    // with non-temporal stores, which skip reading each line first: nothing reads it again before the
-    // backward pass ends, and the write then costs about 40% less.
-    const bool stream = static_cast<int64_t>(p.k) * p.c * rs * 4 >= kStreamBytes;
-#pragma omp for schedule(static) nowait
-    for (int64_t kc = 0; kc < static_cast<int64_t>(p.k) * p.c; ++kc) {
+    // The implicit barrier above means every accumulator is complete; sum them in thread order into this
+    // thread's share of dw, zeroed in one go first (its rows are r * s floats, mostly dead taps). Measured
+    // in training at 32 px, this beats writing each row whole and beats streaming stores (dw is in cache).
+    const int64_t kc_n = static_cast<int64_t>(p.k) * p.c;
+    const int64_t k0 = kc_n * me / team, k1 = kc_n * (me + 1) / team;
+    const int* tp = taps.data();
+    float* const* ap = acc.data();
+    std::memset(dw + k0 * rs, 0, sizeof(float) * (k1 - k0) * rs);
+    for (int64_t kc = k0; kc < k1; ++kc) {
       float* d = dw + kc * rs;
-      const int64_t base = kc * ntaps;
-      for (int j = 0, t = 0; j < rs; ++j) {
-        float v = 0.f;
-        if (t < ntaps && taps[t] == j) {
-          v = acc[0][base + t];
-          for (int u = 1; u < team; ++u) v += acc[u][base + t];
-          ++t;
-        }
-        if (stream) {
-          int bits;
-          std::memcpy(&bits, &v, sizeof bits);
-          _mm_stream_si32(reinterpret_cast<int*>(d + j), bits);
-        } else {
-          d[j] = v;
-        }
+      const float* a0 = ap[0] + kc * ntaps;
+      for (int t = 0; t < ntaps; ++t) {
+        float v = a0[t];
+        for (int u = 1; u < team; ++u) v += ap[u][kc * ntaps + t];
+        d[tp[t]] = v;
       }
     }
-    _mm_sfence();  // this thread's streaming stores are visible before the region's closing barrier
   }
 }
 

@@ -204,6 +204,17 @@ double channel_sum(const std::vector<double>& acc, int hw, int ch_rel) {
   return s;
 }
 
+// y = x * scale_at + shift_at over positions [lo, lo + len) of each of the n image blocks (chw apart).
+void affine_positions(int n, int64_t chw, int64_t lo, int64_t len, const std::vector<float>& scale_at,
+                      const std::vector<float>& shift_at, const float* x, float* y) {
+  for (int i = 0; i < n; ++i) {
+    const float* xp = x + i * chw + lo;
+    float* yp = y + i * chw + lo;
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) yp[j] = xp[j] * scale_at[j] + shift_at[j];
+  }
+}
+
 void bn_forward_train_small(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float eps,
                             float momentum, float* running_mean, float* running_var, float* save_mean,
                             float* save_invstd, float* y) {
@@ -239,12 +250,7 @@ void bn_forward_train_small(int n, int c, int hw, const float* x, const float* g
         shift_at[static_cast<size_t>(ch - c0) * hw + j] = shift;
       }
     }
-    for (int i = 0; i < n; ++i) {
-      const float* xp = x + i * chw + lo;
-      float* yp = y + i * chw + lo;
-#pragma omp simd
-      for (int64_t j = 0; j < len; ++j) yp[j] = xp[j] * scale_at[j] + shift_at[j];
-    }
+    affine_positions(n, chw, lo, len, scale_at, shift_at, x, y);
   });
 }
 
@@ -328,18 +334,35 @@ void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* 
 
 void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta,
                             const float* running_mean, const float* running_var, float eps, float* y) {
+  std::vector<float> scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
+  for (int ch = 0; ch < c; ++ch) {
+    const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var[ch]) + eps);
+    scale[ch] = static_cast<float>(gamma[ch] * invstd);
+    shift[ch] = static_cast<float>(beta[ch] - running_mean[ch] * gamma[ch] * invstd);
+  }
+  const int64_t chw = static_cast<int64_t>(c) * hw;
+  if (hw <= kSmallPlane) {  // per image, the block of channels (see bn_forward_train_small)
+    for_channel_ranges(c, n * chw, [&](int c0, int c1) {
+      const int64_t lo = static_cast<int64_t>(c0) * hw, len = static_cast<int64_t>(c1 - c0) * hw;
+      std::vector<float> scale_at(static_cast<size_t>(len)), shift_at(static_cast<size_t>(len));
+      for (int64_t j = 0; j < len; ++j) {
+        scale_at[j] = scale[c0 + j / hw];
+        shift_at[j] = shift[c0 + j / hw];
+      }
+      affine_positions(n, chw, lo, len, scale_at, shift_at, x, y);
+    });
+    return;
+  }
   const int nt = threads();
   const int64_t planes = static_cast<int64_t>(n) * c;
 #pragma omp parallel for num_threads(nt) schedule(static) if (planes * hw >= kParallelMin)
   for (int64_t pl = 0; pl < planes; ++pl) {
     const int ch = static_cast<int>(pl % c);
-    const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var[ch]) + eps);
-    const float scale = static_cast<float>(gamma[ch] * invstd);
-    const float shift = static_cast<float>(beta[ch] - running_mean[ch] * gamma[ch] * invstd);
+    const float sc = scale[ch], sh = shift[ch];
     const float* xp = x + pl * hw;
     float* yp = y + pl * hw;
 #pragma omp simd
-    for (int j = 0; j < hw; ++j) yp[j] = xp[j] * scale + shift;
+    for (int j = 0; j < hw; ++j) yp[j] = xp[j] * sc + sh;
   }
 }
 

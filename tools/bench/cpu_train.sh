@@ -5,6 +5,7 @@
 #   tools/bench/cpu_train.sh                  # 32x32 batch 128 and 224x224 batch 16
 #   THREADS=4 ITERS=20 tools/bench/cpu_train.sh
 #   DDP_BUILD_DIR=build-x tools/bench/cpu_train.sh
+#   THREADS=1 BATCH_32=64 ONLY_32=1 tools/bench/cpu_train.sh   # one quick-start rank: 1 thread, batch 64
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${DDP_BUILD_DIR:-$ROOT/build}
@@ -31,5 +32,5 @@ run() {  # batch size iters warmup
   awk -v a="$a" -v b="$b" -v s="$2" -v n="$1" \
     'BEGIN { printf "%dx%d batch %d: ours %.1f img/s, PyTorch %.1f img/s, ratio %.2f\n", s, s, n, a, b, a / b }'
 }
-run 128 32 "${ITERS:-10}" 2
-run 16 224 "${ITERS_224:-${ITERS:-5}}" 1
+run "${BATCH_32:-128}" 32 "${ITERS:-10}" 2
+[[ -n ${ONLY_32:-} ]] || run 16 224 "${ITERS_224:-${ITERS:-5}}" 1

@@ -167,6 +167,25 @@ inline double sq_dev_run(const float* x, int64_t len, float mean) {
   return s;
 }
 
+// Stores channel ch's batch statistics (save_mean/invstd; running stats as PyTorch, with the unbiased
+// variance) and returns the normalisation as y = x * scale + shift.
+struct Affine {
+  float scale, shift;
+};
+Affine finish_channel(int ch, double mean, double var, int64_t m, float eps, float momentum, const float* gamma,
+                      const float* beta, float* running_mean, float* running_var, float* save_mean,
+                      float* save_invstd) {
+  const double invstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
+  save_mean[ch] = static_cast<float>(mean);
+  save_invstd[ch] = static_cast<float>(invstd);
+  if (running_mean != nullptr)
+    running_mean[ch] = static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * mean);
+  if (running_var != nullptr)
+    running_var[ch] = static_cast<float>((1.0 - momentum) * running_var[ch] +
+                                         momentum * var * static_cast<double>(m) / static_cast<double>(m - 1));
+  return {static_cast<float>(gamma[ch] * invstd), static_cast<float>(beta[ch] - mean * gamma[ch] * invstd)};
+}
+
 // Small planes (hw <= kSmallPlane: ResNet18's last stages at low resolution, 1x1 to 4x4 at 32 px input):
 // per-plane loops would run a handful of iterations each, so these walk each image's contiguous block
 // of channels [c0, c1) instead, accumulating per (channel, position) in double over the images in order,
@@ -235,19 +254,11 @@ void bn_forward_train_small(int n, int c, int hw, const float* x, const float* g
     for (int ch = c0; ch < c1; ++ch) {
       const double mean = mean_at[static_cast<size_t>(ch - c0) * hw];
       const double var = channel_sum(acc, hw, ch - c0) / static_cast<double>(m);
-      const double invstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
-      save_mean[ch] = static_cast<float>(mean);
-      save_invstd[ch] = static_cast<float>(invstd);
-      if (running_mean != nullptr)
-        running_mean[ch] = static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * mean);
-      if (running_var != nullptr)
-        running_var[ch] = static_cast<float>((1.0 - momentum) * running_var[ch] +
-                                             momentum * var * static_cast<double>(m) / static_cast<double>(m - 1));
-      const float scale = static_cast<float>(gamma[ch] * invstd);
-      const float shift = static_cast<float>(beta[ch] - mean * gamma[ch] * invstd);
+      const Affine a = finish_channel(ch, mean, var, m, eps, momentum, gamma, beta, running_mean, running_var,
+                                      save_mean, save_invstd);
       for (int j = 0; j < hw; ++j) {
-        scale_at[static_cast<size_t>(ch - c0) * hw + j] = scale;
-        shift_at[static_cast<size_t>(ch - c0) * hw + j] = shift;
+        scale_at[static_cast<size_t>(ch - c0) * hw + j] = a.scale;
+        shift_at[static_cast<size_t>(ch - c0) * hw + j] = a.shift;
       }
     }
     affine_positions(n, chw, lo, len, scale_at, shift_at, x, y);
@@ -312,17 +323,9 @@ void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* 
     double v = 0.0;
     for (int i = 0; i < n; ++i)
       v += sq_dev_run(x + (static_cast<int64_t>(i) * c + ch) * hw, hw, static_cast<float>(mean));
-    const double var = v / static_cast<double>(m);
-    const double invstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
-    save_mean[ch] = static_cast<float>(mean);
-    save_invstd[ch] = static_cast<float>(invstd);
-    if (running_mean != nullptr)
-      running_mean[ch] = static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * mean);
-    if (running_var != nullptr)
-      running_var[ch] = static_cast<float>((1.0 - momentum) * running_var[ch] +
-                                           momentum * var * static_cast<double>(m) / static_cast<double>(m - 1));
-    const float scale = static_cast<float>(gamma[ch] * invstd);
-    const float shift = static_cast<float>(beta[ch] - mean * gamma[ch] * invstd);
+    const Affine a = finish_channel(ch, mean, v / static_cast<double>(m), m, eps, momentum, gamma, beta,
+                                    running_mean, running_var, save_mean, save_invstd);
+    const float scale = a.scale, shift = a.shift;
     for (int i = 0; i < n; ++i) {
       const float* xp = x + (static_cast<int64_t>(i) * c + ch) * hw;
       float* yp = y + (static_cast<int64_t>(i) * c + ch) * hw;

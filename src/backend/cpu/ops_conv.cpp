@@ -640,23 +640,48 @@ const float* gather_live_weights(const Conv2dShape& p, const std::vector<int>& t
   return wl;
 }
 
+// Sizes shared by the three live-tap passes: whole-image tiles of a c * L-row column matrix. An empty tap
+// list (every output sees only padding: possible with pad >= kernel and stride > 1) zeroes the output.
+struct LivePlan {
+  int cl, nt;
+  Tiling tl;
+  int64_t chw, kohw;
+  LivePlan(const Conv2dShape& p, const std::vector<int>& taps)
+      : cl(p.c * static_cast<int>(taps.size())),
+        nt(conv_threads(p, static_cast<int>(taps.size()))),
+        tl(make_tiling(p, nt, true, std::max(cl, 1))),
+        chw(static_cast<int64_t>(p.c) * p.h * p.w),
+        kohw(static_cast<int64_t>(p.k) * tl.ohw) {}
+  // Tile t covers images [n0, n0 + g).
+  void images(const Conv2dShape& p, int t, int& n0, int& g) const {
+    int n1, p0, p1;
+    tl.tile(t, n0, n1, p0, p1);
+    g = std::min(n1, p.n) - n0;
+  }
+  // dy of images [n0, n0 + g) as one k x (g * ohw) matrix: dy itself for one image, else gathered.
+  const float* dy_matrix(const Conv2dShape& p, const float* dy, int n0, int g) const {
+    if (g == 1) return dy + n0 * kohw;
+    float* gathered = t_mat.get(static_cast<size_t>(p.k) * g * tl.ohw);
+    gather_images(dy + n0 * kohw, g, p.k, tl.ohw, gathered);
+    return gathered;
+  }
+};
+
 void conv_live_forward(const Conv2dShape& p, const std::vector<int>& taps, const float* x, const float* wl,
                        float* y) {
-  const int cl = p.c * static_cast<int>(taps.size());
-  const int nt = conv_threads(p, static_cast<int>(taps.size()));
-  const Tiling tl = make_tiling(p, nt, true, std::max(cl, 1));
-  const int64_t chw = static_cast<int64_t>(p.c) * p.h * p.w;
-  const int64_t kohw = static_cast<int64_t>(p.k) * tl.ohw;
-  if (taps.empty()) {  // every output sees only padding (possible with pad >= kernel and stride > 1)
+  const LivePlan lp(p, taps);
+  const int cl = lp.cl;
+  const Tiling& tl = lp.tl;
+  const int64_t chw = lp.chw, kohw = lp.kohw;
+  if (taps.empty()) {
     std::memset(y, 0, sizeof(float) * p.n * kohw);
     return;
   }
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(lp.nt) schedule(static)
   for (int t = 0; t < tl.tiles; ++t) {
-    int n0, n1, p0, p1;
-    tl.tile(t, n0, n1, p0, p1);
-    n1 = std::min(n1, p.n);
-    const int g = n1 - n0, cols = g * tl.ohw;
+    int n0, g;
+    lp.images(p, t, n0, g);
+    const int cols = g * tl.ohw;
     float* col = t_col.get(static_cast<size_t>(cl) * cols);
     im2col_images(p, taps, x + n0 * chw, g, chw, col, cols);
     float* out = g == 1 ? y + n0 * kohw : t_mat.get(static_cast<size_t>(p.k) * cols);
@@ -667,27 +692,20 @@ void conv_live_forward(const Conv2dShape& p, const std::vector<int>& taps, const
 
 void conv_live_backward_data(const Conv2dShape& p, const std::vector<int>& taps, const float* dy,
                              const float* wl, float* dx) {
-  const int cl = p.c * static_cast<int>(taps.size());
-  const int nt = conv_threads(p, static_cast<int>(taps.size()));
-  const Tiling tl = make_tiling(p, nt, true, std::max(cl, 1));
-  const int64_t chw = static_cast<int64_t>(p.c) * p.h * p.w;
-  const int64_t kohw = static_cast<int64_t>(p.k) * tl.ohw;
+  const LivePlan lp(p, taps);
+  const int cl = lp.cl;
+  const Tiling& tl = lp.tl;
+  const int64_t chw = lp.chw;
   if (taps.empty()) {
     std::memset(dx, 0, sizeof(float) * p.n * chw);
     return;
   }
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(lp.nt) schedule(static)
   for (int t = 0; t < tl.tiles; ++t) {
-    int n0, n1, p0, p1;
-    tl.tile(t, n0, n1, p0, p1);
-    n1 = std::min(n1, p.n);
-    const int g = n1 - n0, cols = g * tl.ohw;
-    const float* b = dy + n0 * kohw;
-    if (g > 1) {
-      float* gathered = t_mat.get(static_cast<size_t>(p.k) * cols);
-      gather_images(dy + n0 * kohw, g, p.k, tl.ohw, gathered);
-      b = gathered;
-    }
+    int n0, g;
+    lp.images(p, t, n0, g);
+    const int cols = g * tl.ohw;
+    const float* b = lp.dy_matrix(p, dy, n0, g);
     float* dcol = t_col.get(static_cast<size_t>(cl) * cols);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cl, cols, p.k, 1.f, wl, cl, b, cols, 0.f, dcol, cols);
     std::memset(dx + n0 * chw, 0, sizeof(float) * g * chw);
@@ -698,17 +716,16 @@ void conv_live_backward_data(const Conv2dShape& p, const std::vector<int>& taps,
 // The weight gradient of a dead tap is exactly zero.
 void conv_live_backward_weight(const Conv2dShape& p, const std::vector<int>& taps, const float* x,
                                const float* dy, float* dw) {
-  const int ntaps = static_cast<int>(taps.size()), cl = p.c * ntaps, rs = p.r * p.s;
-  const int nt = conv_threads(p, ntaps);
-  const Tiling tl = make_tiling(p, nt, true, std::max(cl, 1));
-  const int64_t kcl = static_cast<int64_t>(p.k) * cl;
+  const int ntaps = static_cast<int>(taps.size()), rs = p.r * p.s;
+  const LivePlan lp(p, taps);
+  const int cl = lp.cl;
+  const Tiling& tl = lp.tl;
+  const int64_t kcl = static_cast<int64_t>(p.k) * cl, chw = lp.chw;
   if (taps.empty()) {
     std::memset(dw, 0, sizeof(float) * p.k * p.c * rs);
     return;
   }
-  const int64_t chw = static_cast<int64_t>(p.c) * p.h * p.w;
-  const int64_t kohw = static_cast<int64_t>(p.k) * tl.ohw;
-  const int used = std::max(1, std::min(nt, tl.tiles));
+  const int used = std::max(1, std::min(lp.nt, tl.tiles));
   std::vector<float*> acc(used, nullptr);
 #pragma omp parallel num_threads(used)
   {
@@ -719,16 +736,10 @@ void conv_live_backward_weight(const Conv2dShape& p, const std::vector<int>& tap
     acc[me] = mine;
 #pragma omp for schedule(static)
     for (int t = 0; t < tl.tiles; ++t) {
-      int n0, n1, p0, p1;
-      tl.tile(t, n0, n1, p0, p1);
-      n1 = std::min(n1, p.n);
-      const int g = n1 - n0, cols = g * tl.ohw;
-      const float* a = dy + n0 * kohw;
-      if (g > 1) {
-        float* gathered = t_mat.get(static_cast<size_t>(p.k) * cols);
-        gather_images(dy + n0 * kohw, g, p.k, tl.ohw, gathered);
-        a = gathered;
-      }
+      int n0, g;
+      lp.images(p, t, n0, g);
+      const int cols = g * tl.ohw;
+      const float* a = lp.dy_matrix(p, dy, n0, g);
       float* col = t_col.get(static_cast<size_t>(cl) * cols);
       im2col_images(p, taps, x + n0 * chw, g, chw, col, cols);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p.k, cl, cols, 1.f, a, cols, col, cols, 1.f, mine, cl);

@@ -1,6 +1,9 @@
 // loader_bench: images/s of ddp::data::Loader over a shard directory (training transform by default).
 // Driven by tools/bench/loader_vs_torchvision.sh; the first epoch warms up and is not counted; then
-// whole epochs run until at least --epochs of them and --seconds of time are done.
+// whole epochs run until at least --epochs of them and --seconds of time are done. Also prints images
+// per CPU-second (all threads), which a loaded machine disturbs less than img/s.
+#include <sys/resource.h>
+
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -10,6 +13,14 @@
 #include "ddp/data/loader.h"
 
 namespace po = boost::program_options;
+
+// User + system CPU time of the whole process (every thread), in seconds.
+static double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
 
 int main(int argc, char** argv) {
   std::string dir, split = "train";
@@ -41,11 +52,12 @@ int main(int argc, char** argv) {
     c.workers = workers;
     ddp::data::Loader ld(c);
     int64_t images = 0;
-    double secs = 0;
+    double secs = 0, cpu = 0;
     uint64_t checksum = 0;
     int e = 0;
     for (; e <= epochs || secs < min_seconds; ++e) {
       auto t0 = std::chrono::steady_clock::now();
+      const double c0 = cpu_seconds();
       ld.start_epoch(e, ld.local_batches());
       ddp::data::Batch b;
       int64_t n = 0;
@@ -54,13 +66,17 @@ int main(int argc, char** argv) {
         checksum += b.images[0];
       }
       double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double c = cpu_seconds() - c0;
       if (e > 0) {
         images += n;
         secs += s;
+        cpu += c;
       }
     }
-    std::printf("loader_bench: %lld images in %.2f s: %.1f img/s (%d epochs, %d workers, batch %d, %dx%d, %s) [%llu]\n",
-                static_cast<long long>(images), secs, images / secs, e - 1, workers, batch, size, size,
+    std::printf(
+        "loader_bench: %lld images in %.2f s: %.1f img/s, %.1f img per CPU-second (%d epochs, %d workers, batch %d, "
+        "%dx%d, %s) [%llu]\n",
+        static_cast<long long>(images), secs, images / secs, images / cpu, e - 1, workers, batch, size, size,
                 eval ? "eval" : "train", static_cast<unsigned long long>(checksum % 10));
     return 0;
   } catch (const std::exception& e) {

@@ -60,7 +60,19 @@ class PackTest : public ::testing::Test {
   struct Img {
     int label = 0, w = 0, h = 0;
     std::vector<uint8_t> px;
+    bool restarts = false;  // the stored JPEG has a DRI segment (restart markers) before its scan
   };
+  // Walks the marker segments from SOI to SOS (an independent reading of the JPEG syntax).
+  static bool has_dri(const std::vector<uint8_t>& b) {
+    size_t i = 2;
+    while (i + 4 <= b.size() && b[i] == 0xFF) {
+      const uint8_t m = b[i + 1];
+      if (m == 0xDD) return true;
+      if (m == 0xDA) return false;
+      i += 2 + ((static_cast<size_t>(b[i + 2]) << 8) | b[i + 3]);
+    }
+    return false;
+  }
   static std::map<std::string, Img> read_all(const std::vector<std::string>& files) {
     std::map<std::string, Img> out;
     for (const auto& f : files) {
@@ -78,6 +90,7 @@ class PackTest : public ::testing::Test {
           std::vector<std::vector<uint8_t>> b;
           r.read_jpeg({i}, b);
           Decoded d = decode_jpeg(b[0].data(), b[0].size(), names[static_cast<size_t>(i)], {}, 0, 0, 0, true);
+          im.restarts = has_dri(b[0]);
           im.w = d.img.w;
           im.h = d.img.h;
           im.px = std::move(d.img.px);
@@ -98,8 +111,9 @@ bool PackTest::ok_ = false;
 const std::vector<std::string> kClasses = {"apple", "cat_a", "dog_b", "n0123", "zebra"};  // sorted
 const std::map<std::string, int> kCounts = {{"zebra", 7}, {"cat_a", 8}, {"n0123", 9}, {"dog_b", 10}, {"apple", 11}};
 
-// Stored JPEG bytes kept as they were (already at the right size) decode exactly as PIL decodes the
-// source (both are libjpeg-turbo; tolerance: atol 1 for a different build's rounding).
+// JPEGs already at the right size keep their DCT coefficients (re-entropy-coded with restart
+// markers, which crops use): they decode exactly as PIL decodes the source (both are libjpeg-turbo;
+// tolerance: atol 1 for a different build's rounding).
 TEST_F(PackTest, JpegRoundTripKeepsOriginals) {
   auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --shards 2 --resize 0");
   ASSERT_EQ(r.rc, 0) << r.out;
@@ -111,6 +125,7 @@ TEST_F(PackTest, JpegRoundTripKeepsOriginals) {
     ASSERT_EQ(rf.h, im.h) << name;
     Diff d = diff(rf.px.data(), im.px.data(), rf.px.size());
     EXPECT_LE(d.max, 1) << name;
+    EXPECT_TRUE(im.restarts) << name;
     const std::string cls = name.substr(0, name.find('/'));
     EXPECT_EQ(kClasses[static_cast<size_t>(im.label)], cls) << name;
   }
@@ -139,6 +154,7 @@ TEST_F(PackTest, JpegResizeMatchesPil) {
     EXPECT_LE(d.max, 16) << name;
     auto plain = read_ref(ref("good/train/" + name, ".r48"));
     EXPECT_LE(diff(plain.px.data(), im.px.data(), plain.px.size()).mean, 3.0) << name;
+    EXPECT_TRUE(im.restarts) << name;
   }
 }
 

@@ -277,7 +277,8 @@ bool decode_impl(Decompressor* d, const uint8_t* data, size_t n, const Box* want
     // As many rows per call as libjpeg will give.
     thread_local std::vector<JSAMPROW> rows;
     rows.resize(static_cast<size_t>(out->img.h));
-    for (int y = 0; y < out->img.h; ++y) rows[static_cast<size_t>(y)] = out->img.px.data() + static_cast<size_t>(y) * cw * 3;
+    for (int y = 0; y < out->img.h; ++y)
+      rows[static_cast<size_t>(y)] = out->img.px.data() + static_cast<size_t>(y) * cw * 3;
     for (int y = 0; y < out->img.h;) {
       const JDIMENSION got =
           jpeg_read_scanlines(ci, rows.data() + y, static_cast<JDIMENSION>(out->img.h - y));
@@ -448,7 +449,8 @@ std::vector<uint8_t> encode_jpeg(const uint8_t* rgb, int w, int h, int quality, 
   DDP_CHECK(w > 0 && h > 0, "JPEG encoding: empty image (", w, "x", h, ")");
   Compressor c;
   MemDest dest;
-  if (!encode_impl(&c, rgb, w, h, quality, restarts, &dest)) DDP_FAIL("JPEG encoding failed (", w, "x", h, "): ", c.err.msg);
+  if (!encode_impl(&c, rgb, w, h, quality, restarts, &dest))
+    DDP_FAIL("JPEG encoding failed (", w, "x", h, "): ", c.err.msg);
   return dest.bytes();
 }
 
@@ -660,8 +662,9 @@ __attribute__((target("avx2"))) void transpose3_avx2(const uint8_t* src, size_t 
     // Columns past the last whole block.
     for (int c = cb; c < cols; ++c)
       for (int k = 0; k < 4; ++k)
-        std::memcpy(dst + static_cast<size_t>(c) * dst_stride + static_cast<size_t>(reverse ? rows - 1 - r - k : r + k) * 3,
-                    s + static_cast<size_t>(k) * src_stride + static_cast<size_t>(c) * 3, 3);
+        std::memcpy(
+            dst + static_cast<size_t>(c) * dst_stride + static_cast<size_t>(reverse ? rows - 1 - r - k : r + k) * 3,
+            s + static_cast<size_t>(k) * src_stride + static_cast<size_t>(c) * 3, 3);
   }
   // Rows past the last whole block (the last row always among them).
   for (int c = 0; c < cols; ++c) {

@@ -102,10 +102,14 @@ TEST(Image, RestartIntervalCropsEqualRegionDecode) {
     ASSERT_EQ(a.scale_denom, e.scale_denom) << k;
     // The same window of the image: compare where both decoded, box-relative.
     const float s = 1.0f / static_cast<float>(a.scale_denom);
-    const int ax = static_cast<int>(std::lround(a.box.x - b.x * s)), ay = static_cast<int>(std::lround(a.box.y - b.y * s));
-    const int ex = static_cast<int>(std::lround(e.box.x - b.x * s)), ey = static_cast<int>(std::lround(e.box.y - b.y * s));
+    // Image pixel (X, Y) at this scale is pixel (X + ax, Y + ay) of a.img, (X + ex, Y + ey) of e.img.
+    auto offset = [](float v) { return static_cast<int>(std::lround(v)); };
+    const int ax = offset(a.box.x - b.x * s), ay = offset(a.box.y - b.y * s);
+    const int ex = offset(e.box.x - b.x * s), ey = offset(e.box.y - b.y * s);
     ASSERT_NEAR(a.box.x - b.x * s, ax, 1e-3) << k;
+    ASSERT_NEAR(a.box.y - b.y * s, ay, 1e-3) << k;
     ASSERT_NEAR(e.box.x - b.x * s, ex, 1e-3) << k;
+    ASSERT_NEAR(e.box.y - b.y * s, ey, 1e-3) << k;
     // a.img covers image pixels -ax.., e.img -ex..; the box plus a pixel each side lies in both.
     const int x0 = std::max(-ax, -ex), y0 = std::max(-ay, -ey);
     const int x1 = std::min(a.img.w - ax, e.img.w - ex), y1 = std::min(a.img.h - ay, e.img.h - ey);
@@ -132,7 +136,8 @@ TEST(Image, AddRestartsKeepsPixels) {
   auto dir = test::make_temp_dir("restarts");
   std::ofstream(dir / "make.py")
       << "import sys,numpy as np; from PIL import Image\n"
-         "r=np.random.default_rng(3); a=(r.random((97,130,3))*60+np.linspace(0,180,130)[None,:,None]).astype(np.uint8)\n"
+         "r=np.random.default_rng(3)\n"
+         "a=(r.random((97,130,3))*60+np.linspace(0,180,130)[None,:,None]).astype(np.uint8)\n"
          "im=Image.fromarray(a); d=sys.argv[1]\n"
          "im.save(d+'/b420.jpg',quality=90); im.save(d+'/b444.jpg',quality=85,subsampling=0)\n"
          "im.save(d+'/prog.jpg',quality=90,progressive=True)\n";

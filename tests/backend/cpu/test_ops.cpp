@@ -69,6 +69,8 @@ const std::vector<Conv2dShape> kConvShapes = {
     {3, 16, 1, 1, 8, 3, 3, 2, 1},   {4, 8, 2, 5, 6, 3, 3, 2, 1},     {3, 8, 1, 3, 5, 3, 3, 1, 1},
     {2, 4, 1, 2, 3, 5, 5, 1, 2},    {2, 3, 1, 1, 4, 1, 1, 2, 1},     {64, 256, 2, 2, 64, 3, 3, 2, 1},
     {4, 512, 1, 1, 128, 3, 3, 1, 1},  // layer4-like: 1 of 9 taps, a 2.4 MB weight gradient
+    // Fewer input pixels than live taps: one dense map per image (layer3 at 32 px; non-square; threads).
+    {6, 16, 2, 2, 12, 3, 3, 1, 1},  {4, 8, 2, 3, 5, 3, 3, 1, 1},     {64, 64, 2, 2, 32, 3, 3, 1, 1},
 };
 
 class ConvTest : public ::testing::TestWithParam<Conv2dShape> {};
@@ -205,10 +207,15 @@ TEST(ConvDeadTaps, GatheredWeightEntryPoints) {
     std::vector<float> y(ys), y2(ys), dx(xs), dx2(xs);
     conv2d_forward(p, x.data(), w.data(), y.data());
     conv2d_forward_gathered(p, taps, x.data(), wl.data(), y2.data());
-    EXPECT_EQ(y, y2);
     conv2d_backward_data(p, dy.data(), w.data(), dx.data());
     conv2d_backward_data_gathered(p, taps, dy.data(), wl.data(), dx2.data());
-    EXPECT_EQ(dx, dx2);
+    if (p.h * p.w >= static_cast<int>(taps.size())) {  // the same kernels as ops.h: bit for bit
+      EXPECT_EQ(y, y2);
+      EXPECT_EQ(dx, dx2);
+    } else {  // ops.h takes the dense-map path there: another summation order
+      expect_close("y", y2, y, 1e-5, 1e-5);
+      expect_close("dx", dx2, dx, 1e-5, 1e-5);
+    }
     std::vector<int> all(static_cast<size_t>(p.r) * p.s);
     std::iota(all.begin(), all.end(), 0);
     EXPECT_THROW(conv2d_forward_gathered(p, all, x.data(), wl.data(), y2.data()), ddp::Error);

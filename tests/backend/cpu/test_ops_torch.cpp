@@ -146,6 +146,8 @@ TEST(TorchRef, ConvWithDeadTapsOnTinyImages) {
       {4, 16, 1, 3, 8, 3, 3, 1, 1},     // non-square: 3 of 9 live
       {4, 16, 2, 5, 8, 3, 3, 2, 1},     // non-square, stride 2: 6 of 9 live
       {64, 128, 2, 2, 32, 3, 3, 2, 1},  // enough work for several threads and image groups
+      {16, 64, 2, 2, 64, 3, 3, 1, 1},   // layer3 at 32 px: all taps live, 4 pixels (dense map per image)
+      {4, 16, 2, 3, 8, 3, 3, 1, 1},     // non-square dense map
   });
 }
 

@@ -9,6 +9,12 @@
 // even sizes) uses the "flat" layout below, where each im2col row is one masked, shifted copy; other
 // shapes use row-wise copies (AVX-512 for strides 1-2 on whole images, portable loops otherwise).
 // docs/perf/cpuops.md has the measurements behind these choices.
+//
+// Tiny maps (ResNet18's last stages at 32 px input) take two other routes, chosen per call from the
+// shape: kernel taps that see only padding for every output are left out of the GEMMs ("live taps";
+// layer4's 1x1 and 2x2 inputs), and where the input plane has fewer pixels than there are live taps
+// (layer3's 2x2 maps) forward and data gradient run as one dense per-image linear map. At 224 px neither
+// applies and the paths above run unchanged. docs/perf/cpumodel.md has the figures.
 #include <cblas.h>
 #include <immintrin.h>
 #include <omp.h>

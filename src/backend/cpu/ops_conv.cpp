@@ -676,46 +676,41 @@ struct LivePlan {
 void conv_live_forward(const Conv2dShape& p, const std::vector<int>& taps, const float* x, const float* wl,
                        float* y) {
   const LivePlan lp(p, taps);
-  const int cl = lp.cl;
-  const Tiling& tl = lp.tl;
-  const int64_t chw = lp.chw, kohw = lp.kohw;
-  if (taps.empty()) {
-    std::memset(y, 0, sizeof(float) * p.n * kohw);
+  if (taps.empty()) {  // every output sees only padding
+    std::memset(y, 0, sizeof(float) * p.n * lp.kohw);
     return;
   }
 #pragma omp parallel for num_threads(lp.nt) schedule(static)
-  for (int t = 0; t < tl.tiles; ++t) {
+  for (int t = 0; t < lp.tl.tiles; ++t) {
     int n0, g;
     lp.images(p, t, n0, g);
-    const int cols = g * tl.ohw;
-    float* col = t_col.get(static_cast<size_t>(cl) * cols);
-    im2col_images(p, taps, x + n0 * chw, g, chw, col, cols);
-    float* out = g == 1 ? y + n0 * kohw : t_mat.get(static_cast<size_t>(p.k) * cols);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p.k, cols, cl, 1.f, wl, cl, col, cols, 0.f, out, cols);
-    if (g > 1) scatter_images(out, g, p.k, tl.ohw, y + n0 * kohw);
+    const int cols = g * lp.tl.ohw;
+    float* col = t_col.get(static_cast<size_t>(lp.cl) * cols);
+    im2col_images(p, taps, x + n0 * lp.chw, g, lp.chw, col, cols);
+    float* out = g == 1 ? y + n0 * lp.kohw : t_mat.get(static_cast<size_t>(p.k) * cols);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p.k, cols, lp.cl, 1.f, wl, lp.cl, col, cols, 0.f, out,
+                cols);
+    if (g > 1) scatter_images(out, g, p.k, lp.tl.ohw, y + n0 * lp.kohw);
   }
 }
 
 void conv_live_backward_data(const Conv2dShape& p, const std::vector<int>& taps, const float* dy,
                              const float* wl, float* dx) {
   const LivePlan lp(p, taps);
-  const int cl = lp.cl;
-  const Tiling& tl = lp.tl;
-  const int64_t chw = lp.chw;
   if (taps.empty()) {
-    std::memset(dx, 0, sizeof(float) * p.n * chw);
+    std::memset(dx, 0, sizeof(float) * p.n * lp.chw);
     return;
   }
 #pragma omp parallel for num_threads(lp.nt) schedule(static)
-  for (int t = 0; t < tl.tiles; ++t) {
+  for (int t = 0; t < lp.tl.tiles; ++t) {
     int n0, g;
     lp.images(p, t, n0, g);
-    const int cols = g * tl.ohw;
-    const float* b = lp.dy_matrix(p, dy, n0, g);
-    float* dcol = t_col.get(static_cast<size_t>(cl) * cols);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cl, cols, p.k, 1.f, wl, cl, b, cols, 0.f, dcol, cols);
-    std::memset(dx + n0 * chw, 0, sizeof(float) * g * chw);
-    col2im_images(p, taps, dcol, cols, g, 0, p.c, chw, dx + n0 * chw);
+    const int cols = g * lp.tl.ohw;
+    float* dcol = t_col.get(static_cast<size_t>(lp.cl) * cols);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, lp.cl, cols, p.k, 1.f, wl, lp.cl,
+                lp.dy_matrix(p, dy, n0, g), cols, 0.f, dcol, cols);
+    std::memset(dx + n0 * lp.chw, 0, sizeof(float) * g * lp.chw);
+    col2im_images(p, taps, dcol, cols, g, 0, p.c, lp.chw, dx + n0 * lp.chw);
   }
 }
 

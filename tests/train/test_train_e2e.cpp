@@ -66,6 +66,10 @@ class TrainE2E : public ::testing::Test {
     if (!HasFailure()) fs::remove_all(dir_);
   }
   std::string d(const std::string& n) const { return (dir_ / n).string(); }
+  // Run `cmd` uninterrupted to `total` steps (dir a), and stopped at `stop` then resumed with
+  // --resume auto to `total` (dir b, the resumed run's log must contain `resumed_msg`); the two final
+  // checkpoints must hold the same bits (4-class models).
+  void expect_resume_bit_exact(const std::string& cmd, int stop, int total, const std::string& resumed_msg);
   fs::path dir_;
 };
 
@@ -93,19 +97,30 @@ std::vector<double> train_losses(const std::string& jsonl) {
   return v;
 }
 
+std::string ckpt_name(int step) {
+  char b[32];
+  std::snprintf(b, sizeof b, "ckpt-%010d.h5", step);
+  return b;
+}
+
 }  // namespace
+
+void TrainE2E::expect_resume_bit_exact(const std::string& cmd, int stop, int total, const std::string& resumed_msg) {
+  const std::string to_total = "--max-steps " + std::to_string(total) + " --checkpoint-dir ";
+  auto a = sh(cmd + to_total + d("a"));
+  ASSERT_EQ(a.rc, 0) << a.out;
+  auto b1 = sh(cmd + "--max-steps " + std::to_string(stop) + " --checkpoint-dir " + d("b"));
+  ASSERT_EQ(b1.rc, 0) << b1.out;
+  ASSERT_TRUE(fs::exists(d("b/" + ckpt_name(stop)))) << b1.out;
+  auto b2 = sh(cmd + to_total + d("b") + " --resume auto");
+  ASSERT_EQ(b2.rc, 0) << b2.out;
+  EXPECT_NE(b2.out.find(resumed_msg), std::string::npos) << b2.out;
+  expect_same_state(d("a/" + ckpt_name(total)), d("b/" + ckpt_name(total)), 4);
+}
 
 TEST_F(TrainE2E, ResumeMidEpochIsBitExactOneRank) {
   // 8 steps per epoch; the interrupted run stops at step 11 (epoch 2, step 3) and resumes to 20.
-  auto a = sh(kRecipe + "--epochs 3 --max-steps 20 --checkpoint-dir " + d("a"));
-  ASSERT_EQ(a.rc, 0) << a.out;
-  auto b1 = sh(kRecipe + "--epochs 3 --max-steps 11 --checkpoint-dir " + d("b"));
-  ASSERT_EQ(b1.rc, 0) << b1.out;
-  ASSERT_TRUE(fs::exists(d("b/ckpt-0000000011.h5"))) << b1.out;
-  auto b2 = sh(kRecipe + "--epochs 3 --max-steps 20 --checkpoint-dir " + d("b") + " --resume auto");
-  ASSERT_EQ(b2.rc, 0) << b2.out;
-  EXPECT_NE(b2.out.find("resumed from"), std::string::npos) << b2.out;
-  expect_same_state(d("a/ckpt-0000000020.h5"), d("b/ckpt-0000000020.h5"), 4);
+  expect_resume_bit_exact(kRecipe + "--epochs 3 ", 11, 20, "resumed from");
 }
 
 TEST_F(TrainE2E, ResumeMidEpochOnShardsIsBitExact) {
@@ -134,15 +149,7 @@ TEST_F(TrainE2E, ResumeMidEpochOnShardsIsBitExact) {
                              " --image-size 32 --backend cpu --threads 1 --batch-size 8 --lr 0.05 --seed 4"
                              " --random-crop on --min-crop-scale 0.3 --flip on --log-every 1 --progress lines"
                              " --no-eval --epochs 3 ";
-  auto a = sh(recipe + "--max-steps 22 --checkpoint-dir " + d("a"));
-  ASSERT_EQ(a.rc, 0) << a.out;
-  auto b1 = sh(recipe + "--max-steps 13 --checkpoint-dir " + d("b"));
-  ASSERT_EQ(b1.rc, 0) << b1.out;
-  ASSERT_TRUE(fs::exists(d("b/ckpt-0000000013.h5"))) << b1.out;
-  auto b2 = sh(recipe + "--max-steps 22 --checkpoint-dir " + d("b") + " --resume auto");
-  ASSERT_EQ(b2.rc, 0) << b2.out;
-  EXPECT_NE(b2.out.find("step 4 of the epoch"), std::string::npos) << b2.out;
-  expect_same_state(d("a/ckpt-0000000022.h5"), d("b/ckpt-0000000022.h5"), 4);
+  expect_resume_bit_exact(recipe, 13, 22, "step 4 of the epoch");
 }
 
 TEST_F(TrainE2E, ResumeIsBitExactTwoRanks) {

@@ -200,7 +200,7 @@ void CpuResNet18::set_input_u8(const uint8_t* img, const int32_t* labels, int n,
   static const float kStd[3] = {0.229f, 0.224f, 0.225f};
   float* x = m.input.data<float>();
   const int64_t plane = static_cast<int64_t>(h) * w;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(num_threads())
   for (int i = 0; i < n; ++i)
     for (int c = 0; c < 3; ++c) {
       const uint8_t* src = img + static_cast<int64_t>(i) * plane * 3 + c;
@@ -444,7 +444,7 @@ bool CpuResNet18::grads_finite() {
   const float* g = grads_.data<float>();
   const int64_t n = spec_.param_count;
   uint32_t m = 0;
-#pragma omp parallel reduction(max : m)
+#pragma omp parallel reduction(max : m) num_threads(num_threads())
   {
     const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
     m = std::max(m, max_abs_bits(g, n * me / team, n * (me + 1) / team));
@@ -484,7 +484,7 @@ double CpuResNet18::param_checksum() {
   constexpr int64_t kChunk = 1 << 16;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> part(static_cast<size_t>(chunks), 0.0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t ci = 0; ci < chunks; ++ci) {
     double s = 0.0;
     const int64_t end = std::min(n, (ci + 1) * kChunk);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "ddp/backend/cpu/ops.h"
 #include "ddp/core/check.h"
 
 namespace ddp::cpu {
@@ -37,7 +38,9 @@ void sgd_update(int64_t n, float* p, const float* grad, float* buf, float lr, fl
   DDP_CHECK(!nesterov || (momentum > 0.0f && dampening == 0.0f),
             "SGD: Nesterov momentum requires a momentum > 0 and zero dampening (as in PyTorch)");
   const float keep = 1.0f - dampening;
-#pragma omp parallel
+  // The team is the backend's thread count: a default (all-core) team per rank would oversubscribe
+  // the host when several ranks share it, and its idle workers spin against the other ranks.
+#pragma omp parallel num_threads(num_threads())
   {
     const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
     update_range(n * me / team, n * (me + 1) / team, p, grad, buf, lr, grad_scale, wd, momentum, keep, nesterov,

@@ -4,10 +4,13 @@
 // against an independent double-precision evaluation of torch.optim.SGD's formulas.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
+#include "ddp/backend/cpu/ops.h"
 #include "ddp/backend/cpu/resnet18_cpu.h"
 #include "ddp/backend/cpu/sgd.h"
 #include "ddp/core/check.h"
@@ -313,6 +316,37 @@ INSTANTIATE_TEST_SUITE_P(Variants, SgdUpdate,
                          ::testing::Values(SgdCase{0.0f, 0.0f, 0.0f, false}, SgdCase{0.0f, 0.0f, 1e-2f, false},
                                            SgdCase{0.9f, 0.0f, 1e-2f, false}, SgdCase{0.9f, 0.0f, 1e-2f, true},
                                            SgdCase{0.9f, 0.3f, 0.0f, false}));
+
+// An element's update must not depend on where a thread's share of the range starts: otherwise the
+// same run gives other bits on a host with another core count (or another --threads), and a resumed
+// run diverges from the uninterrupted one. Odd offsets and lengths put elements in the vector body
+// for one split and in a scalar peel or tail for another.
+TEST(SgdUpdate, SameBitsForAnyThreadCount) {
+  const int64_t n = 200003;
+  const auto g = randn(n, 41);
+  const auto p0 = randn(n, 42);
+  const auto b0 = randn(n, 43);
+  std::vector<std::vector<float>> results;
+  for (int threads : {1, 2, 3, 5}) {
+    ddp::cpu::set_num_threads(threads);
+    auto p = p0;
+    auto b = b0;
+    for (int64_t off = 0; off < n; off += 10007) {
+      const int64_t cnt = std::min<int64_t>(10007, n - off);
+      ddp::cpu::sgd_update(cnt, p.data() + off, g.data() + off, b.data() + off, 0.1f, 0.5f, 5e-4f, 0.9f, 0.0f, true,
+                           false);
+    }
+    results.push_back(p);
+    results.push_back(b);
+  }
+  ddp::cpu::set_num_threads(0);
+  for (size_t r = 2; r < results.size(); ++r) {
+    int64_t differ = 0;
+    for (int64_t i = 0; i < n; ++i) differ += std::memcmp(&results[r][i], &results[r % 2][i], sizeof(float)) != 0;
+    EXPECT_EQ(differ, 0) << (r % 2 ? "momentum" : "parameters") << " with thread count #" << r / 2
+                         << " differ from 1 thread";
+  }
+}
 
 TEST(SgdUpdate, RejectsNesterovWithDampening) {
   std::vector<float> p(4), g(4), b(4);

@@ -38,7 +38,8 @@ void require(bool ok, const std::string& flag, const T& value, const std::string
 
 po::options_description make_description(TrainOptions& o, std::string& backend, std::string& amp,
                                          std::string& tf32, std::string& sched, std::string& comm,
-                                         std::string& scope, std::string& rcrop, std::string& flip) {
+                                         std::string& scope, std::string& rcrop, std::string& flip,
+                                         std::string& eval_flip) {
   po::options_description general("General");
   general.add_options()
       ("help,h", "print this help and exit")
@@ -117,6 +118,11 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
   met.add_options()
       ("eval-every", po::value<int>(&o.eval_every)->default_value(o.eval_every), "evaluate every N epochs (0: at the end only)")
       ("no-eval", po::bool_switch(&o.no_eval), "never evaluate")
+      ("eval-flip", po::value<std::string>(&eval_flip)->default_value("off"),
+       "on | off: evaluation averages the softmax of each image and of its horizontal mirror (test-time "
+       "augmentation; twice the evaluation work)")
+      ("eval-only", po::bool_switch(&o.eval_only),
+       "evaluate the weights of --resume or --init-weights once and exit, without training")
       ("log-every", po::value<int>(&o.log_every)->default_value(o.log_every), "steps between log lines / JSONL records")
       ("jsonl", po::value<std::string>(&o.jsonl), "append metrics as JSON lines to this file")
       ("tensorboard", po::value<std::string>(&o.tensorboard), "write TensorBoard event files into this directory")
@@ -136,8 +142,8 @@ std::string lower(std::string s) {
 
 std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
   TrainOptions o;
-  std::string backend, amp, tf32, sched, comm, scope, rcrop, flip;
-  po::options_description desc = make_description(o, backend, amp, tf32, sched, comm, scope, rcrop, flip);
+  std::string backend, amp, tf32, sched, comm, scope, rcrop, flip, eval_flip;
+  po::options_description desc = make_description(o, backend, amp, tf32, sched, comm, scope, rcrop, flip, eval_flip);
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -190,6 +196,7 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
   };
   o.random_crop = on_off("random-crop", rcrop);
   o.flip = on_off("flip", flip);
+  o.eval_flip = on_off("eval-flip", eval_flip);
   require(o.min_crop_scale > 0 && o.min_crop_scale <= 1, "min-crop-scale", o.min_crop_scale, "must be in (0, 1]");
   require(o.eval_crop_ratio > 0 && o.eval_crop_ratio <= 1, "eval-crop-ratio", o.eval_crop_ratio, "must be in (0, 1]");
   {
@@ -255,6 +262,11 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
     require(!o.checkpoint_dir.empty(), "resume", o.resume, "needs --checkpoint-dir");
   if (o.checkpoint_every_steps > 0)
     require(!o.checkpoint_dir.empty(), "checkpoint-every", o.checkpoint_every, "needs --checkpoint-dir");
+  if (o.eval_only) {
+    // Evaluating a fresh random initialisation is never what was meant.
+    if (o.resume.empty() && o.init_weights.empty()) bad("eval-only", "needs --resume FILE|auto or --init-weights FILE");
+    if (o.no_eval) bad("eval-only", "contradicts --no-eval");
+  }
   return o;
 }
 
@@ -305,6 +317,7 @@ std::string describe(const TrainOptions& o) {
   s << "shard-scope = " << (o.shard_scope == ShardScope::Node ? "node" : "global") << "\n"
     << "random-crop = " << (o.random_crop ? "on" : "off") << "\nmin-crop-scale = " << o.min_crop_scale << "\n"
     << "flip = " << (o.flip ? "on" : "off") << "\neval-crop-ratio = " << o.eval_crop_ratio << "\n"
+    << "eval-flip = " << (o.eval_flip ? "on" : "off") << "\n"
     << "image-size = " << o.image_size << "\nval-size = " << o.val_size << "\nworkers = " << o.workers << "\n"
     << "backend = " << nn::backend_name(o.backend) << "\namp = " << nn::amp_name(o.amp) << "\n"
     << "tf32 = " << (o.tf32 ? "on" : "off") << "\nzero-init-residual = " << o.zero_init_residual << "\n";

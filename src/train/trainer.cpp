@@ -25,6 +25,7 @@
 #include "ddp/nn/weights_io.h"
 #include "ddp/train/checkpoint.h"
 #include "ddp/train/data_source.h"
+#include "ddp/train/eval.h"
 #include "ddp/train/loss_scaler.h"
 #include "ddp/train/lr_schedule.h"
 #include "ddp/train/metrics.h"
@@ -343,16 +344,27 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     average_bn();
     comm::check_replicas(*comm, model->param_checksum(), gstep);
   };
-  auto evaluate = [&](int epoch) {
+  // `epoch`: the data order's epoch; the records name `epochs_done` (default: epoch + 1).
+  auto evaluate = [&](int epoch, int epochs_done = -1) {
+    if (epochs_done < 0) epochs_done = epoch + 1;
     average_bn();
     auto t0 = Clock::now();
     val->start_epoch(epoch, val->local_batches());
     nn::EvalCounts local;
     BatchView b;
+    std::vector<uint8_t> mirrored;
     while (val->next(b)) {
       model->set_input_u8(b.images, b.labels, b.n, b.h, b.w);
       model->forward(nn::Mode::Eval);
       nn::EvalCounts c = model->eval_counts();
+      if (o.eval_flip) {
+        std::vector<float> plain = model->logits_host();
+        mirrored.resize(static_cast<size_t>(b.n) * b.h * b.w * 3);
+        mirror_nhwc(b.images, mirrored.data(), b.n, b.h, b.w, 3);
+        model->set_input_u8(mirrored.data(), b.labels, b.n, b.h, b.w);
+        model->forward(nn::Mode::Eval);
+        c = averaged_view_counts(plain, model->logits_host(), b.labels, b.n, num_classes, o.label_smoothing);
+      }
       local.top1 += c.top1;
       local.top5 += c.top5;
       local.count += c.count;
@@ -365,12 +377,14 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     result.top5 = static_cast<double>(all.top5) / static_cast<double>(all.count);
     result.eval_loss = all.loss_sum / static_cast<double>(all.count);
     if (rank0) {
-      progress->message(str("eval epoch ", epoch + 1, ": top-1 ", result.top1 * 100, "%, top-5 ", result.top5 * 100,
-                            "%, loss ", result.eval_loss, " (", all.count, " images, ", seconds_since(t0), " s)"));
+      progress->message(str("eval epoch ", epochs_done, ": top-1 ", result.top1 * 100, "%, top-5 ", result.top5 * 100,
+                            "%, loss ", result.eval_loss, " (", all.count, " images", o.eval_flip ? " and their mirrors" : "",
+                            ", ", seconds_since(t0), " s)"));
       if (jsonl)
-        jsonl->write({{"type", json_string("eval")}, {"epoch", json_number(epoch + 1)}, {"step", json_number(double(gstep))},
+        jsonl->write({{"type", json_string("eval")}, {"epoch", json_number(epochs_done)}, {"step", json_number(double(gstep))},
                       {"top1", json_number(result.top1)}, {"top5", json_number(result.top5)},
-                      {"loss", json_number(result.eval_loss)}, {"images", json_number(double(all.count))}});
+                      {"loss", json_number(result.eval_loss)}, {"images", json_number(double(all.count))},
+                      {"flip", o.eval_flip ? "true" : "false"}});
       if (tb) {
         tb->add_scalar("eval/top1", result.top1, gstep);
         tb->add_scalar("eval/top5", result.top5, gstep);
@@ -418,7 +432,11 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   bool stop = false, hit_max = false, eval_done_at_end = false;
   std::string last_gpu = "n/a";
   int epoch = start_epoch;
-  if (o.max_steps > 0 && gstep >= o.max_steps) {
+  if (o.eval_only) {
+    DDP_CHECK(val, "--eval-only: there is nothing to evaluate (no val-*.h5 shards in '", o.data, "')");
+    hit_max = true;  // the path of a run whose step budget is spent: evaluate, save nothing
+    info0("--eval-only: evaluating the weights at global step ", gstep, ", no training");
+  } else if (o.max_steps > 0 && gstep >= o.max_steps) {
     hit_max = true;
     info0("--max-steps ", o.max_steps, " already reached at global step ", gstep, ": no training");
   } else if (start_epoch >= o.epochs) {
@@ -539,7 +557,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       save(epoch + 1, 0, last ? "end of training" : stop ? "stop requested" : hit_max ? "--max-steps reached" : "end of epoch");
     if (stop || hit_max) break;
   }
-  if (hit_max && val && !stop && !eval_done_at_end) evaluate(epoch);
+  if (o.eval_only) evaluate(epoch, epoch);  // a checkpoint's epoch: the epochs it completed
+  else if (hit_max && val && !stop && !eval_done_at_end) evaluate(epoch);
 
   result.global_steps = gstep;
   result.stopped_by_signal = stop;

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -97,6 +98,43 @@ std::vector<double> train_losses(const std::string& jsonl) {
   return v;
 }
 
+// One train shard of 72 and one val shard of 20 random raw 36x36 images, 4 classes.
+void write_raw_shards(const std::string& dir) {
+  fs::create_directories(dir);
+  ddp::Rng rng(11, ddp::rng_stream::kTest);
+  for (const std::string split : {"train", "val"}) {
+    ddp::data::ShardMeta m;
+    m.split = split;
+    m.encoding = "raw";
+    m.height = m.width = 36;
+    m.jpeg_quality = 0;
+    m.resize_shorter = 0;
+    m.classes = {"a", "b", "c", "d"};
+    ddp::data::ShardWriter w(dir + "/" + ddp::data::shard_file_name(split, 0, 1), m);
+    std::vector<uint8_t> px(36 * 36 * 3);
+    for (int k = 0; k < (split == "train" ? 72 : 20); ++k) {
+      for (auto& v : px) v = static_cast<uint8_t>(rng.next_u32());
+      w.append_raw(px.data(), k % 4, "img" + std::to_string(k));
+    }
+    w.commit();
+  }
+}
+
+// The last "eval" record of a metrics file, or "" when there is none.
+std::string last_eval_record(const std::string& jsonl) {
+  std::ifstream f(jsonl);
+  std::string line, last;
+  while (std::getline(f, line))
+    if (line.find("\"type\": \"eval\"") != std::string::npos) last = line;
+  return last;
+}
+
+std::string field(const std::string& record, const std::string& key) {
+  std::smatch m;
+  std::regex re("\"" + key + "\": ([^,}]+)");
+  return std::regex_search(record, m, re) ? m[1].str() : std::string();
+}
+
 std::string ckpt_name(int step) {
   char b[32];
   std::snprintf(b, sizeof b, "ckpt-%010d.h5", step);
@@ -127,29 +165,52 @@ TEST_F(TrainE2E, ResumeMidEpochOnShardsIsBitExact) {
   // The loader path (random crops + flips from shards): the resumed run starts the epoch at the
   // checkpoint's batch without decoding the batches before it, and must land on the same bits.
   // 72 raw 36x36 images, batch 8 -> 9 steps per epoch; stop at step 13 (epoch 2, step 4).
-  fs::create_directories(d("shards"));
-  ddp::Rng rng(11, ddp::rng_stream::kTest);
-  for (const std::string split : {"train", "val"}) {
-    ddp::data::ShardMeta m;
-    m.split = split;
-    m.encoding = "raw";
-    m.height = m.width = 36;
-    m.jpeg_quality = 0;
-    m.resize_shorter = 0;
-    m.classes = {"a", "b", "c", "d"};
-    ddp::data::ShardWriter w(d("shards/" + ddp::data::shard_file_name(split, 0, 1)), m);
-    std::vector<uint8_t> px(36 * 36 * 3);
-    for (int k = 0; k < (split == "train" ? 72 : 20); ++k) {
-      for (auto& v : px) v = static_cast<uint8_t>(rng.next_u32());
-      w.append_raw(px.data(), k % 4, "img" + std::to_string(k));
-    }
-    w.commit();
-  }
+  write_raw_shards(d("shards"));
   const std::string recipe = std::string(TRAIN_RESNET18) + " --data " + d("shards") +
                              " --image-size 32 --backend cpu --threads 1 --batch-size 8 --lr 0.05 --seed 4"
                              " --random-crop on --min-crop-scale 0.3 --flip on --log-every 1 --progress lines"
                              " --no-eval --epochs 3 ";
   expect_resume_bit_exact(recipe, 13, 22, "step 4 of the epoch");
+}
+
+TEST_F(TrainE2E, EvalOnlyReproducesTheRunsEvaluationAndFlipAveragesMirrors) {
+  // One epoch (9 steps) on shards, evaluated at its end and checkpointed; --eval-only on that
+  // checkpoint must give the same record bit for bit (same weights, same BN statistics, every val
+  // image once), and --eval-flip another one over the same 20 images.
+  write_raw_shards(d("shards"));
+  const std::string recipe = std::string(TRAIN_RESNET18) + " --data " + d("shards") +
+                             " --image-size 32 --backend cpu --threads 1 --batch-size 8 --lr 0.05 --seed 4"
+                             " --label-smoothing 0.1 --log-every 1 --progress lines --epochs 1 ";
+  auto a = sh(recipe + "--checkpoint-dir " + d("ckpt") + " --jsonl " + d("train.jsonl"));
+  ASSERT_EQ(a.rc, 0) << a.out;
+  const std::string trained = last_eval_record(d("train.jsonl"));
+  ASSERT_FALSE(trained.empty()) << a.out;
+  const std::string ckpt = d("ckpt/" + ckpt_name(9));
+  ASSERT_TRUE(fs::exists(ckpt)) << a.out;
+
+  auto b = sh(recipe + "--eval-only --resume " + ckpt + " --jsonl " + d("eval.jsonl"));
+  ASSERT_EQ(b.rc, 0) << b.out;
+  EXPECT_NE(b.out.find("--eval-only: evaluating the weights at global step 9"), std::string::npos) << b.out;
+  const std::string plain = last_eval_record(d("eval.jsonl"));
+  for (const char* k : {"top1", "top5", "loss", "images", "epoch", "step"})
+    EXPECT_EQ(field(plain, k), field(trained, k)) << k << "\n" << plain << "\n" << trained;
+  EXPECT_EQ(field(plain, "flip"), "false");
+  EXPECT_FALSE(fs::exists(d("ckpt/" + ckpt_name(10)))) << "--eval-only must not train or checkpoint";
+
+  auto c = sh(recipe + "--eval-only --eval-flip on --resume " + ckpt + " --jsonl " + d("flip.jsonl"));
+  ASSERT_EQ(c.rc, 0) << c.out;
+  EXPECT_NE(c.out.find("20 images and their mirrors"), std::string::npos) << c.out;
+  const std::string flipped = last_eval_record(d("flip.jsonl"));
+  EXPECT_EQ(field(flipped, "flip"), "true");
+  EXPECT_EQ(field(flipped, "images"), "20");
+  // The averaged views move the loss by far more than the float-vs-double rounding of the same view
+  // (~1e-7 relative), which is all an identity "mirror" would leave.
+  const double lf = std::stod(field(flipped, "loss")), lp = std::stod(field(plain, "loss"));
+  EXPECT_GT(std::abs(lf - lp), 1e-4 * std::abs(lp)) << "the mirrored views changed nothing: " << flipped;
+
+  auto e = sh(recipe + "--eval-only");
+  EXPECT_NE(e.rc, 0);
+  EXPECT_NE(e.out.find("--eval-only: needs --resume FILE|auto or --init-weights FILE"), std::string::npos) << e.out;
 }
 
 TEST_F(TrainE2E, ResumeIsBitExactTwoRanks) {

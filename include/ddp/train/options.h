@@ -70,6 +70,8 @@ struct TrainOptions {
   // evaluation and metrics
   int eval_every = 1;                      // epochs; 0: only at the end
   bool no_eval = false;
+  bool eval_flip = false;                  // average each image's and its mirror's probabilities
+  bool eval_only = false;                  // evaluate the resumed / initial weights, no training
   int log_every = 50;
   std::string jsonl;
   std::string tensorboard;

@@ -252,6 +252,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     }
   });
   bcast_string(resume_path);
+  DDP_CHECK(!(o.eval_only && resume_path.empty() && o.init_weights.empty()), "--eval-only --resume auto: no complete ",
+            "checkpoint in '", o.checkpoint_dir, "', so there are no weights to evaluate");
   int64_t ckpt_steps_per_epoch = 0;
   if (!resume_path.empty()) {
     CheckpointState st;

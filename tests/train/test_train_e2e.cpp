@@ -211,6 +211,10 @@ TEST_F(TrainE2E, EvalOnlyReproducesTheRunsEvaluationAndFlipAveragesMirrors) {
   auto e = sh(recipe + "--eval-only");
   EXPECT_NE(e.rc, 0);
   EXPECT_NE(e.out.find("--eval-only: needs --resume FILE|auto or --init-weights FILE"), std::string::npos) << e.out;
+  fs::create_directories(d("empty"));
+  auto f = sh(recipe + "--eval-only --resume auto --checkpoint-dir " + d("empty"));
+  EXPECT_NE(f.rc, 0);
+  EXPECT_NE(f.out.find("no weights to evaluate"), std::string::npos) << f.out;
 }
 
 TEST_F(TrainE2E, ResumeIsBitExactTwoRanks) {

@@ -358,8 +358,10 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     while (val->next(b)) {
       model->set_input_u8(b.images, b.labels, b.n, b.h, b.w);
       model->forward(nn::Mode::Eval);
-      nn::EvalCounts c = model->eval_counts();
-      if (o.eval_flip) {
+      nn::EvalCounts c;
+      if (!o.eval_flip) {
+        c = model->eval_counts();
+      } else {
         std::vector<float> plain = model->logits_host();
         mirrored.resize(static_cast<size_t>(b.n) * b.h * b.w * 3);
         mirror_nhwc(b.images, mirrored.data(), b.n, b.h, b.w, 3);
@@ -436,7 +438,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   int epoch = start_epoch;
   if (o.eval_only) {
     DDP_CHECK(val, "--eval-only: there is nothing to evaluate (no val-*.h5 shards in '", o.data, "')");
-    hit_max = true;  // the path of a run whose step budget is spent: evaluate, save nothing
+    hit_max = true;  // skips the training loop (and its checkpoints); the evaluation follows it
     info0("--eval-only: evaluating the weights at global step ", gstep, ", no training");
   } else if (o.max_steps > 0 && gstep >= o.max_steps) {
     hit_max = true;

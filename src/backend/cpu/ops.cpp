@@ -91,6 +91,9 @@ void set_num_threads(int t) {
   // OpenBLAS runs single-threaded inside our OpenMP workers: a second pool of (spinning) BLAS threads
   // beside the OpenMP pool would fight it for the cores. See docs/perf/cpuops.md for the measurement.
   openblas_set_num_threads(1);
+  // Every region names its team (num_threads(...)); the default team follows too, so that a region
+  // written without the clause cannot start all-core teams in each of several ranks on one host.
+  omp_set_num_threads(t);
   g_threads.store(t);
 }
 

@@ -11,6 +11,7 @@
 //     [--timeout 60] [--check-every K] [--emulate R] [--uneven] [--eval V] [--no-comm]
 //     [--fault perturb:RANK:STEP] [--out params.bin] [--report report.txt] [--pid-dir DIR]
 //     [--sleep-ms MS] [--size 32] [--threads T] [--bench-overlap ITERS]
+//   ddp_test_worker --late-peer MS [--floats N]   one N-float average, the last rank joining MS late
 #include <unistd.h>
 
 #include <algorithm>
@@ -43,7 +44,8 @@ namespace {
 struct Args {
   std::string model = "mlp";
   int steps = 4, global_batch = 12, emulate = 0, check_every = 0, eval = 0, sleep_ms = 0, size = 32, threads = 0;
-  int bench_overlap = 0;
+  int bench_overlap = 0, late_peer_ms = 0;
+  size_t floats = size_t(16) << 20;
   double lr = 0.05, timeout = 60;
   size_t bucket_bytes = 1024;
   bool uneven = false, no_comm = false;
@@ -69,6 +71,8 @@ Args parse(int argc, char** argv) {
     else if (k == "--size") a.size = std::stoi(val());
     else if (k == "--threads") a.threads = std::stoi(val());
     else if (k == "--bench-overlap") a.bench_overlap = std::stoi(val());
+    else if (k == "--late-peer") a.late_peer_ms = std::stoi(val());
+    else if (k == "--floats") a.floats = std::stoull(val());
     else if (k == "--lr") a.lr = std::stod(val());
     else if (k == "--timeout") a.timeout = std::stod(val());
     else if (k == "--bucket-bytes") a.bucket_bytes = std::stoull(val());
@@ -362,10 +366,32 @@ int run_emulated(const Args& a) {
   return 0;
 }
 
+// --late-peer MS: every rank but the last issues one large average at once and waits in wait_all
+// (its poll loop backs off to sleeping after 200 ms); the last rank joins MS later. Prints each
+// rank's time from its own issue to the end of wait_all: the late rank's is the transfer itself.
+int run_late_peer(const Args& a, const comm::DistEnv& env, comm::Communicator& c) {
+  std::vector<float> v(a.floats, static_cast<float>(env.rank + 1));
+  c.barrier();
+  if (env.rank == env.world - 1) std::this_thread::sleep_for(std::chrono::milliseconds(a.late_peer_ms));
+  auto t0 = std::chrono::steady_clock::now();
+  c.allreduce_avg_async(v.data(), v.size(), nullptr);
+  c.wait_all();
+  const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const float want = static_cast<float>(env.world + 1) / 2.0f;  // mean of 1..world
+  for (size_t i = 0; i < v.size(); ++i) {
+    DDP_CHECK(std::fabs(v[i] - want) <= 1e-6f * want, "element ", i, " is ", v[i], ", want ", want);
+  }
+  std::printf("late_peer rank=%d seconds=%.4f\n", env.rank, t);
+  std::fflush(stdout);
+  c.barrier();
+  return 0;
+}
+
 int run(const Args& a, const comm::DistEnv& env) {
   comm::CommOptions opt;
   opt.timeout_s = a.timeout;
   auto c = comm::make_mpi_communicator(env, opt);
+  if (a.late_peer_ms > 0) return run_late_peer(a, env, *c);
   const int R = env.world, me = env.rank;
   DDP_CHECK(a.global_batch % R == 0, "--global-batch ", a.global_batch, " is not divisible by ", R, " ranks");
   if (!a.pid_dir.empty()) write_file(str(a.pid_dir, "/rank", me, ".pid"), str(getpid(), "\n"));

@@ -79,6 +79,26 @@ TEST_F(CommDdp, InlineProgressGivesTheSameParameters) {
 
 // The negative control: without gradient averaging the run must not look like DDP. The replicas
 // diverge after the first step and the guard stops the job naming the step.
+// A peer that joins a large average 0.7 s late: the waiting rank's poll loop has backed off to
+// sleeping by then, and must return to full-speed polling once data flows, or the transfer crawls
+// (one 128 MB collective polled every 1 ms: 2.3-2.9 s on a 2-core VM; in 16 MB pieces: 0.44 s, and
+// 0.14 s with both ranks on time). The bound is relative to the same transfer with both ranks on
+// time, measured in the same test, so that a loaded machine slows both alike.
+TEST_F(CommDdp, LatePeerDoesNotThrottleTheTransfer) {
+  auto late_seconds = [&](int late_ms, const std::string& opts) {
+    auto r = mpirun(2, "--late-peer " + std::to_string(late_ms) + " --floats 33554432", opts);
+    EXPECT_EQ(r.rc, 0) << r.output;
+    auto at = r.output.find("late_peer rank=1 seconds=");
+    EXPECT_NE(at, std::string::npos) << r.output;
+    return at == std::string::npos ? 1e9 : std::stod(r.output.substr(at + 25));
+  };
+  for (std::string opts : {"", "-x DDP_MPI_PROGRESS_THREAD=0 "}) {
+    const double on_time = late_seconds(1, opts);
+    const double late = late_seconds(700, opts);
+    EXPECT_LT(late, 2 * on_time + 0.6) << "late peer " << late << " s, on time " << on_time << " s; " << opts;
+  }
+}
+
 TEST_F(CommDdp, NoAveragingIsCaughtByTheReplicaGuard) {
   auto r = mpirun(2, kCommon + "--no-comm --check-every 1");
   EXPECT_NE(r.rc, 0) << r.output;

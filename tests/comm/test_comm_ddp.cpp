@@ -8,6 +8,7 @@
 // differs: tolerance |a - b| <= 1e-6 + 1e-5 |b| after 5 SGD steps (fp32).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -83,7 +84,7 @@ TEST_F(CommDdp, InlineProgressGivesTheSameParameters) {
 // sleeping by then, and must return to full-speed polling once data flows, or the transfer crawls
 // (one 128 MB collective polled every 1 ms: 2.3-2.9 s on a 2-core VM; in 16 MB pieces: 0.44 s, and
 // 0.14 s with both ranks on time). The bound is relative to the same transfer with both ranks on
-// time, measured in the same test, so that a loaded machine slows both alike.
+// time, measured before and after in the same test, so that a loaded machine slows both alike.
 TEST_F(CommDdp, LatePeerDoesNotThrottleTheTransfer) {
   auto late_seconds = [&](int late_ms, const std::string& opts) {
     auto r = mpirun(2, "--late-peer " + std::to_string(late_ms) + " --floats 33554432", opts);
@@ -93,9 +94,10 @@ TEST_F(CommDdp, LatePeerDoesNotThrottleTheTransfer) {
     return at == std::string::npos ? 1e9 : std::stod(r.output.substr(at + 25));
   };
   for (std::string opts : {"", "-x DDP_MPI_PROGRESS_THREAD=0 "}) {
-    const double on_time = late_seconds(1, opts);
+    const double before = late_seconds(1, opts);
     const double late = late_seconds(700, opts);
-    EXPECT_LT(late, 2 * on_time + 0.6) << "late peer " << late << " s, on time " << on_time << " s; " << opts;
+    const double on_time = std::max(before, late_seconds(1, opts));  // the slower: load may come and go
+    EXPECT_LT(late, 2 * on_time + 0.9) << "late peer " << late << " s, on time " << on_time << " s; " << opts;
   }
 }
 

@@ -1,0 +1,79 @@
+#!/usr/bin/python3
+"""PyTorch CPU peer of a multi-rank train_resnet18 run on one host: DistributedDataParallel (gloo)
+over N processes, torchvision ResNet18, SGD (Nesterov momentum 0.9, weight decay 5e-4), label
+smoothing 0.1, synthetic uint8 NHWC images normalised each step as our trainer does.
+
+    torch_cpu_ddp.py --ranks 2 --threads 1 --batch 64 --size 64 [--classes 10] [--iters 30] [--warmup 5]
+Prints one line: "torch_ddp img_per_s=<x> ranks=... threads=... batch=... size=... step_ms=...",
+img_per_s counting every rank's images, over the slowest rank's time.
+"""
+import argparse
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torchvision
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+
+def worker(rank, a, port, out):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"  # loopback only
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(a.threads)
+    dist.init_process_group("gloo", rank=rank, world_size=a.ranks)
+    torch.manual_seed(rank)
+    model = DDP(torchvision.models.resnet18(num_classes=a.classes).train(), bucket_cap_mb=25)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0}],
+                          lr=0.05, momentum=0.9, nesterov=True)
+    crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    img = torch.randint(0, 256, (a.batch, a.size, a.size, 3), dtype=torch.uint8)
+    labels = torch.randint(0, a.classes, (a.batch,))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def step():
+        x = (img.permute(0, 3, 1, 2).float().div(255) - mean).div(std).contiguous()
+        opt.zero_grad(set_to_none=True)
+        loss = crit(model(x), labels)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(a.warmup):
+        step()
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(a.iters):
+        step()
+    t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if rank == 0:
+        out.put(t.item())
+    dist.destroy_process_group()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--port", type=int, default=29531)
+    a = ap.parse_args()
+    ctx = mp.get_context("spawn")
+    out = ctx.SimpleQueue()
+    mp.start_processes(worker, args=(a, a.port, out), nprocs=a.ranks, join=True, start_method="spawn")
+    s = out.get()
+    print(f"torch_ddp img_per_s={a.ranks * a.batch * a.iters / s:.2f} ranks={a.ranks} threads={a.threads} "
+          f"batch={a.batch} size={a.size}x{a.size} iters={a.iters} step_ms={1000 * s / a.iters:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,8 @@ import torch.multiprocessing as mp
 import torchvision
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from torch_cpu_train import make_step  # the same step as the single-process peer
+
 
 def worker(rank, a, port, out):
     os.environ["MASTER_ADDR"] = "127.0.0.1"  # loopback only
@@ -30,19 +32,7 @@ def worker(rank, a, port, out):
     opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0}],
                           lr=0.05, momentum=0.9, nesterov=True)
     crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    img = torch.randint(0, 256, (a.batch, a.size, a.size, 3), dtype=torch.uint8)
-    labels = torch.randint(0, a.classes, (a.batch,))
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-    def step():
-        x = (img.permute(0, 3, 1, 2).float().div(255) - mean).div(std).contiguous()
-        opt.zero_grad(set_to_none=True)
-        loss = crit(model(x), labels)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
+    step = make_step(model, opt, crit, a.batch, a.size, a.size, a.classes)
     for _ in range(a.warmup):
         step()
     dist.barrier()

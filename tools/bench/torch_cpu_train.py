@@ -12,6 +12,25 @@ import torch
 import torchvision
 
 
+def make_step(model, opt, crit, batch, h, w, classes):
+    """One training step on a fixed random uint8 NHWC batch, normalised each step (also used by
+    torch_cpu_ddp.py). Returns the step function; it returns the loss."""
+    img = torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8)
+    labels = torch.randint(0, classes, (batch,))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def step():
+        x = (img.permute(0, 3, 1, 2).float().div(255) - mean).div(std).contiguous()
+        opt.zero_grad(set_to_none=True)
+        loss = crit(model(x), labels)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=128)
@@ -29,19 +48,7 @@ def main():
     model = torchvision.models.resnet18(num_classes=a.classes).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     crit = torch.nn.CrossEntropyLoss()
-    img = torch.randint(0, 256, (a.batch, h, w, 3), dtype=torch.uint8)
-    labels = torch.randint(0, a.classes, (a.batch,))
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-    def step():
-        x = (img.permute(0, 3, 1, 2).float().div(255) - mean).div(std).contiguous()
-        opt.zero_grad(set_to_none=True)
-        loss = crit(model(x), labels)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
+    step = make_step(model, opt, crit, a.batch, h, w, a.classes)
     for _ in range(a.warmup):
         step()
     t0 = time.perf_counter()

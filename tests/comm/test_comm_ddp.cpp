@@ -78,8 +78,6 @@ TEST_F(CommDdp, InlineProgressGivesTheSameParameters) {
   expect_close(read_floats(out), read_floats(dir_ + "/p1.bin"), 1e-6, 1e-5, "inline progress");
 }
 
-// The negative control: without gradient averaging the run must not look like DDP. The replicas
-// diverge after the first step and the guard stops the job naming the step.
 // A peer that joins a large average 0.7 s late: the waiting rank's poll loop has backed off to
 // sleeping by then, and must return to full-speed polling once data flows, or the transfer crawls
 // (one 128 MB collective polled every 1 ms: 2.3-2.9 s on a 2-core VM; in 16 MB pieces: 0.44 s, and
@@ -101,6 +99,8 @@ TEST_F(CommDdp, LatePeerDoesNotThrottleTheTransfer) {
   }
 }
 
+// The negative control: without gradient averaging the run must not look like DDP. The replicas
+// diverge after the first step and the guard stops the job naming the step.
 TEST_F(CommDdp, NoAveragingIsCaughtByTheReplicaGuard) {
   auto r = mpirun(2, kCommon + "--no-comm --check-every 1");
   EXPECT_NE(r.rc, 0) << r.output;

@@ -61,6 +61,9 @@ struct Loader::Impl {
   int inflight = 0;
   bool stopping = false, cancel = false;
   std::exception_ptr error;
+  // The image whose decode set `error` (shard, index in it); -1: the error is not an image's.
+  int bad_shard = -1;
+  int64_t bad_image = -1;
   std::vector<std::thread> workers;
   std::thread reader;
 
@@ -75,6 +78,7 @@ struct Loader::Impl {
   void worker_main();
   void process(int slot, int i);
   void stop_epoch();
+  [[noreturn]] void fail_batch(std::unique_lock<std::mutex>& lk);
   int shard_of(int64_t g) const {
     return static_cast<int>(std::upper_bound(offsets.begin(), offsets.end(), g) - offsets.begin()) - 1;
   }
@@ -196,11 +200,23 @@ void Loader::Impl::process(int si, int i) {
   const auto& bytes = s.jpeg[static_cast<size_t>(i)];
   const int sh_i = shard_of(g);
   auto name = [&] { return str(shards[static_cast<size_t>(sh_i)]->path(), " image ", g - offsets[static_cast<size_t>(sh_i)]); };
-  JpegHeader hd = read_jpeg_header(bytes.data(), bytes.size(), name());
-  Box box = pick_box(hd.w, hd.h);
-  bool flip = pick_flip();
   thread_local Decoded d;  // reused: no allocation or zero-filling per image
-  decode_jpeg(bytes.data(), bytes.size(), name(), box, W, H, 0, false, d);
+  bool flip = false;
+  try {
+    JpegHeader hd = read_jpeg_header(bytes.data(), bytes.size(), name());
+    Box box = pick_box(hd.w, hd.h);
+    flip = pick_flip();
+    decode_jpeg(bytes.data(), bytes.size(), name(), box, W, H, 0, false, d);
+  } catch (const Error&) {
+    // Remember which image, so that next() can name its source file (HDF5 is the reader thread's).
+    std::lock_guard<std::mutex> lk(mu);
+    if (!error) {
+      error = std::current_exception();
+      bad_shard = sh_i;
+      bad_image = g - offsets[static_cast<size_t>(sh_i)];
+    }
+    throw;
+  }
   resample(d.img.px.data(), d.img.w, d.img.h, d.box, dst, W, H, flip);
 }
 
@@ -278,6 +294,42 @@ void Loader::Impl::stop_epoch() {
   held = -1;
   cancel = false;
   error = nullptr;
+  bad_shard = -1;
+  bad_image = -1;
+}
+
+// A worker or the reader failed: stop the epoch, then (HDF5 being free once the reader has joined)
+// add the damaged image's source file name and class to the message. Later calls fail the same way
+// until the next start_epoch.
+void Loader::Impl::fail_batch(std::unique_lock<std::mutex>& lk) {
+  std::exception_ptr err = error;
+  const int bs = bad_shard;
+  const int64_t bi = bad_image;
+  lk.unlock();
+  stop_epoch();
+  if (bs >= 0) {
+    std::string what = "unknown error";
+    try {
+      std::rethrow_exception(err);
+    } catch (const std::exception& e) {
+      what = e.what();
+    }
+    const auto& sh = *shards[static_cast<size_t>(bs)];
+    std::string src = "(unreadable)";
+    try {
+      src = sh.filenames().at(static_cast<size_t>(bi));
+    } catch (const std::exception&) {
+    }
+    const int32_t label = sh.labels()[static_cast<size_t>(bi)];
+    err = std::make_exception_ptr(
+        Error(str(what, "; source file '", src, "', class '", classes[static_cast<size_t>(label)],
+                  "'. The shard is damaged: delete it and rerun pack_imagenet, which redoes only missing shards "
+                  "(inspect_shards decodes every image)")));
+  }
+  lk.lock();
+  error = err;
+  next_batch = num_batches;  // nothing is in flight any more: wait for no slot
+  std::rethrow_exception(err);
 }
 
 Loader::Loader(const LoaderConfig& cfg) : impl_(std::make_unique<Impl>()) {
@@ -353,11 +405,12 @@ bool Loader::next(Batch& out) {
     m.held = -1;
     m.cv_free.notify_all();
   }
+  if (m.error) m.fail_batch(lk);
   if (m.next_batch >= m.num_batches) return false;
   const int si = static_cast<int>(m.next_batch % static_cast<int64_t>(m.slots.size()));
   auto& s = m.slots[static_cast<size_t>(si)];
   m.cv_ready.wait(lk, [&] { return m.error || (s.batch == m.next_batch && s.ready); });
-  if (m.error) std::rethrow_exception(m.error);
+  if (m.error) m.fail_batch(lk);
   out.images = s.images.data<uint8_t>();
   out.labels = s.labels.data();
   out.n = s.count;

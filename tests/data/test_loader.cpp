@@ -264,6 +264,69 @@ TEST_F(LoaderTest, BadShardsAreErrorsNamingTheFile) {
   EXPECT_EQ(find_shards(dir_.string(), "train"), files);
 }
 
+// A shard that opens fine but holds a damaged JPEG (a bit flip on the volume, a bad copy) fails at
+// the batch that needs the image, naming the shard, the image's index in it, its source file and
+// class; later calls fail the same way instead of hanging, and the loader still shuts down.
+TEST_F(LoaderTest, DamagedImageInAShardIsAnErrorNamingIt) {
+  ShardMeta m;
+  m.split = "train";
+  m.classes = kCls;
+  m.resize_shorter = 0;
+  const std::string path = (dir_ / shard_file_name("train", 0, 1)).string();
+  const int kBad = 5;
+  {
+    ShardWriter w(path, m);
+    std::vector<uint8_t> px(40 * 30 * 3);
+    for (int k = 0; k < 8; ++k) {
+      for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<uint8_t>((i * (k + 3)) % 253);
+      auto j = encode_jpeg(px.data(), 40, 30, 90);
+      if (k == kBad) j.resize(j.size() / 2);  // cut short: the entropy data ends early
+      w.append_jpeg(j, k % 3, "cls_" + kCls[static_cast<size_t>(k % 3)] + "/photo_" + std::to_string(k) + ".JPEG");
+    }
+    w.commit();
+  }
+  for (bool train : {false, true}) {
+    LoaderConfig c;
+    c.shards = {path};
+    c.train = train;
+    c.batch_size = 2;
+    c.height = c.width = 16;
+    c.workers = 2;
+    c.prefetch = 2;
+    Loader ld(c);
+    ld.start_epoch(0, ld.local_batches());
+    Batch b;
+    std::string msg;
+    int good = 0;
+    try {
+      while (ld.next(b)) good += b.n;
+    } catch (const Error& e) {
+      msg = e.what();
+    }
+    SCOPED_TRACE(train ? "train" : "eval");
+    ASSERT_FALSE(msg.empty()) << "no error after " << good << " images";
+    EXPECT_LT(good, 8);
+    for (const std::string& needle : {path + " image " + std::to_string(kBad), std::string("photo_5.JPEG"),
+                                      std::string("class 'c'")})
+      EXPECT_NE(msg.find(needle), std::string::npos) << needle << " not in: " << msg;
+    // Again: the same error, not a hang or a stale batch.
+    try {
+      ld.next(b);
+      ADD_FAILURE() << "next() after the error returned normally";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), msg);
+    }
+    // A new epoch over the same data fails the same way (the error does not stick to one order).
+    ld.start_epoch(1, ld.local_batches());
+    EXPECT_THROW(
+        {
+          while (ld.next(b)) {
+          }
+        },
+        Error);
+  }
+}
+
 // GPU hosts: cfg.pinned gives page-locked batches (what cudaMemcpyAsync needs to overlap).
 TEST_F(LoaderTest, PinnedBatchesOnGpuHosts) {
   if (!cuda_available()) GTEST_SKIP() << "no GPU: pinned memory is a CUDA-build, GPU-host feature";

@@ -1,6 +1,7 @@
 // train_resnet18 end to end on the CPU backend with synthetic data: exact resume (1 and 2 ranks),
 // a 2-rank run under mpirun whose loss falls, SIGUSR1 -> checkpoint + exit 0 -> resume, the replica
-// guard firing on a perturbed replica, clear errors for bad flags and for --backend cuda without a GPU.
+// guard firing on a perturbed replica, clear errors for bad flags and for --backend cuda without a GPU,
+// and a damaged image inside a shard ending a 2-rank job at once with its name.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -16,6 +17,7 @@
 
 #include "ddp/core/rng.h"
 #include "ddp/core/tensor.h"
+#include "ddp/data/image.h"
 #include "ddp/data/shard.h"
 #include "ddp/nn/resnet18.h"
 #include "ddp/nn/weights_io.h"
@@ -275,6 +277,38 @@ TEST_F(TrainE2E, ReplicaGuardStopsAPerturbedReplica) {
   auto r = sh(mpirun(2) + kRecipe + "--epochs 3 --max-steps 6 --replica-check-every 2 --fault-perturb-step 3 --timeout 20");
   EXPECT_NE(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("replicas diverged at step 4"), std::string::npos) << r.out;
+}
+
+// A shard that opens fine but holds a damaged JPEG: the rank whose batch needs it reports the shard,
+// the image's index and source file, and the whole job ends at once (abort, not the peer's timeout).
+TEST_F(TrainE2E, DamagedImageInAShardEndsTheJobNamingIt) {
+  fs::create_directories(d("shards"));
+  const std::string train_shard = d("shards/") + ddp::data::shard_file_name("train", 0, 1);
+  for (const std::string split : {"train", "val"}) {
+    ddp::data::ShardMeta m;
+    m.split = split;
+    m.resize_shorter = 0;
+    m.classes = {"a", "b", "c", "d"};
+    ddp::data::ShardWriter w(d("shards/") + ddp::data::shard_file_name(split, 0, 1), m);
+    ddp::Rng rng(5, ddp::rng_stream::kTest);
+    std::vector<uint8_t> px(40 * 36 * 3);
+    for (int k = 0; k < (split == "train" ? 32 : 8); ++k) {
+      for (auto& v : px) v = static_cast<uint8_t>(rng.next_u32());
+      auto j = ddp::data::encode_jpeg(px.data(), 40, 36, 90);
+      if (split == "train" && k == 9) j.resize(j.size() / 3);
+      w.append_jpeg(j, k % 4, "n0" + std::to_string(k % 4) + "/photo_" + std::to_string(k) + ".JPEG");
+    }
+    w.commit();
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = sh(mpirun(2) + TRAIN_RESNET18 + " --data " + d("shards") +
+              " --image-size 32 --backend cpu --threads 1 --batch-size 4 --epochs 2 --lr 0.05 --log-every 1"
+              " --progress lines --timeout 60");
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find(train_shard + " image 9"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("photo_9.JPEG"), std::string::npos) << r.out;
+  EXPECT_LT(secs, 40.0) << "the job should end by abort, well before the 60 s peer timeout\n" << r.out;
 }
 
 TEST_F(TrainE2E, BadFlagsAndMissingGpuAreClearErrors) {

@@ -315,10 +315,11 @@ void Loader::Impl::fail_batch(std::unique_lock<std::mutex>& lk) {
       what = e.what();
     }
     const auto& sh = *shards[static_cast<size_t>(bs)];
-    std::string src = "(unreadable)";
+    std::string src;
     try {
       src = sh.filenames().at(static_cast<size_t>(bi));
-    } catch (const std::exception&) {
+    } catch (const std::exception& e) {
+      src = str("(its name cannot be read either: ", e.what(), ")");  // the decode error stays the one reported
     }
     const int32_t label = sh.labels()[static_cast<size_t>(bi)];
     err = std::make_exception_ptr(

@@ -286,14 +286,7 @@ TEST_F(LoaderTest, DamagedImageInAShardIsAnErrorNamingIt) {
     w.commit();
   }
   for (bool train : {false, true}) {
-    LoaderConfig c;
-    c.shards = {path};
-    c.train = train;
-    c.batch_size = 2;
-    c.height = c.width = 16;
-    c.workers = 2;
-    c.prefetch = 2;
-    Loader ld(c);
+    Loader ld(identity_cfg({path}, 16, train, 0, 1, 2));
     ld.start_epoch(0, ld.local_batches());
     Batch b;
     std::string msg;

@@ -73,8 +73,9 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
       ("tf32", po::value<std::string>(&tf32)->default_value("on"), "on | off: TF32 tensor cores for --amp off")
       ("zero-init-residual", po::bool_switch(&o.zero_init_residual), "zero-init the last BN gamma of each block")
       ("init-weights", po::value<std::string>(&o.init_weights),
-       "start from an HDF5 weights file (tools/torchvision_to_h5.py); fc is re-initialised when the "
-       "class count differs")
+       "start from an HDF5 weights file (tools/torchvision_to_h5.py) or from the weights of a "
+       "checkpoint (a new run: its optimizer state and position are not used); fc is re-initialised "
+       "when the class count differs")
       ("threads", po::value<int>(&o.threads)->default_value(0), "CPU backend threads per rank (0: cores / ranks on the host)");
   po::options_description opt("Optimisation");
   opt.add_options()

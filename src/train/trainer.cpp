@@ -84,30 +84,49 @@ void on_rank0_agreed(int rank, F&& f) {
   if (!err.empty()) throw Error(rank == 0 ? err : str("rank 0 failed: ", err));
 }
 
-// Loads an HDF5 weights file into host buffers for `spec`; a file for another class count keeps
-// everything but fc (fine-tuning), which keeps the model's own initialisation.
+// Loads an HDF5 weights file, or the weights and BN statistics of one of our checkpoints, into host
+// buffers for `spec`; a file for another class count keeps everything but fc (fine-tuning), which
+// keeps the model's own initialisation. A checkpoint's optimizer state and training position are
+// not used: --init-weights starts a new run (a second phase with other flags); --resume continues one.
 void load_init_weights(const std::string& path, const nn::ResNet18Spec& spec, std::vector<float>& params,
                        std::vector<float>& buffers, int64_t& nbt) {
   int file_classes = spec.num_classes;
+  bool is_checkpoint = false;
   {
     h5::Handle f = h5::open_file(path);
+    is_checkpoint = h5::has_attr(f, "format") && h5::get_attr_str(f, "format") == kCheckpointFormat;
     if (h5::has_attr(f, "num_classes")) file_classes = static_cast<int>(h5::get_attr_i64(f, "num_classes"));
   }
+  // Reads the file's weights for spec `s` (its own class count); a checkpoint is checked whole
+  // (complete, version, every tensor) by load_checkpoint before anything is used.
+  auto read = [&](const nn::ResNet18Spec& s, std::vector<float>& p, std::vector<float>& b) {
+    if (!is_checkpoint) {
+      nn::load_weights(path, s, p.data(), b.data(), &nbt);
+      return;
+    }
+    CheckpointState st = load_checkpoint(path, s);
+    p = std::move(st.params);
+    b = std::move(st.buffers);
+    nbt = st.num_batches_tracked;
+  };
+  const char* what = is_checkpoint ? " (a checkpoint's weights and BN statistics; not its optimizer state or "
+                                     "position: a new run)"
+                                   : "";
   if (file_classes == spec.num_classes) {
-    nn::load_weights(path, spec, params.data(), buffers.data(), &nbt);
-    info0("initial weights: ", path);
+    read(spec, params, buffers);
+    info0("initial weights: ", path, what);
     return;
   }
   nn::ResNet18Spec fs = nn::make_resnet18_spec(file_classes);
   std::vector<float> p(static_cast<size_t>(fs.param_count)), b(static_cast<size_t>(fs.buffer_count));
-  nn::load_weights(path, fs, p.data(), b.data(), &nbt);
+  read(fs, p, b);
   for (const auto& pi : spec.params) {
     if (pi.name == "fc.weight" || pi.name == "fc.bias") continue;
     const auto& src = fs.param(pi.name);
     std::copy_n(p.data() + src.offset, pi.numel, params.data() + pi.offset);
   }
   buffers = b;  // BN buffers do not depend on the class count
-  info0("initial weights: ", path, " (", file_classes, " classes; fc re-initialised for ", spec.num_classes,
+  info0("initial weights: ", path, what, " (", file_classes, " classes; fc re-initialised for ", spec.num_classes,
         " classes: fine-tuning)");
 }
 

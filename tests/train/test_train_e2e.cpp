@@ -1,7 +1,8 @@
 // train_resnet18 end to end on the CPU backend with synthetic data: exact resume (1 and 2 ranks),
 // a 2-rank run under mpirun whose loss falls, SIGUSR1 -> checkpoint + exit 0 -> resume, the replica
 // guard firing on a perturbed replica, clear errors for bad flags and for --backend cuda without a GPU,
-// and a damaged image inside a shard ending a 2-rank job at once with its name.
+// a damaged image inside a shard ending a 2-rank job at once with its name, and --init-weights from a
+// checkpoint starting a new run with its weights and BN statistics.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "ddp/core/h5.h"
 #include "ddp/core/rng.h"
 #include "ddp/core/tensor.h"
 #include "ddp/data/image.h"
@@ -354,4 +356,57 @@ TEST_F(TrainE2E, InitWeightsWithAnotherClassCountKeepsAllButFc) {
   const auto& fw = spec4.param("fc.weight");
   EXPECT_FALSE(std::equal(st.params.begin() + fw.offset, st.params.begin() + fw.offset + fw.numel,
                           p.begin() + spec1000.param("fc.weight").offset));
+}
+
+TEST_F(TrainE2E, InitWeightsFromACheckpointStartsANewRunWithItsWeightsAndBnStatistics) {
+  // A second training phase with other flags (tools/quickstart --long fine-tunes this way): the
+  // checkpoint's weights and BN statistics are taken, its optimizer state and position are not.
+  write_raw_shards(d("shards"));
+  const std::string recipe = std::string(TRAIN_RESNET18) + " --data " + d("shards") +
+                             " --image-size 32 --backend cpu --threads 1 --batch-size 8 --lr 0.05 --seed 4"
+                             " --label-smoothing 0.1 --log-every 1 --progress lines --epochs 1 ";
+  auto a = sh(recipe + "--checkpoint-dir " + d("ckpt") + " --jsonl " + d("train.jsonl"));
+  ASSERT_EQ(a.rc, 0) << a.out;
+  const std::string trained = last_eval_record(d("train.jsonl"));
+  const std::string ckpt = d("ckpt/" + ckpt_name(9));
+  ASSERT_TRUE(fs::exists(ckpt)) << a.out;
+
+  // Same weights and same BN statistics: the evaluation matches the run's own, bit for bit.
+  auto b = sh(recipe + "--eval-only --init-weights " + ckpt + " --jsonl " + d("eval.jsonl"));
+  ASSERT_EQ(b.rc, 0) << b.out;
+  EXPECT_NE(b.out.find("a checkpoint's weights and BN statistics"), std::string::npos) << b.out;
+  const std::string evaluated = last_eval_record(d("eval.jsonl"));
+  ASSERT_FALSE(evaluated.empty()) << b.out;
+  for (const char* k : {"top1", "top5", "loss", "images"})
+    EXPECT_EQ(field(evaluated, k), field(trained, k)) << k << "\n" << evaluated << "\n" << trained;
+
+  // A new run: steps count from 0 (a resume would continue at step 10), and it trains.
+  auto c = sh(recipe + "--random-crop off --max-steps 2 --no-eval --init-weights " + ckpt +
+              " --checkpoint-dir " + d("phase2"));
+  ASSERT_EQ(c.rc, 0) << c.out;
+  EXPECT_NE(c.out.find("epoch 1/1 step 1/9"), std::string::npos) << c.out;
+  auto spec = ddp::nn::make_resnet18_spec(4);
+  const CheckpointState before = load_checkpoint(ckpt, spec);
+  const CheckpointState after = load_checkpoint(d("phase2/" + ckpt_name(2)), spec);
+  EXPECT_EQ(after.global_step, 2);
+  EXPECT_EQ(after.epoch, 0);
+  EXPECT_EQ(after.step_in_epoch, 2);
+  EXPECT_FALSE(after.params == before.params) << "two steps changed nothing";
+  // Two small steps from the checkpoint's weights stay near them; from a fresh init they would not.
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < before.params.size(); ++i) {
+    diff += std::pow(double(after.params[i]) - before.params[i], 2);
+    norm += std::pow(double(before.params[i]), 2);
+  }
+  EXPECT_LT(std::sqrt(diff), 0.05 * std::sqrt(norm));
+
+  // An incomplete checkpoint is refused, named, as --resume refuses it.
+  fs::copy_file(ckpt, d("incomplete.h5"));
+  {
+    ddp::h5::Handle f = ddp::h5::open_file(d("incomplete.h5"), true);
+    ddp::h5::set_attr(f, "complete", static_cast<int64_t>(0));
+  }
+  auto e = sh(recipe + "--max-steps 1 --no-eval --init-weights " + d("incomplete.h5"));
+  EXPECT_NE(e.rc, 0);
+  EXPECT_NE(e.out.find(d("incomplete.h5") + "' is incomplete"), std::string::npos) << e.out;
 }

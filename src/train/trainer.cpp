@@ -455,6 +455,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   bool stop = false, hit_max = false, eval_done_at_end = false;
   std::string last_gpu = "n/a";
   int epoch = start_epoch;
+  // Epochs complete so far: a resumed run's summary counts the checkpoint's (all of them when there
+  // is nothing left to train), which is what a script checks to know the run has finished.
+  result.epochs_done = start_epoch;
   if (o.eval_only) {
     DDP_CHECK(val, "--eval-only: there is nothing to evaluate (no val-*.h5 shards in '", o.data, "')");
     hit_max = true;  // skips the training loop (and its checkpoints); the evaluation follows it

@@ -410,3 +410,22 @@ TEST_F(TrainE2E, InitWeightsFromACheckpointStartsANewRunWithItsWeightsAndBnStati
   EXPECT_NE(e.rc, 0);
   EXPECT_NE(e.out.find(d("incomplete.h5") + "' is incomplete"), std::string::npos) << e.out;
 }
+
+TEST_F(TrainE2E, RerunningAFinishedRunSaysSoAndCountsItsEpochs) {
+  // tools/quickstart --long checks the first phase's summary before fine-tuning from it; a rerun of a
+  // finished run must report the epochs it has, not 0.
+  const std::string cmd = kRecipe + "--epochs 1 --checkpoint-dir " + d("ck") + " --resume auto --jsonl ";
+  auto a = sh(cmd + d("a.jsonl"));
+  ASSERT_EQ(a.rc, 0) << a.out;
+  auto b = sh(cmd + d("b.jsonl"));
+  ASSERT_EQ(b.rc, 0) << b.out;
+  EXPECT_NE(b.out.find("all 1 epochs already trained"), std::string::npos) << b.out;
+  for (const char* f : {"a.jsonl", "b.jsonl"}) {
+    std::ifstream in(d(f));
+    std::string line, summary;
+    while (std::getline(in, line))
+      if (line.find("\"type\": \"summary\"") != std::string::npos) summary = line;
+    EXPECT_EQ(field(summary, "epochs_done"), "1") << f << ": " << summary;
+    EXPECT_EQ(field(summary, "stopped_by_signal"), "false") << f << ": " << summary;
+  }
+}

@@ -75,7 +75,12 @@ class TrainE2E : public ::testing::Test {
   // --resume auto to `total` (dir b, the resumed run's log must contain `resumed_msg`); the two final
   // checkpoints must hold the same bits (4-class models).
   void expect_resume_bit_exact(const std::string& cmd, int stop, int total, const std::string& resumed_msg);
+  // Writes raw shards into shards/ and trains one epoch (9 steps) on them, evaluated at its end and
+  // checkpointed into ckpt/; sets recipe_ (the command line for more runs on the same data),
+  // trained_ (that run's eval record) and ckpt_ (its final checkpoint).
+  void train_one_epoch_on_shards();
   fs::path dir_;
+  std::string recipe_, trained_, ckpt_;
 };
 
 void expect_same_state(const std::string& a, const std::string& b, int classes) {
@@ -160,6 +165,19 @@ void TrainE2E::expect_resume_bit_exact(const std::string& cmd, int stop, int tot
   expect_same_state(d("a/" + ckpt_name(total)), d("b/" + ckpt_name(total)), 4);
 }
 
+void TrainE2E::train_one_epoch_on_shards() {
+  write_raw_shards(d("shards"));
+  recipe_ = std::string(TRAIN_RESNET18) + " --data " + d("shards") +
+            " --image-size 32 --backend cpu --threads 1 --batch-size 8 --lr 0.05 --seed 4"
+            " --label-smoothing 0.1 --log-every 1 --progress lines --epochs 1 ";
+  auto a = sh(recipe_ + "--checkpoint-dir " + d("ckpt") + " --jsonl " + d("train.jsonl"));
+  ASSERT_EQ(a.rc, 0) << a.out;
+  trained_ = last_eval_record(d("train.jsonl"));
+  ASSERT_FALSE(trained_.empty()) << a.out;
+  ckpt_ = d("ckpt/" + ckpt_name(9));
+  ASSERT_TRUE(fs::exists(ckpt_)) << a.out;
+}
+
 TEST_F(TrainE2E, ResumeMidEpochIsBitExactOneRank) {
   // 8 steps per epoch; the interrupted run stops at step 11 (epoch 2, step 3) and resumes to 20.
   expect_resume_bit_exact(kRecipe + "--epochs 3 ", 11, 20, "resumed from");
@@ -181,16 +199,8 @@ TEST_F(TrainE2E, EvalOnlyReproducesTheRunsEvaluationAndFlipAveragesMirrors) {
   // One epoch (9 steps) on shards, evaluated at its end and checkpointed; --eval-only on that
   // checkpoint must give the same record bit for bit (same weights, same BN statistics, every val
   // image once), and --eval-flip another one over the same 20 images.
-  write_raw_shards(d("shards"));
-  const std::string recipe = std::string(TRAIN_RESNET18) + " --data " + d("shards") +
-                             " --image-size 32 --backend cpu --threads 1 --batch-size 8 --lr 0.05 --seed 4"
-                             " --label-smoothing 0.1 --log-every 1 --progress lines --epochs 1 ";
-  auto a = sh(recipe + "--checkpoint-dir " + d("ckpt") + " --jsonl " + d("train.jsonl"));
-  ASSERT_EQ(a.rc, 0) << a.out;
-  const std::string trained = last_eval_record(d("train.jsonl"));
-  ASSERT_FALSE(trained.empty()) << a.out;
-  const std::string ckpt = d("ckpt/" + ckpt_name(9));
-  ASSERT_TRUE(fs::exists(ckpt)) << a.out;
+  ASSERT_NO_FATAL_FAILURE(train_one_epoch_on_shards());
+  const std::string &recipe = recipe_, &trained = trained_, &ckpt = ckpt_;
 
   auto b = sh(recipe + "--eval-only --resume " + ckpt + " --jsonl " + d("eval.jsonl"));
   ASSERT_EQ(b.rc, 0) << b.out;
@@ -361,15 +371,8 @@ TEST_F(TrainE2E, InitWeightsWithAnotherClassCountKeepsAllButFc) {
 TEST_F(TrainE2E, InitWeightsFromACheckpointStartsANewRunWithItsWeightsAndBnStatistics) {
   // A second training phase with other flags (tools/quickstart --long fine-tunes this way): the
   // checkpoint's weights and BN statistics are taken, its optimizer state and position are not.
-  write_raw_shards(d("shards"));
-  const std::string recipe = std::string(TRAIN_RESNET18) + " --data " + d("shards") +
-                             " --image-size 32 --backend cpu --threads 1 --batch-size 8 --lr 0.05 --seed 4"
-                             " --label-smoothing 0.1 --log-every 1 --progress lines --epochs 1 ";
-  auto a = sh(recipe + "--checkpoint-dir " + d("ckpt") + " --jsonl " + d("train.jsonl"));
-  ASSERT_EQ(a.rc, 0) << a.out;
-  const std::string trained = last_eval_record(d("train.jsonl"));
-  const std::string ckpt = d("ckpt/" + ckpt_name(9));
-  ASSERT_TRUE(fs::exists(ckpt)) << a.out;
+  ASSERT_NO_FATAL_FAILURE(train_one_epoch_on_shards());
+  const std::string &recipe = recipe_, &trained = trained_, &ckpt = ckpt_;
 
   // Same weights and same BN statistics: the evaluation matches the run's own, bit for bit.
   auto b = sh(recipe + "--eval-only --init-weights " + ckpt + " --jsonl " + d("eval.jsonl"));

@@ -3,10 +3,16 @@
 // every cuDNN plan. The last line is machine-readable:
 //   RESULT {"amp":"fp16","batch":256,"size":224,"img_per_s":N,"ms_per_step":N,"peak_mem_mb":N,"warmup_s":N,...}
 //
+// host_ms_per_step is what enqueueing one step costs the host (median of single steps started on an
+// idle GPU): near ms_per_step means the step is launch-bound. --cuda-graph also times the same step
+// captured as one CUDA graph, in the same process after the eager timing (graph_* fields): what
+// launch overhead costs at this batch and size.
+//
 // --selftest: a few steps on one small fixed batch per AMP mode; fails unless the loss is finite
 // and falls (cheap insurance before a long run on a GPU host).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -30,13 +36,15 @@ struct Args {
   bool selftest = false;
   bool tf32 = true;
   bool autotune = false;
+  bool cuda_graph = false;
 };
 
 void usage() {
   std::fprintf(stderr,
                "usage: bench_cuda_train [--amp fp16|bf16|off] [--batch N] [--size PX] [--warmup N] [--iters N]\n"
-               "                        [--classes N] [--tf32 on|off] [--autotune] [--selftest]\n"
-               "  --autotune: time every cuDNN engine per conv shape during warm-up (default: heuristics)\n");
+               "                        [--classes N] [--tf32 on|off] [--autotune] [--cuda-graph] [--selftest]\n"
+               "  --autotune: time every cuDNN engine per conv shape during warm-up (default: heuristics)\n"
+               "  --cuda-graph: also time the step captured as one CUDA graph (after the eager timing)\n");
 }
 
 int to_int(const char* flag, const char* v) {
@@ -66,6 +74,7 @@ Args parse(int argc, char** argv) {
       a.tf32 = v == "on";
     } else if (f == "--selftest") a.selftest = true;
     else if (f == "--autotune") a.autotune = true;
+    else if (f == "--cuda-graph") a.cuda_graph = true;
     else if (f == "--help" || f == "-h") {
       usage();
       std::exit(0);
@@ -149,6 +158,54 @@ int selftest(const Args& a) {
   return ok ? 0 : 1;
 }
 
+// CUDA-event time per step over `iters` steps enqueued back to back.
+template <class Step>
+double timed_ms_per_step(cudaStream_t s, int iters, Step&& step) {
+  cudaEvent_t t0, t1;
+  CUDA_CHECK(cudaEventCreate(&t0));
+  CUDA_CHECK(cudaEventCreate(&t1));
+  CUDA_CHECK(cudaEventRecord(t0, s));
+  for (int i = 0; i < iters; ++i) step();
+  CUDA_CHECK(cudaEventRecord(t1, s));
+  CUDA_CHECK(cudaEventSynchronize(t1));
+  float ms = 0;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+  CUDA_CHECK(cudaEventDestroy(t0));
+  CUDA_CHECK(cudaEventDestroy(t1));
+  return ms / iters;
+}
+
+// Host time to enqueue one step, the GPU idle before each (so a full launch queue never blocks the
+// host): the median of 7.
+template <class Step>
+double host_ms_per_step(ddp::cuda::CudaResNet18& model, Step&& step) {
+  std::vector<double> t;
+  for (int i = 0; i < 7; ++i) {
+    model.synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  model.synchronize();
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct GraphFigures {
+  double ms_step = 0, host_ms = 0;
+  std::string error;
+};
+
+std::string json_escape(const std::string& in) {
+  std::string o;
+  for (char c : in) {
+    if (c == '"' || c == '\\') o += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+    o += c;
+  }
+  return o;
+}
+
 int bench(const Args& a) {
   const ddp::nn::Amp amp = amp_of(a.amp);
   ddp::cuda::tracked_reset_peak();
@@ -167,30 +224,40 @@ int bench(const Args& a) {
   for (int i = 0; i < a.warmup; ++i) step();
   model.synchronize();
   const double warmup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
-  cudaEvent_t t0, t1;
-  CUDA_CHECK(cudaEventCreate(&t0));
-  CUDA_CHECK(cudaEventCreate(&t1));
   auto* s = static_cast<cudaStream_t>(model.stream());
-  CUDA_CHECK(cudaEventRecord(t0, s));
-  for (int i = 0; i < a.iters; ++i) step();
-  CUDA_CHECK(cudaEventRecord(t1, s));
-  CUDA_CHECK(cudaEventSynchronize(t1));
-  float ms = 0;
-  CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
-  CUDA_CHECK(cudaEventDestroy(t0));
-  CUDA_CHECK(cudaEventDestroy(t1));
+  const double ms_step = timed_ms_per_step(s, a.iters, step);
+  const double host_ms = host_ms_per_step(model, step);
   // One checked step after timing: the numbers mean nothing if training produced NaNs.
   model.set_input_u8(data.dev, data.labels.data(), a.batch, a.size, a.size);
   const float loss = model.forward(ddp::nn::Mode::Train);
   model.backward(loss_scale, nullptr);
   const bool finite = model.grads_finite();
-  const double ms_step = ms / a.iters;
   const double img_s = a.batch * 1000.0 / ms_step;
   const double peak_mb = static_cast<double>(model.peak_memory_bytes()) / (1024.0 * 1024.0);
   cudaDeviceProp prop{};
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  // The graph comes last, after everything the eager figure needs: a capture that fails is reported
+  // beside that figure and cannot spoil it.
+  GraphFigures g;
+  if (a.cuda_graph) {
+    model.set_input_u8(data.dev, data.labels.data(), a.batch, a.size, a.size);
+    try {
+      model.capture_train_step(sgd, 0.01f, loss_scale);
+      auto replay = [&] {
+        model.set_input_u8(data.dev, data.labels.data(), a.batch, a.size, a.size);
+        model.replay_train_step();
+      };
+      for (int i = 0; i < 3; ++i) replay();
+      model.synchronize();
+      g.ms_step = timed_ms_per_step(s, a.iters, replay);
+      g.host_ms = host_ms_per_step(model, replay);
+    } catch (const std::exception& e) {
+      g.error = e.what();
+      std::fprintf(stderr, "bench_cuda_train: --cuda-graph: %s\n", e.what());
+    }
+  }
   std::printf("device %s, amp %s, tf32 %s, conv engines %s, batch %d, %dx%d, %d warm-up + %d timed steps\n",
               prop.name, a.amp.c_str(), a.tf32 ? "on" : "off", a.autotune ? "autotuned" : "heuristic", a.batch, a.size,
               a.size, a.warmup, a.iters);
@@ -200,10 +267,26 @@ int bench(const Args& a) {
     std::fprintf(stderr, "bench_cuda_train: non-finite loss or gradients after the timed steps\n");
     return 1;
   }
+  std::printf("host: %.3f ms to enqueue one step (GPU %.3f ms per step)\n", host_ms, ms_step);
+  std::string graph_json;
+  if (a.cuda_graph) {
+    if (g.error.empty()) {
+      std::printf("CUDA graph: %.3f ms per step (%.1f img/s, %.3fx eager), %.3f ms to launch\n", g.ms_step,
+                  a.batch * 1000.0 / g.ms_step, ms_step / g.ms_step, g.host_ms);
+      char buf[200];
+      std::snprintf(buf, sizeof buf, ",\"graph_img_per_s\":%.1f,\"graph_ms_per_step\":%.3f,\"graph_over_eager\":%.3f,"
+                    "\"graph_host_ms_per_step\":%.4f", a.batch * 1000.0 / g.ms_step, g.ms_step, ms_step / g.ms_step, g.host_ms);
+      graph_json = buf;
+    } else {
+      graph_json = ",\"graph_error\":\"" + json_escape(g.error.substr(0, 200)) + "\"";
+    }
+  }
   std::printf("RESULT {\"amp\":\"%s\",\"batch\":%d,\"size\":%d,\"img_per_s\":%.1f,\"ms_per_step\":%.3f,\"peak_mem_mb\":%.1f,"
-              "\"warmup_s\":%.2f,\"plans_built\":%zu,\"plan_build_s\":%.2f}\n",
+              "\"warmup_s\":%.2f,\"plans_built\":%zu,\"plan_build_s\":%.2f,\"host_ms_per_step\":%.4f%s}\n",
               a.amp.c_str(), a.batch, a.size, img_s, ms_step, peak_mb, warmup_s, ddp::cuda::ConvEngine::plans_built(),
-              ddp::cuda::ConvEngine::plan_build_seconds());
+              ddp::cuda::ConvEngine::plan_build_seconds(), host_ms, graph_json.c_str());
+  // A step that cannot be captured is reported (graph_error) but does not fail the benchmark: the
+  // product does not use the graph, the eager figure stands.
   return 0;
 }
 

@@ -164,8 +164,9 @@ cat >"$FAKE/bundle/bin/bench_cuda_train" <<'EOF'
 echo "bench_cuda_train (fake) $*"
 [[ " $* " == *" --selftest "* ]] && { echo "selftest ok"; exit 0; }
 sleep 1  # long enough for the utilisation sampler to take a few samples
+g=""; [[ " $* " == *" --cuda-graph "* ]] && g=', "graph_img_per_s": 13440.0, "graph_over_eager": 1.05'
 amp=fp16; while (($#)); do [[ $1 == --amp ]] && amp=$2; shift; done
-echo "RESULT {\"amp\": \"$amp\", \"batch\": 256, \"img_per_s\": 12800.0, \"ms_per_step\": 20.0, \"peak_mem_mb\": 9000}"
+echo "RESULT {\"amp\": \"$amp\", \"batch\": 256, \"img_per_s\": 12800.0, \"ms_per_step\": 20.0, \"peak_mem_mb\": 9000, \"host_ms_per_step\": 1.25$g}"
 EOF
 # train_resnet18, make_bench_jpegs and pack_imagenet stand-ins for the end-to-end step: the trainer writes
 # JSONL records as the real one does (the first window slow: start-up), and a checkpoint.
@@ -243,6 +244,8 @@ if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 
   check "fake host: torch eager ran (RESULT parsed)" test "$(jget "$S" 'd["bench"]["torch_eager_bf16"]["img_per_s"] > 0')" = True
   check "fake host: ratio ours/torch eager computed" \
     test "$(jget "$S" 'abs(d["bench"]["ours_bf16"]["x_torch_eager"] - 12800.0 / d["bench"]["torch_eager_bf16"]["img_per_s"]) < 1e-6')" = True
+  check "fake host: our rows note the enqueue time and the CUDA-graph figure (--cuda-graph passed)" \
+    grep -q '^ours fp16 .*enqueue 1.25 ms/step; CUDA graph 13440 img/s = 1.05x' <<<"$out"
   check "fake host: failed compile is a note, not a failure" grep -q 'torch compile fp16 .*skipped' <<<"$out"
   check "fake host: GPU utilisation sampled (97%)" test "$(jget "$S" 'round(d["bench"]["ours_fp16"]["util"]["mean_pct"])')" = 97
   check "fake host: test XML kept" test -f "$TMP/gc-ok/logs/test_fake_ok.xml"

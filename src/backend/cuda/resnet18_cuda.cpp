@@ -102,6 +102,13 @@ struct CudaResNet18::Impl {
   int32_t* labels_pinned = nullptr;  // page-locked, so the label copy is truly asynchronous
   cudaEvent_t labels_copied = nullptr;
 
+  // cuBLAS's own workspace, fixed, so that a captured step allocates nothing.
+  DeviceBuffer cublas_ws;
+  // The captured training step (capture_train_step) and what it was captured for.
+  cudaGraphExec_t step_graph = nullptr;
+  int graph_n = 0, graph_h = 0, graph_w = 0;
+  size_t graph_conv_ws = 0;
+
   float* P() { return params.as<float>(); }
   // Copies on the compute stream (never the legacy default stream, which does not order against
   // our non-blocking streams). Pageable sources are staged before the call returns.
@@ -140,6 +147,10 @@ struct CudaResNet18::Impl {
     CUBLAS_CHECK(cublasCreate(&cublas));
     CUBLAS_CHECK(cublasSetStream(cublas, stream));
     CUBLAS_CHECK(cublasSetMathMode(cublas, cfg.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
+    // 32 MiB: cuBLAS's recommendation for Hopper (4 MiB before it). Without one cuBLAS allocates its
+    // workspace itself, which inside a stream capture becomes allocation nodes of the graph.
+    cublas_ws = DeviceBuffer(size_t{32} << 20, "cuBLAS workspace");
+    CUBLAS_CHECK(cublasSetWorkspace(cublas, cublas_ws.get(), cublas_ws.bytes()));
     // DDP_CUDNN_AUTOTUNE=1: timed engine search per conv shape (ModelConfig has no field for it).
     const char* at = std::getenv("DDP_CUDNN_AUTOTUNE");
     convs = std::make_unique<ConvEngine>(stream, cfg.tf32, at && std::string(at) == "1");
@@ -264,6 +275,7 @@ struct CudaResNet18::Impl {
   void destroy() {
     if (stream) (void)cudaStreamSynchronize(stream);
     if (copy_stream) (void)cudaStreamSynchronize(copy_stream);
+    if (step_graph) (void)cudaGraphExecDestroy(step_graph);
     convs.reset();
     if (cublas) (void)cublasDestroy(cublas);
     for (auto& e : grad_events)
@@ -629,6 +641,67 @@ void CudaResNet18::train_step_async(const nn::SgdConfig& cfg, float lr, float lo
   impl_->backward(loss_scale, nullptr);
   sgd_step(cfg, lr, 1.0f / loss_scale);
 }
+
+void CudaResNet18::capture_train_step(const nn::SgdConfig& cfg, float lr, float loss_scale) {
+  Impl& m = *impl_;
+  DDP_CHECK(m.have_input, "CudaResNet18::capture_train_step before set_input_u8/set_input_f32");
+  if (m.step_graph) {
+    CUDA_CHECK(cudaGraphExecDestroy(m.step_graph));
+    m.step_graph = nullptr;
+  }
+  // The eager step: plans, workspaces and the momentum buffers' first-step initialisation happen here.
+  train_step_async(cfg, lr, loss_scale);
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  // Thread-local mode: another thread's CUDA calls (the NVML poller, a communicator) are not
+  // affected, while an unsafe call of ours inside the capture (a synchronisation, an allocation)
+  // fails loudly instead of being recorded wrongly.
+  CUDA_CHECK(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal));
+  cudaGraph_t graph = nullptr;
+  try {
+    train_step_async(cfg, lr, loss_scale);
+  } catch (...) {
+    // End the capture so the stream is usable again; the partial graph is discarded.
+    if (cudaStreamEndCapture(m.stream, &graph) == cudaSuccess && graph) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    throw;
+  }
+  CUDA_CHECK(cudaStreamEndCapture(m.stream, &graph));
+  const cudaError_t e = cudaGraphInstantiateWithFlags(&m.step_graph, graph, 0);
+  (void)cudaGraphDestroy(graph);
+  if (e != cudaSuccess) {
+    m.step_graph = nullptr;
+    DDP_FAIL("CudaResNet18::capture_train_step: cudaGraphInstantiate failed: ", cudaGetErrorString(e));
+  }
+  // input_consumed was last recorded inside the capture, where it recorded nothing a later
+  // cudaStreamWaitEvent could use: record it for real (the captured step did not run).
+  CUDA_CHECK(cudaEventRecord(m.input_consumed, m.stream));
+  m.graph_n = m.n;
+  m.graph_h = m.h;
+  m.graph_w = m.w;
+  m.graph_conv_ws = m.convs->workspace_bytes();
+  // The capture ran the host side of a step (step counters, flags) without its device work.
+  --m.nbt;
+  m.have_forward = false;
+}
+
+void CudaResNet18::replay_train_step() {
+  Impl& m = *impl_;
+  DDP_CHECK(m.step_graph, "CudaResNet18::replay_train_step before capture_train_step");
+  DDP_CHECK(m.have_input, "CudaResNet18::replay_train_step before set_input_u8/set_input_f32");
+  DDP_CHECK(m.n == m.graph_n && m.h == m.graph_h && m.w == m.graph_w, "CudaResNet18::replay_train_step: input ", m.n,
+            " x ", m.h, " x ", m.w, " differs from the captured step's ", m.graph_n, " x ", m.graph_h, " x ", m.graph_w);
+  DDP_CHECK(m.convs->workspace_bytes() == m.graph_conv_ws,
+            "CudaResNet18::replay_train_step: the conv workspace was regrown since the capture (another input size "
+            "ran); capture again");
+  CUDA_CHECK(cudaGraphLaunch(m.step_graph, m.stream));
+  // As forward_async does after conv1 (here after the whole step, which is later, so still safe).
+  CUDA_CHECK(cudaEventRecord(m.input_consumed, m.stream));
+  ++m.nbt;
+  m.have_forward = true;
+  m.last_train = true;
+}
+
+bool CudaResNet18::has_captured_step() const { return impl_->step_graph != nullptr; }
 
 double CudaResNet18::param_checksum() {
   Impl& m = *impl_;

@@ -1,6 +1,7 @@
 // The whole CUDA ResNet18 against the CPU backend (CpuResNet18) with the same weights and inputs:
 // logits, loss, running statistics, every gradient, SGD steps, a 20-step loss trajectory, the
-// uint8 input path, eval mode, gradient-ready reports and overflow detection.
+// uint8 input path, eval mode, gradient-ready reports, overflow detection, and the training step
+// captured as a CUDA graph against the same steps run eagerly.
 //
 // Tolerances (stated per comparison below):
 //   fp32 with TF32 off: element-wise rtol 3e-4, atol 3e-4 * rms(tensor), and norm-wise 1e-4 — 20
@@ -175,6 +176,77 @@ TEST_P(CudaModel, LossTrajectory20StepsMatchesCpu) {
   p.cpu->get_params_torch(wc.data());
   p.gpu->get_params_torch(wg.data());
   expect_rel_norm("params after 20 steps", wg, wc, amp == Amp::Off ? 1e-4 : 1e-2);
+}
+
+// The training step captured as a CUDA graph (bench_cuda_train --cuda-graph) against the same steps
+// run eagerly by a twin model: replays must read the input set since, update weights, momentum and
+// running statistics as the eager steps do, and refuse another geometry. Both models run the same
+// cuDNN plans and kernels, so they differ at most by non-deterministic engines (atomics in some
+// weight-gradient engines): updates and logits within rtol 1e-3 (fp32) / norm-wise 1e-2 (fp16, bf16).
+// A replay that reused the captured batch, skipped the SGD or reinitialised momentum would miss by far
+// more: each step's batch differs and the lr is large.
+TEST_P(CudaModel, CapturedStepMatchesEagerSteps) {
+  const Amp amp = GetParam();
+  CudaResNet18 eager(config(amp, 4, 64)), graph(config(amp, 4, 64));  // same seed: same weights
+  const auto& spec = eager.spec();
+  std::vector<float> w0(spec.param_count);
+  eager.get_params_torch(w0.data());
+  nn::SgdConfig sgd;
+  sgd.momentum = 0.9f;
+  sgd.nesterov = true;
+  sgd.weight_decay = 1e-3f;
+  const float lr = 0.2f, scale = amp == Amp::F16 ? 256.0f : 1.0f;
+  std::vector<Batch> batches;
+  for (int k = 0; k < 4; ++k) batches.push_back(make_batch(4, 64, 64, 700 + k));
+  for (int k = 0; k < 4; ++k) {
+    eager.set_input_f32(batches[k].x.data(), batches[k].y.data(), 4, 64, 64);
+    eager.train_step_async(sgd, lr, scale);
+  }
+  graph.set_input_f32(batches[0].x.data(), batches[0].y.data(), 4, 64, 64);
+  EXPECT_FALSE(graph.has_captured_step());
+  graph.capture_train_step(sgd, lr, scale);  // runs step 0 eagerly, captures step 1
+  ASSERT_TRUE(graph.has_captured_step());
+  EXPECT_EQ(graph.num_batches_tracked(), 1);
+  for (int k = 1; k < 4; ++k) {
+    graph.set_input_f32(batches[k].x.data(), batches[k].y.data(), 4, 64, 64);
+    graph.replay_train_step();
+  }
+  eager.synchronize();
+  graph.synchronize();
+  EXPECT_EQ(graph.num_batches_tracked(), eager.num_batches_tracked());
+  // The last step's logits: computed inside the graph from the last batch.
+  const auto le = eager.logits_host(), lg = graph.logits_host();
+  if (amp == Amp::Off) expect_close("last step's logits", lg, le, 1e-3, 1e-3);
+  else expect_rel_norm("last step's logits", lg, le, 1e-2);
+  // Weight updates over the 4 steps, momentum and running statistics.
+  std::vector<float> we(spec.param_count), wg(spec.param_count);
+  eager.get_params_torch(we.data());
+  graph.get_params_torch(wg.data());
+  for (size_t i = 0; i < we.size(); ++i) {
+    we[i] -= w0[i];
+    wg[i] -= w0[i];
+  }
+  ASSERT_GT(rms(we), 0.0);
+  for (const auto& pi : spec.params) {
+    if (amp == Amp::Off) expect_close("update of " + pi.name, slice(wg, pi), slice(we, pi), 1e-3, 1e-3);
+    else expect_rel_norm("update of " + pi.name, slice(wg, pi), slice(we, pi), 1e-2);
+  }
+  eager.get_momentum_torch(we.data());
+  graph.get_momentum_torch(wg.data());
+  if (amp == Amp::Off) expect_close("momentum", wg, we, 1e-3, 1e-3);
+  else expect_rel_norm("momentum", wg, we, 1e-2);
+  std::vector<float> be(spec.buffer_count), bg(spec.buffer_count);
+  eager.get_buffers(be.data());
+  graph.get_buffers(bg.data());
+  if (amp == Amp::Off) expect_close("running stats", bg, be, 1e-3, 1e-3);
+  else expect_rel_norm("running stats", bg, be, 1e-2);
+  // Another batch size is refused; the captured geometry works again afterwards.
+  graph.set_input_f32(batches[0].x.data(), batches[0].y.data(), 2, 64, 64);
+  EXPECT_THROW(graph.replay_train_step(), Error);
+  graph.set_input_f32(batches[0].x.data(), batches[0].y.data(), 4, 64, 64);
+  graph.replay_train_step();
+  graph.synchronize();
+  EXPECT_EQ(graph.num_batches_tracked(), 5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Amp, CudaModel, ::testing::Values(Amp::Off, Amp::F16, Amp::BF16),

@@ -66,6 +66,16 @@ class CudaResNet18 final : public nn::Model {
   // Enqueues forward (train mode, no host sync) + backward + SGD: the benchmark's step. Returns
   // nothing; the loss stays on the device.
   void train_step_async(const nn::SgdConfig& cfg, float lr, float loss_scale);
+  // The same step as one CUDA graph, to measure what kernel launches cost (bench_cuda_train
+  // --cuda-graph). capture_train_step runs one step eagerly on the current input (it builds any
+  // missing conv plans and grows workspaces, neither of which may happen inside a capture), then
+  // captures the next one without running it. cfg, lr and loss_scale are fixed in the graph; the
+  // trainer, whose lr and loss scale change every step, does not use it. replay_train_step runs the
+  // captured step on the input set by set_input_u8 since (same batch and size as at capture); it
+  // refuses to run after the conv workspace was regrown (another input size ran): capture again.
+  void capture_train_step(const nn::SgdConfig& cfg, float lr, float loss_scale);
+  void replay_train_step();
+  bool has_captured_step() const;
   // Timed cuDNN engine search for conv plans built from now on (also: DDP_CUDNN_AUTOTUNE=1 in the
   // environment when the model is constructed). Off by default: heuristics mode A.
   void set_conv_autotune(bool on);

@@ -569,7 +569,8 @@ void maxpool2d_forward(int n, int c, int h, int w, int kernel, int stride, int p
         float best = -std::numeric_limits<float>::infinity();
         int idx = h0 * w + w0;
         // Branch-free select (the maximum's position is random, so branches mispredict); the first NaN
-        // wins and stays, as in PyTorch.
+        // wins and stays (PyTorch lets a later NaN take over: the output is NaN either way, only which
+        // NaN input gets the gradient differs).
         for (int a = h0; a < h1; ++a)
           for (int b = w0; b < w1; ++b) {
             const float v = xp[a * w + b];

@@ -509,7 +509,8 @@ __global__ void k_maxpool_fwd_vec(const T* x, int n, int h, int w, int c, int ke
         load8(x + (((int64_t)b * h + iy) * w + ix) * c + v * 8, xv);
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
-          // Once NaN, stays NaN at its first position (PyTorch propagates the first NaN).
+          // Once NaN, stays NaN at its first position, as the CPU backend (PyTorch lets a later NaN
+          // take over: the output is NaN either way, only which NaN input gets the gradient differs).
           if (!isnan(best[k]) && (xv[k] > best[k] || isnan(xv[k]))) {
             best[k] = xv[k];
             idx[k] = iy * w + ix;
@@ -729,6 +730,10 @@ void bn_batch_stats(DType dt, const void* x, int64_t rows, int c, float eps, flo
                     float* running_mean, float* running_var, float* save_mean, float* save_invstd, float* scratch,
                     cudaStream_t s) {
   DDP_CHECK(rows > 0 && c > 0, "bn_batch_stats: empty input (rows ", rows, ", channels ", c, ")");
+  // As the CPU backend and PyTorch: one value per channel has no variance to normalise by (the output
+  // would be beta, and the running variance would drift to 0 and blow up evaluation).
+  DDP_CHECK(rows > 1, "bn_batch_stats: batch norm in training needs more than one value per channel (rows ", rows,
+            ", channels ", c, "): a larger batch or input size");
   int groups = bn_row_groups(rows);
   dim3 grid((c + 31) / 32, groups), block(32, kBnLanes);
   DDP_DISPATCH(dt, T, {
@@ -855,6 +860,10 @@ void softmax_ce_backward(const float* probs, const int32_t* labels, int n, int c
 
 void sgd_update(float* p, const float* grad, float* mom, const uint8_t* no_decay, int64_t count, const SgdArgs& a,
                 DType lowp_dt, void* lowp, cudaStream_t s) {
+  // The CPU backend's checks (ddp::cpu::sgd_update), so that neither backend runs what the other refuses.
+  DDP_CHECK(a.momentum == 0.0f || mom != nullptr, "sgd_update: momentum ", a.momentum, " needs a momentum buffer");
+  DDP_CHECK(!a.nesterov || (a.momentum > 0.0f && a.dampening == 0.0f),
+            "SGD: Nesterov momentum requires a momentum > 0 and zero dampening (as in PyTorch)");
   DDP_DISPATCH(lowp_dt, T, k_sgd<T><<<grid_for(count), kThreads, 0, s>>>(p, grad, mom, no_decay, count, a, static_cast<T*>(lowp)));
   CUDA_CHECK_LAUNCH();
 }

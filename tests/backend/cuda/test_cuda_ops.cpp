@@ -154,7 +154,9 @@ TEST_F(CudaOps, ConvPlansSharedAcrossEngines) {
 struct BnCase {
   int n, h, w, c;
 };
-const BnCase kBnCases[] = {{4, 8, 8, 64}, {3, 5, 5, 80}, {2, 7, 7, 512}};
+// 256 rows and less (one row group), 8-channel and scalar paths; 1024 rows (4 row groups, the partial
+// sums of several blocks combined); 270,400 rows (over the 1024-group cap: each group loops further).
+const BnCase kBnCases[] = {{4, 8, 8, 64}, {3, 5, 5, 80}, {2, 7, 7, 512}, {4, 16, 16, 64}, {1, 520, 520, 8}};
 
 TEST_P(CudaOps, BatchNormTrainForwardAddRelu) {
   const DType dt = GetParam();
@@ -189,6 +191,17 @@ TEST_P(CudaOps, BatchNormTrainForwardAddRelu) {
     expect_close("bn running_var", d_rv.download(), rv, 1e-4, 1e-5);
     expect_close("bn+add+relu y", d_y.download(), nchw_to_nhwc(y, bc.n, bc.h, bc.w, c), tol.rtol, tol.a);
   }
+}
+
+TEST_P(CudaOps, BatchNormTrainRefusesOneValuePerChannel) {
+  // As the CPU backend and PyTorch: a batch of 1 at a 1x1 map (layer4 of a 32-63 px input).
+  const DType dt = GetParam();
+  const int c = 512;
+  Dev d_x(random_vec(c, 27, dt), dt), d_rm(c, DType::F32), d_rv(c, DType::F32), d_mean(c, DType::F32),
+      d_inv(c, DType::F32), scratch(bn_scratch_floats(1, c), DType::F32);
+  EXPECT_THROW(bn_batch_stats(dt, d_x.get(), 1, c, 1e-5f, 0.1f, true, d_rm.as<float>(), d_rv.as<float>(),
+                              d_mean.as<float>(), d_inv.as<float>(), scratch.as<float>(), stream_),
+               Error);
 }
 
 TEST_P(CudaOps, BatchNormEvalForward) {
@@ -294,19 +307,36 @@ TEST_P(CudaOps, MaxPoolForwardBackward) {
 TEST_P(CudaOps, AvgPoolForwardBackward) {
   const DType dt = GetParam();
   const Tol tol = tol_for(dt);
-  const int n = 3, h = 7, w = 7, c = 72, hw = h * w;
-  const size_t nx = static_cast<size_t>(n) * hw * c;
-  auto x = random_vec(nx, 61, dt);
-  auto dy = random_vec(static_cast<size_t>(n) * c, 62, DType::F32);
-  Dev d_x(x, dt), d_y(n * c, DType::F32), d_dy(dy), d_dx(nx, dt);
-  avgpool_forward(dt, d_x.get(), n, hw, c, d_y.as<float>(), stream_);
-  avgpool_backward(dt, d_dy.as<float>(), n, hw, c, d_dx.get(), stream_);
-  auto xc = nhwc_to_nchw(x, n, h, w, c);
-  std::vector<float> y(n * c), dx(nx);
-  cpu::global_avgpool_forward(n, c, hw, xc.data(), y.data());
-  cpu::global_avgpool_backward(n, c, hw, dy.data(), dx.data());
-  expect_close("avgpool y (fp32 out)", d_y.download(), y, 1e-5, 1e-5);
-  expect_close("avgpool dx", d_dx.download(), nchw_to_nhwc(dx, n, h, w, c), tol.rtol, std::min(tol.a, 1e-6));
+  for (const int c : {72, 20}) {  // 8-channel vector path, scalar path
+    SCOPED_TRACE(str("c=", c));
+    const int n = 3, h = 7, w = 7, hw = h * w;
+    const size_t nx = static_cast<size_t>(n) * hw * c;
+    auto x = random_vec(nx, 61, dt);
+    auto dy = random_vec(static_cast<size_t>(n) * c, 62, DType::F32);
+    Dev d_x(x, dt), d_y(n * c, DType::F32), d_dy(dy), d_dx(nx, dt);
+    avgpool_forward(dt, d_x.get(), n, hw, c, d_y.as<float>(), stream_);
+    avgpool_backward(dt, d_dy.as<float>(), n, hw, c, d_dx.get(), stream_);
+    auto xc = nhwc_to_nchw(x, n, h, w, c);
+    std::vector<float> y(n * c), dx(nx);
+    cpu::global_avgpool_forward(n, c, hw, xc.data(), y.data());
+    cpu::global_avgpool_backward(n, c, hw, dy.data(), dx.data());
+    expect_close("avgpool y (fp32 out)", d_y.download(), y, 1e-5, 1e-5);
+    expect_close("avgpool dx", d_dx.download(), nchw_to_nhwc(dx, n, h, w, c), tol.rtol, std::min(tol.a, 1e-6));
+  }
+}
+
+TEST_P(CudaOps, AddInPlace) {
+  // The stem's residual-free gradient sum in backward; vector (count % 8 == 0) and scalar paths.
+  const DType dt = GetParam();
+  const Tol tol = tol_for(dt);
+  for (const int64_t count : {int64_t{8 * 1001}, int64_t{8 * 1001 + 5}}) {
+    auto y = random_vec(count, 65, dt), x = random_vec(count, 66, dt);
+    Dev d_y(y, dt), d_x(x, dt);
+    add_inplace(dt, d_y.get(), d_x.get(), count, stream_);
+    std::vector<float> ref(count);
+    cpu::add(count, y.data(), x.data(), ref.data());
+    expect_close(str("add_inplace, count ", count), d_y.download(), ref, tol.rtol, std::min(tol.a, 1e-6));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(DTypes, CudaOps, ::testing::Values(DType::F32, DType::F16, DType::BF16),
@@ -340,10 +370,13 @@ TEST_F(CudaOpsF32, LinearForwardBackward) {
 }
 
 TEST_F(CudaOpsF32, SoftmaxCrossEntropyWithSmoothing) {
-  const int n = 6, classes = 17;
+  const int n = 6;
+  // 17 classes: fewer than a block's threads; 1000 (ImageNet): each thread loops over several.
+  for (const int classes : {17, 1000})
   for (float smoothing : {0.0f, 0.1f}) {
+    SCOPED_TRACE(str(classes, " classes, smoothing ", smoothing));
     auto logits = random_vec(n * classes, 81, DType::F32, -4.0f, 4.0f);
-    std::vector<int32_t> labels{0, 16, 3, 8, 8, 11};
+    std::vector<int32_t> labels{0, classes - 1, 3, 8, 8, 11};
     Dev d_l(logits), d_p(n * classes, DType::F32), d_loss(n, DType::F32), d_rank(n, DType::F32),
         d_dl(n * classes, DType::F32);
     DeviceBuffer d_lab(n * 4, "labels");

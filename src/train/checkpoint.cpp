@@ -116,6 +116,7 @@ void save_checkpoint(const std::string& path, const nn::ResNet18Spec& spec, cons
     h5::set_attr(f, "loss_scale", s.scaler.scale);
     h5::set_attr(f, "loss_scale_good_steps", s.scaler.good_steps);
     h5::set_attr(f, "loss_scale_skipped_steps", s.scaler.skipped_steps);
+    h5::set_attr(f, "loss_scale_dynamic", static_cast<int64_t>(s.scaler.dynamic));
     h5::set_attr(f, "config", s.config);
     h5::Handle rng = h5::create_group(f, "rng");
     for (const auto& [name, pos] : s.rng) h5::set_attr(rng, name, static_cast<int64_t>(pos));
@@ -171,6 +172,11 @@ CheckpointState load_checkpoint(const std::string& path, const nn::ResNet18Spec&
     s.scaler.scale = h5::get_attr_f64(f, "loss_scale");
     s.scaler.good_steps = h5::get_attr_i64(f, "loss_scale_good_steps");
     s.scaler.skipped_steps = h5::get_attr_i64(f, "loss_scale_skipped_steps");
+    // Checkpoints written before this attribute: a dynamic scaler moves off 1 at once (it starts at
+    // 2^16) and counts its steps; a constant one stays at 1 with no steps counted.
+    s.scaler.dynamic = h5::has_attr(f, "loss_scale_dynamic")
+                           ? h5::get_attr_i64(f, "loss_scale_dynamic") != 0
+                           : (s.scaler.scale != 1.0 || s.scaler.good_steps != 0 || s.scaler.skipped_steps != 0);
     s.config = h5::get_attr_str(f, "config");
     if (h5::exists(f, "rng")) {
       h5::Handle g(H5_CHECK(H5Gopen2(f, "rng", H5P_DEFAULT)));

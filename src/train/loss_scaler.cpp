@@ -4,7 +4,10 @@
 
 namespace ddp::train {
 
-LossScaler::LossScaler(bool dynamic) : dynamic_(dynamic) { s_.scale = dynamic ? kInitScale : 1.0; }
+LossScaler::LossScaler(bool dynamic) : dynamic_(dynamic) {
+  s_.scale = dynamic ? kInitScale : 1.0;
+  s_.dynamic = dynamic;
+}
 
 bool LossScaler::update(bool grads_finite) {
   if (!dynamic_) {

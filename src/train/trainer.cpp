@@ -284,8 +284,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     bcast_vec(st.params);
     bcast_vec(st.momentum);
     bcast_vec(st.buffers);
-    int64_t sc[8] = {st.num_batches_tracked, st.momentum_initialised, st.epoch, st.step_in_epoch,
-                     st.global_step, st.steps_per_epoch, st.scaler.good_steps, st.scaler.skipped_steps};
+    int64_t sc[9] = {st.num_batches_tracked, st.momentum_initialised, st.epoch, st.step_in_epoch,
+                     st.global_step, st.steps_per_epoch, st.scaler.good_steps, st.scaler.skipped_steps,
+                     st.scaler.dynamic};
     bcast_bytes(sc, sizeof sc);
     bcast_bytes(&st.scaler.scale, sizeof(double));
     model->set_params_torch(st.params.data());
@@ -297,9 +298,11 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     start_step = sc[3];
     gstep = sc[4];
     ckpt_steps_per_epoch = sc[5];
-    if (scaler.dynamic()) scaler.set_state({st.scaler.scale, sc[6], sc[7]});
+    const bool scale_resumed = scaler.resume({st.scaler.scale, sc[6], sc[7], sc[8] != 0});
     info0("resumed from ", resume_path, ": epoch ", start_epoch + 1, ", step ", start_step, " of the epoch, global step ",
-          gstep, scaler.dynamic() ? str(", loss scale ", scaler.scale()) : std::string());
+          gstep, scaler.dynamic() ? str(", loss scale ", scaler.scale()) : std::string(),
+          scaler.dynamic() && !scale_resumed ? " (the checkpoint's run had no fp16 loss scaling: starting afresh)"
+                                             : "");
   }
 
   // Rule 3: replicas start identical, whatever each rank initialised or loaded.

@@ -38,7 +38,7 @@ CheckpointState random_state(const ddp::nn::ResNet18Spec& spec, uint64_t seed) {
   s.steps_per_epoch = 100;
   s.seed = 42;
   s.world_size = 4;
-  s.scaler = {8192.0, 55, 3};
+  s.scaler = {8192.0, 55, 3, true};
   s.config = "data = synthetic\nepochs = 9\n";
   s.rng = {{"shuffle_epoch", 3}, {"batches_done", 17}};
   return s;
@@ -89,6 +89,7 @@ TEST_F(CheckpointTest, RoundTripIsExact) {
   EXPECT_EQ(a.scaler.scale, b.scaler.scale);
   EXPECT_EQ(a.scaler.good_steps, b.scaler.good_steps);
   EXPECT_EQ(a.scaler.skipped_steps, b.scaler.skipped_steps);
+  EXPECT_EQ(a.scaler.dynamic, b.scaler.dynamic);
   EXPECT_EQ(a.config, b.config);
   EXPECT_EQ(a.rng.size(), b.rng.size());
   EXPECT_EQ(checkpoint_num_classes(p), 10);
@@ -105,6 +106,28 @@ TEST_F(CheckpointTest, ModelTensorsReadAsAWeightsFileWould) {
   std::vector<float> got(w.numel);
   ddp::h5::read_f32(f, w.name, got.data(), {256, 128, 1, 1});
   EXPECT_TRUE(std::equal(got.begin(), got.end(), a.params.begin() + w.offset));
+}
+
+TEST_F(CheckpointTest, LossScalingModeRoundTripsAndIsInferredForOlderFiles) {
+  struct Case {
+    LossScalerState saved;
+    bool inferred;  // what a file without the loss_scale_dynamic attribute reads as
+  };
+  const Case cases[] = {{{1.0, 0, 0, false}, false},     // bf16 / fp32: a constant 1
+                        {{32768.0, 12, 1, true}, true},  // fp16, moved off 2^16
+                        {{1.0, 7, 0, true}, true}};      // fp16 at scale 1: its step count gives it away
+  for (const auto& c : cases) {
+    CheckpointState a = random_state(spec_, 3);
+    a.scaler = c.saved;
+    const std::string p = path("s.h5");
+    save_checkpoint(p, spec_, a);
+    EXPECT_EQ(load_checkpoint(p, spec_).scaler.dynamic, c.saved.dynamic) << "scale " << c.saved.scale;
+    {
+      ddp::h5::Handle f = ddp::h5::open_file(p, true);
+      ASSERT_GE(H5Adelete(f, "loss_scale_dynamic"), 0);
+    }
+    EXPECT_EQ(load_checkpoint(p, spec_).scaler.dynamic, c.inferred) << "scale " << c.saved.scale << " (older file)";
+  }
 }
 
 TEST_F(CheckpointTest, TruncatedFileIsRefusedNamingIt) {

@@ -56,6 +56,25 @@ TEST(LossScaler, StateRoundTrip) {
   }
 }
 
+TEST(LossScaler, ResumeTakesOnlyAStateThatWasScaledDynamically) {
+  LossScaler fp16(true);
+  EXPECT_TRUE(fp16.state().dynamic);
+  // An fp16 run resumed from a bf16/fp32 checkpoint (constant scale 1): a fresh 2^16, not 1.
+  EXPECT_FALSE(fp16.resume({1.0, 0, 0, false}));
+  EXPECT_EQ(fp16.scale(), 65536.0f);
+  // From an fp16 checkpoint: its scale and counters continue.
+  EXPECT_TRUE(fp16.resume({1024.0, 1999, 4, true}));
+  EXPECT_EQ(fp16.scale(), 1024.0f);
+  EXPECT_EQ(fp16.state().skipped_steps, 4);
+  fp16.update(true);
+  EXPECT_EQ(fp16.scale(), 2048.0f);  // the 2000th clean step
+  // A bf16/fp32 run keeps its constant 1 whatever the checkpoint had.
+  LossScaler bf16(false);
+  EXPECT_FALSE(bf16.state().dynamic);
+  EXPECT_FALSE(bf16.resume({1024.0, 5, 0, true}));
+  EXPECT_EQ(bf16.scale(), 1.0f);
+}
+
 TEST(LossScaler, StaticScaleIsOneAndNonFiniteIsDivergence) {
   LossScaler s(false);
   EXPECT_EQ(s.scale(), 1.0f);

@@ -12,6 +12,7 @@ struct LossScalerState {
   double scale = 1.0;
   int64_t good_steps = 0;     // clean steps since the last change
   int64_t skipped_steps = 0;  // total steps skipped for overflow
+  bool dynamic = false;       // written by a run with fp16 dynamic scaling (else the scale is a constant 1)
 };
 
 class LossScaler {
@@ -29,7 +30,19 @@ class LossScaler {
   // step should run (grads finite); false when it must be skipped.
   bool update(bool grads_finite);
   const LossScalerState& state() const { return s_; }
-  void set_state(const LossScalerState& s) { s_ = s; }
+  void set_state(const LossScalerState& s) {
+    s_ = s;
+    s_.dynamic = dynamic_;
+  }
+  // On resume: continues a saved dynamic scale; keeps the fresh state (2^16, or the constant 1) when
+  // this run does not scale or the saved run did not (a bf16/fp32 checkpoint's constant 1 would start
+  // fp16 at a scale that underflows small gradients, and take 16 x 2000 steps to grow back).
+  // Returns whether the saved state was taken.
+  bool resume(const LossScalerState& saved) {
+    if (!dynamic_ || !saved.dynamic) return false;
+    set_state(saved);
+    return true;
+  }
 
  private:
   bool dynamic_;

@@ -228,6 +228,10 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
         o.backend == nn::Backend::CPU ? str(", ", o.threads, " threads/rank") : str(", tf32 ", o.tf32 ? "on" : "off"),
         "; ", env.world, " rank(s), global batch ", int64_t(o.batch_size) * env.world, ", comm ", comm->name());
 
+  // Plans and workspaces for the training batch now, not inside the first backward with an allreduce in
+  // flight (see Model::prepare).
+  model->prepare(o.batch_size, o.image_size, o.image_size);
+
   LossScaler scaler(o.amp == nn::Amp::F16);
   int start_epoch = 0;
   int64_t start_step = 0, gstep = 0;

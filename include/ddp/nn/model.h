@@ -118,6 +118,16 @@ class Model {
   // A cheap checksum of params() and buffers() (identical replicas give identical values).
   virtual double param_checksum() = 0;
   virtual void synchronize() = 0;  // waits for all queued device work
+  // Does now what the first training step at batch n and size h x w would otherwise do on the way:
+  // on the GPU, build the cuDNN plans and grow the conv workspace. Growing frees the old workspace,
+  // and cudaFree waits for the whole device, including an allreduce already in flight during that
+  // first backward: with a dead peer that wait would have no timeout (DESIGN §4 rule 2). The CPU
+  // backend has nothing to prepare.
+  virtual void prepare(int n, int h, int w) {
+    (void)n;
+    (void)h;
+    (void)w;
+  }
   virtual size_t peak_memory_bytes() const = 0;
 };
 

@@ -717,6 +717,17 @@ double CudaResNet18::param_checksum() {
 }
 
 void CudaResNet18::synchronize() { CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }
+
+void CudaResNet18::prepare(int n, int h, int w) {
+  Impl& m = *impl_;
+  const int cur_n = m.n, cur_h = m.h, cur_w = m.w;
+  m.set_geometry(n, h, w);
+  // The stem's data gradient is never computed (the input needs none).
+  for (size_t i = 0; i < m.conv.size(); ++i) m.convs->prepare(m.conv[i].shape, i != 0);
+  if (cur_n > 0) m.set_geometry(cur_n, cur_h, cur_w);  // the current input's shapes again
+}
+
+size_t CudaResNet18::conv_workspace_bytes() const { return impl_->convs->workspace_bytes(); }
 size_t CudaResNet18::peak_memory_bytes() const { return tracked_peak_bytes(); }
 
 }  // namespace ddp::cuda

@@ -16,6 +16,7 @@
 
 #include "cuda_test_util.h"
 #include "ddp/backend/cpu/resnet18_cpu.h"
+#include "ddp/backend/cuda/conv.h"
 #include "ddp/backend/cuda/resnet18_cuda.h"
 
 namespace ddp::cuda::test {
@@ -362,6 +363,28 @@ TEST_F(CudaModelF32, OverflowIsDetected) {
   EXPECT_FALSE(std::isfinite(loss));
   m32.backward(1.0f, nullptr);
   EXPECT_FALSE(m32.grads_finite());
+}
+
+TEST_F(CudaModelF32, PrepareLeavesNothingForTheFirstStepToBuildOrGrow) {
+  // The trainer prepares the training geometry before the first step: that step (whose backward
+  // overlaps the first allreduce) must then neither build a plan nor regrow (free) the workspace.
+  CudaResNet18 m(config(Amp::F16, 6, 72));
+  EXPECT_EQ(m.conv_workspace_bytes(), 0u);
+  Batch b = make_batch(5, 72, 56, 800);  // a geometry no other test uses: its plans are new here
+  m.prepare(5, 72, 56);
+  const size_t ws = m.conv_workspace_bytes(), built = ConvEngine::plans_built();
+  EXPECT_GT(ws, 0u);
+  m.set_input_f32(b.x.data(), b.y.data(), 5, 72, 56);
+  m.forward(nn::Mode::Train);
+  m.backward(256.0f, nullptr);
+  m.synchronize();
+  EXPECT_EQ(ConvEngine::plans_built(), built) << "the step built plans prepare() should have built";
+  EXPECT_EQ(m.conv_workspace_bytes(), ws) << "the step regrew the workspace";
+  EXPECT_TRUE(m.grads_finite());
+  // prepare() for another geometry keeps the current input's shapes: the next step runs as before.
+  m.prepare(6, 64, 64);
+  m.backward(256.0f, nullptr);
+  EXPECT_TRUE(m.grads_finite());
 }
 
 TEST_F(CudaModelF32, TorchLayoutRoundTripsAndChecksum) {

@@ -58,6 +58,8 @@ class CudaResNet18 final : public nn::Model {
   void sgd_step(const nn::SgdConfig& cfg, float lr, float grad_scale) override;
   double param_checksum() override;
   void synchronize() override;
+  void prepare(int n, int h, int w) override;
+  size_t conv_workspace_bytes() const;
   size_t peak_memory_bytes() const override;
 
   // The compute stream (cudaStream_t) every op of this model runs on; a communicator's stream

@@ -660,6 +660,8 @@ void CudaResNet18::capture_train_step(const nn::SgdConfig& cfg, float lr, float 
   // Thread-local mode: another thread's CUDA calls (the NVML poller, a communicator) are not
   // affected, while an unsafe call of ours inside the capture (a synchronisation, an allocation)
   // fails loudly instead of being recorded wrongly.
+  // The capture runs the host side of a step (counters, flags) without its device work: undone below.
+  const int64_t nbt_before = m.nbt;
   CUDA_CHECK(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal));
   cudaGraph_t graph = nullptr;
   try {
@@ -668,6 +670,8 @@ void CudaResNet18::capture_train_step(const nn::SgdConfig& cfg, float lr, float 
     // End the capture so the stream is usable again; the partial graph is discarded.
     if (cudaStreamEndCapture(m.stream, &graph) == cudaSuccess && graph) (void)cudaGraphDestroy(graph);
     (void)cudaGetLastError();
+    m.nbt = nbt_before;
+    m.have_forward = false;
     throw;
   }
   CUDA_CHECK(cudaStreamEndCapture(m.stream, &graph));
@@ -684,8 +688,7 @@ void CudaResNet18::capture_train_step(const nn::SgdConfig& cfg, float lr, float 
   m.graph_h = m.h;
   m.graph_w = m.w;
   m.graph_conv_ws = m.convs->workspace_bytes();
-  // The capture ran the host side of a step (step counters, flags) without its device work.
-  --m.nbt;
+  m.nbt = nbt_before;
   m.have_forward = false;
 }
 

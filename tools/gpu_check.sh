@@ -742,8 +742,11 @@ jpeg_bin="$BUNDLE/bin/make_bench_jpegs"
 pack_bin="$BUNDLE/bin/pack_imagenet"
 SYNTH_TEST="train_resnet18 --backend cuda (synthetic)"
 e2e_bad=0
-e2e_common=(--backend cuda --comm nccl --amp fp16 --image-size "$SIZE" --batch-size "$BATCH" --max-steps "$E2E_STEPS"
-            --no-eval --progress lines --log-every 10)
+RESUME_TEST="train_resnet18 --resume (synthetic)"
+e2e_base=(--backend cuda --comm nccl --amp fp16 --image-size "$SIZE" --batch-size "$BATCH" --no-eval --progress lines
+          --log-every 10)
+e2e_common=("${e2e_base[@]}" --max-steps "$E2E_STEPS")
+synth_args=(--data synthetic --synthetic-size $((BATCH * 16)) --synthetic-classes 1000 --checkpoint-every 1000000)
 if ((!E2E)); then
   for k in train_synth_fp16 train_hdf5_fp16; do e2e_status "$k" 0 0 "skipped (--no-e2e)"; done
   step_end skipped "--no-e2e"
@@ -762,9 +765,8 @@ else
   else
     rm -f "$LOGDIR/train_synth_fp16.jsonl"
     BENCH_JSONL="$LOGDIR/train_synth_fp16.jsonl"
-    run_bench train_synth_fp16 150 "$train_bin" "${e2e_common[@]}" --data synthetic --synthetic-size $((BATCH * 16)) \
-      --synthetic-classes 1000 --checkpoint-dir "$E2E_DIR/ckpt" --checkpoint-every 1000000 --jsonl "$BENCH_JSONL" \
-      || e2e_bad=$((e2e_bad + 1))
+    run_bench train_synth_fp16 150 "$train_bin" "${e2e_common[@]}" "${synth_args[@]}" --checkpoint-dir "$E2E_DIR/ckpt" \
+      --jsonl "$BENCH_JSONL" || e2e_bad=$((e2e_bad + 1))
     BENCH_JSONL=""
     ls -la "$E2E_DIR/ckpt" >"$LOGDIR/train_ckpt.txt" 2>&1
     IFS=$'\t' read -r rc secs note <"$LOGDIR/train_synth_fp16.status"
@@ -809,6 +811,39 @@ else
   else
     e2e_status train_hdf5_fp16 -1 0 "not run: $why"
     e2e_bad=$((e2e_bad + 1))
+  fi
+  # (3) --resume from the synthetic run's checkpoint: the CUDA side of a resume (weights and momentum
+  # through the PyTorch layout, BN statistics, the fp16 loss scale), 20 more steps. A test: exit 0, the
+  # scale the first run saved is the one resumed, and a checkpoint at the new step.
+  rsteps=$((E2E_STEPS + 20))
+  first_ckpt="$E2E_DIR/ckpt/$(printf 'ckpt-%010d.h5' "$E2E_STEPS")"
+  if [[ ! -f $first_ckpt ]]; then
+    printf '%s\t-1\t0\t1\t0\t0\tnot run: no checkpoint at step %s from the synthetic run\n' "$RESUME_TEST" "$E2E_STEPS" \
+      >>"$LOGDIR/tests.tsv"
+  elif (($(cap 90) < 30)); then
+    printf '%s\t-1\t0\t1\t0\t0\tnot run: time budget spent\n' "$RESUME_TEST" >>"$LOGDIR/tests.tsv"
+  else
+    t0=$SECONDS
+    log "$RESUME_TEST: to step $rsteps from $first_ckpt"
+    timeout -k 10 "$(cap 90)" "$train_bin" "${e2e_base[@]}" --max-steps "$rsteps" "${synth_args[@]}" \
+      --checkpoint-dir "$E2E_DIR/ckpt" --resume auto >"$LOGDIR/train_resume_fp16.log" 2>&1
+    rc=$?
+    # The trainer names the loss scale in its checkpoint line and in its 'resumed from' line.
+    saved=$(sed -n "s/.*checkpoint .*ckpt-0*${E2E_STEPS}\.h5 (.*loss scale \([0-9.e+-]*\)).*/\1/p" \
+      "$LOGDIR/train_synth_fp16.log" | tail -1)
+    resumed=$(sed -n "s/.*resumed from .*global step ${E2E_STEPS}, loss scale \([0-9.e+-]*\).*/\1/p" \
+      "$LOGDIR/train_resume_fp16.log" | tail -1)
+    note=""
+    if ((rc != 0)); then
+      note="exit $rc: $(grep -v '^[[:space:]]*$' "$LOGDIR/train_resume_fp16.log" | tail -1 | cut -c1-100)"
+    elif [[ -z $resumed ]]; then rc=1; note="no 'resumed from ... global step $E2E_STEPS, loss scale ...' line"
+    elif [[ -n $saved && $saved != "$resumed" ]]; then rc=1; note="loss scale $saved saved, $resumed resumed"
+    elif [[ ! -f $E2E_DIR/ckpt/$(printf 'ckpt-%010d.h5' "$rsteps") ]]; then rc=1; note="no checkpoint at step $rsteps"
+    elif [[ -z $saved ]]; then note="the first run's log names no loss scale: not compared"
+    fi
+    printf '%s\t%s\t%s\t%s\t0\t%s\t%s\n' "$RESUME_TEST" "$rc" "$((rc == 0 ? 1 : 0))" "$((rc == 0 ? 0 : 1))" \
+      "$((SECONDS - t0))" "$note" >>"$LOGDIR/tests.tsv"
+    log "$RESUME_TEST: rc $rc ($((SECONDS - t0)) s), loss scale saved ${saved:-?}, resumed ${resumed:-?}${note:+ - $note}"
   fi
   printf '{"images": %s, "steps": %s, "make_jpegs_s": %s, "jpeg_mb": %s, "pack_s": %s, "shard_mb": %s}\n' \
     "$E2E_IMAGES" "$E2E_STEPS" "$jpeg_s" "${jpeg_mb:-0}" "$pack_s" "${shard_mb:-0}" >"$LOGDIR/e2e.json"

@@ -450,7 +450,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       auto t0 = Clock::now();
       save_checkpoint(path, spec, st);
       prune_checkpoints(o.checkpoint_dir, o.keep_checkpoints);
-      progress->message(str("checkpoint ", path, " (", why, ", ", seconds_since(t0), " s)"));
+      progress->message(str("checkpoint ", path, " (", why, ", ", seconds_since(t0), " s",
+                            scaler.dynamic() ? str(", loss scale ", scaler.scale()) : std::string(), ")"));
     });
     result.last_checkpoint = path;
   };

@@ -172,22 +172,35 @@ EOF
 # JSONL records as the real one does (the first window slow: start-up), and a checkpoint.
 cat >"$FAKE/bundle/bin/train_resnet18" <<'EOF'
 #!/bin/bash
-j=""; ck=""; steps=20; data=""
+j=/dev/null; ck=""; steps=20; data=""; resume=""
 while (($#)); do
-  case $1 in --jsonl) j=$2; shift ;; --checkpoint-dir) ck=$2; shift ;; --max-steps) steps=$2; shift ;; --data) data=$2; shift ;; esac
+  case $1 in
+    --jsonl) j=$2; shift ;; --checkpoint-dir) ck=$2; shift ;; --max-steps) steps=$2; shift ;; --data) data=$2; shift ;;
+    --resume) resume=$2; shift ;;
+  esac
   shift
 done
+start=0
+if [[ -n $resume ]]; then  # as the trainer: the newest checkpoint, its step and loss scale named
+  last=$(ls "$ck"/ckpt-*.h5 2>/dev/null | tail -1)
+  [[ -n $last ]] || { echo "error: no checkpoint in '$ck'" >&2; exit 1; }
+  start=$(basename "$last" .h5); start=$((10#${start#ckpt-}))
+  echo "[07:00:00 rank 0/1 info] resumed from $last: epoch 13, step 8 of the epoch, global step $start, loss scale ${FAKE_RESUME_SCALE:-32768}"
+fi
 ips=11000
 if [[ $data != synthetic ]]; then
   ips=7000
   [[ -f $data/train-00000-of-00001.h5 ]] || { echo "error: no shards in '$data'" >&2; exit 1; }
 fi
 sleep 1
-for ((s = 10; s <= steps; s += 10)); do
+for ((s = start + 10; s <= steps; s += 10)); do
   echo "{\"type\": \"train\", \"step\": $s, \"loss\": 6.9, \"img_per_s\": $( ((s == 10)) && echo 2000 || echo "$ips"), \"gpu_util\": 95}" >>"$j"
 done
 echo "{\"type\": \"summary\", \"steps\": $steps, \"img_per_s\": 9000, \"peak_device_bytes\": 10485760000}" >>"$j"
-[[ -n $ck ]] && mkdir -p "$ck" && touch "$ck/ckpt-fake.h5"
+if [[ -n $ck ]]; then
+  mkdir -p "$ck" && f="$ck/$(printf 'ckpt-%010d.h5' "$steps")" && touch "$f"
+  echo "[07:00:01 rank 0/1 info] checkpoint $f (--max-steps reached, 0.1 s, loss scale 32768)"
+fi
 exit 0
 EOF
 cat >"$FAKE/bundle/bin/make_bench_jpegs" <<'EOF'
@@ -236,8 +249,11 @@ if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 
   S="$TMP/gc-ok/summary.json"
   check "fake host, all clean: exit 0" test "$rc" -eq 0
   check "fake host: PASSED is the last line" test "$(tail -1 <<<"$out")" = "gpu_check: PASSED"
-  check "fake host: 5 + 2 passed + the bench selftest + the synthetic trainer run counted" \
-    test "$(jget "$S" 'd["tests_total"]["passed"]')" = 9
+  check "fake host: 5 + 2 passed + the bench selftest + the synthetic trainer run + its resume counted" \
+    test "$(jget "$S" 'd["tests_total"]["passed"]')" = 10
+  check "fake host: the resume run continued the saved loss scale from the synthetic run's step 200" \
+    bash -c 'grep -q "^train_resnet18 --resume (synthetic) .* ok" <<<"$1" &&
+             grep -q "rc 0 .*loss scale saved 32768, resumed 32768" <<<"$1"' _ "$out"
   check "fake host: a skip that is not about the GPU is by design, not a failure" \
     grep -q "^test_fake_bydesign .* ok - 1 skipped by design: C.NonCudaBuild" <<<"$out"
   check "fake host: ours fp16 img/s parsed" test "$(jget "$S" 'd["bench"]["ours_fp16"]["img_per_s"]')" = 12800.0
@@ -281,10 +297,14 @@ printf '%s\n' '[ RUN      ] S.a' '[       OK ] S.a (1 ms)' '[ RUN      ] P/S.b/f
 exit 139
 EOF
   chmod +x "$FAKE/bundle/bin/test_fake_crash"
-  out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --allow-skip --bundle "$FAKE/bundle" --out "$TMP/gc-fail" --python fakepy 2>&1); rc=$?
+  # ... and a resume that does not continue the saved loss scale
+  out=$(FAKE_RESUME_SCALE=65536 PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --allow-skip --bundle "$FAKE/bundle" \
+    --out "$TMP/gc-fail" --python fakepy 2>&1); rc=$?
   check "fake host, a failing test: exit 1" test "$rc" -eq 1
-  check "fake host: 2 failures + 1 from the crashed binary's log counted" \
-    test "$(jget "$TMP/gc-fail/summary.json" 'd["tests_total"]["failed"]')" = 3
+  check "fake host: 2 failures + 1 from the crashed binary's log + the resume counted" \
+    test "$(jget "$TMP/gc-fail/summary.json" 'd["tests_total"]["failed"]')" = 4
+  check "fake host: a resume with another loss scale fails, naming both" \
+    grep -q "^train_resnet18 --resume (synthetic) .*FAIL - loss scale 32768 saved, 65536 resumed" <<<"$out"
   check "fake host: crashed binary without XML: counts from its log, failed test named" \
     bash -c 'grep -q "^test_fake_crash .* 2 .* 1 .* 0 .*FAIL - exit 139 .* in S.d" <<<"$1" && grep -q "FAILED:P/S.b/f16" <<<"$1"' _ "$out"
   rm -f "$FAKE/bundle/bin/test_fake_crash"

@@ -98,10 +98,7 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
   po::options_description dist("Distributed");
   dist.add_options()
       ("comm", po::value<std::string>(&comm), "mpi | nccl (default: nccl on cuda, mpi on cpu)")
-      ("bucket-mb", po::value<double>(&o.bucket_mb)->default_value(o.bucket_mb),
-       "largest gradient collective in MB (a larger final range goes out in pieces)")
-      ("bucket-min-mb", po::value<double>(&o.bucket_min_mb)->default_value(o.bucket_min_mb),
-       "gradients are sent as soon as backward has made this many MB final (smaller ranges wait for more)")
+      ("bucket-mb", po::value<double>(&o.bucket_mb)->default_value(o.bucket_mb), "gradient bucket size in MB")
       ("timeout", po::value<double>(&o.timeout_s)->default_value(o.timeout_s),
        "seconds after which a dead or stuck rank ends the job")
       ("replica-check-every", po::value<int>(&o.replica_check_every)->default_value(o.replica_check_every),
@@ -257,7 +254,6 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
   require(o.lr_gamma > 0 && o.lr_gamma <= 1, "lr-gamma", o.lr_gamma, "must be in (0, 1]");
   require(o.max_steps >= 0, "max-steps", o.max_steps, "must be >= 0");
   require(o.bucket_mb > 0, "bucket-mb", o.bucket_mb, "must be > 0");
-  require(o.bucket_min_mb >= 0, "bucket-min-mb", o.bucket_min_mb, "must be >= 0");
   require(o.timeout_s > 0, "timeout", o.timeout_s, "must be > 0 seconds");
   require(o.replica_check_every >= 0, "replica-check-every", o.replica_check_every, "must be >= 0");
   require(o.keep_checkpoints >= 1, "keep-checkpoints", o.keep_checkpoints, "must be at least 1");
@@ -334,8 +330,7 @@ std::string describe(const TrainOptions& o) {
     << "warmup-epochs = " << o.warmup_epochs << "\nlr-step-epochs = " << o.lr_step_epochs << "\n"
     << "lr-gamma = " << o.lr_gamma << "\nseed = " << o.seed << "\n";
   if (o.max_steps) s << "max-steps = " << o.max_steps << "\n";
-  s << "comm = " << comm_name(o.comm) << "\nbucket-mb = " << o.bucket_mb << "\nbucket-min-mb = " << o.bucket_min_mb
-    << "\ntimeout = " << o.timeout_s << "\n"
+  s << "comm = " << comm_name(o.comm) << "\nbucket-mb = " << o.bucket_mb << "\ntimeout = " << o.timeout_s << "\n"
     << "replica-check-every = " << o.replica_check_every << "\n";
   if (!o.checkpoint_dir.empty())
     s << "checkpoint-dir = " << o.checkpoint_dir << "\ncheckpoint-every = " << o.checkpoint_every << "\n"

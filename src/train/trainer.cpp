@@ -332,17 +332,14 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   sgd.nesterov = o.nesterov;
   sgd.weight_decay = static_cast<float>(o.weight_decay);
   sgd.decay_bn_and_bias = !o.no_wd_bn_bias;
-  bool first_step_logged = false;
   comm::GradBucketer bucketer(*comm, model->grads(), spec.param_count,
-                              static_cast<size_t>(std::max(4.0, o.bucket_mb * 1024 * 1024)),
-                              static_cast<size_t>(o.bucket_min_mb * 1024 * 1024));
+                              static_cast<size_t>(std::max(4.0, o.bucket_mb * 1024 * 1024)));
   const int64_t global_batch = static_cast<int64_t>(o.batch_size) * env.world;
   info0("schedule: ", o.epochs, " epochs x ", steps, " steps (global batch ", global_batch, "), lr ", o.lr, " ",
         lr_schedule_name(o.lr_schedule), o.warmup_epochs > 0 ? str(", warm-up ", o.warmup_epochs, " epochs") : "",
         ", momentum ", o.momentum, o.nesterov ? " (nesterov)" : "", ", wd ", o.weight_decay,
-        o.no_wd_bn_bias ? " (not on BN/bias)" : "", ", label smoothing ", o.label_smoothing, "; ", comm->name(),
-        ": gradients sent in collectives of at most ", o.bucket_mb, " MB as soon as ", std::min(o.bucket_min_mb, o.bucket_mb),
-        " MB are final");
+        o.no_wd_bn_bias ? " (not on BN/bias)" : "", ", label smoothing ", o.label_smoothing, ", ", comm->name(),
+        " buckets: ", bucketer.num_buckets());
 
   // ---- metrics (rank 0) ------------------------------------------------------------------------
   std::unique_ptr<Progress> progress;
@@ -502,11 +499,6 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       bucketer.begin_step();
       model->backward(used_scale, [&](const nn::GradReady& r) { bucketer.on_ready(r); });
       bucketer.finish(stream);
-      if (!first_step_logged) {
-        first_step_logged = true;
-        info0("gradients: ", bucketer.issued().size(), " collective(s) per step, ", bucketer.issued_during_backward(),
-              " sent during backward");
-      }
       const bool finite = model->grads_finite();
       // One small reduction per step: global loss, found-inf (rule 4) and the stop request (rule 9).
       double red[3] = {static_cast<double>(loss), finite ? 0.0 : 1.0, stop_requested() ? 1.0 : 0.0};

@@ -453,7 +453,7 @@ int run(const Args& a, const comm::DistEnv& env) {
     const double off = med(t_off), on = med(t_on), end1 = med(t_end), ar = med(t_ar);
     const double hidden = ar > 0 ? std::clamp(1.0 - (on - off) / ar, 0.0, 1.0) : 0.0;
     info0("overlap ranks=", R, " model=", a.model, " params=", m->param_count(), " bucket_bytes=", a.bucket_bytes,
-          " collectives=", b_on.issued().size(), " in_backward=", b_on.issued_during_backward(), " iters=", a.bench_overlap, " step_ms_comm_off=", off * 1e3,
+          " buckets=", b_on.num_buckets(), " iters=", a.bench_overlap, " step_ms_comm_off=", off * 1e3,
           " step_ms_overlapped=", on * 1e3, " step_ms_one_bucket_after_backward=", end1 * 1e3,
           " allreduce_ms=", ar * 1e3, " hidden_share=", hidden);
     return 0;

@@ -52,80 +52,37 @@ class RecordingComm final : public comm::Communicator {
   int world_;
 };
 
-TEST(GradBucketer, SendsWhatEachReportMakesFinalInPiecesOfAtMostMax) {
+TEST(GradBucketer, BucketsCoverTheBufferFromTheTail) {
   std::vector<float> g(1000);
   RecordingComm c(g.data());
-  comm::GradBucketer b(c, g.data(), 1000, 300 * sizeof(float), 100 * sizeof(float));
+  comm::GradBucketer b(c, g.data(), 1000, 300 * sizeof(float));
+  ASSERT_EQ(b.num_buckets(), 4);  // 300, 300, 300, 100 from the end
   b.begin_step();
-  b.on_ready({950, nullptr});  // 50 final: under the 100 minimum, waits
+  b.on_ready({750, nullptr});  // [750, 1000) final: only the first bucket [700, 1000) is not yet
   EXPECT_TRUE(c.calls.empty());
-  b.on_ready({700, nullptr});  // [700, 1000): one collective
+  b.on_ready({700, nullptr});
   ASSERT_EQ(c.calls.size(), 1u);
   EXPECT_EQ(c.calls[0].offset, 700);
   EXPECT_EQ(c.calls[0].count, 300u);
-  b.on_ready({50, nullptr});  // [50, 700): 650 over 300 each -> 3 near-equal pieces, tail first
+  b.on_ready({50, nullptr});  // [400,700) and [100,400) are final now
+  ASSERT_EQ(c.calls.size(), 3u);
+  EXPECT_EQ(c.calls[1].offset, 400);
+  EXPECT_EQ(c.calls[2].offset, 100);
+  EXPECT_EQ(b.issued_during_backward(), 3);
+  b.finish();  // the head [0, 100) is issued by finish
   ASSERT_EQ(c.calls.size(), 4u);
-  EXPECT_EQ(c.calls[1].offset, 483);
-  EXPECT_EQ(c.calls[1].count, 217u);
-  EXPECT_EQ(c.calls[2].offset, 266);
-  EXPECT_EQ(c.calls[2].count, 217u);
-  EXPECT_EQ(c.calls[3].offset, 50);
-  EXPECT_EQ(c.calls[3].count, 216u);
-  EXPECT_EQ(b.issued_during_backward(), 4);
-  b.finish();  // the head [0, 50) goes out in finish
-  ASSERT_EQ(c.calls.size(), 5u);
-  EXPECT_EQ(c.calls[4].offset, 0);
-  EXPECT_EQ(c.calls[4].count, 50u);
+  EXPECT_EQ(c.calls[3].offset, 0);
+  EXPECT_EQ(c.calls[3].count, 100u);
   EXPECT_EQ(c.waits, 1);
-  ASSERT_EQ(b.issued().size(), 5u);
   size_t total = 0;
-  int64_t expect_end = 1000;
-  for (size_t i = 0; i < c.calls.size(); ++i) {  // contiguous, from the tail, no overlap
-    EXPECT_EQ(c.calls[i].offset + static_cast<int64_t>(c.calls[i].count), expect_end) << "collective " << i;
-    EXPECT_EQ(b.issued()[i].offset, c.calls[i].offset);
-    expect_end = c.calls[i].offset;
-    total += c.calls[i].count;
-  }
+  for (auto& k : c.calls) total += k.count;
   EXPECT_EQ(total, 1000u);
-}
-
-TEST(GradBucketer, SmallFinalRangesWaitForTheMinimumOrTheLastReport) {
-  std::vector<float> g(1000);
-  RecordingComm c(g.data());
-  comm::GradBucketer b(c, g.data(), 1000, 1000 * sizeof(float), 100 * sizeof(float));
-  b.begin_step();
-  b.on_ready({960, nullptr});
-  b.on_ready({930, nullptr});  // 70 final: still waiting
-  EXPECT_TRUE(c.calls.empty());
-  b.on_ready({880, nullptr});  // 120: sent together
-  ASSERT_EQ(c.calls.size(), 1u);
-  EXPECT_EQ(c.calls[0].offset, 880);
-  EXPECT_EQ(c.calls[0].count, 120u);
-  b.on_ready({900, nullptr});  // an offset already covered adds nothing
-  b.on_ready({850, nullptr});  // 30: waits
-  EXPECT_EQ(c.calls.size(), 1u);
-  b.on_ready({0, nullptr});  // backward done: everything left, whatever its size
-  ASSERT_EQ(c.calls.size(), 2u);
-  EXPECT_EQ(c.calls[1].offset, 0);
-  EXPECT_EQ(c.calls[1].count, 880u);
-  b.finish();
-  EXPECT_EQ(c.calls.size(), 2u);
-  // max = min = the whole buffer: one collective at the last report (the no-overlap peer).
-  comm::GradBucketer one(c, g.data(), 1000, 1000 * sizeof(float), 1000 * sizeof(float));
-  c.calls.clear();
-  one.begin_step();
-  one.on_ready({500, nullptr});
-  EXPECT_TRUE(c.calls.empty());
-  one.on_ready({0, nullptr});
-  one.finish();
-  ASSERT_EQ(c.calls.size(), 1u);
-  EXPECT_EQ(c.calls[0].count, 1000u);
 }
 
 TEST(GradBucketer, PassesTheReadyEventAndResetsEachStep) {
   std::vector<float> g(10);
   RecordingComm c(g.data());
-  comm::GradBucketer b(c, g.data(), 10, 4 * sizeof(float), sizeof(float));
+  comm::GradBucketer b(c, g.data(), 10, 4 * sizeof(float));
   int ev1 = 0, ev2 = 0;
   for (int step = 0; step < 2; ++step) {
     c.calls.clear();
@@ -137,7 +94,6 @@ TEST(GradBucketer, PassesTheReadyEventAndResetsEachStep) {
     EXPECT_EQ(c.calls[0].ready, &ev1);
     EXPECT_EQ(c.calls[1].ready, &ev2);
     EXPECT_EQ(c.calls[2].ready, &ev2);  // the leftover head is ordered after the last event
-    EXPECT_EQ(b.issued().size(), 3u);
   }
 }
 

@@ -58,8 +58,7 @@ struct TrainOptions {
   // distributed
   CommKind comm = CommKind::Mpi;
   bool comm_given = false;
-  double bucket_mb = 25.0;      // at most this per gradient collective
-  double bucket_min_mb = 1.0;   // sent as soon as backward has made this much final (see GradBucketer)
+  double bucket_mb = 25.0;
   double timeout_s = 60.0;
   int replica_check_every = 100;
   // checkpoints

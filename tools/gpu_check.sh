@@ -816,7 +816,8 @@ else
   # through the PyTorch layout, BN statistics, the fp16 loss scale), 20 more steps. A test: exit 0, the
   # scale the first run saved is the one resumed, and a checkpoint at the new step.
   rsteps=$((E2E_STEPS + 20))
-  first_ckpt="$E2E_DIR/ckpt/$(printf 'ckpt-%010d.h5' "$E2E_STEPS")"
+  ckpt_at() { printf '%s/ckpt/ckpt-%010d.h5' "$E2E_DIR" "$1"; }  # the trainer's checkpoint_file_name
+  first_ckpt=$(ckpt_at "$E2E_STEPS")
   if [[ ! -f $first_ckpt ]]; then
     printf '%s\t-1\t0\t1\t0\t0\tnot run: no checkpoint at step %s from the synthetic run\n' "$RESUME_TEST" "$E2E_STEPS" \
       >>"$LOGDIR/tests.tsv"
@@ -838,7 +839,7 @@ else
       note="exit $rc: $(grep -v '^[[:space:]]*$' "$LOGDIR/train_resume_fp16.log" | tail -1 | cut -c1-100)"
     elif [[ -z $resumed ]]; then rc=1; note="no 'resumed from ... global step $E2E_STEPS, loss scale ...' line"
     elif [[ -n $saved && $saved != "$resumed" ]]; then rc=1; note="loss scale $saved saved, $resumed resumed"
-    elif [[ ! -f $E2E_DIR/ckpt/$(printf 'ckpt-%010d.h5' "$rsteps") ]]; then rc=1; note="no checkpoint at step $rsteps"
+    elif [[ ! -f $(ckpt_at "$rsteps") ]]; then rc=1; note="no checkpoint at step $rsteps"
     elif [[ -z $saved ]]; then note="the first run's log names no loss scale: not compared"
     fi
     printf '%s\t%s\t%s\t%s\t0\t%s\t%s\n' "$RESUME_TEST" "$rc" "$((rc == 0 ? 1 : 0))" "$((rc == 0 ? 0 : 1))" \

@@ -25,6 +25,7 @@
 #include "ddp/backend/cuda/memory.h"
 #include "ddp/backend/cuda/resnet18_cuda.h"
 #include "ddp/core/check.h"
+#include "ddp/core/json.h"
 #include "ddp/core/rng.h"
 #include "ddp/core/tensor.h"
 
@@ -196,16 +197,6 @@ struct GraphFigures {
   std::string error;
 };
 
-std::string json_escape(const std::string& in) {
-  std::string o;
-  for (char c : in) {
-    if (c == '"' || c == '\\') o += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
-    o += c;
-  }
-  return o;
-}
-
 int bench(const Args& a) {
   const ddp::nn::Amp amp = amp_of(a.amp);
   ddp::cuda::tracked_reset_peak();
@@ -278,7 +269,7 @@ int bench(const Args& a) {
                     "\"graph_host_ms_per_step\":%.4f", a.batch * 1000.0 / g.ms_step, g.ms_step, ms_step / g.ms_step, g.host_ms);
       graph_json = buf;
     } else {
-      graph_json = ",\"graph_error\":\"" + json_escape(g.error.substr(0, 200)) + "\"";
+      graph_json = ",\"graph_error\":" + ddp::json_string(g.error.substr(0, 200));
     }
   }
   std::printf("RESULT {\"amp\":\"%s\",\"batch\":%d,\"size\":%d,\"img_per_s\":%.1f,\"ms_per_step\":%.3f,\"peak_mem_mb\":%.1f,"

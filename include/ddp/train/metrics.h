@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "ddp/core/json.h"  // json_number, json_string for JsonlWriter::write's values
+
 namespace ddp::train {
 
 // One JSON object per line, flushed after each, so a crash loses at most the line being written.
@@ -26,8 +28,6 @@ class JsonlWriter {
   std::string path_;
   FILE* f_ = nullptr;
 };
-std::string json_number(double v);             // finite -> number, else null
-std::string json_string(const std::string& s);  // quoted and escaped
 
 // GPU utilisation through NVML, resolved with dlopen("libnvidia-ml.so.1") at run time, so the
 // binary runs where the library is absent.

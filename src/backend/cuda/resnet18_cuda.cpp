@@ -657,11 +657,11 @@ void CudaResNet18::capture_train_step(const nn::SgdConfig& cfg, float lr, float 
   // The eager step: plans, workspaces and the momentum buffers' first-step initialisation happen here.
   train_step_async(cfg, lr, loss_scale);
   CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  // The capture runs the host side of a step (counters, flags) without its device work: undone below.
+  const int64_t nbt_before = m.nbt;
   // Thread-local mode: another thread's CUDA calls (the NVML poller, a communicator) are not
   // affected, while an unsafe call of ours inside the capture (a synchronisation, an allocation)
   // fails loudly instead of being recorded wrongly.
-  // The capture runs the host side of a step (counters, flags) without its device work: undone below.
-  const int64_t nbt_before = m.nbt;
   CUDA_CHECK(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal));
   cudaGraph_t graph = nullptr;
   try {

@@ -36,6 +36,38 @@ void write_scalar_i64(hid_t loc, const std::string& name, int64_t v) {
             "' in ", h5::file_name(loc), " (disk full?)");
 }
 
+void write_checkpoint_file(const std::string& tmp, const nn::ResNet18Spec& spec, const CheckpointState& s) {
+  h5::Handle f = h5::create_file(tmp);
+  h5::set_attr(f, "format", std::string(kCheckpointFormat));
+  h5::set_attr(f, "format_version", kCheckpointVersion);
+  for (const auto& pi : spec.params) h5::write_f32(f, pi.name, s.params.data() + pi.offset, hshape(pi.shape));
+  for (const auto& b : spec.buffers)
+    h5::write_f32(f, b.name, s.buffers.data() + b.offset, {static_cast<hsize_t>(b.numel)});
+  for (const auto& bn : spec.bn_names()) write_scalar_i64(f, bn + ".num_batches_tracked", s.num_batches_tracked);
+  for (const auto& pi : spec.params)
+    h5::write_f32(f, "optimizer/momentum/" + pi.name, s.momentum.data() + pi.offset, hshape(pi.shape));
+  h5::set_attr(f, "num_classes", static_cast<int64_t>(s.num_classes));
+  h5::set_attr(f, "momentum_initialised", static_cast<int64_t>(s.momentum_initialised));
+  h5::set_attr(f, "epoch", s.epoch);
+  h5::set_attr(f, "step_in_epoch", s.step_in_epoch);
+  h5::set_attr(f, "global_step", s.global_step);
+  h5::set_attr(f, "steps_per_epoch", s.steps_per_epoch);
+  h5::set_attr(f, "seed", static_cast<int64_t>(s.seed));
+  h5::set_attr(f, "world_size", static_cast<int64_t>(s.world_size));
+  h5::set_attr(f, "loss_scale", s.scaler.scale);
+  h5::set_attr(f, "loss_scale_good_steps", s.scaler.good_steps);
+  h5::set_attr(f, "loss_scale_skipped_steps", s.scaler.skipped_steps);
+  h5::set_attr(f, "loss_scale_dynamic", static_cast<int64_t>(s.scaler.dynamic));
+  h5::set_attr(f, "config", s.config);
+  h5::Handle rng = h5::create_group(f, "rng");
+  for (const auto& [name, pos] : s.rng) h5::set_attr(rng, name, static_cast<int64_t>(pos));
+  rng.close();
+  H5_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL));
+  // Last: a reader that sees complete = 1 knows every dataset above was written.
+  h5::set_attr(f, "complete", static_cast<int64_t>(1));
+  DDP_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, "cannot flush checkpoint '", tmp, "' (disk full?)");
+}
+
 int64_t read_scalar_i64(hid_t loc, const std::string& name) {
   DDP_CHECK(h5::exists(loc, name), "dataset '", name, "' missing in ", h5::file_name(loc));
   h5::Handle ds(H5_CHECK(H5Dopen2(loc, name.c_str(), H5P_DEFAULT)));
@@ -95,38 +127,16 @@ void save_checkpoint(const std::string& path, const nn::ResNet18Spec& spec, cons
     DDP_CHECK(!ec, "cannot create checkpoint directory '", p.parent_path().string(), "': ", ec.message());
   }
   std::string tmp = path + ".tmp";
-  {
-    h5::Handle f = h5::create_file(tmp);
-    h5::set_attr(f, "format", std::string(kCheckpointFormat));
-    h5::set_attr(f, "format_version", kCheckpointVersion);
-    for (const auto& pi : spec.params) h5::write_f32(f, pi.name, s.params.data() + pi.offset, hshape(pi.shape));
-    for (const auto& b : spec.buffers)
-      h5::write_f32(f, b.name, s.buffers.data() + b.offset, {static_cast<hsize_t>(b.numel)});
-    for (const auto& bn : spec.bn_names()) write_scalar_i64(f, bn + ".num_batches_tracked", s.num_batches_tracked);
-    for (const auto& pi : spec.params)
-      h5::write_f32(f, "optimizer/momentum/" + pi.name, s.momentum.data() + pi.offset, hshape(pi.shape));
-    h5::set_attr(f, "num_classes", static_cast<int64_t>(s.num_classes));
-    h5::set_attr(f, "momentum_initialised", static_cast<int64_t>(s.momentum_initialised));
-    h5::set_attr(f, "epoch", s.epoch);
-    h5::set_attr(f, "step_in_epoch", s.step_in_epoch);
-    h5::set_attr(f, "global_step", s.global_step);
-    h5::set_attr(f, "steps_per_epoch", s.steps_per_epoch);
-    h5::set_attr(f, "seed", static_cast<int64_t>(s.seed));
-    h5::set_attr(f, "world_size", static_cast<int64_t>(s.world_size));
-    h5::set_attr(f, "loss_scale", s.scaler.scale);
-    h5::set_attr(f, "loss_scale_good_steps", s.scaler.good_steps);
-    h5::set_attr(f, "loss_scale_skipped_steps", s.scaler.skipped_steps);
-    h5::set_attr(f, "loss_scale_dynamic", static_cast<int64_t>(s.scaler.dynamic));
-    h5::set_attr(f, "config", s.config);
-    h5::Handle rng = h5::create_group(f, "rng");
-    for (const auto& [name, pos] : s.rng) h5::set_attr(rng, name, static_cast<int64_t>(pos));
-    rng.close();
-    H5_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL));
-    // Last: a reader that sees complete = 1 knows every dataset above was written.
-    h5::set_attr(f, "complete", static_cast<int64_t>(1));
-    DDP_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, "cannot flush checkpoint '", tmp, "' (disk full?)");
+  // A write that fails (a full disk, most often) removes its partial file: left behind, it would keep
+  // the volume full for the run that resumes from the previous checkpoint.
+  try {
+    write_checkpoint_file(tmp, spec, s);
+    fsync_path(tmp, false);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
   }
-  fsync_path(tmp, false);
   DDP_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '", tmp, "' to '", path, "': ",
             std::strerror(errno));
   fsync_path(p.has_parent_path() ? p.parent_path().string() : ".", true);

@@ -448,7 +448,16 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       st.config = o.config_text;
       st.rng = {{"shuffle_epoch", static_cast<uint64_t>(epoch_pos)}, {"batches_done", static_cast<uint64_t>(step_pos)}};
       auto t0 = Clock::now();
-      save_checkpoint(path, spec, st);
+      try {
+        save_checkpoint(path, spec, st);
+      } catch (const std::exception& e) {
+        // The run ends here (a run that trained on without checkpoints would lose more when it stops);
+        // say what a restart continues from.
+        auto latest = find_latest_checkpoint(o.checkpoint_dir);
+        throw Error(str("checkpoint at global step ", gstep, " not written: ", e.what(), "; ",
+                        latest ? str("the newest complete checkpoint is ", *latest, " (--resume auto continues from it)")
+                               : str("there is no complete checkpoint in ", o.checkpoint_dir, " yet")));
+      }
       prune_checkpoints(o.checkpoint_dir, o.keep_checkpoints);
       progress->message(str("checkpoint ", path, " (", why, ", ", seconds_since(t0), " s",
                             scaler.dynamic() ? str(", loss scale ", scaler.scale()) : std::string(), ")"));

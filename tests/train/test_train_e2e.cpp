@@ -2,8 +2,9 @@
 // a 2-rank run under mpirun whose loss falls, SIGUSR1 -> checkpoint + exit 0 -> resume, the replica
 // guard firing on a perturbed replica, clear errors for bad flags and for --backend cuda without a GPU,
 // a damaged image inside a shard ending a 2-rank job at once with its name, and --init-weights from a
-// checkpoint starting a new run with its weights and BN statistics.
+// checkpoint starting a new run with its weights and BN statistics, and a checkpoint on a full disk.
 #include <gtest/gtest.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -431,4 +432,36 @@ TEST_F(TrainE2E, RerunningAFinishedRunSaysSoAndCountsItsEpochs) {
     EXPECT_EQ(field(summary, "epochs_done"), "1") << f << ": " << summary;
     EXPECT_EQ(field(summary, "stopped_by_signal"), "false") << f << ": " << summary;
   }
+}
+
+// A checkpoint that does not fit (a 120 MiB tmpfs holds one 89 MB checkpoint of the 4-class model, not
+// two): the 2-rank job ends, both ranks, with an error naming the file, the cause and the checkpoint a
+// restart continues from; the partial file is gone and the earlier checkpoint still loads. Needs root
+// and mount rights (else skipped).
+TEST_F(TrainE2E, CheckpointOnAFullDiskEndsTheJobAndKeepsTheLastOne) {
+  const fs::path mnt = dir_ / "tiny";
+  fs::create_directories(mnt);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=120m") != 0) GTEST_SKIP() << "cannot mount a tmpfs here";
+  const std::string ck = (mnt / "ck").string();
+  auto r = sh(mpirun(2) + kRecipe + "--epochs 3 --max-steps 8 --checkpoint-every 2 --timeout 30 --checkpoint-dir " + ck);
+  const bool partial_left = fs::exists(ck + "/" + ckpt_name(4) + ".tmp");
+  const bool second_written = fs::exists(ck + "/" + ckpt_name(4));
+  std::string load_err;
+  CheckpointState first;
+  try {
+    first = load_checkpoint(ck + "/" + ckpt_name(2), ddp::nn::make_resnet18_spec(4));
+  } catch (const std::exception& e) {
+    load_err = e.what();
+  }
+  umount(mnt.c_str());
+  EXPECT_NE(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("checkpoint at global step 4 not written"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(ckpt_name(4) + ".tmp"), std::string::npos) << r.out;
+  EXPECT_TRUE(r.out.find("disk full") != std::string::npos || r.out.find("No space") != std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("the newest complete checkpoint is " + ck + "/" + ckpt_name(2)), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rank 0 failed"), std::string::npos) << "rank 1 did not report rank 0's failure:\n" << r.out;
+  EXPECT_FALSE(partial_left) << "the partial checkpoint was left on the full volume";
+  EXPECT_FALSE(second_written);
+  EXPECT_TRUE(load_err.empty()) << load_err;
+  EXPECT_EQ(first.global_step, 2);
 }

@@ -28,10 +28,12 @@ int main(int argc, char** argv) {
     (void)r;
     return 0;
   } catch (const std::exception& e) {
-    // One rank's failure ends the job on every rank (DESIGN §4 rule 2), with the cause printed.
-    if (ddp::comm::distributed_initialized() && env.world > 1) ddp::comm::abort_job(e.what(), 1);
+    // One rank's failure ends the job on every rank (DESIGN §4 rule 2), with the cause printed. Flags
+    // found bad only once the machine is known (--amp fp16 on the CPU backend) exit 2 as at parsing.
+    const int code = dynamic_cast<const ddp::train::UsageError*>(&e) ? 2 : 1;
+    if (ddp::comm::distributed_initialized() && env.world > 1) ddp::comm::abort_job(e.what(), code);
     ddp::error(e.what());
     ddp::comm::finalize_distributed();
-    return 1;
+    return code;
   }
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -27,8 +28,10 @@ const char* comm_name(CommKind k) { return k == CommKind::Mpi ? "mpi" : "nccl"; 
 
 namespace {
 
+constexpr int kMaxImageSize = 4096;
+
 [[noreturn]] void bad(const std::string& flag, const std::string& why) {
-  throw Error(str("bad value for --", flag, ": ", why, " (see --help)"));
+  throw UsageError(str("bad value for --", flag, ": ", why, " (see --help)"));
 }
 
 template <class T>
@@ -147,7 +150,14 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
   po::options_description desc = make_description(o, backend, amp, tf32, sched, comm, scope, rcrop, flip, eval_flip);
   po::variables_map vm;
   try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
+    po::parsed_options parsed = po::command_line_parser(argc, argv).options(desc).run();
+    // Boost keeps words that belong to no flag ("--nesterov false", "--epochs 5 10") aside as
+    // positional tokens; ignoring them would run something else than what was typed.
+    const auto stray = po::collect_unrecognized(parsed.options, po::include_positional);
+    if (!stray.empty())
+      throw UsageError(str("unexpected argument '", stray.front(), "' (every setting is a --flag; switches such as "
+                      "--nesterov take no value) (see --help)"));
+    po::store(parsed, vm);
     if (vm.count("help")) {
       std::cout << desc << "\nExamples:\n"
                    "  train_resnet18 --data synthetic --backend cpu --image-size 32 --epochs 2\n"
@@ -157,13 +167,20 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
     }
     if (vm.count("config")) {
       std::string path = vm["config"].as<std::string>();
+      std::error_code ec;
+      if (std::filesystem::is_directory(path, ec))
+        throw UsageError(str("--config '", path, "' is a directory, not a file"));
       std::ifstream in(path);
-      if (!in) throw Error(str("cannot read --config file '", path, "'"));
-      po::store(po::parse_config_file(in, desc), vm);
+      if (!in) throw UsageError(str("cannot read --config file '", path, "'"));
+      try {
+        po::store(po::parse_config_file(in, desc), vm);
+      } catch (const po::error& e) {
+        throw UsageError(str("--config file '", path, "': ", e.what(), " (see --help)"));
+      }
     }
     po::notify(vm);
   } catch (const po::error& e) {
-    throw Error(str(e.what(), " (see --help)"));
+    throw UsageError(str(e.what(), " (see --help)"));
   }
 
   if (o.data.empty()) bad("data", "missing: give a shard directory or 'synthetic'");
@@ -234,15 +251,24 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
             "is neither 'epoch' nor a positive number of steps");
     o.checkpoint_every_steps = v;
   }
-  require(o.synthetic_size >= 1, "synthetic-size", o.synthetic_size, "must be at least 1");
+  require(o.synthetic_size >= 1 && o.synthetic_size < (int64_t{1} << 32), "synthetic-size", o.synthetic_size,
+          "must be in 1 .. 2^32 - 1");
   require(o.synthetic_classes >= 2, "synthetic-classes", o.synthetic_classes, "must be at least 2");
-  require(o.image_size >= 32, "image-size", o.image_size, "must be at least 32 (ResNet18's smallest input)");
-  require(o.val_size == 0 || o.val_size >= 32, "val-size", o.val_size, "must be 0 or at least 32");
+  // The upper bound only turns a nonsense value into a flag error instead of a failed allocation.
+  require(o.image_size >= 32 && o.image_size <= kMaxImageSize, "image-size", o.image_size,
+          str("must be in 32 (ResNet18's smallest input) .. ", kMaxImageSize));
+  require(o.val_size == 0 || (o.val_size >= 32 && o.val_size <= kMaxImageSize), "val-size", o.val_size,
+          str("must be 0 or in 32 .. ", kMaxImageSize));
   if (o.val_size == 0) o.val_size = o.image_size;
-  require(o.workers >= -1, "workers", o.workers, "must be -1 (auto) or >= 0");
-  require(o.threads >= 0, "threads", o.threads, "must be >= 0");
+  require(o.workers == -1 || (o.workers >= 1 && o.workers <= 256), "workers", o.workers,
+          "must be -1 (auto) or 1 .. 256");
+  require(o.threads >= 0 && o.threads <= 1024, "threads", o.threads, "must be in 0 (auto) .. 1024");
   require(o.epochs >= 1, "epochs", o.epochs, "must be at least 1");
   require(o.batch_size >= 1, "batch-size", o.batch_size, "must be at least 1");
+  // layer4's output is ceil(size / 32) square: at 32 px and batch 1 its batch norm sees one value per
+  // channel and has no variance (PyTorch refuses that batch too).
+  require(o.batch_size >= 2 || o.image_size > 32, "batch-size", o.batch_size,
+          "is too small at --image-size 32: layer4's batch norm would see one value per channel (use 2 or more)");
   require(o.lr >= 0 && std::isfinite(o.lr), "lr", o.lr, "must be a finite number >= 0");
   require(o.momentum >= 0 && o.momentum < 1, "momentum", o.momentum, "must be in [0, 1)");
   require(!o.nesterov || o.momentum > 0, "nesterov", "on", "needs --momentum > 0");
@@ -253,8 +279,11 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
   require(o.lr_step_epochs > 0, "lr-step-epochs", o.lr_step_epochs, "must be > 0");
   require(o.lr_gamma > 0 && o.lr_gamma <= 1, "lr-gamma", o.lr_gamma, "must be in (0, 1]");
   require(o.max_steps >= 0, "max-steps", o.max_steps, "must be >= 0");
-  require(o.bucket_mb > 0, "bucket-mb", o.bucket_mb, "must be > 0");
-  require(o.timeout_s > 0, "timeout", o.timeout_s, "must be > 0 seconds");
+  // A ResNet18 gradient is 46.8 MB: below 0.01 MB a step would issue thousands of collectives; above
+  // 65536 MB the byte count no longer fits the bucketer's arithmetic.
+  require(o.bucket_mb >= 0.01 && o.bucket_mb <= 65536, "bucket-mb", o.bucket_mb, "must be in 0.01 .. 65536");
+  // Below 1 s a busy rank would count as dead; a week is longer than any step needs.
+  require(o.timeout_s >= 1 && o.timeout_s <= 604800, "timeout", o.timeout_s, "must be in 1 .. 604800 seconds");
   require(o.replica_check_every >= 0, "replica-check-every", o.replica_check_every, "must be >= 0");
   require(o.keep_checkpoints >= 1, "keep-checkpoints", o.keep_checkpoints, "must be at least 1");
   require(o.eval_every >= 0, "eval-every", o.eval_every, "must be >= 0");

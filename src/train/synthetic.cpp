@@ -1,6 +1,7 @@
 // The synthetic data set (see data_source.h).
 #include <algorithm>
 #include <cstring>
+#include <new>
 
 #include "ddp/core/check.h"
 #include "ddp/core/rng.h"
@@ -27,8 +28,13 @@ std::shared_ptr<const SyntheticSet> make_synthetic_set(int64_t size, int classes
   s->w = w;
   s->seed = seed;
   const int64_t per = static_cast<int64_t>(h) * w * 3;
-  s->images.resize(static_cast<size_t>(size * per));
-  s->labels.resize(static_cast<size_t>(size));
+  try {
+    s->images.resize(static_cast<size_t>(size * per));
+    s->labels.resize(static_cast<size_t>(size));
+  } catch (const std::bad_alloc&) {
+    DDP_FAIL("cannot hold the synthetic data set in memory: --synthetic-size ", size, " images of ", h, "x", w,
+             "x3 bytes = ", static_cast<double>(size * per) / 1e9, " GB");
+  }
   // One counter range per image (image i starts at counter i << 32), so the set does not depend on
   // how it is generated and the size can change without changing the first images.
   for (int64_t i = 0; i < size; ++i) {

@@ -66,6 +66,19 @@ TEST(Options, BadValuesNameTheFlag) {
       {{"--data", "synthetic", "--warmup-epochs", "100", "--epochs", "10"}, "--warmup-epochs"},
       {{"--data", "synthetic", "--no-such-flag"}, "--no-such-flag"},
       {{"--epochs", "3"}, "--data"},
+      // Values that parse but would fail later, inside the program, without naming the flag.
+      {{"--data", "synthetic", "--timeout", "inf"}, "--timeout"},
+      {{"--data", "synthetic", "--timeout", "1e-9"}, "--timeout"},
+      {{"--data", "synthetic", "--bucket-mb", "inf"}, "--bucket-mb"},
+      {{"--data", "synthetic", "--bucket-mb", "1e-9"}, "--bucket-mb"},
+      {{"--data", "synthetic", "--workers", "0"}, "--workers"},
+      {{"--data", "synthetic", "--workers", "100000"}, "--workers"},
+      {{"--data", "synthetic", "--threads", "100000"}, "--threads"},
+      {{"--data", "synthetic", "--image-size", "100000"}, "--image-size"},
+      {{"--data", "synthetic", "--val-size", "100000"}, "--val-size"},
+      {{"--data", "synthetic", "--synthetic-size", "1e12"}, "--synthetic-size"},
+      {{"--data", "synthetic", "--synthetic-size", "99999999999"}, "--synthetic-size"},
+      {{"--data", "synthetic", "--image-size", "32", "--batch-size", "1"}, "--batch-size"},
   };
   for (const auto& c : cases) {
     std::string e = error_of(c.args);
@@ -102,4 +115,29 @@ TEST(Options, ConfigFileWithCommandLineWinning) {
   EXPECT_TRUE(o->nesterov);
   std::remove(path.c_str());
   EXPECT_NE(error_of({"--config", "/nonexistent/x.ini"}).find("--config"), std::string::npos);
+}
+
+// Words that belong to no flag were dropped: "--nesterov false" ran with Nesterov on.
+TEST(Options, StrayArgumentsAreRefused) {
+  EXPECT_NE(error_of({"--data", "synthetic", "--nesterov", "false"}).find("unexpected argument 'false'"),
+            std::string::npos);
+  EXPECT_NE(error_of({"--data", "synthetic", "--epochs", "5", "10"}).find("unexpected argument '10'"), std::string::npos);
+  EXPECT_NE(error_of({"stray", "--data", "synthetic"}).find("'stray'"), std::string::npos);
+  EXPECT_TRUE(parse({"--data", "synthetic", "--nesterov", "--epochs", "5"}));
+  // Batch 1 is fine where layer4 keeps more than one value per channel.
+  EXPECT_TRUE(parse({"--data", "synthetic", "--batch-size", "1", "--image-size", "64"}));
+}
+
+TEST(Options, ConfigFileErrorsNameTheFile) {
+  const std::string path = ::testing::TempDir() + "/train_options_bad.ini";
+  {
+    std::ofstream f(path);
+    f << "data = synthetic\nno-such-key = 3\n";
+  }
+  std::string e = error_of({"--config", path});
+  EXPECT_NE(e.find(path), std::string::npos) << e;
+  EXPECT_NE(e.find("no-such-key"), std::string::npos) << e;
+  std::remove(path.c_str());
+  e = error_of({"--config", ::testing::TempDir()});
+  EXPECT_NE(e.find("is a directory"), std::string::npos) << e;
 }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "ddp/core/check.h"
 #include "ddp/nn/model.h"
 
 namespace ddp::train {
@@ -82,12 +83,20 @@ struct TrainOptions {
   std::string config_text;  // every effective setting as "key = value" lines (stored in checkpoints)
 };
 
-// Parses argv. Returns std::nullopt after printing --help. Throws ddp::Error naming the flag on a
+// A bad flag or flag combination (train_resnet18 exits with status 2 for these, 1 for failures at run
+// time).
+class UsageError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Parses argv. Returns std::nullopt after printing --help. Throws UsageError naming the flag on a
 // bad value. Settings that depend on the machine (default backend, comm, lr) are resolved by
 // resolve_defaults once the number of ranks is known.
 std::optional<TrainOptions> parse_options(int argc, const char* const* argv);
 // Fills defaults that depend on the run: backend (cuda when a GPU is visible), comm, lr, threads.
-// Returns human-readable notes of what was chosen (printed by rank 0).
+// Returns human-readable notes of what was chosen (printed by rank 0). Throws UsageError for flags
+// this machine or backend cannot honour (--amp fp16 on the CPU backend).
 std::vector<std::string> resolve_defaults(TrainOptions& o, int world_size, int local_size, bool gpu_visible);
 std::string describe(const TrainOptions& o);  // the config text ("key = value" lines)
 

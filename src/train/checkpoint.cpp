@@ -54,6 +54,8 @@ void write_checkpoint_file(const std::string& tmp, const nn::ResNet18Spec& spec,
   h5::set_attr(f, "steps_per_epoch", s.steps_per_epoch);
   h5::set_attr(f, "seed", static_cast<int64_t>(s.seed));
   h5::set_attr(f, "world_size", static_cast<int64_t>(s.world_size));
+  h5::set_attr(f, "batch_size", s.batch_size);
+  h5::set_attr(f, "train_images", s.train_images);
   h5::set_attr(f, "loss_scale", s.scaler.scale);
   h5::set_attr(f, "loss_scale_good_steps", s.scaler.good_steps);
   h5::set_attr(f, "loss_scale_skipped_steps", s.scaler.skipped_steps);
@@ -78,12 +80,6 @@ int64_t read_scalar_i64(hid_t loc, const std::string& name) {
   DDP_CHECK(H5Dread(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v) >= 0, "cannot read '", name, "' in ",
             h5::file_name(loc));
   return v;
-}
-
-int64_t step_of(const std::string& file) {
-  // ckpt-0000000123.h5
-  std::string n = fs::path(file).filename().string();
-  return std::strtoll(n.c_str() + 5, nullptr, 10);
 }
 
 // Opens and validates the identity of a checkpoint; throws with the reason.
@@ -179,6 +175,8 @@ CheckpointState load_checkpoint(const std::string& path, const nn::ResNet18Spec&
     s.steps_per_epoch = h5::get_attr_i64(f, "steps_per_epoch");
     s.seed = static_cast<uint64_t>(h5::get_attr_i64(f, "seed"));
     s.world_size = static_cast<int>(h5::get_attr_i64(f, "world_size"));
+    s.batch_size = h5::has_attr(f, "batch_size") ? h5::get_attr_i64(f, "batch_size") : 0;
+    s.train_images = h5::has_attr(f, "train_images") ? h5::get_attr_i64(f, "train_images") : 0;
     s.scaler.scale = h5::get_attr_f64(f, "loss_scale");
     s.scaler.good_steps = h5::get_attr_i64(f, "loss_scale_good_steps");
     s.scaler.skipped_steps = h5::get_attr_i64(f, "loss_scale_skipped_steps");
@@ -209,15 +207,23 @@ CheckpointState load_checkpoint(const std::string& path, const nn::ResNet18Spec&
   return s;
 }
 
+int64_t checkpoint_step(const std::string& path) {
+  const std::string n = fs::path(path).filename().string();
+  if (n.size() <= 8 || n.rfind("ckpt-", 0) != 0 || n.substr(n.size() - 3) != ".h5") return -1;
+  const std::string digits = n.substr(5, n.size() - 8);
+  if (digits.empty() || digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoll(digits);
+}
+
 std::vector<std::string> list_checkpoints(const std::string& dir) {
   std::vector<std::string> out;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return out;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     std::string n = e.path().filename().string();
-    if (n.size() > 8 && n.rfind("ckpt-", 0) == 0 && n.substr(n.size() - 3) == ".h5") out.push_back(e.path().string());
+    if (checkpoint_step(n) >= 0) out.push_back(e.path().string());
   }
-  std::sort(out.begin(), out.end(), [](const std::string& a, const std::string& b) { return step_of(a) < step_of(b); });
+  std::sort(out.begin(), out.end(), [](const std::string& a, const std::string& b) { return checkpoint_step(a) < checkpoint_step(b); });
   return out;
 }
 
@@ -231,8 +237,9 @@ std::optional<std::string> find_latest_checkpoint(const std::string& dir) {
   return std::nullopt;
 }
 
-void prune_checkpoints(const std::string& dir, int keep) {
+void prune_checkpoints(const std::string& dir, int keep, int64_t newest) {
   auto all = list_checkpoints(dir);
+  while (!all.empty() && checkpoint_step(all.back()) > newest) all.pop_back();
   std::error_code ec;
   for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) fs::remove(all[i], ec);
   for (const auto& e : fs::directory_iterator(dir, ec)) {

@@ -89,7 +89,7 @@ void on_rank0_agreed(int rank, F&& f) {
 // keeps the model's own initialisation. A checkpoint's optimizer state and training position are
 // not used: --init-weights starts a new run (a second phase with other flags); --resume continues one.
 void load_init_weights(const std::string& path, const nn::ResNet18Spec& spec, std::vector<float>& params,
-                       std::vector<float>& buffers, int64_t& nbt) {
+                       std::vector<float>& buffers, int64_t& nbt, bool eval_only) {
   int file_classes = spec.num_classes;
   bool is_checkpoint = false;
   {
@@ -117,6 +117,9 @@ void load_init_weights(const std::string& path, const nn::ResNet18Spec& spec, st
     info0("initial weights: ", path, what);
     return;
   }
+  // Evaluated as it is, a re-initialised fc would score chance and look like a result.
+  DDP_CHECK(!eval_only, "--eval-only --init-weights '", path, "': the file's classifier has ", file_classes,
+            " classes and the data ", spec.num_classes, "; there is no trained fc to evaluate");
   nn::ResNet18Spec fs = nn::make_resnet18_spec(file_classes);
   std::vector<float> p(static_cast<size_t>(fs.param_count)), b(static_cast<size_t>(fs.buffer_count));
   read(fs, p, b);
@@ -241,7 +244,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     int64_t nbt = 0;
     on_rank0_agreed(env.rank, [&] {
       model->get_params_torch(p.data());  // keeps our fc init where the file's class count differs
-      load_init_weights(o.init_weights, spec, p, b, nbt);
+      load_init_weights(o.init_weights, spec, p, b, nbt, o.eval_only);
     });
     bcast_vec(p);
     bcast_vec(b);
@@ -273,24 +276,41 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     } else if (!o.resume.empty()) {
       resume_path = o.resume;
     }
+    // A checkpoint directory holds one run: a new run would overwrite the other's files of the same
+    // steps and its retention would delete them.
+    if (resume_path.empty() && !o.checkpoint_dir.empty() && !o.eval_only) {
+      const auto there = list_checkpoints(o.checkpoint_dir);
+      DDP_CHECK(there.empty(), "--checkpoint-dir '", o.checkpoint_dir, "' already holds ", there.size(),
+                " checkpoint(s) (newest ", std::filesystem::path(there.empty() ? "" : there.back()).filename().string(),
+                o.resume == "auto" ? ", none of which loads: see the warnings above" : "", "): ",
+                o.resume == "auto" ? "move them away to start afresh"
+                                   : "add --resume auto to continue that run, or give this one its own --checkpoint-dir",
+                " (nothing was deleted)");
+    }
   });
   bcast_string(resume_path);
   DDP_CHECK(!(o.eval_only && resume_path.empty() && o.init_weights.empty()), "--eval-only --resume auto: no complete ",
             "checkpoint in '", o.checkpoint_dir, "', so there are no weights to evaluate");
-  int64_t ckpt_steps_per_epoch = 0;
+  int64_t ckpt_steps_per_epoch = 0, ckpt_world = 0, ckpt_batch = 0, ckpt_images = 0;
   if (!resume_path.empty()) {
     CheckpointState st;
     on_rank0_agreed(env.rank, [&] {
       st = load_checkpoint(resume_path, spec);
       DDP_CHECK(st.seed == o.seed, "checkpoint '", resume_path, "' was trained with --seed ", st.seed,
                 "; resume with the same seed (the data order depends on it)");
+      if (!o.checkpoint_dir.empty() && !o.eval_only)
+        for (const auto& c : list_checkpoints(o.checkpoint_dir))
+          DDP_CHECK(checkpoint_step(c) <= st.global_step || !checkpoint_problem(c).empty(), "--checkpoint-dir '",
+                    o.checkpoint_dir, "' holds ", c, ", newer than the resumed global step ", st.global_step,
+                    ": a later --resume auto would continue from it, not from this run; move it away or give this "
+                    "run another --checkpoint-dir");
     });
     bcast_vec(st.params);
     bcast_vec(st.momentum);
     bcast_vec(st.buffers);
-    int64_t sc[9] = {st.num_batches_tracked, st.momentum_initialised, st.epoch, st.step_in_epoch,
-                     st.global_step, st.steps_per_epoch, st.scaler.good_steps, st.scaler.skipped_steps,
-                     st.scaler.dynamic};
+    int64_t sc[12] = {st.num_batches_tracked, st.momentum_initialised, st.epoch, st.step_in_epoch,
+                      st.global_step, st.steps_per_epoch, st.scaler.good_steps, st.scaler.skipped_steps,
+                      st.scaler.dynamic, st.world_size, st.batch_size, st.train_images};
     bcast_bytes(sc, sizeof sc);
     bcast_bytes(&st.scaler.scale, sizeof(double));
     model->set_params_torch(st.params.data());
@@ -302,11 +322,15 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     start_step = sc[3];
     gstep = sc[4];
     ckpt_steps_per_epoch = sc[5];
+    ckpt_world = sc[9];
+    ckpt_batch = sc[10];
+    ckpt_images = sc[11];
     const bool scale_resumed = scaler.resume({st.scaler.scale, sc[6], sc[7], sc[8] != 0});
     info0("resumed from ", resume_path, ": epoch ", start_epoch + 1, ", step ", start_step, " of the epoch, global step ",
           gstep, scaler.dynamic() ? str(", loss scale ", scaler.scale()) : std::string(),
           scaler.dynamic() && !scale_resumed ? " (the checkpoint's run had no fp16 loss scaling: starting afresh)"
-                                             : "");
+                                             : "",
+          o.init_weights.empty() ? "" : " (its weights replace --init-weights, which started that run)");
   }
 
   // Rule 3: replicas start identical, whatever each rank initialised or loaded.
@@ -314,8 +338,24 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
 
   // ---- schedule ------------------------------------------------------------------------------
   const int64_t steps = comm::agree_steps(*comm, train->local_batches());
-  DDP_CHECK(steps >= 1, "some rank has no full batch of ", o.batch_size, " training images (",
-            train->num_images(), " images for ", data_world, " rank(s)); lower --batch-size");
+  DDP_CHECK(steps >= 1, "some rank has no full batch of ", o.batch_size, " training images (", train->num_images(),
+            " images for ", data_world, " rank(s)); lower --batch-size");
+  if (start_step > 0 && start_step < ckpt_steps_per_epoch) {
+    // Mid-epoch: each rank continues its own slice of the epoch's order (a function of the rank count,
+    // the batch and the data set size), skipping the batches it already trained on. Checked on rank 0
+    // against its own data (what it saved) and agreed: a check failing on some ranks only would leave
+    // the others in the next collective.
+    on_rank0_agreed(env.rank, [&] {
+      const char* how = "; resume with the same configuration, or from an epoch-end checkpoint";
+      DDP_CHECK(ckpt_world == env.world, "checkpoint '", resume_path, "' stopped mid-epoch with ", ckpt_world,
+                " rank(s); this run has ", env.world, how);
+      DDP_CHECK(ckpt_batch == 0 || ckpt_batch == o.batch_size, "checkpoint '", resume_path, "' stopped mid-epoch with ",
+                "--batch-size ", ckpt_batch, "; this run has ", o.batch_size, how);
+      DDP_CHECK(ckpt_images == 0 || ckpt_images == train->num_images(), "checkpoint '", resume_path,
+                "' stopped mid-epoch training on ", ckpt_images, " images; this run's data has ", train->num_images(),
+                how);
+    });
+  }
   if (ckpt_steps_per_epoch && ckpt_steps_per_epoch != steps) {
     DDP_CHECK(start_step == 0, "the checkpoint stopped mid-epoch with ", ckpt_steps_per_epoch,
               " steps per epoch, but this run has ", steps, " (different ranks or batch size); resume with the same "
@@ -444,6 +484,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       st.steps_per_epoch = steps;
       st.seed = o.seed;
       st.world_size = env.world;
+      st.batch_size = o.batch_size;
+      st.train_images = train->num_images();
       st.scaler = scaler.state();
       st.config = o.config_text;
       st.rng = {{"shuffle_epoch", static_cast<uint64_t>(epoch_pos)}, {"batches_done", static_cast<uint64_t>(step_pos)}};
@@ -458,7 +500,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
                         latest ? str("the newest complete checkpoint is ", *latest, " (--resume auto continues from it)")
                                : str("there is no complete checkpoint in ", o.checkpoint_dir, " yet")));
       }
-      prune_checkpoints(o.checkpoint_dir, o.keep_checkpoints);
+      prune_checkpoints(o.checkpoint_dir, o.keep_checkpoints, gstep);
       progress->message(str("checkpoint ", path, " (", why, ", ", seconds_since(t0), " s",
                             scaler.dynamic() ? str(", loss scale ", scaler.scale()) : std::string(), ")"));
     });

@@ -38,6 +38,8 @@ CheckpointState random_state(const ddp::nn::ResNet18Spec& spec, uint64_t seed) {
   s.steps_per_epoch = 100;
   s.seed = 42;
   s.world_size = 4;
+  s.batch_size = 32;
+  s.train_images = 12800;
   s.scaler = {8192.0, 55, 3, true};
   s.config = "data = synthetic\nepochs = 9\n";
   s.rng = {{"shuffle_epoch", 3}, {"batches_done", 17}};
@@ -86,6 +88,8 @@ TEST_F(CheckpointTest, RoundTripIsExact) {
   EXPECT_EQ(a.steps_per_epoch, b.steps_per_epoch);
   EXPECT_EQ(a.seed, b.seed);
   EXPECT_EQ(a.world_size, b.world_size);
+  EXPECT_EQ(a.batch_size, b.batch_size);
+  EXPECT_EQ(a.train_images, b.train_images);
   EXPECT_EQ(a.scaler.scale, b.scaler.scale);
   EXPECT_EQ(a.scaler.good_steps, b.scaler.good_steps);
   EXPECT_EQ(a.scaler.skipped_steps, b.scaler.skipped_steps);
@@ -182,7 +186,7 @@ TEST_F(CheckpointTest, KeepLastKAndResumeAutoPicksNewestComplete) {
   for (int64_t step : {100, 200, 300, 400, 500}) {
     a.global_step = step;
     save_checkpoint(path(checkpoint_file_name(step)), spec_, a);
-    prune_checkpoints(dir_.string(), 3);
+    prune_checkpoints(dir_.string(), 3, step);
   }
   auto all = list_checkpoints(dir_.string());
   ASSERT_EQ(all.size(), 3u);
@@ -194,6 +198,45 @@ TEST_F(CheckpointTest, KeepLastKAndResumeAutoPicksNewestComplete) {
   ASSERT_TRUE(latest);
   EXPECT_NE(latest->find("0000000500"), std::string::npos);
   EXPECT_FALSE(find_latest_checkpoint((dir_ / "empty").string()));
+}
+
+// Files written before batch_size / train_images existed read them as 0 (unknown: not checked).
+TEST_F(CheckpointTest, OlderFilesReadBatchAndImageCountAsUnknown) {
+  CheckpointState a = random_state(spec_, 8);
+  const std::string p = path("old.h5");
+  save_checkpoint(p, spec_, a);
+  {
+    ddp::h5::Handle f = ddp::h5::open_file(p, true);
+    ASSERT_GE(H5Adelete(f, "batch_size"), 0);
+    ASSERT_GE(H5Adelete(f, "train_images"), 0);
+  }
+  CheckpointState b = load_checkpoint(p, spec_);
+  EXPECT_EQ(b.batch_size, 0);
+  EXPECT_EQ(b.train_images, 0);
+  EXPECT_EQ(b.world_size, a.world_size);
+}
+
+// Retention deletes only what is older than the checkpoint just written: files of later steps (another
+// run's, or damaged ones) counted as "newest" made it delete the run's own checkpoints.
+TEST_F(CheckpointTest, RetentionNeverDeletesTheCheckpointJustWritten) {
+  CheckpointState a = random_state(spec_, 7);
+  for (int64_t step : {40, 80}) {
+    a.global_step = step;
+    save_checkpoint(path(checkpoint_file_name(step)), spec_, a);
+  }
+  { std::ofstream(path(checkpoint_file_name(99))) << "junk"; }
+  for (int64_t step : {1, 2, 3}) {
+    a.global_step = step;
+    save_checkpoint(path(checkpoint_file_name(step)), spec_, a);
+    prune_checkpoints(dir_.string(), 2, step);
+    EXPECT_TRUE(fs::exists(path(checkpoint_file_name(step)))) << "step " << step;
+  }
+  EXPECT_FALSE(fs::exists(path(checkpoint_file_name(1))));
+  EXPECT_TRUE(fs::exists(path(checkpoint_file_name(2))));
+  for (int64_t later : {40, 80, 99}) EXPECT_TRUE(fs::exists(path(checkpoint_file_name(later)))) << later;
+  EXPECT_EQ(checkpoint_step("d/ckpt-0000000042.h5"), 42);
+  EXPECT_EQ(checkpoint_step("ckpt-abc.h5"), -1);
+  EXPECT_EQ(checkpoint_step("ckpt-0000000042.h5.tmp"), -1);
 }
 
 TEST_F(CheckpointTest, ConvertsToTorchvision) {

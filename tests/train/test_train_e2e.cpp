@@ -2,7 +2,8 @@
 // a 2-rank run under mpirun whose loss falls, SIGUSR1 -> checkpoint + exit 0 -> resume, the replica
 // guard firing on a perturbed replica, clear errors for bad flags and for --backend cuda without a GPU,
 // a damaged image inside a shard ending a 2-rank job at once with its name, and --init-weights from a
-// checkpoint starting a new run with its weights and BN statistics, and a checkpoint on a full disk.
+// checkpoint starting a new run with its weights and BN statistics, a checkpoint on a full disk, a
+// checkpoint directory of another run refused, mid-epoch resume checks, --eval-only with another class count.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
@@ -328,6 +329,10 @@ TEST_F(TrainE2E, BadFlagsAndMissingGpuAreClearErrors) {
   auto r = sh(std::string(TRAIN_RESNET18) + " --data synthetic --lr-schedule sometimes");
   EXPECT_EQ(r.rc, 2);
   EXPECT_NE(r.out.find("--lr-schedule"), std::string::npos) << r.out;
+  // A flag the machine cannot honour is found only after MPI starts; it still exits 2, on every rank.
+  auto amp = sh(mpirun(2) + kRecipe + "--amp bf16 --max-steps 1");
+  EXPECT_EQ(amp.rc, 2) << amp.out;
+  EXPECT_NE(amp.out.find("--amp"), std::string::npos) << amp.out;
   auto h = sh(std::string(TRAIN_RESNET18) + " --help");
   EXPECT_EQ(h.rc, 0);
   EXPECT_NE(h.out.find("--checkpoint-dir"), std::string::npos);
@@ -464,4 +469,76 @@ TEST_F(TrainE2E, CheckpointOnAFullDiskEndsTheJobAndKeepsTheLastOne) {
   EXPECT_FALSE(second_written);
   EXPECT_TRUE(load_err.empty()) << load_err;
   EXPECT_EQ(first.global_step, 2);
+}
+
+// A checkpoint directory holds one run. A new run into it would overwrite the other's files of the same
+// steps, and retention counted the other's later files as newest and deleted this run's own.
+TEST_F(TrainE2E, CheckpointDirOfAnotherRunIsRefusedAndNothingDeleted) {
+  const std::string cmd = kRecipe + "--epochs 1 --checkpoint-every 1 --keep-checkpoints 2 --checkpoint-dir " + d("ck");
+  auto a = sh(cmd + " --max-steps 3");
+  ASSERT_EQ(a.rc, 0) << a.out;
+  auto bytes = [](const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  };
+  const std::string before = bytes(d("ck/" + ckpt_name(3)));
+  ASSERT_FALSE(before.empty()) << a.out;
+  ASSERT_EQ(list_checkpoints(d("ck")).size(), 2u) << a.out;
+
+  auto fresh = sh(cmd + " --max-steps 3 --momentum 0.8");
+  EXPECT_EQ(fresh.rc, 1) << fresh.out;
+  EXPECT_NE(fresh.out.find("already holds 2 checkpoint(s)"), std::string::npos) << fresh.out;
+  EXPECT_NE(fresh.out.find("--resume auto"), std::string::npos) << fresh.out;
+
+  auto older = sh(cmd + " --max-steps 4 --resume " + d("ck/" + ckpt_name(2)));
+  EXPECT_EQ(older.rc, 1) << older.out;
+  EXPECT_NE(older.out.find(ckpt_name(3) + ", newer than the resumed global step 2"), std::string::npos) << older.out;
+
+  EXPECT_EQ(list_checkpoints(d("ck")).size(), 2u);
+  EXPECT_EQ(bytes(d("ck/" + ckpt_name(3))), before) << "a refused run changed the other run's checkpoint";
+
+  auto cont = sh(cmd + " --max-steps 4 --resume auto");
+  EXPECT_EQ(cont.rc, 0) << cont.out;
+  EXPECT_TRUE(fs::exists(d("ck/" + ckpt_name(4)))) << cont.out;
+
+  // Only damaged files: --resume auto has nothing to continue and must not overwrite them either.
+  fs::create_directories(d("junk"));
+  { std::ofstream(d("junk/" + ckpt_name(99))) << "not a checkpoint"; }
+  auto junk = sh(kRecipe + "--epochs 1 --max-steps 1 --checkpoint-dir " + d("junk") + " --resume auto");
+  EXPECT_EQ(junk.rc, 1) << junk.out;
+  EXPECT_NE(junk.out.find("none of which loads"), std::string::npos) << junk.out;
+  EXPECT_TRUE(fs::exists(d("junk/" + ckpt_name(99))));
+}
+
+// A mid-epoch checkpoint continues each rank's slice of the epoch's order: another rank count, batch
+// or data set size (even with the same steps per epoch) would train on other images than it skips.
+TEST_F(TrainE2E, MidEpochResumeNeedsTheSameRanksBatchAndData) {
+  const std::string base = std::string(TRAIN_RESNET18) +
+                           " --data synthetic --synthetic-classes 4 --image-size 32 --backend cpu --threads 1"
+                           " --seed 3 --progress lines --no-eval --epochs 2 --checkpoint-dir " + d("ck");
+  auto a = sh(base + " --synthetic-size 64 --batch-size 8 --max-steps 3");
+  ASSERT_EQ(a.rc, 0) << a.out;
+  // 2 ranks x 4 = the same 8 steps per epoch as 1 rank x 8.
+  auto ranks = sh(mpirun(2) + base + " --synthetic-size 64 --batch-size 4 --max-steps 5 --resume auto");
+  EXPECT_NE(ranks.rc, 0) << ranks.out;
+  EXPECT_NE(ranks.out.find("stopped mid-epoch with 1 rank(s); this run has 2"), std::string::npos) << ranks.out;
+  auto batch = sh(base + " --synthetic-size 64 --batch-size 9 --max-steps 5 --resume auto");
+  EXPECT_EQ(batch.rc, 1) << batch.out;
+  EXPECT_NE(batch.out.find("stopped mid-epoch with --batch-size 8; this run has 9"), std::string::npos) << batch.out;
+  auto data = sh(base + " --synthetic-size 70 --batch-size 8 --max-steps 5 --resume auto");
+  EXPECT_EQ(data.rc, 1) << data.out;
+  EXPECT_NE(data.out.find("training on 64 images; this run's data has 70"), std::string::npos) << data.out;
+  auto same = sh(base + " --synthetic-size 64 --batch-size 8 --max-steps 5 --resume auto");
+  EXPECT_EQ(same.rc, 0) << same.out;
+}
+
+// A re-initialised fc evaluates to chance: --eval-only refuses weights for another class count.
+TEST_F(TrainE2E, EvalOnlyRefusesWeightsForAnotherClassCount) {
+  auto a = sh(kRecipe + "--epochs 1 --max-steps 1 --checkpoint-dir " + d("ck"));
+  ASSERT_EQ(a.rc, 0) << a.out;
+  auto e = sh(std::string(TRAIN_RESNET18) +
+              " --data synthetic --synthetic-classes 3 --synthetic-size 16 --image-size 32 --backend cpu --threads 1"
+              " --batch-size 8 --eval-only --init-weights " + d("ck/" + ckpt_name(1)));
+  EXPECT_EQ(e.rc, 1) << e.out;
+  EXPECT_NE(e.out.find("classifier has 4 classes and the data 3"), std::string::npos) << e.out;
 }

@@ -8,7 +8,9 @@
 //   root attributes                       format = "resnet18-ddp-checkpoint", format_version,
 //                                         complete = 1 (written last), epoch, step_in_epoch,
 //                                         global_step, steps_per_epoch, seed, world_size,
-//                                         num_classes, momentum_initialised, loss_scale,
+//                                         batch_size (per rank), train_images (0 = unknown:
+//                                         written before these two), num_classes,
+//                                         momentum_initialised, loss_scale,
 //                                         loss_scale_good_steps, loss_scale_skipped_steps, config
 //   /rng                                  attributes: positions of the host RNG streams in use
 //
@@ -44,6 +46,10 @@ struct CheckpointState {
   int64_t steps_per_epoch = 0;
   uint64_t seed = 0;
   int world_size = 1;
+  // A mid-epoch resume must see the same per-rank slices of the epoch's order: same ranks, batch and
+  // data set size. 0 = not recorded (checkpoints written before these were added).
+  int64_t batch_size = 0;
+  int64_t train_images = 0;
   LossScalerState scaler;
   std::string config;
   std::vector<std::pair<std::string, uint64_t>> rng;  // name -> position
@@ -63,7 +69,12 @@ std::string checkpoint_problem(const std::string& path);
 std::vector<std::string> list_checkpoints(const std::string& dir);
 // Newest complete checkpoint in dir; incomplete ones are skipped with a warning.
 std::optional<std::string> find_latest_checkpoint(const std::string& dir);
-// Deletes all but the newest `keep` checkpoints (and any stale *.tmp files).
-void prune_checkpoints(const std::string& dir, int keep);
+// Keeps the `keep` newest checkpoints up to global step `newest` (the one just written) and deletes
+// the older ones, and any stale *.tmp files. Files of later steps are not this run's to delete (the
+// trainer refuses a directory holding complete ones; a damaged one is replaced when the run reaches
+// its step).
+void prune_checkpoints(const std::string& dir, int keep, int64_t newest);
+// Global step in a checkpoint file name ("ckpt-0000000042.h5" -> 42); -1 for other names.
+int64_t checkpoint_step(const std::string& path);
 
 }  // namespace ddp::train

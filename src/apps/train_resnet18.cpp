@@ -7,6 +7,7 @@
 #include "ddp/core/check.h"
 #include "ddp/core/log.h"
 #include "ddp/train/options.h"
+#include "ddp/train/signals.h"
 #include "ddp/train/trainer.h"
 
 int main(int argc, char** argv) {
@@ -20,6 +21,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!opts) return 0;
+  // Before MPI and data start-up (seconds): a SIGTERM/SIGUSR1 then still ends in a checkpoint at the
+  // first step boundary and exit 0, not in the default action (death by signal, nothing saved).
+  ddp::train::install_stop_handlers();
   ddp::comm::DistEnv env;
   try {
     env = ddp::comm::init_distributed(&argc, &argv);

@@ -102,6 +102,17 @@ void TensorBoardWriter::add_scalar(const std::string& tag, double value, int64_t
   write_record(e);
 }
 
+void TensorBoardWriter::add_session_start(int64_t step) {
+  // Event { SessionLog session_log = 7; }  SessionLog { SessionStatus status = 1; }  START = 1
+  // (6 is the deprecated LogMessage, which TensorBoard ignores.)
+  std::string log;
+  put_tag(log, 1, 0);
+  put_varint(log, 1);
+  std::string e = event_header(now_s(), step);
+  put_bytes(e, 7, log);
+  write_record(e);
+}
+
 void TensorBoardWriter::write_record(const std::string& data) {
   uint64_t len = data.size();
   uint32_t len_crc = masked_crc32c(&len, 8);

@@ -394,6 +394,14 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       tb = std::make_unique<TensorBoardWriter>(o.tensorboard);
       info0("tensorboard: ", tb->path());
     }
+    // A resumed run logs again the steps its previous run logged after the checkpoint.
+    if (!resume_path.empty() && !o.eval_only) {
+      if (jsonl)
+        jsonl->write({{"type", json_string("resume")}, {"step", json_number(double(gstep))},
+                      {"epoch", json_number(start_epoch + double(start_step) / double(steps))},
+                      {"from", json_string(resume_path)}});
+      if (tb) tb->add_session_start(gstep + 1);
+    }
     gpu = std::make_unique<GpuMonitor>(device);
   }
   auto gpu_text = [&]() -> std::string {

@@ -3,8 +3,12 @@
 by test_tensorboard to check what train_resnet18 writes. Verifies both masked CRC32C values of
 every record, decodes the protobuf wire format by hand, and prints one line per scalar:
     <tag> <step> <value>
-If the tensorboard package is importable, also loads the directory with EventAccumulator and
-checks it sees the same scalars. Exit status 1 on any inconsistency."""
+after a line "session_start <step>" for each SessionLog START (which drops the points logged before
+it at that step and later, as TensorBoard does).
+Then loads the directory with tensorboard's own EventAccumulator (tools/setup puts the tensorboard
+wheel under .deps/pytb; a missing one is an error, not a skip) and checks it sees the same scalars:
+the hand decoding above could share a misreading with the writer, TensorBoard cannot. Exit status 1
+on any inconsistency."""
 import os
 import struct
 import sys
@@ -86,7 +90,7 @@ def main():
         if first.get(3) != b"brain.Event:2":
             sys.exit(f"{fn}: first event is not file_version brain.Event:2")
         for body in ev[1:]:
-            step, wall, summ = 0, None, None
+            step, wall, summ, session = 0, None, None, None
             for f, w, v in fields(body):
                 if f == 1 and w == 1:
                     wall = struct.unpack("<d", v)[0]
@@ -94,8 +98,20 @@ def main():
                     step = v
                 elif f == 5 and w == 2:
                     summ = v
-            if wall is None or wall < 1e9 or summ is None:
-                sys.exit(f"{fn}: event without wall_time or summary")
+                elif f == 7 and w == 2:  # session_log (6 is the deprecated log_message)
+                    session = dict((g, x) for g, _, x in fields(v))
+            if wall is None or wall < 1e9:
+                sys.exit(f"{fn}: event without wall_time")
+            if session is not None:
+                # SessionLog {status = 1}: START = 1. TensorBoard then drops the points logged at this
+                # step and later (a restarted run logs them again); so does this reader.
+                if session.get(1) != 1:
+                    sys.exit(f"{fn}: session_log with status {session.get(1)}, expected START (1)")
+                print("session_start", step)
+                scalars = [x for x in scalars if x[1] < step]
+                continue
+            if summ is None:
+                sys.exit(f"{fn}: event without summary")
             for f, w, val in fields(summ):
                 tag = value = None
                 for g, w2, x in fields(val):
@@ -106,10 +122,11 @@ def main():
                 scalars.append((tag, step, value))
     for t, s, v in scalars:
         print(t, s, repr(v))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".deps", "pytb"))
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    except ImportError:
-        return
+    except ImportError as e:
+        sys.exit(f"tensorboard is not importable ({e}); tools/setup installs it under .deps/pytb")
     acc = EventAccumulator(d)
     acc.Reload()
     seen = {(t, e.step, e.value) for t in acc.Tags()["scalars"] for e in acc.Scalars(t)}

@@ -1,13 +1,15 @@
 // TensorBoard files: CRC32C known answers (RFC 3720 / iSCSI test vectors) and a file decoded by an
 // independent Python reader (tests/train/read_tfevents.py: its own CRC and protobuf decoding, and
-// tensorboard's EventAccumulator when installed).
+// tensorboard's own EventAccumulator), and a resumed run's SessionLog START purging later points.
 #include <gtest/gtest.h>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "ddp/train/tensorboard.h"
 
@@ -24,6 +26,48 @@ TEST(Crc32c, KnownAnswers) {
   EXPECT_EQ(crc32c(inc.data(), 32), 0x46DD794Eu);
 }
 
+namespace {
+std::string read_events(const std::string& dir, int& rc) {
+  std::string cmd = std::string("/usr/bin/python3 ") + DDP_SOURCE_DIR + "/tests/train/read_tfevents.py " + dir;
+  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
+  std::string out;
+  if (!p) return out;
+  char buf[256];
+  while (fgets(buf, sizeof buf, p.get())) out += buf;
+  rc = pclose(p.release());
+  return out;
+}
+}  // namespace
+
+// A stopped run logged past its last checkpoint (step 20); the resumed run's file starts with a
+// SessionLog START at step 21, and the reader (like TensorBoard) keeps only the resumed run's points
+// from there on.
+TEST(TensorBoard, ResumedRunPurgesTheStoppedRunsLaterPoints) {
+  if (std::system("/usr/bin/python3 -c 'import struct' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no /usr/bin/python3";
+  std::string dir = ::testing::TempDir() + "/tb_resume_" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  {
+    TensorBoardWriter w(dir);
+    for (int step : {10, 20, 30}) w.add_scalar("train/loss", step / 10.0, step);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // file names carry the unix second
+  {
+    TensorBoardWriter w(dir);
+    w.add_session_start(21);
+    for (int step : {25, 30}) w.add_scalar("train/loss", step / 100.0, step);
+  }
+  int rc = -1;
+  std::string out = read_events(dir, rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(out,
+            "session_start 21\n"
+            "train/loss 10 1.0\n"
+            "train/loss 20 2.0\n"
+            "train/loss 25 0.25\n"
+            "train/loss 30 0.30000001192092896\n");
+  std::filesystem::remove_all(dir);
+}
+
 TEST(TensorBoard, FileDecodesWithIndependentReader) {
   if (std::system("/usr/bin/python3 -c 'import struct' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no /usr/bin/python3";
   std::string dir = ::testing::TempDir() + "/tb_test_" + std::to_string(::getpid());
@@ -35,13 +79,8 @@ TEST(TensorBoard, FileDecodesWithIndependentReader) {
     w.add_scalar("eval/top1", 0.875, 20);
     w.add_scalar("train/lr", 0.1, 300000000000LL);  // a step that needs a multi-byte varint
   }
-  std::string cmd = std::string("/usr/bin/python3 ") + DDP_SOURCE_DIR + "/tests/train/read_tfevents.py " + dir;
-  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
-  ASSERT_TRUE(p);
-  std::string out;
-  char buf[256];
-  while (fgets(buf, sizeof buf, p.get())) out += buf;
-  int rc = pclose(p.release());
+  int rc = -1;
+  std::string out = read_events(dir, rc);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_EQ(out,
             "train/loss 10 2.5\n"

@@ -282,9 +282,14 @@ TEST_F(TrainE2E, SigusrCheckpointsExitsZeroAndResumes) {
   auto st = load_checkpoint(*latest, ddp::nn::make_resnet18_spec(4));
   EXPECT_GT(st.global_step, 0);
   auto res = sh(mpirun(2) + kRecipe + "--epochs 200 --checkpoint-dir " + d("ck") + " --resume auto --max-steps " +
-                std::to_string(st.global_step + 2));
+                std::to_string(st.global_step + 2) + " --jsonl " + d("m.jsonl"));
   EXPECT_EQ(res.rc, 0) << res.out;
   EXPECT_NE(res.out.find("resumed from"), std::string::npos) << res.out;
+  // The metrics file says where the resumed run starts (the stopped run logged steps past it).
+  std::ifstream mf(d("m.jsonl"));
+  std::string m((std::istreambuf_iterator<char>(mf)), std::istreambuf_iterator<char>());
+  EXPECT_NE(m.find("{\"type\": \"resume\", \"step\": " + std::to_string(st.global_step) + ","), std::string::npos) << m;
+  EXPECT_NE(m.find("\"from\": \"" + *latest + "\""), std::string::npos) << m;
 }
 
 TEST_F(TrainE2E, ReplicaGuardStopsAPerturbedReplica) {

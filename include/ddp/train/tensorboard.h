@@ -2,7 +2,8 @@
 //   record = uint64 length (LE) | uint32 masked_crc32c(length bytes) | data | uint32 masked_crc32c(data)
 //   masked(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8
 // The first Event carries file_version "brain.Event:2"; each scalar is an Event with wall_time,
-// step and a Summary holding one Value {tag, simple_value}. Weights & Biases ingests the same files.
+// step and a Summary holding one Value {tag, simple_value}; a resumed run starts its file with a
+// SessionLog {status START} event. Weights & Biases ingests the same files.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +24,9 @@ class TensorBoardWriter {
   TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
 
   void add_scalar(const std::string& tag, double value, int64_t step, double wall_time = 0);
+  // SessionLog START at `step`: TensorBoard drops what earlier files logged at this step and later (a
+  // resumed run logs those steps again), as PyTorch's SummaryWriter(purge_step=step) does.
+  void add_session_start(int64_t step);
   void flush();
   const std::string& path() const { return path_; }
 

@@ -3,8 +3,9 @@
 //   OUT/train/<class>/fmnist_train_NNNNN.JPEG   (class folders)
 //   OUT/val/fmnist_val_NNNNN.JPEG + OUT/LOC_val_solution.csv   (Kaggle's flat val layout)
 //   OUT/classes.txt   (class folder names in Fashion-MNIST's label order, for --class-index)
-// Images stay 28x28 grayscale (quality 95 JPEG). Written under OUT.partial and renamed when
-// complete; a complete OUT is left alone.
+// Images stay 28x28 grayscale (quality 95 JPEG). Written under OUT.partial (removed on failure) and
+// renamed when complete. OUT/.complete records the settings; a complete OUT made with the same
+// settings is left alone, one made with others is refused (never deleted for the user).
 #include <turbojpeg.h>
 #include <zlib.h>
 
@@ -39,9 +40,11 @@ std::vector<uint8_t> gunzip(const std::string& path) {
   int n;
   while ((n = gzread(f, buf, sizeof buf)) > 0) out.insert(out.end(), buf, buf + n);
   int err = 0;
-  const char* msg = gzerror(f, &err);
+  // gzerror's text belongs to the gzFile: copy it before gzclose frees it.
+  std::string msg = gzerror(f, &err);
   gzclose(f);
-  DDP_CHECK(n == 0 && err == Z_OK, "cannot decompress '", path, "': ", msg);
+  if (msg.rfind(path + ": ", 0) == 0) msg.erase(0, path.size() + 2);  // zlib prefixes the path; we name it
+  DDP_CHECK(n == 0 && err == Z_OK, "cannot decompress '", path, "': ", msg, " (truncated or damaged?)");
   return out;
 }
 
@@ -95,6 +98,25 @@ struct Encoder {
   }
 };
 
+// What OUT/.complete holds: the options that change what is written.
+std::string settings_line(int limit_train, int limit_val, int quality) {
+  return "--limit-train " + std::to_string(limit_train) + " --limit-val " + std::to_string(limit_val) +
+         " --quality " + std::to_string(quality);
+}
+
+// Removes OUT.partial unless the conversion completed (renamed it away): a failed run leaves nothing.
+struct PartialGuard {
+  fs::path tmp;
+  ~PartialGuard() {
+    std::error_code ec;
+    if (!tmp.empty()) fs::remove_all(tmp, ec);
+  }
+};
+
+void write_text(const fs::path& p, const std::string& text) {
+  write_file(p, reinterpret_cast<const uint8_t*>(text.data()), text.size());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -118,15 +140,28 @@ int main(int argc, char** argv) {
     }
     po::notify(vm);
     DDP_CHECK(quality >= 1 && quality <= 100, "--quality must be in 1..100");
+    // A negative limit would otherwise mean "all" (only > 0 limits), silently.
+    DDP_CHECK(limit_train >= 0, "--limit-train must be >= 0 (0: all), got ", limit_train);
+    DDP_CHECK(limit_val >= 0, "--limit-val must be >= 0 (0: all), got ", limit_val);
+    const std::string settings = settings_line(limit_train, limit_val, quality);
     const fs::path out(output), marker = fs::path(output) / ".complete";
     if (fs::exists(marker)) {
-      std::cerr << "fashion_mnist_to_jpeg: " << output << " is already complete, nothing to do\n";
+      std::ifstream m(marker);
+      std::string made;
+      std::getline(m, made);
+      // Markers of older versions hold "ok": their settings are unknown, so they match nothing.
+      DDP_CHECK(made == settings, "'", output, "' holds a complete conversion made with ",
+                made.rfind("--", 0) == 0 ? made : "unrecorded settings (an older fashion_mnist_to_jpeg)", ", not ",
+                settings, "; delete it or choose another --output");
+      std::cerr << "fashion_mnist_to_jpeg: " << output << " is already complete (" << settings
+                << "), nothing to do\n";
       return 0;
     }
     DDP_CHECK(!fs::exists(out), "'", output, "' exists but is not a complete conversion (no .complete marker); ",
               "delete it and rerun");
     const fs::path tmp = output + ".partial";
     fs::remove_all(tmp);
+    PartialGuard guard{tmp};
     fs::create_directories(tmp / "val");
     for (auto c : kClasses) fs::create_directories(tmp / "train" / c);
     Encoder enc;
@@ -157,14 +192,13 @@ int main(int argc, char** argv) {
       std::cerr << "fashion_mnist_to_jpeg: " << (split == 0 ? "train" : "val") << ": " << n << " images\n";
     }
     csv.close();
-    DDP_CHECK(csv, "cannot write LOC_val_solution.csv (disk full?)");
-    {
-      std::ofstream cl(tmp / "classes.txt");
-      for (auto c : kClasses) cl << c << "\n";
-      DDP_CHECK(cl, "cannot write classes.txt");
-    }
-    { std::ofstream(tmp / ".complete") << "ok\n"; }
+    DDP_CHECK(csv, "cannot write '", (tmp / "LOC_val_solution.csv").string(), "' (disk full?)");
+    std::string classes;
+    for (auto c : kClasses) classes += std::string(c) + "\n";
+    write_text(tmp / "classes.txt", classes);
+    write_text(tmp / ".complete", settings + "\n");
     fs::rename(tmp, out);
+    guard.tmp.clear();
     std::cerr << "fashion_mnist_to_jpeg: wrote " << output << "\n";
     return 0;
   } catch (const po::error& e) {

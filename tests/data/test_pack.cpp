@@ -511,9 +511,9 @@ TEST_F(PackTest, FashionMnistTreePacks) {
   auto r = run(std::string(DDP_FMNIST_BIN) + " -o " + q(out_ / "fm") + " --limit-train 200 --limit-val 50");
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_TRUE(fs::exists(out_ / "fm" / "LOC_val_solution.csv"));
-  r = run(std::string(DDP_FMNIST_BIN) + " -o " + q(out_ / "fm"));
-  EXPECT_EQ(r.rc, 0);
-  EXPECT_NE(r.out.find("already complete"), std::string::npos);
+  r = run(std::string(DDP_FMNIST_BIN) + " -o " + q(out_ / "fm") + " --limit-val 50 --limit-train 200");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("already complete"), std::string::npos) << r.out;
   r = pack("-i " + q(out_ / "fm") + " -o " + q(out_ / "s") + " --shards 2 --encoding raw --resize 32 --allow-upscale "
            "--class-index " + q(out_ / "fm" / "classes.txt"));
   ASSERT_EQ(r.rc, 0) << r.out;
@@ -542,6 +542,78 @@ TEST_F(PackTest, FashionMnistTreePacks) {
   };
   check("train", tr);
   check("val", va);
+}
+
+// fashion_mnist_to_jpeg on a small IDX set written by Python's gzip (12 random 28x28 images per split):
+// damaged input, bad limits and reruns, without dataset-fashion-mnist.
+class FashionMnistTool : public ::testing::Test {
+ protected:
+  fs::path dir_;
+  void SetUp() override {
+    dir_ = make_temp_dir("fmnist");
+    fs::create_directories(dir_ / "in");
+    auto r = run("/usr/bin/python3 -c \"import gzip, random, struct, sys\n"
+                 "n = 12; g = random.Random(1); d = sys.argv[1]\n"
+                 "img = bytes(g.randrange(256) for _ in range(n * 784)); lab = bytes(g.randrange(10) for _ in range(n))\n"
+                 "for p in ('train', 't10k'):\n"
+                 "    with gzip.open(d + '/' + p + '-images-idx3-ubyte.gz', 'wb') as f: f.write(struct.pack('>IIII', 0x803, n, 28, 28) + img)\n"
+                 "    with gzip.open(d + '/' + p + '-labels-idx1-ubyte.gz', 'wb') as f: f.write(struct.pack('>II', 0x801, n) + lab)\n"
+                 "\" " + q(dir_ / "in"));
+    ASSERT_EQ(r.rc, 0) << r.out;
+  }
+  void TearDown() override {
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+  RunResult convert(const std::string& args) {
+    return run(std::string(DDP_FMNIST_BIN) + " -i " + q(dir_ / "in") + " -o " + q(dir_ / "out") + " " + args);
+  }
+  size_t train_files() const {
+    size_t n = 0;
+    for (const auto& e : fs::recursive_directory_iterator(dir_ / "out" / "train")) n += e.is_regular_file();
+    return n;
+  }
+};
+
+// zlib's own words for the damage (not freed memory: gzerror's text used after gzclose printed random
+// bytes), the file named, and no OUT.partial left behind.
+TEST_F(FashionMnistTool, TruncatedGzipIsNamedAndLeavesNothing) {
+  const fs::path gz = dir_ / "in" / "train-images-idx3-ubyte.gz";
+  fs::resize_file(gz, fs::file_size(gz) / 2);
+  auto r = convert("");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("cannot decompress '" + gz.string() + "': unexpected end of file"), std::string::npos)
+      << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "out.partial"));
+  EXPECT_FALSE(fs::exists(dir_ / "out"));
+}
+
+TEST_F(FashionMnistTool, NegativeLimitsAreRefused) {
+  auto r = convert("--limit-train -1");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("--limit-train must be >= 0"), std::string::npos) << r.out;
+  r = convert("--limit-val -5");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("--limit-val must be >= 0"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "out"));
+  EXPECT_FALSE(fs::exists(dir_ / "out.partial"));
+}
+
+// A complete OUT is reused only for the same settings; other limits or quality are refused, naming
+// both, and the existing tree is left as it was.
+TEST_F(FashionMnistTool, RerunWithOtherSettingsIsRefused) {
+  auto r = convert("--limit-train 5 --limit-val 3");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(train_files(), 5u);
+  r = convert("--limit-val 3 --limit-train 5");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("already complete"), std::string::npos) << r.out;
+  for (const std::string other : {"--limit-train 7 --limit-val 3", "", "--limit-train 5 --limit-val 3 --quality 90"}) {
+    r = convert(other);
+    EXPECT_EQ(r.rc, 1) << other << ": " << r.out;
+    EXPECT_NE(r.out.find("made with --limit-train 5 --limit-val 3 --quality 95, not"), std::string::npos)
+        << other << ": " << r.out;
+  }
+  EXPECT_EQ(train_files(), 5u);
 }
 
 }  // namespace

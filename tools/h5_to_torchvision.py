@@ -5,43 +5,109 @@ ResNet18 state_dict (.pth), checked by loading it into torchvision.models.resnet
     /usr/bin/python3 tools/h5_to_torchvision.py weights.h5 resnet18.pth [--group /model]
 
 The result loads with: m = torchvision.models.resnet18(num_classes=K); m.load_state_dict(torch.load(p)).
+It is built in memory, written under a temporary name, flushed and renamed; any failure (a bad
+input, a full disk) is one line naming the file and the cause, exit 1, and leaves no temporary file.
 """
 import argparse
+import io
 import os
 import sys
 
-import h5py
-import numpy as np
-import torch
-import torchvision
+PROG = os.path.basename(sys.argv[0])
+
+
+def fail(msg):
+    sys.exit(f"{PROG}: error: {msg}")
+
+
+def why(e):
+    """An exception as one line: its type and the first line of its text."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def read_state_dict(path, group):
+    # Checks that need neither torch nor h5py come first: they answer in a fraction of the import time.
+    if not os.path.isfile(path):
+        fail(f"{path}: {'is a directory' if os.path.isdir(path) else 'no such file'}, not an HDF5 weights file")
+    import h5py
+    import numpy as np
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        sys.exit(f"{path}: not a readable HDF5 file ({e})")
+        fail(f"{path}: not a readable HDF5 file ({why(e)})")
     with f:
-        g = f[group] if group else f
+        where = group or "/"
+        if where not in f or not isinstance(f[where], h5py.Group):
+            fail(f"{path}: no group '{where}' (our weights files and checkpoints hold the tensors at the root: "
+                 "leave --group out)")
+        g = f[where]
         if "fc.weight" not in g:
-            sys.exit(f"{path}: no tensor 'fc.weight' under '{group or '/'}'")
-        num_classes = int(g["fc.weight"].shape[0])
+            fail(f"{path}: no tensor 'fc.weight' under '{where}'")
+        fc = g["fc.weight"]
+        if not isinstance(fc, h5py.Dataset) or len(fc.shape) != 2:
+            fail(f"{path}: 'fc.weight' under '{where}' is not a 2-d tensor")
+        num_classes = int(fc.shape[0])
         if "num_classes" in f.attrs and int(f.attrs["num_classes"]) != num_classes:
-            sys.exit(f"{path}: attribute num_classes={int(f.attrs['num_classes'])} but fc.weight has {num_classes} rows")
+            fail(f"{path}: attribute num_classes={int(f.attrs['num_classes'])} but fc.weight has {num_classes} rows")
+        import torch
+        import torchvision
         model = torchvision.models.resnet18(num_classes=num_classes)
         sd = {}
+        # Only the datasets ResNet18 has: a checkpoint holds others (optimizer/, rng) beside them.
         for name, ref in model.state_dict().items():
-            if name not in g:
-                sys.exit(f"{path}: missing tensor '{name}'")
-            a = np.asarray(g[name][()])
+            if name not in g or not isinstance(g[name], h5py.Dataset):
+                fail(f"{path}: missing tensor '{name}' under '{where}'")
+            try:
+                a = np.asarray(g[name][()])
+            except Exception as e:  # a damaged file fails here, not at open: name the tensor
+                fail(f"{path}: cannot read tensor '{name}' ({why(e)})")
+            if a.dtype.kind not in "biuf":
+                fail(f"{path}: tensor '{name}' holds {a.dtype}, not numbers")
             if name.endswith("num_batches_tracked"):
+                if a.size != 1:
+                    fail(f"{path}: '{name}' holds {a.size} values, needs one (a counter)")
                 sd[name] = torch.tensor(int(a.reshape(-1)[0]), dtype=torch.int64)
                 continue
             if tuple(a.shape) != tuple(ref.shape):
-                sys.exit(f"{path}: tensor '{name}' has shape {tuple(a.shape)}, ResNet18 needs {tuple(ref.shape)}")
+                fail(f"{path}: tensor '{name}' has shape {tuple(a.shape)}, ResNet18 needs {tuple(ref.shape)}")
             sd[name] = torch.from_numpy(a.astype(np.float32))
     model.load_state_dict(sd, strict=True)
     return sd, num_classes
+
+
+def check_output(out):
+    """Refuses an output that cannot be a file before any work is done."""
+    if os.path.isdir(out):
+        fail(f"{out}: is a directory; give a file name for the output")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        fail(f"{out}: directory {parent} does not exist")
+
+
+def write_atomic(data, out):
+    """Writes bytes to out.tmp, fsyncs, renames to out. Plain file I/O: torch.save straight to a full
+    disk aborted Python with a C++ backtrace, leaving out.tmp behind. (The same function is in
+    torchvision_to_h5.py: each script runs on its own.)"""
+    tmp = out + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        fail(f"cannot write {out}: {e.strerror or why(e)}" + (" (disk full?)" if e.errno == 28 else ""))
+    except BaseException:  # Ctrl-C while writing: nothing half-written is left either
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def main():
@@ -50,10 +116,12 @@ def main():
     ap.add_argument("output", help=".pth file to write")
     ap.add_argument("--group", default="", help="HDF5 group holding the tensors (default: the root)")
     a = ap.parse_args()
+    check_output(a.output)
     sd, k = read_state_dict(a.input, a.group)
-    tmp = a.output + ".tmp"
-    torch.save(sd, tmp)
-    os.replace(tmp, a.output)
+    import torch
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    write_atomic(buf.getvalue(), a.output)
     print(f"wrote {a.output}: {len(sd)} tensors, {k} classes")
 
 

@@ -7,52 +7,113 @@
 
 The file holds one dataset per state_dict entry under its torchvision name, in PyTorch layout (OIHW,
 fp32; num_batches_tracked int64 0-d) and the attributes format="resnet18-ddp-weights",
-format_version=1, num_classes. It is written under a temporary name and renamed.
+format_version=1, num_classes. It is built in memory, written under a temporary name, flushed and
+renamed; any failure (a bad input, a full disk) is one line naming the file and the cause, exit 1,
+and leaves no temporary file.
 """
 import argparse
+import io
 import os
 import sys
 
-import h5py
-import numpy as np
-import torch
-import torchvision
-
 FORMAT = "resnet18-ddp-weights"
 FORMAT_VERSION = 1
+PROG = os.path.basename(sys.argv[0])
+
+
+def fail(msg):
+    sys.exit(f"{PROG}: error: {msg}")
+
+
+def why(e):
+    """An exception as one line: its type and the first line of its text."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def load_state_dict(path):
-    obj = torch.load(path, map_location="cpu")
+    # Checked before torch.load, whose messages for these ("Ran out of input") name neither.
+    if not os.path.exists(path):
+        fail(f"{path}: no such file")
+    if os.path.isdir(path):
+        fail(f"{path}: is a directory, not a .pth file")
+    if os.path.getsize(path) == 0:
+        fail(f"{path}: empty file, not a .pth state_dict")
+    import torch
+    try:
+        obj = torch.load(path, map_location="cpu")
+    except Exception as e:  # pickle, zip and torch errors alike: any of them means "not loadable"
+        fail(f"{path}: not a readable PyTorch file ({why(e)})")
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        sys.exit(f"{path}: not a state_dict (got {type(obj).__name__})")
+        fail(f"{path}: not a state_dict (got {type(obj).__name__})")
     # Models saved from DataParallel/DDP prefix every name with "module.".
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+    return {k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k: v for k, v in obj.items()}
 
 
 def check_resnet18(sd, source):
-    if "fc.weight" not in sd:
-        sys.exit(f"{source}: no tensor 'fc.weight'; not a torchvision ResNet18 state_dict")
-    num_classes = int(sd["fc.weight"].shape[0])
+    import torch
+    import torchvision
+    fc = sd.get("fc.weight")
+    if not isinstance(fc, torch.Tensor) or fc.dim() != 2:
+        fail(f"{source}: no 2-d tensor 'fc.weight'; not a torchvision ResNet18 state_dict")
+    num_classes = int(fc.shape[0])
     ref = torchvision.models.resnet18(num_classes=num_classes).state_dict()
     for name, t in ref.items():
         if name not in sd:
-            sys.exit(f"{source}: missing tensor '{name}'")
+            fail(f"{source}: missing tensor '{name}'")
+        if not isinstance(sd[name], torch.Tensor):
+            fail(f"{source}: '{name}' is a {type(sd[name]).__name__}, not a tensor")
         if tuple(sd[name].shape) != tuple(t.shape):
-            sys.exit(f"{source}: tensor '{name}' has shape {tuple(sd[name].shape)}, ResNet18 needs {tuple(t.shape)}")
-    extra = sorted(set(sd) - set(ref))
+            fail(f"{source}: tensor '{name}' has shape {tuple(sd[name].shape)}, ResNet18 needs {tuple(t.shape)}")
+    extra = sorted(str(k) for k in set(sd) - set(ref))
     if extra:
-        sys.exit(f"{source}: tensors that ResNet18 does not have: {', '.join(extra[:5])}")
+        fail(f"{source}: tensors that ResNet18 does not have: {', '.join(extra[:5])}")
     return num_classes, list(ref.keys())
 
 
-def write_h5(sd, names, num_classes, out):
+def check_output(out):
+    """Refuses an output that cannot be a file before any work is done."""
+    if os.path.isdir(out):
+        fail(f"{out}: is a directory; give a file name for the output")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        fail(f"{out}: directory {parent} does not exist")
+
+
+def write_atomic(data, out):
+    """Writes bytes to out.tmp, fsyncs, renames to out. Plain file I/O, not HDF5's: h5py answered a
+    full disk with dozens of lines of HDF5 errors and then a segfault, leaving out.tmp behind."""
     tmp = out + ".tmp"
-    with h5py.File(tmp, "w") as f:
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        fail(f"cannot write {out}: {e.strerror or why(e)}" + (" (disk full?)" if e.errno == 28 else ""))
+    except BaseException:  # Ctrl-C while writing: nothing half-written is left either
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def h5_image(sd, names, num_classes):
+    import h5py
+    import numpy as np
+    import torch
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = np.int64(FORMAT_VERSION)
         f.attrs["num_classes"] = np.int64(num_classes)
@@ -62,7 +123,7 @@ def write_h5(sd, names, num_classes, out):
                 f.create_dataset(name, data=np.int64(t.item()))
             else:
                 f.create_dataset(name, data=t.to(torch.float32).contiguous().numpy())
-    os.replace(tmp, out)
+    return buf.getvalue()
 
 
 def main():
@@ -73,14 +134,20 @@ def main():
     a = ap.parse_args()
     if a.pretrained == (a.input is not None):
         ap.error("give either an input .pth or --pretrained")
+    check_output(a.output)
     if a.pretrained:
-        sd = torchvision.models.resnet18(weights="IMAGENET1K_V1").state_dict()
+        import torchvision
+        try:
+            sd = torchvision.models.resnet18(weights="IMAGENET1K_V1").state_dict()
+        except Exception as e:  # no network and no cache: say so in one line
+            fail(f"cannot load torchvision's IMAGENET1K_V1 weights ({why(e)}); download them once "
+                 "with network access or pass a .pth file")
         source = "torchvision IMAGENET1K_V1"
     else:
         sd = load_state_dict(a.input)
         source = a.input
     num_classes, names = check_resnet18(sd, source)
-    write_h5(sd, names, num_classes, a.output)
+    write_atomic(h5_image(sd, names, num_classes), a.output)
     print(f"wrote {a.output}: {len(names)} tensors, {num_classes} classes")
 
 

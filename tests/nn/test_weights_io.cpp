@@ -1,9 +1,15 @@
 // Weights files: round trip, refusal of mismatched, foreign, truncated and non-HDF5 files with errors
 // that name the tensor and the file, and the torchvision conversion tools in both directions
-// (a .pth made by torchvision -> our file -> load/save in C++ -> .pth, compared in PyTorch).
+// (a .pth made by torchvision -> our file -> load/save in C++ -> .pth, compared in PyTorch), including
+// their answers to bad inputs, a directory as output and a full disk.
 #include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -188,6 +194,109 @@ TEST(WeightsIo, TorchvisionConversionRoundTrip) {
   std::string refuse = py + " " + DDP_TOOLS_DIR + "/torchvision_to_h5.py " + tmp.file("bad.pth") + " " +
                        tmp.file("bad.h5") + " 2> /dev/null";
   EXPECT_NE(std::system(refuse.c_str()), 0);
+}
+
+struct Run {
+  int rc = -1;
+  std::string out;  // stdout + stderr
+};
+Run run(const std::string& cmd) {
+  Run r;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(p);
+  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+bool have_torch_h5py() {
+  return std::system("/usr/bin/python3 -c 'import torch, torchvision, h5py' >/dev/null 2>&1") == 0;
+}
+
+Run to_h5(const std::string& args) { return run("/usr/bin/python3 " DDP_TOOLS_DIR "/torchvision_to_h5.py " + args); }
+Run to_pth(const std::string& args) { return run("/usr/bin/python3 " DDP_TOOLS_DIR "/h5_to_torchvision.py " + args); }
+
+// What the tools must do on bad input: exit 1 with exactly one line that names `file` and contains
+// `cause` (no traceback, no HDF5 error stack), and leave no `.tmp` file in `dir`.
+void expect_one_line_error(const Run& r, const std::string& file, const std::string& cause, const fs::path& dir) {
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  EXPECT_NE(r.out.find(file), std::string::npos) << "the message should name " << file << ": " << r.out;
+  EXPECT_NE(r.out.find(cause), std::string::npos) << "the message should say '" << cause << "': " << r.out;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    EXPECT_NE(e.path().extension(), ".tmp") << e.path() << " left behind";
+}
+
+TEST(WeightsIo, ConversionToolsRefuseBadInputsInOneLine) {
+  if (!have_torch_h5py()) GTEST_SKIP() << "Debian python3 with torch/torchvision/h5py not installed (tools/setup installs them)";
+  TempDir tmp;
+  const auto f = [&](const std::string& n) { return tmp.file(n); };
+  // Damaged .pth files: empty, not a pickle, a zip-format save cut in half.
+  ASSERT_EQ(run("/usr/bin/python3 -c \"import torch, sys; torch.save({'w': torch.zeros(1000)}, sys.argv[1]); "
+                "d = open(sys.argv[1], 'rb').read(); open(sys.argv[2], 'wb').write(d[:len(d) // 2]); "
+                "open(sys.argv[3], 'wb').write(b'garbage' * 9); open(sys.argv[4], 'wb')\" " +
+                f("ok.pth") + " " + f("cut.pth") + " " + f("junk.pth") + " " + f("empty.pth"))
+                .rc,
+            0);
+  fs::create_directories(tmp.path / "outdir");
+  expect_one_line_error(to_h5(f("missing.pth") + " " + f("o.h5")), "missing.pth", "no such file", tmp.path);
+  expect_one_line_error(to_h5(f("empty.pth") + " " + f("o.h5")), "empty.pth", "empty file", tmp.path);
+  expect_one_line_error(to_h5(f("junk.pth") + " " + f("o.h5")), "junk.pth", "not a readable PyTorch file", tmp.path);
+  expect_one_line_error(to_h5(f("cut.pth") + " " + f("o.h5")), "cut.pth", "not a readable PyTorch file", tmp.path);
+  expect_one_line_error(to_h5(f("ok.pth") + " " + f("outdir")), "outdir", "is a directory", tmp.path);
+  EXPECT_FALSE(fs::exists(f("o.h5")));
+
+  // Our weights file, then damaged versions: cut in half, an empty counter, a string where a tensor is.
+  Weights w = random_weights(5, 3);
+  save_weights(f("w.h5"), w.spec, w.params.data(), w.buffers.data(), 7);
+  fs::copy_file(f("w.h5"), f("cut.h5"));
+  fs::resize_file(f("cut.h5"), fs::file_size(f("cut.h5")) / 2);
+  ASSERT_EQ(run("/usr/bin/python3 -c \"import h5py, numpy, shutil, sys\n"
+                "for out, name, data in ((sys.argv[2], 'bn1.num_batches_tracked', numpy.zeros(0, 'int64')),\n"
+                "                        (sys.argv[3], 'layer1.0.bn1.weight', 'text')):\n"
+                "    shutil.copy(sys.argv[1], out)\n"
+                "    with h5py.File(out, 'a') as h: del h[name]; h.create_dataset(name, data=data)\n"
+                "\" " + f("w.h5") + " " + f("nbt.h5") + " " + f("str.h5"))
+                .rc,
+            0);
+  expect_one_line_error(to_pth(f("missing.h5") + " " + f("o.pth")), "missing.h5", "no such file", tmp.path);
+  expect_one_line_error(to_pth(f("junk.pth") + " " + f("o.pth")), "junk.pth", "not a readable HDF5 file", tmp.path);
+  expect_one_line_error(to_pth(f("cut.h5") + " " + f("o.pth")), "cut.h5", "not a readable HDF5 file", tmp.path);
+  expect_one_line_error(to_pth(f("w.h5") + " " + f("o.pth") + " --group /model"), "w.h5", "no group '/model'",
+                        tmp.path);
+  expect_one_line_error(to_pth(f("nbt.h5") + " " + f("o.pth")), "nbt.h5", "'bn1.num_batches_tracked' holds 0 values",
+                        tmp.path);
+  expect_one_line_error(to_pth(f("str.h5") + " " + f("o.pth")), "str.h5", "'layer1.0.bn1.weight' holds", tmp.path);
+  expect_one_line_error(to_pth(f("w.h5") + " " + f("outdir")), "outdir", "is a directory", tmp.path);
+  EXPECT_FALSE(fs::exists(f("o.pth")));
+  EXPECT_TRUE(fs::is_empty(tmp.path / "outdir"));
+}
+
+// A full volume: a 1 MiB tmpfs (needs root and mount rights, else skipped). Both files are ~45 MB.
+TEST(WeightsIo, ConversionToolsOnAFullDiskFailCleanly) {
+  if (!have_torch_h5py()) GTEST_SKIP() << "Debian python3 with torch/torchvision/h5py not installed (tools/setup installs them)";
+  TempDir tmp;
+  const fs::path mnt = tmp.path / "tiny";
+  fs::create_directories(mnt);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=1m") != 0) GTEST_SKIP() << "cannot mount a tmpfs here";
+  struct Unmount {
+    fs::path p;
+    ~Unmount() { umount(p.c_str()); }
+  } unmount{mnt};
+  ASSERT_EQ(run("/usr/bin/python3 -c \"import torch, torchvision, sys; "
+                "torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), sys.argv[1])\" " +
+                tmp.file("tv.pth"))
+                .rc,
+            0);
+  Weights w = random_weights(5, 4);
+  save_weights(tmp.file("w.h5"), w.spec, w.params.data(), w.buffers.data(), 0);
+  const std::string h5 = (mnt / "w.h5").string(), pth = (mnt / "x.pth").string();
+  expect_one_line_error(to_h5(tmp.file("tv.pth") + " " + h5), h5, "No space left on device", mnt);
+  expect_one_line_error(to_pth(tmp.file("w.h5") + " " + pth), pth, "No space left on device", mnt);
+  EXPECT_TRUE(fs::is_empty(mnt)) << "a full disk should leave neither the output nor its .tmp";
 }
 
 }  // namespace

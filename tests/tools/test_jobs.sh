@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2016  # single-quoted bash -c bodies: meant as written
+# The job scripts in jobs/ without a cluster: shellcheck; mpirun_hostfile.sh's argument checks and the
+# mpirun command it builds (a stand-in mpirun on PATH prints its arguments), then one real mpirun of
+# /bin/true where Open MPI is installed; the sbatch scripts run outside Slurm (a clear message, exit 2)
+# and inside a pretend job (a stand-in srun). A real Slurm runs them in tests/integration/slurm_train.sh.
+# Usage: tests/tools/test_jobs.sh
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+FAILS=0
+pass() { printf 'PASS %s\n' "$*"; }
+fail() { printf 'FAIL %s\n' "$*"; FAILS=$((FAILS + 1)); }
+check() {  # check DESCRIPTION CMD...
+  local d=$1; shift
+  if "$@"; then pass "$d"; else fail "$d"; fi
+}
+
+if command -v shellcheck >/dev/null; then
+  check "shellcheck jobs/*, this test" shellcheck "$ROOT"/jobs/* "$ROOT/tests/tools/test_jobs.sh"
+else
+  fail "shellcheck not installed (tools/setup installs it)"
+fi
+
+# ---- mpirun_hostfile.sh ---------------------------------------------------------------------------
+MPH=$ROOT/jobs/mpirun_hostfile.sh
+mkdir -p "$TMP/bin" "$TMP/hostdir"
+printf '#!/bin/bash\nprintf "%%s\\n" "$@" >"%s/mpirun.args"\n' "$TMP" >"$TMP/bin/mpirun"
+chmod +x "$TMP/bin/mpirun"
+printf 'localhost slots=2\n' >"$TMP/hosts"
+printf '# no hosts yet\n\n' >"$TMP/nohosts"
+# runs mpirun_hostfile.sh with the stand-in mpirun; sets $rc and $out
+fake_run() { out=$(PATH="$TMP/bin:$PATH" "$MPH" "$@" 2>&1); rc=$?; }
+args() { tr '\n' ' ' <"$TMP/mpirun.args"; }
+
+for bad in "$TMP/hostdir" "$TMP/missing"; do
+  rm -f "$TMP/mpirun.args"
+  fake_run "$bad" 2
+  check "hostfile $(basename "$bad"): exit 2, named, mpirun not started" \
+    bash -c '[[ $1 -eq 2 && $2 == *"hostfile '\''$3'\'' is not a readable file"* && ! -e $4 ]]' _ "$rc" "$out" "$bad" "$TMP/mpirun.args"
+done
+fake_run "$TMP/nohosts" 2
+check "hostfile without hosts: exit 2" bash -c '[[ $1 -eq 2 && $2 == *"lists no hosts"* ]]' _ "$rc" "$out"
+for np in 0 -1 abc 2x ""; do
+  rm -f "$TMP/mpirun.args"
+  fake_run "$TMP/hosts" "$np"
+  check "NP '$np': exit 2, named, mpirun not started" \
+    bash -c '[[ $1 -eq 2 && $2 == *"NP must be a positive number of ranks, got '\''$3'\''"* && ! -e $4 ]]' _ "$rc" "$out" "$np" "$TMP/mpirun.args"
+done
+fake_run "$TMP/hosts" 2 --epochs 3
+check "good arguments: mpirun --hostfile HOSTS -np 2 ... TRAIN --epochs 3" \
+  bash -c '[[ $1 -eq 0 && $2 == "--hostfile $3 -np 2 "*"train_resnet18 --epochs 3 " ]]' _ "$rc" "$(args)" "$TMP/hosts"
+(unset LD_LIBRARY_PATH; fake_run "$TMP/hosts" 2; exit "$rc")
+check "LD_LIBRARY_PATH unset: not passed with -x (mpirun would warn)" bash -c '[[ $1 != *LD_LIBRARY_PATH* ]]' _ "$(args)"
+LD_LIBRARY_PATH=/opt/x fake_run "$TMP/hosts" 2
+check "LD_LIBRARY_PATH set: passed with -x" bash -c '[[ $1 == *"-x LD_LIBRARY_PATH "* ]]' _ "$(args)"
+
+# The real mpirun, running /bin/true on this host: no warning about an unset LD_LIBRARY_PATH.
+if command -v mpirun >/dev/null; then
+  out=$(env -u LD_LIBRARY_PATH TRAIN=/bin/true OMPI_MCA_btl_vader_single_copy_mechanism=none "$MPH" "$TMP/hosts" 2 2>&1); rc=$?
+  check "real mpirun, LD_LIBRARY_PATH unset: exit 0, no environment-variable warning" \
+    bash -c '[[ $1 -eq 0 && $2 != *"could not find environment variable"* ]]' _ "$rc" "$out" || printf '%s\n' "$out"
+else
+  printf 'NOTE mpirun not installed: the real mpirun run of mpirun_hostfile.sh is skipped\n'
+fi
+
+# ---- the sbatch scripts ---------------------------------------------------------------------------
+printf '#!/bin/bash\nprintf "%%s\\n" "$@" >"%s/srun.args"\n' "$TMP" >"$TMP/bin/srun"
+chmod +x "$TMP/bin/srun"
+for s in parallelcluster.sbatch slurm_train.sbatch; do  # slurm_train last: its srun.args are checked below
+  out=$(env -u SLURM_JOB_ID -u SLURM_JOB_NAME bash "$ROOT/jobs/$s" 2>&1); rc=$?
+  check "$s outside Slurm: exit 2, says to submit it with sbatch" \
+    bash -c '[[ $1 -eq 2 && $2 == *"not inside a Slurm job: submit it with sbatch"* && $2 != *"unbound variable"* ]]' _ "$rc" "$out"
+  rm -f "$TMP/srun.args"
+  (cd "$TMP" && env PATH="$TMP/bin:$PATH" SLURM_JOB_ID=42 SLURM_JOB_NAME=job SLURM_JOB_NUM_NODES=1 SLURM_JOB_NODELIST=n1 \
+    ROOT="$TMP" ARGS="--max-steps 5 --seed 3" bash "$ROOT/jobs/$s" --epochs 2 >/dev/null 2>&1); rc=$?
+  check "$s in a (pretend) job: srun --mpi=pmix with the checkpoint dir and the extra flags" \
+    bash -c '[[ $1 -eq 0 && $(tr "\n" " " <"$2") == "--mpi=pmix "*"--checkpoint-dir "*"/checkpoints/job "*"--epochs 2 " ]]' _ "$rc" "$TMP/srun.args"
+done
+check "slurm_train.sbatch: ARGS split into separate flags" \
+  bash -c '[[ $(tr "\n" " " <"$1") == *" --max-steps 5 --seed 3 --epochs 2 " ]]' _ "$TMP/srun.args"
+
+if ((FAILS)); then printf '%d check(s) FAILED\n' "$FAILS"; exit 1; fi
+echo "all checks passed"

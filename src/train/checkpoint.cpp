@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -202,8 +203,24 @@ CheckpointState load_checkpoint(const std::string& path, const nn::ResNet18Spec&
   } catch (const Error& e) {
     throw Error(str("checkpoint '", path, "' is damaged or does not match this model: ", e.what()));
   }
-  DDP_CHECK(s.epoch >= 0 && s.step_in_epoch >= 0 && s.global_step >= 0 && s.scaler.scale > 0, "checkpoint '", path,
-            "' holds an invalid training position");
+  // A position no trainer writes (a damaged or hand-edited file) would resume somewhere undefined.
+  DDP_CHECK(s.epoch >= 0 && s.global_step >= 0 && s.steps_per_epoch >= 1 && s.step_in_epoch >= 0 &&
+                s.step_in_epoch <= s.steps_per_epoch && s.world_size >= 1 && s.batch_size >= 0 &&
+                s.train_images >= 0 && std::isfinite(s.scaler.scale) && s.scaler.scale > 0,
+            "checkpoint '", path, "' holds an invalid training position (epoch ", s.epoch, ", step ", s.step_in_epoch,
+            " of ", s.steps_per_epoch, ", global step ", s.global_step, ", world_size ", s.world_size, ", loss scale ",
+            s.scaler.scale, ")");
+  // Non-finite weights would surface only as "gradients are inf/NaN" steps later, blaming the lr.
+  auto finite = [&](const std::vector<float>& v, int64_t off, int64_t n) {
+    return std::all_of(v.begin() + off, v.begin() + off + n, [](float x) { return std::isfinite(x); });
+  };
+  for (const auto& pi : spec.params) {
+    DDP_CHECK(finite(s.params, pi.offset, pi.numel), "checkpoint '", path, "': '", pi.name, "' holds inf or NaN");
+    DDP_CHECK(finite(s.momentum, pi.offset, pi.numel), "checkpoint '", path, "': the momentum of '", pi.name,
+              "' holds inf or NaN");
+  }
+  for (const auto& b : spec.buffers)
+    DDP_CHECK(finite(s.buffers, b.offset, b.numel), "checkpoint '", path, "': '", b.name, "' holds inf or NaN");
   return s;
 }
 

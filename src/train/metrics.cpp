@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "ddp/core/check.h"
 #include "ddp/core/log.h"
@@ -23,6 +24,14 @@ JsonlWriter::JsonlWriter(const std::string& path) : path_(path) {
   if (!parent.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(parent, ec);
+  }
+  // Appending is for metrics files (a resumed run continues its own); anything else given by mistake
+  // (a checkpoint, a log) is refused rather than written into.
+  {
+    std::ifstream in(path, std::ios::binary);
+    char c = 0;
+    DDP_CHECK(!in || !in.get(c) || c == '{', "--jsonl file '", path,
+              "' exists and is not a JSON-lines metrics file (it does not start with '{'); refusing to append to it");
   }
   f_ = std::fopen(path.c_str(), "a");
   DDP_CHECK(f_ != nullptr, "cannot open --jsonl file '", path, "': ", std::strerror(errno));

@@ -62,7 +62,9 @@ class SyntheticSource final : public DataSource {
     if (c.train) {
       per_rank_ = set_->size / c.world;
       DDP_CHECK(per_rank_ >= 1, "--synthetic-size ", set_->size, " is smaller than the number of ranks ", c.world);
-      batch_n_ = static_cast<int>(std::min<int64_t>(c.batch_size, per_rank_));
+      // Full batches only, as from shards: a smaller batch than asked for would train another recipe
+      // (and another lr per image) without a word. No full batch: the trainer says so.
+      batch_n_ = c.batch_size;
       local_batches_ = per_rank_ / batch_n_;
     } else {
       // Exact evaluation: rank r takes images [r*N/world, (r+1)*N/world), the last batch partial.

@@ -339,7 +339,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   // ---- schedule ------------------------------------------------------------------------------
   const int64_t steps = comm::agree_steps(*comm, train->local_batches());
   DDP_CHECK(steps >= 1, "some rank has no full batch of ", o.batch_size, " training images (", train->num_images(),
-            " images for ", data_world, " rank(s)); lower --batch-size");
+            " images for ", data_world, " rank(s)); lower --batch-size", o.synthetic ? " or raise --synthetic-size" : "");
   if (start_step > 0 && start_step < ckpt_steps_per_epoch) {
     // Mid-epoch: each rank continues its own slice of the epoch's order (a function of the rank count,
     // the batch and the data set size), skipping the batches it already trained on. Checked on rank 0

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "ddp/core/check.h"
 #include "ddp/core/h5.h"
@@ -198,6 +199,33 @@ TEST_F(CheckpointTest, KeepLastKAndResumeAutoPicksNewestComplete) {
   ASSERT_TRUE(latest);
   EXPECT_NE(latest->find("0000000500"), std::string::npos);
   EXPECT_FALSE(find_latest_checkpoint((dir_ / "empty").string()));
+}
+
+// A damaged or hand-edited file: NaN weights would surface steps later as "gradients are inf/NaN";
+// a position no trainer writes would resume somewhere undefined.
+TEST_F(CheckpointTest, NonFiniteValuesAndImpossiblePositionsAreRefused) {
+  const auto& conv = spec_.param("layer2.0.conv1.weight");
+  CheckpointState a = random_state(spec_, 9);
+  a.params[conv.offset + 3] = std::numeric_limits<float>::quiet_NaN();
+  save_checkpoint(path("nan.h5"), spec_, a);
+  std::string e = load_error(path("nan.h5"), spec_);
+  EXPECT_NE(e.find("'layer2.0.conv1.weight' holds inf or NaN"), std::string::npos) << e;
+  CheckpointState b = random_state(spec_, 9);
+  b.momentum[spec_.param("fc.bias").offset] = std::numeric_limits<float>::infinity();
+  save_checkpoint(path("inf.h5"), spec_, b);
+  e = load_error(path("inf.h5"), spec_);
+  EXPECT_NE(e.find("the momentum of 'fc.bias' holds inf or NaN"), std::string::npos) << e;
+  CheckpointState c = random_state(spec_, 9);
+  for (const auto& [attr, value] : std::vector<std::pair<std::string, int64_t>>{
+           {"step_in_epoch", 101}, {"steps_per_epoch", 0}, {"world_size", 0}, {"epoch", -1}}) {
+    save_checkpoint(path("pos.h5"), spec_, c);
+    {
+      ddp::h5::Handle f = ddp::h5::open_file(path("pos.h5"), true);
+      ddp::h5::set_attr(f, attr, value);
+    }
+    e = load_error(path("pos.h5"), spec_);
+    EXPECT_NE(e.find("invalid training position"), std::string::npos) << attr << ": " << e;
+  }
 }
 
 // Files written before batch_size / train_images existed read them as 0 (unknown: not checked).

@@ -97,3 +97,12 @@ TEST(Synthetic, EvaluationCoversEveryImageOnce) {
   std::set<std::string> uniq(seen.begin(), seen.end());
   EXPECT_EQ(uniq.size(), 22u);
 }
+
+// Full batches only, as from shards: 22 / 3 = 7 images per rank hold no batch of 8 (the trainer then
+// refuses, naming --batch-size and --synthetic-size); before, it trained batches of 7 without a word.
+TEST(Synthetic, ASliceSmallerThanTheBatchHasNoBatch) {
+  auto set = make_synthetic_set(22, 5, 8, 8, 7);
+  auto s = make_synthetic_source(set, cfg(0, 3, true, 8));
+  EXPECT_EQ(s->local_batches(), 0);
+  EXPECT_EQ(make_synthetic_source(set, cfg(0, 3, true, 7))->local_batches(), 1);
+}

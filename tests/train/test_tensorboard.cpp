@@ -1,16 +1,20 @@
 // TensorBoard files: CRC32C known answers (RFC 3720 / iSCSI test vectors) and a file decoded by an
 // independent Python reader (tests/train/read_tfevents.py: its own CRC and protobuf decoding, and
-// tensorboard's own EventAccumulator), and a resumed run's SessionLog START purging later points.
+// tensorboard's own EventAccumulator), a resumed run's SessionLog START purging later points; and
+// the --jsonl writer's refusal to append to a file that is not JSON lines.
 #include <gtest/gtest.h>
 
 #include <array>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
 
+#include "ddp/core/check.h"
+#include "ddp/train/metrics.h"
 #include "ddp/train/tensorboard.h"
 
 using namespace ddp::train;
@@ -87,5 +91,29 @@ TEST(TensorBoard, FileDecodesWithIndependentReader) {
             "train/loss 20 1.25\n"
             "eval/top1 20 0.875\n"
             "train/lr 300000000000 0.10000000149011612\n");
+  std::filesystem::remove_all(dir);
+}
+
+// --jsonl appends (a resumed run continues its file), but not to a file that is not one: a checkpoint
+// or a log given by mistake was written into.
+TEST(Jsonl, AppendsToMetricsButRefusesOtherFiles) {
+  const std::string dir = ::testing::TempDir() + "/jsonl_test_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string m = dir + "/m.jsonl", other = dir + "/ckpt.h5";
+  { JsonlWriter(m).write({{"type", "\"train\""}}); }
+  { JsonlWriter(m).write({{"type", "\"resume\""}}); }
+  std::ifstream in(m);
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(all, "{\"type\": \"train\"}\n{\"type\": \"resume\"}\n");
+  { std::ofstream(other) << "\x89HDF\r\n"; }
+  try {
+    JsonlWriter w(other);
+    FAIL() << "appended to a file that is not JSON lines";
+  } catch (const ddp::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(other), std::string::npos) << e.what();
+  }
+  std::ifstream o(other);
+  std::string kept((std::istreambuf_iterator<char>(o)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(kept, "\x89HDF\r\n");
   std::filesystem::remove_all(dir);
 }

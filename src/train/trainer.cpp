@@ -11,8 +11,10 @@
 #include <csignal>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <optional>
+#include <sstream>
 
 #include "ddp/comm/bucketer.h"
 #include "ddp/comm/communicator.h"
@@ -45,20 +47,50 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 // Host-side broadcasts of rank 0's state (checkpoint contents, file names). They go through MPI
 // directly because the NCCL communicator's broadcast takes device memory.
-void bcast_bytes(void* p, size_t n) {
+void bcast_bytes(void* p, size_t n, int root = 0) {
   auto* c = static_cast<char*>(p);
   while (n > 0) {
     int chunk = static_cast<int>(std::min<size_t>(n, size_t{1} << 30));
-    MPI_CHECK(MPI_Bcast(c, chunk, MPI_BYTE, 0, MPI_COMM_WORLD));
+    MPI_CHECK(MPI_Bcast(c, chunk, MPI_BYTE, root, MPI_COMM_WORLD));
     c += chunk;
     n -= static_cast<size_t>(chunk);
   }
 }
-void bcast_string(std::string& s) {
+void bcast_string(std::string& s, int root = 0) {
   int64_t n = static_cast<int64_t>(s.size());
-  bcast_bytes(&n, sizeof n);
+  bcast_bytes(&n, sizeof n, root);
   s.resize(static_cast<size_t>(n));
-  if (n) bcast_bytes(s.data(), static_cast<size_t>(n));
+  if (n) bcast_bytes(s.data(), static_cast<size_t>(n), root);
+}
+
+// Every rank must train one recipe. mpirun gives all ranks the same argv, but a --config file on
+// node-local disks, or an MPMD line (-np 1 A : -np 1 B), can differ, and the job would still run:
+// gradients of different recipes averaged. Settings that may differ per host are left out (threads and
+// decode workers follow the host's cores; shard directories may be mounted at other paths, and the
+// data itself is checked by the class count and the steps agreed below).
+void check_same_settings(const TrainOptions& o, int rank) {
+  auto lines = [](const std::string& text) {
+    std::vector<std::string> out;
+    std::istringstream in(text);
+    for (std::string l; std::getline(in, l);)
+      if (l.rfind("threads = ", 0) != 0 && l.rfind("workers = ", 0) != 0 && l.rfind("data = ", 0) != 0)
+        out.push_back(l);
+    return out;
+  };
+  std::string theirs = o.config_text;
+  bcast_string(theirs);
+  const auto a = lines(o.config_text), b = lines(theirs);
+  std::string diff;
+  for (size_t i = 0; i < std::max(a.size(), b.size()) && diff.empty(); ++i) {
+    const std::string x = i < a.size() ? a[i] : "(nothing)", y = i < b.size() ? b[i] : "(nothing)";
+    if (x != y) diff = str("'", x, "' where rank 0 has '", y, "'");
+  }
+  int first = diff.empty() ? std::numeric_limits<int>::max() : rank;
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  if (first == std::numeric_limits<int>::max()) return;
+  bcast_string(diff, first);
+  throw UsageError(str("rank ", first, " was started with other settings than rank 0: ", diff,
+                       " (every rank must get the same flags and --config contents)"));
 }
 template <class T>
 void bcast_vec(std::vector<T>& v) {
@@ -139,6 +171,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   TrainResult result;
   const bool rank0 = env.rank == 0;
   auto notes = resolve_defaults(o, env.world, env.local_size, cuda_available());
+  check_same_settings(o, env.rank);
   for (const auto& n : notes) info0(n);
   install_stop_handlers();
 

@@ -547,3 +547,18 @@ TEST_F(TrainE2E, EvalOnlyRefusesWeightsForAnotherClassCount) {
   EXPECT_EQ(e.rc, 1) << e.out;
   EXPECT_NE(e.out.find("classifier has 4 classes and the data 3"), std::string::npos) << e.out;
 }
+
+// Ranks started with different recipes (an MPMD line here; node-local --config files in practice)
+// would average the gradients of different runs: the job stops before training, naming the setting.
+TEST_F(TrainE2E, RanksWithDifferentSettingsAreRefused) {
+  const std::string one = kRecipe + "--epochs 1 --max-steps 2";
+  auto r = sh(std::string(MPIEXEC) + " --allow-run-as-root --oversubscribe --bind-to none"
+              " --mca btl_vader_single_copy_mechanism none -np 1 " + one + " --momentum 0.9 : -np 1 " + one +
+              " --momentum 0.8");
+  EXPECT_EQ(r.rc, 2) << r.out;
+  EXPECT_NE(r.out.find("rank 1 was started with other settings than rank 0: 'momentum = 0.8' where rank 0 has "
+                       "'momentum = 0.9'"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(r.out.find("epoch 1/1 step"), std::string::npos) << "trained before refusing:\n" << r.out;
+}

@@ -24,6 +24,7 @@
 #include <thread>
 
 #include <boost/program_options.hpp>
+#include <hdf5.h>
 
 #include "ddp/core/check.h"
 #include "ddp/core/log.h"
@@ -587,6 +588,11 @@ int run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A shard abandoned after a write error (a full disk) cannot be closed by HDF5 1.10, and its
+  // half-closed file object crashes HDF5's own atexit clean-up (a segfault after the error
+  // message). Every HDF5 object here is closed by its owner before exit, so that clean-up has
+  // nothing to do: leave it out. Must come before any other HDF5 call.
+  H5dont_atexit();
   Options o;
   std::string splits;
   int nodes = 0;

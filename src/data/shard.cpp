@@ -1,12 +1,14 @@
 #include "ddp/data/shard.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <numeric>
 
 #include "ddp/core/check.h"
@@ -33,6 +35,12 @@ ShardWriter::ShardWriter(const std::string& final_path, ShardMeta meta)
   DDP_CHECK(meta_.encoding == "jpeg" || meta_.encoding == "raw", "unknown shard encoding '", meta_.encoding, "'");
   std::remove(partial_.c_str());  // a stale partial file from an interrupted run is redone from scratch
   file_ = h5::create_file(partial_);
+  fd_ = ::open(partial_.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd_ < 0) {
+    const int e = errno;
+    abandon();
+    DDP_FAIL("cannot open ", partial_, " just created: ", std::strerror(e));
+  }
   if (meta_.encoding == "jpeg") {
     hsize_t dims[1] = {0}, maxd[1] = {H5S_UNLIMITED}, chunk[1] = {kJpegChunk};
     h5::Handle space(H5_CHECK(H5Screate_simple(1, dims, maxd)));
@@ -56,10 +64,28 @@ ShardWriter::ShardWriter(const std::string& final_path, ShardMeta meta)
 }
 
 ShardWriter::~ShardWriter() {
-  if (committed_) return;
+  if (!committed_) abandon();
+}
+
+bool ShardWriter::partial_is_ours() const {
+  struct stat mine {}, named {};
+  return fd_ >= 0 && ::fstat(fd_, &mine) == 0 && ::stat(partial_.c_str(), &named) == 0 &&
+         mine.st_dev == named.st_dev && mine.st_ino == named.st_ino;
+}
+
+void ShardWriter::abandon() noexcept {
+  // After a failed write (a full disk) HDF5 1.10's close fails too and keeps its descriptor open,
+  // so the unlinked file would hold its blocks until the process ends: free them here. (That close
+  // also leaves HDF5's file object half torn down, which crashes HDF5's atexit handler: programs
+  // that write shards call H5dont_atexit, see pack_imagenet.)
+  if (fd_ >= 0 && partial_is_ours()) {
+    [[maybe_unused]] const int rc = ::ftruncate(fd_, 0);  // best effort: the name goes either way
+    std::remove(partial_.c_str());
+  }
   images_.close();
   file_.close();
-  std::remove(partial_.c_str());
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
 }
 
 void ShardWriter::append_jpeg(std::vector<uint8_t> bytes, int32_t label, const std::string& filename) {
@@ -145,17 +171,27 @@ void ShardWriter::commit() {
   DDP_CHECK(H5Fflush(file_, H5F_SCOPE_GLOBAL) >= 0, "cannot flush ", partial_, ": ",
             errno ? errno_str() : "HDF5 flush failed", " (disk full?)");
   images_.close();
-  file_.close();
-  // The data must be on disk before the final name appears.
-  int fd = ::open(partial_.c_str(), O_RDONLY);
-  DDP_CHECK(fd >= 0, "cannot reopen ", partial_, ": ", errno_str());
-  int rc = ::fsync(fd);
-  int e = errno;
-  ::close(fd);
-  DDP_CHECK(rc == 0, "fsync ", partial_, " failed: ", std::strerror(e));
+  errno = 0;
+  DDP_CHECK(H5Fclose(file_.release()) >= 0, "cannot close ", partial_, ": ",
+            errno ? errno_str() : "HDF5 close failed", " (disk full?)");
+  // The data must be on disk before the final name appears; fsync through our own descriptor, and
+  // rename only the file this writer created (another run may have replaced the name meanwhile).
+  DDP_CHECK(::fsync(fd_) == 0, "fsync ", partial_, " failed: ", errno_str(), " (disk full?)");
+  DDP_CHECK(partial_is_ours(), partial_, " is no longer the file this run wrote (another pack_imagenet on the "
+            "same --output replaced or removed it); this shard is not committed");
   DDP_CHECK(std::rename(partial_.c_str(), final_.c_str()) == 0, "cannot rename ", partial_, " to ", final_, ": ",
             errno_str());
   committed_ = true;
+  ::close(fd_);
+  fd_ = -1;
+  // The rename itself must survive a crash too.
+  const std::string dir = std::filesystem::path(final_).parent_path().string();
+  const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DDP_CHECK(dfd >= 0, "cannot open directory of ", final_, " to fsync it: ", errno_str());
+  const int rc = ::fsync(dfd);
+  const int e = errno;
+  ::close(dfd);
+  DDP_CHECK(rc == 0, "fsync of the directory of ", final_, " failed: ", std::strerror(e));
 }
 
 ShardReader::ShardReader(const std::string& path) : path_(path) {

@@ -353,6 +353,29 @@ TEST_F(LoaderTest, NodeShardsAreItsShareOfTheSet) {
   EXPECT_EQ(find_node_shards(own.string(), "train", 2, 4).size(), 1u);
 }
 
+// The writer commits only the file it created: when another process has put its own file under the
+// partial name meanwhile, commit fails naming it and neither renames nor removes that file.
+TEST_F(LoaderTest, WriterRenamesOnlyItsOwnPartialFile) {
+  ShardMeta m;
+  m.split = "train";
+  m.classes = kCls;
+  const std::string path = (dir_ / shard_file_name("train", 0, 1)).string();
+  const std::string partial = path + kPartialSuffix;
+  {
+    ShardWriter w(path, m);
+    std::vector<uint8_t> px(16 * 16 * 3, 128);
+    w.append_jpeg(encode_jpeg(px.data(), 16, 16, 90), 0, "a/x.JPEG");
+    fs::remove(partial);  // what a second run on the same --output does when it starts
+    std::ofstream(partial) << "the other run's shard";
+    expect_error_naming([&] { w.commit(); }, partial);
+  }
+  EXPECT_FALSE(fs::exists(path));
+  std::ifstream f(partial);
+  std::string text;
+  std::getline(f, text);
+  EXPECT_EQ(text, "the other run's shard");
+}
+
 // JPEG shards, eval transform: torchvision Resize(int(32/0.875)) + CenterCrop(32) on PIL, within
 // mean |diff| <= 3.0 (one-step resample from the source vs torchvision's two steps, DCT scaling).
 TEST_F(LoaderTest, JpegEvalMatchesTorchvision) {

@@ -25,6 +25,12 @@ class Handle {
   operator hid_t() const { return id_; }
   bool valid() const { return id_ >= 0; }
   void close();
+  // Gives up ownership (for a close whose result must be checked).
+  hid_t release() noexcept {
+    hid_t id = id_;
+    id_ = -1;
+    return id;
+  }
 
  private:
   hid_t id_ = -1;

@@ -10,7 +10,8 @@
 //   height, width (raw only; 0 for jpeg), source, created_by
 //
 // A shard is written under <name>.partial and renamed when complete, so a file under a final name
-// is always whole.
+// is always whole. The writer keeps its own descriptor of the file it created: what it fsyncs and
+// renames is checked to be that file, not one another process put under the same name.
 #pragma once
 
 #include <hdf5.h>
@@ -58,7 +59,10 @@ class ShardWriter {
 
  private:
   void flush();
+  void abandon() noexcept;
+  bool partial_is_ours() const;
   std::string final_, partial_;
+  int fd_ = -1;  // our own descriptor of the partial file (fsync, identity, truncation on abandon)
   ShardMeta meta_;
   h5::Handle file_, images_, labels_, names_;
   int64_t count_ = 0, written_ = 0;

@@ -4,6 +4,7 @@
 // with Kaggle's LOC_val_solution.csv; also Kaggle's own tree (<root>/ILSVRC/Data/CLS-LOC/...).
 // Decode/resize/encode run in a thread pool; one thread (main) writes HDF5, in input order, so the
 // output does not depend on the thread count.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -39,6 +40,8 @@ using namespace ddp;
 using namespace ddp::data;
 
 namespace {
+
+constexpr const char* kLockFile = ".pack_imagenet.lock";
 
 struct Options {
   std::string input, output, class_index, val_csv, bad_report;
@@ -457,6 +460,31 @@ bool complete_and_matching(const std::string& path, const ShardMeta& want, int64
   return true;
 }
 
+// Two runs writing the same shards into one directory would each remove and rewrite the other's
+// partial files. Each run locks the byte range [first, first + count) of OUTPUT/.pack_imagenet.lock,
+// one byte per shard index it writes, for its whole life: a second run that would write any of the
+// same shards is refused at once, while runs with different --node-index into one shared directory
+// may still go in parallel. Open-file-description locks: released when the process ends, however
+// it ends, and (unlike flock) taken per byte range; NFS carries them as POSIX locks.
+void lock_output(const std::string& dir, int first, int count) {
+  const std::string path = (fs::path(dir) / kLockFile).string();
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  DDP_CHECK(fd >= 0, "output directory '", dir, "' is not writable (cannot create ", path, "): ", std::strerror(errno));
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = first;
+  fl.l_len = count;
+  if (::fcntl(fd, F_OFD_SETLK, &fl) != 0) {
+    const int e = errno;
+    ::close(fd);
+    DDP_CHECK(e != EAGAIN && e != EACCES, "another pack_imagenet is writing the same shards into '", dir,
+              "' (it holds the lock on ", path, "); wait for it to finish, or use another --output");
+    DDP_FAIL("cannot lock ", path, ": ", std::strerror(e), " (a file system without POSIX locks?)");
+  }
+  // The descriptor stays open, and the lock held, until the process exits.
+}
+
 int run(const Options& o) {
   DDP_CHECK(o.encoding == "jpeg" || o.encoding == "raw", "--encoding must be 'jpeg' or 'raw', got '", o.encoding, "'");
   DDP_CHECK(o.shards >= 1, "--shards/--nodes must be >= 1, got ", o.shards);
@@ -483,17 +511,11 @@ int run(const Options& o) {
     for (std::string s : {"train", "val"})
       if (fs::is_directory(fs::path(lay.data_root) / s)) splits.push_back(s);
   }
-  // Output directory: created and proven writable before any work.
+  // Output directory: created, proven writable and locked before any work.
   std::error_code ec;
   fs::create_directories(o.output, ec);
   DDP_CHECK(!ec, "cannot create output directory '", o.output, "': ", ec.message());
-  {
-    const std::string probe = (fs::path(o.output) / ".pack_imagenet_write_test").string();
-    FILE* f = std::fopen(probe.c_str(), "wb");
-    DDP_CHECK(f, "output directory '", o.output, "' is not writable: ", std::strerror(errno));
-    std::fclose(f);
-    std::remove(probe.c_str());
-  }
+  lock_output(o.output, o.node_index >= 0 ? o.node_index : 0, o.node_index >= 0 ? 1 : o.shards);
   // Scan everything first, so an input error shows before hours of packing.
   std::map<std::string, std::vector<std::vector<Item>>> plan;
   int64_t total = 0;

@@ -1,6 +1,7 @@
 // pack_imagenet / inspect_shards / fashion_mnist_to_jpeg, run as programs on inputs made by PIL
 // (make_fixture.py). Expected pixels come from PIL; expected labels from the fixture's own truth file.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <unistd.h>
@@ -405,6 +406,34 @@ TEST_F(PackTest, InterruptedPackRecovers) {
     EXPECT_EQ(a.filenames(), b.filenames());
     EXPECT_EQ(a.labels(), b.labels());
   }
+}
+
+// A second run on the same --output is refused while the first holds the lock on the shards it
+// writes (here the test holds shard 0's, as a run stopped while writing it would); a run for
+// another node's shard into the same directory may go ahead; once the lock is gone, packing works.
+TEST_F(PackTest, ConcurrentRunOnTheSameOutputIsRefused) {
+  const fs::path o = out_ / "s";
+  fs::create_directories(o);
+  const int fd = ::open((o / ".pack_imagenet.lock").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 0;
+  fl.l_len = 1;
+  ASSERT_EQ(::fcntl(fd, F_OFD_SETLK, &fl), 0);
+  std::ofstream(o / (shard_file_name("train", 0, 2) + kPartialSuffix)) << "the first run's partial shard";
+  auto r = pack("-i " + q(in("good")) + " -o " + q(o) + " --splits train --shards 2 --resize 0");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("another pack_imagenet"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(o.string()), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(o / (shard_file_name("train", 0, 2) + kPartialSuffix)));  // left alone
+  r = pack("-i " + q(in("good")) + " -o " + q(o) + " --splits train --nodes 2 --node-index 1 --resize 0");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  ::close(fd);
+  r = pack("-i " + q(in("good")) + " -o " + q(o) + " --splits train --shards 2 --resize 0");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(shards("s", "train").size(), 2u);
 }
 
 TEST_F(PackTest, ExistingShardWithOtherSettingsIsRefused) {

@@ -8,7 +8,6 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
-#include <regex>
 #include <set>
 #include <thread>
 
@@ -102,6 +101,16 @@ void Loader::Impl::open() {
               "' is listed twice");
     auto r = std::make_unique<ShardReader>(path);
     const auto& m = r->meta();
+    check_shard_name_matches(path, m);
+    for (const auto& o : shards) {
+      // The same shard twice (a copy under another name) would train on its images twice.
+      DDP_CHECK(o->meta().shard_index != m.shard_index || o->meta().num_shards != m.num_shards ||
+                    o->meta().split != m.split,
+                "'", path, "' and '", o->path(), "' are both shard ", m.shard_index, " of ", m.num_shards,
+                " of split '", m.split, "' (the same shard under two names?)");
+      DDP_CHECK(o->meta().num_shards == m.num_shards, "'", path, "' is from a set of ", m.num_shards,
+                " shards, '", o->path(), "' from a set of ", o->meta().num_shards, " (mixed shard sets)");
+    }
     if (shards.empty()) {
       classes = m.classes;
       raw = r->raw();
@@ -422,45 +431,68 @@ bool Loader::next(Batch& out) {
   return true;
 }
 
-std::vector<std::string> find_shards(const std::string& dir, const std::string& split) {
+namespace {
+// count -> (index -> path) of the directory's <split>-NNNNN-of-MMMMM.h5 files; error naming the
+// directory if it holds none, or holds two sets (different MMMMM) of the split, or an index
+// outside its set.
+std::map<int, std::string> list_shard_set(const std::string& dir, const std::string& split, int& count) {
   namespace fs = std::filesystem;
   std::error_code ec;
   DDP_CHECK(fs::is_directory(dir, ec), "shard directory '", dir, "' does not exist or is not a directory");
-  const std::regex re(split + R"(-(\d{5})-of-(\d{5})\.h5)");
-  std::vector<std::string> out;
+  std::map<int, std::map<int, std::string>> sets;
   for (const auto& e : fs::directory_iterator(dir)) {
-    const std::string name = e.path().filename().string();
-    if (std::regex_match(name, re)) out.push_back(e.path().string());
+    const auto n = parse_shard_file_name(e.path().filename().string());
+    if (n && n->split == split) sets[n->count][n->index] = e.path().string();
   }
-  std::sort(out.begin(), out.end());
-  DDP_CHECK(!out.empty(), "no '", split, "' shards (", split, "-NNNNN-of-MMMMM.h5) in '", dir,
+  DDP_CHECK(!sets.empty(), "no '", split, "' shards (", split, "-NNNNN-of-MMMMM.h5) in '", dir,
             "' (run pack_imagenet first?)");
+  if (sets.size() > 1) {
+    std::string what;
+    for (const auto& [c, files] : sets) {
+      what += str(what.empty() ? "" : "; ", "a set of ", c, ": ");
+      int k = 0;
+      for (const auto& [i, p] : files) what += str(k++ ? ", " : "", fs::path(p).filename().string());
+    }
+    DDP_FAIL("'", dir, "' holds more than one set of '", split, "' shards (", what,
+             "); training on both would repeat images: delete the stale set or move it away");
+  }
+  count = sets.begin()->first;
+  auto& files = sets.begin()->second;
+  DDP_CHECK(files.rbegin()->first < count, "'", files.rbegin()->second, "' has shard index ", files.rbegin()->first,
+            ", outside its set of ", count, " (not written by pack_imagenet?)");
+  return std::move(files);
+}
+}  // namespace
+
+std::vector<std::string> find_shards(const std::string& dir, const std::string& split) {
+  int count = 0;
+  const auto files = list_shard_set(dir, split, count);
+  std::vector<std::string> missing;
+  for (int i = 0; i < count; ++i)
+    if (!files.count(i)) missing.push_back(shard_file_name(split, i, count));
+  if (!missing.empty()) {
+    std::string names;
+    for (size_t k = 0; k < std::min<size_t>(missing.size(), 5); ++k) names += (k ? ", " : "") + missing[k];
+    DDP_FAIL("the set of ", count, " '", split, "' shards in '", dir, "' is incomplete: ", missing.size(),
+             " missing (", names, missing.size() > 5 ? ", ..." : "",
+             "); finish packing (rerun pack_imagenet) or copy them there");
+  }
+  std::vector<std::string> out;
+  for (const auto& [i, p] : files) out.push_back(p);
   return out;
 }
 
 std::vector<std::string> find_node_shards(const std::string& dir, const std::string& split, int node, int nodes) {
   DDP_CHECK(nodes >= 1 && node >= 0 && node < nodes, "node ", node, " is not in 0..", nodes - 1);
-  const auto all = find_shards(dir, split);
-  const std::regex re(split + R"(-(\d{5})-of-(\d{5})\.h5)");
-  int count = -1;
-  std::map<int, std::string> mine;
-  for (const auto& p : all) {
-    std::smatch m;
-    const std::string name = std::filesystem::path(p).filename().string();
-    std::regex_match(name, m, re);
-    const int idx = std::stoi(m[1].str()), of = std::stoi(m[2].str());
-    DDP_CHECK(count < 0 || of == count, "'", dir, "' mixes shard sets of ", count, " and ", of, " '", split,
-              "' shards");
-    count = of;
-    if (idx % nodes == node) mine[idx] = p;
-  }
+  int count = 0;
+  const auto all = list_shard_set(dir, split, count);
   DDP_CHECK(count % nodes == 0, "'", dir, "' holds a set of ", count, " '", split, "' shards, which ", nodes,
             " nodes cannot share evenly (repack with --shards ", nodes, ")");
   std::vector<std::string> out;
   for (int i = node; i < count; i += nodes) {
-    DDP_CHECK(mine.count(i), "node ", node, " of ", nodes, " needs '", shard_file_name(split, i, count), "' in '",
+    DDP_CHECK(all.count(i), "node ", node, " of ", nodes, " needs '", shard_file_name(split, i, count), "' in '",
               dir, "', which is missing");
-    out.push_back(mine[i]);
+    out.push_back(all.at(i));
   }
   return out;
 }

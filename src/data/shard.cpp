@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <numeric>
+#include <string>
 
 #include "ddp/core/check.h"
 
@@ -28,6 +29,31 @@ std::string shard_file_name(const std::string& split, int index, int count) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "-%05d-of-%05d.h5", index, count);
   return split + buf;
+}
+
+std::optional<ShardName> parse_shard_file_name(const std::string& name) {
+  // <split>-NNNNN-of-MMMMM.h5, split non-empty: exactly 5 digits each, as shard_file_name writes.
+  constexpr size_t kTail = std::char_traits<char>::length("-00000-of-00000.h5");
+  if (name.size() <= kTail) return std::nullopt;
+  const std::string tail = name.substr(name.size() - kTail);
+  auto digits = [&](size_t at) {
+    for (size_t i = at; i < at + 5; ++i)
+      if (tail[i] < '0' || tail[i] > '9') return -1;
+    return std::stoi(tail.substr(at, 5));
+  };
+  if (tail[0] != '-' || tail.compare(6, 4, "-of-") != 0 || tail.compare(15, 3, ".h5") != 0) return std::nullopt;
+  const int index = digits(1), count = digits(10);
+  if (index < 0 || count < 0) return std::nullopt;
+  return ShardName{name.substr(0, name.size() - kTail), index, count};
+}
+
+void check_shard_name_matches(const std::string& path, const ShardMeta& m) {
+  const auto n = parse_shard_file_name(std::filesystem::path(path).filename().string());
+  if (!n) return;
+  DDP_CHECK(n->split == m.split && n->index == m.shard_index && n->count == m.num_shards, "'", path,
+            "' is named as shard ", n->index, " of ", n->count, " of split '", n->split, "', but its attributes say ",
+            "shard ", m.shard_index, " of ", m.num_shards, " of split '", m.split,
+            "' (renamed or copied by hand?); restore its name or repack");
 }
 
 ShardWriter::ShardWriter(const std::string& final_path, ShardMeta meta)

@@ -353,6 +353,42 @@ TEST_F(LoaderTest, NodeShardsAreItsShareOfTheSet) {
   EXPECT_EQ(find_node_shards(own.string(), "train", 2, 4).size(), 1u);
 }
 
+// A directory whose shards are not one whole set is refused by find_shards (naming the directory
+// and the stray or missing file), and a shard whose attributes disagree with its name, or the same
+// shard twice, by the Loader: each would train on repeated or missing data.
+TEST_F(LoaderTest, ShardSetMustBeWholeAndNamesMustMatch) {
+  const fs::path mixed = dir_ / "mixed", gap = dir_ / "gap", renamed = dir_ / "renamed";
+  for (const auto& d : {mixed, gap, renamed}) fs::create_directories(d);
+  auto ecfg = [](std::vector<std::string> f) { return identity_cfg(f, 4, false, 0, 1, 2); };
+  // train-00000-of-00001 beside train-0000{0,1}-of-00002.
+  auto two = make_indexed_shards(mixed, {3, 3}, 4);
+  fs::create_directories(dir_ / "one");
+  auto one = make_indexed_shards(dir_ / "one", {6}, 4);
+  fs::copy(one[0], mixed / fs::path(one[0]).filename());
+  expect_error_naming([&] { find_shards(mixed.string(), "train"); }, "train-00000-of-00001.h5");
+  expect_error_naming([&] { find_shards(mixed.string(), "train"); }, mixed.string());
+  expect_error_naming([&] { find_node_shards(mixed.string(), "train", 0, 1); }, "more than one set");
+  // train-00000-of-00003 + train-00002-of-00003: shard 1 missing.
+  auto three = make_indexed_shards(gap, {2, 2, 2}, 4);
+  fs::remove(three[1]);
+  expect_error_naming([&] { find_shards(gap.string(), "train"); }, "train-00001-of-00003.h5");
+  expect_error_naming([&] { find_shards(gap.string(), "train"); }, gap.string());
+  // Shard 0 of 2 copied over the name of shard 1: a whole set by name, not by content.
+  auto pair = make_indexed_shards(renamed, {3, 3}, 4);
+  fs::copy(pair[0], pair[1], fs::copy_options::overwrite_existing);
+  auto found = find_shards(renamed.string(), "train");
+  expect_error_naming([&] { Loader l(ecfg(found)); }, pair[1]);
+  expect_error_naming([&] { Loader l(ecfg(found)); }, "attributes say shard 0 of 2");
+  // The same shard under a name that is not a shard name, and shards of two sets, listed by hand.
+  fs::copy(pair[0], dir_ / "backup.h5");
+  expect_error_naming([&] { Loader l(ecfg({pair[0], (dir_ / "backup.h5").string()})); }, "backup.h5");
+  expect_error_naming([&] { Loader l(ecfg({two[0], one[0]})); }, "mixed shard sets");
+  // The good cases still pass.
+  EXPECT_EQ(find_shards((dir_ / "one").string(), "train"), one);
+  Loader ok(ecfg({two[0], two[1]}));
+  EXPECT_EQ(ok.num_images(), 6);
+}
+
 // The writer commits only the file it created: when another process has put its own file under the
 // partial name meanwhile, commit fails naming it and neither renames nor removes that file.
 TEST_F(LoaderTest, WriterRenamesOnlyItsOwnPartialFile) {

@@ -65,8 +65,10 @@ class Loader {
   std::unique_ptr<Impl> impl_;
 };
 
-// Lists shard files for a split in a directory: <dir>/<split>-NNNNN-of-MMMMM.h5 (sorted); error naming
-// the dir if none.
+// Lists the shard files of a split in a directory: <dir>/<split>-NNNNN-of-MMMMM.h5 (sorted). The set
+// must be whole: an error names the directory and the files if there are none, if two sets (other
+// MMMMM) are mixed, or if a shard of the set is missing. (Loader then checks each file's attributes
+// against its name.)
 std::vector<std::string> find_shards(const std::string& dir, const std::string& split);
 
 // The shards node `node` of `nodes` reads: shard i of an M-shard set belongs to node i mod nodes

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,17 @@ struct ShardMeta {
 
 // <split>-NNNNN-of-MMMMM.h5
 std::string shard_file_name(const std::string& split, int index, int count);
+
+// What a file name <split>-NNNNN-of-MMMMM.h5 says (no directory); nullopt for any other name.
+struct ShardName {
+  std::string split;
+  int index = 0, count = 0;
+};
+std::optional<ShardName> parse_shard_file_name(const std::string& file_name);
+
+// Error naming the file if a shard's split/shard_index/num_shards attributes disagree with its file
+// name (a shard renamed or copied by hand); names that are not shard names are not checked.
+void check_shard_name_matches(const std::string& path, const ShardMeta& meta);
 
 class ShardWriter {
  public:

@@ -3,19 +3,36 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <filesystem>
 #include <memory>
+#include <set>
 
+#include "ddp/core/check.h"
 #include "ddp/data/image.h"
 #include "ddp/data/shard.h"
 
 namespace ddp::prep {
 
-bool inspect(const std::vector<std::string>& files, bool decode, std::ostream& out, int show) {
+bool inspect(const std::vector<std::string>& files_in, bool decode, std::ostream& out, int show,
+             bool allow_incomplete) {
   bool ok = true;
   std::vector<std::string> classes;
   std::string first;
   std::map<std::string, std::vector<int64_t>> hist_by_split;
   std::map<std::string, int64_t> total_by_split;
+  // split -> shard count -> index -> files claiming it (by their attributes)
+  std::map<std::string, std::map<int, std::map<int, std::vector<std::string>>>> sets;
+  std::vector<std::string> files;
+  std::set<std::string> seen;
+  for (const auto& path : files_in) {
+    std::error_code ec;
+    const auto canon = std::filesystem::weakly_canonical(path, ec);
+    if (seen.insert(ec ? path : canon.string()).second) {
+      files.push_back(path);
+    } else {
+      out << path << ": listed twice, read once\n";
+    }
+  }
   for (const auto& path : files) {
     std::unique_ptr<data::ShardReader> r;
     try {
@@ -33,6 +50,17 @@ bool inspect(const std::vector<std::string>& files, bool decode, std::ostream& o
     out << ", resize_shorter " << m.resize_shorter;
     if (m.encoding == "jpeg") out << ", quality " << m.jpeg_quality;
     out << ", source " << m.source << "\n";
+    try {
+      data::check_shard_name_matches(path, m);
+    } catch (const std::exception& e) {
+      out << path << ": ERROR: " << e.what() << "\n";
+      ok = false;
+    }
+    if (m.num_images == 0) {
+      out << path << ": ERROR: holds no images\n";
+      ok = false;
+    }
+    sets[m.split][m.num_shards][m.shard_index].push_back(path);
     if (classes.empty()) {
       classes = m.classes;
       first = path;
@@ -81,10 +109,49 @@ bool inspect(const std::vector<std::string>& files, bool decode, std::ostream& o
       out << "  decode check: raw pixels (nothing to decode)\n";
     }
   }
+  // The set of each split: a trainer given this directory would read all of it.
+  std::map<std::string, std::string> set_note;
+  for (const auto& [split, by_count] : sets) {
+    if (by_count.size() > 1) {
+      out << "ERROR: split '" << split << "' mixes shard sets of";
+      for (const auto& [c, idx] : by_count) {
+        out << " " << c << " (";
+        int k = 0;
+        for (const auto& [i, paths] : idx)
+          for (const auto& p : paths) out << (k++ ? ", " : "") << std::filesystem::path(p).filename().string();
+        out << ")";
+      }
+      out << "; a trainer would repeat images: delete the stale set\n";
+      ok = false;
+    }
+    for (const auto& [count, idx] : by_count) {
+      for (const auto& [i, paths] : idx) {
+        if (paths.size() > 1) {
+          out << "ERROR: split '" << split << "' shard " << i << " of " << count << " is in more than one file:";
+          for (const auto& p : paths) out << " " << p;
+          out << " (the same shard under two names?)\n";
+          ok = false;
+        }
+      }
+      std::vector<int> missing;
+      for (int i = 0; i < count; ++i)
+        if (!idx.count(i)) missing.push_back(i);
+      if (missing.empty()) continue;
+      set_note[split] = str(" (incomplete set: ", count - static_cast<int>(missing.size()), " of ", count, " shards)");
+      out << (allow_incomplete ? "note" : "ERROR") << ": split '" << split << "': " << missing.size() << " of " << count
+          << " shards missing:";
+      for (size_t k = 0; k < std::min<size_t>(missing.size(), 10); ++k)
+        out << " " << data::shard_file_name(split, missing[k], count);
+      out << (missing.size() > 10 ? " ..." : "")
+          << (allow_incomplete ? " (--allow-incomplete: a node's own share)" : " (finish packing, or pass --allow-incomplete for a node's own share)")
+          << "\n";
+      if (!allow_incomplete) ok = false;
+    }
+  }
   for (const auto& [split, h] : hist_by_split) {
     auto [mn, mx] = std::minmax_element(h.begin(), h.end());
     out << "total " << split << ": " << total_by_split[split] << " images, " << h.size() << " classes, " << *mn
-        << ".." << *mx << " per class\n";
+        << ".." << *mx << " per class" << set_note[split] << "\n";
   }
   out << (ok ? "OK" : "PROBLEMS FOUND") << "\n";
   return ok;

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
       "inspect_shards: check resnet18-ddp HDF5 shards\nusage: inspect_shards [options] SHARD.h5|DIR ...\noptions");
   d.add_options()("help,h", "show this help")("no-decode", "skip decoding every image")(
       "show", po::value(&show)->default_value(0), "print the first N file names and labels of each shard")(
+      "allow-incomplete", "a set with missing shards is fine (a node's own volume holds only its share)")(
       "inputs", po::value(&inputs), "shard files or directories (all *.h5 inside)");
   po::positional_options_description pos;
   pos.add("inputs", -1);
@@ -48,7 +49,8 @@ int main(int argc, char** argv) {
         files.push_back(in);
       }
     }
-    return ddp::prep::inspect(files, !vm.count("no-decode"), std::cout, show) ? 0 : 1;
+    return ddp::prep::inspect(files, !vm.count("no-decode"), std::cout, show, vm.count("allow-incomplete") > 0) ? 0
+                                                                                                         : 1;
   } catch (const po::error& e) {
     std::cerr << "inspect_shards: " << e.what() << " (see --help)\n";
     return 2;

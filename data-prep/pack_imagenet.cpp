@@ -602,7 +602,8 @@ int run(const Options& o) {
     std::vector<std::string> files;
     for (const auto& j : jobs) files.push_back(j.path);
     for (const auto& p : skipped) files.push_back(p);
-    return prep::inspect(files, true, std::cout) ? 0 : 1;
+    // A --node-index run writes one node's share of the set.
+    return prep::inspect(files, true, std::cout, 0, o.node_index >= 0) ? 0 : 1;
   }
   return 0;
 }

@@ -543,6 +543,53 @@ TEST_F(PackTest, InspectShardsChecksEveryImage) {
   EXPECT_NE(r.out.find("cut.h5"), std::string::npos) << r.out;
 }
 
+// A bad image in shard 1 stops the run; shard 0, completed before, stays (a rerun skips it).
+// inspect_shards then reports the set as incomplete (unless --allow-incomplete), and it also fails
+// a directory mixing two sets, a shard under another shard's name, and counts a file listed twice
+// once.
+TEST_F(PackTest, InspectShardsChecksTheSet) {
+  const fs::path root = out_ / "in";
+  fs::create_directories(root / "train" / "alpha");
+  // Sorted, file k of the class goes to shard k mod 2: the empty file is shard 1's first.
+  fs::copy(in("bad") / "train" / "alpha" / "ok_0.JPEG", root / "train" / "alpha" / "a.JPEG");
+  std::ofstream(root / "train" / "alpha" / "b.JPEG").close();
+  fs::copy(in("bad") / "train" / "alpha" / "ok_1.JPEG", root / "train" / "alpha" / "c.JPEG");
+  const fs::path o = out_ / "half";
+  auto r = pack("-i " + q(root) + " -o " + q(o) + " --shards 2 --resize 0");
+  ASSERT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("b.JPEG"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(o / shard_file_name("train", 0, 2)));
+  EXPECT_FALSE(fs::exists(o / (shard_file_name("train", 1, 2) + kPartialSuffix)));
+  r = run(kInspect + " " + q(o));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("1 of 2 shards missing: train-00001-of-00002.h5"), std::string::npos) << r.out;
+  r = run(kInspect + " --allow-incomplete " + q(o));
+  EXPECT_EQ(r.rc, 0) << r.out;
+
+  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "two") + " --splits train --shards 2 --resize 0");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "one") + " --splits train --resize 0");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const fs::path s0 = out_ / "two" / shard_file_name("train", 0, 2);
+  r = run(kInspect + " --no-decode " + q(out_ / "two") + " " + q(s0));
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("total train: 45 images"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("listed twice"), std::string::npos) << r.out;
+  // Two sets in one directory.
+  fs::copy(out_ / "one" / shard_file_name("train", 0, 1), out_ / "two");
+  r = run(kInspect + " --no-decode " + q(out_ / "two"));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("mixes shard sets"), std::string::npos) << r.out;
+  fs::remove(out_ / "two" / shard_file_name("train", 0, 1));
+  // Shard 0 copied over shard 1's name: the name disagrees with the attributes, and shard 0 is
+  // there twice while shard 1 is not there at all.
+  fs::copy(s0, out_ / "two" / shard_file_name("train", 1, 2), fs::copy_options::overwrite_existing);
+  r = run(kInspect + " --no-decode " + q(out_ / "two"));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("attributes say shard 0 of 2"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("in more than one file"), std::string::npos) << r.out;
+}
+
 // Fashion-MNIST -> JPEG tree -> pack with --class-index keeps the IDX labels.
 TEST_F(PackTest, FashionMnistTreePacks) {
   const fs::path src = "/usr/share/datasets/fashion-mnist";

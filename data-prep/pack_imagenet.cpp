@@ -256,10 +256,40 @@ class Progress {
   clock::time_point t0_, last_{};
 };
 
+// ---- the --skip-bad report --------------------------------------------------------------------
+// Opened (so proven writable) before any work, and written shard by shard before each shard is
+// renamed: a shard under its final name, which a rerun skips, never holds back a bad image that no
+// report lists.
+struct BadReport {
+  std::string path;
+  std::ofstream f;
+  bool existed = false;
+  int64_t lines = 0;
+
+  void open(const std::string& p) {
+    path = p;
+    existed = fs::exists(p);
+    f.open(p, std::ios::app);
+    DDP_CHECK(f, "cannot write the bad-image report '", p, "' (--bad-report): ", std::strerror(errno));
+  }
+  void add(const std::vector<std::pair<std::string, std::string>>& bad) {
+    for (const auto& [file, why] : bad) f << file << "\t" << why << "\n";
+    f.flush();
+    DDP_CHECK(f, "cannot write the bad-image report '", path, "' (disk full?)");
+    lines += static_cast<int64_t>(bad.size());
+  }
+  ~BadReport() { remove_if_new(); }
+  void remove_if_new() {
+    if (!f.is_open() || existed || lines > 0) return;
+    f.close();
+    std::remove(path.c_str());
+  }
+};
+
 // ---- one shard: pool decodes, this thread writes in order --------------------------------------
 void pack_shard(const std::vector<Item>& items, const std::string& final_path, ShardMeta meta, const Options& o,
-                int raw_size, Counters& cnt, std::vector<std::pair<std::string, std::string>>& bad, Progress& prog,
-                int64_t& done_total) {
+                int raw_size, Counters& cnt, BadReport& report, Progress& prog, int64_t& done_total) {
+  std::vector<std::pair<std::string, std::string>> bad;
   ShardWriter w(final_path, meta);
   const int64_t n = static_cast<int64_t>(items.size());
   const int nthreads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -347,6 +377,7 @@ void pack_shard(const std::vector<Item>& items, const std::string& final_path, S
     throw;
   }
   stop_pool();
+  if (!bad.empty()) report.add(bad);
   w.commit();
 }
 
@@ -437,7 +468,32 @@ std::vector<std::vector<Item>> assign(const std::vector<Item>& items, int nshard
   return out;
 }
 
-// A shard already under its final name: reuse it if it was packed with these settings.
+// FNV-1a 64 over each input file's relative name, size and label, in shard order: a rerun whose
+// input differs (files added, removed, renamed, resized, relabelled) gets another value. Sizes only,
+// not contents: reading every file twice would double the cost of a run.
+std::string input_fingerprint(const std::vector<Item>& items) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](const void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      h ^= static_cast<const uint8_t*>(p)[i];
+      h *= 1099511628211ull;
+    }
+  };
+  for (const auto& it : items) {
+    std::error_code ec;
+    const auto size = fs::file_size(it.path, ec);
+    const int64_t sz = ec ? -1 : static_cast<int64_t>(size);
+    mix(it.rel.data(), it.rel.size() + 1);  // with the terminating NUL: "ab"+"c" differs from "a"+"bc"
+    mix(&sz, sizeof sz);
+    mix(&it.label, sizeof it.label);
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "fnv1a64:%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+// A shard already under its final name: reuse it if it was packed with these settings from this
+// input; otherwise stop, saying which setting differs.
 bool complete_and_matching(const std::string& path, const ShardMeta& want, int64_t count) {
   if (!fs::exists(path)) return false;
   std::unique_ptr<ShardReader> r;
@@ -447,13 +503,30 @@ bool complete_and_matching(const std::string& path, const ShardMeta& want, int64
     DDP_FAIL("'", path, "' exists but is not a valid shard (", e.what(), "); delete it and rerun");
   }
   const auto& m = r->meta();
-  bool same = m.split == want.split && m.num_shards == want.num_shards && m.shard_index == want.shard_index &&
-              m.encoding == want.encoding && m.resize_shorter == want.resize_shorter &&
-              m.jpeg_quality == want.jpeg_quality && m.height == want.height && m.width == want.width &&
-              m.classes == want.classes;
-  DDP_CHECK(same, "'", path, "' exists but was packed with other settings (encoding ", m.encoding, ", resize ",
-            m.resize_shorter, ", ", m.num_shards, " shards, ", m.classes.size(),
-            " classes); delete it or choose another --output");
+  DDP_CHECK(!m.input_fingerprint.empty(), "'", path, "' was packed by an older pack_imagenet that recorded neither ",
+            "its input (input_fingerprint) nor --allow-upscale, so it cannot be checked against this run; delete ",
+            "it or choose another --output");
+  std::string diff;
+  auto differs = [&](const char* what, const auto& had, const auto& now) {
+    if (had == now) return;
+    diff += str(diff.empty() ? "" : ", ", what, " ", had, " (this run: ", now, ")");
+  };
+  differs("split", m.split, want.split);
+  differs("shard index", m.shard_index, want.shard_index);
+  differs("shards", m.num_shards, want.num_shards);
+  differs("--encoding", m.encoding, want.encoding);
+  differs("--resize", m.resize_shorter, want.resize_shorter);
+  differs("--quality", m.jpeg_quality, want.jpeg_quality);
+  differs("raw height", m.height, want.height);
+  differs("raw width", m.width, want.width);
+  differs("--allow-upscale", m.allow_upscale ? "on" : "off", want.allow_upscale ? "on" : "off");
+  if (m.classes != want.classes) diff += str(diff.empty() ? "" : ", ", "class list (", m.classes.size(),
+                                             " classes; this run: ", want.classes.size(), ")");
+  DDP_CHECK(diff.empty(), "'", path, "' exists but was packed with other settings: ", diff,
+            "; delete it or choose another --output");
+  DDP_CHECK(m.input_fingerprint == want.input_fingerprint, "'", path,
+            "' exists but was packed from other input files (its input fingerprint differs: files were added, ",
+            "removed, renamed, changed in size or moved to another class since); delete it or choose another --output");
   // Fewer images than listed is fine only when --skip-bad dropped some.
   DDP_CHECK(m.num_images <= count, "'", path, "' holds ", m.num_images, " images but the input lists ", count,
             " for it: the input changed; delete the shards and repack");
@@ -492,6 +565,8 @@ int run(const Options& o) {
   DDP_CHECK(o.quality >= 1 && o.quality <= 100, "--quality must be in 1..100, got ", o.quality);
   DDP_CHECK(o.resize >= 0, "--resize must be >= 0, got ", o.resize);
   DDP_CHECK(o.encoding != "raw" || o.resize > 0, "--encoding raw needs --resize S > 0 (images are stored S x S)");
+  DDP_CHECK(o.bad_report.empty() || o.skip_bad, "--bad-report '", o.bad_report,
+            "' is only written with --skip-bad (without it, a bad image stops the run)");
   const Layout lay = find_layout(o.input);
   // Classes: --class-index, else sorted train/ folders (torchvision ImageFolder order).
   std::vector<std::string> classes;
@@ -516,6 +591,8 @@ int run(const Options& o) {
   fs::create_directories(o.output, ec);
   DDP_CHECK(!ec, "cannot create output directory '", o.output, "': ", ec.message());
   lock_output(o.output, o.node_index >= 0 ? o.node_index : 0, o.node_index >= 0 ? 1 : o.shards);
+  BadReport report;
+  if (o.skip_bad) report.open(o.bad_report.empty() ? (fs::path(o.output) / "bad_images.txt").string() : o.bad_report);
   // Scan everything first, so an input error shows before hours of packing.
   std::map<std::string, std::vector<std::vector<Item>>> plan;
   int64_t total = 0;
@@ -526,47 +603,17 @@ int run(const Options& o) {
               << o.shards << " shard(s)\n";
   }
   struct Job {
-    std::string split, path;
-    int index;
+    std::string path;
+    ShardMeta meta;
     const std::vector<Item>* items;
   };
   std::vector<Job> jobs;
   std::vector<std::string> skipped;
   const int raw_size = o.encoding == "raw" ? o.resize : 0;
-  for (const auto& s : splits) {
-    for (int i = 0; i < o.shards; ++i) {
-      if (o.node_index >= 0 && i != o.node_index) continue;
-      const auto& items = plan[s][static_cast<size_t>(i)];
-      const std::string path = (fs::path(o.output) / shard_file_name(s, i, o.shards)).string();
-      ShardMeta meta;
-      meta.split = s;
-      meta.shard_index = i;
-      meta.num_shards = o.shards;
-      meta.encoding = o.encoding;
-      meta.resize_shorter = o.resize;
-      meta.jpeg_quality = o.encoding == "jpeg" ? o.quality : 0;
-      meta.height = meta.width = raw_size;
-      meta.classes = classes;
-      if (complete_and_matching(path, meta, static_cast<int64_t>(items.size()))) {
-        skipped.push_back(path);
-        continue;
-      }
-      if (fs::exists(path + kPartialSuffix))
-        std::cerr << "pack_imagenet: removing " << path << kPartialSuffix << " left by an interrupted run\n";
-      jobs.push_back(Job{s, path, i, &items});
-      total += static_cast<int64_t>(items.size());
-    }
-  }
-  for (const auto& p : skipped) std::cerr << "pack_imagenet: " << p << " is already complete, skipped\n";
-  Counters cnt;
-  std::vector<std::pair<std::string, std::string>> bad;
-  Progress prog(o.progress, total);
-  int64_t done = 0;
-  std::vector<std::pair<std::string, int64_t>> per_shard;
-  for (const auto& j : jobs) {
+  auto shard_meta = [&](const std::string& split, int index, const std::vector<Item>& items) {
     ShardMeta meta;
-    meta.split = j.split;
-    meta.shard_index = j.index;
+    meta.split = split;
+    meta.shard_index = index;
     meta.num_shards = o.shards;
     meta.encoding = o.encoding;
     meta.resize_shorter = o.resize;
@@ -574,20 +621,44 @@ int run(const Options& o) {
     meta.height = meta.width = raw_size;
     meta.source = fs::absolute(o.input).string();
     meta.classes = classes;
+    meta.allow_upscale = o.allow_upscale;
+    meta.input_fingerprint = input_fingerprint(items);
+    return meta;
+  };
+  for (const auto& s : splits) {
+    for (int i = 0; i < o.shards; ++i) {
+      if (o.node_index >= 0 && i != o.node_index) continue;
+      const auto& items = plan[s][static_cast<size_t>(i)];
+      const std::string path = (fs::path(o.output) / shard_file_name(s, i, o.shards)).string();
+      ShardMeta meta = shard_meta(s, i, items);
+      if (complete_and_matching(path, meta, static_cast<int64_t>(items.size()))) {
+        skipped.push_back(path);
+        continue;
+      }
+      if (fs::exists(path + kPartialSuffix))
+        std::cerr << "pack_imagenet: removing " << path << kPartialSuffix << " left by an interrupted run\n";
+      jobs.push_back(Job{path, std::move(meta), &items});
+      total += static_cast<int64_t>(items.size());
+    }
+  }
+  for (const auto& p : skipped) std::cerr << "pack_imagenet: " << p << " is already complete, skipped\n";
+  Counters cnt;
+  Progress prog(o.progress, total);
+  int64_t done = 0;
+  std::vector<std::pair<std::string, int64_t>> per_shard;
+  for (const auto& j : jobs) {
     const int64_t before = cnt.images;
-    pack_shard(*j.items, j.path, meta, o, raw_size, cnt, bad, prog, done);
+    pack_shard(*j.items, j.path, j.meta, o, raw_size, cnt, report, prog, done);
     per_shard.emplace_back(j.path, cnt.images - before);
   }
   prog.update(done, "done", true);
   prog.finish();
   const double secs = prog.elapsed();
-  // Report of left-out files (only with --skip-bad).
-  if (!bad.empty()) {
-    const std::string rp = o.bad_report.empty() ? (fs::path(o.output) / "bad_images.txt").string() : o.bad_report;
-    std::ofstream f(rp, std::ios::app);
-    DDP_CHECK(f, "cannot write the bad-image report '", rp, "'");
-    for (const auto& [p, why] : bad) f << p << "\t" << why << "\n";
-    std::cerr << "pack_imagenet: " << bad.size() << " unreadable image(s) left out, listed in " << rp << "\n";
+  if (report.lines > 0) {
+    std::cerr << "pack_imagenet: " << report.lines << " unreadable image(s) left out, listed in " << report.path
+              << "\n";
+  } else {
+    report.remove_if_new();
   }
   std::printf("pack_imagenet summary (%.1f s, %.0f images/s with %d threads)\n", secs, secs > 0 ? done / secs : 0.0,
               o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency()));

@@ -192,6 +192,8 @@ void ShardWriter::commit() {
   h5::set_attr(file_, "height", int64_t{meta_.height});
   h5::set_attr(file_, "width", int64_t{meta_.width});
   h5::set_attr(file_, "source", meta_.source);
+  h5::set_attr(file_, "allow_upscale", int64_t{meta_.allow_upscale ? 1 : 0});
+  h5::set_attr(file_, "input_fingerprint", meta_.input_fingerprint);
   h5::set_attr(file_, "created_by", std::string("pack_imagenet (resnet18-ddp)"));
   errno = 0;
   DDP_CHECK(H5Fflush(file_, H5F_SCOPE_GLOBAL) >= 0, "cannot flush ", partial_, ": ",
@@ -237,6 +239,9 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
   meta_.height = static_cast<int>(h5::get_attr_i64(file_, "height"));
   meta_.width = static_cast<int>(h5::get_attr_i64(file_, "width"));
   meta_.source = h5::get_attr_str(file_, "source");
+  // Added without a version bump (readers need neither): absent in older shards.
+  if (h5::has_attr(file_, "allow_upscale")) meta_.allow_upscale = h5::get_attr_i64(file_, "allow_upscale") != 0;
+  if (h5::has_attr(file_, "input_fingerprint")) meta_.input_fingerprint = h5::get_attr_str(file_, "input_fingerprint");
   meta_.classes = h5::read_strings(file_, "classes");
   const auto n = static_cast<hsize_t>(meta_.num_images);
   DDP_CHECK(!meta_.classes.empty(), "'", path, "' has an empty class list");

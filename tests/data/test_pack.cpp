@@ -436,12 +436,56 @@ TEST_F(PackTest, ConcurrentRunOnTheSameOutputIsRefused) {
   EXPECT_EQ(shards("s", "train").size(), 2u);
 }
 
+// A complete shard is reused by a rerun only when it was packed with the same settings from the same
+// input; otherwise the rerun stops, naming the shard and what differs.
 TEST_F(PackTest, ExistingShardWithOtherSettingsIsRefused) {
-  auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --splits train --resize 0");
+  const fs::path root = out_ / "in";
+  fs::create_directories(root);
+  fs::copy(in("good") / "train", root / "train", fs::copy_options::recursive);
+  const std::string base = "-i " + q(root) + " -o " + q(out_ / "s") + " --splits train --resize 64";
+  auto r = pack(base);
   ASSERT_EQ(r.rc, 0) << r.out;
-  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --splits train --encoding raw --resize 32");
-  EXPECT_NE(r.rc, 0);
-  EXPECT_NE(r.out.find("other settings"), std::string::npos) << r.out;
+  const std::string shard = (out_ / "s" / shard_file_name("train", 0, 1)).string();
+  struct Case {
+    std::string args, says;
+  };
+  for (const Case& c : {Case{" --encoding raw", "--encoding jpeg (this run: raw)"},
+                        Case{" --allow-upscale", "--allow-upscale off (this run: on)"},
+                        Case{" --quality 80", "--quality 90 (this run: 80)"}}) {
+    r = pack(base + c.args);
+    EXPECT_EQ(r.rc, 1) << c.args << ": " << r.out;
+    EXPECT_NE(r.out.find("other settings: " + c.says), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(shard), std::string::npos) << r.out;
+  }
+  // The input changed: one more image, then one renamed.
+  fs::copy(root / "train" / "apple" / fs::directory_iterator(root / "train" / "apple")->path().filename(),
+           root / "train" / "apple" / "zz_new.JPEG");
+  r = pack(base);
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("other input files"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(shard), std::string::npos) << r.out;
+  fs::remove(root / "train" / "apple" / "zz_new.JPEG");
+  r = pack(base);
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("already complete"), std::string::npos) << r.out;
+  const fs::path first = fs::directory_iterator(root / "train" / "cat_a")->path();
+  fs::rename(first, first.parent_path() / ("renamed_" + first.filename().string()));
+  r = pack(base);
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("other input files"), std::string::npos) << r.out;
+}
+
+// An unwritable --bad-report stops the run before any shard exists (it used to fail after the shard
+// was renamed, and a rerun then skipped the shard and never reported its bad images).
+TEST_F(PackTest, UnwritableBadReportFailsBeforeAnyWork) {
+  const fs::path rp = out_ / "no_such_dir" / "bad.txt";
+  auto r = pack("-i " + q(in("bad")) + " -o " + q(out_ / "s") + " --skip-bad --max-pixels 4000000 --bad-report " + q(rp));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find(rp.string()), std::string::npos) << r.out;
+  EXPECT_FALSE(has_shard_or_partial(out_ / "s"));
+  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s2") + " --bad-report " + q(out_ / "b.txt"));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("only written with --skip-bad"), std::string::npos) << r.out;
 }
 
 TEST_F(PackTest, BadLayoutsAndOptionsGiveClearErrors) {

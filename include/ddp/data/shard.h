@@ -7,7 +7,7 @@
 //   /classes    vlen string [C]  the class list, identical in every shard of a data set
 //   root attributes: format = "resnet18-ddp-shard", format_version = 1, split, shard_index,
 //   num_shards, num_images, num_classes, encoding ("jpeg" | "raw"), resize_shorter, jpeg_quality,
-//   height, width (raw only; 0 for jpeg), source, created_by
+//   height, width (raw only; 0 for jpeg), source, created_by, allow_upscale, input_fingerprint
 //
 // A shard is written under <name>.partial and renamed when complete, so a file under a final name
 // is always whole. The writer keeps its own descriptor of the file it created: what it fsyncs and
@@ -40,6 +40,10 @@ struct ShardMeta {
   int height = 0, width = 0;      // raw image size
   std::string source;             // input directory
   std::vector<std::string> classes;
+  bool allow_upscale = false;     // small images were enlarged to the resize target
+  // Hash of the shard's input list (relative names, sizes, labels), so that a rerun can tell a
+  // shard packed from other input; "" in shards written before it existed.
+  std::string input_fingerprint;
 };
 
 // <split>-NNNNN-of-MMMMM.h5

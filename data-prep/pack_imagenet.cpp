@@ -42,6 +42,7 @@ using namespace ddp::data;
 namespace {
 
 constexpr const char* kLockFile = ".pack_imagenet.lock";
+constexpr int kMaxShards = 99999;
 
 struct Options {
   std::string input, output, class_index, val_csv, bad_report;
@@ -558,9 +559,29 @@ void lock_output(const std::string& dir, int first, int count) {
   // The descriptor stays open, and the lock held, until the process exits.
 }
 
+// Complete shards of a set with another shard count in the output directory: a trainer given the
+// directory would find two sets of the split, so they must go (or this run go elsewhere) first.
+void refuse_other_sets(const std::string& dir, const std::vector<std::string>& splits, int shards) {
+  std::vector<std::string> other;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto n = parse_shard_file_name(e.path().filename().string());
+    if (n && n->count != shards && std::find(splits.begin(), splits.end(), n->split) != splits.end())
+      other.push_back(e.path().filename().string());
+  }
+  if (other.empty()) return;
+  std::sort(other.begin(), other.end());
+  std::string names;
+  for (size_t k = 0; k < std::min<size_t>(other.size(), 5); ++k) names += (k ? ", " : "") + other[k];
+  DDP_FAIL("'", dir, "' already holds a shard set with another shard count (", names, other.size() > 5 ? ", ..." : "",
+           "; this run writes ", shards, "); delete those files or choose another --output");
+}
+
 int run(const Options& o) {
   DDP_CHECK(o.encoding == "jpeg" || o.encoding == "raw", "--encoding must be 'jpeg' or 'raw', got '", o.encoding, "'");
-  DDP_CHECK(o.shards >= 1, "--shards/--nodes must be >= 1, got ", o.shards);
+  // Shard names carry the index and count in 5 digits (<split>-NNNNN-of-MMMMM.h5, which the loader
+  // matches exactly).
+  DDP_CHECK(o.shards >= 1 && o.shards <= kMaxShards, "--shards/--nodes must be in 1..", kMaxShards, ", got ",
+            o.shards);
   DDP_CHECK(o.node_index < o.shards, "--node-index ", o.node_index, " must be < --nodes ", o.shards);
   DDP_CHECK(o.quality >= 1 && o.quality <= 100, "--quality must be in 1..100, got ", o.quality);
   DDP_CHECK(o.resize >= 0, "--resize must be >= 0, got ", o.resize);
@@ -591,6 +612,7 @@ int run(const Options& o) {
   fs::create_directories(o.output, ec);
   DDP_CHECK(!ec, "cannot create output directory '", o.output, "': ", ec.message());
   lock_output(o.output, o.node_index >= 0 ? o.node_index : 0, o.node_index >= 0 ? 1 : o.shards);
+  refuse_other_sets(o.output, splits, o.shards);
   BadReport report;
   if (o.skip_bad) report.open(o.bad_report.empty() ? (fs::path(o.output) / "bad_images.txt").string() : o.bad_report);
   // Scan everything first, so an input error shows before hours of packing.
@@ -598,6 +620,10 @@ int run(const Options& o) {
   int64_t total = 0;
   for (const auto& s : splits) {
     auto items = scan_split(lay, s, classes, label_of, o);
+    // An empty shard would give its node nothing to train on.
+    DDP_CHECK(static_cast<int64_t>(items.size()) >= o.shards, "split '", s, "' has ", items.size(),
+              " images, fewer than the ", o.shards, " shards asked for (--shards/--nodes): every shard needs at "
+              "least one image");
     plan[s] = assign(items, o.shards, static_cast<int>(classes.size()));
     std::cerr << "pack_imagenet: " << s << ": " << items.size() << " images in " << classes.size() << " classes -> "
               << o.shards << " shard(s)\n";

@@ -475,6 +475,24 @@ TEST_F(PackTest, ExistingShardWithOtherSettingsIsRefused) {
   EXPECT_NE(r.out.find("other input files"), std::string::npos) << r.out;
 }
 
+// The shard count must fit the names (5 digits), not exceed the images of a split, and a directory
+// already holding a set of another count is refused naming its files.
+TEST_F(PackTest, ShardCountIsChecked) {
+  auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "a") + " --splits train --shards 100000");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("--shards/--nodes must be in 1..99999"), std::string::npos) << r.out;
+  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "b") + " --splits val --shards 13");  // val: 12 images
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("split 'val' has 12 images, fewer than the 13 shards"), std::string::npos) << r.out;
+  EXPECT_FALSE(has_shard_or_partial(out_ / "b"));
+  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "c") + " --splits train --shards 2 --resize 0");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "c") + " --splits train --shards 3 --resize 0");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("train-00000-of-00002.h5, train-00001-of-00002.h5"), std::string::npos) << r.out;
+  EXPECT_EQ(shards("c", "train").size(), 2u);
+}
+
 // An unwritable --bad-report stops the run before any shard exists (it used to fail after the shard
 // was renamed, and a rerun then skipped the shard and never reported its bad images).
 TEST_F(PackTest, UnwritableBadReportFailsBeforeAnyWork) {

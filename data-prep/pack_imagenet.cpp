@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cctype>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -22,6 +23,7 @@
 #include <mutex>
 #include <set>
 #include <sstream>
+#include <system_error>
 #include <thread>
 
 #include <boost/program_options.hpp>
@@ -43,6 +45,7 @@ namespace {
 
 constexpr const char* kLockFile = ".pack_imagenet.lock";
 constexpr int kMaxShards = 99999;
+constexpr int kMaxThreads = 1024;  // far above any machine's cores; a typo's 100000 is refused
 
 struct Options {
   std::string input, output, class_index, val_csv, bad_report;
@@ -325,7 +328,6 @@ void pack_shard(const std::vector<Item>& items, const std::string& final_path, S
     }
   };
   std::vector<std::thread> pool;
-  for (int t = 0; t < nthreads; ++t) pool.emplace_back(worker);
   auto stop_pool = [&] {
     {
       std::lock_guard<std::mutex> lk(mu);
@@ -334,6 +336,15 @@ void pack_shard(const std::vector<Item>& items, const std::string& final_path, S
     }
     for (auto& t : pool) t.join();
   };
+  try {
+    for (int t = 0; t < nthreads; ++t) pool.emplace_back(worker);
+  } catch (const std::system_error& e) {
+    // The threads already started must be joined before this frame unwinds (else std::terminate).
+    const size_t started = pool.size();
+    stop_pool();
+    DDP_FAIL("cannot start worker thread ", started + 1, " of ", nthreads, " (--threads): ", e.what(),
+             "; use fewer --threads");
+  }
   const std::string what = fs::path(final_path).filename().string();
   try {
     for (int64_t i = 0; i < n; ++i) {
@@ -582,7 +593,18 @@ int run(const Options& o) {
   // matches exactly).
   DDP_CHECK(o.shards >= 1 && o.shards <= kMaxShards, "--shards/--nodes must be in 1..", kMaxShards, ", got ",
             o.shards);
-  DDP_CHECK(o.node_index < o.shards, "--node-index ", o.node_index, " must be < --nodes ", o.shards);
+  DDP_CHECK(o.node_index >= -1 && o.node_index < o.shards, "--node-index must be in 0..", o.shards - 1,
+            " (--nodes ", o.shards, "), or -1 for all shards; got ", o.node_index);
+  DDP_CHECK(o.threads >= 0 && o.threads <= kMaxThreads, "--threads must be in 0..", kMaxThreads,
+            " (0: all cores), got ", o.threads);
+  std::set<std::string> seen_splits;
+  for (const auto& s : o.splits) {
+    // Split names become file names in --output: no path separators, no '..'.
+    DDP_CHECK(!s.empty() && std::all_of(s.begin(), s.end(),
+                                        [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; }),
+              "--splits: '", s, "' is not a plain name (letters, digits, '_' and '-' only)");
+    DDP_CHECK(seen_splits.insert(s).second, "--splits names '", s, "' twice");
+  }
   DDP_CHECK(o.quality >= 1 && o.quality <= 100, "--quality must be in 1..100, got ", o.quality);
   DDP_CHECK(o.resize >= 0, "--resize must be >= 0, got ", o.resize);
   DDP_CHECK(o.encoding != "raw" || o.resize > 0, "--encoding raw needs --resize S > 0 (images are stored S x S)");

@@ -493,6 +493,31 @@ TEST_F(PackTest, ShardCountIsChecked) {
   EXPECT_EQ(shards("c", "train").size(), 2u);
 }
 
+// Flags that used to crash or write in the wrong place: errors naming the flag, nothing written.
+TEST_F(PackTest, FlagsAreBounded) {
+  const std::string base = "-i " + q(in("good")) + " -o " + q(out_ / "o" / "s") + " --resize 0";
+  struct Case {
+    std::string args, says;
+  };
+  for (const Case& c : {Case{" --threads 100000", "--threads must be in 0..1024"},
+                        Case{" --threads -3", "--threads must be in 0..1024"},
+                        Case{" --splits ../x", "'../x' is not a plain name"},
+                        Case{" --splits train,train", "names 'train' twice"},
+                        Case{" --nodes 2 --node-index -2", "--node-index must be in 0..1"}}) {
+    auto r = pack(base + c.args);
+    EXPECT_EQ(r.rc, 1) << c.args << ": " << r.out;
+    EXPECT_NE(r.out.find(c.says), std::string::npos) << c.args << ": " << r.out;
+  }
+  EXPECT_FALSE(has_shard_or_partial(out_ / "o" / "s"));
+  EXPECT_FALSE(has_shard_or_partial(out_ / "o"));
+  // Thread creation failing (1024 stacks of 8 MiB do not fit in 1.5 GB of address space): a clean
+  // error, not std::terminate, and no partial file.
+  auto r = run("ulimit -v 1500000; " + kPack + " --no-progress --threads 1024 " + base);
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("cannot start worker thread"), std::string::npos) << r.out;
+  EXPECT_FALSE(has_shard_or_partial(out_ / "o" / "s"));
+}
+
 // An unwritable --bad-report stops the run before any shard exists (it used to fail after the shard
 // was renamed, and a rerun then skipped the shard and never reported its bad images).
 TEST_F(PackTest, UnwritableBadReportFailsBeforeAnyWork) {

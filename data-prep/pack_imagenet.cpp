@@ -59,6 +59,7 @@ struct Options {
 struct Item {
   std::string path, rel;
   int32_t label = 0;
+  std::string error;  // known bad before any decoding (a dangling link, a CSV row without its file)
 };
 
 struct Result {
@@ -89,15 +90,86 @@ std::vector<uint8_t> read_file(const std::string& path) {
   return d;
 }
 
-std::vector<std::string> sorted_entries(const std::string& dir, bool dirs) {
-  std::vector<std::string> out;
+// Names go into the shards as UTF-8 strings (h5py decodes them): bytes that are not UTF-8 would make
+// a shard that standard tools cannot read.
+bool valid_utf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t n = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xE ? 2 : (c >> 3) == 0x1E ? 3 : 4;
+    if (n == 4 || i + n >= s.size()) return false;  // a lead byte that is none, or a cut sequence
+    uint32_t cp = n == 0 ? c : n == 1 ? (c & 0x1Fu) : n == 2 ? (c & 0x0Fu) : (c & 0x07u);
+    for (size_t k = 1; k <= n; ++k) {
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d >> 6) != 0x2) return false;
+      cp = (cp << 6) | (d & 0x3Fu);
+    }
+    // Overlong forms, UTF-16 surrogates and values past U+10FFFF are not UTF-8.
+    if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;
+    i += n + 1;
+  }
+  return true;
+}
+
+// A name for messages and the report: one line, printable; backslash, tab, newline and carriage
+// return as C escapes, other control bytes (and every byte >= 0x80 of a name that is not UTF-8)
+// as \xNN.
+std::string escaped(const std::string& s) {
+  std::string out;
+  const bool utf8 = valid_utf8(s);
+  for (char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '\\') out += "\\\\";
+    else if (c == '\t') out += "\\t";
+    else if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c < 0x20 || c == 0x7F || (c >= 0x80 && !utf8)) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\x%02X", c);
+      out += b;
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+// A directory's entries, hidden ones left out, each list sorted. A symbolic link whose target is
+// gone is neither a folder nor a file: it is listed apart, so that it is never skipped unseen.
+struct DirList {
+  std::vector<std::string> dirs, files, dangling;
+};
+DirList list_dir(const fs::path& dir) {
+  DirList l;
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string name = e.path().filename().string();
     if (name.empty() || name[0] == '.') continue;
-    if (dirs ? e.is_directory() : e.is_regular_file()) out.push_back(name);
+    DDP_CHECK(valid_utf8(name), "'", escaped(e.path().string()),
+              "' has a name that is not valid UTF-8 (shards store names as UTF-8); rename it");
+    std::error_code ec;
+    if (e.is_symlink(ec) && !fs::exists(e.path(), ec)) l.dangling.push_back(name);
+    else if (e.is_directory(ec)) l.dirs.push_back(name);
+    else if (e.is_regular_file(ec)) l.files.push_back(name);
   }
-  std::sort(out.begin(), out.end());
-  return out;
+  for (auto* v : {&l.dirs, &l.files, &l.dangling}) std::sort(v->begin(), v->end());
+  return l;
+}
+
+std::string dangling_why(const fs::path& p) {
+  std::error_code ec;
+  return str("'", escaped(p.string()), "' is a dangling symbolic link (its target '",
+             escaped(fs::read_symlink(p, ec).string()), "' does not exist)");
+}
+
+// Class folders of a split directory: a dangling link there may be a class folder whose target is
+// gone, and leaving it out would shift the labels of every later class.
+std::vector<std::string> class_folders(const fs::path& dir) {
+  DirList l = list_dir(dir);
+  DDP_CHECK(l.dangling.empty(), dangling_why(dir / l.dangling.front()),
+            ": it may be a class folder, and leaving a class out shifts every later label; fix or remove it");
+  return l.dirs;
 }
 
 std::vector<std::string> load_class_index(const std::string& path) {
@@ -112,6 +184,8 @@ std::vector<std::string> load_class_index(const std::string& path) {
     line = trim(line);
     if (line.empty() || line[0] == '#') continue;
     std::string name = line.substr(0, line.find_first_of(" \t,"));
+    DDP_CHECK(valid_utf8(name), "--class-index '", path, "' line ", lineno, ": class name '", escaped(name),
+              "' is not valid UTF-8");
     DDP_CHECK(seen.insert(name).second, "--class-index '", path, "' line ", lineno, ": class '", name,
               "' listed twice");
     out.push_back(name);
@@ -138,7 +212,9 @@ std::map<std::string, std::string> load_val_csv(const std::string& path) {
     std::string cls;
     ps >> cls;
     DDP_CHECK(!id.empty() && !cls.empty(), "'", path, "' line ", lineno, ": empty image id or label");
-    out[id] = cls;
+    auto [at, fresh] = out.emplace(id, cls);
+    DDP_CHECK(fresh || at->second == cls, "'", path, "' line ", lineno, ": image '", id, "' is labelled '", cls,
+              "', but an earlier row labels it '", at->second, "'");
   }
   DDP_CHECK(!out.empty(), "validation label file '", path, "' has no entries");
   return out;
@@ -146,6 +222,7 @@ std::map<std::string, std::string> load_val_csv(const std::string& path) {
 
 // ---- per-image work (runs in the pool) -------------------------------------------------------
 Result process(const Item& it, const Options& o, int raw_size) {
+  if (!it.error.empty()) throw Error(it.error);
   Result r;
   std::vector<uint8_t> bytes = read_file(it.path);
   DDP_CHECK(!bytes.empty(), "'", it.path, "' is empty (0 bytes)");
@@ -277,7 +354,8 @@ struct BadReport {
     DDP_CHECK(f, "cannot write the bad-image report '", p, "' (--bad-report): ", std::strerror(errno));
   }
   void add(const std::vector<std::pair<std::string, std::string>>& bad) {
-    for (const auto& [file, why] : bad) f << file << "\t" << why << "\n";
+    // One line per image: a name holding a tab or a newline must not break the format.
+    for (const auto& [file, why] : bad) f << escaped(file) << "\t" << escaped(why) << "\n";
     f.flush();
     DDP_CHECK(f, "cannot write the bad-image report '", path, "' (disk full?)");
     lines += static_cast<int64_t>(bad.size());
@@ -410,7 +488,7 @@ Layout find_layout(const std::string& input) {
 std::vector<Item> scan_class_folders(const fs::path& dir, const std::vector<std::string>& classes,
                                      const std::map<std::string, int>& label_of, bool all_required) {
   std::vector<Item> items;
-  auto folders = sorted_entries(dir.string(), true);
+  auto folders = class_folders(dir);
   DDP_CHECK(!folders.empty(), "'", dir.string(), "' has no class folders");
   std::set<std::string> have(folders.begin(), folders.end());
   for (const auto& f : folders)
@@ -420,11 +498,26 @@ std::vector<Item> scan_class_folders(const fs::path& dir, const std::vector<std:
     for (const auto& c : classes)
       DDP_CHECK(have.count(c), "class '", c, "' has no folder in '", dir.string(), "'");
   }
+  // Images must sit directly in their class folder (unlike torchvision's ImageFolder, which also
+  // searches subfolders); files further down are not packed, and the user is told.
+  int64_t nested = 0;
+  std::string first_nested;
   for (const auto& f : folders) {
-    auto files = sorted_entries((dir / f).string(), false);
-    DDP_CHECK(!files.empty(), "class folder '", (dir / f).string(), "' is empty");
-    for (const auto& name : files) items.push_back(Item{(dir / f / name).string(), f + "/" + name, label_of.at(f)});
+    DirList l = list_dir(dir / f);
+    if (l.files.empty() && l.dangling.empty()) {
+      DDP_CHECK(l.dirs.empty(), "class folder '", (dir / f).string(), "' holds only subfolders ('", l.dirs.front(),
+                "', ...): images must be directly in the class folder (subfolders are not searched)");
+      DDP_FAIL("class folder '", (dir / f).string(), "' is empty");
+    }
+    if (!l.dirs.empty() && first_nested.empty()) first_nested = (dir / f / l.dirs.front()).string();
+    nested += static_cast<int64_t>(l.dirs.size());
+    for (const auto& name : l.files) items.push_back(Item{(dir / f / name).string(), f + "/" + name, label_of.at(f), ""});
+    for (const auto& name : l.dangling)
+      items.push_back(Item{(dir / f / name).string(), f + "/" + name, label_of.at(f), dangling_why(dir / f / name)});
   }
+  if (nested > 0)
+    std::cerr << "pack_imagenet: warning: " << nested << " subfolder(s) inside the class folders of '" << dir.string()
+              << "' are not searched (e.g. '" << first_nested << "'); images must be directly in a class folder\n";
   return items;
 }
 
@@ -432,8 +525,8 @@ std::vector<Item> scan_split(const Layout& lay, const std::string& split, const 
                              const std::map<std::string, int>& label_of, const Options& o) {
   const fs::path dir = fs::path(lay.data_root) / split;
   DDP_CHECK(fs::is_directory(dir), "split directory '", dir.string(), "' does not exist");
-  auto subdirs = sorted_entries(dir.string(), true);
-  if (!subdirs.empty()) return scan_class_folders(dir, classes, label_of, split == "train");
+  DirList top = list_dir(dir);
+  if (!top.dirs.empty()) return scan_class_folders(dir, classes, label_of, split == "train");
   DDP_CHECK(split != "train", "'", dir.string(), "' has no class folders");
   // Flat val/: labels from Kaggle's CSV.
   std::string csv = o.val_csv;
@@ -449,18 +542,43 @@ std::vector<Item> scan_split(const Layout& lay, const std::string& split, const 
   DDP_CHECK(!csv.empty(), "'", dir.string(),
             "' is flat (no class folders) but no LOC_val_solution.csv was found next to it; pass --val-csv");
   auto labels = load_val_csv(csv);
-  auto files = sorted_entries(dir.string(), false);
-  DDP_CHECK(!files.empty(), "'", dir.string(), "' is empty");
+  DDP_CHECK(!top.files.empty() || !top.dangling.empty(), "'", dir.string(), "' is empty");
   std::vector<Item> items;
-  for (const auto& name : files) {
-    if (name == "LOC_val_solution.csv") continue;
-    const std::string id = fs::path(name).stem().string();
+  std::set<std::string> found;
+  auto label = [&](const std::string& id, const fs::path& file) {
     auto it = labels.find(id);
-    DDP_CHECK(it != labels.end(), "validation image '", (dir / name).string(), "' has no label in '", csv, "'");
+    DDP_CHECK(it != labels.end(), "validation image '", file.string(), "' has no label in '", csv, "'");
     auto l = label_of.find(it->second);
     DDP_CHECK(l != label_of.end(), "'", csv, "' labels '", id, "' with class '", it->second,
               "', which is not in the class list");
-    items.push_back(Item{(dir / name).string(), name, l->second});
+    found.insert(id);
+    return l->second;
+  };
+  for (const auto& name : top.files) {
+    if (name == "LOC_val_solution.csv") continue;
+    items.push_back(Item{(dir / name).string(), name, label(fs::path(name).stem().string(), dir / name), ""});
+  }
+  for (const auto& name : top.dangling)
+    items.push_back(Item{(dir / name).string(), name, label(fs::path(name).stem().string(), dir / name),
+                         dangling_why(dir / name)});
+  // Rows of the CSV without their image: a val set quietly smaller than its labels say.
+  std::vector<std::string> missing;
+  for (const auto& [id, cls] : labels)
+    if (!found.count(id)) missing.push_back(id);
+  if (!missing.empty()) {
+    if (!o.skip_bad) {
+      std::string ids;
+      for (size_t k = 0; k < std::min<size_t>(missing.size(), 5); ++k) ids += (k ? ", " : "") + missing[k];
+      DDP_FAIL("'", csv, "' lists ", missing.size(), " image(s) with no file in '", dir.string(), "' (", ids,
+               missing.size() > 5 ? ", ..." : "", ")\n(pass --skip-bad to pack the rest and list them in a report)");
+    }
+    for (const auto& id : missing) {
+      auto l = label_of.find(labels.at(id));
+      DDP_CHECK(l != label_of.end(), "'", csv, "' labels '", id, "' with class '", labels.at(id),
+                "', which is not in the class list");
+      items.push_back(Item{(dir / id).string(), id, l->second,
+                           str("'", csv, "' lists image '", id, "' but '", dir.string(), "' has no file for it")});
+    }
   }
   return items;
 }
@@ -619,7 +737,7 @@ int run(const Options& o) {
     fs::path tr = fs::path(lay.data_root) / "train";
     DDP_CHECK(fs::is_directory(tr), "no train/ folder in '", lay.data_root,
               "' to take the class list from; pass --class-index");
-    classes = sorted_entries(tr.string(), true);
+    classes = class_folders(tr);
     DDP_CHECK(!classes.empty(), "'", tr.string(), "' has no class folders");
   }
   std::map<std::string, int> label_of;
@@ -642,6 +760,12 @@ int run(const Options& o) {
   int64_t total = 0;
   for (const auto& s : splits) {
     auto items = scan_split(lay, s, classes, label_of, o);
+    // Known before any decoding: stop now rather than after the shards before it.
+    if (!o.skip_bad) {
+      for (const auto& it : items)
+        DDP_CHECK(it.error.empty(), it.error,
+                  "\n(pass --skip-bad to leave out unreadable images and list them in a report)");
+    }
     // An empty shard would give its node nothing to train on.
     DDP_CHECK(static_cast<int64_t>(items.size()) >= o.shards, "split '", s, "' has ", items.size(),
               " images, fewer than the ", o.shards, " shards asked for (--shards/--nodes): every shard needs at "

@@ -518,6 +518,101 @@ TEST_F(PackTest, FlagsAreBounded) {
   EXPECT_FALSE(has_shard_or_partial(out_ / "o" / "s"));
 }
 
+// Dangling links are never skipped unseen: an image link is a bad image (an error, or with
+// --skip-bad a report line), a class folder link is always an error (leaving the class out would
+// shift every later label). Names that are not UTF-8 are refused (escaped in the message); a class
+// folder holding only subfolders says so; names with a newline stay one report line.
+TEST_F(PackTest, LinksAndNamesAreChecked) {
+  const fs::path ok = in("bad") / "train" / "alpha" / "ok_0.JPEG";
+  auto tree = [&](const std::string& name) {
+    const fs::path root = out_ / name;
+    for (std::string c : {"a", "b"}) {
+      fs::create_directories(root / "train" / c);
+      fs::copy(ok, root / "train" / c / "x.JPEG");
+    }
+    return root;
+  };
+  fs::path root = tree("link_file");
+  fs::create_symlink("/nonexistent/img.JPEG", root / "train" / "a" / "gone.JPEG");
+  auto r = pack("-i " + q(root) + " -o " + q(out_ / "s1") + " --resize 0");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("train/a/gone.JPEG' is a dangling symbolic link"), std::string::npos) << r.out;
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s2") + " --resize 0 --skip-bad");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("rejected 1"), std::string::npos) << r.out;
+  std::ifstream rep(out_ / "s2" / "bad_images.txt");
+  std::string line;
+  std::getline(rep, line);
+  EXPECT_EQ(line.substr(0, line.find('\t')), (root / "train" / "a" / "gone.JPEG").string());
+
+  root = tree("link_class");
+  fs::create_symlink("/nonexistent/class", root / "train" / "aa_gone");
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s3") + " --resize 0 --skip-bad");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("train/aa_gone' is a dangling symbolic link"), std::string::npos) << r.out;
+
+  root = tree("latin1");
+  fs::copy(ok, root / "train" / "a" / "caf\xe9.JPEG");
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s4") + " --resize 0");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("caf\\xE9.JPEG' has a name that is not valid UTF-8"), std::string::npos) << r.out;
+  fs::path utf8 = tree("utf8");
+  fs::copy(ok, utf8 / "train" / "a" / "caf\xc3\xa9.JPEG");
+  r = pack("-i " + q(utf8) + " -o " + q(out_ / "s5") + " --resize 0");
+  EXPECT_EQ(r.rc, 0) << r.out;
+
+  root = tree("nested");
+  fs::create_directories(root / "train" / "c" / "sub");
+  fs::copy(ok, root / "train" / "c" / "sub" / "y.JPEG");
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s6") + " --resize 0");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("train/c' holds only subfolders ('sub'"), std::string::npos) << r.out;
+  fs::copy(ok, root / "train" / "c" / "z.JPEG");
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s7") + " --resize 0");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("1 subfolder(s) inside the class folders"), std::string::npos) << r.out;
+
+  root = tree("newline");
+  std::ofstream(root / "train" / "a" / "two\nlines.JPEG").close();  // 0 bytes: bad
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s8") + " --resize 0 --skip-bad");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  std::ifstream rep8(out_ / "s8" / "bad_images.txt");
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(rep8, l);) lines.push_back(l);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].substr(0, lines[0].find('\t')), (root / "train" / "a").string() + "/two\\nlines.JPEG");
+}
+
+// Kaggle's CSV: two rows giving one image different labels, and rows whose image file is missing,
+// stop the run naming them (with --skip-bad the missing ones are reported as bad images).
+TEST_F(PackTest, KaggleCsvIsChecked) {
+  const fs::path k = out_ / "k";
+  fs::create_directories(k);
+  fs::copy(in("kaggle"), k, fs::copy_options::recursive);
+  const fs::path csv = k / "LOC_val_solution.csv";
+  std::string text;
+  {
+    std::ifstream f(csv);
+    text.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  std::ofstream(csv) << text << "ILSVRC2012_val_00000001,zebra 1 2 3 4\nILSVRC2012_val_00000001,apple 1 2 3 4\n";
+  auto r = pack("-i " + q(k) + " -o " + q(out_ / "s1") + " --splits val --resize 0");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("image 'ILSVRC2012_val_00000001' is labelled '"), std::string::npos) << r.out;
+  std::ofstream(csv) << text;
+  fs::remove(k / "val" / "ILSVRC2012_val_00000003.JPEG");
+  fs::remove(k / "val" / "ILSVRC2012_val_00000007.JPEG");
+  r = pack("-i " + q(k) + " -o " + q(out_ / "s2") + " --splits val --resize 0");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("lists 2 image(s) with no file"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ILSVRC2012_val_00000003, ILSVRC2012_val_00000007"), std::string::npos) << r.out;
+  EXPECT_FALSE(has_shard_or_partial(out_ / "s2"));
+  r = pack("-i " + q(k) + " -o " + q(out_ / "s3") + " --splits val --resize 0 --skip-bad");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("rejected 2"), std::string::npos) << r.out;
+  EXPECT_EQ(ShardReader(shards("s3", "val")[0]).size(), 10);
+}
+
 // An unwritable --bad-report stops the run before any shard exists (it used to fail after the shard
 // was renamed, and a rerun then skipped the shard and never reported its bad images).
 TEST_F(PackTest, UnwritableBadReportFailsBeforeAnyWork) {

@@ -468,6 +468,10 @@ void pack_shard(const std::vector<Item>& items, const std::string& final_path, S
   }
   stop_pool();
   if (!bad.empty()) report.add(bad);
+  // Only --skip-bad gets here with nothing written: an empty shard would give its node nothing to
+  // train on (and, for a whole split, make a data set without that split).
+  DDP_CHECK(w.count() > 0, "all ", n, " images of '", what, "' (split '", meta.split, "') are unreadable (listed in ",
+            report.path, "); no shard written");
   w.commit();
 }
 

@@ -613,6 +613,23 @@ TEST_F(PackTest, KaggleCsvIsChecked) {
   EXPECT_EQ(ShardReader(shards("s3", "val")[0]).size(), 10);
 }
 
+// --skip-bad with every image of a split bad: no empty shard (which inspect_shards and the trainer
+// would take for a data set), but an error naming the split; the report still lists the images.
+TEST_F(PackTest, SkipBadWithNothingLeftIsAnError) {
+  const fs::path root = out_ / "in";
+  fs::create_directories(root / "train" / "a");
+  for (std::string n : {"x.JPEG", "y.JPEG"}) std::ofstream(root / "train" / "a" / n).close();
+  auto r = pack("-i " + q(root) + " -o " + q(out_ / "s") + " --resize 0 --skip-bad");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("all 2 images of 'train-00000-of-00001.h5' (split 'train') are unreadable"), std::string::npos)
+      << r.out;
+  EXPECT_FALSE(has_shard_or_partial(out_ / "s"));
+  std::ifstream rep(out_ / "s" / "bad_images.txt");
+  int lines = 0;
+  for (std::string l; std::getline(rep, l);) ++lines;
+  EXPECT_EQ(lines, 2);
+}
+
 // An unwritable --bad-report stops the run before any shard exists (it used to fail after the shard
 // was renamed, and a rerun then skipped the shard and never reported its bad images).
 TEST_F(PackTest, UnwritableBadReportFailsBeforeAnyWork) {

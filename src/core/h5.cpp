@@ -195,16 +195,23 @@ static Handle open_attr(hid_t obj, const std::string& name) {
   return Handle(H5_CHECK(H5Aopen(obj, name.c_str(), H5P_DEFAULT)));
 }
 
+// A failed read names the attribute and the file (a bare H5_CHECK names only the call).
+static void read_attr(hid_t obj, const std::string& name, hid_t a, hid_t mem_type, void* v, const char* what) {
+  if (H5Aread(a, mem_type, v) >= 0) return;
+  H5Eclear2(H5E_DEFAULT);
+  DDP_FAIL("cannot read attribute '", name, "' in ", file_name(obj), " as ", what, " (wrong type or damaged file?)");
+}
+
 int64_t get_attr_i64(hid_t obj, const std::string& name) {
   Handle a = open_attr(obj, name);
   int64_t v = 0;
-  H5_CHECK(H5Aread(a, H5T_NATIVE_INT64, &v));
+  read_attr(obj, name, a, H5T_NATIVE_INT64, &v, "an integer");
   return v;
 }
 double get_attr_f64(hid_t obj, const std::string& name) {
   Handle a = open_attr(obj, name);
   double v = 0;
-  H5_CHECK(H5Aread(a, H5T_NATIVE_DOUBLE, &v));
+  read_attr(obj, name, a, H5T_NATIVE_DOUBLE, &v, "a number");
   return v;
 }
 std::string get_attr_str(hid_t obj, const std::string& name) {
@@ -214,7 +221,7 @@ std::string get_attr_str(hid_t obj, const std::string& name) {
   if (H5Tis_variable_str(ftype) > 0) {
     // Read with the attribute's own string type: HDF5 refuses ASCII<->UTF-8 conversion.
     char* p = nullptr;
-    H5_CHECK(H5Aread(a, ftype, &p));
+    read_attr(obj, name, a, ftype, &p, "a string");
     std::string s = p ? p : "";
     H5free_memory(p);
     return s;
@@ -223,7 +230,7 @@ std::string get_attr_str(hid_t obj, const std::string& name) {
   std::string s(n, '\0');
   Handle type(H5_CHECK(H5Tcopy(H5T_C_S1)));
   H5_CHECK(H5Tset_size(type, n));
-  H5_CHECK(H5Aread(a, type, s.data()));
+  read_attr(obj, name, a, type, s.data(), "a string");
   s.resize(std::strlen(s.c_str()));
   return s;
 }

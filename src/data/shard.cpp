@@ -243,6 +243,14 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
   if (h5::has_attr(file_, "allow_upscale")) meta_.allow_upscale = h5::get_attr_i64(file_, "allow_upscale") != 0;
   if (h5::has_attr(file_, "input_fingerprint")) meta_.input_fingerprint = h5::get_attr_str(file_, "input_fingerprint");
   meta_.classes = h5::read_strings(file_, "classes");
+  // Checked before any use as a size or an index (a negative count printed as 2^64 - 1).
+  DDP_CHECK(meta_.num_images >= 0, "'", path, "': attribute num_images is ", meta_.num_images, " (damaged shard)");
+  DDP_CHECK(meta_.num_shards >= 1 && meta_.shard_index >= 0 && meta_.shard_index < meta_.num_shards, "'", path,
+            "': attributes shard_index ", meta_.shard_index, " and num_shards ", meta_.num_shards,
+            " do not describe a shard of a set (damaged shard)");
+  DDP_CHECK(h5::get_attr_i64(file_, "num_classes") == static_cast<int64_t>(meta_.classes.size()), "'", path,
+            "': attribute num_classes is ", h5::get_attr_i64(file_, "num_classes"), " but /classes lists ",
+            meta_.classes.size(), " (damaged shard)");
   const auto n = static_cast<hsize_t>(meta_.num_images);
   DDP_CHECK(!meta_.classes.empty(), "'", path, "' has an empty class list");
   DDP_CHECK(meta_.encoding == "jpeg" || meta_.encoding == "raw", "'", path, "' has unknown encoding '",

@@ -389,6 +389,36 @@ TEST_F(LoaderTest, ShardSetMustBeWholeAndNamesMustMatch) {
   EXPECT_EQ(ok.num_images(), 6);
 }
 
+// Attributes that cannot be right are refused naming the file and the attribute: a negative
+// num_images (once printed as 18446744073709551615), an index outside its set, and an attribute of
+// the wrong type (a failed read used to name only the HDF5 call).
+TEST_F(LoaderTest, ImpossibleShardAttributesAreNamed) {
+  struct Case {
+    std::string attr;
+    int64_t value;
+    std::string says;
+  };
+  for (const Case& c : {Case{"num_images", -1, "attribute num_images is -1"},
+                        Case{"shard_index", 2, "shard_index 2 and num_shards 1"},
+                        Case{"num_classes", 7, "num_classes is 7"}}) {
+    fs::create_directories(dir_ / c.attr);
+    auto f = make_indexed_shards(dir_ / c.attr, {3}, 4);
+    {
+      auto h = h5::open_file(f[0], true);
+      h5::set_attr(h, c.attr, c.value);
+    }
+    expect_error_naming([&] { ShardReader r(f[0]); }, c.says);
+    expect_error_naming([&] { ShardReader r(f[0]); }, f[0]);
+  }
+  fs::create_directories(dir_ / "typed");
+  auto f = make_indexed_shards(dir_ / "typed", {3}, 4);
+  {
+    auto h = h5::open_file(f[0], true);
+    h5::set_attr(h, "num_shards", std::string("two"));
+  }
+  expect_error_naming([&] { ShardReader r(f[0]); }, "cannot read attribute 'num_shards'");
+}
+
 // The writer commits only the file it created: when another process has put its own file under the
 // partial name meanwhile, commit fails naming it and neither renames nor removes that file.
 TEST_F(LoaderTest, WriterRenamesOnlyItsOwnPartialFile) {

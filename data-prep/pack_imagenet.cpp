@@ -637,9 +637,12 @@ bool complete_and_matching(const std::string& path, const ShardMeta& want, int64
     DDP_FAIL("'", path, "' exists but is not a valid shard (", e.what(), "); delete it and rerun");
   }
   const auto& m = r->meta();
-  DDP_CHECK(!m.input_fingerprint.empty(), "'", path, "' was packed by an older pack_imagenet that recorded neither ",
-            "its input (input_fingerprint) nor --allow-upscale, so it cannot be checked against this run; delete ",
-            "it or choose another --output");
+  // Shards of an older pack_imagenet recorded neither their input nor --allow-upscale. Refusing them
+  // would mean repacking a whole ImageNet to add a split; they are reused as before, with a warning.
+  const bool older = m.input_fingerprint.empty();
+  if (older)
+    warn("'", path, "' was packed by an older pack_imagenet (no input_fingerprint or allow_upscale attribute): its ",
+         "input and --allow-upscale cannot be checked; reusing it as it is (delete it to repack)");
   std::string diff;
   auto differs = [&](const char* what, const auto& had, const auto& now) {
     if (had == now) return;
@@ -653,12 +656,12 @@ bool complete_and_matching(const std::string& path, const ShardMeta& want, int64
   differs("--quality", m.jpeg_quality, want.jpeg_quality);
   differs("raw height", m.height, want.height);
   differs("raw width", m.width, want.width);
-  differs("--allow-upscale", m.allow_upscale ? "on" : "off", want.allow_upscale ? "on" : "off");
+  if (!older) differs("--allow-upscale", m.allow_upscale ? "on" : "off", want.allow_upscale ? "on" : "off");
   if (m.classes != want.classes) diff += str(diff.empty() ? "" : ", ", "class list (", m.classes.size(),
                                              " classes; this run: ", want.classes.size(), ")");
   DDP_CHECK(diff.empty(), "'", path, "' exists but was packed with other settings: ", diff,
             "; delete it or choose another --output");
-  DDP_CHECK(m.input_fingerprint == want.input_fingerprint, "'", path,
+  DDP_CHECK(older || m.input_fingerprint == want.input_fingerprint, "'", path,
             "' exists but was packed from other input files (its input fingerprint differs: files were added, ",
             "removed, renamed, changed in size or moved to another class since); delete it or choose another --output");
   // Fewer images than listed is fine only when --skip-bad dropped some.

@@ -15,6 +15,7 @@
 
 #include "data_test_util.h"
 #include "ddp/core/check.h"
+#include "ddp/core/h5.h"
 #include "ddp/core/rng.h"
 #include "ddp/data/image.h"
 #include "ddp/data/loader.h"
@@ -473,6 +474,19 @@ TEST_F(PackTest, ExistingShardWithOtherSettingsIsRefused) {
   r = pack(base);
   EXPECT_EQ(r.rc, 1) << r.out;
   EXPECT_NE(r.out.find("other input files"), std::string::npos) << r.out;
+  // A shard of an older pack_imagenet (no fingerprint, no allow_upscale): reused with a warning, since
+  // refusing it would mean repacking everything to add a split; the settings it did record still count.
+  {
+    ddp::h5::Handle f = ddp::h5::open_file(shard, true);
+    ASSERT_GE(H5Adelete(f, "input_fingerprint"), 0);
+    ASSERT_GE(H5Adelete(f, "allow_upscale"), 0);
+  }
+  r = pack(base);
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("packed by an older pack_imagenet"), std::string::npos) << r.out;
+  r = pack(base + " --quality 80");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("other settings: --quality 90 (this run: 80)"), std::string::npos) << r.out;
 }
 
 // The shard count must fit the names (5 digits), not exceed the images of a split, and a directory

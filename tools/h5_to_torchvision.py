@@ -11,19 +11,8 @@ input, a full disk) is one line naming the file and the cause, exit 1, and leave
 import argparse
 import io
 import os
-import sys
 
-PROG = os.path.basename(sys.argv[0])
-
-
-def fail(msg):
-    sys.exit(f"{PROG}: error: {msg}")
-
-
-def why(e):
-    """An exception as one line: its type and the first line of its text."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+from convert_common import check_output, fail, why, write_atomic  # the scripts' own directory
 
 
 def read_state_dict(path, group):
@@ -74,40 +63,6 @@ def read_state_dict(path, group):
             sd[name] = torch.from_numpy(a.astype(np.float32))
     model.load_state_dict(sd, strict=True)
     return sd, num_classes
-
-
-def check_output(out):
-    """Refuses an output that cannot be a file before any work is done."""
-    if os.path.isdir(out):
-        fail(f"{out}: is a directory; give a file name for the output")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        fail(f"{out}: directory {parent} does not exist")
-
-
-def write_atomic(data, out):
-    """Writes bytes to out.tmp, fsyncs, renames to out. Plain file I/O: torch.save straight to a full
-    disk aborted Python with a C++ backtrace, leaving out.tmp behind. (The same function is in
-    torchvision_to_h5.py: each script runs on its own.)"""
-    tmp = out + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except OSError as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        fail(f"cannot write {out}: {e.strerror or why(e)}" + (" (disk full?)" if e.errno == 28 else ""))
-    except BaseException:  # Ctrl-C while writing: nothing half-written is left either
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def main():

@@ -14,21 +14,11 @@ and leaves no temporary file.
 import argparse
 import io
 import os
-import sys
+
+from convert_common import check_output, fail, why, write_atomic  # the scripts' own directory
 
 FORMAT = "resnet18-ddp-weights"
 FORMAT_VERSION = 1
-PROG = os.path.basename(sys.argv[0])
-
-
-def fail(msg):
-    sys.exit(f"{PROG}: error: {msg}")
-
-
-def why(e):
-    """An exception as one line: its type and the first line of its text."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def load_state_dict(path):
@@ -73,39 +63,6 @@ def check_resnet18(sd, source):
     if extra:
         fail(f"{source}: tensors that ResNet18 does not have: {', '.join(extra[:5])}")
     return num_classes, list(ref.keys())
-
-
-def check_output(out):
-    """Refuses an output that cannot be a file before any work is done."""
-    if os.path.isdir(out):
-        fail(f"{out}: is a directory; give a file name for the output")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        fail(f"{out}: directory {parent} does not exist")
-
-
-def write_atomic(data, out):
-    """Writes bytes to out.tmp, fsyncs, renames to out. Plain file I/O, not HDF5's: h5py answered a
-    full disk with dozens of lines of HDF5 errors and then a segfault, leaving out.tmp behind."""
-    tmp = out + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except OSError as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        fail(f"cannot write {out}: {e.strerror or why(e)}" + (" (disk full?)" if e.errno == 28 else ""))
-    except BaseException:  # Ctrl-C while writing: nothing half-written is left either
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def h5_image(sd, names, num_classes):

@@ -453,8 +453,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     average_bn();
     comm::check_replicas(*comm, model->param_checksum(), gstep);
   };
-  // `epoch`: the data order's epoch; the records name `epochs_done` (default: epoch + 1).
-  auto evaluate = [&](int epoch, int epochs_done = -1) {
+  // `epoch`: the data order's epoch; the records name `epochs_done` (default: epoch + 1; a fraction
+  // when training stopped inside an epoch).
+  auto evaluate = [&](int epoch, double epochs_done = -1) {
     if (epochs_done < 0) epochs_done = epoch + 1;
     average_bn();
     auto t0 = Clock::now();
@@ -553,6 +554,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   double train_seconds = 0;
   int64_t train_images = 0;
   bool stop = false, hit_max = false, eval_done_at_end = false;
+  // Epochs trained where training stops inside an epoch (--max-steps, a signal), or where a run with
+  // nothing left to train starts (the checkpoint's position, for --eval-only too).
+  double stopped_at = start_epoch + static_cast<double>(start_step) / static_cast<double>(steps);
   std::string last_gpu = "n/a";
   int epoch = start_epoch;
   // Epochs complete so far: a resumed run's summary counts the checkpoint's (all of them when there
@@ -667,6 +671,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     }
     if (s < steps) {  // stopped inside the epoch
       save(epoch, s, stop ? "stop requested" : "--max-steps reached");
+      stopped_at = epoch + static_cast<double>(s) / static_cast<double>(steps);
       break;
     }
     result.epoch_seconds.push_back(et);
@@ -683,8 +688,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       save(epoch + 1, 0, last ? "end of training" : stop ? "stop requested" : hit_max ? "--max-steps reached" : "end of epoch");
     if (stop || hit_max) break;
   }
-  if (o.eval_only) evaluate(epoch, epoch);  // a checkpoint's epoch: the epochs it completed
-  else if (hit_max && val && !stop && !eval_done_at_end) evaluate(epoch);
+  if (o.eval_only) evaluate(epoch, stopped_at);  // the checkpoint's position
+  else if (hit_max && val && !stop && !eval_done_at_end) evaluate(epoch, stopped_at);
 
   result.global_steps = gstep;
   result.stopped_by_signal = stop;

@@ -562,3 +562,15 @@ TEST_F(TrainE2E, RanksWithDifferentSettingsAreRefused) {
       << r.out;
   EXPECT_EQ(r.out.find("epoch 1/1 step"), std::string::npos) << "trained before refusing:\n" << r.out;
 }
+
+// --max-steps 3 of 8 steps per epoch: the evaluation after it says 0.375 epochs, not "epoch 1".
+TEST_F(TrainE2E, EvaluationAfterAStopInsideAnEpochNamesTheFraction) {
+  auto r = sh(std::string(TRAIN_RESNET18) +
+              " --data synthetic --synthetic-size 64 --synthetic-classes 4 --image-size 32 --backend cpu --threads 1"
+              " --batch-size 8 --epochs 2 --max-steps 3 --jsonl " + d("m.jsonl"));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("eval epoch 0.375:"), std::string::npos) << r.out;
+  const std::string e = last_eval_record(d("m.jsonl"));
+  EXPECT_EQ(field(e, "epoch"), "0.375") << e;
+  EXPECT_EQ(field(e, "step"), "3") << e;
+}

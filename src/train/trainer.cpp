@@ -12,9 +12,12 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <sstream>
+#include <vector>
 
 #include "ddp/comm/bucketer.h"
 #include "ddp/comm/communicator.h"
@@ -63,28 +66,43 @@ void bcast_string(std::string& s, int root = 0) {
   if (n) bcast_bytes(s.data(), static_cast<size_t>(n), root);
 }
 
+// "key = value" lines of TrainOptions::config_text (also stored in checkpoints) as key -> value,
+// without the keys in `skip`.
+std::map<std::string, std::string> settings_of(const std::string& text, const std::set<std::string>& skip) {
+  std::map<std::string, std::string> out;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);) {
+    const auto eq = l.find(" = ");
+    if (eq != std::string::npos && !skip.count(l.substr(0, eq))) out[l.substr(0, eq)] = l.substr(eq + 3);
+  }
+  return out;
+}
+
+// "key = a (b)" for each key whose value differs between `mine` and `theirs` ("(none)" where absent).
+std::vector<std::string> setting_differences(const std::map<std::string, std::string>& mine,
+                                             const std::map<std::string, std::string>& theirs, const char* whose) {
+  std::set<std::string> keys;
+  for (const auto& [k, v] : mine) keys.insert(k);
+  for (const auto& [k, v] : theirs) keys.insert(k);
+  std::vector<std::string> out;
+  for (const auto& k : keys) {
+    const std::string a = mine.count(k) ? mine.at(k) : "(none)", b = theirs.count(k) ? theirs.at(k) : "(none)";
+    if (a != b) out.push_back(str(k, " = ", a, " (", whose, ": ", b, ")"));
+  }
+  return out;
+}
+
 // Every rank must train one recipe. mpirun gives all ranks the same argv, but a --config file on
 // node-local disks, or an MPMD line (-np 1 A : -np 1 B), can differ, and the job would still run:
 // gradients of different recipes averaged. Settings that may differ per host are left out (threads and
 // decode workers follow the host's cores; shard directories may be mounted at other paths, and the
 // data itself is checked by the class count and the steps agreed below).
 void check_same_settings(const TrainOptions& o, int rank) {
-  auto lines = [](const std::string& text) {
-    std::vector<std::string> out;
-    std::istringstream in(text);
-    for (std::string l; std::getline(in, l);)
-      if (l.rfind("threads = ", 0) != 0 && l.rfind("workers = ", 0) != 0 && l.rfind("data = ", 0) != 0)
-        out.push_back(l);
-    return out;
-  };
   std::string theirs = o.config_text;
   bcast_string(theirs);
-  const auto a = lines(o.config_text), b = lines(theirs);
-  std::string diff;
-  for (size_t i = 0; i < std::max(a.size(), b.size()) && diff.empty(); ++i) {
-    const std::string x = i < a.size() ? a[i] : "(nothing)", y = i < b.size() ? b[i] : "(nothing)";
-    if (x != y) diff = str("'", x, "' where rank 0 has '", y, "'");
-  }
+  const std::set<std::string> per_host = {"threads", "workers", "data"};
+  const auto diffs = setting_differences(settings_of(o.config_text, per_host), settings_of(theirs, per_host), "rank 0");
+  std::string diff = diffs.empty() ? std::string() : diffs.front();
   int first = diff.empty() ? std::numeric_limits<int>::max() : rank;
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
   if (first == std::numeric_limits<int>::max()) return;
@@ -331,6 +349,15 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       st = load_checkpoint(resume_path, spec);
       DDP_CHECK(st.seed == o.seed, "checkpoint '", resume_path, "' was trained with --seed ", st.seed,
                 "; resume with the same seed (the data order depends on it)");
+      // Changing a setting on resume can be meant (more epochs, a lower lr), so it is said, not refused.
+      const std::set<std::string> per_run = {"threads", "workers", "data", "max-steps"};
+      const auto changed = setting_differences(settings_of(o.config_text, per_run), settings_of(st.config, per_run),
+                                               "the checkpoint's run");
+      if (!changed.empty()) {
+        std::string list;
+        for (const auto& c : changed) list += (list.empty() ? "" : "; ") + c;
+        warn("resuming with settings other than the checkpoint's run: ", list);
+      }
       if (!o.checkpoint_dir.empty() && !o.eval_only)
         for (const auto& c : list_checkpoints(o.checkpoint_dir))
           DDP_CHECK(checkpoint_step(c) <= st.global_step || !checkpoint_problem(c).empty(), "--checkpoint-dir '",

@@ -505,6 +505,14 @@ TEST_F(TrainE2E, CheckpointDirOfAnotherRunIsRefusedAndNothingDeleted) {
   auto cont = sh(cmd + " --max-steps 4 --resume auto");
   EXPECT_EQ(cont.rc, 0) << cont.out;
   EXPECT_TRUE(fs::exists(d("ck/" + ckpt_name(4)))) << cont.out;
+  EXPECT_EQ(cont.out.find("resuming with settings other"), std::string::npos) << cont.out;  // only --max-steps
+  // A setting changed on resume may be meant: said, not refused.
+  auto changed = sh(cmd + " --max-steps 5 --resume auto --momentum 0.8");
+  EXPECT_EQ(changed.rc, 0) << changed.out;
+  EXPECT_NE(changed.out.find("resuming with settings other than the checkpoint's run: momentum = 0.8 (the "
+                             "checkpoint's run: 0.9)"),
+            std::string::npos)
+      << changed.out;
 
   // Only damaged files: --resume auto has nothing to continue and must not overwrite them either.
   fs::create_directories(d("junk"));
@@ -556,8 +564,7 @@ TEST_F(TrainE2E, RanksWithDifferentSettingsAreRefused) {
               " --mca btl_vader_single_copy_mechanism none -np 1 " + one + " --momentum 0.9 : -np 1 " + one +
               " --momentum 0.8");
   EXPECT_EQ(r.rc, 2) << r.out;
-  EXPECT_NE(r.out.find("rank 1 was started with other settings than rank 0: 'momentum = 0.8' where rank 0 has "
-                       "'momentum = 0.9'"),
+  EXPECT_NE(r.out.find("rank 1 was started with other settings than rank 0: momentum = 0.8 (rank 0: 0.9)"),
             std::string::npos)
       << r.out;
   EXPECT_EQ(r.out.find("epoch 1/1 step"), std::string::npos) << "trained before refusing:\n" << r.out;

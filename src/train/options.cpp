@@ -292,6 +292,16 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
     require(!o.checkpoint_dir.empty(), "resume", o.resume, "needs --checkpoint-dir");
   if (o.checkpoint_every_steps > 0)
     require(!o.checkpoint_dir.empty(), "checkpoint-every", o.checkpoint_every, "needs --checkpoint-dir");
+  // Given but without effect in this run: said, so that a typo'd recipe is not mistaken for a used one.
+  auto given = [&](const char* k) { return vm.count(k) && !vm[k].defaulted(); };
+  if (!o.synthetic)
+    for (const char* k : {"synthetic-size", "synthetic-classes"})
+      if (given(k)) o.ignored.push_back(str("--", k, " (the data is shards, not 'synthetic')"));
+  if (o.no_eval)
+    for (const char* k : {"eval-flip", "eval-every", "val-size", "eval-crop-ratio"})
+      if (given(k)) o.ignored.push_back(str("--", k, " (--no-eval)"));
+  if (o.checkpoint_dir.empty() && given("keep-checkpoints"))
+    o.ignored.push_back("--keep-checkpoints (no --checkpoint-dir)");
   if (o.eval_only) {
     // Evaluating a fresh random initialisation is never what was meant.
     if (o.resume.empty() && o.init_weights.empty()) bad("eval-only", "needs --resume FILE|auto or --init-weights FILE");

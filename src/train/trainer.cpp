@@ -191,6 +191,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   auto notes = resolve_defaults(o, env.world, env.local_size, cuda_available());
   check_same_settings(o, env.rank);
   for (const auto& n : notes) info0(n);
+  for (const auto& i : o.ignored) warn0("ignored: ", i);
   install_stop_handlers();
 
   int device = -1;

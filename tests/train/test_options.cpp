@@ -141,3 +141,18 @@ TEST(Options, ConfigFileErrorsNameTheFile) {
   e = error_of({"--config", ::testing::TempDir()});
   EXPECT_NE(e.find("is a directory"), std::string::npos) << e;
 }
+
+// Flags given that the run does not use are reported (the trainer warns), so a mistaken recipe shows.
+TEST(Options, FlagsWithoutEffectAreListed) {
+  auto o = parse({"--data", "/shards", "--synthetic-size", "64", "--no-eval", "--eval-flip", "on"});
+  ASSERT_TRUE(o);
+  ASSERT_EQ(o->ignored.size(), 2u);
+  EXPECT_NE(o->ignored[0].find("--synthetic-size"), std::string::npos) << o->ignored[0];
+  EXPECT_NE(o->ignored[1].find("--eval-flip (--no-eval)"), std::string::npos) << o->ignored[1];
+  auto used = parse({"--data", "synthetic", "--synthetic-size", "64", "--eval-flip", "on"});
+  ASSERT_TRUE(used);
+  EXPECT_TRUE(used->ignored.empty());
+  auto defaults = parse({"--data", "/shards", "--no-eval"});
+  ASSERT_TRUE(defaults);
+  EXPECT_TRUE(defaults->ignored.empty());  // defaults are not "given"
+}

@@ -81,6 +81,7 @@ struct TrainOptions {
   int64_t fault_perturb_step = -1;
 
   std::string config_text;  // every effective setting as "key = value" lines (stored in checkpoints)
+  std::vector<std::string> ignored;  // flags given that this run does not use, with why (warned)
 };
 
 // A bad flag or flag combination (train_resnet18 exits with status 2 for these, 1 for failures at run

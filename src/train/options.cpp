@@ -150,7 +150,13 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
   po::options_description desc = make_description(o, backend, amp, tf32, sched, comm, scope, rcrop, flip, eval_flip);
   po::variables_map vm;
   try {
-    po::parsed_options parsed = po::command_line_parser(argc, argv).options(desc).run();
+    // No abbreviations (Boost guesses "--bat" as --batch-size by default): config files do not take
+    // them, and a prefix that is unique today can silently mean another flag once one is added.
+    po::parsed_options parsed =
+        po::command_line_parser(argc, argv)
+            .options(desc)
+            .style(po::command_line_style::default_style & ~po::command_line_style::allow_guessing)
+            .run();
     // Boost keeps words that belong to no flag ("--nesterov false", "--epochs 5 10") aside as
     // positional tokens; ignoring them would run something else than what was typed.
     const auto stray = po::collect_unrecognized(parsed.options, po::include_positional);

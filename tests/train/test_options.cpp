@@ -65,6 +65,7 @@ TEST(Options, BadValuesNameTheFlag) {
       {{"--data", "synthetic", "--comm", "gloo"}, "--comm"},
       {{"--data", "synthetic", "--warmup-epochs", "100", "--epochs", "10"}, "--warmup-epochs"},
       {{"--data", "synthetic", "--no-such-flag"}, "--no-such-flag"},
+      {{"--data", "synthetic", "--bat", "8"}, "--bat"},  // no abbreviations
       {{"--epochs", "3"}, "--data"},
       // Values that parse but would fail later, inside the program, without naming the flag.
       {{"--data", "synthetic", "--timeout", "inf"}, "--timeout"},

@@ -17,10 +17,12 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include "ddp/comm/bucketer.h"
 #include "ddp/comm/communicator.h"
+#include "ddp/comm/dist.h"
 #include "ddp/comm/replica_guard.h"
 #include "ddp/core/check.h"
 #include "ddp/core/h5.h"
@@ -48,13 +50,38 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// --timeout, for the trainer's own MPI calls below (set at the start of run_training).
+double g_timeout_s = 60;
+
+// Waits for a nonblocking MPI call within --timeout, as the communicators do (rule 2): these calls
+// wait on rank 0 while it reads or writes files for everyone (start-up, checkpoints), and a rank stuck
+// there (a hung file system, a stopped process) must end the job, not hang it. Spins first (a large
+// broadcast makes progress only inside MPI calls), then sleeps a millisecond between tests.
+void wait_bounded(MPI_Request& req, const char* what) {
+  const auto t0 = Clock::now();
+  const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(g_timeout_s));
+  for (;;) {
+    int done = 0;
+    MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    const auto now = Clock::now();
+    if (now > deadline)
+      comm::abort_job(str("no answer from the other ranks within ", g_timeout_s, " s in ", what,
+                          "; a rank died or is stuck, or rank 0's file system hangs (bound set by --timeout)"));
+    if (now - t0 < std::chrono::seconds(2)) std::this_thread::yield();
+    else std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 // Host-side broadcasts of rank 0's state (checkpoint contents, file names). They go through MPI
 // directly because the NCCL communicator's broadcast takes device memory.
 void bcast_bytes(void* p, size_t n, int root = 0) {
   auto* c = static_cast<char*>(p);
   while (n > 0) {
     int chunk = static_cast<int>(std::min<size_t>(n, size_t{1} << 30));
-    MPI_CHECK(MPI_Bcast(c, chunk, MPI_BYTE, root, MPI_COMM_WORLD));
+    MPI_Request req;
+    MPI_CHECK(MPI_Ibcast(c, chunk, MPI_BYTE, root, MPI_COMM_WORLD, &req));
+    wait_bounded(req, root == 0 ? "a broadcast from rank 0 (start-up, checkpoints)" : "a broadcast");
     c += chunk;
     n -= static_cast<size_t>(chunk);
   }
@@ -104,7 +131,9 @@ void check_same_settings(const TrainOptions& o, int rank) {
   const auto diffs = setting_differences(settings_of(o.config_text, per_host), settings_of(theirs, per_host), "rank 0");
   std::string diff = diffs.empty() ? std::string() : diffs.front();
   int first = diff.empty() ? std::numeric_limits<int>::max() : rank;
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  MPI_Request req;
+  MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD, &req));
+  wait_bounded(req, "the start-up comparison of settings");
   if (first == std::numeric_limits<int>::max()) return;
   bcast_string(diff, first);
   throw UsageError(str("rank ", first, " was started with other settings than rank 0: ", diff,
@@ -188,6 +217,7 @@ void load_init_weights(const std::string& path, const nn::ResNet18Spec& spec, st
 TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   TrainResult result;
   const bool rank0 = env.rank == 0;
+  g_timeout_s = o.timeout_s;
   auto notes = resolve_defaults(o, env.world, env.local_size, cuda_available());
   check_same_settings(o, env.rank);
   for (const auto& n : notes) info0(n);

@@ -6,6 +6,7 @@
 // checkpoint directory of another run refused, mid-epoch resume checks, --eval-only with another class count.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -580,4 +581,20 @@ TEST_F(TrainE2E, EvaluationAfterAStopInsideAnEpochNamesTheFraction) {
   const std::string e = last_eval_record(d("m.jsonl"));
   EXPECT_EQ(field(e, "epoch"), "0.375") << e;
   EXPECT_EQ(field(e, "step"), "3") << e;
+}
+
+// Rank 0 reads and writes files for everyone (weights, checkpoints) while the others wait for its
+// broadcast. A FIFO as --init-weights blocks rank 0's open() forever, as a hung file system would: rank
+// 1 must end the job within --timeout, not wait with it (the outer `timeout 60` turns a hang into 124).
+TEST_F(TrainE2E, RankZeroStuckInItsFileSystemEndsTheJobWithinTheTimeout) {
+  const std::string fifo = d("weights.h5");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = sh("timeout 60 " + mpirun(2) + kRecipe + "--epochs 1 --max-steps 2 --timeout 5 --init-weights " + fifo);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(r.rc, 0) << r.out;
+  EXPECT_NE(r.rc, 124) << "the job hung until the outer timeout:\n" << r.out;
+  EXPECT_NE(r.out.find("no answer from the other ranks within 5 s in a broadcast from rank 0"), std::string::npos)
+      << r.out;
+  EXPECT_LT(s, 40) << r.out;
 }

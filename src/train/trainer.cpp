@@ -354,20 +354,29 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     if (o.resume == "auto") {
       auto latest = find_latest_checkpoint(o.checkpoint_dir);
       if (latest) resume_path = *latest;
-      else info0("resume auto: no complete checkpoint in '", o.checkpoint_dir, "'; starting fresh");
     } else if (!o.resume.empty()) {
       resume_path = o.resume;
     }
-    // A checkpoint directory holds one run: a new run would overwrite the other's files of the same
-    // steps and its retention would delete them.
-    if (resume_path.empty() && !o.checkpoint_dir.empty() && !o.eval_only) {
+    // A checkpoint directory holds one run: a new run, or one resumed from a file kept elsewhere, would
+    // overwrite the other's files of the same steps and its retention would delete them.
+    if (!o.checkpoint_dir.empty() && !o.eval_only) {
+      namespace fs = std::filesystem;
+      std::error_code ec;
+      const bool from_elsewhere =
+          !resume_path.empty() &&
+          !fs::equivalent(fs::absolute(resume_path).parent_path(), fs::absolute(o.checkpoint_dir), ec);
       const auto there = list_checkpoints(o.checkpoint_dir);
-      DDP_CHECK(there.empty(), "--checkpoint-dir '", o.checkpoint_dir, "' already holds ", there.size(),
-                " checkpoint(s) (newest ", std::filesystem::path(there.empty() ? "" : there.back()).filename().string(),
-                o.resume == "auto" ? ", none of which loads: see the warnings above" : "", "): ",
-                o.resume == "auto" ? "move them away to start afresh"
-                                   : "add --resume auto to continue that run, or give this one its own --checkpoint-dir",
+      DDP_CHECK(there.empty() || (!resume_path.empty() && !from_elsewhere), "--checkpoint-dir '", o.checkpoint_dir,
+                "' already holds ", there.size(), " checkpoint(s) (newest ",
+                fs::path(there.empty() ? "" : there.back()).filename().string(),
+                resume_path.empty() && o.resume == "auto" ? ", none of which loads: see the warnings above" : "", ")",
+                from_elsewhere ? str(", and this run resumes from '", resume_path, "' outside it") : "", ": ",
+                resume_path.empty() && o.resume == "auto" ? "move them away to start afresh"
+                : from_elsewhere ? "give this run an empty --checkpoint-dir, or resume from a checkpoint in that one"
+                                 : "add --resume auto to continue that run, or give this one its own --checkpoint-dir",
                 " (nothing was deleted)");
+      if (resume_path.empty() && o.resume == "auto")
+        info0("resume auto: no checkpoint in '", o.checkpoint_dir, "'; starting fresh");
     }
   });
   bcast_string(resume_path);

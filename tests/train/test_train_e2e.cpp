@@ -500,6 +500,15 @@ TEST_F(TrainE2E, CheckpointDirOfAnotherRunIsRefusedAndNothingDeleted) {
   EXPECT_EQ(older.rc, 1) << older.out;
   EXPECT_NE(older.out.find(ckpt_name(3) + ", newer than the resumed global step 2"), std::string::npos) << older.out;
 
+  // Resumed from a copy kept elsewhere: its retention in ck would delete the other run's files.
+  fs::create_directories(d("elsewhere"));
+  fs::copy_file(d("ck/" + ckpt_name(3)), d("elsewhere/" + ckpt_name(3)));
+  auto outside = sh(cmd + " --max-steps 4 --resume " + d("elsewhere/" + ckpt_name(3)));
+  EXPECT_EQ(outside.rc, 1) << outside.out;
+  EXPECT_NE(outside.out.find("and this run resumes from '" + d("elsewhere/" + ckpt_name(3)) + "' outside it"),
+            std::string::npos)
+      << outside.out;
+
   EXPECT_EQ(list_checkpoints(d("ck")).size(), 2u);
   EXPECT_EQ(bytes(d("ck/" + ckpt_name(3))), before) << "a refused run changed the other run's checkpoint";
 
@@ -521,6 +530,7 @@ TEST_F(TrainE2E, CheckpointDirOfAnotherRunIsRefusedAndNothingDeleted) {
   auto junk = sh(kRecipe + "--epochs 1 --max-steps 1 --checkpoint-dir " + d("junk") + " --resume auto");
   EXPECT_EQ(junk.rc, 1) << junk.out;
   EXPECT_NE(junk.out.find("none of which loads"), std::string::npos) << junk.out;
+  EXPECT_EQ(junk.out.find("starting fresh"), std::string::npos) << junk.out;
   EXPECT_TRUE(fs::exists(d("junk/" + ckpt_name(99))));
 }
 

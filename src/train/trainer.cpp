@@ -125,10 +125,14 @@ std::vector<std::string> setting_differences(const std::map<std::string, std::st
 // decode workers follow the host's cores; shard directories may be mounted at other paths, and the
 // data itself is checked by the class count and the steps agreed below).
 void check_same_settings(const TrainOptions& o, int rank) {
-  std::string theirs = o.config_text;
+  // config_text (what checkpoints record) plus the run's mode, which decides the collectives a rank
+  // enters: a rank without evaluation would wait in the wrong one.
+  const std::string mine = str(o.config_text, "no-eval = ", o.no_eval, "\neval-only = ", o.eval_only, "\n",
+                               "resume = ", o.resume.empty() ? "no" : "yes", "\n");
+  std::string theirs = mine;
   bcast_string(theirs);
   const std::set<std::string> per_host = {"threads", "workers", "data"};
-  const auto diffs = setting_differences(settings_of(o.config_text, per_host), settings_of(theirs, per_host), "rank 0");
+  const auto diffs = setting_differences(settings_of(mine, per_host), settings_of(theirs, per_host), "rank 0");
   std::string diff = diffs.empty() ? std::string() : diffs.front();
   int first = diff.empty() ? std::numeric_limits<int>::max() : rank;
   MPI_Request req;

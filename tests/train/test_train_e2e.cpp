@@ -579,6 +579,14 @@ TEST_F(TrainE2E, RanksWithDifferentSettingsAreRefused) {
             std::string::npos)
       << r.out;
   EXPECT_EQ(r.out.find("epoch 1/1 step"), std::string::npos) << "trained before refusing:\n" << r.out;
+  // The run's mode too: a rank without evaluation would wait in another collective than the others.
+  const std::string evals = std::string(TRAIN_RESNET18) +
+                            " --data synthetic --synthetic-size 64 --synthetic-classes 4 --image-size 32 --backend cpu"
+                            " --threads 1 --batch-size 8 --epochs 1 --max-steps 2 --timeout 20";
+  auto e = sh(std::string(MPIEXEC) + " --allow-run-as-root --oversubscribe --bind-to none"
+              " --mca btl_vader_single_copy_mechanism none -np 1 " + evals + " : -np 1 " + evals + " --no-eval");
+  EXPECT_EQ(e.rc, 2) << e.out;
+  EXPECT_NE(e.out.find("other settings than rank 0: no-eval = 1 (rank 0: 0)"), std::string::npos) << e.out;
 }
 
 // --max-steps 3 of 8 steps per epoch: the evaluation after it says 0.375 epochs, not "epoch 1".

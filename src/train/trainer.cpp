@@ -576,6 +576,12 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       }
     }
   };
+  auto stop_text = [] {
+    const int sig = stop_signal();
+    return str("stop requested",
+               sig ? str(" (", sig == SIGTERM ? "SIGTERM" : sig == SIGUSR1 ? "SIGUSR1" : std::to_string(sig), ")")
+                   : std::string());
+  };
   auto save = [&](int64_t epoch_pos, int64_t step_pos, const std::string& why) {
     if (o.checkpoint_dir.empty()) return;
     average_bn();
@@ -733,13 +739,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     double et = seconds_since(epoch_t0);
     train_seconds += et;
     if (rank0) progress->end_epoch();
-    if (stop) {
-      int sig = stop_signal();
-      info0("stop requested",
-            sig ? str(" (", sig == SIGTERM ? "SIGTERM" : sig == SIGUSR1 ? "SIGUSR1" : std::to_string(sig), ")") : std::string(),
-            " at step ", gstep, o.checkpoint_dir.empty() ? ": exiting (no --checkpoint-dir, nothing saved)"
-                                                          : ": checkpointing and exiting");
-    }
+    if (stop) info0(stop_text(), " at step ", gstep, o.checkpoint_dir.empty() ? ": exiting (no --checkpoint-dir, nothing saved)"
+                                                                     : ": checkpointing and exiting");
     if (s < steps) {  // stopped inside the epoch
       save(epoch, s, stop ? "stop requested" : "--max-steps reached");
       stopped_at = epoch + static_cast<double>(s) / static_cast<double>(steps);
@@ -751,13 +752,28 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     info0("epoch ", epoch + 1, "/", o.epochs, " done in ", human_duration(et), " (", et, " s), ",
           static_cast<int64_t>(static_cast<double>((steps - first) * global_batch) / std::max(et, 1e-9)), " img/s");
     const bool last = epoch + 1 == o.epochs;
+    // The checkpoint first: a stop request (preemption) arriving during the evaluation then finds the
+    // epoch's work saved.
+    const bool saved = last || stop || hit_max || o.checkpoint_every_steps == 0 || gstep % o.checkpoint_every_steps == 0;
+    if (saved)
+      save(epoch + 1, 0, last ? "end of training" : stop ? "stop requested" : hit_max ? "--max-steps reached" : "end of epoch");
     if (val && !stop && (last || hit_max || (o.eval_every > 0 && (epoch + 1) % o.eval_every == 0))) {
       evaluate(epoch);
       eval_done_at_end = true;
     }
-    if (last || stop || hit_max || o.checkpoint_every_steps == 0 || gstep % o.checkpoint_every_steps == 0)
-      save(epoch + 1, 0, last ? "end of training" : stop ? "stop requested" : hit_max ? "--max-steps reached" : "end of epoch");
     if (stop || hit_max) break;
+    if (last) continue;
+    // A request that came during the epoch's end (evaluation, checkpoint) stops here, agreed by all
+    // ranks, rather than after one more step and one more checkpoint.
+    double req = stop_requested() ? 1.0 : 0.0;
+    comm->allreduce_sum(&req, 1);
+    if (req > 0) {
+      stop = true;
+      info0(stop_text(), " at the end of epoch ", epoch + 1, o.checkpoint_dir.empty() ? ": exiting (nothing saved)"
+                                                            : saved ? ": exiting (checkpointed)" : ": checkpointing and exiting");
+      if (!saved) save(epoch + 1, 0, "stop requested");
+      break;
+    }
   }
   if (o.eval_only) evaluate(epoch, stopped_at);  // the checkpoint's position
   else if (hit_max && val && !stop && !eval_done_at_end) evaluate(epoch, stopped_at);

@@ -110,8 +110,8 @@ std::vector<double> train_losses(const std::string& jsonl) {
   return v;
 }
 
-// One train shard of 72 and one val shard of 20 random raw 36x36 images, 4 classes.
-void write_raw_shards(const std::string& dir) {
+// One train shard of `train_n` and one val shard of `val_n` random raw 36x36 images, 4 classes.
+void write_raw_shards(const std::string& dir, int train_n = 72, int val_n = 20) {
   fs::create_directories(dir);
   ddp::Rng rng(11, ddp::rng_stream::kTest);
   for (const std::string split : {"train", "val"}) {
@@ -124,7 +124,7 @@ void write_raw_shards(const std::string& dir) {
     m.classes = {"a", "b", "c", "d"};
     ddp::data::ShardWriter w(dir + "/" + ddp::data::shard_file_name(split, 0, 1), m);
     std::vector<uint8_t> px(36 * 36 * 3);
-    for (int k = 0; k < (split == "train" ? 72 : 20); ++k) {
+    for (int k = 0; k < (split == "train" ? train_n : val_n); ++k) {
       for (auto& v : px) v = static_cast<uint8_t>(rng.next_u32());
       w.append_raw(px.data(), k % 4, "img" + std::to_string(k));
     }
@@ -615,4 +615,28 @@ TEST_F(TrainE2E, RankZeroStuckInItsFileSystemEndsTheJobWithinTheTimeout) {
   EXPECT_NE(r.out.find("no answer from the other ranks within 5 s in a broadcast from rank 0"), std::string::npos)
       << r.out;
   EXPECT_LT(s, 40) << r.out;
+}
+
+// Preemption during an epoch's end: the epoch's checkpoint is written before its evaluation, and a
+// signal that arrives then stops the job after the evaluation, agreed by both ranks, without one more
+// step and one more checkpoint. The evaluation is made long (3000 images, with mirrors) so the
+// signal, sent when the epoch's end is logged, lands in the checkpoint or the evaluation.
+TEST_F(TrainE2E, StopDuringTheEpochsEndExitsAfterItWithItsCheckpoint) {
+  write_raw_shards(d("shards"), 32, 3000);
+  const std::string run = mpirun(2) + TRAIN_RESNET18 + " --data " + d("shards") +
+                          " --image-size 32 --backend cpu --threads 1 --workers 1 --batch-size 8 --epochs 3"
+                          " --eval-flip on --progress lines --checkpoint-dir " + d("ck");
+  const std::string script = "( " + run + " > " + d("log") + " 2>&1 & pid=$!; "
+                             "for i in $(seq 1 1800); do grep -q 'epoch 1/3 done' " + d("log") +
+                             " 2>/dev/null && break; sleep 0.1; done; kill -USR1 $pid; wait $pid; echo rc=$? )";
+  auto r = sh("bash -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'");
+  std::ifstream lf(d("log"));
+  std::string log((std::istreambuf_iterator<char>(lf)), std::istreambuf_iterator<char>());
+  EXPECT_NE(r.out.find("rc=0"), std::string::npos) << r.out << log;
+  EXPECT_NE(log.find("stop requested (SIGUSR1) at the end of epoch 1: exiting (checkpointed)"), std::string::npos)
+      << log;
+  auto all = list_checkpoints(d("ck"));
+  ASSERT_EQ(all.size(), 1u) << log;
+  EXPECT_EQ(checkpoint_step(all[0]), 2) << "one more step was trained after the epoch:\n" << log;  // 32 / (2 x 8)
+  EXPECT_EQ(log.find("epoch 2/3 step"), std::string::npos) << log;
 }

@@ -32,6 +32,8 @@ JsonlWriter::JsonlWriter(const std::string& path) : path_(path) {
     char c = 0;
     DDP_CHECK(!in || !in.get(c) || c == '{', "--jsonl file '", path,
               "' exists and is not a JSON-lines metrics file (it does not start with '{'); refusing to append to it");
+    // A record cut short (a full disk, a kill) stays a broken line of its own; ours start on the next.
+    if (in && in.seekg(-1, std::ios::end) && in.get(c)) newline_first_ = c != '\n';
   }
   f_ = std::fopen(path.c_str(), "a");
   DDP_CHECK(f_ != nullptr, "cannot open --jsonl file '", path, "': ", std::strerror(errno));
@@ -44,8 +46,15 @@ void JsonlWriter::write(const std::vector<std::pair<std::string, std::string>>& 
   for (size_t i = 0; i < fields.size(); ++i)
     line += (i ? ", " : "") + json_string(fields[i].first) + ": " + fields[i].second;
   line += "}\n";
-  DDP_CHECK(std::fwrite(line.data(), 1, line.size(), f_) == line.size() && std::fflush(f_) == 0,
-            "cannot write --jsonl file '", path_, "' (disk full?)");
+  if (failed_) return;
+  if (newline_first_) line = "\n" + line;
+  if (std::fwrite(line.data(), 1, line.size(), f_) == line.size() && std::fflush(f_) == 0) {
+    newline_first_ = false;
+    return;
+  }
+  failed_ = true;
+  warn("cannot write --jsonl file '", path_, "' (", std::strerror(errno),
+       "): no more records go to it; training continues (checkpoints are written on their own)");
 }
 
 // ---- NVML ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "ddp/core/check.h"
+#include "ddp/core/log.h"
 
 namespace ddp::train {
 
@@ -82,6 +83,8 @@ TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
   put_bytes(e, 3, "brain.Event:2");
   write_record(e);
   flush();
+  DDP_CHECK(!failed_ && std::ferror(f_) == 0, "cannot write TensorBoard file '", path_, "' (disk full?)");
+  started_ = true;
 }
 
 TensorBoardWriter::~TensorBoardWriter() {
@@ -117,11 +120,21 @@ void TensorBoardWriter::write_record(const std::string& data) {
   uint64_t len = data.size();
   uint32_t len_crc = masked_crc32c(&len, 8);
   uint32_t data_crc = masked_crc32c(data.data(), data.size());
+  if (failed_) return;
   bool ok = std::fwrite(&len, 8, 1, f_) == 1 && std::fwrite(&len_crc, 4, 1, f_) == 1 &&
             std::fwrite(data.data(), 1, data.size(), f_) == data.size() && std::fwrite(&data_crc, 4, 1, f_) == 1;
-  DDP_CHECK(ok, "cannot write TensorBoard file '", path_, "' (disk full?)");
+  if (!ok) fail_once();
 }
 
-void TensorBoardWriter::flush() { std::fflush(f_); }
+void TensorBoardWriter::flush() {
+  if (!failed_ && std::fflush(f_) != 0) fail_once();
+}
+
+void TensorBoardWriter::fail_once() {
+  failed_ = true;
+  if (started_)
+    warn("cannot write TensorBoard file '", path_, "' (", std::strerror(errno),
+         "): no more events go to it; training continues (checkpoints are written on their own)");
+}
 
 }  // namespace ddp::train

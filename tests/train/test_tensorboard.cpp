@@ -4,6 +4,9 @@
 // the --jsonl writer's refusal to append to a file that is not JSON lines.
 #include <gtest/gtest.h>
 
+#include <sys/mount.h>
+#include <unistd.h>
+
 #include <array>
 #include <chrono>
 #include <cstdio>
@@ -105,6 +108,12 @@ TEST(Jsonl, AppendsToMetricsButRefusesOtherFiles) {
   std::ifstream in(m);
   std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_EQ(all, "{\"type\": \"train\"}\n{\"type\": \"resume\"}\n");
+  // A record cut short by a full disk or a kill: the next run's records start on a line of their own.
+  { std::ofstream(m, std::ios::app) << "{\"type\": \"train\", \"step\": "; }
+  { JsonlWriter(m).write({{"type", "\"resume\""}}); }
+  std::ifstream in2(m);
+  std::string all2((std::istreambuf_iterator<char>(in2)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(all2, all + "{\"type\": \"train\", \"step\": \n{\"type\": \"resume\"}\n");
   { std::ofstream(other) << "\x89HDF\r\n"; }
   try {
     JsonlWriter w(other);
@@ -116,4 +125,29 @@ TEST(Jsonl, AppendsToMetricsButRefusesOtherFiles) {
   std::string kept((std::istreambuf_iterator<char>(o)), std::istreambuf_iterator<char>());
   EXPECT_EQ(kept, "\x89HDF\r\n");
   std::filesystem::remove_all(dir);
+}
+
+// A volume that fills up after the file was created: the writer warns once and stops writing, it does
+// not throw (the trainer keeps training). Needs root and mount rights, else skipped.
+TEST(TensorBoard, FullDiskTurnsTheWriterOffWithoutThrowing) {
+  const std::string mnt = ::testing::TempDir() + "/tb_full_" + std::to_string(::getpid());
+  std::filesystem::create_directories(mnt);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64k") != 0) {
+    std::filesystem::remove_all(mnt);
+    GTEST_SKIP() << "cannot mount a tmpfs here";
+  }
+  bool failed = false;
+  {
+    TensorBoardWriter w(mnt + "/tb");
+    { std::ofstream(mnt + "/filler") << std::string(1 << 20, 'x'); }  // fills the volume
+    EXPECT_FALSE(w.failed());
+    EXPECT_NO_THROW({
+      for (int i = 0; i < 5000; ++i) w.add_scalar("train/loss", 1.0, i);
+      w.flush();
+    });
+    failed = w.failed();
+  }
+  umount(mnt.c_str());
+  std::filesystem::remove_all(mnt);
+  EXPECT_TRUE(failed);
 }

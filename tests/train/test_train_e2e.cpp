@@ -640,3 +640,24 @@ TEST_F(TrainE2E, StopDuringTheEpochsEndExitsAfterItWithItsCheckpoint) {
   EXPECT_EQ(checkpoint_step(all[0]), 2) << "one more step was trained after the epoch:\n" << log;  // 32 / (2 x 8)
   EXPECT_EQ(log.find("epoch 2/3 step"), std::string::npos) << log;
 }
+
+// Metrics on a volume that fills up mid-run: a warning, and training goes on to its end and its
+// checkpoints (metrics are not worth the run). One free 4 KiB page holds about half of the 48 records.
+TEST_F(TrainE2E, MetricsOnAFullDiskWarnAndTrainingContinues) {
+  const fs::path mnt = dir_ / "tiny";
+  fs::create_directories(mnt);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64k") != 0) GTEST_SKIP() << "cannot mount a tmpfs here";
+  sh("head -c 1M /dev/zero > " + (mnt / "filler").string() + "; truncate -s -4096 " + (mnt / "filler").string());
+  auto r = sh(kRecipe + "--epochs 6 --checkpoint-dir " + d("ck") + " --jsonl " + (mnt / "m.jsonl").string());
+  std::string m;
+  {
+    std::ifstream mf(mnt / "m.jsonl");
+    m.assign((std::istreambuf_iterator<char>(mf)), std::istreambuf_iterator<char>());
+  }
+  umount(mnt.c_str());
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("cannot write --jsonl file"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("training continues"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(d("ck/" + ckpt_name(48)))) << r.out;
+  EXPECT_GT(m.size(), 1000u);  // it did write until the volume was full
+}

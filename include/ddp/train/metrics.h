@@ -21,12 +21,16 @@ class JsonlWriter {
   ~JsonlWriter();
   JsonlWriter(const JsonlWriter&) = delete;
   JsonlWriter& operator=(const JsonlWriter&) = delete;
-  // values: (key, already-formatted JSON value) pairs
+  // values: (key, already-formatted JSON value) pairs. A failed write (a full disk) warns once and
+  // turns the writer off: metrics are not worth the run (training continues, checkpoints decide).
   void write(const std::vector<std::pair<std::string, std::string>>& fields);
+  bool failed() const { return failed_; }
 
  private:
   std::string path_;
   FILE* f_ = nullptr;
+  bool newline_first_ = false;  // the file ends inside a record (a run stopped mid-write)
+  bool failed_ = false;
 };
 
 // GPU utilisation through NVML, resolved with dlopen("libnvidia-ml.so.1") at run time, so the

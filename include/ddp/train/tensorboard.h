@@ -29,11 +29,16 @@ class TensorBoardWriter {
   void add_session_start(int64_t step);
   void flush();
   const std::string& path() const { return path_; }
+  // After a failed write (a full disk) the writer warns once and writes nothing more: metrics are not
+  // worth the run. (A failure while creating the file, at start-up, is an error.)
+  bool failed() const { return failed_; }
 
  private:
   void write_record(const std::string& data);
+  void fail_once();
   std::string path_;
   FILE* f_ = nullptr;
+  bool started_ = false, failed_ = false;
 };
 
 }  // namespace ddp::train

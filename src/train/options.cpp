@@ -131,7 +131,8 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
       ("jsonl", po::value<std::string>(&o.jsonl), "append metrics as JSON lines to this file")
       ("tensorboard", po::value<std::string>(&o.tensorboard), "write TensorBoard event files into this directory")
       ("progress", po::value<std::string>(&o.progress)->default_value("auto"),
-       "auto | bar | lines: a progress bar (terminal) or periodic lines");
+       "auto | bar | lines: a progress bar (one process on a terminal) or periodic lines (also under mpirun "
+       "with several ranks, where a rank cannot tell a terminal from a log file)");
   po::options_description all("train_resnet18: data-parallel ResNet18 training (mpirun / srun launch)");
   all.add(general).add(data).add(model).add(opt).add(dist).add(ck).add(met);
   return all;

@@ -491,7 +491,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   std::unique_ptr<TensorBoardWriter> tb;
   std::unique_ptr<GpuMonitor> gpu;
   if (rank0) {
-    bool bar = o.progress == "bar" || (o.progress == "auto" && isatty(STDOUT_FILENO));
+    // Open MPI gives each rank a pseudo-terminal even when mpirun's output goes to a file, so a rank
+    // cannot tell; under mpirun (more than one rank) 'auto' means lines, which read well in both.
+    bool bar = o.progress == "bar" || (o.progress == "auto" && env.world == 1 && isatty(STDOUT_FILENO));
     progress = std::make_unique<Progress>(bar, o.log_every);
     if (!o.jsonl.empty()) jsonl = std::make_unique<JsonlWriter>(o.jsonl);
     if (!o.tensorboard.empty()) {

@@ -661,3 +661,14 @@ TEST_F(TrainE2E, MetricsOnAFullDiskWarnAndTrainingContinues) {
   EXPECT_TRUE(fs::exists(d("ck/" + ckpt_name(48)))) << r.out;
   EXPECT_GT(m.size(), 1000u);  // it did write until the volume was full
 }
+
+// Open MPI gives ranks a pseudo-terminal even when mpirun's output is a pipe or a file: --progress auto
+// must still give log lines there, not a bar redrawn with carriage returns.
+TEST_F(TrainE2E, AutoProgressUnderMpirunGivesLines) {
+  auto r = sh(mpirun(2) + TRAIN_RESNET18 +
+              " --data synthetic --synthetic-size 64 --synthetic-classes 4 --image-size 32 --backend cpu --threads 1"
+              " --batch-size 8 --max-steps 3 --no-eval --log-every 1");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(r.out.find('\r'), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("step 3/4 loss"), std::string::npos) << r.out;
+}

@@ -274,7 +274,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     sc.random_crop = o.random_crop;
     sc.flip = o.flip;
     sc.eval_crop_ratio = static_cast<float>(o.eval_crop_ratio);
-    train = make_shard_source(sc);
+    // --eval-only reads no training data: a directory packed with --splits val is enough.
+    if (!o.eval_only) train = make_shard_source(sc);
     int64_t has_val = (!o.no_eval && shards_exist(o.data, "val")) ? 1 : 0;
     comm->allreduce_min(&has_val, 1);  // evaluate only if every node has its val shards
     if (has_val) {
@@ -286,12 +287,14 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       warn0("no val-*.h5 shards in '", o.data, "' on every node: evaluation is off");
     }
   }
-  int64_t cls[2] = {train->num_classes(), -train->num_classes()};
+  DDP_CHECK(train || val, "--eval-only: there is nothing to evaluate (no val-*.h5 shards in '", o.data, "')");
+  const DataSource& data_ref = train ? *train : *val;
+  int64_t cls[2] = {data_ref.num_classes(), -data_ref.num_classes()};
   comm->allreduce_min(cls, 2);
   DDP_CHECK(cls[0] == -cls[1], "ranks disagree on the number of classes (", cls[0], " vs ", -cls[1],
             "): every node's shards must come from one pack_imagenet run");
   const int num_classes = static_cast<int>(cls[0]);
-  info0("data: ", train->describe());
+  if (train) info0("data: ", train->describe());
   if (val) info0("eval data: ", val->describe());
 
   // ---- model ---------------------------------------------------------------------------------
@@ -441,10 +444,12 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   comm::broadcast_model(*comm, *model);
 
   // ---- schedule ------------------------------------------------------------------------------
-  const int64_t steps = comm::agree_steps(*comm, train->local_batches());
-  DDP_CHECK(steps >= 1, "some rank has no full batch of ", o.batch_size, " training images (", train->num_images(),
+  // Without training data (--eval-only on val shards) the checkpoint's steps per epoch place it.
+  const int64_t steps =
+      train ? comm::agree_steps(*comm, train->local_batches()) : std::max<int64_t>(1, ckpt_steps_per_epoch);
+  DDP_CHECK(steps >= 1, "some rank has no full batch of ", o.batch_size, " training images (", data_ref.num_images(),
             " images for ", data_world, " rank(s)); lower --batch-size", o.synthetic ? " or raise --synthetic-size" : "");
-  if (start_step > 0 && start_step < ckpt_steps_per_epoch) {
+  if (train && start_step > 0 && start_step < ckpt_steps_per_epoch) {
     // Mid-epoch: each rank continues its own slice of the epoch's order (a function of the rank count,
     // the batch and the data set size), skipping the batches it already trained on. Checked on rank 0
     // against its own data (what it saved) and agreed: a check failing on some ranks only would leave
@@ -606,7 +611,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       st.seed = o.seed;
       st.world_size = env.world;
       st.batch_size = o.batch_size;
-      st.train_images = train->num_images();
+      st.train_images = train ? train->num_images() : 0;
       st.scaler = scaler.state();
       st.config = o.config_text;
       st.rng = {{"shuffle_epoch", static_cast<uint64_t>(epoch_pos)}, {"batches_done", static_cast<uint64_t>(step_pos)}};

@@ -225,6 +225,17 @@ TEST_F(TrainE2E, EvalOnlyReproducesTheRunsEvaluationAndFlipAveragesMirrors) {
   const double lf = std::stod(field(flipped, "loss")), lp = std::stod(field(plain, "loss"));
   EXPECT_GT(std::abs(lf - lp), 1e-4 * std::abs(lp)) << "the mirrored views changed nothing: " << flipped;
 
+  // Evaluation reads no training data: a directory holding only val shards (pack_imagenet --splits val).
+  fs::create_directories(d("valonly"));
+  const std::string val_shard = ddp::data::shard_file_name("val", 0, 1);
+  fs::copy_file(d("shards/" + val_shard), d("valonly/" + val_shard));
+  std::string valonly = std::regex_replace(recipe, std::regex("--data \\S+"), "--data " + d("valonly"));
+  auto v = sh(valonly + "--eval-only --resume " + ckpt + " --jsonl " + d("valonly.jsonl"));
+  ASSERT_EQ(v.rc, 0) << v.out;
+  const std::string vr = last_eval_record(d("valonly.jsonl"));
+  for (const char* k : {"top1", "top5", "loss", "images", "epoch", "step"})
+    EXPECT_EQ(field(vr, k), field(trained, k)) << k << "\n" << vr << "\n" << trained;
+
   auto e = sh(recipe + "--eval-only");
   EXPECT_NE(e.rc, 0);
   EXPECT_NE(e.out.find("--eval-only: needs --resume FILE|auto or --init-weights FILE"), std::string::npos) << e.out;

@@ -62,6 +62,11 @@ void write_checkpoint_file(const std::string& tmp, const nn::ResNet18Spec& spec,
   h5::set_attr(f, "loss_scale_skipped_steps", s.scaler.skipped_steps);
   h5::set_attr(f, "loss_scale_dynamic", static_cast<int64_t>(s.scaler.dynamic));
   h5::set_attr(f, "config", s.config);
+  if (!s.rank_buffers.empty()) {
+    h5::Handle ranks = h5::create_group(f, "ranks");
+    h5::write_f32(ranks, "buffers", s.rank_buffers.data(),
+                  {static_cast<hsize_t>(s.world_size), static_cast<hsize_t>(spec.buffer_count)});
+  }
   h5::Handle rng = h5::create_group(f, "rng");
   for (const auto& [name, pos] : s.rng) h5::set_attr(rng, name, static_cast<int64_t>(pos));
   rng.close();
@@ -187,6 +192,11 @@ CheckpointState load_checkpoint(const std::string& path, const nn::ResNet18Spec&
                            ? h5::get_attr_i64(f, "loss_scale_dynamic") != 0
                            : (s.scaler.scale != 1.0 || s.scaler.good_steps != 0 || s.scaler.skipped_steps != 0);
     s.config = h5::get_attr_str(f, "config");
+    if (h5::exists(f, "ranks/buffers") && s.world_size >= 1 && s.world_size <= (1 << 20)) {
+      s.rank_buffers.resize(static_cast<size_t>(s.world_size) * static_cast<size_t>(spec.buffer_count));
+      h5::read_f32(f, "ranks/buffers", s.rank_buffers.data(),
+                   {static_cast<hsize_t>(s.world_size), static_cast<hsize_t>(spec.buffer_count)});
+    }
     if (h5::exists(f, "rng")) {
       h5::Handle g(H5_CHECK(H5Gopen2(f, "rng", H5P_DEFAULT)));
       std::vector<std::string> names;
@@ -221,6 +231,8 @@ CheckpointState load_checkpoint(const std::string& path, const nn::ResNet18Spec&
   }
   for (const auto& b : spec.buffers)
     DDP_CHECK(finite(s.buffers, b.offset, b.numel), "checkpoint '", path, "': '", b.name, "' holds inf or NaN");
+  DDP_CHECK(finite(s.rank_buffers, 0, static_cast<int64_t>(s.rank_buffers.size())), "checkpoint '", path,
+            "': 'ranks/buffers' holds inf or NaN");
   return s;
 }
 

@@ -390,6 +390,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   DDP_CHECK(!(o.eval_only && resume_path.empty() && o.init_weights.empty()), "--eval-only --resume auto: no complete ",
             "checkpoint in '", o.checkpoint_dir, "', so there are no weights to evaluate");
   int64_t ckpt_steps_per_epoch = 0, ckpt_world = 0, ckpt_batch = 0, ckpt_images = 0;
+  std::vector<float> own_buffers;  // this rank's BN statistics from the checkpoint, if it has them
   if (!resume_path.empty()) {
     CheckpointState st;
     on_rank0_agreed(env.rank, [&] {
@@ -415,6 +416,18 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     bcast_vec(st.params);
     bcast_vec(st.momentum);
     bcast_vec(st.buffers);
+    // Each rank continues with its own BN statistics when the checkpoint has them for this rank count
+    // (a mid-epoch resume must have it; an epoch-end one may change it and then takes the average).
+    int64_t per_rank = (rank0 && st.world_size == env.world && !st.rank_buffers.empty()) ? 1 : 0;
+    bcast_bytes(&per_rank, sizeof per_rank);
+    if (per_rank) {
+      own_buffers.resize(st.buffers.size());
+      MPI_Request req;
+      MPI_CHECK(MPI_Iscatter(st.rank_buffers.data(), static_cast<int>(own_buffers.size()), MPI_FLOAT,
+                             own_buffers.data(), static_cast<int>(own_buffers.size()), MPI_FLOAT, 0, MPI_COMM_WORLD,
+                             &req));
+      wait_bounded(req, "the scattering of the checkpoint's BN statistics");
+    }
     int64_t sc[12] = {st.num_batches_tracked, st.momentum_initialised, st.epoch, st.step_in_epoch,
                       st.global_step, st.steps_per_epoch, st.scaler.good_steps, st.scaler.skipped_steps,
                       st.scaler.dynamic, st.world_size, st.batch_size, st.train_images};
@@ -442,6 +455,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
 
   // Rule 3: replicas start identical, whatever each rank initialised or loaded.
   comm::broadcast_model(*comm, *model);
+  if (!own_buffers.empty()) model->set_buffers(own_buffers.data());  // after the broadcast of rank 0's
 
   // ---- schedule ------------------------------------------------------------------------------
   // Without training data (--eval-only on val shards) the checkpoint's steps per epoch place it.
@@ -591,6 +605,19 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   };
   auto save = [&](int64_t epoch_pos, int64_t step_pos, const std::string& why) {
     if (o.checkpoint_dir.empty()) return;
+    // The file holds the ranks' averaged BN statistics (what a torchvision model or an evaluation
+    // wants) and each rank's own (rank 0 gathers them), and the run goes on with its own: a checkpoint
+    // changes nothing in the run, so a run resumed from it continues exactly as one that was not stopped.
+    std::vector<float> own(static_cast<size_t>(spec.buffer_count)), per_rank;
+    model->synchronize();
+    model->get_buffers(own.data());
+    if (env.world > 1) {
+      if (rank0) per_rank.resize(own.size() * static_cast<size_t>(env.world));
+      MPI_Request req;
+      MPI_CHECK(MPI_Igather(own.data(), static_cast<int>(own.size()), MPI_FLOAT, per_rank.data(),
+                            static_cast<int>(own.size()), MPI_FLOAT, 0, MPI_COMM_WORLD, &req));
+      wait_bounded(req, "the gathering of BN statistics for a checkpoint");
+    }
     average_bn();
     std::string path = o.checkpoint_dir + "/" + checkpoint_file_name(gstep);
     on_rank0_agreed(env.rank, [&] {
@@ -602,6 +629,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       model->get_params_torch(st.params.data());
       model->get_momentum_torch(st.momentum.data());
       model->get_buffers(st.buffers.data());
+      st.rank_buffers = std::move(per_rank);
       st.num_batches_tracked = model->num_batches_tracked();
       st.momentum_initialised = model->momentum_initialised();
       st.epoch = epoch_pos;
@@ -630,6 +658,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       progress->message(str("checkpoint ", path, " (", why, ", ", seconds_since(t0), " s",
                             scaler.dynamic() ? str(", loss scale ", scaler.scale()) : std::string(), ")"));
     });
+    model->set_buffers(own.data());
     result.last_checkpoint = path;
   };
 

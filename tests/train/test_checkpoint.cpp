@@ -31,6 +31,8 @@ CheckpointState random_state(const ddp::nn::ResNet18Spec& spec, uint64_t seed) {
   for (auto& v : s.params) v = r.normal();
   for (auto& v : s.momentum) v = r.normal();
   for (auto& v : s.buffers) v = r.uniform(0.5f, 2.0f);
+  s.rank_buffers.resize(4 * s.buffers.size());  // world_size 4, below
+  for (auto& v : s.rank_buffers) v = r.uniform(0.5f, 2.0f);
   s.num_batches_tracked = 1234;
   s.momentum_initialised = true;
   s.epoch = 3;
@@ -81,6 +83,7 @@ TEST_F(CheckpointTest, RoundTripIsExact) {
   EXPECT_EQ(a.params, b.params);
   EXPECT_EQ(a.momentum, b.momentum);
   EXPECT_EQ(a.buffers, b.buffers);
+  EXPECT_EQ(a.rank_buffers, b.rank_buffers);
   EXPECT_EQ(a.num_batches_tracked, b.num_batches_tracked);
   EXPECT_EQ(a.momentum_initialised, b.momentum_initialised);
   EXPECT_EQ(a.epoch, b.epoch);

@@ -246,15 +246,22 @@ TEST_F(TrainE2E, EvalOnlyReproducesTheRunsEvaluationAndFlipAveragesMirrors) {
 }
 
 TEST_F(TrainE2E, ResumeIsBitExactTwoRanks) {
-  // Checkpoints average BN statistics across ranks, so both runs checkpoint at the same steps.
+  // Stopped at step 7, which the uninterrupted run does not checkpoint: the checkpoint holds each
+  // rank's own BN statistics and leaves the run's untouched, so the resumed ranks continue exactly.
   std::string common = mpirun(2) + kRecipe + "--epochs 3 --checkpoint-every 3 --keep-checkpoints 10 ";
   auto a = sh(common + "--max-steps 10 --checkpoint-dir " + d("a"));
   ASSERT_EQ(a.rc, 0) << a.out;
-  auto b1 = sh(common + "--max-steps 6 --checkpoint-dir " + d("b"));
+  auto b1 = sh(common + "--max-steps 7 --checkpoint-dir " + d("b"));
   ASSERT_EQ(b1.rc, 0) << b1.out;
-  auto b2 = sh(common + "--max-steps 10 --checkpoint-dir " + d("b") + " --resume " + d("b/ckpt-0000000006.h5"));
+  auto b2 = sh(common + "--max-steps 10 --checkpoint-dir " + d("b") + " --resume " + d("b/ckpt-0000000007.h5"));
   ASSERT_EQ(b2.rc, 0) << b2.out;
+  expect_same_state(d("a/ckpt-0000000009.h5"), d("b/ckpt-0000000009.h5"), 4);
   expect_same_state(d("a/ckpt-0000000010.h5"), d("b/ckpt-0000000010.h5"), 4);
+  // The per-rank statistics are recorded, and differ between the ranks (each saw its own data).
+  auto st = load_checkpoint(d("b/ckpt-0000000007.h5"), ddp::nn::make_resnet18_spec(4));
+  const size_t n = st.buffers.size();
+  ASSERT_EQ(st.rank_buffers.size(), 2 * n);
+  EXPECT_FALSE(std::equal(st.rank_buffers.begin(), st.rank_buffers.begin() + n, st.rank_buffers.begin() + n));
 }
 
 TEST_F(TrainE2E, TwoRanksLossFallsAndMetricsAreWritten) {

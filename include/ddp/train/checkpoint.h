@@ -13,6 +13,9 @@
 //                                         momentum_initialised, loss_scale,
 //                                         loss_scale_good_steps, loss_scale_skipped_steps, config
 //   /rng                                  attributes: positions of the host RNG streams in use
+//   /ranks/buffers                        [world_size, buffer_count] fp32: each rank's own BN running
+//                                         statistics (the root datasets hold their average), so that
+//                                         a resume with the same ranks continues bit for bit
 //
 // Written to "<name>.tmp", flushed, fsync'd, renamed (and the directory fsync'd), so a file under a
 // final name is always whole. A truncated, incomplete or foreign file is refused with a message
@@ -37,7 +40,10 @@ struct CheckpointState {
   int num_classes = 0;
   std::vector<float> params;    // spec.param_count, PyTorch layout
   std::vector<float> momentum;  // spec.param_count, PyTorch layout
-  std::vector<float> buffers;   // spec.buffer_count
+  std::vector<float> buffers;   // spec.buffer_count (the ranks' average)
+  // world_size x spec.buffer_count: each rank's own statistics; empty when not recorded (one rank, or
+  // a checkpoint written before they were).
+  std::vector<float> rank_buffers;
   int64_t num_batches_tracked = 0;
   bool momentum_initialised = false;
   int64_t epoch = 0;          // the epoch to continue in (0-based)

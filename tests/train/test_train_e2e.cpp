@@ -315,6 +315,9 @@ TEST_F(TrainE2E, ReplicaGuardStopsAPerturbedReplica) {
   auto r = sh(mpirun(2) + kRecipe + "--epochs 3 --max-steps 6 --replica-check-every 2 --fault-perturb-step 3 --timeout 20");
   EXPECT_NE(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("replicas diverged at step 4"), std::string::npos) << r.out;
+  // The checksums in full: the perturbed replica's agrees with the others' in the first digits.
+  EXPECT_TRUE(std::regex_search(r.out, std::regex("checksum of rank 0 is -?[0-9.]{15,} but rank 1 \\(-?[0-9.]{15,}\\)")))
+      << r.out;
 }
 
 // A shard that opens fine but holds a damaged JPEG: the rank whose batch needs it reports the shard,

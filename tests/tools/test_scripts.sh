@@ -87,6 +87,48 @@ fi
 "$ROOT/tools/bundle_deps" "$TMP/not-a-build" >/dev/null 2>&1; rc=$?
 check "bundle_deps: missing build dir is an error" test "$rc" -ne 0
 
+# The output folder: real paths are compared, and only what bundle_deps made is ever deleted. A fake repository
+# (a copy of the script: its root is where the script lies) and a fake build (/bin/true as a GPU test, nvcc
+# arch flags in a flags.make) keep a failure of these checks from costing anything real.
+FREPO="$TMP/frepo"
+mkdir -p "$FREPO/tools" "$FREPO/.git" && cp "$ROOT/tools/bundle_deps" "$FREPO/tools/" && echo keep >"$FREPO/.git/HEAD"
+fake_build() {  # fake_build DIR: a CMake build with one "GPU test" and CUDA arch flags
+  mkdir -p "$1/tests/backend/cuda" "$1/CMakeFiles/x.dir"
+  : >"$1/CMakeCache.txt"
+  cp /bin/true "$1/tests/backend/cuda/test_fake_gpu"
+  echo 'CUDA_FLAGS = -O3 --generate-code=arch=compute_90,code=[compute_90,sm_90]' >"$1/CMakeFiles/x.dir/flags.make"
+}
+FB="$FREPO/fb"
+fake_build "$FB"
+intact() { [[ -f $FREPO/.git/HEAD && -f $FREPO/tools/bundle_deps && -f $FB/CMakeCache.txt && -x $FB/tests/backend/cuda/test_fake_gpu ]]; }
+refused_intact() { [[ $1 -ne 0 && $2 == *"refusing to use"* ]] && intact; }  # refused_intact RC OUTPUT
+for dest in "$FREPO/" "$FREPO/tools/.." "$FB/" "$FREPO/fb/../fb" "$TMP" /; do
+  out=$(cd "$FREPO" && HOME="$TMP/fhome" tools/bundle_deps fb "$dest" --no-pack 2>&1); rc=$?
+  check "bundle_deps into '$dest' (the repository, the build, or above them): refused, nothing deleted" \
+    refused_intact "$rc" "$out"
+done
+ln -s "$FB" "$TMP/link-to-build"
+out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/link-to-build" --no-pack 2>&1); rc=$?
+check "bundle_deps into a symlink to the build: refused, nothing deleted" refused_intact "$rc" "$out"
+mkdir -p "$TMP/fhome/sub"
+out=$(HOME="$TMP/fhome/sub/.." "$FREPO/tools/bundle_deps" "$FB" "$TMP/fhome" --no-pack 2>&1); rc=$?
+check "bundle_deps into \$HOME: refused, nothing deleted" bash -c '[[ $1 -ne 0 && $2 == *"refusing to use"* && -d $3 ]]' _ "$rc" "$out" "$TMP/fhome/sub"
+mkdir -p "$TMP/userdir" && echo mine >"$TMP/userdir/app.log"
+out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/userdir" --no-pack 2>&1); rc=$?
+check "bundle_deps into a non-empty folder without a bundle MANIFEST: refused, its file kept" \
+  bash -c '[[ $1 -ne 0 && $2 == *"no MANIFEST of a previous bundle_deps"* && -f $3/app.log ]]' _ "$rc" "$out" "$TMP/userdir"
+out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/fbundle" --no-pack 2>&1); rc=$?
+check "bundle_deps of a fake build into a new folder: exit 0, the fake GPU test carried" \
+  bash -c '[[ $1 -eq 0 && -x $3/bin/test_fake_gpu && -f $3/MANIFEST ]] || { printf "%s\n" "$2"; false; }' _ "$rc" "$out" "$TMP/fbundle"
+touch "$TMP/fbundle/bin/stale" "$TMP/fbundle/notes.txt"
+out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/fbundle" --no-pack 2>&1); rc=$?
+check "bundle_deps over a previous bundle holding another file: refused, the file kept" \
+  bash -c '[[ $1 -ne 0 && $2 == *"notes.txt"* && -f $3/notes.txt ]]' _ "$rc" "$out" "$TMP/fbundle"
+rm "$TMP/fbundle/notes.txt"
+out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/fbundle" --no-pack 2>&1); rc=$?
+check "bundle_deps over a previous bundle: replaced (exit 0, its old bin/ entry gone)" \
+  bash -c '[[ $1 -eq 0 && -x $2/bin/test_fake_gpu && ! -e $2/bin/stale ]]' _ "$rc" "$TMP/fbundle"
+
 # ---- make_bench_jpegs (the end-to-end step's images) ----------------------------------------------
 MBJ="$BUILD/data-prep/make_bench_jpegs"
 if [[ -x $MBJ ]]; then

@@ -6,7 +6,10 @@
 #
 # Usage: tools/gpu_check.sh [--bundle DIR] [--out DIR] [--quick] [options]
 #   --bundle DIR        bundle from tools/bundle_deps (default: .bundle in the repository root)
-#   --out DIR           where logs, test XML and summary.json go (default: $OUT if set, else ./gpu_check_out)
+#   --out DIR           where logs, test XML and summary.json go (default: $OUT if set, else ./gpu_check_out);
+#                       a previous gpu_check's logs/, gpu_check.log, summary.json, logs.tar.gz there are
+#                       replaced, files of those names it did not write are refused (exit 2), as is a DIR
+#                       it cannot write
 #   --quick             tests + short benchmarks and end-to-end runs, no torch.compile (about 4 minutes)
 #   --keep-going        run whatever is there even if something is missing (still exits non-zero)
 #   --allow-skip        a skipped GPU test is not a failure (default: it is; on a GPU host nothing should skip)
@@ -21,7 +24,8 @@
 #   --e2e-steps N       steps of each train_resnet18 run, synthetic and HDF5 (default 200; quick 100)
 #   --no-e2e            skip the train_resnet18 runs
 # Exit status: 0 all passed; 1 a test failed/skipped/crashed, a benchmark failed or something is missing;
-# 2 the host cannot run anything (no GPU/driver, no bundle) - the message says what is missing.
+# 2 the host cannot run anything (no GPU/driver, no bundle), a bad argument or an output folder it cannot
+# use - the message says what.
 # See docs/GPU_HOST.md.
 set -uo pipefail
 
@@ -42,7 +46,7 @@ E2E=1
 E2E_IMAGES=""
 E2E_STEPS=""
 
-usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 bad_arg() { printf 'gpu_check: %s (see --help)\n' "$*" >&2; exit 2; }
 need_val() { [[ $# -ge 2 && -n $2 ]] || bad_arg "$1 needs a value"; }
 need_int() { [[ $2 =~ ^[1-9][0-9]*$ ]] || bad_arg "$1 needs a positive whole number, got '$2'"; }
@@ -80,14 +84,42 @@ fi
 COMPILE_TIMEOUT=240   # torch.compile that takes longer than this is reported as skipped
 RESERVE=15            # seconds kept back for the summary
 
-mkdir -p "$OUTDIR" || bad_arg "cannot create output directory '$OUTDIR'"
-OUTDIR=$(cd "$OUTDIR" && pwd)
+# The output folder: writable (checked first: one line, exit 2), and only what a previous gpu_check wrote
+# there is replaced. Its marks: logs/steps.tsv with our header, a gpu_check.log of our log lines, a
+# summary.json with our keys, a logs.tar.gz holding logs/steps.tsv. Anything else under those names (a
+# project's own logs/, say, with --out .) stops the run before anything is deleted.
+out_err() { printf 'gpu_check: %s\n' "$*" >&2; exit 2; }
+mkdir -p -- "$OUTDIR" 2>/dev/null || out_err "cannot create output directory '$OUTDIR'"
+out_abs=$(cd -- "$OUTDIR" 2>/dev/null && pwd) || out_abs=""
+[[ -n $out_abs ]] || out_err "cannot enter output directory '$OUTDIR'"
+OUTDIR=$out_abs
+probe="$OUTDIR/.gpu_check_write_test.$$"
+{ : >"$probe"; } 2>/dev/null || out_err "cannot write to output directory '$OUTDIR' (pick another with --out DIR)"
+rm -f -- "$probe"
 LOGDIR="$OUTDIR/logs"
-rm -rf "$LOGDIR" "$OUTDIR/logs.tar.gz" "$OUTDIR/summary.json"
+dir_empty() { local f; for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do [[ -e $f || -L $f ]] && return 1; done; return 0; }
+STEPS_HEADER=$'step\tstatus\tseconds\tnote'
+if [[ -e $LOGDIR || -L $LOGDIR ]]; then
+  if [[ ! -d $LOGDIR || -L $LOGDIR ]]; then
+    out_err "'$LOGDIR' exists and is not a folder gpu_check made; refusing to replace it (pick another --out DIR)"
+  elif ! dir_empty "$LOGDIR" && [[ $(head -1 "$LOGDIR/steps.tsv" 2>/dev/null) != "$STEPS_HEADER" ]]; then
+    out_err "'$LOGDIR' holds files a previous gpu_check did not write; refusing to delete them (pick another --out DIR)"
+  fi
+fi
+if [[ -e $OUTDIR/gpu_check.log && -s $OUTDIR/gpu_check.log ]] && ! head -1 "$OUTDIR/gpu_check.log" | grep -qE '^\[gpu_check +[0-9]+s\] '; then
+  out_err "'$OUTDIR/gpu_check.log' was not written by gpu_check; refusing to overwrite it (pick another --out DIR)"
+fi
+if [[ -e $OUTDIR/summary.json ]] && ! grep -q '"tests_total"' "$OUTDIR/summary.json" 2>/dev/null; then
+  out_err "'$OUTDIR/summary.json' was not written by gpu_check; refusing to delete it (pick another --out DIR)"
+fi
+if [[ -e $OUTDIR/logs.tar.gz ]] && ! tar -tzf "$OUTDIR/logs.tar.gz" 2>/dev/null | grep -qx 'logs/steps.tsv'; then
+  out_err "'$OUTDIR/logs.tar.gz' was not written by gpu_check; refusing to delete it (pick another --out DIR)"
+fi
+rm -rf -- "$LOGDIR" "$OUTDIR/logs.tar.gz" "$OUTDIR/summary.json"
 mkdir -p "$LOGDIR"
 MAIN_LOG="$OUTDIR/gpu_check.log"
 : >"$MAIN_LOG"
-printf 'step\tstatus\tseconds\tnote\n' >"$LOGDIR/steps.tsv"
+printf '%s\n' "$STEPS_HEADER" >"$LOGDIR/steps.tsv"
 printf 'binary\trc\tpassed\tfailed\tskipped\tseconds\tnote\n' >"$LOGDIR/tests.tsv"
 : >"$LOGDIR/missing.txt"
 
@@ -363,7 +395,12 @@ finish() {
       { head -c 1048576 "$f"; printf '\n[... gpu_check: %s bytes cut here ...]\n' "$(($(wc -c <"$f") - 2097152))"; tail -c 1048576 "$f"; } \
         >"$f.cut" && mv "$f.cut" "$f"
     done < <(find "$LOGDIR" -type f -size +4M)
-    tar -czf "$OUTDIR/logs.tar.gz" -C "$OUTDIR" logs && rm -rf "$LOGDIR"
+    # through a temporary name: a failed tar (no gzip) leaves logs/ and no broken archive
+    if tar -czf "$OUTDIR/logs.tar.gz.tmp" -C "$OUTDIR" logs; then
+      mv -f "$OUTDIR/logs.tar.gz.tmp" "$OUTDIR/logs.tar.gz" && rm -rf "$LOGDIR"
+    else
+      rm -f "$OUTDIR/logs.tar.gz.tmp"
+    fi
   fi
   exit "$rc"
 }

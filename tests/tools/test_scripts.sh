@@ -38,7 +38,7 @@ fi
 # ---- gpu_check.sh on a machine with no GPU: a clear message, exit 2 -------------------------------
 NOGPU_PATH="$TMP/nogpu-bin"
 mkdir -p "$NOGPU_PATH"
-for t in bash env sed grep head tail cut tr wc date mkdir rm cat tee timeout ldd od paste sort xargs uname tar dirname basename kill sleep; do
+for t in bash env sed grep head tail cut tr wc date mkdir rm mv cat tee timeout ldd od paste sort xargs uname tar gzip dirname basename kill sleep; do
   p=$(command -v "$t") && ln -sf "$p" "$NOGPU_PATH/$t"
 done
 ln -sf "$PY" "$NOGPU_PATH/python3"
@@ -47,6 +47,41 @@ check "no GPU: exit 2" test "$rc" -eq 2
 check "no GPU: says 'no NVIDIA GPU/driver found'" grep -q 'no NVIDIA GPU/driver found' <<<"$out"
 check "no GPU: last line names the cause" grep -q 'STOPPED: no NVIDIA GPU/driver found' <<<"$(tail -1 <<<"$out")"
 check "no GPU: summary.json written, passed=false" test "$(jget "$TMP/nogpu/summary.json" 'd["passed"]')" = False
+# again into the same folder (a previous gpu_check's output is replaced), and with $OUT (logs.tar.gz) twice
+out=$(PATH="$NOGPU_PATH" OUT="" "$ROOT/tools/gpu_check.sh" --out "$TMP/nogpu" 2>&1); rc=$?
+check "no GPU, rerun into its own output folder: runs again (exit 2, no GPU)" \
+  bash -c '[[ $1 -eq 2 && $2 == *"STOPPED: no NVIDIA GPU/driver found"* ]]' _ "$rc" "$out"
+mkdir -p "$TMP/nogpu-out"
+for _ in 1 2; do
+  out=$(PATH="$NOGPU_PATH" OUT="$TMP/nogpu-out" "$ROOT/tools/gpu_check.sh" 2>&1); rc=$?
+done
+check "no GPU, \$OUT set, run twice: the second replaces the first's three files" \
+  bash -c '[[ $1 -eq 2 && $2 == *"STOPPED: no NVIDIA GPU"* && $(cd "$3" && ls | tr "\n" " ") == "gpu_check.log logs.tar.gz summary.json " ]]' _ \
+  "$rc" "$out" "$TMP/nogpu-out"
+
+# ---- the output folder: only what a previous gpu_check wrote is replaced; unwritable: one line, exit 2 --
+for f in logs/app.log summary.json gpu_check.log logs.tar.gz; do
+  d="$TMP/userout-${f//\//-}"
+  mkdir -p "$d/logs" && echo "the user's own" >"$d/$f"
+  out=$(PATH="$NOGPU_PATH" OUT="" "$ROOT/tools/gpu_check.sh" --out "$d" 2>&1); rc=$?
+  check "--out DIR holding the user's own $f: exit 2, named, kept" \
+    bash -c '[[ $1 -eq 2 && $2 == *"$5"*"refusing"* && $(cat "$3/$4") == "the user'"'"'s own" ]]' _ "$rc" "$out" "$d" "$f" "${f%%/*}"
+done
+mkdir -p "$TMP/ro-out" && chmod 555 "$TMP/ro-out"
+as_user=()  # root writes anywhere: run as nobody to meet a folder it cannot write
+if [[ $(id -u) -eq 0 ]]; then
+  command -v setpriv >/dev/null && as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+  chmod 755 "$TMP"  # nobody must reach the folder
+fi
+if [[ $(id -u) -ne 0 || ${#as_user[@]} -gt 0 ]]; then
+  out=$("${as_user[@]}" env PATH="$NOGPU_PATH" OUT="" "$ROOT/tools/gpu_check.sh" --out "$TMP/ro-out" 2>&1); rc=$?
+  check "--out on a folder it cannot write: exit 2, one line naming it" \
+    bash -c '[[ $1 -eq 2 && $(wc -l <<<"$2") -eq 1 && $2 == *"cannot write to output directory '"'"'$3'"'"'"* ]] || { printf "%s\n" "$2"; false; }' _ \
+    "$rc" "$out" "$TMP/ro-out"
+else
+  printf 'NOTE root without setpriv: the unwritable --out check is skipped\n'
+fi
+chmod 700 "$TMP"
 
 # ---- argument errors -------------------------------------------------------------------------------
 "$ROOT/tools/gpu_check.sh" --batch zero >/dev/null 2>&1; rc=$?

@@ -163,6 +163,18 @@ rm "$TMP/fbundle/notes.txt"
 out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/fbundle" --no-pack 2>&1); rc=$?
 check "bundle_deps over a previous bundle: replaced (exit 0, its old bin/ entry gone)" \
   bash -c '[[ $1 -eq 0 && -x $2/bin/test_fake_gpu && ! -e $2/bin/stale ]]' _ "$rc" "$TMP/fbundle"
+# A CPU-only build (no GPU code, no nvcc arch flags): said clearly, nothing made. Over --max-mb: no bundle left.
+FCPU="$TMP/fb-cpu"
+fake_build "$FCPU" && rm -rf "$FCPU/CMakeFiles"
+out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FCPU" "$TMP/cpu-bundle" --no-pack 2>&1); rc=$?
+check "bundle_deps of a CPU-only build: exit 1, says it has no CUDA code, no folder made" \
+  bash -c '[[ $1 -eq 1 && $2 == *"has no CUDA code"* && ! -e $3 ]] || { printf "%s\n" "$2"; false; }' _ "$rc" "$out" "$TMP/cpu-bundle"
+out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/big-bundle" --no-pack --max-mb 0 2>&1); rc=$?
+check "bundle_deps over --max-mb: exit 1, said, the too-big bundle removed" \
+  bash -c '[[ $1 -eq 1 && $2 == *"over --max-mb 0"* && ! -e $3 ]]' _ "$rc" "$out" "$TMP/big-bundle"
+out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/fbundle" --no-pack --max-mb 0 2>&1); rc=$?
+check "bundle_deps over --max-mb into a previous bundle: exit 1, the folder left empty" \
+  bash -c '[[ $1 -eq 1 && -d $2 && -z $(ls -A "$2") ]]' _ "$rc" "$TMP/fbundle"
 
 # ---- make_bench_jpegs (the end-to-end step's images) ----------------------------------------------
 MBJ="$BUILD/data-prep/make_bench_jpegs"

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2016  # single-quoted bash -c bodies: meant as written
+# The user-facing scripts in tools/ without building or training: tools/quickstart, tools/test and
+# tools/setup run from a fake repository (copies of the scripts; a stand-in tools/setup) against stand-in
+# cmake, ctest, mpirun, dpkg-query and a fake build whose train_resnet18 writes JSONL as the real one
+# does.
+# The real pipeline runs in tools/quickstart itself and tests/integration.
+# Usage: tests/tools/test_tools.sh
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+FAILS=0
+pass() { printf 'PASS %s\n' "$*"; }
+fail() { printf 'FAIL %s\n' "$*"; FAILS=$((FAILS + 1)); }
+check() {  # check DESCRIPTION CMD...
+  local d=$1; shift
+  if "$@"; then pass "$d"; else fail "$d"; fi
+}
+
+if command -v shellcheck >/dev/null; then
+  check "shellcheck tools/quickstart, tools/test, tools/setup, tools/bench/*.sh, this test" \
+    shellcheck -S warning "$ROOT/tools/quickstart" "$ROOT/tools/test" "$ROOT/tools/setup" "$ROOT"/tools/bench/*.sh \
+    "$ROOT/tests/tools/test_tools.sh"
+else
+  fail "shellcheck not installed (tools/setup installs it)"
+fi
+
+# ---- a fake repository and build, stand-in commands ---------------------------------------------------
+REPO="$TMP/repo"
+FB="$TMP/fbuild"
+STUB="$TMP/stub"
+mkdir -p "$REPO/tools" "$FB/src/apps" "$FB/data-prep" "$STUB"
+cp "$ROOT/tools/quickstart" "$ROOT/tools/test" "$REPO/tools/"
+printf '#!/bin/bash\nexit 0\n' >"$REPO/tools/setup"
+# cmake and ctest record their arguments
+printf '#!/bin/bash\necho "$*" >>"%s/cmake.args"\n' "$TMP" >"$STUB/cmake"
+printf '#!/bin/bash\necho "$*" >>"%s/ctest.args"\n' "$TMP" >"$STUB/ctest"
+printf '#!/bin/bash\nexit 1\n' >"$STUB/nvidia-smi"
+# mpirun: records its arguments and pid, then runs the program after its own options; with FAKE_MPI=hang it
+# waits for a signal instead, as a training run would, and records which one came.
+cat >"$STUB/mpirun" <<EOF
+#!/bin/bash
+printf '%s\n' "\$@" >"$TMP/mpirun.args"
+echo \$\$ >"$TMP/mpirun.pid"
+if [[ \${FAKE_MPI:-} == hang ]]; then
+  trap 'echo USR1 >>"$TMP/mpirun.signals"; exit 0' USR1
+  trap 'echo TERM >>"$TMP/mpirun.signals"; exit 143' TERM
+  for ((i = 0; i < 300; i++)); do sleep 0.1; done
+  exit 0
+fi
+while ((\$#)) && [[ \$1 != */train_resnet18 ]]; do shift; done
+exec "\$@"
+EOF
+# train_resnet18: refuses a flag given twice (as the real one does), writes JSONL per FAKE_TRAIN
+cat >"$FB/src/apps/train_resnet18" <<'EOF'
+#!/bin/bash
+declare -A seen=()
+j=/dev/null
+for a in "$@"; do
+  [[ $a == --* ]] || continue
+  f=${a%%=*}
+  [[ -n ${seen[$f]:-} ]] && { echo "error: option '$f' given more than once" >&2; exit 2; }
+  seen[$f]=1
+done
+while (($#)); do [[ $1 == --jsonl ]] && j=$2; shift; done
+case ${FAKE_TRAIN:-eval} in
+  eval) printf '{"type": "train", "step": 10}\n{"type": "eval", "epoch": 2, "top1": 0.9045, "top5": 0.99}\n' >>"$j" ;;
+  noeval) printf '{"type": "train", "step": 2}\n{"type": "summary", "steps": 2}\n' >>"$j" ;;
+  fail) echo "error: something" >&2; exit 2 ;;
+esac
+exit 0
+EOF
+printf '#!/bin/bash\nexit 0\n' >"$FB/data-prep/pack_imagenet"
+printf '#!/bin/bash\nexit 0\n' >"$FB/data-prep/fashion_mnist_to_jpeg"
+chmod +x "$REPO"/tools/* "$STUB"/* "$FB"/src/apps/* "$FB"/data-prep/*
+SPATH="$STUB:$PATH"
+# qs [ARGS...]: tools/quickstart of the fake repository on the fake build; sets $rc and $out
+qs() { out=$(cd "$REPO" && PATH="$SPATH" DDP_BUILD_DIR="$FB" DDP_QUICKSTART_DIR="$TMP/qs" tools/quickstart "$@" 2>&1); rc=$?; }
+trainer_args() { sed -n '/train_resnet18$/,$p' "$TMP/mpirun.args" | tail -n +2 | tr '\n' ' '; }
+
+# ---- tools/quickstart ------------------------------------------------------------------------------
+qs
+check "quickstart (stand-ins): exit 0, the accuracy printed" \
+  bash -c '[[ $1 -eq 0 && $2 == *"test accuracy (top-1, 10,000 images): 90.45%"* ]] || { printf "%s\n" "$2"; false; }' _ "$rc" "$out"
+FAKE_TRAIN=noeval DDP_TRAIN_ARGS="--max-steps 2 --no-eval" qs
+check "quickstart, no evaluation record (--no-eval): exit 1, says so" \
+  bash -c '[[ $1 -eq 1 && $2 == *"holds no evaluation record"*"--no-eval"* ]]' _ "$rc" "$out"
+FAKE_TRAIN=fail qs
+check "quickstart, train_resnet18 fails: its exit code, said" \
+  bash -c '[[ $1 -eq 2 && $2 == *"train_resnet18 (mpirun) exited with 2"* ]]' _ "$rc" "$out"
+for args in "--long --synthetic" "--synthetic --long"; do
+  # shellcheck disable=SC2086  # two words meant
+  qs $args
+  check "quickstart $args: refused (exit 2)" bash -c '[[ $1 -eq 2 && $2 == *"--long and --synthetic"* ]]' _ "$rc" "$out"
+done
+for jobs in 0 -1 abc; do
+  rm -f "$TMP/cmake.args"
+  DDP_JOBS=$jobs qs
+  check "quickstart DDP_JOBS=$jobs: exit 2, named, nothing built" \
+    bash -c '[[ $1 -eq 2 && $2 == *"DDP_JOBS"*"'\''$3'\''"* && ! -e $4 ]]' _ "$rc" "$out" "$jobs" "$TMP/cmake.args"
+done
+for np in 0 3 1000 abc; do
+  DDP_NP=$np qs
+  check "quickstart DDP_NP=$np: exit 2, names DDP_NP and the batch of 128" \
+    bash -c '[[ $1 -eq 2 && $2 == *"DDP_NP must be"*"divides the global batch of 128"*"'\''$3'\''"* ]]' _ "$rc" "$out" "$np"
+done
+DDP_NP=4 qs
+check "quickstart DDP_NP=4: mpirun -np 4, --batch-size 32 (global 128)" \
+  bash -c '[[ $1 -eq 0 && $(tr "\n" " " <"$2") == "-np 4 "* && $3 == *"--batch-size 32 "* ]]' _ "$rc" "$TMP/mpirun.args" "$(trainer_args)"
+DDP_TRAIN_ARGS="--epochs 1 --lr=0.2 --nesterov" qs
+a=$(trainer_args)
+check "quickstart DDP_TRAIN_ARGS replaces the recipe's --epochs, --lr and --nesterov (each given once)" \
+  bash -c '[[ $1 -eq 0 && $2 != *"--epochs 2 "* && $2 != *"--lr 0.1 "* && $2 == *"--epochs 1 --lr=0.2 --nesterov "* &&
+             $(grep -o -- "--nesterov" <<<"$2" | wc -l) -eq 1 && $2 == *"--lr-schedule onecycle "* ]] || { printf "%s\n" "$2"; false; }' _ "$rc" "$a"
+DDP_TRAIN_ARGS="--jsonl /tmp/x.jsonl" qs
+check "quickstart DDP_TRAIN_ARGS --jsonl: refused (the script reads its own)" \
+  bash -c '[[ $1 -eq 2 && $2 == *"DDP_TRAIN_ARGS cannot set --jsonl"* ]]' _ "$rc" "$out"
+
+# SIGTERM to the script alone: passed on to mpirun as SIGUSR1 (the ranks checkpoint and exit 0), no orphan
+rm -f "$TMP/mpirun.pid" "$TMP/mpirun.signals"
+(cd "$REPO" && exec env PATH="$SPATH" FAKE_MPI=hang DDP_BUILD_DIR="$FB" DDP_QUICKSTART_DIR="$TMP/qs" tools/quickstart --synthetic \
+  >"$TMP/qs-term.log" 2>&1) &
+qpid=$!
+for ((i = 0; i < 100; i++)); do [[ -s $TMP/mpirun.pid ]] && break; sleep 0.1; done
+sleep 0.3
+kill -TERM "$qpid"
+wait "$qpid"; rc=$?
+mpid=$(cat "$TMP/mpirun.pid" 2>/dev/null)
+sleep 0.2
+check "quickstart killed with SIGTERM: mpirun got SIGUSR1, exited; the script says so and exits 143" \
+  bash -c '[[ $1 -eq 143 && $(cat "$2" 2>/dev/null) == USR1 && -n $3 ]] && ! kill -0 "$3" 2>/dev/null &&
+           grep -q "stopped by SIGTERM" "$4" || { cat "$4"; false; }' _ "$rc" "$TMP/mpirun.signals" "$mpid" "$TMP/qs-term.log"
+[[ -n $mpid ]] && kill "$mpid" 2>/dev/null  # an orphan left by a broken script
+
+if ((FAILS)); then printf '%d check(s) FAILED\n' "$FAILS"; exit 1; fi
+echo "all checks passed"

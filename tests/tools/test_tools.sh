@@ -134,5 +134,31 @@ check "quickstart killed with SIGTERM: mpirun got SIGUSR1, exited; the script sa
            grep -q "stopped by SIGTERM" "$4" || { cat "$4"; false; }' _ "$rc" "$TMP/mpirun.signals" "$mpid" "$TMP/qs-term.log"
 [[ -n $mpid ]] && kill "$mpid" 2>/dev/null  # an orphan left by a broken script
 
+# ---- tools/setup: root or sudo only to install ---------------------------------------------------------
+# A fake repository whose .deps are complete, a dpkg-query stand-in, a PATH without sudo, a user other than root.
+SREPO="$TMP/srepo"
+mkdir -p "$SREPO/tools" "$SREPO/.deps/cudnn_frontend/include" "$SREPO/.deps/pytb" "$TMP/spath"
+cp "$ROOT/tools/setup" "$SREPO/tools/"
+: >"$SREPO/.deps/cudnn_frontend/include/cudnn_frontend.h"
+printf '%s' "$(sed -n 's/^TB_WHEELS=(\(.*\))$/\1/p' "$ROOT/tools/setup")" >"$SREPO/.deps/pytb/.complete"
+for t in bash id grep cat dirname mktemp rm env; do ln -sf "$(command -v "$t")" "$TMP/spath/$t"; done
+printf '#!/bin/bash\n[[ -n ${FAKE_MISSING:-} && " $* " == *" $FAKE_MISSING "* ]] && exit 1\nprintf "install ok installed"\n' >"$TMP/spath/dpkg-query"
+chmod +x "$TMP/spath/dpkg-query"
+as_user=()
+if [[ $(id -u) -eq 0 ]]; then
+  command -v setpriv >/dev/null && as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+  chmod 755 "$TMP"  # the other user must reach the fake repository
+fi
+if [[ $(id -u) -ne 0 || ${#as_user[@]} -gt 0 ]]; then
+  out=$("${as_user[@]}" env PATH="$TMP/spath" bash "$SREPO/tools/setup" 2>&1); rc=$?
+  check "setup, not root, no sudo, nothing missing: exit 0" bash -c '[[ $1 -eq 0 ]] || { printf "%s\n" "$2"; false; }' _ "$rc" "$out"
+  out=$("${as_user[@]}" env PATH="$TMP/spath" FAKE_MISSING=cmake bash "$SREPO/tools/setup" 2>&1); rc=$?
+  check "setup, not root, no sudo, cmake missing: exit 1, names the package and root" \
+    bash -c '[[ $1 -eq 1 && $2 == *"(cmake)"*"needs root"* ]]' _ "$rc" "$out"
+else
+  printf 'NOTE root without setpriv: the setup checks as another user are skipped\n'
+fi
+chmod 700 "$TMP"
+
 if ((FAILS)); then printf '%d check(s) FAILED\n' "$FAILS"; exit 1; fi
 echo "all checks passed"

@@ -134,6 +134,28 @@ check "quickstart killed with SIGTERM: mpirun got SIGUSR1, exited; the script sa
            grep -q "stopped by SIGTERM" "$4" || { cat "$4"; false; }' _ "$rc" "$TMP/mpirun.signals" "$mpid" "$TMP/qs-term.log"
 [[ -n $mpid ]] && kill "$mpid" 2>/dev/null  # an orphan left by a broken script
 
+# ---- tools/test ------------------------------------------------------------------------------------
+# tt [ARGS...]: tools/test of the fake repository; sets $rc and $out
+tt() { rm -f "$TMP/ctest.args"; out=$(cd "$REPO" && PATH="$SPATH" DDP_BUILD_DIR=${TT_BUILD:-$TMP/tb} tools/test "$@" 2>&1); rc=$?; }
+ctest_args() { cat "$TMP/ctest.args" 2>/dev/null; }
+tt -R foo --fast
+check "tools/test -R foo --fast: ctest gets -LE slow and -R foo" \
+  bash -c '[[ $1 -eq 0 && $2 == *"-LE slow"* && $2 == *"-R foo"* ]]' _ "$rc" "$(ctest_args)"
+for bad in --slow --bogus-flag; do
+  tt "$bad"
+  check "tools/test $bad: exit 2, named, ctest not run" \
+    bash -c '[[ $1 -eq 2 && $2 == *"'\''$3'\''"* && ! -e $4 ]]' _ "$rc" "$out" "$bad" "$TMP/ctest.args"
+done
+DDP_JOBS=abc tt
+check "tools/test DDP_JOBS=abc: exit 2, named" bash -c '[[ $1 -eq 2 && $2 == *"DDP_JOBS"* ]]' _ "$rc" "$out"
+touch "$TMP/afile"
+TT_BUILD="$TMP/afile/b" tt
+check "tools/test with a build dir that cannot be made: exit 2, one clear line" \
+  bash -c '[[ $1 -eq 2 && $2 == *"cannot create the build directory"* && $2 != *"No such file"* ]] || { printf "%s\n" "$2"; false; }' _ "$rc" "$out"
+tt
+check "tools/test: the cmake log inside the build dir, nothing beside it" \
+  bash -c '[[ $1 -eq 0 && -f $2/tb/tools-test-cmake.log && ! -e $2/tb.cmake.log ]]' _ "$rc" "$TMP"
+
 # ---- tools/setup: root or sudo only to install ---------------------------------------------------------
 # A fake repository whose .deps are complete, a dpkg-query stand-in, a PATH without sudo, a user other than root.
 SREPO="$TMP/srepo"

@@ -3,12 +3,15 @@
 # The user-facing scripts in tools/ without building or training: tools/quickstart, tools/test and
 # tools/setup run from a fake repository (copies of the scripts; a stand-in tools/setup) against stand-in
 # cmake, ctest, mpirun, dpkg-query and a fake build whose train_resnet18 writes JSONL as the real one
-# does.
+# does; the benchmark scripts in tools/bench get bad arguments (refused before they run anything).
 # The real pipeline runs in tools/quickstart itself and tests/integration.
-# Usage: tests/tools/test_tools.sh
+# Usage: tests/tools/test_tools.sh [BUILD_DIR]
+#   BUILD_DIR (optional) a build whose loader_bench, make_bench_jpegs and pack_imagenet get bad input
+#             (default: build; skipped with a note where they are not built).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD=${1:-$ROOT/build}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 FAILS=0
@@ -181,6 +184,61 @@ else
   printf 'NOTE root without setpriv: the setup checks as another user are skipped\n'
 fi
 chmod 700 "$TMP"
+
+# ---- tools/bench: bad arguments refused up front (one line naming the argument, non-zero exit), --help ------
+FAKEB="$TMP/benchbuild"
+mkdir -p "$FAKEB"
+# bench_bad DESCRIPTION WORD CMD...: CMD exits non-zero within 60 s, saying WORD, with no traceback, no -nan
+bench_bad() {
+  local d=$1 w=$2 o r
+  shift 2
+  o=$(timeout 60 "$@" 2>&1 </dev/null); r=$?
+  check "$d: refused, names $w" bash -c '[[ $1 -ne 0 && $1 -ne 124 && $2 == *"$3"* && $2 != *Traceback* && $2 != *nan* ]] ||
+    { printf "rc %s: %s\n" "$1" "$2"; false; }' _ "$r" "$o" "$w"
+}
+B=$ROOT/tools/bench
+for s in allreduce.sh overlap.sh pack_bench.sh loader_vs_torchvision.sh ddp_cpu_train.sh cpu_train.sh; do
+  o=$("$B/$s" --help 2>&1); r=$?
+  check "$s --help: usage, exit 0" bash -c '[[ $1 -eq 0 && $2 == *"tools/bench/$3"* ]]' _ "$r" "$o" "$s"
+done
+bench_bad "allreduce.sh BUILD --bogus" "'--bogus'" "$B/allreduce.sh" "$FAKEB" --bogus
+bench_bad "allreduce.sh /nonexistent" "/nonexistent" "$B/allreduce.sh" /nonexistent
+bench_bad "overlap.sh BUILD abc" ITERS "$B/overlap.sh" "$FAKEB" abc
+bench_bad "overlap.sh BUILD 5 8 16" SIZE "$B/overlap.sh" "$FAKEB" 5 8 16
+for n in abc 0 -5; do
+  bench_bad "pack_bench.sh BUILD $n" N_IMAGES "$B/pack_bench.sh" "$FAKEB" "$n"
+done
+for n in abc 0 20; do
+  bench_bad "loader_vs_torchvision.sh BUILD $n" N_IMAGES "$B/loader_vs_torchvision.sh" "$FAKEB" "$n"
+done
+bench_bad "loader_vs_torchvision.sh ROUNDS=0" ROUNDS "$B/loader_vs_torchvision.sh" "$FAKEB" 400 2 0
+for v in "RANKS=0" "RANKS=abc" "ITERS=0" "ROUNDS=0" "ITERS=7"; do
+  bench_bad "ddp_cpu_train.sh $v" "${v%%=*}" env "$v" DDP_BUILD_DIR="$FAKEB" "$B/ddp_cpu_train.sh"
+done
+for f in loader_make_jpegs.py loader_torchvision.py pack_pil.py; do
+  check "$f is executable (it has a shebang)" test -x "$B/$f"
+done
+if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+  bench_bad "torch_cpu_ddp.py --ranks 0" "--ranks" /usr/bin/python3 "$B/torch_cpu_ddp.py" --ranks 0
+  bench_bad "torch_cpu_train.py --batch 0" "--batch" /usr/bin/python3 "$B/torch_cpu_train.py" --batch 0
+  bench_bad "cpu_ops.py /nonexistent 32 8" "/nonexistent" /usr/bin/python3 "$B/cpu_ops.py" /nonexistent 32 8
+else
+  printf 'NOTE /usr/bin/python3 without torch: the PyTorch peers'"'"' argument checks are skipped\n'
+fi
+LB=$BUILD/data-prep/loader_bench
+if [[ -x $LB ]]; then
+  for a in "--epochs 0 --seconds 0" "--workers -1" "--seconds -1" "--batch 0"; do
+    # shellcheck disable=SC2086  # the flags are meant to split
+    bench_bad "loader_bench $a" "${a%% *}" "$LB" --shards "$TMP" $a
+  done
+  if [[ -x $BUILD/data-prep/make_bench_jpegs && -x $BUILD/data-prep/pack_imagenet ]]; then
+    "$BUILD/data-prep/make_bench_jpegs" "$TMP/lbj" 12 --classes 2 --threads 1 >/dev/null 2>&1
+    "$BUILD/data-prep/pack_imagenet" --input "$TMP/lbj" --output "$TMP/lbs" --shards 1 --splits train --no-progress >/dev/null 2>&1
+    bench_bad "loader_bench on 12 images (less than a batch)" "fewer images than one batch" "$LB" --shards "$TMP/lbs" --seconds 0
+  fi
+else
+  printf 'NOTE no %s: its argument checks are skipped (build it first)\n' "$LB"
+fi
 
 if ((FAILS)); then printf '%d check(s) FAILED\n' "$FAILS"; exit 1; fi
 echo "all checks passed"

@@ -6,8 +6,18 @@
 #   tools/bench/allreduce.sh [BUILD_DIR] [--quick]
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
-build=${1:-$root/build}
-quick=${2:-}
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
+build="" quick=""
+for a in "$@"; do
+  case $a in
+    -h|--help) usage; exit 0 ;;
+    --quick) quick=--quick ;;
+    -*) echo "allreduce.sh: unknown option '$a' (usage: tools/bench/allreduce.sh [BUILD_DIR] [--quick])" >&2; exit 2 ;;
+    *) [ -z "$build" ] || { echo "allreduce.sh: one BUILD_DIR only, got '$build' and '$a'" >&2; exit 2; }; build=$a ;;
+  esac
+done
+build=${build:-$root/build}
+[ -d "$build" ] || { echo "allreduce.sh: build directory '$build' does not exist" >&2; exit 2; }
 bench=$build/tests/comm/ddp_allreduce_bench
 [ -x "$bench" ] || { echo "build the benchmark first: cmake --build $build --target ddp_allreduce_bench" >&2; exit 2; }
 args="--min-bytes 1024 --max-bytes 67108864 --iters 10 --warmup 2"

@@ -73,11 +73,19 @@ def ours_shape(binary, name, size, batch, threads, reps):
 
 
 def main():
-    if len(sys.argv) < 4:
+    if len(sys.argv) < 4 or sys.argv[1] in ("-h", "--help"):
         sys.exit(__doc__)
-    binary, size, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    threads = int(sys.argv[4]) if len(sys.argv) > 4 else 2
-    reps = int(sys.argv[5]) if len(sys.argv) > 5 else 5
+    binary = sys.argv[1]
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        sys.exit(f"cpu_ops.py: '{binary}' is not an executable file (build ddp_cpu_ops_bench first)")
+
+    def whole(i, name, default):
+        s = sys.argv[i] if len(sys.argv) > i else str(default)
+        if not s.isdigit() or int(s) < 1:
+            sys.exit(f"cpu_ops.py: {name} must be a positive whole number, got '{s}'")
+        return int(s)
+    size, batch = whole(2, "SIZE", 0), whole(3, "BATCH", 0)
+    threads, reps = whole(4, "THREADS", 2), whole(5, "REPS", 5)
     torch.set_num_threads(threads)
     # Shape by shape, alternating ours and PyTorch ROUNDS times and keeping each side's minimum, so a
     # burst of load on the shared machine hits both sides alike.

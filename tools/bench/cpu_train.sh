@@ -8,6 +8,10 @@
 #   THREADS=1 BATCH_32=64 ONLY_32=1 tools/bench/cpu_train.sh   # one quick-start rank: 1 thread, batch 64
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+case ${1:-} in
+  -h|--help) sed -n '2,/^[^#]/{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  ?*) echo "cpu_train.sh: takes no arguments, settings come from the environment (see --help)" >&2; exit 2 ;;
+esac
 BUILD=${DDP_BUILD_DIR:-$ROOT/build}
 BIN=$BUILD/src/backend/cpu/bench_cpu_train
 THREADS=${THREADS:-$(nproc)}

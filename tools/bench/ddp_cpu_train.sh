@@ -7,17 +7,31 @@
 #   tools/bench/ddp_cpu_train.sh                       # 2 ranks x 1 thread, batch 64 per rank, 64 px
 #   SIZE=32 ROUNDS=5 tools/bench/ddp_cpu_train.sh
 #   TRAIN=/path/to/train_resnet18 tools/bench/ddp_cpu_train.sh   # another build of ours
+# Settings (environment): RANKS THREADS BATCH ITERS WARMUP ROUNDS at least 1, SIZE at least 32, ITERS a
+# multiple of WARMUP.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+usage() { sed -n '2,/^[^#]/{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+# need_int NAME VALUE MIN: VALUE a whole number >= MIN, or one line naming NAME and exit 2
+need_int() { if ! [[ $2 =~ ^[0-9]+$ ]] || ((10#$2 < $3)); then echo "$(basename "$0"): $1 must be a whole number >= $3, got '$2'" >&2; exit 2; fi; }
+case ${1:-} in -h|--help) usage; exit 0 ;; ?*) echo "ddp_cpu_train.sh: takes no arguments, settings come from the environment (see --help)" >&2; exit 2 ;; esac
 BUILD=${DDP_BUILD_DIR:-$ROOT/build}
 TRAIN=${TRAIN:-$BUILD/src/apps/train_resnet18}
 RANKS=${RANKS:-2}
+need_int RANKS "$RANKS" 1
 THREADS=${THREADS:-$(( $(nproc) / RANKS > 0 ? $(nproc) / RANKS : 1 ))}
 BATCH=${BATCH:-64}
 SIZE=${SIZE:-64}
 ITERS=${ITERS:-30}
 WARMUP=${WARMUP:-5}
 ROUNDS=${ROUNDS:-3}
+need_int THREADS "$THREADS" 1
+need_int BATCH "$BATCH" 1
+need_int SIZE "$SIZE" 32
+need_int ITERS "$ITERS" 1
+need_int WARMUP "$WARMUP" 1
+need_int ROUNDS "$ROUNDS" 1
+((ITERS % WARMUP == 0)) || { echo "ddp_cpu_train.sh: ITERS ($ITERS) must be a multiple of WARMUP ($WARMUP): the log windows are WARMUP steps" >&2; exit 2; }
 [[ -x $TRAIN ]] || { echo "error: $TRAIN not found; build it: cmake --build $BUILD --target train_resnet18" >&2; exit 2; }
 /usr/bin/python3 -c 'import torch, torchvision' 2>/dev/null ||
   { echo "error: the peer needs Debian's python3-torch and python3-torchvision (tools/setup installs them)" >&2; exit 2; }

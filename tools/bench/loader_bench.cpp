@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <stdexcept>
+#include <string>
 
 #include <boost/program_options.hpp>
 
@@ -44,6 +46,12 @@ int main(int argc, char** argv) {
       return 0;
     }
     po::notify(vm);
+    // Bad values would time nothing (-nan img/s) or reach the loader as nonsense: refused, named.
+    if (workers < 0) throw std::invalid_argument("--workers must be 0 (all cores) or more, got " + std::to_string(workers));
+    if (batch < 1) throw std::invalid_argument("--batch must be at least 1, got " + std::to_string(batch));
+    if (epochs < 1) throw std::invalid_argument("--epochs must be at least 1 (timed epochs), got " + std::to_string(epochs));
+    if (!(min_seconds >= 0)) throw std::invalid_argument("--seconds must be 0 or more, got " + std::to_string(min_seconds));
+    if (size < 1) throw std::invalid_argument("--size must be at least 1, got " + std::to_string(size));
     ddp::data::LoaderConfig c;
     c.shards = ddp::data::find_shards(dir, split);
     c.batch_size = batch;
@@ -73,6 +81,9 @@ int main(int argc, char** argv) {
         cpu += c;
       }
     }
+    if (images == 0 || secs <= 0 || cpu <= 0)
+      throw std::runtime_error("no whole batch of " + std::to_string(batch) + " images was timed (the '" + split +
+                               "' split in '" + dir + "' holds fewer images than one batch?)");
     std::printf(
         "loader_bench: %lld images in %.2f s: %.1f img/s, %.1f img per CPU-second (%d epochs, %d workers, batch %d, "
         "%dx%d, %s) [%llu]\n",

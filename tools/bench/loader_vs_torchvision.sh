@@ -14,13 +14,25 @@
 # throughput (img/s) and for images per CPU-second (every thread / worker process, from the kernel's
 # accounting): the second is "per core" without assuming each side got the cores it asked for, so a
 # machine loaded by other work disturbs it much less.
+# N_IMAGES must be at least one batch (64: both sides drop a partial last batch), WORKERS and ROUNDS at
+# least 1, SECONDS a whole number >= 0.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
+# need_int NAME VALUE MIN: VALUE a whole number >= MIN, or one line naming NAME and exit 2
+need_int() { if ! [[ $2 =~ ^[0-9]+$ ]] || ((10#$2 < $3)); then echo "$(basename "$0"): $1 must be a whole number >= $3, got '$2'" >&2; exit 2; fi; }
+case ${1:-} in -h|--help) usage; exit 0 ;; -*) echo "loader_vs_torchvision.sh: unknown option '$1' (see --help)" >&2; exit 2 ;; esac
+(($# <= 5)) || { echo "loader_vs_torchvision.sh: at most 5 arguments (see --help)" >&2; exit 2; }
 BUILD="${1:-$ROOT/build}"
 N="${2:-400}"
 WORKERS="${3:-$(nproc)}"
 ROUNDS="${4:-5}"
 SECONDS_MIN="${5:-10}"
+[[ -d $BUILD ]] || { echo "loader_vs_torchvision.sh: build directory '$BUILD' does not exist" >&2; exit 2; }
+need_int N_IMAGES "$N" 64
+need_int WORKERS "$WORKERS" 1
+need_int ROUNDS "$ROUNDS" 1
+need_int SECONDS "$SECONDS_MIN" 0
 PY=/usr/bin/python3
 cmake --build "$BUILD" --target pack_imagenet loader_bench -j"$(nproc)" >/dev/null
 WORK="$(mktemp -d /tmp/loader_bench.XXXXXX)"

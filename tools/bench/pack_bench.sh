@@ -2,11 +2,18 @@
 # pack_imagenet images/s per core on full-size JPEGs (about 500x375, ImageNet's most common size),
 # default policy (shorter side 256, JPEG quality 90), with 1 thread and with all cores, against a
 # one-process PIL loop doing the same work on the same files.
-#   tools/bench/pack_bench.sh [BUILD_DIR] [N_IMAGES]
+#   tools/bench/pack_bench.sh [BUILD_DIR] [N_IMAGES]    (defaults: build 300; N_IMAGES >= 1)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
+# need_int NAME VALUE MIN: VALUE a whole number >= MIN, or one line naming NAME and exit 2
+need_int() { if ! [[ $2 =~ ^[0-9]+$ ]] || ((10#$2 < $3)); then echo "$(basename "$0"): $1 must be a whole number >= $3, got '$2'" >&2; exit 2; fi; }
+case ${1:-} in -h|--help) usage; exit 0 ;; -*) echo "pack_bench.sh: unknown option '$1' (see --help)" >&2; exit 2 ;; esac
+(($# <= 2)) || { echo "pack_bench.sh: at most 2 arguments (see --help)" >&2; exit 2; }
 BUILD="${1:-$ROOT/build}"
 N="${2:-300}"
+[[ -d $BUILD ]] || { echo "pack_bench.sh: build directory '$BUILD' does not exist" >&2; exit 2; }
+need_int N_IMAGES "$N" 1
 PY=/usr/bin/python3
 cmake --build "$BUILD" --target pack_imagenet -j"$(nproc)" >/dev/null
 WORK="$(mktemp -d /tmp/pack_bench.XXXXXX)"

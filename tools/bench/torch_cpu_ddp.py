@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 import torchvision
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from torch_cpu_train import make_step  # the same step as the single-process peer
+from torch_cpu_train import make_step, non_negative, positive  # the same step and argument checks
 
 
 def worker(rank, a, port, out):
@@ -48,14 +48,14 @@ def worker(rank, a, port, out):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ranks", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--port", type=int, default=29531)
+    ap.add_argument("--ranks", type=positive, default=2)
+    ap.add_argument("--threads", type=positive, default=1)
+    ap.add_argument("--batch", type=positive, default=64)
+    ap.add_argument("--size", type=positive, default=64)
+    ap.add_argument("--classes", type=positive, default=10)
+    ap.add_argument("--iters", type=positive, default=30)
+    ap.add_argument("--warmup", type=non_negative, default=5)
+    ap.add_argument("--port", type=positive, default=29531)
     a = ap.parse_args()
     ctx = mp.get_context("spawn")
     out = ctx.SimpleQueue()

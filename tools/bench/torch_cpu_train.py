@@ -31,15 +31,31 @@ def make_step(model, opt, crit, batch, h, w, classes):
     return step
 
 
+def positive(s):
+    """argparse type: a whole number >= 1 (named in argparse's one-line error otherwise)."""
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {s}")
+    return v
+
+
+def non_negative(s):
+    """argparse type: a whole number >= 0."""
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {s}")
+    return v
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--width", type=int, default=0)
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--batch", type=positive, default=128)
+    ap.add_argument("--size", type=positive, default=32)
+    ap.add_argument("--width", type=non_negative, default=0)
+    ap.add_argument("--iters", type=positive, default=10)
+    ap.add_argument("--warmup", type=non_negative, default=2)
+    ap.add_argument("--threads", type=non_negative, default=0)
+    ap.add_argument("--classes", type=positive, default=1000)
     a = ap.parse_args()
     h, w = a.size, a.width or a.size
     if a.threads:

@@ -29,6 +29,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     po::notify(vm);
+    if (show < 0) {
+      std::cerr << "inspect_shards: --show must be 0 or more, got " << show << " (see --help)\n";
+      return 2;
+    }
     if (inputs.empty()) {
       std::cerr << "inspect_shards: no shard files given (see --help)\n";
       return 2;

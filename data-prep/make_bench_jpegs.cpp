@@ -41,7 +41,8 @@ void usage(FILE* f) {
   std::fprintf(f,
                "usage: make_bench_jpegs OUT N [--classes C] [--width W] [--height H] [--quality Q] [--threads T] [--seed S]\n"
                "  writes OUT/train/cNNNN/img_NNNNNNNN.JPEG: N natural-looking JPEGs, image i in class i %% C\n"
-               "  defaults: C 1000, about 500x375 (each side +-15%%), quality 90, T all cores, S 2024\n");
+               "  defaults: C 1000, about 500x375 (each side +-15%%), quality 90, T all cores, S 2024\n"
+               "  OUT must be new or empty: files of an earlier, larger run would otherwise stay beside the new ones\n");
 }
 
 int64_t parse_int(const std::string& flag, const char* v, int64_t lo, int64_t hi) {
@@ -80,6 +81,13 @@ Options parse(int argc, char** argv) {
   DDP_CHECK(pos.size() == 2, "make_bench_jpegs: wants OUT and N (see --help), got ", pos.size(), " positional argument(s)");
   o.out = pos[0];
   o.count = parse_int("N", pos[1].c_str(), 1, 100000000);
+  // Never mix with (or delete) what is there: a smaller N into an earlier tree kept the old images.
+  std::error_code ec;
+  if (fs::exists(o.out, ec)) {
+    DDP_CHECK(fs::is_directory(o.out, ec), "make_bench_jpegs: OUT '", o.out, "' exists and is not a directory");
+    DDP_CHECK(fs::is_empty(o.out, ec) && !ec, "make_bench_jpegs: OUT '", o.out,
+              "' is not empty; give a new or empty folder (remove the old images first)");
+  }
   return o;
 }
 

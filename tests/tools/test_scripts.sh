@@ -86,6 +86,12 @@ chmod 700 "$TMP"
 # ---- argument errors -------------------------------------------------------------------------------
 "$ROOT/tools/gpu_check.sh" --batch zero >/dev/null 2>&1; rc=$?
 check "bad --batch: exit 2" test "$rc" -eq 2
+for a in "--batch 99999999999999999999" "--batch 0" "--size 16" "--size 99999"; do
+  # shellcheck disable=SC2086  # flag and value
+  out=$("$ROOT/tools/gpu_check.sh" $a 2>&1); rc=$?
+  check "gpu_check.sh $a: out of bounds, exit 2, one line naming the flag" \
+    bash -c '[[ $1 -eq 2 && $(wc -l <<<"$2") -eq 1 && $2 == *"${3%% *} needs a whole number from"* ]]' _ "$rc" "$out" "$a"
+done
 "$ROOT/tools/gpu_check.sh" --help | grep -q 'Usage: tools/gpu_check.sh'
 check "--help prints usage" test "${PIPESTATUS[0]}" -eq 0
 
@@ -187,6 +193,15 @@ if [[ -x $MBJ ]]; then
     "$TMP/mbj1" "$TMP/mbj3"
   "$MBJ" "$TMP/mbj-bad" 0 >/dev/null 2>&1; rc=$?
   check "make_bench_jpegs: N = 0 refused (exit 2)" test "$rc" -eq 2
+  # into a folder that is not empty (an earlier, larger run): refused, the old files untouched
+  before=$(cd "$TMP/mbj1" && find . -type f | sort | xargs md5sum)
+  out=$("$MBJ" "$TMP/mbj1" 3 --classes 5 --threads 1 2>&1); rc=$?
+  check "make_bench_jpegs into a non-empty folder: exit 2, said, nothing changed" \
+    bash -c '[[ $1 -eq 2 && $2 == *"is not empty"* && $(cd "$3" && find . -type f | sort | xargs md5sum) == "$4" ]]' _ \
+    "$rc" "$out" "$TMP/mbj1" "$before"
+  mkdir -p "$TMP/mbj-empty"
+  "$MBJ" "$TMP/mbj-empty" 2 --classes 2 --threads 1 >/dev/null 2>&1; rc=$?
+  check "make_bench_jpegs into an empty folder (gpu_check's temporary one): exit 0" test "$rc" -eq 0
   if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import PIL' 2>/dev/null; then
     # Independent decoder (PIL): RGB baseline JPEGs about 500x375 (+-15%), natural-image sized (tens of KB).
     check "make_bench_jpegs: PIL decodes every file as RGB about 500x375, 30-150 KB" /usr/bin/python3 -c '
@@ -433,6 +448,8 @@ mv "$TMP/train_resnet18.away" "$FAKE/bundle/bin/train_resnet18"
 rm -f "$FAKE/bundle/bin/bench_cuda_train"
 out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --bundle "$FAKE/bundle" --out "$TMP/gc-miss" --python fakepy 2>&1); rc=$?
 check "missing bench_cuda_train: exit 2, named" bash -c '[[ $1 -eq 2 ]] && grep -q "MISSING: .*bench_cuda_train" <<<"$2"' _ "$rc" "$out"
+check "missing bench_cuda_train: listed once among the problems" \
+  test "$(grep -c '^  - .*bench_cuda_train (our benchmark)' <<<"$out")" -eq 1
 out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --bundle "$TMP/no-bundle" --out "$TMP/gc-nob" --python fakepy 2>&1); rc=$?
 check "missing bundle: exit 2, names tools/bundle_deps" bash -c '[[ $1 -eq 2 ]] && grep -q "MISSING: bundle .*tools/bundle_deps" <<<"$2"' _ "$rc" "$out"
 

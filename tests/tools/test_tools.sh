@@ -231,6 +231,9 @@ if [[ -x $LB ]]; then
     # shellcheck disable=SC2086  # the flags are meant to split
     bench_bad "loader_bench $a" "${a%% *}" "$LB" --shards "$TMP" $a
   done
+  if [[ -x $BUILD/data-prep/inspect_shards ]]; then
+    bench_bad "inspect_shards --show -1" "--show" "$BUILD/data-prep/inspect_shards" --show -1 "$TMP"
+  fi
   if [[ -x $BUILD/data-prep/make_bench_jpegs && -x $BUILD/data-prep/pack_imagenet ]]; then
     "$BUILD/data-prep/make_bench_jpegs" "$TMP/lbj" 12 --classes 2 --threads 1 >/dev/null 2>&1
     "$BUILD/data-prep/pack_imagenet" --input "$TMP/lbj" --output "$TMP/lbs" --shards 1 --splits train --no-progress >/dev/null 2>&1

@@ -41,12 +41,14 @@ void write_checkpoint_file(const std::string& tmp, const nn::ResNet18Spec& spec,
   h5::Handle f = h5::create_file(tmp);
   h5::set_attr(f, "format", std::string(kCheckpointFormat));
   h5::set_attr(f, "format_version", kCheckpointVersion);
-  for (const auto& pi : spec.params) h5::write_f32(f, pi.name, s.params.data() + pi.offset, hshape(pi.shape));
+  for (const auto& pi : spec.params)
+    h5::write_f32_checksummed(f, pi.name, s.params.data() + pi.offset, hshape(pi.shape));
   for (const auto& b : spec.buffers)
-    h5::write_f32(f, b.name, s.buffers.data() + b.offset, {static_cast<hsize_t>(b.numel)});
+    h5::write_f32_checksummed(f, b.name, s.buffers.data() + b.offset, {static_cast<hsize_t>(b.numel)});
   for (const auto& bn : spec.bn_names()) write_scalar_i64(f, bn + ".num_batches_tracked", s.num_batches_tracked);
   for (const auto& pi : spec.params)
-    h5::write_f32(f, "optimizer/momentum/" + pi.name, s.momentum.data() + pi.offset, hshape(pi.shape));
+    h5::write_f32_checksummed(f, "optimizer/momentum/" + pi.name, s.momentum.data() + pi.offset,
+                              hshape(pi.shape));
   h5::set_attr(f, "num_classes", static_cast<int64_t>(s.num_classes));
   h5::set_attr(f, "momentum_initialised", static_cast<int64_t>(s.momentum_initialised));
   h5::set_attr(f, "epoch", s.epoch);
@@ -64,8 +66,8 @@ void write_checkpoint_file(const std::string& tmp, const nn::ResNet18Spec& spec,
   h5::set_attr(f, "config", s.config);
   if (!s.rank_buffers.empty()) {
     h5::Handle ranks = h5::create_group(f, "ranks");
-    h5::write_f32(ranks, "buffers", s.rank_buffers.data(),
-                  {static_cast<hsize_t>(s.world_size), static_cast<hsize_t>(spec.buffer_count)});
+    h5::write_f32_checksummed(ranks, "buffers", s.rank_buffers.data(),
+                              {static_cast<hsize_t>(s.world_size), static_cast<hsize_t>(spec.buffer_count)});
   }
   h5::Handle rng = h5::create_group(f, "rng");
   for (const auto& [name, pos] : s.rng) h5::set_attr(rng, name, static_cast<int64_t>(pos));

@@ -231,6 +231,37 @@ TEST_F(CheckpointTest, NonFiniteValuesAndImpossiblePositionsAreRefused) {
   }
 }
 
+// A bit flipped on disk inside a tensor (storage, a copy) is caught by the tensor's Fletcher-32 checksum
+// and named; without it the checkpoint would load other weights without a word.
+TEST_F(CheckpointTest, AFlippedBitInATensorIsCaughtAndNamed) {
+  CheckpointState a = random_state(spec_, 10);
+  const std::string p = path("flip.h5");
+  save_checkpoint(p, spec_, a);
+  haddr_t at = 0;
+  {
+    ddp::h5::Handle f = ddp::h5::open_file(p);
+    ddp::h5::Handle ds(H5Dopen2(f, "layer3.1.conv2.weight", H5P_DEFAULT));
+    ASSERT_TRUE(ds.valid());
+    hsize_t offset[4] = {0, 0, 0, 0};
+    unsigned mask = 0;
+    hsize_t size = 0;
+    ASSERT_GE(H5Dget_chunk_info_by_coord(ds, offset, &mask, &at, &size), 0);
+    ASSERT_GT(size, 1000u);
+  }
+  {
+    std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(at + 1000));
+    char c = 0;
+    f.read(&c, 1);
+    c ^= 0x10;
+    f.seekp(static_cast<std::streamoff>(at + 1000));
+    f.write(&c, 1);
+  }
+  const std::string e = load_error(p, spec_);
+  EXPECT_NE(e.find("layer3.1.conv2.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find("damaged"), std::string::npos) << e;
+}
+
 // Files written before batch_size / train_images existed read them as 0 (unknown: not checked).
 TEST_F(CheckpointTest, OlderFilesReadBatchAndImageCountAsUnknown) {
   CheckpointState a = random_state(spec_, 8);

@@ -46,6 +46,9 @@ Handle create_group(hid_t loc, const std::string& name);
 
 // Datasets of fixed-size arrays. Shapes are checked on read; the error names the file and dataset.
 void write_f32(hid_t loc, const std::string& name, const float* data, const std::vector<hsize_t>& shape);
+// The same with a Fletcher-32 checksum that every read verifies (a flipped bit is an error, not a
+// silently different value); for checkpoints.
+void write_f32_checksummed(hid_t loc, const std::string& name, const float* data, const std::vector<hsize_t>& shape);
 void write_i32(hid_t loc, const std::string& name, const int32_t* data, const std::vector<hsize_t>& shape);
 void write_i64(hid_t loc, const std::string& name, const int64_t* data, const std::vector<hsize_t>& shape);
 void write_u8(hid_t loc, const std::string& name, const uint8_t* data, const std::vector<hsize_t>& shape);

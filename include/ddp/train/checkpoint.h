@@ -17,6 +17,8 @@
 //                                         statistics (the root datasets hold their average), so that
 //                                         a resume with the same ranks continues bit for bit
 //
+// Every fp32 tensor is one chunk with HDF5's Fletcher-32 checksum (verified on every read, also by
+// h5py), so a bit flipped on disk is refused, naming the tensor, instead of loading other weights.
 // Written to "<name>.tmp", flushed, fsync'd, renamed (and the directory fsync'd), so a file under a
 // final name is always whole. A truncated, incomplete or foreign file is refused with a message
 // that names it; nothing is half-loaded (the state is read completely before it is used).

@@ -15,22 +15,15 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${1:-$ROOT/build}
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-FAILS=0
-pass() { printf 'PASS %s\n' "$*"; }
-fail() { printf 'FAIL %s\n' "$*"; FAILS=$((FAILS + 1)); }
-check() {  # check DESCRIPTION CMD...
-  local d=$1; shift
-  if "$@"; then pass "$d"; else fail "$d"; fi
-}
+# shellcheck source-path=SCRIPTDIR source=harness.sh
+source "$ROOT/tests/tools/harness.sh"
 PY=$(command -v python3 || echo /usr/bin/python3)
 jget() { "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$1" "$2"; }
 
 # ---- shellcheck ------------------------------------------------------------------------------------
 if command -v shellcheck >/dev/null; then
   check "shellcheck gpu_check.sh, bundle_deps, this test" \
-    shellcheck "$ROOT/tools/gpu_check.sh" "$ROOT/tools/bundle_deps" "$ROOT/tests/tools/test_scripts.sh"
+    shellcheck -x "$ROOT/tools/gpu_check.sh" "$ROOT/tools/bundle_deps" "$ROOT/tests/tools/test_scripts.sh"
 else
   fail "shellcheck not installed (tools/setup installs it)"
 fi

@@ -12,19 +12,12 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${1:-$ROOT/build}
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-FAILS=0
-pass() { printf 'PASS %s\n' "$*"; }
-fail() { printf 'FAIL %s\n' "$*"; FAILS=$((FAILS + 1)); }
-check() {  # check DESCRIPTION CMD...
-  local d=$1; shift
-  if "$@"; then pass "$d"; else fail "$d"; fi
-}
+# shellcheck source-path=SCRIPTDIR source=harness.sh
+source "$ROOT/tests/tools/harness.sh"
 
 if command -v shellcheck >/dev/null; then
   check "shellcheck tools/quickstart, tools/test, tools/setup, tools/bench/*.sh, this test" \
-    shellcheck -S warning "$ROOT/tools/quickstart" "$ROOT/tools/test" "$ROOT/tools/setup" "$ROOT"/tools/bench/*.sh \
+    shellcheck -x -S warning "$ROOT/tools/quickstart" "$ROOT/tools/test" "$ROOT/tools/setup" "$ROOT"/tools/bench/*.sh \
     "$ROOT/tests/tools/test_tools.sh"
 else
   fail "shellcheck not installed (tools/setup installs it)"

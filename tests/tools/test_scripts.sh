@@ -67,7 +67,9 @@ if [[ $(id -u) -eq 0 ]]; then
   chmod 755 "$TMP"  # nobody must reach the folder
 fi
 if [[ $(id -u) -ne 0 || ${#as_user[@]} -gt 0 ]]; then
-  out=$("${as_user[@]}" env PATH="$NOGPU_PATH" OUT="" "$ROOT/tools/gpu_check.sh" --out "$TMP/ro-out" 2>&1); rc=$?
+  # A copy in $TMP: the clone may sit in a folder nobody cannot enter (mktemp -d makes them 0700).
+  cp "$ROOT/tools/gpu_check.sh" "$TMP/gpu_check_copy.sh" && chmod 755 "$TMP/gpu_check_copy.sh"
+  out=$("${as_user[@]}" env PATH="$NOGPU_PATH" OUT="" "$TMP/gpu_check_copy.sh" --out "$TMP/ro-out" 2>&1); rc=$?
   check "--out on a folder it cannot write: exit 2, one line naming it" \
     bash -c '[[ $1 -eq 2 && $(wc -l <<<"$2") -eq 1 && $2 == *"cannot write to output directory '"'"'$3'"'"'"* ]] || { printf "%s\n" "$2"; false; }' _ \
     "$rc" "$out" "$TMP/ro-out"

@@ -154,6 +154,21 @@ SAMPLER=""
 CHILD_NOTE=""
 UNPACKED=""
 E2E_DIR=""
+# Stops the utilisation sampler. A SIGTERM that reaches it between its fork and its exec (a run that
+# ended within milliseconds) is lost, and a plain kill + wait then waited for ever (seen once with the
+# fake host): the signal is repeated until it is gone, then SIGKILL.
+stop_sampler() {
+  [[ -n $SAMPLER ]] || return 0
+  local _
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    kill "$SAMPLER" 2>/dev/null || break
+    sleep 0.1
+    kill -0 "$SAMPLER" 2>/dev/null || break
+  done
+  kill -KILL "$SAMPLER" 2>/dev/null
+  wait "$SAMPLER" 2>/dev/null
+  SAMPLER=""
+}
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
   [[ -n $SAMPLER ]] && kill "$SAMPLER" 2>/dev/null
@@ -733,7 +748,7 @@ run_bench() {
   t0=$SECONDS
   PYTHONUNBUFFERED=1 timeout -k 10 "$t" "$@" >"$LOGDIR/$key.log" 2>&1
   rc=$?
-  kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null; SAMPLER=""
+  stop_sampler
   res=$(grep '^RESULT ' "$LOGDIR/$key.log" | tail -1 | cut -c8-)
   [[ -z $res && -n $BENCH_JSONL ]] && res=$(jsonl_result "$BENCH_JSONL")
   CHILD_NOTE=""

@@ -371,6 +371,17 @@ int64_t Loader::num_images() const { return impl_->n; }
 int Loader::num_classes() const { return static_cast<int>(impl_->classes.size()); }
 const std::vector<std::string>& Loader::classes() const { return impl_->classes; }
 
+std::string Loader::set_identity() const {
+  std::string id;
+  for (const auto& r : impl_->shards) {
+    const auto& m = r->meta();
+    id += str(std::filesystem::path(r->path()).filename().string(), ' ', m.num_images, ' ',
+              m.input_fingerprint.empty() ? "-" : m.input_fingerprint, '\n');
+  }
+  for (const auto& c : impl_->classes) id += str(c, '\n');
+  return id;
+}
+
 int64_t Loader::local_batches() const {
   const auto& c = impl_->cfg;
   if (c.train) return train_share(impl_->n, c.rank, c.world).size() / c.batch_size;

@@ -51,6 +51,7 @@ class ShardSource final : public DataSource {
     return str(split_, ": ", loader_->num_images(), " images in ", nshards_, " shard(s) of ", dir_, ", ",
                loader_->num_classes(), " classes");
   }
+  std::string identity() const override { return str(split_, '\n', loader_->set_identity()); }
 
  private:
   std::string dir_, split_;

@@ -81,6 +81,7 @@ class SyntheticSource final : public DataSource {
     return str("synthetic: ", set_->size, " images ", set_->h, "x", set_->w, ", ", set_->classes,
                " classes (seed ", set_->seed, ")");
   }
+  std::string identity() const override { return describe(); }  // a pure function of the settings
 
   void start_epoch(int epoch, int64_t num_batches, int64_t first_batch) override {
     DDP_CHECK(num_batches <= local_batches_, "asked for ", num_batches, " batches of ", local_batches_);

@@ -216,6 +216,41 @@ void load_init_weights(const std::string& path, const nn::ResNet18Spec& spec, st
         " classes: fine-tuning)");
 }
 
+// FNV-1a of s, cut to 52 bits so that it travels exactly as a double (the communicators' allgather).
+double identity_hash(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
+  return static_cast<double>(h & ((uint64_t{1} << 52) - 1));
+}
+
+// Ranks that split one shard set (those of a host with --shard-scope node, all of them with global)
+// must read the same files: two ranks of a host given different --data directories would each take
+// their slice of another set, and some images would be trained twice and others never, without a
+// word. Compared by content (Loader::set_identity), not by path: one set may be mounted at other paths.
+void check_same_shard_set(const DataSource* train, const DataSource* val, const comm::DistEnv& env,
+                          comm::Communicator& c, bool node_scope) {
+  const double mine = identity_hash(str(train ? train->identity() : std::string(), "\n--\n",
+                                        val ? val->identity() : std::string()));
+  const std::vector<double> ids = c.allgather(mine);
+  const std::vector<double> group = c.allgather(node_scope ? env.node_index : 0);
+  // Every rank holds the same two vectors, so every rank finds the same first pair and fails alike.
+  for (int r = 1; r < env.world; ++r) {
+    int first = 0;
+    while (group[static_cast<size_t>(first)] != group[static_cast<size_t>(r)]) ++first;
+    if (ids[static_cast<size_t>(first)] == ids[static_cast<size_t>(r)]) continue;
+    const auto where = node_scope ? str(" on host ", env.hosts.at(static_cast<size_t>(group[static_cast<size_t>(r)])))
+                                  : std::string();
+    const auto own = (env.rank == first || env.rank == r)
+                         ? str("; this rank reads ", train ? train->describe() : val->describe())
+                         : std::string();
+    DDP_FAIL("ranks ", first, " and ", r, where, " read different shard sets", own, ". Ranks that split one set must ",
+             "see the same files: check each rank's --data (",
+             node_scope ? "--shard-scope node: the ranks of a host split that host's shards"
+                        : "--shard-scope global: all ranks split one set; with a set per host use --shard-scope node",
+             ")");
+  }
+}
+
 }  // namespace
 
 TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
@@ -294,6 +329,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   DDP_CHECK(cls[0] == -cls[1], "ranks disagree on the number of classes (", cls[0], " vs ", -cls[1],
             "): every node's shards must come from one pack_imagenet run");
   const int num_classes = static_cast<int>(cls[0]);
+  if (!o.synthetic) check_same_shard_set(train.get(), val.get(), env, *comm, node_scope);
   if (train) info0("data: ", train->describe());
   if (val) info0("eval data: ", val->describe());
 

@@ -610,6 +610,33 @@ TEST_F(TrainE2E, RanksWithDifferentSettingsAreRefused) {
   EXPECT_NE(e.out.find("other settings than rank 0: no-eval = 1 (rank 0: 0)"), std::string::npos) << e.out;
 }
 
+// Two ranks of one host given different --data directories (an MPMD line here; node-local configs or
+// wrapper scripts in practice) would each train on their slice of another set: refused before training.
+// The same files under another path are the same set and train.
+TEST_F(TrainE2E, RanksOfAHostReadingDifferentShardSetsAreRefused) {
+  write_raw_shards(d("a"));
+  write_raw_shards(d("b"), 80);
+  fs::copy(d("a"), d("a_copy"));
+  const std::string run = std::string(TRAIN_RESNET18) +
+                          " --image-size 32 --backend cpu --threads 1 --workers 1 --batch-size 8 --epochs 1"
+                          " --max-steps 2 --no-eval --log-every 1 --progress lines --timeout 30 --data ";
+  const std::string mpmd = std::string(MPIEXEC) + " --allow-run-as-root --oversubscribe --bind-to none"
+                           " --mca btl_vader_single_copy_mechanism none -np 1 ";
+  auto r = sh(mpmd + run + d("a") + " : -np 1 " + run + d("b"));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("ranks 0 and 1 on host "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("read different shard sets; this rank reads train: 80 images"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("check each rank's --data (--shard-scope node"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("epoch 1/1 step"), std::string::npos) << "trained before refusing:\n" << r.out;
+  // --shard-scope global: every rank splits one set, the same check.
+  auto g = sh(mpmd + run + d("a") + " --shard-scope global : -np 1 " + run + d("b") + " --shard-scope global");
+  EXPECT_EQ(g.rc, 1) << g.out;
+  EXPECT_NE(g.out.find("ranks 0 and 1 read different shard sets"), std::string::npos) << g.out;
+  auto same = sh(mpmd + run + d("a") + " : -np 1 " + run + d("a_copy"));
+  EXPECT_EQ(same.rc, 0) << same.out;
+  EXPECT_NE(same.out.find("epoch 1/1 step 2"), std::string::npos) << same.out;
+}
+
 // --max-steps 3 of 8 steps per epoch: the evaluation after it says 0.375 epochs, not "epoch 1".
 TEST_F(TrainE2E, EvaluationAfterAStopInsideAnEpochNamesTheFraction) {
   auto r = sh(std::string(TRAIN_RESNET18) +

@@ -49,6 +49,11 @@ class Loader {
   int64_t num_images() const;  // in this shard set
   int num_classes() const;
   const std::vector<std::string>& classes() const;
+  // What makes this shard set this set, independent of where it is mounted: for each shard (in
+  // order) its file name without the directory, image count and input fingerprint, then the class
+  // list. Ranks that split one set compare it (two ranks on one host given different --data
+  // directories would each read a slice of another set).
+  std::string set_identity() const;
   // train: floor(this rank's share / batch); eval: ceil(this rank's exact share / batch)
   int64_t local_batches() const;
   // train: num_batches = the count agreed across all ranks (min), must be <= local_batches();

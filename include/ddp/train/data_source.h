@@ -27,6 +27,9 @@ class DataSource {
   virtual void start_epoch(int epoch, int64_t num_batches, int64_t first_batch = 0) = 0;
   virtual bool next(BatchView& out) = 0;
   virtual std::string describe() const = 0;
+  // Equal on two ranks iff they read the same images (wherever the files are mounted): ranks that
+  // split one set compare it at start-up (Loader::set_identity).
+  virtual std::string identity() const = 0;
 };
 
 // Random uint8 images and labels drawn once from Philox stream kSynthetic (a pure function of the

@@ -178,6 +178,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Python runs with the host's own library path: env.sh (sourced below for our binaries) puts the
+# bundle's Debian libraries (libssl, libz, libzstd, libffi, libgomp, ...) first on LD_LIBRARY_PATH, and
+# those must not replace the ones the host's Python, PyTorch and Triton were built against.
+if [[ -n ${LD_LIBRARY_PATH+set} ]]; then HOSTENV=(env "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"); else HOSTENV=(env -u LD_LIBRARY_PATH); fi
+
 # A python that can at least parse XML and JSON for the summary, even if $PY lacks torch.
 TOOLPY=""
 for p in "$PY" python3 /usr/bin/python3; do
@@ -194,7 +199,7 @@ summarize() {
     return 1
   fi
   FATAL="$fatal" QUICK="$QUICK" ALLOW_SKIP="$ALLOW_SKIP" BATCH="$BATCH" SIZE="$SIZE" BUNDLE="$BUNDLE" \
-    "$TOOLPY" - "$LOGDIR" "$OUTDIR/summary.json" <<'PYEOF' | tee -a "$MAIN_LOG"
+    "${HOSTENV[@]}" "$TOOLPY" - "$LOGDIR" "$OUTDIR/summary.json" <<'PYEOF' | tee -a "$MAIN_LOG"
 import csv, glob, json, os, statistics, sys
 logdir, out = sys.argv[1], sys.argv[2]
 env = os.environ
@@ -467,19 +472,25 @@ if ! command -v "$PY" >/dev/null 2>&1; then
   missing "python '$PY' not found (needs PyTorch + torchvision; --python or DDP_PYTHON to pick another)"
 elif ! TORCH_JSON=$(timeout 120 "$PY" - 2>"$LOGDIR/python.err" <<'PYEOF'
 import json, sys
-import torch, torchvision
-d = {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+import torch
+d = {"python": sys.version.split()[0], "torch": torch.__version__,
      "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+try:
+    import torchvision
+    d["torchvision"] = torchvision.__version__
+except Exception as e:  # the peer needs it; say so below, but keep what torch itself tells
+    d["torchvision_error"] = f"{type(e).__name__}: {e}"
 if torch.cuda.is_available():
     d["torch_gpu"] = torch.cuda.get_device_name()
     d["torch_cudnn"] = torch.backends.cudnn.version()
 print(json.dumps(d))
 PYEOF
 ); then
-  missing "PyTorch/torchvision in '$PY': $(tail -1 "$LOGDIR/python.err")"
+  missing "PyTorch in '$PY': $(tail -1 "$LOGDIR/python.err")"
   TORCH_JSON="{}"
 else
   log "python: $TORCH_JSON"
+  [[ $TORCH_JSON == *'"torchvision_error"'* ]] && missing "torchvision in '$PY' (the PyTorch peer's resnet18): $(sed -n 's/.*"torchvision_error": "\([^"]*\)".*/\1/p' <<<"$TORCH_JSON")"
   [[ $TORCH_JSON == *'"cuda_available": true'* ]] || missing "PyTorch in '$PY' sees no GPU (torch.cuda.is_available() is False)"
 fi
 
@@ -508,6 +519,11 @@ else
   if [[ -f $BUNDLE/MANIFEST ]]; then
     cp "$BUNDLE/MANIFEST" "$LOGDIR/manifest.txt"
     BUNDLE_COMMIT=$(sed -n 's/^commit: //p' "$BUNDLE/MANIFEST" | head -1)
+    # A bundle built from another commit than these scripts is the usual way to spend a GPU run on old code.
+    head_commit=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || true)
+    if [[ -n $head_commit && ${BUNDLE_COMMIT%% *} != "$head_commit" ]]; then
+      log "WARNING: the bundle was built from commit ${BUNDLE_COMMIT:-?}, this checkout is at $head_commit: rebuild it (tools/bundle_deps) unless that is meant"
+    fi
     log "bundle: $BUNDLE, commit $BUNDLE_COMMIT, $(sed -n 's/^cudnn_built_against: /cuDNN built against /p' "$BUNDLE/MANIFEST"), $(sed -n 's/^cuda_code_in_binaries: /GPU code /p' "$BUNDLE/MANIFEST")"
     sm="sm_${CAP//./}"
     if grep -q '^cuda_code_in_binaries: .*sm_' "$BUNDLE/MANIFEST" && ! grep -q "^cuda_code_in_binaries: .*\\(${sm}\\|compute_\\)" "$BUNDLE/MANIFEST"; then
@@ -516,7 +532,13 @@ else
   else
     log "WARNING: $BUNDLE/MANIFEST missing (not made by tools/bundle_deps?)"
   fi
-  for b in "$BUNDLE"/bin/test_*; do [[ -f $b && -x $b ]] && TESTS+=("$b"); done
+  # The op tests first: they tell one failing kernel from another, and must not be the ones the shared
+  # time budget starves when the model tests build their cuDNN plans slowly.
+  for b in "$BUNDLE"/bin/test_cuda_ops "$BUNDLE"/bin/test_cuda_model "$BUNDLE"/bin/test_*; do
+    [[ -f $b && -x $b ]] || continue
+    dup=0; for t in "${TESTS[@]}"; do [[ $t == "$b" ]] && dup=1; done
+    ((dup)) || TESTS+=("$b")
+  done
   ((${#TESTS[@]})) || missing "GPU test binaries ($BUNDLE/bin/test_*)"
   [[ -x $BUNDLE/bin/bench_cuda_train ]] || missing "$BUNDLE/bin/bench_cuda_train (our benchmark)"
 fi
@@ -578,7 +600,7 @@ if [[ -d $BUNDLE/bin ]]; then
   for f in "$BUNDLE"/bin/*; do [[ -f $f ]] && ldd "$f" 2>/dev/null | grep -q libcudnn && { first=$f; break; }; done
   [[ -n $first ]] && ldd "$first" | grep -E 'libcud(nn|art)|libcublas|libnccl|libnvrtc' | sed 's/ (0x.*//; s/^[[:space:]]*/  /' | while IFS= read -r l; do log "$l"; done
   IFS=':' read -ra dirs <<<"$LD_LIBRARY_PATH"
-  for sub in libcudnn_engines_precompiled.so.9 libcudnn_engines_runtime_compiled.so.9 libcudnn_heuristic.so.9 libcudnn_cnn.so.9 libcudnn_ops.so.9; do
+  for sub in libcudnn_engines_precompiled.so.9 libcudnn_engines_runtime_compiled.so.9 libcudnn_heuristic.so.9 libcudnn_graph.so.9 libcudnn_cnn.so.9 libcudnn_ops.so.9; do
     found=""
     for d in "${dirs[@]}"; do [[ -e $d/$sub ]] && { found=$d; break; }; done
     if [[ -z $found ]]; then log "WARNING: $sub (loaded by cuDNN at run time) is in no LD_LIBRARY_PATH dir"; fi
@@ -601,7 +623,7 @@ fi
 # check. A skip with another reason (e.g. a test of the non-CUDA build's error message) is by design.
 parse_xml() {
   [[ -n $TOOLPY && -f $1 ]] || { echo "0 0 0 0"; return; }
-  "$TOOLPY" - "$1" <<'PYEOF' 2>/dev/null || echo "0 0 0 0 unparsable-xml"
+  "${HOSTENV[@]}" "$TOOLPY" - "$1" <<'PYEOF' 2>/dev/null || echo "0 0 0 0 unparsable-xml"
 import re, sys, xml.etree.ElementTree as ET
 p = f = s = xs = 0
 bad = []
@@ -693,7 +715,7 @@ else step_end ok; fi
 # over the same windows, peak tracked device memory, last loss. Prints nothing without train records.
 jsonl_result() {
   [[ -n $TOOLPY && -s $1 ]] || return 0
-  "$TOOLPY" - "$1" "$BATCH" <<'PYEOF' 2>/dev/null
+  "${HOSTENV[@]}" "$TOOLPY" - "$1" "$BATCH" <<'PYEOF' 2>/dev/null
 import json, math, sys
 recs = []
 for line in open(sys.argv[1]):
@@ -781,7 +803,7 @@ for amp in fp16 bf16; do
     bench_bad=$((bench_bad + 1))
   fi
   if ((have_torch)); then
-    run_bench "torch_eager_$amp" "$BENCH_TIMEOUT" "$PY" "$TORCH_PEER" --amp "$amp" --batch "$BATCH" --size "$SIZE" "${TORCH_STEPS[@]}" \
+    run_bench "torch_eager_$amp" "$BENCH_TIMEOUT" "${HOSTENV[@]}" "$PY" "$TORCH_PEER" --amp "$amp" --batch "$BATCH" --size "$SIZE" "${TORCH_STEPS[@]}" \
       || bench_bad=$((bench_bad + 1))
   else
     printf '%s\t%s\t%s\n' -1 0 "not run: PyTorch with a GPU not available" >"$LOGDIR/torch_eager_$amp.status"
@@ -920,7 +942,7 @@ if ((QUICK)); then
 elif ((have_torch)); then
   for amp in fp16 bf16; do
     # A compile that fails or takes too long is a note, not a failure of the check.
-    if ! run_bench "torch_compile_$amp" "$COMPILE_TIMEOUT" "$PY" "$TORCH_PEER" --compile --amp "$amp" --batch "$BATCH" --size "$SIZE" "${TORCH_STEPS[@]}"; then
+    if ! run_bench "torch_compile_$amp" "$COMPILE_TIMEOUT" "${HOSTENV[@]}" "$PY" "$TORCH_PEER" --compile --amp "$amp" --batch "$BATCH" --size "$SIZE" "${TORCH_STEPS[@]}"; then
       note="skipped: ${CHILD_NOTE:-torch.compile failed}"
       [[ $CHILD_NOTE == killed* ]] && note="skipped: compile + run took over $COMPILE_TIMEOUT s (or the time budget)"
       [[ -f $LOGDIR/torch_compile_$amp.status ]] && IFS=$'\t' read -r rc secs _ <"$LOGDIR/torch_compile_$amp.status"

@@ -242,13 +242,16 @@ cat >"$FAKE/bin/fakepy" <<EOF
 #!/bin/bash
 if [[ \${1:-} == - ]]; then
   script=\$(cat)
-  if [[ \$script == *"import torch, torchvision"* ]]; then
-    echo '{"python": "3.12", "torch": "fake", "torchvision": "fake", "torch_cuda": "13.0", "cuda_available": true, "torch_gpu": "Fake H100", "torch_cudnn": 91900}'
+  if [[ \$script == *"torch.backends.cudnn.version()"* ]]; then
+    tv='"torchvision": "fake"'
+    [[ -n \${FAKE_NO_TORCHVISION:-} ]] && tv='"torchvision_error": "ModuleNotFoundError: No module named torchvision"'
+    echo "{\"python\": \"3.12\", \"torch\": \"fake\", \$tv, \"torch_cuda\": \"13.0\", \"cuda_available\": true, \"torch_gpu\": \"Fake H100\", \"torch_cudnn\": 91900}"
     exit 0
   fi
   exec "$PY" - "\${@:2}" <<<"\$script"
 fi
 if [[ \${1:-} == *torch_gpu_train.py ]]; then
+  printf '%s\n' "\${LD_LIBRARY_PATH-(unset)}" >>"$FAKE/peer_ld_library_path.txt"
   if [[ " \$* " == *" --compile "* ]]; then echo "torch.compile: fake failure" >&2; exit 3; fi
   if [[ -z \${FAKE_REAL_TORCH:-} ]]; then  # fast path: no torch import
     echo 'RESULT {"impl": "torch", "mode": "eager", "batch": 256, "img_per_s": 10000.0, "ms_per_step": 25.6, "peak_mem_mb": 8000, "loss_finite": true}'
@@ -374,6 +377,8 @@ if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 
     test "$(jget "$S" '(d["bench"]["train_synth_fp16"]["util_pct"], round(d["bench"]["train_synth_fp16"]["peak_mb"]))')" = "(95.0, 10000)"
   check "fake host: table has both end-to-end rows and the data line" \
     bash -c 'grep -q "^trainer fp16 synthetic .*x ours fp16" <<<"$1" && grep -q "^trainer fp16 HDF5 .*0.64 x synthetic" <<<"$1" && grep -q "^HDF5 data: 8192 JPEGs" <<<"$1"' _ "$out"
+  check "fake host: the PyTorch peer ran with the host's library path, not the bundle's" \
+    bash -c '[[ -s $1 ]] && ! grep -q "$2" "$1"' _ "$FAKE/peer_ld_library_path.txt" "$FAKE/bundle/lib"
   e2e_dir=$(sed -n 's/.*make_bench_jpegs: [0-9]* images into \(.*\)$/\1/p' <<<"$out")
   check "fake host: end-to-end data (${e2e_dir:-?}) removed at exit" bash -c '[[ -n $1 && ! -e $1 ]]' _ "$e2e_dir"
 
@@ -422,6 +427,18 @@ EOF
 else
   printf 'NOTE /usr/bin/python3 with torch + torchvision missing: fake-host run of gpu_check.sh skipped\n'
 fi
+
+# torch without torchvision: named as missing (torch's own facts still logged); the op tests run first
+cp "$FAKE/bundle/bin/test_fake_ok" "$FAKE/bundle/bin/test_cuda_ops"
+cp "$FAKE/bundle/bin/test_fake_ok" "$FAKE/bundle/bin/test_comm_nccl"  # first by name
+out=$(FAKE_NO_TORCHVISION=1 PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --keep-going --no-e2e --bundle "$FAKE/bundle" \
+  --out "$TMP/gc-notv" --python fakepy 2>&1); rc=$?
+rm -f "$FAKE/bundle/bin/test_cuda_ops" "$FAKE/bundle/bin/test_comm_nccl"
+check "torch without torchvision: exit 1, named, torch's cuDNN still logged" \
+  bash -c '[[ $1 -eq 1 ]] && grep -q "torchvision in .fakepy. (the PyTorch peer.s resnet18): ModuleNotFoundError" <<<"$2" &&
+           grep -q "\"torch_cudnn\": 91900" <<<"$2"' _ "$rc" "$out"
+check "the op tests run first (before test_comm_nccl, first by name)" \
+  test "$(sed -n '2p;3p' "$TMP/gc-notv/logs/tests.tsv" | cut -f1 | paste -sd ' ')" = "test_cuda_ops test_comm_nccl"
 
 # a packed bundle (bundle_deps --pack) is unpacked by gpu_check.sh
 mkdir -p "$TMP/packed"

@@ -273,9 +273,11 @@ int bench(const Args& a) {
     }
   }
   std::printf("RESULT {\"amp\":\"%s\",\"batch\":%d,\"size\":%d,\"img_per_s\":%.1f,\"ms_per_step\":%.3f,\"peak_mem_mb\":%.1f,"
-              "\"warmup_s\":%.2f,\"plans_built\":%zu,\"plan_build_s\":%.2f,\"host_ms_per_step\":%.4f%s}\n",
+              "\"warmup_s\":%.2f,\"plans_built\":%zu,\"plan_build_s\":%.2f,\"host_ms_per_step\":%.4f,"
+              "\"cudnn_runtime\":%zu,\"cudnn_built\":%zu%s}\n",
               a.amp.c_str(), a.batch, a.size, img_s, ms_step, peak_mb, warmup_s, ddp::cuda::ConvEngine::plans_built(),
-              ddp::cuda::ConvEngine::plan_build_seconds(), host_ms, graph_json.c_str());
+              ddp::cuda::ConvEngine::plan_build_seconds(), host_ms, ddp::cuda::ConvEngine::cudnn_runtime_version(),
+              ddp::cuda::ConvEngine::cudnn_built_version(), graph_json.c_str());
   // A step that cannot be captured is reported (graph_error) but does not fail the benchmark: the
   // product does not use the graph, the eager figure stands.
   return 0;
@@ -286,7 +288,7 @@ int bench(const Args& a) {
 int main(int argc, char** argv) {
   try {
     Args a = parse(argc, argv);
-    DDP_CHECK(ddp::cuda_available(), "bench_cuda_train: no CUDA device visible");
+    DDP_CHECK(ddp::cuda_available(), "bench_cuda_train: no CUDA device visible (", ddp::cuda_unavailable_reason(), ")");
     return a.selftest ? selftest(a) : bench(a);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

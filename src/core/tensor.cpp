@@ -201,16 +201,25 @@ void Tensor::fill_zero() {
 #endif
 }
 
-bool cuda_available() {
+bool cuda_available() { return cuda_unavailable_reason().empty(); }
+
+std::string cuda_unavailable_reason() {
 #if DDP_HAVE_CUDA
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear it: later CUDA calls must not report this one
+    // Without a driver the runtime also says "driver version is insufficient": tell the two apart.
+    int driver = 0, runtime = 0;
+    if (cudaDriverGetVersion(&driver) != cudaSuccess || driver == 0) return "no NVIDIA driver is loaded";
+    cudaRuntimeGetVersion(&runtime);
+    return str("cudaGetDeviceCount failed: ", cudaGetErrorName(e), " (", cudaGetErrorString(e), "; the driver supports CUDA ",
+               driver / 1000, ".", driver % 1000 / 10, ", this build's runtime is ", runtime / 1000, ".", runtime % 1000 / 10,
+               ")");
   }
-  return n > 0;
+  return n > 0 ? std::string() : std::string("cudaGetDeviceCount found no device");
 #else
-  return false;
+  return "this build has no CUDA backend";
 #endif
 }
 

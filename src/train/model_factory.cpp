@@ -14,9 +14,9 @@ namespace ddp::nn {
 std::unique_ptr<Model> make_model(Backend backend, const ModelConfig& cfg) {
   if (backend == Backend::CPU) return std::make_unique<cpu::CpuResNet18>(cfg);
 #if DDP_HAVE_CUDA
-  DDP_CHECK(cuda_available(), "--backend cuda: no GPU is visible to this process (check nvidia-smi and "
-                              "CUDA_VISIBLE_DEVICES), and the CUDA backend never falls back to the CPU; "
-                              "use --backend cpu to train on the CPU");
+  DDP_CHECK(cuda_available(), "--backend cuda: no GPU is visible to this process (", cuda_unavailable_reason(),
+            "; check nvidia-smi and CUDA_VISIBLE_DEVICES), and the CUDA backend never falls back to the CPU; "
+            "use --backend cpu to train on the CPU");
   return std::make_unique<cuda::CudaResNet18>(cfg);
 #else
   DDP_FAIL("--backend cuda: this build has no CUDA backend (CUDA toolkit, cuDNN or NCCL were not found at "

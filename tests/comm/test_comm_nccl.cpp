@@ -46,7 +46,7 @@ TEST(CommNccl, NonCudaBuildRefusesClearly) {
 }
 
 TEST(CommNccl, OneRankAllreduceBroadcastAndBuckets) {
-  if (!ddp::cuda_available()) GTEST_SKIP() << "no GPU visible";
+  if (!ddp::cuda_available()) GTEST_SKIP() << "no GPU visible: " << ddp::cuda_unavailable_reason();
 #if DDP_HAVE_CUDA
   ddp::comm::CommOptions opt;
   opt.timeout_s = 30;

@@ -70,5 +70,9 @@ class Tensor {
 };
 
 bool cuda_available();  // true when built with CUDA and at least one device is visible
+// Why cuda_available() is false ("" when it is true): no CUDA in this build, no device, or the CUDA
+// runtime's own error (a driver too old for the runtime, a broken installation), which must not pass
+// for "this machine has no GPU".
+std::string cuda_unavailable_reason();
 
 }  // namespace ddp

@@ -238,5 +238,7 @@ size_t ConvEngine::workspace_bytes() const { return impl_->workspace.bytes(); }
 size_t ConvEngine::plan_count() const { return impl_->used.size(); }
 size_t ConvEngine::plans_built() { return g_plans_built.load(); }
 double ConvEngine::plan_build_seconds() { return static_cast<double>(g_build_us.load()) * 1e-6; }
+size_t ConvEngine::cudnn_runtime_version() { return cudnnGetVersion(); }
+size_t ConvEngine::cudnn_built_version() { return CUDNN_VERSION; }
 
 }  // namespace ddp::cuda

@@ -130,7 +130,7 @@ struct CudaResNet18::Impl {
   }
 
   void init() {
-    DDP_CHECK(cuda_available(), "CudaResNet18: no CUDA device is visible (built with CUDA, but cudaGetDeviceCount found none)");
+    DDP_CHECK(cuda_available(), "CudaResNet18: no CUDA device is visible (", cuda_unavailable_reason(), ")");
     DDP_CHECK(cfg.max_batch > 0, "CudaResNet18: max_batch must be positive, got ", cfg.max_batch);
     DDP_CHECK(cfg.num_classes > 0, "CudaResNet18: num_classes must be positive, got ", cfg.num_classes);
     CUDA_CHECK(cudaSetDevice(cfg.device));

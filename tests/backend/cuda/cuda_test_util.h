@@ -24,7 +24,7 @@ namespace ddp::cuda::test {
 
 #define DDP_REQUIRE_GPU() \
   do {                    \
-    if (!::ddp::cuda_available()) GTEST_SKIP() << "no CUDA device visible"; \
+    if (!::ddp::cuda_available()) GTEST_SKIP() << "no CUDA device visible: " << ::ddp::cuda_unavailable_reason(); \
   } while (0)
 
 inline float round_to(DType dt, float v) {
@@ -169,5 +169,25 @@ class CudnnPlanReport : public ::testing::Environment {
   }
 };
 inline ::testing::Environment* const kCudnnPlanReport = ::testing::AddGlobalTestEnvironment(new CudnnPlanReport);
+
+// ... and after each test that built any, the running count: a binary killed by its time limit never
+// reaches the report above, and its log must still say which tests spent the time building plans.
+class CudnnPlanProgress : public ::testing::EmptyTestEventListener {
+ public:
+  void OnTestEnd(const ::testing::TestInfo&) override {
+    const size_t n = ConvEngine::plans_built();
+    if (n == last_) return;
+    last_ = n;
+    std::printf("[ cuDNN    ] %zu plan(s) built so far, %.1f s\n", n, ConvEngine::plan_build_seconds());
+    std::fflush(stdout);
+  }
+
+ private:
+  size_t last_ = 0;
+};
+inline const bool kCudnnPlanProgress = [] {
+  ::testing::UnitTest::GetInstance()->listeners().Append(new CudnnPlanProgress);
+  return true;
+}();
 
 }  // namespace ddp::cuda::test

@@ -55,6 +55,11 @@ class ConvEngine {
   // Process-wide: plans built so far (all engines, all devices) and the seconds spent building them.
   static size_t plans_built();
   static double plan_build_seconds();
+  // cudnnGetVersion() of the library loaded at run time, and CUDNN_VERSION of the headers built
+  // against: a host's cuDNN (from its PyTorch wheel) may be older than ours, which cuDNN does not
+  // promise to support, so the benchmark records both.
+  static size_t cudnn_runtime_version();
+  static size_t cudnn_built_version();
 
  private:
   struct Impl;

@@ -4,13 +4,15 @@
 #   tools/gpu_check.sh, tools/bundle_deps, tools/bench/torch_gpu_train.py, data-prep/make_bench_jpegs.
 # A fake GPU host (stand-ins for nvidia-smi, the PyTorch python, bench_cuda_train and gtest binaries) drives
 # gpu_check.sh through every step, so its parsing, counting, table and exit codes are checked here; the
-# real thing runs on a GPU host only.
+# real thing runs on a GPU host only. bundle_deps' glibc floor (2.34) is checked on the real build's bundle
+# and on small programs built here; tools/glibc_compat's library through glibc_compat_check.c, with
+# fake_getrandom.c preloaded for the kernel's awkward answers.
 #
 # Usage: tests/tools/test_scripts.sh [BUILD_DIR]
 #   BUILD_DIR (optional) a build whose test binaries bundle_deps is tried on, and whose make_bench_jpegs and
 #             pack_imagenet are run (default: build, if present).
-# Needs: bash, shellcheck, python3 (json), ldd, strip. /usr/bin/python3 with torch (CPU) for the peer's
-# smoke test; that part is skipped with a note when it is absent.
+# Needs: bash, shellcheck, python3 (json), ldd, strip, objdump, patchelf, cc. /usr/bin/python3 with torch (CPU)
+# for the peer's smoke test; that part is skipped with a note when it is absent.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -91,6 +93,26 @@ done
 check "--help prints usage" test "${PIPESTATUS[0]}" -eq 0
 
 # ---- bundle_deps ---------------------------------------------------------------------------------
+# The oldest glibc the bundle must load on (RHEL 9); tools/bundle_deps' GLIBC_FLOOR.
+GLIBC_FLOOR=2.34
+elf_files() {  # elf_files BUNDLE: every ELF file under its bin/ and lib/
+  local f
+  while IFS= read -r f; do [[ $(head -c4 "$f" | od -An -c | tr -d ' ') == '177ELF' ]] && printf '%s\n' "$f"; done \
+    < <(find "$1/bin" "$1/lib" -type f | sort)
+}
+glibc_over() {  # glibc_over FILE...: "NAME: GLIBC_x.y" per version above the floor in its symbols or requirements
+  local f v
+  for f in "$@"; do
+    while read -r v; do
+      [[ $(printf '%s\n' "${v#GLIBC_}" "$GLIBC_FLOOR" | sort -V | tail -1) != "$GLIBC_FLOOR" ]] && echo "${f##*/}: $v"
+    done < <({ objdump -T "$f"; objdump -p "$f"; } 2>/dev/null | grep -oE 'GLIBC_[0-9]+(\.[0-9]+)+' | sort -u)
+  done
+  return 0
+}
+glibc_needed() {  # glibc_needed FILE...: the highest GLIBC_x.y the loader will ask of the host's libc
+  local f
+  for f in "$@"; do objdump -p "$f" 2>/dev/null; done | awk '$1 ~ /^0x/ && $4 ~ /^GLIBC_[0-9.]+$/ { print substr($4, 7) }' | sort -V | tail -1
+}
 BUNDLE_OK=0
 testbin=""
 if [[ -d $BUILD/tests ]]; then
@@ -109,6 +131,32 @@ if [[ -n $testbin ]]; then
   # shellcheck source=/dev/null
   unresolved=$( (source "$TMP/bundle/env.sh"; for f in "$TMP"/bundle/bin/* "$TMP"/bundle/lib/*.so*; do ldd "$f" 2>&1 | grep 'not found'; done) )
   check "bundle: every carried file resolves with env.sh${unresolved:+ ($unresolved)}" test -z "$unresolved"
+  # The GPU host may have glibc 2.34 (RHEL 9): nothing carried may need more, by symbol or by requirement.
+  mapfile -t elfs < <(elf_files "$TMP/bundle")
+  over=$(glibc_over "${elfs[@]}")
+  check "bundle: none of its ${#elfs[@]} ELF files needs a glibc above $GLIBC_FLOOR${over:+ (${over//$'\n'/, })}" test -z "$over"
+  check "bundle: MANIFEST glibc_needed is what its files require ($(glibc_needed "${elfs[@]}")), at most $GLIBC_FLOOR" \
+    bash -c '[[ -n $2 && $(sed -n "s/^glibc_needed: //p" "$1") == "$2" && $(printf "%s\n" "$2" "$3" | sort -V | tail -1) == "$3" ]]' _ \
+    "$TMP/bundle/MANIFEST" "$(glibc_needed "${elfs[@]}")" "$GLIBC_FLOOR"
+  if [[ -x $TMP/bundle/bin/train_resnet18 ]]; then
+    # train_resnet18 loads libmpi, hence the bundle's (patched) libevent; LD_BIND_NOW resolves every symbol
+    # at start, arc4random included. Where this machine's glibc has arc4random, the unversioned references
+    # must bind to it (libc precedes the compat library in the lookup scope), else to the compat library.
+    # shellcheck source=/dev/null
+    out=$( (source "$TMP/bundle/env.sh"; LD_BIND_NOW=1 LD_DEBUG=bindings LD_DEBUG_OUTPUT="$TMP/bind" "$TMP/bundle/bin/train_resnet18" --help 2>&1) ); rc=$?
+    check "bundle: train_resnet18 --help runs through env.sh, every symbol bound at start (exit 0, usage)" \
+      bash -c '[[ $1 -eq 0 && $2 == *"train_resnet18"*"--"* ]] || { printf "rc %s: %s\n" "$1" "$2"; false; }' _ "$rc" "$out"
+    if grep -q '^glibc_compat_patched: lib/libevent' "$TMP/bundle/MANIFEST"; then
+      want=libddp_glibc_compat.so.1
+      libc_syms=$(objdump -T "$(ldd "$TMP/bundle/bin/train_resnet18" | awk '$1 == "libc.so.6" { print $3 }')" 2>/dev/null)
+      grep -qw arc4random <<<"$libc_syms" && want=libc.so.6
+      check "bundle: the patched libevent's arc4random binds to $want" \
+        bash -c 'cat "$1".* | grep -E "binding file $2/lib/libevent_core[^ ]* \[0\] to [^ ]*/$3 \[0\]: normal symbol .arc4random.$" | grep -q .' _ \
+        "$TMP/bind" "$TMP/bundle" "$want"
+    fi
+  else
+    printf 'NOTE no train_resnet18 in %s: the bundle'"'"'s libevent is not loaded by a real program here\n' "$BUILD"
+  fi
   "$ROOT/tools/bundle_deps" "$BUILD" "$TMP/bundle-packed" --extra "$testbin" --pack >"$TMP/bundle-packed.log" 2>&1; rc=$?
   check "bundle_deps --pack: exit 0, MANIFEST and bundle.tar.xz only" \
     bash -c '[[ $1 -eq 0 ]] && [[ "$(cd "$2" && ls | tr "\n" " ")" == "MANIFEST bundle.tar.xz " ]]' _ "$rc" "$TMP/bundle-packed"
@@ -128,6 +176,7 @@ check "bundle_deps: missing build dir is an error" test "$rc" -ne 0
 # arch flags in a flags.make) keep a failure of these checks from costing anything real.
 FREPO="$TMP/frepo"
 mkdir -p "$FREPO/tools" "$FREPO/.git" && cp "$ROOT/tools/bundle_deps" "$FREPO/tools/" && echo keep >"$FREPO/.git/HEAD"
+cp -r "$ROOT/tools/glibc_compat" "$FREPO/tools/"
 fake_build() {  # fake_build DIR: a CMake build with one "GPU test" and CUDA arch flags
   mkdir -p "$1/tests/backend/cuda" "$1/CMakeFiles/x.dir"
   : >"$1/CMakeCache.txt"
@@ -173,6 +222,58 @@ check "bundle_deps of a CPU-only build: exit 1, says it has no CUDA code, no fol
 out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/big-bundle" --no-pack --max-mb 0 2>&1); rc=$?
 check "bundle_deps over --max-mb: exit 1, said, the too-big bundle removed" \
   bash -c '[[ $1 -eq 1 && $2 == *"over --max-mb 0"* && ! -e $3 ]]' _ "$rc" "$out" "$TMP/big-bundle"
+
+# ---- glibc above the floor: what tools/glibc_compat provides is patched, anything else refused ----------
+# Two small programs built here: one takes arc4random_uniform and arc4random_buf, the other also
+# pidfd_open, which glibc has since 2.36 and the compat library does not provide. Where this glibc is older
+# than 2.36 they do not link, and the problem they stand for does not arise.
+GC="$TMP/glibc"
+mkdir -p "$GC"
+printf '#include <stdio.h>\n#include <stdlib.h>\nint main(void) { unsigned char b[16]; arc4random_buf(b, sizeof b);\n  printf("%%u\\n", arc4random_uniform(10)); return 0; }\n' >"$GC/uses_arc4random.c"
+printf '#include <stdlib.h>\nint pidfd_open(int, unsigned);\nint main(int c, char **v) { (void)v; return c > 5 ? pidfd_open(0, 0) : (int)arc4random_uniform(1); }\n' >"$GC/uses_pidfd.c"
+if cc -o "$GC/uses_arc4random" "$GC/uses_arc4random.c" 2>"$GC/cc.log" && cc -o "$GC/uses_pidfd" "$GC/uses_pidfd.c" 2>>"$GC/cc.log" \
+    && [[ -n $(glibc_over "$GC/uses_arc4random") ]]; then
+  out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/gc-bundle" --extra "$GC/uses_arc4random" --no-pack 2>&1); rc=$?
+  check "bundle_deps with a program taking arc4random*@GLIBC_2.36: exit 0, MANIFEST names it and what was patched" \
+    bash -c '[[ $1 -eq 0 && -f $3/lib/libddp_glibc_compat.so.1 ]] &&
+             grep -qx "glibc_compat_patched: bin/uses_arc4random (arc4random_buf arc4random_uniform)" "$3/MANIFEST" ||
+             { printf "%s\n" "$2"; grep "^glibc" "$3/MANIFEST"; false; }' _ "$rc" "$out" "$TMP/gc-bundle"
+  mapfile -t elfs < <(elf_files "$TMP/gc-bundle")
+  over=$(glibc_over "${elfs[@]}")
+  check "bundle with that program: no file needs a glibc above $GLIBC_FLOOR${over:+ (${over//$'\n'/, })}, glibc_needed says so" \
+    bash -c '[[ -z $1 && $(sed -n "s/^glibc_needed: //p" "$2") == "$3" ]]' _ "$over" "$TMP/gc-bundle/MANIFEST" "$(glibc_needed "${elfs[@]}")"
+  # shellcheck source=/dev/null
+  out=$( (source "$TMP/gc-bundle/env.sh"; LD_BIND_NOW=1 "$TMP/gc-bundle/bin/uses_arc4random") 2>&1); rc=$?
+  check "the patched program runs from the bundle (exit 0, a number below 10)" \
+    bash -c '[[ $1 -eq 0 && $2 =~ ^[0-9]$ ]] || { printf "rc %s: %s\n" "$1" "$2"; false; }' _ "$rc" "$out"
+  # The compat library itself, as a host without arc4random would use it: its own functions, glibc's
+  # contract (filled buffers, uniform without modulo bias, interrupted and short reads continued, abort
+  # with a message when the kernel gives nothing).
+  lib="$TMP/gc-bundle/lib/libddp_glibc_compat.so.1"
+  if [[ ! -f $lib ]]; then
+    fail "compat library: lib/libddp_glibc_compat.so.1 is not in the bundle"
+  elif cc -O2 -o "$GC/check" "$ROOT/tests/tools/glibc_compat_check.c" -ldl 2>>"$GC/cc.log" &&
+      cc -O2 -fPIC -shared -o "$GC/fake_getrandom.so" "$ROOT/tests/tools/fake_getrandom.c" 2>>"$GC/cc.log"; then
+    out=$("$GC/check" "$lib" 2>&1); rc=$?
+    check "compat library: arc4random, arc4random_buf, arc4random_uniform (< n, unbiased) work" \
+      bash -c '[[ $1 -eq 0 && $2 == OK ]] || { printf "rc %s: %s\n" "$1" "$2"; false; }' _ "$rc" "$out"
+    out=$(LD_PRELOAD="$GC/fake_getrandom.so" FAKE_GETRANDOM=short "$GC/check" "$lib" fill 2>&1); rc=$?
+    check "compat library: getrandom interrupted (EINTR) and short reads: buffer still filled" \
+      bash -c '[[ $1 -eq 0 && $2 == OK ]] || { printf "rc %s: %s\n" "$1" "$2"; false; }' _ "$rc" "$out"
+    out=$(LD_PRELOAD="$GC/fake_getrandom.so" FAKE_GETRANDOM=fail "$GC/check" "$lib" fill 2>&1); rc=$?
+    check "compat library: getrandom fails: aborts (SIGABRT) saying it cannot get entropy" \
+      bash -c '[[ $1 -eq 134 && $2 == *"cannot get entropy for arc4random"* ]] || { printf "rc %s: %s\n" "$1" "$2"; false; }' _ "$rc" "$out"
+  else
+    fail "compat library: its test programs do not build ($(tr '\n' ' ' <"$GC/cc.log"))"
+  fi
+  out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/gc-refused" --extra "$GC/uses_pidfd" --no-pack 2>&1); rc=$?
+  check "bundle_deps with a program taking pidfd_open@GLIBC_2.36 (not provided): exit 1, names file and symbol, no bundle left" \
+    bash -c '[[ $1 -eq 1 && $2 == *"bin/uses_pidfd: pidfd_open@GLIBC_2.36"* && $2 != *"arc4random_uniform@"* && $2 == *"does not provide"* && ! -e $3 ]] ||
+             { printf "%s\n" "$2"; false; }' _ "$rc" "$out" "$TMP/gc-refused"
+else
+  printf 'NOTE this glibc has no arc4random or pidfd_open (older than 2.36): the glibc floor checks are skipped (%s)\n' \
+    "$(tr '\n' ' ' <"$GC/cc.log")"
+fi
 out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/fbundle" --no-pack --max-mb 0 2>&1); rc=$?
 check "bundle_deps over --max-mb into a previous bundle: exit 1, the folder left empty" \
   bash -c '[[ $1 -eq 1 && -d $2 && -z $(ls -A "$2") ]]' _ "$rc" "$TMP/fbundle"

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "comm_internal.h"
+#include "mpi_wait.h"
 #include "ddp/core/check.h"
 #include "ddp/core/log.h"
 
@@ -67,33 +68,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string mpi_error_text(int code) {
-  char text[MPI_MAX_ERROR_STRING] = {0};
-  int len = 0;
-  if (MPI_Error_string(code, text, &len) != MPI_SUCCESS) return str("code ", code);
-  return std::string(text, len);
-}
-
-// Open MPI advances a large non-blocking collective only inside MPI_Test, fragment by fragment,
-// so the poll loop must not sleep while data is flowing (a 1 ms sleep per poll cost 30x in
-// bandwidth at 64 MB). It yields the core for the first 200 ms of a wait, which covers any healthy
-// transfer, and only then backs off to sleeps of up to 1 ms: a wait on a dead or stopped peer
-// (up to the timeout) must not steal a core from compute or from other ranks on the same host.
-// A wait starts when this rank has nothing else to do (wait_all), not when a bucket is issued:
-// backward outlasts 200 ms on the CPU, and a Backoff started with the first bucket was already
-// sleeping when the transfer began (the 2-rank CPU trainer spent 35% of each step there).
-struct Backoff {
-  Clock::time_point t0 = Clock::now();
-  int sleeps = 0;
-  void pause() {
-    if (Clock::now() - t0 < std::chrono::milliseconds(200)) {
-      std::this_thread::yield();
-      return;
-    }
-    ++sleeps;
-    std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, 20 * sleeps)));
-  }
-};
+using detail::Backoff;
+using detail::mpi_error_text;
 
 constexpr size_t kMaxCount = size_t(1) << 30;  // MPI counts are int
 
@@ -225,23 +201,18 @@ class MpiCommunicator final : public Communicator {
     Clock::time_point deadline{};
   };
 
+  std::string mpi_error(const char* op, int rc) const {
+    return str("MPI error in ", op, step_ >= 0 ? str(" at step ", step_) : std::string(), ": ", mpi_error_text(rc),
+               " (a peer process or its host probably went away)");
+  }
   void check(int rc, const char* op) {
-    if (rc != MPI_SUCCESS) {
-      abort_job(str("MPI error in ", op, step_ >= 0 ? str(" at step ", step_) : std::string(), ": ", mpi_error_text(rc),
-                    " (a peer process or its host probably went away)"));
-    }
+    if (rc != MPI_SUCCESS) abort_job(mpi_error(op, rc));
   }
 
   void complete(MPI_Request& req, const char* op) {
-    auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s_);
-    Backoff b;
-    for (;;) {
-      int flag = 0;
-      check(MPI_Test(&req, &flag, MPI_STATUS_IGNORE), op);
-      if (flag) return;
-      if (Clock::now() > deadline) abort_job(detail::timeout_message(op, timeout_s_, step_));
-      b.pause();
-    }
+    detail::wait_or_abort(
+        req, timeout_s_, Backoff::kDefaultSpin, [&] { return detail::timeout_message(op, timeout_s_, step_); },
+        [&](int rc) { return mpi_error(op, rc); });
   }
 
   template <class T>

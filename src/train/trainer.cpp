@@ -1,9 +1,5 @@
 #include "ddp/train/trainer.h"
 
-// The C API only (Open MPI would otherwise pull in its deprecated C++ bindings).
-#define OMPI_SKIP_MPICXX 1
-#define MPICH_SKIP_MPICXX 1
-#include <mpi.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,12 +13,12 @@
 #include <optional>
 #include <set>
 #include <sstream>
-#include <thread>
 #include <vector>
 
 #include "ddp/comm/bucketer.h"
 #include "ddp/comm/communicator.h"
 #include "ddp/comm/dist.h"
+#include "ddp/comm/host_collectives.h"
 #include "ddp/comm/replica_guard.h"
 #include "ddp/core/check.h"
 #include "ddp/core/h5.h"
@@ -49,49 +45,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-// --timeout, for the trainer's own MPI calls below (set at the start of run_training).
-double g_timeout_s = 60;
-
-// Waits for a nonblocking MPI call within --timeout, as the communicators do (rule 2): these calls
-// wait on rank 0 while it reads or writes files for everyone (start-up, checkpoints), and a rank stuck
-// there (a hung file system, a stopped process) must end the job, not hang it. Spins first (a large
-// broadcast makes progress only inside MPI calls), then sleeps a millisecond between tests.
-void wait_bounded(MPI_Request& req, const char* what) {
-  const auto t0 = Clock::now();
-  const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(g_timeout_s));
-  for (;;) {
-    int done = 0;
-    MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
-    if (done) return;
-    const auto now = Clock::now();
-    if (now > deadline)
-      comm::abort_job(str("no answer from the other ranks within ", g_timeout_s, " s in ", what,
-                          "; a rank died or is stuck, or rank 0's file system hangs (bound set by --timeout)"));
-    if (now - t0 < std::chrono::seconds(2)) std::this_thread::yield();
-    else std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-}
-
-// Host-side broadcasts of rank 0's state (checkpoint contents, file names). They go through MPI
-// directly because the NCCL communicator's broadcast takes device memory.
-void bcast_bytes(void* p, size_t n, int root = 0) {
-  auto* c = static_cast<char*>(p);
-  while (n > 0) {
-    int chunk = static_cast<int>(std::min<size_t>(n, size_t{1} << 30));
-    MPI_Request req;
-    MPI_CHECK(MPI_Ibcast(c, chunk, MPI_BYTE, root, MPI_COMM_WORLD, &req));
-    wait_bounded(req, root == 0 ? "a broadcast from rank 0 (start-up, checkpoints)" : "a broadcast");
-    c += chunk;
-    n -= static_cast<size_t>(chunk);
-  }
-}
-void bcast_string(std::string& s, int root = 0) {
-  int64_t n = static_cast<int64_t>(s.size());
-  bcast_bytes(&n, sizeof n, root);
-  s.resize(static_cast<size_t>(n));
-  if (n) bcast_bytes(s.data(), static_cast<size_t>(n), root);
-}
 
 // "key = value" lines of TrainOptions::config_text (also stored in checkpoints) as key -> value,
 // without the keys in `skip`.
@@ -125,36 +78,33 @@ std::vector<std::string> setting_differences(const std::map<std::string, std::st
 // decode workers follow the host's cores; shard directories may be mounted at other paths, and the
 // data itself is checked by the class count and the steps agreed below).
 void check_same_settings(const TrainOptions& o, int rank) {
+  const double t = o.timeout_s;
   // config_text (what checkpoints record) plus the run's mode, which decides the collectives a rank
   // enters: a rank without evaluation would wait in the wrong one.
   const std::string mine = str(o.config_text, "no-eval = ", o.no_eval, "\neval-only = ", o.eval_only, "\n",
                                "resume = ", o.resume.empty() ? "no" : "yes", "\n");
   std::string theirs = mine;
-  bcast_string(theirs);
+  comm::broadcast_string(theirs, 0, t, "a broadcast from rank 0 of its settings (start-up)");
   const std::set<std::string> per_host = {"threads", "workers", "data"};
   const auto diffs = setting_differences(settings_of(mine, per_host), settings_of(theirs, per_host), "rank 0");
   std::string diff = diffs.empty() ? std::string() : diffs.front();
   int first = diff.empty() ? std::numeric_limits<int>::max() : rank;
-  MPI_Request req;
-  MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD, &req));
-  wait_bounded(req, "the start-up comparison of settings");
+  comm::allreduce(&first, 1, comm::ReduceOp::Min, t, "the start-up comparison of settings");
   if (first == std::numeric_limits<int>::max()) return;
-  bcast_string(diff, first);
+  comm::broadcast_string(diff, first, t, str("a broadcast from rank ", first, " of the setting it differs in"));
   throw UsageError(str("rank ", first, " was started with other settings than rank 0: ", diff,
                        " (every rank must get the same flags and --config contents)"));
 }
-template <class T>
-void bcast_vec(std::vector<T>& v) {
-  int64_t n = static_cast<int64_t>(v.size());
-  bcast_bytes(&n, sizeof n);
-  v.resize(static_cast<size_t>(n));
-  if (n) bcast_bytes(v.data(), static_cast<size_t>(n) * sizeof(T));
-}
 
-// Rank 0 runs f; its error (if any) is re-thrown on every rank, so all ranks fail together instead
-// of the others waiting in the next collective.
+// The trainer's own collectives (comm/host_collectives.h) wait on rank 0 while it reads or writes
+// files for everyone (start-up, checkpoints); each is bounded by --timeout (o.timeout_s), so a rank
+// stuck there (a hung file system, a stopped process) ends the job instead of hanging it (rule 2).
+// They go through MPI directly because the NCCL communicator's broadcast takes device memory.
+//
+// Rank 0 runs f (`task`, for the timeout message); its error (if any) is re-thrown on every rank, so
+// all ranks fail together instead of the others waiting in the next collective.
 template <class F>
-void on_rank0_agreed(int rank, F&& f) {
+void on_rank0_agreed(int rank, double timeout_s, const char* task, F&& f) {
   std::string err;
   if (rank == 0) {
     try {
@@ -163,7 +113,7 @@ void on_rank0_agreed(int rank, F&& f) {
       err = e.what();
     }
   }
-  bcast_string(err);
+  comm::broadcast_string(err, 0, timeout_s, str("a broadcast from rank 0 of its outcome of ", task));
   if (!err.empty()) throw Error(rank == 0 ? err : str("rank 0 failed: ", err));
 }
 
@@ -256,7 +206,7 @@ void check_same_shard_set(const DataSource* train, const DataSource* val, const 
 TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   TrainResult result;
   const bool rank0 = env.rank == 0;
-  g_timeout_s = o.timeout_s;
+  const double tmo = o.timeout_s;
   auto notes = resolve_defaults(o, env.world, env.local_size, cuda_available());
   check_same_settings(o, env.rank);
   for (const auto& n : notes) info0(n);
@@ -367,19 +317,19 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   if (!o.init_weights.empty()) {
     std::vector<float> p(static_cast<size_t>(spec.param_count)), b(static_cast<size_t>(spec.buffer_count));
     int64_t nbt = 0;
-    on_rank0_agreed(env.rank, [&] {
+    on_rank0_agreed(env.rank, tmo, "reading --init-weights", [&] {
       model->get_params_torch(p.data());  // keeps our fc init where the file's class count differs
       load_init_weights(o.init_weights, spec, p, b, nbt, o.eval_only);
     });
-    bcast_vec(p);
-    bcast_vec(b);
+    comm::broadcast_vector(p, 0, tmo, "a broadcast from rank 0 of the initial weights");
+    comm::broadcast_vector(b, 0, tmo, "a broadcast from rank 0 of the initial BN statistics");
     model->set_params_torch(p.data());
     model->set_buffers(b.data());
   }
 
   // An unwritable checkpoint directory must fail now, not after the first epoch of training.
   if (!o.checkpoint_dir.empty()) {
-    on_rank0_agreed(env.rank, [&] {
+    on_rank0_agreed(env.rank, tmo, "checking --checkpoint-dir", [&] {
       std::error_code ec;
       std::filesystem::create_directories(o.checkpoint_dir, ec);
       DDP_CHECK(!ec, "cannot create --checkpoint-dir '", o.checkpoint_dir, "': ", ec.message());
@@ -393,7 +343,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
 
   // ---- resume --------------------------------------------------------------------------------
   std::string resume_path;
-  on_rank0_agreed(env.rank, [&] {
+  on_rank0_agreed(env.rank, tmo, "finding the checkpoint to resume", [&] {
     if (o.resume == "auto") {
       auto latest = find_latest_checkpoint(o.checkpoint_dir);
       if (latest) resume_path = *latest;
@@ -422,14 +372,14 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
         info0("resume auto: no checkpoint in '", o.checkpoint_dir, "'; starting fresh");
     }
   });
-  bcast_string(resume_path);
+  comm::broadcast_string(resume_path, 0, tmo, "a broadcast from rank 0 of the checkpoint to resume");
   DDP_CHECK(!(o.eval_only && resume_path.empty() && o.init_weights.empty()), "--eval-only --resume auto: no complete ",
             "checkpoint in '", o.checkpoint_dir, "', so there are no weights to evaluate");
   int64_t ckpt_steps_per_epoch = 0, ckpt_world = 0, ckpt_batch = 0, ckpt_images = 0;
   std::vector<float> own_buffers;  // this rank's BN statistics from the checkpoint, if it has them
   if (!resume_path.empty()) {
     CheckpointState st;
-    on_rank0_agreed(env.rank, [&] {
+    on_rank0_agreed(env.rank, tmo, "reading the checkpoint to resume", [&] {
       st = load_checkpoint(resume_path, spec);
       DDP_CHECK(st.seed == o.seed, "checkpoint '", resume_path, "' was trained with --seed ", st.seed,
                 "; resume with the same seed (the data order depends on it)");
@@ -449,26 +399,24 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
                     ": a later --resume auto would continue from it, not from this run; move it away or give this "
                     "run another --checkpoint-dir");
     });
-    bcast_vec(st.params);
-    bcast_vec(st.momentum);
-    bcast_vec(st.buffers);
+    comm::broadcast_vector(st.params, 0, tmo, "a broadcast from rank 0 of the checkpoint's parameters");
+    comm::broadcast_vector(st.momentum, 0, tmo, "a broadcast from rank 0 of the checkpoint's momentum");
+    comm::broadcast_vector(st.buffers, 0, tmo, "a broadcast from rank 0 of the checkpoint's BN statistics");
     // Each rank continues with its own BN statistics when the checkpoint has them for this rank count
     // (a mid-epoch resume must have it; an epoch-end one may change it and then takes the average).
     int64_t per_rank = (rank0 && st.world_size == env.world && !st.rank_buffers.empty()) ? 1 : 0;
-    bcast_bytes(&per_rank, sizeof per_rank);
+    const char* position = "a broadcast from rank 0 of the checkpoint's training position";
+    comm::broadcast_bytes(&per_rank, sizeof per_rank, 0, tmo, position);
     if (per_rank) {
       own_buffers.resize(st.buffers.size());
-      MPI_Request req;
-      MPI_CHECK(MPI_Iscatter(st.rank_buffers.data(), static_cast<int>(own_buffers.size()), MPI_FLOAT,
-                             own_buffers.data(), static_cast<int>(own_buffers.size()), MPI_FLOAT, 0, MPI_COMM_WORLD,
-                             &req));
-      wait_bounded(req, "the scattering of the checkpoint's BN statistics");
+      comm::scatter_from_root(st.rank_buffers.data(), own_buffers.data(), own_buffers.size(), tmo,
+                              "the scattering of the checkpoint's BN statistics");
     }
     int64_t sc[12] = {st.num_batches_tracked, st.momentum_initialised, st.epoch, st.step_in_epoch,
                       st.global_step, st.steps_per_epoch, st.scaler.good_steps, st.scaler.skipped_steps,
                       st.scaler.dynamic, st.world_size, st.batch_size, st.train_images};
-    bcast_bytes(sc, sizeof sc);
-    bcast_bytes(&st.scaler.scale, sizeof(double));
+    comm::broadcast_bytes(sc, sizeof sc, 0, tmo, position);
+    comm::broadcast_bytes(&st.scaler.scale, sizeof(double), 0, tmo, position);
     model->set_params_torch(st.params.data());
     model->set_momentum_torch(st.momentum.data());
     model->set_buffers(st.buffers.data());
@@ -504,7 +452,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     // the batch and the data set size), skipping the batches it already trained on. Checked on rank 0
     // against its own data (what it saved) and agreed: a check failing on some ranks only would leave
     // the others in the next collective.
-    on_rank0_agreed(env.rank, [&] {
+    on_rank0_agreed(env.rank, tmo, "checking the mid-epoch checkpoint against this run", [&] {
       const char* how = "; resume with the same configuration, or from an epoch-end checkpoint";
       DDP_CHECK(ckpt_world == env.world, "checkpoint '", resume_path, "' stopped mid-epoch with ", ckpt_world,
                 " rank(s); this run has ", env.world, how);
@@ -649,14 +597,11 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     model->get_buffers(own.data());
     if (env.world > 1) {
       if (rank0) per_rank.resize(own.size() * static_cast<size_t>(env.world));
-      MPI_Request req;
-      MPI_CHECK(MPI_Igather(own.data(), static_cast<int>(own.size()), MPI_FLOAT, per_rank.data(),
-                            static_cast<int>(own.size()), MPI_FLOAT, 0, MPI_COMM_WORLD, &req));
-      wait_bounded(req, "the gathering of BN statistics for a checkpoint");
+      comm::gather_to_root(own.data(), own.size(), per_rank.data(), tmo, "the gathering of BN statistics for a checkpoint");
     }
     average_bn();
     std::string path = o.checkpoint_dir + "/" + checkpoint_file_name(gstep);
-    on_rank0_agreed(env.rank, [&] {
+    on_rank0_agreed(env.rank, tmo, "writing a checkpoint", [&] {
       CheckpointState st;
       st.num_classes = num_classes;
       st.params.resize(static_cast<size_t>(spec.param_count));

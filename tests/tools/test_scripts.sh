@@ -154,6 +154,24 @@ if [[ -n $testbin ]]; then
         bash -c 'cat "$1".* | grep -E "binding file $2/lib/libevent_core[^ ]* \[0\] to [^ ]*/$3 \[0\]: normal symbol .arc4random.$" | grep -q .' _ \
         "$TMP/bind" "$TMP/bundle" "$want"
     fi
+    # The GPU host has no Open MPI: train_resnet18 must start as a singleton on the bundle's plugins, help
+    # files and settings alone (env.sh). Here the system's Open MPI is hidden in a private mount namespace,
+    # so a plugin or a file the bundle lacks fails the run instead of being found on this machine.
+    if [[ $(id -u) -eq 0 ]] && command -v unshare >/dev/null && unshare -m true 2>/dev/null; then
+      out=$(env -i PATH=/usr/bin:/bin HOME="$TMP" unshare -m bash -c '
+        for d in /usr/lib/x86_64-linux-gnu/openmpi /usr/share/openmpi /etc/openmpi /usr/lib/x86_64-linux-gnu/pmix2; do
+          [[ -d $d ]] && { mount -t tmpfs none "$d" || exit 90; }
+        done
+        source "$1/env.sh" && cd "$2" &&
+          timeout 120 "$1/bin/train_resnet18" --data synthetic --synthetic-size 64 --synthetic-classes 4 --image-size 32 \
+            --backend cpu --threads 1 --batch-size 8 --epochs 1 --max-steps 3 --no-eval --checkpoint-dir singleton_ck \
+            --progress lines --log-every 1' _ "$TMP/bundle" "$TMP" 2>&1); rc=$?
+      check "bundle: train_resnet18 trains as a singleton with this machine's Open MPI hidden (3 steps, a checkpoint)" \
+        bash -c '[[ $1 -eq 0 && $2 == *"step 3/8"* && -f $3/singleton_ck/ckpt-0000000003.h5 ]] || { printf "rc %s: %s\n" "$1" "${2: -600}"; false; }' \
+        _ "$rc" "$out" "$TMP"
+    else
+      printf 'NOTE not root or no unshare -m: the bundled trainer is not run with the system Open MPI hidden\n'
+    fi
   else
     printf 'NOTE no train_resnet18 in %s: the bundle'"'"'s libevent is not loaded by a real program here\n' "$BUILD"
   fi

@@ -26,7 +26,11 @@ int main(int argc, char** argv) {
   ddp::train::install_stop_handlers();
   ddp::comm::DistEnv env;
   try {
-    env = ddp::comm::init_distributed(&argc, &argv);
+    {
+      // A rank that died or stopped before or inside MPI_Init must not hang the others there.
+      ddp::comm::StartupGuard guard(opts->timeout_s, "MPI start-up (MPI_Init and the node layout)");
+      env = ddp::comm::init_distributed(&argc, &argv);
+    }
     ddp::train::TrainResult r = ddp::train::run_training(*opts, env);
     ddp::comm::finalize_distributed();
     (void)r;

@@ -3,9 +3,15 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
 
 #include "ddp/core/check.h"
 #include "ddp/core/log.h"
@@ -32,7 +38,55 @@ namespace ddp::detail {
 namespace ddp::comm {
 
 namespace {
-bool g_initialized = false;
+std::atomic<bool> g_initialized{false};  // read by the start-up guard's thread
+// MPI_THREAD_MULTIPLE granted: only then may the start-up guard's thread call MPI_Abort while the
+// main thread is inside MPI.
+std::atomic<bool> g_thread_multiple{false};
+}
+
+struct StartupGuard::State {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool over = false;
+  std::thread watcher;
+};
+
+StartupGuard::StartupGuard(double timeout_s, std::string what) : state_(std::make_shared<State>()) {
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeout_s));
+  state_->watcher = std::thread([s = state_, deadline, timeout_s, what = std::move(what)] {
+    std::unique_lock<std::mutex> lk(s->mu);
+    if (s->cv.wait_until(lk, deadline, [&] { return s->over; })) return;
+    // The rank is known once MPI_Init returned (set_log_rank); before that, the launcher's variable.
+    const char* env_rank = std::getenv("OMPI_COMM_WORLD_RANK");
+    if (!env_rank) env_rank = std::getenv("PMIX_RANK");
+    if (!env_rank) env_rank = std::getenv("SLURM_PROCID");
+    const std::string who = g_initialized ? std::to_string(log_rank()) : (env_rank ? env_rank : "?");
+    std::fprintf(stderr,
+                 "[rank %s] FATAL: no answer from the other ranks within %g s in %s; a rank died, is stopped or "
+                 "never started (bound set by --timeout)\n",
+                 who.c_str(), timeout_s, what.c_str());
+    std::fflush(stderr);
+    std::fflush(stdout);
+    int initialized = 0, finalized = 0;
+    if (g_thread_multiple.load()) {
+      MPI_Initialized(&initialized);
+      MPI_Finalized(&finalized);
+    }
+    if (initialized && !finalized) MPI_Abort(MPI_COMM_WORLD, 1);
+    // Before MPI_Init returned, or without MPI_THREAD_MULTIPLE: a process that ends without
+    // MPI_Finalize makes mpirun / srun end the job.
+    std::_Exit(1);
+  });
+}
+
+StartupGuard::~StartupGuard() {
+  {
+    std::lock_guard<std::mutex> lk(state_->mu);
+    state_->over = true;
+  }
+  state_->cv.notify_all();
+  state_->watcher.join();
 }
 
 bool distributed_initialized() { return g_initialized; }
@@ -48,6 +102,7 @@ DistEnv init_distributed(int* argc, char*** argv) {
 
   DistEnv env;
   env.thread_multiple = provided >= MPI_THREAD_MULTIPLE;
+  g_thread_multiple = env.thread_multiple;
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &env.rank));
   MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &env.world));
   set_log_rank(env.rank, env.world);

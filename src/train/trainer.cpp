@@ -217,7 +217,12 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   if (o.backend == nn::Backend::CUDA) device = comm::select_cuda_device(env);
   comm::CommOptions copt;
   copt.timeout_s = o.timeout_s;
-  auto comm = comm::make_communicator(comm_name(o.comm), env, copt);
+  std::unique_ptr<comm::Communicator> comm;
+  {
+    // MPI_Comm_dup and the start-up allgathers have no bounded form: a rank stopped here would hang them.
+    comm::StartupGuard guard(o.timeout_s, "the set-up of the gradient communicator");
+    comm = comm::make_communicator(comm_name(o.comm), env, copt);
+  }
   const bool pinned = o.backend == nn::Backend::CUDA;
 
   // ---- data ----------------------------------------------------------------------------------

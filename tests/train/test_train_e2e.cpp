@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -635,6 +636,34 @@ TEST_F(TrainE2E, RanksOfAHostReadingDifferentShardSetsAreRefused) {
   auto same = sh(mpmd + run + d("a") + " : -np 1 " + run + d("a_copy"));
   EXPECT_EQ(same.rc, 0) << same.out;
   EXPECT_NE(same.out.find("epoch 1/1 step 2"), std::string::npos) << same.out;
+}
+
+// A rank stopped before MPI_Init (its launch wrapper stops itself) or inside the communicators' set-up
+// (a PMPI shim stops it in MPI_Comm_dup) leaves the others in MPI calls that have no bounded form: the
+// start-up guard must end the job within --timeout, naming the phase, instead of a hang.
+TEST_F(TrainE2E, RankStoppedDuringStartUpEndsTheJobWithinTheTimeout) {
+  const std::string run = kRecipe + "--epochs 1 --max-steps 2 --timeout 3";
+  const std::string mpmd = std::string("timeout -s KILL 90 ") + MPIEXEC +
+                           " --allow-run-as-root --oversubscribe --bind-to none"
+                           " --mca btl_vader_single_copy_mechanism none -np 1 ";
+  struct Case {
+    const char* phase;
+    std::string second_rank;
+  };
+  const Case cases[] = {
+      {"in MPI start-up (MPI_Init and the node layout)", "bash -c 'kill -STOP $$; exec \"$@\"' _ " + run},
+      {"in the set-up of the gradient communicator", std::string("env LD_PRELOAD=") + PMPI_STOP_SHIM + " " + run},
+  };
+  for (const auto& c : cases) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = sh(mpmd + run + " : -np 1 " + c.second_rank);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(r.rc, 0) << r.out;
+    EXPECT_NE(r.rc, 128 + SIGKILL) << "hung until the test's own limit:\n" << r.out;
+    EXPECT_NE(r.out.find(std::string("no answer from the other ranks within 3 s ") + c.phase), std::string::npos)
+        << r.out;
+    EXPECT_LT(s, 30) << r.out;
+  }
 }
 
 // --max-steps 3 of 8 steps per epoch: the evaluation after it says 0.375 epochs, not "epoch 1".

@@ -3,6 +3,7 @@
 // srun --mpi=pmix, a single process without a launcher) goes through init_distributed.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,25 @@ DistEnv init_distributed(int* argc, char*** argv);
 // MPI_Finalize if init_distributed ran and MPI is not finalized yet.
 void finalize_distributed();
 bool distributed_initialized();
+
+// Bounds a blocking phase of a job's start-up that MPI has no nonblocking form of (DESIGN §4 rule 2):
+// MPI_Init, whose wire-up waits for every rank, and the communicators' set-up (MPI_Comm_split_type,
+// MPI_Comm_split, MPI_Comm_dup, the start-up allgathers), which every rank must enter. While a guard
+// lives, a thread watches the clock; past timeout_s it prints "no answer from the other ranks within
+// T s in WHAT; ..." and ends this process (MPI_Abort where MPI allows a second thread to call it, else
+// _Exit), and the launcher then ends the job. So a rank that died, was stopped or never started
+// before or during start-up ends the job instead of hanging every other rank in MPI.
+class StartupGuard {
+ public:
+  StartupGuard(double timeout_s, std::string what);
+  ~StartupGuard();  // the phase is over: the thread stops watching
+  StartupGuard(const StartupGuard&) = delete;
+  StartupGuard& operator=(const StartupGuard&) = delete;
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
+};
 
 // Prints "[rank r] FATAL: why" to stderr, then MPI_Abort(MPI_COMM_WORLD, code) so the launcher
 // tears down every rank (or exits the process when MPI is not running).

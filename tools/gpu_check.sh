@@ -576,6 +576,8 @@ if [[ -d $BUNDLE/bin ]]; then
   if [[ -f $BUNDLE/env.sh ]]; then
     # shellcheck source=/dev/null
     DDP_PYTHON=$PY source "$BUNDLE/env.sh"
+    # env.sh keeps the host's libstdc++ unless it lacks a version the bundle needs (then lib/cxx-fallback)
+    log "libstdc++: ${DDP_LIBSTDCXX:-not chosen by env.sh (a bundle made before lib/cxx-fallback)}"
   else
     log "WARNING: $BUNDLE/env.sh missing; using $BUNDLE/lib and /usr/local/cuda/lib64 only"
     export LD_LIBRARY_PATH="$BUNDLE/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -584,7 +586,7 @@ if [[ -d $BUNDLE/bin ]]; then
   log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   [[ -n ${DDP_WHEEL_LIBS:-} ]] || log "WARNING: no nvidia-* wheel library dirs found through '$PY' (cuDNN/NCCL must then come from the toolkit)"
   bad=0
-  for f in "$BUNDLE"/bin/* "$BUNDLE"/lib/*.so*; do
+  for f in "$BUNDLE"/bin/* "$BUNDLE"/lib/*.so* "$BUNDLE"/lib/cxx-fallback/*.so*; do
     [[ -f $f ]] || continue
     out=$(ldd "$f" 2>&1)
     printf '== %s\n%s\n' "$f" "$out" >>"$LOGDIR/ldd.txt"
@@ -598,7 +600,7 @@ if [[ -d $BUNDLE/bin ]]; then
   # What the key GPU libraries resolve to, and cuDNN's run-time-loaded parts (not visible to ldd).
   first=""
   for f in "$BUNDLE"/bin/*; do [[ -f $f ]] && ldd "$f" 2>/dev/null | grep -q libcudnn && { first=$f; break; }; done
-  [[ -n $first ]] && ldd "$first" | grep -E 'libcud(nn|art)|libcublas|libnccl|libnvrtc' | sed 's/ (0x.*//; s/^[[:space:]]*/  /' | while IFS= read -r l; do log "$l"; done
+  [[ -n $first ]] && ldd "$first" | grep -E 'libcud(nn|art)|libcublas|libnccl|libnvrtc|libstdc\+\+' | sed 's/ (0x.*//; s/^[[:space:]]*/  /' | while IFS= read -r l; do log "$l"; done
   IFS=':' read -ra dirs <<<"$LD_LIBRARY_PATH"
   for sub in libcudnn_engines_precompiled.so.9 libcudnn_engines_runtime_compiled.so.9 libcudnn_heuristic.so.9 libcudnn_graph.so.9 libcudnn_cnn.so.9 libcudnn_ops.so.9; do
     found=""

@@ -6,7 +6,8 @@
 # gpu_check.sh through every step, so its parsing, counting, table and exit codes are checked here; the
 # real thing runs on a GPU host only. bundle_deps' glibc floor (2.34) is checked on the real build's bundle
 # and on small programs built here; tools/glibc_compat's library through glibc_compat_check.c, with
-# fake_getrandom.c preloaded for the kernel's awkward answers.
+# fake_getrandom.c preloaded for the kernel's awkward answers. The libstdc++ fallback (lib/cxx-fallback) is
+# checked on the real build's bundle against a stand-in GCC 11 libstdc++ built here and this machine's own.
 #
 # Usage: tests/tools/test_scripts.sh [BUILD_DIR]
 #   BUILD_DIR (optional) a build whose test binaries bundle_deps is tried on, and whose make_bench_jpegs and
@@ -110,8 +111,36 @@ glibc_over() {  # glibc_over FILE...: "NAME: GLIBC_x.y" per version above the fl
   return 0
 }
 glibc_needed() {  # glibc_needed FILE...: the highest GLIBC_x.y the loader will ask of the host's libc
-  local f
-  for f in "$@"; do objdump -p "$f" 2>/dev/null; done | awk '$1 ~ /^0x/ && $4 ~ /^GLIBC_[0-9.]+$/ { print substr($4, 7) }' | sort -V | tail -1
+  ver_needed GLIBC "$@"
+}
+ver_needed() {  # ver_needed PREFIX FILE...: the highest PREFIX_x.y among the files' version requirements
+  local p=$1 f
+  shift
+  for f in "$@"; do objdump -p "$f" 2>/dev/null; done | awk -v p="$p" '$1 ~ /^0x/ && $4 ~ ("^" p "_[0-9.]+$") { print substr($4, length(p) + 2) }' | sort -V | tail -1
+}
+# old_libstdcxx DIR: a stand-in for RHEL 9's libstdc++ (GCC 11) in DIR: a shared object named libstdc++.so.6
+# defining the versions GCC 11's defines (GLIBCXX_3.4 to 3.4.29, CXXABI_1.3 to 1.3.13), a dummy symbol each,
+# and nothing newer. The loader checks versions before it binds a symbol, so a binary needing GLIBCXX_3.4.30
+# is refused by it as by the real one ("version `GLIBCXX_3.4.30' not found"); a check below shows that.
+old_libstdcxx() {
+  local d=$1 v i=0
+  mkdir -p "$d/src"
+  : >"$d/src/old.c"
+  : >"$d/src/old.map"
+  for v in GLIBCXX_3.4 $(seq -f 'GLIBCXX_3.4.%g' 1 29) CXXABI_1.3 $(seq -f 'CXXABI_1.3.%g' 1 13); do
+    printf 'int ddp_old_%d(void) { return %d; }\n' "$i" "$i" >>"$d/src/old.c"
+    if ((i == 0)); then printf '%s { global: ddp_old_%d; local: *; };\n' "$v" "$i"; else printf '%s { global: ddp_old_%d; };\n' "$v" "$i"; fi >>"$d/src/old.map"
+    i=$((i + 1))
+  done
+  cc -shared -fPIC -Wl,-soname,libstdc++.so.6 -Wl,--version-script,"$d/src/old.map" -o "$d/libstdc++.so.6" "$d/src/old.c"
+}
+# cxx_probe BIN: run after sourcing a bundle's env.sh. Prints the library path, env.sh's DDP_LIBSTDCXX, the
+# libstdc++.so.6 that BIN resolves to (ldd), and BIN --help's exit code (every symbol bound at start), a line each.
+cxx_probe() {
+  local so rc
+  so=$(ldd "$1" 2>&1 | awk '$1 == "libstdc++.so.6" { print $3 }')
+  LD_BIND_NOW=1 "$1" --help >"$TMP/cxx_help.out" 2>&1; rc=$?
+  printf '%s\n' "${LD_LIBRARY_PATH:-}" "${DDP_LIBSTDCXX:-}" "$so" "$rc"
 }
 BUNDLE_OK=0
 testbin=""
@@ -124,7 +153,7 @@ if [[ -n $testbin ]]; then
   check "bundle_deps exits 0 on $BUILD (+ $(basename "$testbin"))" test "$rc" -eq 0
   check "bundle: MANIFEST with commit and binary" grep -q "^commit: " "$TMP/bundle/MANIFEST"
   check "bundle: binary copied" test -x "$TMP/bundle/bin/$(basename "$testbin")"
-  check "bundle: no glibc/libstdc++/CUDA libraries carried" \
+  check "bundle: no glibc/libstdc++/CUDA libraries carried in lib/" \
     bash -c '! ls "$1"/lib | grep -Eq "^(libc|libm|libstdc\+\+|libgcc_s|libcudart|libcudnn|libnccl|libcublas)\.so"' _ "$TMP/bundle"
   check "bundle: env.sh passes shellcheck" shellcheck -s bash "$TMP/bundle/env.sh"
   # With env.sh, every carried file resolves (on this machine the CUDA runtime comes from the toolkit).
@@ -175,6 +204,74 @@ if [[ -n $testbin ]]; then
   else
     printf 'NOTE no train_resnet18 in %s: the bundle'"'"'s libevent is not loaded by a real program here\n' "$BUILD"
   fi
+  # libstdc++: GCC 12's travels in lib/cxx-fallback, and env.sh puts it on the path only where the host's
+  # lacks a version the bundle needs (RHEL 9: GCC 11) or is missing; a newer or equal host one is kept.
+  # Each env.sh below is sourced in a subshell of this script, so under set -u and pipefail.
+  B="$TMP/bundle"
+  check "bundle: carries lib/cxx-fallback/libstdc++.so.6, MANIFEST names it (cxx_fallback) and no longer as host_must_provide" \
+    bash -c '[[ -f $1/lib/cxx-fallback/libstdc++.so.6 ]] && grep -q "^cxx_fallback: lib/cxx-fallback/libstdc++.so.6 <- /" "$1/MANIFEST" &&
+             ! grep -q "^host_must_provide: .*libstdc++" "$1/MANIFEST" || { grep -E "^(cxx|host_must)" "$1/MANIFEST"; false; }' _ "$B"
+  cxx_need=$(ver_needed GLIBCXX "${elfs[@]}")
+  cxxabi_need=$(ver_needed CXXABI "${elfs[@]}")
+  check "bundle: MANIFEST glibcxx_needed ($cxx_need) and cxxabi_needed ($cxxabi_need) are what bin/ and lib/ require" \
+    bash -c '[[ -n $2 && $(sed -n "s/^glibcxx_needed: //p" "$1") == "$2" && $(sed -n "s/^cxxabi_needed: //p" "$1") == "$3" ]]' _ \
+    "$B/MANIFEST" "$cxx_need" "$cxxabi_need"
+  cxxbin=""
+  for b in train_resnet18 pack_imagenet; do [[ -x $B/bin/$b ]] && { cxxbin=$B/bin/$b; break; }; done
+  if [[ -z $cxxbin ]]; then
+    printf 'NOTE no train_resnet18 or pack_imagenet in %s: the libstdc++ fallback is not run\n' "$BUILD"
+  elif [[ $(printf '%s\n' "$cxx_need" 3.4.29 | sort -V | tail -1) == 3.4.29 ]]; then
+    printf 'NOTE the bundle needs only GLIBCXX_%s: a GCC 11 libstdc++ has it, the fallback is not exercised\n' "$cxx_need"
+  elif ! old_libstdcxx "$TMP/oldcxx" 2>"$TMP/oldcxx.log"; then
+    fail "libstdc++ fallback: the stand-in old libstdc++ does not build ($(tr '\n' ' ' <"$TMP/oldcxx.log"))"
+  else
+    OLD=$TMP/oldcxx
+    # The stand-in is honest: first in the path without the fallback, the loader refuses the binary.
+    # shellcheck source=/dev/null
+    out=$( (source "$B/env.sh" 2>/dev/null; LD_LIBRARY_PATH="$B/lib:$OLD" "$cxxbin" --help 2>&1) ); rc=$?
+    check "stand-in GCC 11 libstdc++ first on the path, no fallback: ${cxxbin##*/} refused (GLIBCXX_$cxx_need not found)" \
+      bash -c '[[ $1 -ne 0 && $2 == *"version \`GLIBCXX_$3'"'"' not found"* ]] || { printf "rc %s: %s\n" "$1" "$2"; false; }' _ "$rc" "$out" "$cxx_need"
+    # (b) DDP_HOST_LIBSTDCXX names it, and it is also first in the path the process would otherwise use.
+    # shellcheck source=/dev/null
+    mapfile -t r < <(export LD_LIBRARY_PATH=$OLD DDP_HOST_LIBSTDCXX=$OLD/libstdc++.so.6; source "$B/env.sh" 2>"$TMP/cxx.err"; cxx_probe "$cxxbin")
+    check "DDP_HOST_LIBSTDCXX=old: lib/cxx-fallback right after lib/, one line on stderr, ${cxxbin##*/} --help runs with the fallback" \
+      bash -c '[[ $1 == "$5/lib:$5/lib/cxx-fallback:"* && $2 == "$5/lib/cxx-fallback/libstdc++.so.6 (the bundle'"'"'s: "*"GLIBCXX_$7"* &&
+               $3 == "$5/lib/cxx-fallback/libstdc++.so.6" && $4 == 0 && $(wc -l <"$6") -eq 1 && $(cat "$6") == *"$8/libstdc++.so.6 lacks GLIBCXX_$7"*"lib/cxx-fallback"* ]] ||
+               { printf "path %s\nchoice %s\nresolved %s\nrc %s\nstderr: %s\n" "$1" "$2" "$3" "$4" "$(cat "$6")"; false; }' _ \
+      "${r[@]:0:4}" "$B" "$TMP/cxx.err" "$cxx_need" "$OLD"
+    # Found, without the override, as the loader would: first in the path, then in ldconfig's cache (a
+    # stand-in ldconfig lists a 32-bit libstdc++ with every version first: only this machine's kind counts).
+    # shellcheck source=/dev/null
+    mapfile -t r < <(export LD_LIBRARY_PATH=$OLD; unset DDP_HOST_LIBSTDCXX; source "$B/env.sh" 2>/dev/null; cxx_probe "$cxxbin")
+    check "old libstdc++ first in LD_LIBRARY_PATH: found, fallback used, ${cxxbin##*/} runs" \
+      bash -c '[[ $1 == "$5/lib:$5/lib/cxx-fallback:"* && $2 == *"$6/libstdc++.so.6 lacks"* && $3 == "$5/lib/cxx-fallback/libstdc++.so.6" && $4 == 0 ]] ||
+               { printf "path %s\nchoice %s\nresolved %s\nrc %s\n" "$1" "$2" "$3" "$4"; false; }' _ "${r[@]:0:4}" "$B" "$OLD"
+    if [[ $(uname -m) == x86_64 ]]; then
+      host_so=$(ldd "$cxxbin" | awk '$1 == "libstdc++.so.6" { print $3 }')
+      mkdir -p "$TMP/fake-ldconfig"
+      printf '#!/bin/sh\nprintf "3 libs found in cache\\n\\tlibstdc++.so.6 (libc6) => %s\\n\\tlibstdc++.so.6 (libc6,x86-64) => %s\\n\\tlibc.so.6 (libc6,x86-64) => /lib/libc.so.6\\n"\n' \
+        "$host_so" "$OLD/libstdc++.so.6" >"$TMP/fake-ldconfig/ldconfig"
+      chmod +x "$TMP/fake-ldconfig/ldconfig"
+      # shellcheck source=/dev/null
+      mapfile -t r < <(export PATH="$TMP/fake-ldconfig:$PATH"; unset LD_LIBRARY_PATH DDP_HOST_LIBSTDCXX; source "$B/env.sh" 2>/dev/null; cxx_probe "$cxxbin")
+      check "old x86-64 libstdc++ in ldconfig's cache (after a 32-bit one): found, fallback used, ${cxxbin##*/} runs" \
+        bash -c '[[ $1 == "$5/lib:$5/lib/cxx-fallback:"* && $2 == *"$6/libstdc++.so.6 lacks"* && $4 == 0 ]] ||
+                 { printf "path %s\nchoice %s\nresolved %s\nrc %s\n" "$1" "$2" "$3" "$4"; false; }' _ "${r[@]:0:4}" "$B" "$OLD"
+    fi
+    # None at all: the fallback too.
+    # shellcheck source=/dev/null
+    mapfile -t r < <(export DDP_HOST_LIBSTDCXX=$TMP/no-such-dir/libstdc++.so.6; source "$B/env.sh" 2>/dev/null; cxx_probe "$cxxbin")
+    check "no host libstdc++ (DDP_HOST_LIBSTDCXX names no file): fallback used, ${cxxbin##*/} runs" \
+      bash -c '[[ $1 == "$5/lib:$5/lib/cxx-fallback:"* && $2 == *"no readable libstdc++.so.6"* && $3 == "$5/lib/cxx-fallback/libstdc++.so.6" && $4 == 0 ]] ||
+               { printf "path %s\nchoice %s\nresolved %s\nrc %s\n" "$1" "$2" "$3" "$4"; false; }' _ "${r[@]:0:4}" "$B"
+    # (c) This machine's own libstdc++ (the one the build used, so it has every version): kept, no fallback.
+    # shellcheck source=/dev/null
+    mapfile -t r < <(unset LD_LIBRARY_PATH DDP_HOST_LIBSTDCXX; source "$B/env.sh" 2>"$TMP/cxx.err"; cxx_probe "$cxxbin")
+    check "this machine's libstdc++ (has GLIBCXX_$cxx_need): no fallback on the path, nothing on stderr, ${cxxbin##*/} runs with the host's" \
+      bash -c '[[ -n $1 && $1 != *cxx-fallback* && $2 == *"(the host'"'"'s: it has GLIBCXX_$7"* && $3 == /* && $3 != "$5"/* && $4 == 0 && ! -s $6 ]] ||
+               { printf "path %s\nchoice %s\nresolved %s\nrc %s\nstderr: %s\n" "$1" "$2" "$3" "$4" "$(cat "$6")"; false; }' _ \
+      "${r[@]:0:4}" "$B" "$TMP/cxx.err" "$cxx_need"
+  fi
   "$ROOT/tools/bundle_deps" "$BUILD" "$TMP/bundle-packed" --extra "$testbin" --pack >"$TMP/bundle-packed.log" 2>&1; rc=$?
   check "bundle_deps --pack: exit 0, MANIFEST and bundle.tar.xz only" \
     bash -c '[[ $1 -eq 0 ]] && [[ "$(cd "$2" && ls | tr "\n" " ")" == "MANIFEST bundle.tar.xz " ]]' _ "$rc" "$TMP/bundle-packed"
@@ -182,6 +279,8 @@ if [[ -n $testbin ]]; then
   check "bundle_deps --pack: ${kib} KiB to carry, under 50 MiB" test "${kib:-999999}" -lt 51200
   check "bundle_deps --pack: archive holds bin/, lib/ and env.sh" \
     bash -c 'tar -tJf "$1" | grep -q "^bin/$2" && tar -tJf "$1" | grep -qx "env.sh"' _ "$TMP/bundle-packed/bundle.tar.xz" "$(basename "$testbin")"
+  check "bundle_deps --pack: archive holds lib/cxx-fallback/libstdc++.so.6" \
+    bash -c 'tar -tJf "$1" | grep -qx "lib/cxx-fallback/libstdc++.so.6"' _ "$TMP/bundle-packed/bundle.tar.xz"
   BUNDLE_OK=1
 else
   printf 'NOTE no test binary under %s/tests: bundle_deps not exercised (build one first)\n' "$BUILD"

@@ -375,10 +375,15 @@ std::string Loader::set_identity() const {
   std::string id;
   for (const auto& r : impl_->shards) {
     const auto& m = r->meta();
-    id += str(std::filesystem::path(r->path()).filename().string(), ' ', m.num_images, ' ',
-              m.input_fingerprint.empty() ? "-" : m.input_fingerprint, '\n');
+    // The file size catches what the fingerprint (input names, sizes, labels) cannot: the same input
+    // packed with other settings, re-encoded images, shards written before fingerprints existed.
+    std::error_code ec;
+    const auto bytes = std::filesystem::file_size(r->path(), ec);
+    id += str(std::filesystem::path(r->path()).filename().string(), ": ", m.num_images, " images, ",
+              ec ? std::string("size unknown") : str(bytes, " bytes"), ", input fingerprint ",
+              m.input_fingerprint.empty() ? "none (packed before fingerprints)" : m.input_fingerprint, '\n');
   }
-  for (const auto& c : impl_->classes) id += str(c, '\n');
+  for (size_t k = 0; k < impl_->classes.size(); ++k) id += str("class ", k, ": ", impl_->classes[k], '\n');
   return id;
 }
 

@@ -1,5 +1,6 @@
 // DataSource over HDF5 shards: a thin adapter on ddp::data::Loader.
 #include <filesystem>
+#include <sstream>
 
 #include "ddp/core/check.h"
 #include "ddp/data/loader.h"
@@ -51,7 +52,12 @@ class ShardSource final : public DataSource {
     return str(split_, ": ", loader_->num_images(), " images in ", nshards_, " shard(s) of ", dir_, ", ",
                loader_->num_classes(), " classes");
   }
-  std::string identity() const override { return str(split_, '\n', loader_->set_identity()); }
+  std::string identity() const override {
+    std::string id, line;
+    std::istringstream in(loader_->set_identity());
+    while (std::getline(in, line)) id += str(split_, " shards, ", line, '\n');  // each line names its split
+    return id;
+  }
 
  private:
   std::string dir_, split_;

@@ -178,9 +178,9 @@ double identity_hash(const std::string& s) {
 // their slice of another set, and some images would be trained twice and others never, without a
 // word. Compared by content (Loader::set_identity), not by path: one set may be mounted at other paths.
 void check_same_shard_set(const DataSource* train, const DataSource* val, const comm::DistEnv& env,
-                          comm::Communicator& c, bool node_scope) {
-  const double mine = identity_hash(str(train ? train->identity() : std::string(), "\n--\n",
-                                        val ? val->identity() : std::string()));
+                          comm::Communicator& c, bool node_scope, double timeout_s) {
+  const std::string identity = str(train ? train->identity() : std::string(), val ? val->identity() : std::string());
+  const double mine = identity_hash(identity);
   const std::vector<double> ids = c.allgather(mine);
   const std::vector<double> group = c.allgather(node_scope ? env.node_index : 0);
   // Every rank holds the same two vectors, so every rank finds the same first pair and fails alike.
@@ -190,10 +190,29 @@ void check_same_shard_set(const DataSource* train, const DataSource* val, const 
     if (ids[static_cast<size_t>(first)] == ids[static_cast<size_t>(r)]) continue;
     const auto where = node_scope ? str(" on host ", env.hosts.at(static_cast<size_t>(group[static_cast<size_t>(r)])))
                                   : std::string();
+    // The first line that differs says how (which split, shard, count, size or fingerprint): rank
+    // `first` sends its identity, rank r compares (every rank takes part in the broadcast).
+    std::string theirs = identity;
+    comm::broadcast_string(theirs, first, timeout_s, str("a broadcast from rank ", first, " of its shard set"));
+    std::string how;
+    if (env.rank == r) {
+      std::istringstream a(theirs), b(identity);
+      std::string la, lb;
+      for (;;) {
+        const bool ga = static_cast<bool>(std::getline(a, la)), gb = static_cast<bool>(std::getline(b, lb));
+        if (!ga && !gb) break;
+        if (ga && gb && la == lb) continue;
+        how = str("; first difference: rank ", first, " has '", ga ? la : "(nothing more)", "', rank ", r, " has '",
+                  gb ? lb : "(nothing more)", "'");
+        break;
+      }
+    }
     const auto own = (env.rank == first || env.rank == r)
-                         ? str("; this rank reads ", train ? train->describe() : val->describe())
+                         ? str("; this rank reads ", train ? train->describe() : val->describe(),
+                               train && val ? str(" and ", val->describe()) : std::string())
                          : std::string();
-    DDP_FAIL("ranks ", first, " and ", r, where, " read different shard sets", own, ". Ranks that split one set must ",
+    DDP_FAIL("ranks ", first, " and ", r, where, " read different shard sets", own, how,
+             ". Ranks that split one set must ",
              "see the same files: check each rank's --data (",
              node_scope ? "--shard-scope node: the ranks of a host split that host's shards"
                         : "--shard-scope global: all ranks split one set; with a set per host use --shard-scope node",
@@ -231,6 +250,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   const bool node_scope = o.shard_scope == ShardScope::Node;
   const int data_rank = node_scope ? env.local_rank : env.rank;
   const int data_world = node_scope ? env.local_size : env.world;
+  // Why there is no evaluation set, when there is none (this rank's directory may well have one).
+  std::string no_val_why = str("no val-*.h5 shards in '", o.data, "'");
   if (o.synthetic) {
     auto set = make_synthetic_set(o.synthetic_size, o.synthetic_classes, o.image_size, o.image_size, o.seed);
     SyntheticConfig sc;
@@ -266,25 +287,32 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     sc.eval_crop_ratio = static_cast<float>(o.eval_crop_ratio);
     // --eval-only reads no training data: a directory packed with --splits val is enough.
     if (!o.eval_only) train = make_shard_source(sc);
-    int64_t has_val = (!o.no_eval && shards_exist(o.data, "val")) ? 1 : 0;
-    comm->allreduce_min(&has_val, 1);  // evaluate only if every node has its val shards
+    const bool mine_val = !o.no_eval && shards_exist(o.data, "val");
+    int64_t val_count[2] = {mine_val ? 1 : 0, mine_val ? -1 : 0};  // min, -max over the ranks
+    comm->allreduce_min(val_count, 2);  // evaluate only if every node has its val shards
+    const bool has_val = val_count[0] == 1, some_val = val_count[1] == -1;
+    if (mine_val && !has_val) no_val_why = str("another rank found no val-*.h5 shards in its --data; this rank's '",
+                                                o.data, "' has them");
     if (has_val) {
       sc.split = "val";
       sc.train = false;
       sc.height = sc.width = o.val_size;
       val = make_shard_source(sc);
     } else if (!o.no_eval) {
-      warn0("no val-*.h5 shards in '", o.data, "' on every node: evaluation is off");
+      // No rank has them (a set packed without val): rank 0 says so once. Some have: each rank that
+      // lacks them says where it looked, and rank 0 speaks for the others when it has them.
+      if (!some_val || mine_val) warn0(no_val_why, ": evaluation is off for every rank");
+      else warn(no_val_why, ": evaluation is off for every rank");
     }
   }
-  DDP_CHECK(train || val, "--eval-only: there is nothing to evaluate (no val-*.h5 shards in '", o.data, "')");
+  DDP_CHECK(train || val, "--eval-only: there is nothing to evaluate (", no_val_why, ")");
   const DataSource& data_ref = train ? *train : *val;
   int64_t cls[2] = {data_ref.num_classes(), -data_ref.num_classes()};
   comm->allreduce_min(cls, 2);
   DDP_CHECK(cls[0] == -cls[1], "ranks disagree on the number of classes (", cls[0], " vs ", -cls[1],
             "): every node's shards must come from one pack_imagenet run");
   const int num_classes = static_cast<int>(cls[0]);
-  if (!o.synthetic) check_same_shard_set(train.get(), val.get(), env, *comm, node_scope);
+  if (!o.synthetic) check_same_shard_set(train.get(), val.get(), env, *comm, node_scope, tmo);
   if (train) info0("data: ", train->describe());
   if (val) info0("eval data: ", val->describe());
 
@@ -662,7 +690,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   // is nothing left to train), which is what a script checks to know the run has finished.
   result.epochs_done = start_epoch;
   if (o.eval_only) {
-    DDP_CHECK(val, "--eval-only: there is nothing to evaluate (no val-*.h5 shards in '", o.data, "')");
+    DDP_CHECK(val, "--eval-only: there is nothing to evaluate (", no_val_why, ")");
     hit_max = true;  // skips the training loop (and its checkpoints); the evaluation follows it
     info0("--eval-only: evaluating the weights at global step ", gstep, ", no training");
   } else if (o.max_steps > 0 && gstep >= o.max_steps) {

@@ -628,6 +628,9 @@ TEST_F(TrainE2E, RanksOfAHostReadingDifferentShardSetsAreRefused) {
   EXPECT_NE(r.out.find("ranks 0 and 1 on host "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("read different shard sets; this rank reads train: 80 images"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("check each rank's --data (--shard-scope node"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("first difference: rank 0 has 'train shards, train-00000-of-00001.h5: 72 images, "),
+            std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("', rank 1 has 'train shards, train-00000-of-00001.h5: 80 images, "), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("epoch 1/1 step"), std::string::npos) << "trained before refusing:\n" << r.out;
   // --shard-scope global: every rank splits one set, the same check.
   auto g = sh(mpmd + run + d("a") + " --shard-scope global : -np 1 " + run + d("b") + " --shard-scope global");
@@ -636,6 +639,22 @@ TEST_F(TrainE2E, RanksOfAHostReadingDifferentShardSetsAreRefused) {
   auto same = sh(mpmd + run + d("a") + " : -np 1 " + run + d("a_copy"));
   EXPECT_EQ(same.rc, 0) << same.out;
   EXPECT_NE(same.out.find("epoch 1/1 step 2"), std::string::npos) << same.out;
+  // Only the evaluation set differs: the message says so.
+  write_raw_shards(d("c"), 72, 24);
+  const std::string evals = std::string(run).replace(run.find(" --no-eval"), 10, "");
+  auto v = sh(mpmd + evals + d("a") + " : -np 1 " + evals + d("c"));
+  EXPECT_EQ(v.rc, 1) << v.out;
+  EXPECT_NE(v.out.find("first difference: rank 0 has 'val shards, val-00000-of-00001.h5: 20 images, "),
+            std::string::npos) << v.out;
+  // One rank without val shards: evaluation is off, and neither rank says the other's directory lacks them.
+  fs::create_directories(d("a_noval"));
+  fs::copy(d("a") + "/train-00000-of-00001.h5", d("a_noval"));
+  auto nv = sh(mpmd + evals + d("a") + " : -np 1 " + evals + d("a_noval"));
+  EXPECT_EQ(nv.rc, 0) << nv.out;
+  EXPECT_NE(nv.out.find("another rank found no val-*.h5 shards in its --data; this rank's '" + d("a") +
+                        "' has them: evaluation is off for every rank"),
+            std::string::npos) << nv.out;
+  EXPECT_NE(nv.out.find("no val-*.h5 shards in '" + d("a_noval") + "': evaluation is off"), std::string::npos) << nv.out;
 }
 
 // A rank stopped before MPI_Init (its launch wrapper stops itself) or inside the communicators' set-up

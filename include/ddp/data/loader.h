@@ -49,10 +49,10 @@ class Loader {
   int64_t num_images() const;  // in this shard set
   int num_classes() const;
   const std::vector<std::string>& classes() const;
-  // What makes this shard set this set, independent of where it is mounted: for each shard (in
-  // order) its file name without the directory, image count and input fingerprint, then the class
-  // list. Ranks that split one set compare it (two ranks on one host given different --data
-  // directories would each read a slice of another set).
+  // What makes this shard set this set, independent of where it is mounted: one line per shard (in
+  // order) with its file name without the directory, image count, file size and input fingerprint,
+  // then one per class. Ranks that split one set compare it (two ranks on one host given different
+  // --data directories would each read a slice of another set); the first differing line says how.
   std::string set_identity() const;
   // train: floor(this rank's share / batch); eval: ceil(this rank's exact share / batch)
   int64_t local_batches() const;

@@ -490,7 +490,10 @@ PYEOF
   TORCH_JSON="{}"
 else
   log "python: $TORCH_JSON"
-  [[ $TORCH_JSON == *'"torchvision_error"'* ]] && missing "torchvision in '$PY' (the PyTorch peer's resnet18): $(sed -n 's/.*"torchvision_error": "\([^"]*\)".*/\1/p' <<<"$TORCH_JSON")"
+  if [[ $TORCH_JSON == *'"torchvision_error"'* ]]; then
+    tv_err=$("${HOSTENV[@]}" "$PY" -c 'import json, sys; print(json.loads(sys.argv[1])["torchvision_error"])' "$TORCH_JSON" 2>/dev/null)
+    missing "torchvision in '$PY' (the PyTorch peer's resnet18): ${tv_err:-see $LOGDIR/python.err}"
+  fi
   [[ $TORCH_JSON == *'"cuda_available": true'* ]] || missing "PyTorch in '$PY' sees no GPU (torch.cuda.is_available() is False)"
 fi
 
@@ -521,8 +524,12 @@ else
     BUNDLE_COMMIT=$(sed -n 's/^commit: //p' "$BUNDLE/MANIFEST" | head -1)
     # A bundle built from another commit than these scripts is the usual way to spend a GPU run on old code.
     head_commit=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || true)
-    if [[ -n $head_commit && ${BUNDLE_COMMIT%% *} != "$head_commit" ]]; then
+    if [[ -z $head_commit ]]; then
+      log "bundle commit not compared: $ROOT is not a git checkout here"
+    elif [[ ${BUNDLE_COMMIT%% *} != "$head_commit" ]]; then
       log "WARNING: the bundle was built from commit ${BUNDLE_COMMIT:-?}, this checkout is at $head_commit: rebuild it (tools/bundle_deps) unless that is meant"
+    elif [[ $BUNDLE_COMMIT == *" "* ]]; then
+      log "WARNING: the bundle was built from commit $BUNDLE_COMMIT (uncommitted changes beyond it): its binaries may not be this checkout's code"
     fi
     log "bundle: $BUNDLE, commit $BUNDLE_COMMIT, $(sed -n 's/^cudnn_built_against: /cuDNN built against /p' "$BUNDLE/MANIFEST"), $(sed -n 's/^cuda_code_in_binaries: /GPU code /p' "$BUNDLE/MANIFEST")"
     sm="sm_${CAP//./}"
@@ -765,7 +772,10 @@ run_bench() {
     printf '%s\t%s\t%s\n' -1 0 "not run: time budget spent" >"$LOGDIR/$key.status"
     log "$key: not run (time budget spent)"; return 1
   fi
-  log "$key: $* (limit $t s)"
+  local shown=("$@")
+  # The Python steps start with HOSTENV (env and the host's whole LD_LIBRARY_PATH): not worth a log line.
+  [[ ${shown[0]} == env && ${shown[*]:0:${#HOSTENV[@]}} == "${HOSTENV[*]}" ]] && shown=("${shown[@]:${#HOSTENV[@]}}")
+  log "$key: ${shown[*]} (limit $t s)"
   "$NVSMI" -i "$GPU_IDX" --query-gpu=timestamp,utilization.gpu,memory.used,clocks.sm,power.draw \
     --format=csv,noheader,nounits -lms 250 >"$LOGDIR/$key.util.csv" 2>/dev/null &
   SAMPLER=$!

@@ -19,8 +19,13 @@
 #include "ddp/data/image.h"
 
 int main(int argc, char** argv) {
+  const char* usage = "usage: jpeg_restart_cost DIR [ROUNDS [REPEATS]]   (JPEGs under DIR; defaults 6 rounds, 10 repeats)\n";
+  if (argc >= 2 && (std::string(argv[1]) == "-h" || std::string(argv[1]) == "--help")) {
+    std::fputs(usage, stdout);
+    return 0;
+  }
   if (argc < 2 || argc > 4) {
-    std::fprintf(stderr, "usage: jpeg_restart_cost DIR [ROUNDS [REPEATS]]\n");
+    std::fputs(usage, stderr);
     return 2;
   }
   const int rounds = argc > 2 ? std::atoi(argv[2]) : 6, repeats = argc > 3 ? std::atoi(argv[3]) : 10;

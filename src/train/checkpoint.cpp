@@ -155,6 +155,11 @@ std::string checkpoint_problem(const std::string& path) {
   }
 }
 
+std::string checkpoint_config(const std::string& path) {
+  h5::Handle f = open_checked(path);
+  return h5::get_attr_str(f, "config");
+}
+
 int checkpoint_num_classes(const std::string& path) {
   h5::Handle f = open_checked(path);
   return static_cast<int>(h5::get_attr_i64(f, "num_classes"));

@@ -301,6 +301,8 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
     require(!o.checkpoint_dir.empty(), "checkpoint-every", o.checkpoint_every, "needs --checkpoint-dir");
   // Given but without effect in this run: said, so that a typo'd recipe is not mistaken for a used one.
   auto given = [&](const char* k) { return vm.count(k) && !vm[k].defaulted(); };
+  for (const auto& [k, v] : vm)
+    if (!v.defaulted()) o.given.insert(k);
   if (!o.synthetic)
     for (const char* k : {"synthetic-size", "synthetic-classes"})
       if (given(k)) o.ignored.push_back(str("--", k, " (the data is shards, not 'synthetic')"));

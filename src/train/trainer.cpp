@@ -220,6 +220,54 @@ void check_same_shard_set(const DataSource* train, const DataSource* val, const 
   }
 }
 
+// --eval-only with a checkpoint evaluates as the checkpoint's run did, unless told otherwise: its
+// evaluation resolution and crop decide the figure, and the defaults (224 px, crop ratio 0.875) applied
+// to weights trained at 32 px would report a fraction of their accuracy without a word (label
+// smoothing too: the evaluation loss is the smoothed one). Rank 0 reads
+// the settings the checkpoint recorded (before the data and the model are made at that size); a file it
+// cannot read is left to the resume below, which names the problem.
+void adopt_checkpoint_eval_settings(TrainOptions& o, int rank, double timeout_s) {
+  std::string cfg;
+  if (rank == 0) {
+    try {
+      std::string path = o.resume;
+      if (o.resume == "auto") {
+        path.clear();
+        for (const auto& c : list_checkpoints(o.checkpoint_dir))
+          if (checkpoint_problem(c).empty()) path = c;  // the newest complete one (list is oldest first)
+      }
+      if (!path.empty()) cfg = checkpoint_config(path);
+    } catch (const std::exception&) {
+      cfg.clear();
+    }
+  }
+  comm::broadcast_string(cfg, 0, timeout_s, "a broadcast from rank 0 of the checkpoint's settings");
+  const auto theirs = settings_of(cfg, {});
+  auto value = [&](const char* k) { return theirs.count(k) ? theirs.at(k) : std::string(); };
+  std::string adopted;
+  auto adopt_int = [&](const char* k, int& field) {
+    const std::string v = value(k);
+    if (v.empty() || v == std::to_string(field)) return;
+    field = std::stoi(v);
+    adopted += str(adopted.empty() ? "" : " ", "--", k, " ", v);
+  };
+  // --image-size given alone sets the evaluation size too (val-size 0 follows it), so it counts for both.
+  if (!o.given.count("image-size")) adopt_int("image-size", o.image_size);
+  if (!o.given.count("val-size") && !o.given.count("image-size")) adopt_int("val-size", o.val_size);
+  auto adopt_double = [&](const char* k, double& field) {
+    const std::string v = value(k);
+    if (o.given.count(k) || v.empty() || std::stod(v) == field) return;
+    field = std::stod(v);
+    adopted += str(adopted.empty() ? "" : " ", "--", k, " ", v);
+  };
+  adopt_double("eval-crop-ratio", o.eval_crop_ratio);
+  adopt_double("label-smoothing", o.label_smoothing);  // the evaluation loss is the smoothed one
+  if (adopted.empty()) return;
+  o.config_text = describe(o);
+  info0("--eval-only: evaluating as the checkpoint's run did: ", adopted,
+        " (its recorded settings; give these flags to evaluate otherwise)");
+}
+
 }  // namespace
 
 TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
@@ -228,6 +276,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   const double tmo = o.timeout_s;
   auto notes = resolve_defaults(o, env.world, env.local_size, cuda_available());
   check_same_settings(o, env.rank);
+  if (o.eval_only && !o.resume.empty()) adopt_checkpoint_eval_settings(o, env.rank, tmo);
   for (const auto& n : notes) info0(n);
   for (const auto& i : o.ignored) warn0("ignored: ", i);
   install_stop_handlers();
@@ -418,8 +467,13 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
                 "; resume with the same seed (the data order depends on it)");
       // Changing a setting on resume can be meant (more epochs, a lower lr), so it is said, not refused.
       const std::set<std::string> per_run = {"threads", "workers", "data", "max-steps"};
-      const auto changed = setting_differences(settings_of(o.config_text, per_run), settings_of(st.config, per_run),
-                                               "the checkpoint's run");
+      auto changed = setting_differences(settings_of(o.config_text, per_run), settings_of(st.config, per_run),
+                                         "the checkpoint's run");
+      if (o.eval_only) {  // only what changes an evaluation is worth a word (not the epochs or the lr)
+        const std::set<std::string> eval_keys = {"image-size", "val-size", "eval-crop-ratio", "eval-flip",
+                                                 "label-smoothing", "backend", "amp", "tf32"};
+        std::erase_if(changed, [&](const std::string& c) { return !eval_keys.count(c.substr(0, c.find(" = "))); });
+      }
       if (!changed.empty()) {
         std::string list;
         for (const auto& c : changed) list += (list.empty() ? "" : "; ") + c;
@@ -515,11 +569,12 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   comm::GradBucketer bucketer(*comm, model->grads(), spec.param_count,
                               static_cast<size_t>(std::max(4.0, o.bucket_mb * 1024 * 1024)));
   const int64_t global_batch = static_cast<int64_t>(o.batch_size) * env.world;
-  info0("schedule: ", o.epochs, " epochs x ", steps, " steps (global batch ", global_batch, "), lr ", o.lr, " ",
-        lr_schedule_name(o.lr_schedule), o.warmup_epochs > 0 ? str(", warm-up ", o.warmup_epochs, " epochs") : "",
-        ", momentum ", o.momentum, o.nesterov ? " (nesterov)" : "", ", wd ", o.weight_decay,
-        o.no_wd_bn_bias ? " (not on BN/bias)" : "", ", label smoothing ", o.label_smoothing, ", ", comm->name(),
-        " buckets: ", bucketer.num_buckets());
+  if (!o.eval_only)  // nothing is trained
+    info0("schedule: ", o.epochs, " epochs x ", steps, " steps (global batch ", global_batch, "), lr ", o.lr, " ",
+          lr_schedule_name(o.lr_schedule), o.warmup_epochs > 0 ? str(", warm-up ", o.warmup_epochs, " epochs") : "",
+          ", momentum ", o.momentum, o.nesterov ? " (nesterov)" : "", ", wd ", o.weight_decay,
+          o.no_wd_bn_bias ? " (not on BN/bias)" : "", ", label smoothing ", o.label_smoothing, ", ", comm->name(),
+          " buckets: ", bucketer.num_buckets());
 
   // ---- metrics (rank 0) ------------------------------------------------------------------------
   std::unique_ptr<Progress> progress;

@@ -237,6 +237,27 @@ TEST_F(TrainE2E, EvalOnlyReproducesTheRunsEvaluationAndFlipAveragesMirrors) {
   for (const char* k : {"top1", "top5", "loss", "images", "epoch", "step"})
     EXPECT_EQ(field(vr, k), field(trained, k)) << k << "\n" << vr << "\n" << trained;
 
+  // The documented short form, without the run's --image-size: the checkpoint's evaluation settings
+  // are taken (not 224 px with crop 0.875, which would report another figure), and said; and the
+  // resume warning does not list settings that do not change an evaluation (here: none).
+  const std::string bare = std::string(TRAIN_RESNET18) + " --data " + d("shards") +
+                           " --backend cpu --threads 1 --batch-size 8 --seed 4 --progress lines ";
+  auto g = sh(bare + "--eval-only --resume " + ckpt + " --jsonl " + d("bare.jsonl"));
+  ASSERT_EQ(g.rc, 0) << g.out;
+  EXPECT_NE(g.out.find("--eval-only: evaluating as the checkpoint's run did: --image-size 32 --val-size 32 "
+                       "--label-smoothing 0.1"),
+            std::string::npos) << g.out;
+  EXPECT_EQ(g.out.find("resuming with settings other than"), std::string::npos) << g.out;
+  EXPECT_EQ(g.out.find("schedule:"), std::string::npos) << "--eval-only trains nothing:\n" << g.out;
+  const std::string gr = last_eval_record(d("bare.jsonl"));
+  for (const char* k : {"top1", "top5", "loss", "images"})
+    EXPECT_EQ(field(gr, k), field(trained, k)) << k << "\n" << gr << "\n" << trained;
+  // Given explicitly, a setting is the user's: the other size is evaluated (and the change named).
+  auto h = sh(bare + "--eval-only --val-size 48 --resume " + ckpt + " --jsonl " + d("val48.jsonl"));
+  ASSERT_EQ(h.rc, 0) << h.out;
+  EXPECT_NE(h.out.find("val-size = 48 (the checkpoint's run: 32)"), std::string::npos) << h.out;
+  EXPECT_NE(field(last_eval_record(d("val48.jsonl")), "loss"), field(trained, "loss"));
+
   auto e = sh(recipe + "--eval-only");
   EXPECT_NE(e.rc, 0);
   EXPECT_NE(e.out.find("--eval-only: needs --resume FILE|auto or --init-weights FILE"), std::string::npos) << e.out;

@@ -71,6 +71,8 @@ void save_checkpoint(const std::string& path, const nn::ResNet18Spec& spec, cons
 CheckpointState load_checkpoint(const std::string& path, const nn::ResNet18Spec& spec);
 // Reads only the class count (to build the model before loading); same checks as load_checkpoint.
 int checkpoint_num_classes(const std::string& path);
+// The run's settings as recorded (TrainOptions::config_text); same checks as load_checkpoint's opening.
+std::string checkpoint_config(const std::string& path);
 // Empty string when the file is a complete checkpoint of ours; otherwise the reason it is not.
 std::string checkpoint_problem(const std::string& path);
 // ckpt-*.h5 files in dir (complete or not), oldest first.

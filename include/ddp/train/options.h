@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -81,6 +82,7 @@ struct TrainOptions {
   int64_t fault_perturb_step = -1;
 
   std::string config_text;  // every effective setting as "key = value" lines (stored in checkpoints)
+  std::set<std::string> given;  // the settings given on the command line or in --config (not defaulted)
   std::vector<std::string> ignored;  // flags given that this run does not use, with why (warned)
 };
 

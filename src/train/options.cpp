@@ -167,7 +167,8 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
     po::store(parsed, vm);
     if (vm.count("help")) {
       std::cout << desc << "\nExamples:\n"
-                   "  train_resnet18 --data synthetic --backend cpu --image-size 32 --epochs 2\n"
+                   "  train_resnet18 --data synthetic --synthetic-size 256 --backend cpu --image-size 32 \\\n"
+                   "      --batch-size 32 --lr 0.02 --lr-schedule cosine --epochs 12   # fits the set: top-1 -> 100%\n"
                    "  mpirun -np 8 --hostfile hosts train_resnet18 --data /data/shards --amp bf16 \\\n"
                    "      --checkpoint-dir ckpt --resume auto --tensorboard tb\n";
       return std::nullopt;

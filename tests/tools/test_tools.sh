@@ -236,5 +236,15 @@ else
   printf 'NOTE no %s: its argument checks are skipped (build it first)\n' "$LB"
 fi
 
+# docs/USAGE.md shows train_resnet18 --help in full (80 columns): it must be what the program prints.
+TR=$BUILD/src/apps/train_resnet18
+if [[ -x $TR ]]; then
+  doc=$(awk '/^## All flags/ { f = 1; next } f && /^```/ { if (in_block) exit; in_block = 1; next } in_block' "$ROOT/docs/USAGE.md")
+  check "docs/USAGE.md's flag list is train_resnet18 --help's output (regenerate it from the program)" \
+    bash -c 'diff <(printf "%s\n" "$1") <(COLUMNS=80 "$2" --help)' _ "$doc" "$TR"
+else
+  printf 'NOTE no %s: docs/USAGE.md'"'"'s flag list is not compared with it\n' "$TR"
+fi
+
 if ((FAILS)); then printf '%d check(s) FAILED\n' "$FAILS"; exit 1; fi
 echo "all checks passed"

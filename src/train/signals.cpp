@@ -1,5 +1,7 @@
 #include "ddp/train/signals.h"
 
+#include <unistd.h>
+
 #include <csignal>
 
 #include "ddp/core/check.h"
@@ -9,6 +11,16 @@ namespace ddp::train {
 namespace {
 volatile std::sig_atomic_t g_signal = 0;
 extern "C" void on_stop_signal(int sig) { g_signal = sig; }
+// Ctrl-C at a terminal: the same graceful stop, said at once (write is async-signal-safe); the
+// handler is reset by SA_RESETHAND, so a second Ctrl-C ends the process at once, unsaved.
+extern "C" void on_interrupt(int sig) {
+  g_signal = sig;
+  static const char msg[] =
+      "\ntrain_resnet18: Ctrl-C: stopping after this step, with a checkpoint where --checkpoint-dir is set "
+      "(Ctrl-C again: stop now, unsaved)\n";
+  ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
+  (void)ignored;
+}
 }  // namespace
 
 void install_stop_handlers() {
@@ -16,8 +28,15 @@ void install_stop_handlers() {
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;  // blocking reads and MPI progress continue; we act at the step boundary
-  DDP_CHECK(sigaction(SIGTERM, &sa, nullptr) == 0 && sigaction(SIGUSR1, &sa, nullptr) == 0,
-            "cannot install SIGTERM/SIGUSR1 handlers");
+  struct sigaction si = sa;
+  si.sa_handler = on_interrupt;
+  si.sa_flags = SA_RESTART | SA_RESETHAND;
+  // A SIGINT ignored by whoever started us (nohup-style, a background job of a script) stays ignored.
+  struct sigaction old_int {};
+  DDP_CHECK(sigaction(SIGINT, nullptr, &old_int) == 0, "cannot read the SIGINT disposition");
+  DDP_CHECK(sigaction(SIGTERM, &sa, nullptr) == 0 && sigaction(SIGUSR1, &sa, nullptr) == 0 &&
+                (old_int.sa_handler == SIG_IGN || sigaction(SIGINT, &si, nullptr) == 0),
+            "cannot install SIGTERM/SIGUSR1/SIGINT handlers");
 }
 
 bool stop_requested() { return g_signal != 0; }

@@ -671,9 +671,11 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   };
   auto stop_text = [] {
     const int sig = stop_signal();
-    return str("stop requested",
-               sig ? str(" (", sig == SIGTERM ? "SIGTERM" : sig == SIGUSR1 ? "SIGUSR1" : std::to_string(sig), ")")
-                   : std::string());
+    const std::string name = sig == SIGTERM   ? "SIGTERM"
+                             : sig == SIGUSR1 ? "SIGUSR1"
+                             : sig == SIGINT  ? "SIGINT, Ctrl-C"
+                                              : std::to_string(sig);
+    return str("stop requested", sig ? str(" (", name, ")") : std::string());
   };
   auto save = [&](int64_t epoch_pos, int64_t step_pos, const std::string& why) {
     if (o.checkpoint_dir.empty()) return;

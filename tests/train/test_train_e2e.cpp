@@ -333,6 +333,31 @@ TEST_F(TrainE2E, SigusrCheckpointsExitsZeroAndResumes) {
   EXPECT_NE(m.find("\"from\": \"" + *latest + "\""), std::string::npos) << m;
 }
 
+// Ctrl-C on a lone process: the same stop (checkpoint, exit 0), said at once; a second Ctrl-C ends it
+// at once (SA_RESETHAND), so an impatient user is never stuck.
+TEST_F(TrainE2E, CtrlCOnALoneProcessCheckpointsAndASecondOneStopsAtOnce) {
+  const std::string run = kRecipe + "--epochs 200 --checkpoint-dir " + d("ck") + " --jsonl " + d("m.jsonl");
+  auto once = [&](const std::string& signals) {
+    // set -m: a background job of a script would otherwise start with SIGINT ignored (kept so).
+    std::string script = "set -m; " + run + " > " + d("log") + " 2>&1 & pid=$!; "
+                         "for i in $(seq 1 1800); do grep -q '\"type\": \"train\"' " + d("m.jsonl") +
+                         " 2>/dev/null && break; sleep 0.1; done; " + signals + " wait $pid; echo rc=$?";
+    auto r = sh("bash -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'");
+    std::ifstream lf(d("log"));
+    return r.out + std::string((std::istreambuf_iterator<char>(lf)), std::istreambuf_iterator<char>());
+  };
+  const std::string a = once("kill -INT $pid;");
+  EXPECT_NE(a.find("rc=0"), std::string::npos) << a;
+  EXPECT_NE(a.find("Ctrl-C: stopping after this step"), std::string::npos) << a;
+  EXPECT_NE(a.find("stop requested (SIGINT, Ctrl-C)"), std::string::npos) << a;
+  ASSERT_TRUE(find_latest_checkpoint(d("ck"))) << a;
+  fs::remove_all(d("ck"));
+  fs::remove(d("m.jsonl"));
+  // Two in a row, before the step ends: the second takes the default action (death by SIGINT).
+  const std::string b = once("kill -INT $pid; kill -INT $pid;");
+  EXPECT_NE(b.find("rc=130"), std::string::npos) << b;
+}
+
 TEST_F(TrainE2E, ReplicaGuardStopsAPerturbedReplica) {
   auto r = sh(mpirun(2) + kRecipe + "--epochs 3 --max-steps 6 --replica-check-every 2 --fault-perturb-step 3 --timeout 20");
   EXPECT_NE(r.rc, 0) << r.out;

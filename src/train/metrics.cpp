@@ -176,14 +176,14 @@ void Progress::update(int64_t step, double loss, double lr, double ips, double s
     int fill = steps_ > 0 ? static_cast<int>(width * step / steps_) : width;
     std::string b(static_cast<size_t>(fill), '#');
     b.resize(static_cast<size_t>(width), '.');
-    std::printf("\r\033[Kepoch %d/%d [%s] %lld/%lld loss %.4f lr %.4g %.0f img/s gpu %s%s ETA %s", epoch_ + 1, epochs_,
+    std::printf("\r\033[Kepoch %d/%d [%s] %lld/%lld loss %.4f lr %.4g %.0f img/s gpu %s%s epoch ETA %s", epoch_ + 1, epochs_,
                 b.c_str(), (long long)step, (long long)steps_, loss, lr, ips, gpu.c_str(), extra,
                 human_duration(eta).c_str());
     std::fflush(stdout);
     drawn_ = true;
   } else if (step % log_every_ == 0 || step == steps_) {
     info(str("epoch ", epoch_ + 1, "/", epochs_, " step ", step, "/", steps_, " loss ", loss, " lr ", lr, " ",
-             static_cast<int64_t>(ips), " img/s gpu ", gpu, extra, " ETA ", human_duration(eta)));
+             static_cast<int64_t>(ips), " img/s gpu ", gpu, extra, " epoch ETA ", human_duration(eta)));
   }
 }
 

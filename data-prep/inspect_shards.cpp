@@ -17,7 +17,9 @@ int main(int argc, char** argv) {
       "inspect_shards: check resnet18-ddp HDF5 shards\nusage: inspect_shards [options] SHARD.h5|DIR ...\noptions");
   d.add_options()("help,h", "show this help")("no-decode", "skip decoding every image")(
       "show", po::value(&show)->default_value(0), "print the first N file names and labels of each shard")(
-      "allow-incomplete", "a set with missing shards is fine (a node's own volume holds only its share)")(
+      "allow-incomplete",
+      "a directory whose set misses shards is fine (a node's own volume holds only its share); shard files "
+      "named one by one are always checked as they are")(
       "inputs", po::value(&inputs), "shard files or directories (all *.h5 inside)");
   po::positional_options_description pos;
   pos.add("inputs", -1);
@@ -38,8 +40,10 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::vector<std::string> files;
+    bool any_dir = false;
     for (const auto& in : inputs) {
       if (fs::is_directory(in)) {
+        any_dir = true;
         std::vector<std::string> f;
         for (const auto& e : fs::directory_iterator(in))
           if (e.path().extension() == ".h5") f.push_back(e.path().string());
@@ -53,8 +57,10 @@ int main(int argc, char** argv) {
         files.push_back(in);
       }
     }
-    return ddp::prep::inspect(files, !vm.count("no-decode"), std::cout, show, vm.count("allow-incomplete") > 0) ? 0
-                                                                                                         : 1;
+    // Files named one by one are checked as they are: the shards of their set not named are a note
+    // (a directory, or a mix, is a set and must be whole unless --allow-incomplete).
+    const bool allow_incomplete = vm.count("allow-incomplete") > 0 || !any_dir;
+    return ddp::prep::inspect(files, !vm.count("no-decode"), std::cout, show, allow_incomplete) ? 0 : 1;
   } catch (const po::error& e) {
     std::cerr << "inspect_shards: " << e.what() << " (see --help)\n";
     return 2;

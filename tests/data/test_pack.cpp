@@ -778,6 +778,10 @@ TEST_F(PackTest, InspectShardsChecksTheSet) {
   EXPECT_NE(r.out.find("1 of 2 shards missing: train-00001-of-00002.h5"), std::string::npos) << r.out;
   r = run(kInspect + " --allow-incomplete " + q(o));
   EXPECT_EQ(r.rc, 0) << r.out;
+  // One shard file named on its own is checked as it is: its set's other shard is a note, not an error.
+  r = run(kInspect + " " + q(o / shard_file_name("train", 0, 2)));
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("note: split 'train': 1 of 2 shards missing"), std::string::npos) << r.out;
 
   r = pack("-i " + q(in("good")) + " -o " + q(out_ / "two") + " --splits train --shards 2 --resize 0");
   ASSERT_EQ(r.rc, 0) << r.out;

@@ -227,8 +227,11 @@ void check_same_shard_set(const DataSource* train, const DataSource* val, const 
 // the settings the checkpoint recorded (before the data and the model are made at that size); a file it
 // cannot read is left to the resume below, which names the problem.
 void adopt_checkpoint_eval_settings(TrainOptions& o, int rank, double timeout_s) {
-  std::string cfg;
+  // Rank 0 decides, from its own flags, and every rank takes its result: ranks must evaluate alike even
+  // where one was given a flag the others were not (an MPMD line, node-local --config files).
+  std::string decided;
   if (rank == 0) {
+    std::string cfg;
     try {
       std::string path = o.resume;
       if (o.resume == "auto") {
@@ -240,28 +243,38 @@ void adopt_checkpoint_eval_settings(TrainOptions& o, int rank, double timeout_s)
     } catch (const std::exception&) {
       cfg.clear();
     }
+    const auto theirs = settings_of(cfg, {});
+    auto value = [&](const char* k) { return theirs.count(k) ? theirs.at(k) : std::string(); };
+    std::string adopted;
+    auto adopt_int = [&](const char* k, int& field) {
+      const std::string v = value(k);
+      if (v.empty() || v == std::to_string(field)) return;
+      field = std::stoi(v);
+      adopted += str(adopted.empty() ? "" : " ", "--", k, " ", v);
+    };
+    // --image-size given alone sets the evaluation size too (val-size 0 follows it), so it counts for both.
+    if (!o.given.count("image-size")) adopt_int("image-size", o.image_size);
+    if (!o.given.count("val-size") && !o.given.count("image-size")) adopt_int("val-size", o.val_size);
+    auto adopt_double = [&](const char* k, double& field) {
+      const std::string v = value(k);
+      if (o.given.count(k) || v.empty() || std::stod(v) == field) return;
+      field = std::stod(v);
+      adopted += str(adopted.empty() ? "" : " ", "--", k, " ", v);
+    };
+    adopt_double("eval-crop-ratio", o.eval_crop_ratio);
+    adopt_double("label-smoothing", o.label_smoothing);  // the evaluation loss is the smoothed one
+    char nums[128];
+    std::snprintf(nums, sizeof nums, "%d %d %.17g %.17g", o.image_size, o.val_size, o.eval_crop_ratio,
+                  o.label_smoothing);
+    decided = str(nums, '\n', adopted);
   }
-  comm::broadcast_string(cfg, 0, timeout_s, "a broadcast from rank 0 of the checkpoint's settings");
-  const auto theirs = settings_of(cfg, {});
-  auto value = [&](const char* k) { return theirs.count(k) ? theirs.at(k) : std::string(); };
+  comm::broadcast_string(decided, 0, timeout_s, "a broadcast from rank 0 of the evaluation settings to use");
+  std::istringstream in(decided);
+  in >> o.image_size >> o.val_size >> o.eval_crop_ratio >> o.label_smoothing;
+  DDP_CHECK(static_cast<bool>(in), "--eval-only: unreadable evaluation settings from rank 0: '", decided, "'");
   std::string adopted;
-  auto adopt_int = [&](const char* k, int& field) {
-    const std::string v = value(k);
-    if (v.empty() || v == std::to_string(field)) return;
-    field = std::stoi(v);
-    adopted += str(adopted.empty() ? "" : " ", "--", k, " ", v);
-  };
-  // --image-size given alone sets the evaluation size too (val-size 0 follows it), so it counts for both.
-  if (!o.given.count("image-size")) adopt_int("image-size", o.image_size);
-  if (!o.given.count("val-size") && !o.given.count("image-size")) adopt_int("val-size", o.val_size);
-  auto adopt_double = [&](const char* k, double& field) {
-    const std::string v = value(k);
-    if (o.given.count(k) || v.empty() || std::stod(v) == field) return;
-    field = std::stod(v);
-    adopted += str(adopted.empty() ? "" : " ", "--", k, " ", v);
-  };
-  adopt_double("eval-crop-ratio", o.eval_crop_ratio);
-  adopt_double("label-smoothing", o.label_smoothing);  // the evaluation loss is the smoothed one
+  in.ignore(1);
+  std::getline(in, adopted);
   if (adopted.empty()) return;
   o.config_text = describe(o);
   info0("--eval-only: evaluating as the checkpoint's run did: ", adopted,

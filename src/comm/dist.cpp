@@ -42,6 +42,10 @@ std::atomic<bool> g_initialized{false};  // read by the start-up guard's thread
 // MPI_THREAD_MULTIPLE granted: only then may the start-up guard's thread call MPI_Abort while the
 // main thread is inside MPI.
 std::atomic<bool> g_thread_multiple{false};
+// This rank once MPI_Comm_rank answered (-1 before): what the start-up guard's thread may read.
+std::atomic<int> g_known_rank{-1};
+// local rank and size, node index and count, host names (collectives on MPI_COMM_WORLD)
+void find_node_layout(DistEnv& env);
 }
 
 struct StartupGuard::State {
@@ -54,14 +58,17 @@ struct StartupGuard::State {
 StartupGuard::StartupGuard(double timeout_s, std::string what) : state_(std::make_shared<State>()) {
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeout_s));
-  state_->watcher = std::thread([s = state_, deadline, timeout_s, what = std::move(what)] {
+  // The launcher's rank variable, read here (MPI_Init may setenv while the watcher would read).
+  const char* env_rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  if (!env_rank) env_rank = std::getenv("PMIX_RANK");
+  if (!env_rank) env_rank = std::getenv("SLURM_PROCID");
+  state_->watcher = std::thread([s = state_, deadline, timeout_s, what = std::move(what),
+                                 launcher_rank = std::string(env_rank ? env_rank : "?")] {
     std::unique_lock<std::mutex> lk(s->mu);
     if (s->cv.wait_until(lk, deadline, [&] { return s->over; })) return;
-    // The rank is known once MPI_Init returned (set_log_rank); before that, the launcher's variable.
-    const char* env_rank = std::getenv("OMPI_COMM_WORLD_RANK");
-    if (!env_rank) env_rank = std::getenv("PMIX_RANK");
-    if (!env_rank) env_rank = std::getenv("SLURM_PROCID");
-    const std::string who = g_initialized ? std::to_string(log_rank()) : (env_rank ? env_rank : "?");
+    // The rank as MPI numbers it once known; before that, the launcher's variable.
+    const int known = g_known_rank.load();
+    const std::string who = known >= 0 ? std::to_string(known) : launcher_rank;
     std::fprintf(stderr,
                  "[rank %s] FATAL: no answer from the other ranks within %g s in %s; a rank died, is stopped or "
                  "never started (bound set by --timeout)\n",
@@ -106,7 +113,19 @@ DistEnv init_distributed(int* argc, char*** argv) {
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &env.rank));
   MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &env.world));
   set_log_rank(env.rank, env.world);
+  g_known_rank = env.rank;
+  try {
+    find_node_layout(env);
+  } catch (const std::exception& e) {
+    // MPI runs and the other ranks are inside the layout's collectives: a local return would leave them
+    // waiting (until their start-up guards fire, with a message that hides this cause).
+    abort_job(e.what());
+  }
+  return env;
+}
 
+namespace {
+void find_node_layout(DistEnv& env) {
   MPI_Comm node_comm = MPI_COMM_NULL;
   MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, env.rank, MPI_INFO_NULL, &node_comm));
   MPI_CHECK(MPI_Comm_rank(node_comm, &env.local_rank));
@@ -136,8 +155,8 @@ DistEnv init_distributed(int* argc, char*** argv) {
   MPI_CHECK(MPI_Allgather(&env.node_index, 1, MPI_INT, node_of.data(), 1, MPI_INT, MPI_COMM_WORLD));
   env.hosts.assign(env.num_nodes, std::string());
   for (int r = env.world - 1; r >= 0; --r) env.hosts[node_of[r]] = std::string(&all[r * sizeof(name)]);
-  return env;
 }
+}  // namespace
 
 void finalize_distributed() {
   if (!g_initialized) return;

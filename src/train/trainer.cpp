@@ -223,7 +223,7 @@ void check_same_shard_set(const DataSource* train, const DataSource* val, const 
 // --eval-only with a checkpoint evaluates as the checkpoint's run did, unless told otherwise: its
 // evaluation resolution and crop decide the figure, and the defaults (224 px, crop ratio 0.875) applied
 // to weights trained at 32 px would report a fraction of their accuracy without a word (label
-// smoothing too: the evaluation loss is the smoothed one). Rank 0 reads
+// smoothing too: the evaluation loss is the smoothed one; and whether mirrors were averaged). Rank 0 reads
 // the settings the checkpoint recorded (before the data and the model are made at that size); a file it
 // cannot read is left to the resume below, which names the problem.
 void adopt_checkpoint_eval_settings(TrainOptions& o, int rank, double timeout_s) {
@@ -263,14 +263,21 @@ void adopt_checkpoint_eval_settings(TrainOptions& o, int rank, double timeout_s)
     };
     adopt_double("eval-crop-ratio", o.eval_crop_ratio);
     adopt_double("label-smoothing", o.label_smoothing);  // the evaluation loss is the smoothed one
+    const std::string flip = value("eval-flip");
+    if (!o.given.count("eval-flip") && (flip == "on" || flip == "off") && (flip == "on") != o.eval_flip) {
+      o.eval_flip = flip == "on";
+      adopted += str(adopted.empty() ? "" : " ", "--eval-flip ", flip);
+    }
     char nums[128];
-    std::snprintf(nums, sizeof nums, "%d %d %.17g %.17g", o.image_size, o.val_size, o.eval_crop_ratio,
-                  o.label_smoothing);
+    std::snprintf(nums, sizeof nums, "%d %d %.17g %.17g %d", o.image_size, o.val_size, o.eval_crop_ratio,
+                  o.label_smoothing, o.eval_flip ? 1 : 0);
     decided = str(nums, '\n', adopted);
   }
   comm::broadcast_string(decided, 0, timeout_s, "a broadcast from rank 0 of the evaluation settings to use");
   std::istringstream in(decided);
-  in >> o.image_size >> o.val_size >> o.eval_crop_ratio >> o.label_smoothing;
+  int eval_flip = 0;
+  in >> o.image_size >> o.val_size >> o.eval_crop_ratio >> o.label_smoothing >> eval_flip;
+  o.eval_flip = eval_flip != 0;
   DDP_CHECK(static_cast<bool>(in), "--eval-only: unreadable evaluation settings from rank 0: '", decided, "'");
   std::string adopted;
   in.ignore(1);

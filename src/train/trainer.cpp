@@ -1,5 +1,7 @@
 #include "ddp/train/trainer.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -288,6 +290,54 @@ void adopt_checkpoint_eval_settings(TrainOptions& o, int rank, double timeout_s)
         " (its recorded settings; give these flags to evaluate otherwise)");
 }
 
+// A checkpoint directory holds one run at a time too: two jobs started on one directory (a script
+// submitted twice: its default directory is the job name) would each resume from and overwrite the
+// other's checkpoints, and both report success. Rank 0 holds an exclusive flock on DIR/.lock for the
+// whole run (released when the process ends, however it ends) and writes who holds it into the file;
+// a second run is refused, naming the holder. A file system without flock support (some parallel
+// file systems without -o flock) cannot be guarded: said, not refused.
+class CheckpointDirLock {
+ public:
+  explicit CheckpointDirLock(const std::string& dir) {
+    const std::string path = dir + "/.lock";
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    DDP_CHECK(fd_ >= 0, "cannot open '", path, "': ", std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int e = errno;
+      if (e == EWOULDBLOCK) {
+        char who[512] = {0};
+        const ssize_t n = ::pread(fd_, who, sizeof who - 1, 0);
+        ::close(fd_);
+        fd_ = -1;
+        std::string holder = n > 0 ? std::string(who, static_cast<size_t>(n)) : std::string("another process");
+        while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+        DDP_FAIL("--checkpoint-dir '", dir, "' is in use by another run (", holder, "): two runs on one directory ",
+                 "would resume from and overwrite each other's checkpoints; give this run another --checkpoint-dir, ",
+                 "or wait for that run to end");
+      }
+      warn("cannot lock '", path, "' (", std::strerror(e), "): this file system does not guard --checkpoint-dir ",
+           "against a second run at the same time");
+      return;
+    }
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    const char* job = std::getenv("SLURM_JOB_ID");
+    const std::string who = str("host ", host, ", pid ", ::getpid(), job ? str(", Slurm job ", job) : std::string(), "\n");
+    if (::ftruncate(fd_, 0) == 0) {
+      const ssize_t w = ::pwrite(fd_, who.data(), who.size(), 0);
+      (void)w;  // the holder's name only helps the message above; the lock is what guards
+    }
+  }
+  ~CheckpointDirLock() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  CheckpointDirLock(const CheckpointDirLock&) = delete;
+  CheckpointDirLock& operator=(const CheckpointDirLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 }  // namespace
 
 TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
@@ -430,6 +480,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   }
 
   // An unwritable checkpoint directory must fail now, not after the first epoch of training.
+  std::unique_ptr<CheckpointDirLock> dir_lock;  // rank 0's, held to the end of the run
   if (!o.checkpoint_dir.empty()) {
     on_rank0_agreed(env.rank, tmo, "checking --checkpoint-dir", [&] {
       std::error_code ec;
@@ -440,6 +491,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       DDP_CHECK(f != nullptr, "--checkpoint-dir '", o.checkpoint_dir, "' is not writable: ", std::strerror(errno));
       std::fclose(f);
       std::remove(probe.c_str());
+      if (!o.eval_only) dir_lock = std::make_unique<CheckpointDirLock>(o.checkpoint_dir);  // eval writes none
     });
   }
 

@@ -366,6 +366,27 @@ TEST_F(TrainE2E, CtrlCOnALoneProcessCheckpointsAndASecondOneStopsAtOnce) {
   EXPECT_TRUE(b.find("rc=130") != std::string::npos || b.find("rc=0") != std::string::npos) << b;
 }
 
+// Two runs at once on one checkpoint directory (a job script submitted twice) would resume from and
+// overwrite each other's checkpoints: the second is refused while the first runs, naming it.
+TEST_F(TrainE2E, SecondRunOnABusyCheckpointDirIsRefused) {
+  const std::string run = kRecipe + "--epochs 200 --checkpoint-dir " + d("ck");
+  std::string script = run + " --jsonl " + d("m.jsonl") + " > " + d("log") + " 2>&1 & pid=$!; "
+                       "for i in $(seq 1 1800); do grep -q '\"type\": \"train\"' " + d("m.jsonl") +
+                       " 2>/dev/null && break; sleep 0.1; done; echo first=$pid; " + run + " --resume auto --max-steps 30; "
+                       "echo second_rc=$?; kill -USR1 $pid; wait $pid; echo first_rc=$?";
+  auto r = sh("bash -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("first=([0-9]+)"))) << r.out;
+  EXPECT_NE(r.out.find("second_rc=1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("is in use by another run (host "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(", pid " + m[1].str()), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("first_rc=0"), std::string::npos) << r.out;
+  // Once the first has ended, the directory is free again: --resume auto continues it.
+  auto again = sh(kRecipe + "--epochs 200 --checkpoint-dir " + d("ck") + " --resume auto --max-steps 40");
+  EXPECT_EQ(again.rc, 0) << again.out;
+  EXPECT_NE(again.out.find("resumed from"), std::string::npos) << again.out;
+}
+
 TEST_F(TrainE2E, ReplicaGuardStopsAPerturbedReplica) {
   auto r = sh(mpirun(2) + kRecipe + "--epochs 3 --max-steps 6 --replica-check-every 2 --fault-perturb-step 3 --timeout 20");
   EXPECT_NE(r.rc, 0) << r.out;

@@ -1,6 +1,8 @@
 #include "ddp/comm/dist.h"
 
 #include <mpi.h>
+#include <signal.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "comm_internal.h"
 #include "ddp/core/check.h"
 #include "ddp/core/log.h"
 
@@ -44,6 +47,14 @@ std::atomic<bool> g_initialized{false};  // read by the start-up guard's thread
 std::atomic<bool> g_thread_multiple{false};
 // This rank once MPI_Comm_rank answered (-1 before): what the start-up guard's thread may read.
 std::atomic<int> g_known_rank{-1};
+// steady_clock nanoseconds of the last SIGCONT (comm_internal.h, past_deadline); 0: never stopped.
+std::atomic<int64_t> g_continued_ns{0};
+static_assert(std::atomic<int64_t>::is_always_lock_free, "written from a signal handler");
+extern "C" void on_continue(int) {
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);  // async-signal-safe; steady_clock is CLOCK_MONOTONIC here
+  g_continued_ns = static_cast<int64_t>(t.tv_sec) * 1000000000 + t.tv_nsec;
+}
 // local rank and size, node index and count, host names (collectives on MPI_COMM_WORLD)
 void find_node_layout(DistEnv& env);
 }
@@ -98,8 +109,25 @@ StartupGuard::~StartupGuard() {
 
 bool distributed_initialized() { return g_initialized; }
 
+namespace detail {
+void install_continue_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_handler = on_continue;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    DDP_CHECK(sigaction(SIGCONT, &sa, nullptr) == 0, "cannot install the SIGCONT handler");
+  });
+}
+std::chrono::steady_clock::time_point last_continued() {
+  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(g_continued_ns.load()));
+}
+}  // namespace detail
+
 DistEnv init_distributed(int* argc, char*** argv) {
   DDP_CHECK(!g_initialized, "init_distributed called twice");
+  detail::install_continue_handler();
   int provided = 0;
   MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
   g_initialized = true;

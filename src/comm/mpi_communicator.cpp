@@ -145,9 +145,10 @@ class MpiCommunicator final : public Communicator {
       main_waiting_ = true;
       cv_.notify_one();  // the worker's Backoff restarts (see Backoff)
       // The worker enforces each collective's deadline; this outer bound only guards the worker.
-      auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s_ * 2 + 5);
+      const auto started = Clock::now();
       while (done_ < enqueued_ && error_.empty()) {
-        if (cv_done_.wait_until(lk, deadline) == std::cv_status::timeout && done_ < enqueued_ && error_.empty()) {
+        cv_done_.wait_for(lk, std::chrono::milliseconds(200));
+        if (done_ < enqueued_ && error_.empty() && detail::past_deadline(started, timeout_s_ * 2 + 5)) {
           error_ = detail::timeout_message("the gradient allreduce", timeout_s_, step_);
         }
       }
@@ -198,7 +199,7 @@ class MpiCommunicator final : public Communicator {
     size_t count;
     int64_t step;
     MPI_Request req = MPI_REQUEST_NULL;
-    Clock::time_point deadline{};
+    Clock::time_point started{};  // its deadline: detail::past_deadline(started, timeout_s_)
   };
 
   std::string mpi_error(const char* op, int rc) const {
@@ -225,7 +226,7 @@ class MpiCommunicator final : public Communicator {
 
   // Returns an error message or "".
   std::string start(Job& j) {
-    j.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s_));
+    j.started = Clock::now();
     int rc = MPI_Iallreduce(MPI_IN_PLACE, j.data, static_cast<int>(j.count), MPI_FLOAT, MPI_SUM, grad_comm_, &j.req);
     if (rc != MPI_SUCCESS) return job_error(j, rc);
     return {};
@@ -257,7 +258,7 @@ class MpiCommunicator final : public Communicator {
         b = Backoff{};  // data is flowing: poll at full speed again (see kJobFloats)
       }
       if (active_.empty() || !blocking) return;
-      if (Clock::now() > active_.front().deadline) {
+      if (detail::past_deadline(active_.front().started, timeout_s_)) {
         abort_job(detail::timeout_message(str("the gradient allreduce (", active_.front().count, " floats)"), timeout_s_,
                                           active_.front().step));
       }
@@ -299,7 +300,7 @@ class MpiCommunicator final : public Communicator {
           break;
         }
         if (!flag) {
-          if (Clock::now() > active.front().deadline) {
+          if (detail::past_deadline(active.front().started, timeout_s_)) {
             err = detail::timeout_message(str("the gradient allreduce (", active.front().count, " floats)"),
                                           timeout_s_, active.front().step);
           }

@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 
+#include "comm_internal.h"
 #include "ddp/comm/dist.h"
 
 namespace ddp::comm::detail {
@@ -46,15 +47,14 @@ struct Backoff {
 template <class TimeoutWhy, class ErrorWhy>
 void wait_or_abort(MPI_Request& req, double timeout_s, std::chrono::milliseconds spin, TimeoutWhy&& timeout_why,
                    ErrorWhy&& error_why) {
-  const auto deadline = WaitClock::now() + std::chrono::duration_cast<WaitClock::duration>(
-                                               std::chrono::duration<double>(timeout_s));
+  const auto started = WaitClock::now();
   Backoff b(spin);
   for (;;) {
     int flag = 0;
     const int rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE);
     if (rc != MPI_SUCCESS) abort_job(error_why(rc));
     if (flag) return;
-    if (WaitClock::now() > deadline) abort_job(timeout_why());
+    if (past_deadline(started, timeout_s)) abort_job(timeout_why());  // not counting a suspension
     b.pause();
   }
 }

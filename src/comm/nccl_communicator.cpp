@@ -134,7 +134,7 @@ class NcclCommunicator final : public Communicator {
 
   // Non-blocking mode: a call that returned ncclInProgress must reach ncclSuccess before the next.
   void settle(const std::string& op) {
-    auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s_);
+    const auto started = Clock::now();
     for (;;) {
       ncclResult_t st = ncclInProgress;
       ncclResult_t r = ncclCommGetAsyncError(comm_, &st);
@@ -144,13 +144,13 @@ class NcclCommunicator final : public Communicator {
         const char* last = ncclGetLastError(comm_);
         die(str("NCCL error in ", op, at(), ": ", ncclGetErrorString(st), last && *last ? str(" (", last, ")") : ""));
       }
-      if (Clock::now() > deadline) die(detail::timeout_message(op, timeout_s_, step_));
+      if (detail::past_deadline(started, timeout_s_)) die(detail::timeout_message(op, timeout_s_, step_));
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
 
   void wait_event(const std::string& op) {
-    auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s_);
+    const auto started = Clock::now();
     int polls = 0;
     for (;;) {
       cudaError_t e = cudaEventQuery(done_);
@@ -164,7 +164,7 @@ class NcclCommunicator final : public Communicator {
         die(str("NCCL error in ", op, at(), ": ", ncclGetErrorString(st), last && *last ? str(" (", last, ")") : "",
                 "; a peer rank probably died"));
       }
-      if (Clock::now() > deadline) die(detail::timeout_message(op, timeout_s_, step_));
+      if (detail::past_deadline(started, timeout_s_)) die(detail::timeout_message(op, timeout_s_, step_));
       if (++polls > 100) std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
   }

@@ -387,6 +387,24 @@ TEST_F(TrainE2E, SecondRunOnABusyCheckpointDirIsRefused) {
   EXPECT_NE(again.out.find("resumed from"), std::string::npos) << again.out;
 }
 
+// A job suspended as a whole (scontrol suspend, gang scheduling: SIGSTOP to all its processes) for
+// longer than --timeout carries on when resumed: every rank was stopped alike, none is stuck. (A rank
+// stopped alone still ends the job: integration test comm_stuck_rank.)
+TEST_F(TrainE2E, JobSuspendedLongerThanTheTimeoutCarriesOnWhenResumed) {
+  const std::string run = mpirun(2) + kRecipe + "--epochs 200 --max-steps 40 --timeout 3 --jsonl " + d("m.jsonl");
+  std::string script = run + " > " + d("log") + " 2>&1 & pid=$!; "
+                       "for i in $(seq 1 1800); do grep -q '\"type\": \"train\"' " + d("m.jsonl") +
+                       " 2>/dev/null && break; sleep 0.1; done; procs=\"$pid $(pgrep -P $pid | tr '\\n' ' ')\"; "
+                       "kill -STOP $procs; sleep 8; kill -CONT $procs; wait $pid; echo rc=$? stopped=\"$procs\"";
+  auto r = sh("bash -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'");
+  std::ifstream lf(d("log"));
+  const std::string log((std::istreambuf_iterator<char>(lf)), std::istreambuf_iterator<char>());
+  EXPECT_TRUE(std::regex_search(r.out, std::regex("stopped=[0-9]+ [0-9]+ [0-9]+"))) << r.out;  // mpirun + 2 ranks
+  EXPECT_NE(r.out.find("rc=0"), std::string::npos) << r.out << log;
+  EXPECT_EQ(log.find("no answer from the other ranks"), std::string::npos) << log;
+  EXPECT_NE(log.find("summary: 40 steps"), std::string::npos) << log;
+}
+
 TEST_F(TrainE2E, ReplicaGuardStopsAPerturbedReplica) {
   auto r = sh(mpirun(2) + kRecipe + "--epochs 3 --max-steps 6 --replica-check-every 2 --fault-perturb-step 3 --timeout 20");
   EXPECT_NE(r.rc, 0) << r.out;

@@ -75,5 +75,27 @@ done
 check "slurm_train.sbatch: ARGS split into separate flags" \
   bash -c '[[ $(tr "\n" " " <"$1") == *" --max-steps 5 --seed 3 --epochs 2 " ]]' _ "$TMP/srun.args"
 
+# A signal to the batch shell reaches srun as SIGUSR1 (a checkpoint), and the job ends with srun's status.
+cat >"$TMP/bin/srun" <<SRUN
+#!/bin/bash
+trap 'echo USR1 >"$TMP/srun.sig"; exit \${SRUN_RC:-0}' USR1
+: >"$TMP/srun.started"
+for _ in \$(seq 1 200); do sleep 0.05; done
+exit 9
+SRUN
+for s in parallelcluster.sbatch slurm_train.sbatch; do
+  for sig in USR1 TERM; do
+    rm -f "$TMP/srun.sig" "$TMP/srun.started"
+    (cd "$TMP" && exec env PATH="$TMP/bin:$PATH" SLURM_JOB_ID=42 SLURM_JOB_NAME=job SLURM_JOB_NUM_NODES=1 \
+      SLURM_JOB_NODELIST=n1 ROOT="$TMP" SRUN_RC=3 bash "$ROOT/jobs/$s" >/dev/null 2>&1) &
+    job=$!
+    for _ in $(seq 1 100); do [[ -f $TMP/srun.started ]] && break; sleep 0.05; done
+    kill -"$sig" "$job"
+    rc=0; wait "$job" || rc=$?
+    check "$s: SIG$sig to the batch shell reaches srun as SIGUSR1, the job ends with srun's status (3)" \
+      bash -c '[[ $1 -eq 3 && $(cat "$2" 2>/dev/null) == USR1 ]]' _ "$rc" "$TMP/srun.sig"
+  done
+done
+
 if ((FAILS)); then printf '%d check(s) FAILED\n' "$FAILS"; exit 1; fi
 echo "all checks passed"

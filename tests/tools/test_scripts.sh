@@ -51,8 +51,10 @@ mkdir -p "$TMP/nogpu-out"
 for _ in 1 2; do
   out=$(PATH="$NOGPU_PATH" OUT="$TMP/nogpu-out" "$ROOT/tools/gpu_check.sh" 2>&1); rc=$?
 done
+# (Failed twice under load on 2026-11-29, cause not found: on failure it now shows what it saw.)
 check "no GPU, \$OUT set, run twice: the second replaces the first's three files" \
-  bash -c '[[ $1 -eq 2 && $2 == *"STOPPED: no NVIDIA GPU"* && $(cd "$3" && ls | tr "\n" " ") == "gpu_check.log logs.tar.gz summary.json " ]]' _ \
+  bash -c '[[ $1 -eq 2 && $2 == *"STOPPED: no NVIDIA GPU"* && $(cd "$3" && ls | tr "\n" " ") == "gpu_check.log logs.tar.gz summary.json " ]] ||
+           { printf "rc %s; files: %s; output ends:\n%s\n" "$1" "$(cd "$3" && ls -A | tr "\n" " ")" "$(tail -5 <<<"$2")"; false; }' _ \
   "$rc" "$out" "$TMP/nogpu-out"
 
 # ---- the output folder: only what a previous gpu_check wrote is replaced; unwritable: one line, exit 2 --

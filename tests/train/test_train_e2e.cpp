@@ -83,6 +83,14 @@ class TrainE2E : public ::testing::Test {
   // checkpointed into ckpt/; sets recipe_ (the command line for more runs on the same data),
   // trained_ (that run's eval record) and ckpt_ (its final checkpoint).
   void train_one_epoch_on_shards();
+  // Starts `cmd` in the background (its output into log), waits up to 3 minutes until `file` holds
+  // `ready`, then runs the bash commands `then` ($pid is the started process). monitor: job control on
+  // (set -m), else a background process of a script starts with SIGINT ignored.
+  struct Background {
+    std::string out, log;  // what `then` printed; what `cmd` printed
+  };
+  Background run_in_background(const std::string& cmd, const std::string& file, const std::string& ready,
+                               const std::string& then, bool monitor = false);
   fs::path dir_;
   std::string recipe_, trained_, ckpt_;
 };
@@ -167,6 +175,21 @@ void TrainE2E::expect_resume_bit_exact(const std::string& cmd, int stop, int tot
   ASSERT_EQ(b2.rc, 0) << b2.out;
   EXPECT_NE(b2.out.find(resumed_msg), std::string::npos) << b2.out;
   expect_same_state(d("a/" + ckpt_name(total)), d("b/" + ckpt_name(total)), 4);
+}
+
+// A training record in the JSONL file: training is under way.
+const std::string kTrainRecord = "\"type\": \"train\"";
+
+TrainE2E::Background TrainE2E::run_in_background(const std::string& cmd, const std::string& file,
+                                                 const std::string& ready, const std::string& then, bool monitor) {
+  const std::string script = std::string(monitor ? "set -m; " : "") + cmd + " > " + d("log") + " 2>&1 & pid=$!; " +
+                             "for i in $(seq 1 1800); do grep -q '" + ready + "' " + file +
+                             " 2>/dev/null && break; sleep 0.1; done; " + then;
+  Background b;
+  b.out = sh("bash -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'").out;
+  std::ifstream lf(d("log"));
+  b.log.assign(std::istreambuf_iterator<char>(lf), std::istreambuf_iterator<char>());
+  return b;
 }
 
 void TrainE2E::train_one_epoch_on_shards() {
@@ -310,13 +333,9 @@ TEST_F(TrainE2E, TwoRanksLossFallsAndMetricsAreWritten) {
 TEST_F(TrainE2E, SigusrCheckpointsExitsZeroAndResumes) {
   std::string run = mpirun(2) + kRecipe + "--epochs 200 --checkpoint-dir " + d("ck") + " --jsonl " + d("m.jsonl");
   // Signal mpirun (it forwards SIGUSR1 to the ranks) once training is under way.
-  std::string script = "( " + run + " > " + d("log") + " 2>&1 & pid=$!; "
-                       "for i in $(seq 1 1800); do grep -q '\"type\": \"train\"' " + d("m.jsonl") +
-                       " 2>/dev/null && break; sleep 0.1; done; sleep 1; kill -USR1 $pid; wait $pid; echo rc=$? )";
-  auto r = sh("bash -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'");
-  std::ifstream lf(d("log"));
-  std::string log((std::istreambuf_iterator<char>(lf)), std::istreambuf_iterator<char>());
-  EXPECT_NE(r.out.find("rc=0"), std::string::npos) << r.out << log;
+  const auto [out, log] =
+      run_in_background(run, d("m.jsonl"), kTrainRecord, "sleep 1; kill -USR1 $pid; wait $pid; echo rc=$?");
+  EXPECT_NE(out.find("rc=0"), std::string::npos) << out << log;
   EXPECT_NE(log.find("stop requested"), std::string::npos) << log;
   auto latest = find_latest_checkpoint(d("ck"));
   ASSERT_TRUE(latest) << log;
@@ -338,13 +357,9 @@ TEST_F(TrainE2E, SigusrCheckpointsExitsZeroAndResumes) {
 TEST_F(TrainE2E, CtrlCOnALoneProcessCheckpointsAndASecondOneStopsAtOnce) {
   const std::string run = kRecipe + "--epochs 200 --checkpoint-dir " + d("ck") + " --jsonl " + d("m.jsonl");
   auto once = [&](const std::string& signals) {
-    // set -m: a background job of a script would otherwise start with SIGINT ignored (kept so).
-    std::string script = "set -m; " + run + " > " + d("log") + " 2>&1 & pid=$!; "
-                         "for i in $(seq 1 1800); do grep -q '\"type\": \"train\"' " + d("m.jsonl") +
-                         " 2>/dev/null && break; sleep 0.1; done; " + signals + " wait $pid; echo rc=$?";
-    auto r = sh("bash -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'");
-    std::ifstream lf(d("log"));
-    return r.out + std::string((std::istreambuf_iterator<char>(lf)), std::istreambuf_iterator<char>());
+    // monitor: a background job of a script would otherwise start with SIGINT ignored (kept so).
+    const auto b = run_in_background(run, d("m.jsonl"), kTrainRecord, signals + " wait $pid; echo rc=$?", true);
+    return b.out + b.log;
   };
   const std::string a = once("kill -INT $pid;");
   EXPECT_NE(a.find("rc=0"), std::string::npos) << a;
@@ -370,11 +385,9 @@ TEST_F(TrainE2E, CtrlCOnALoneProcessCheckpointsAndASecondOneStopsAtOnce) {
 // overwrite each other's checkpoints: the second is refused while the first runs, naming it.
 TEST_F(TrainE2E, SecondRunOnABusyCheckpointDirIsRefused) {
   const std::string run = kRecipe + "--epochs 200 --checkpoint-dir " + d("ck");
-  std::string script = run + " --jsonl " + d("m.jsonl") + " > " + d("log") + " 2>&1 & pid=$!; "
-                       "for i in $(seq 1 1800); do grep -q '\"type\": \"train\"' " + d("m.jsonl") +
-                       " 2>/dev/null && break; sleep 0.1; done; echo first=$pid; " + run + " --resume auto --max-steps 30; "
-                       "echo second_rc=$?; kill -USR1 $pid; wait $pid; echo first_rc=$?";
-  auto r = sh("bash -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'");
+  const auto r = run_in_background(run + " --jsonl " + d("m.jsonl"), d("m.jsonl"), kTrainRecord,
+                                   "echo first=$pid; " + run + " --resume auto --max-steps 30; "
+                                   "echo second_rc=$?; kill -USR1 $pid; wait $pid; echo first_rc=$?");
   std::smatch m;
   ASSERT_TRUE(std::regex_search(r.out, m, std::regex("first=([0-9]+)"))) << r.out;
   EXPECT_NE(r.out.find("second_rc=1"), std::string::npos) << r.out;
@@ -392,15 +405,12 @@ TEST_F(TrainE2E, SecondRunOnABusyCheckpointDirIsRefused) {
 // stopped alone still ends the job: integration test comm_stuck_rank.)
 TEST_F(TrainE2E, JobSuspendedLongerThanTheTimeoutCarriesOnWhenResumed) {
   const std::string run = mpirun(2) + kRecipe + "--epochs 200 --max-steps 40 --timeout 3 --jsonl " + d("m.jsonl");
-  std::string script = run + " > " + d("log") + " 2>&1 & pid=$!; "
-                       "for i in $(seq 1 1800); do grep -q '\"type\": \"train\"' " + d("m.jsonl") +
-                       " 2>/dev/null && break; sleep 0.1; done; procs=\"$pid $(pgrep -P $pid | tr '\\n' ' ')\"; "
-                       "kill -STOP $procs; sleep 8; kill -CONT $procs; wait $pid; echo rc=$? stopped=\"$procs\"";
-  auto r = sh("bash -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'");
-  std::ifstream lf(d("log"));
-  const std::string log((std::istreambuf_iterator<char>(lf)), std::istreambuf_iterator<char>());
-  EXPECT_TRUE(std::regex_search(r.out, std::regex("stopped=[0-9]+ [0-9]+ [0-9]+"))) << r.out;  // mpirun + 2 ranks
-  EXPECT_NE(r.out.find("rc=0"), std::string::npos) << r.out << log;
+  const auto [out, log] = run_in_background(
+      run, d("m.jsonl"), kTrainRecord,
+      "procs=\"$pid $(pgrep -P $pid | tr '\\n' ' ')\"; "
+      "kill -STOP $procs; sleep 8; kill -CONT $procs; wait $pid; echo rc=$? stopped=\"$procs\"");
+  EXPECT_TRUE(std::regex_search(out, std::regex("stopped=[0-9]+ [0-9]+ [0-9]+"))) << out;  // mpirun + 2 ranks
+  EXPECT_NE(out.find("rc=0"), std::string::npos) << out << log;
   EXPECT_EQ(log.find("no answer from the other ranks"), std::string::npos) << log;
   EXPECT_NE(log.find("summary: 40 steps"), std::string::npos) << log;
 }
@@ -815,13 +825,8 @@ TEST_F(TrainE2E, StopDuringTheEpochsEndExitsAfterItWithItsCheckpoint) {
   const std::string run = mpirun(2) + TRAIN_RESNET18 + " --data " + d("shards") +
                           " --image-size 32 --backend cpu --threads 1 --workers 1 --batch-size 8 --epochs 3"
                           " --eval-flip on --progress lines --checkpoint-dir " + d("ck");
-  const std::string script = "( " + run + " > " + d("log") + " 2>&1 & pid=$!; "
-                             "for i in $(seq 1 1800); do grep -q 'epoch 1/3 done' " + d("log") +
-                             " 2>/dev/null && break; sleep 0.1; done; kill -USR1 $pid; wait $pid; echo rc=$? )";
-  auto r = sh("bash -c '" + std::regex_replace(script, std::regex("'"), "'\\''") + "'");
-  std::ifstream lf(d("log"));
-  std::string log((std::istreambuf_iterator<char>(lf)), std::istreambuf_iterator<char>());
-  EXPECT_NE(r.out.find("rc=0"), std::string::npos) << r.out << log;
+  const auto [out, log] = run_in_background(run, d("log"), "epoch 1/3 done", "kill -USR1 $pid; wait $pid; echo rc=$?");
+  EXPECT_NE(out.find("rc=0"), std::string::npos) << out << log;
   EXPECT_NE(log.find("stop requested (SIGUSR1) at the end of epoch 1: exiting (checkpointed)"), std::string::npos)
       << log;
   auto all = list_checkpoints(d("ck"));

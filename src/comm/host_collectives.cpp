@@ -78,6 +78,22 @@ MPI_Datatype block_piece(size_t len, size_t block_bytes) {
   return slot;
 }
 
+// One gather or scatter per piece (at most chunk_bytes) of each rank's block: start(off, len, slot, req)
+// starts the one for bytes off..off+len, where slot is, on rank 0, the type that places a piece inside
+// every rank's block (block_piece) and MPI_BYTE elsewhere.
+template <class Start>
+void per_block_piece(size_t block_bytes, size_t chunk_bytes, double timeout_s, std::string_view what, Start&& start) {
+  const bool root = world_rank() == 0;
+  for (size_t off = 0; off < block_bytes; off += chunk_bytes) {
+    const size_t len = std::min(chunk_bytes, block_bytes - off);
+    MPI_Datatype slot = root ? block_piece(len, block_bytes) : MPI_BYTE;
+    MPI_Request req;
+    start_or_abort(start(off, static_cast<int>(len), slot, &req), what);
+    wait(req, timeout_s, what);
+    if (root) MPI_CHECK(MPI_Type_free(&slot));
+  }
+}
+
 }  // namespace
 
 void broadcast_bytes(void* data, size_t bytes, int root, double timeout_s, std::string_view what, size_t chunk_bytes) {
@@ -117,16 +133,9 @@ void gather_bytes_to_root(const void* block, size_t block_bytes, void* all, doub
   DDP_CHECK(!root || all != nullptr || block_bytes == 0, "host collective '", what, "': no buffer for the gather on rank 0");
   const auto* src = static_cast<const char*>(block);
   auto* dst = static_cast<char*>(all);
-  for (size_t off = 0; off < block_bytes; off += chunk_bytes) {
-    const size_t len = std::min(chunk_bytes, block_bytes - off);
-    MPI_Datatype slot = root ? block_piece(len, block_bytes) : MPI_BYTE;
-    MPI_Request req;
-    start_or_abort(MPI_Igather(src + off, static_cast<int>(len), MPI_BYTE, root ? dst + off : nullptr, 1, slot, 0,
-                               MPI_COMM_WORLD, &req),
-                   what);
-    wait(req, timeout_s, what);
-    if (root) MPI_CHECK(MPI_Type_free(&slot));
-  }
+  per_block_piece(block_bytes, chunk_bytes, timeout_s, what, [&](size_t off, int len, MPI_Datatype slot, MPI_Request* req) {
+    return MPI_Igather(src + off, len, MPI_BYTE, root ? dst + off : nullptr, 1, slot, 0, MPI_COMM_WORLD, req);
+  });
 }
 
 void scatter_bytes_from_root(const void* all, void* block, size_t block_bytes, double timeout_s, std::string_view what,
@@ -137,16 +146,9 @@ void scatter_bytes_from_root(const void* all, void* block, size_t block_bytes, d
             "': nothing to scatter on rank 0");
   const auto* src = static_cast<const char*>(all);
   auto* dst = static_cast<char*>(block);
-  for (size_t off = 0; off < block_bytes; off += chunk_bytes) {
-    const size_t len = std::min(chunk_bytes, block_bytes - off);
-    MPI_Datatype slot = root ? block_piece(len, block_bytes) : MPI_BYTE;
-    MPI_Request req;
-    start_or_abort(MPI_Iscatter(root ? src + off : nullptr, 1, slot, dst + off, static_cast<int>(len), MPI_BYTE, 0,
-                                MPI_COMM_WORLD, &req),
-                   what);
-    wait(req, timeout_s, what);
-    if (root) MPI_CHECK(MPI_Type_free(&slot));
-  }
+  per_block_piece(block_bytes, chunk_bytes, timeout_s, what, [&](size_t off, int len, MPI_Datatype slot, MPI_Request* req) {
+    return MPI_Iscatter(root ? src + off : nullptr, 1, slot, dst + off, len, MPI_BYTE, 0, MPI_COMM_WORLD, req);
+  });
 }
 
 }  // namespace ddp::comm

@@ -30,6 +30,7 @@
 #include <hdf5.h>
 
 #include "ddp/core/check.h"
+#include "ddp/core/file_lock.h"
 #include "ddp/core/log.h"
 #include "ddp/data/image.h"
 #include "ddp/data/shard.h"
@@ -674,25 +675,15 @@ bool complete_and_matching(const std::string& path, const ShardMeta& want, int64
 // partial files. Each run locks the byte range [first, first + count) of OUTPUT/.pack_imagenet.lock,
 // one byte per shard index it writes, for its whole life: a second run that would write any of the
 // same shards is refused at once, while runs with different --node-index into one shared directory
-// may still go in parallel. Open-file-description locks: released when the process ends, however
-// it ends, and (unlike flock) taken per byte range; NFS carries them as POSIX locks.
+// may still go in parallel (ddp/core/file_lock.h).
 void lock_output(const std::string& dir, int first, int count) {
   const std::string path = (fs::path(dir) / kLockFile).string();
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  DDP_CHECK(fd >= 0, "output directory '", dir, "' is not writable (cannot create ", path, "): ", std::strerror(errno));
-  struct flock fl {};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = first;
-  fl.l_len = count;
-  if (::fcntl(fd, F_OFD_SETLK, &fl) != 0) {
-    const int e = errno;
-    ::close(fd);
-    DDP_CHECK(e != EAGAIN && e != EACCES, "another pack_imagenet is writing the same shards into '", dir,
-              "' (it holds the lock on ", path, "); wait for it to finish, or use another --output");
-    DDP_FAIL("cannot lock ", path, ": ", std::strerror(e), " (a file system without POSIX locks?)");
-  }
-  // The descriptor stays open, and the lock held, until the process exits.
+  const FileLock l = lock_file_range(path, first, count);
+  if (l.held()) return;  // the descriptor stays open, and the lock held, until the process exits
+  DDP_CHECK(!l.busy(), "another pack_imagenet is writing the same shards into '", dir, "' (it holds the lock on ", path,
+            "); wait for it to finish, or use another --output");
+  DDP_FAIL("cannot create or lock ", path, " in output directory '", dir, "': ", std::strerror(l.error),
+           " (not writable, or a file system without POSIX locks?)");
 }
 
 // Complete shards of a set with another shard count in the output directory: a trainer given the

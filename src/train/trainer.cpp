@@ -1,7 +1,5 @@
 #include "ddp/train/trainer.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -9,6 +7,7 @@
 #include <csignal>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <memory>
@@ -23,6 +22,7 @@
 #include "ddp/comm/host_collectives.h"
 #include "ddp/comm/replica_guard.h"
 #include "ddp/core/check.h"
+#include "ddp/core/file_lock.h"
 #include "ddp/core/h5.h"
 #include "ddp/core/log.h"
 #include "ddp/core/tensor.h"
@@ -293,32 +293,28 @@ void adopt_checkpoint_eval_settings(TrainOptions& o, int rank, double timeout_s)
 // A checkpoint directory holds one run at a time too: two jobs started on one directory (a script
 // submitted twice: its default directory is the job name) would each resume from and overwrite the
 // other's checkpoints, and both report success. Rank 0 holds an exclusive flock on DIR/.lock for the
-// whole run (released when the process ends, however it ends) and writes who holds it into the file;
-// a second run is refused, naming the holder. A file system without flock support (some parallel
-// file systems without -o flock) cannot be guarded: said, not refused.
+// whole run (ddp/core/file_lock.h: released when the process ends, however it ends) and writes who
+// holds it into the file; a second run is refused, naming the holder. A file system without lock
+// support cannot be guarded: said, not refused.
 class CheckpointDirLock {
  public:
   explicit CheckpointDirLock(const std::string& dir) {
     const std::string path = dir + "/.lock";
-    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    DDP_CHECK(fd_ >= 0, "cannot open '", path, "': ", std::strerror(errno));
-    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-      const int e = errno;
-      if (e == EWOULDBLOCK) {
-        char who[512] = {0};
-        const ssize_t n = ::pread(fd_, who, sizeof who - 1, 0);
-        ::close(fd_);
-        fd_ = -1;
-        std::string holder = n > 0 ? std::string(who, static_cast<size_t>(n)) : std::string("another process");
-        while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
-        DDP_FAIL("--checkpoint-dir '", dir, "' is in use by another run (", holder, "): two runs on one directory ",
-                 "would resume from and overwrite each other's checkpoints; give this run another --checkpoint-dir, ",
-                 "or wait for that run to end");
-      }
-      warn("cannot lock '", path, "' (", std::strerror(e), "): this file system does not guard --checkpoint-dir ",
-           "against a second run at the same time");
+    const FileLock l = lock_file_range(path, 0, 1);
+    if (l.busy()) {
+      std::ifstream in(path);
+      std::string holder;
+      std::getline(in, holder);
+      DDP_FAIL("--checkpoint-dir '", dir, "' is in use by another run (", holder.empty() ? "another process" : holder,
+               "): two runs on one directory would resume from and overwrite each other's checkpoints; give this ",
+               "run another --checkpoint-dir, or wait for that run to end");
+    }
+    if (!l.held()) {
+      warn("cannot lock '", path, "' (", std::strerror(l.error), "): this file system does not guard ",
+           "--checkpoint-dir against a second run at the same time");
       return;
     }
+    fd_ = l.fd;
     char host[256] = {0};
     gethostname(host, sizeof host - 1);
     const char* job = std::getenv("SLURM_JOB_ID");

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Plain Open MPI launch across hosts listed in a hostfile (one line per host: "host slots=GPUS").
 #   jobs/mpirun_hostfile.sh hosts 2 --data /data/shards --epochs 16
-# Arguments: HOSTFILE NP [train_resnet18 flags...]. Every host needs the same build at the same
-# path and its own shards under --data. SIGUSR1 to mpirun is forwarded to the ranks: they
-# checkpoint at the next step and exit 0.
+# Arguments: HOSTFILE NP [train_resnet18 flags...]; the flags go through as given (the script adds
+# none of its own, so none can clash with them). Every host needs the same build at the same path
+# and its own shards under --data. SIGUSR1 to mpirun is forwarded to the ranks: they checkpoint at
+# the next step and exit 0.
 set -euo pipefail
 [[ $# -ge 2 ]] || { echo "usage: $0 HOSTFILE NP [train_resnet18 flags...]" >&2; exit 2; }
 HOSTFILE=$1 NP=$2

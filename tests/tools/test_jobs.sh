@@ -42,9 +42,9 @@ for np in 0 -1 abc 2x ""; do
   check "NP '$np': exit 2, named, mpirun not started" \
     bash -c '[[ $1 -eq 2 && $2 == *"NP must be a positive number of ranks, got '\''$3'\''"* && ! -e $4 ]]' _ "$rc" "$out" "$np" "$TMP/mpirun.args"
 done
-fake_run "$TMP/hosts" 2 --epochs 3
-check "good arguments: mpirun --hostfile HOSTS -np 2 ... TRAIN --epochs 3" \
-  bash -c '[[ $1 -eq 0 && $2 == "--hostfile $3 -np 2 "*"train_resnet18 --epochs 3 " ]]' _ "$rc" "$(args)" "$TMP/hosts"
+fake_run "$TMP/hosts" 2 --epochs 3 --workers=2 --progress bar
+check "good arguments: mpirun --hostfile HOSTS -np 2 ... TRAIN and the user's flags as given, nothing added" \
+  bash -c '[[ $1 -eq 0 && $2 == "--hostfile $3 -np 2 "*"train_resnet18 --epochs 3 --workers=2 --progress bar " ]]' _ "$rc" "$(args)" "$TMP/hosts"
 (unset LD_LIBRARY_PATH; fake_run "$TMP/hosts" 2; exit "$rc")
 check "LD_LIBRARY_PATH unset: not passed with -x (mpirun would warn)" bash -c '[[ $1 != *LD_LIBRARY_PATH* ]]' _ "$(args)"
 LD_LIBRARY_PATH=/opt/x fake_run "$TMP/hosts" 2
@@ -74,6 +74,36 @@ for s in parallelcluster.sbatch slurm_train.sbatch; do  # slurm_train last: its 
 done
 check "slurm_train.sbatch: ARGS split into separate flags" \
   bash -c '[[ $(tr "\n" " " <"$1") == *" --max-steps 5 --seed 3 --epochs 2 " ]]' _ "$TMP/srun.args"
+
+# The user's flags override the script's own (train_resnet18 refuses a flag given twice): on the
+# command line as "--FLAG VALUE" or "--FLAG=VALUE", in ARGS (slurm_train.sbatch), or in a --config file.
+# once FLAG VALUE: FLAG is in the srun arguments exactly once, with VALUE (either form).
+once() {
+  local a=$TMP/srun.args
+  [[ $(grep -cE -- "^$1(=|\$)" "$a") -eq 1 ]] || return 1
+  grep -qxF -- "$1=$2" "$a" || [[ $(grep -xF -A1 -- "$1" "$a" | sed -n 2p) == "$2" ]]
+}
+absent() { ! grep -qE -- "^$1(=|\$)" "$TMP/srun.args"; }
+printf 'jsonl = /cfg/metrics.jsonl\n# tensorboard = /not/this\n  checkpoint-dir=/cfg/ck\n' >"$TMP/cfg.ini"
+pretend_job() {  # pretend_job SCRIPT ARGS_VALUE FLAGS...: runs it with the stand-in srun; sets $rc
+  local s=$1 a=$2; shift 2
+  rm -f "$TMP/srun.args"
+  (cd "$TMP" && env PATH="$TMP/bin:$PATH" SLURM_JOB_ID=42 SLURM_JOB_NAME=job SLURM_JOB_NUM_NODES=1 SLURM_JOB_NODELIST=n1 \
+    SLURM_CPUS_PER_TASK=8 ROOT="$TMP" ARGS="$a" bash "$ROOT/jobs/$s" "$@" >/dev/null 2>&1); rc=$?
+}
+pretend_job slurm_train.sbatch "--keep-checkpoints 7 --resume=/r/ckpt.h5" \
+  --workers 2 --progress=bar --data /d --config "$TMP/cfg.ini"
+check "slurm_train.sbatch: the user's --workers 2, --progress=bar, --data, ARGS' --keep-checkpoints 7 and --resume=FILE replace the script's, once each" \
+  eval '[[ $rc -eq 0 ]] && once --workers 2 && once --progress bar && once --data /d && once --keep-checkpoints 7 && once --resume /r/ckpt.h5'
+check "slurm_train.sbatch: --jsonl and --checkpoint-dir set in the --config file are not passed (they would win over it)" \
+  eval 'absent --jsonl && absent --checkpoint-dir && once --config "$TMP/cfg.ini"'
+check "slurm_train.sbatch: a flag the user did not set keeps the script's value (--tensorboard; a commented-out config line is not a setting)" \
+  once --tensorboard "$TMP/runs/job/tb"
+pretend_job parallelcluster.sbatch "" --shard-scope=global --workers=3 --resume /r/ckpt.h5 --config="$TMP/cfg.ini" --progress bar
+check "parallelcluster.sbatch: the user's --shard-scope=global, --workers=3, --resume FILE, --progress bar replace the script's, once each" \
+  eval '[[ $rc -eq 0 ]] && once --shard-scope global && once --workers 3 && once --resume /r/ckpt.h5 && once --progress bar'
+check "parallelcluster.sbatch: --config's --jsonl and --checkpoint-dir not passed; --data and --tensorboard keep the script's" \
+  eval 'absent --jsonl && absent --checkpoint-dir && once --data /scratch/imagenet-shards && once --tensorboard /shared/runs/job/tb'
 
 # A signal to the batch shell reaches srun as SIGUSR1 (a checkpoint), and the job ends with srun's status.
 cat >"$TMP/bin/srun" <<SRUN

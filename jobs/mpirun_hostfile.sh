@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Plain Open MPI launch across hosts listed in a hostfile (one line per host: "host slots=GPUS").
+# Plain Open MPI launch across hosts listed in a hostfile (one line per host: "host slots=GPUS"; a
+# host on two lines is refused where either sets slots= or max_slots=, before anything starts).
 #   jobs/mpirun_hostfile.sh hosts 2 --data /data/shards --epochs 16
 # Arguments: HOSTFILE NP [train_resnet18 flags...]; the flags go through as given (the script adds
 # none of its own, so none can clash with them). Every host needs the same build at the same path
@@ -13,6 +14,25 @@ shift 2
 # rank per slot.
 [[ -f $HOSTFILE && -r $HOSTFILE ]] || { echo "$0: hostfile '$HOSTFILE' is not a readable file" >&2; exit 2; }
 grep -qvE '^[[:space:]]*(#|$)' "$HOSTFILE" || { echo "$0: hostfile '$HOSTFILE' lists no hosts" >&2; exit 2; }
+# Open MPI takes a host on several lines only as one line per slot (bare names); a host named again
+# where one of its lines sets slots= or max_slots= ends mpirun with "An internal error has occurred
+# in ORTE". Host names compare without case and without a user@ prefix, as Open MPI's do.
+dup=$(awk '
+  { sub(/#.*/, "") }
+  NF == 0 { next }
+  { h = tolower($1); sub(/^[^@]*@/, "", h) }
+  h in first {
+    if (NF > 1 || set[h]) { printf "%s %d %s %d", name[h], first[h], $1, FNR; exit }
+    next
+  }
+  { first[h] = FNR; name[h] = $1; set[h] = NF > 1 }
+' "$HOSTFILE")
+if [[ -n $dup ]]; then
+  read -r host line1 again line2 <<<"$dup"
+  if [[ $again == "$host" ]]; then again=""; else again=" (as '$again' there; names ignore case and user@)"; fi
+  echo "$0: hostfile '$HOSTFILE' names host '$host' on lines $line1 and $line2$again: give each host one line with slots=N" >&2
+  exit 2
+fi
 [[ $NP =~ ^[1-9][0-9]*$ ]] || { echo "$0: NP must be a positive number of ranks, got '$NP'" >&2; exit 2; }
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TRAIN=${TRAIN:-$ROOT/build/src/apps/train_resnet18}

@@ -36,6 +36,26 @@ for bad in "$TMP/hostdir" "$TMP/missing"; do
 done
 fake_run "$TMP/nohosts" 2
 check "hostfile without hosts: exit 2" bash -c '[[ $1 -eq 2 && $2 == *"lists no hosts"* ]]' _ "$rc" "$out"
+# A host named twice with a slot count: Open MPI's "internal error". Named with both lines (comments and
+# blank lines counted, as an editor does), case and user@ ignored, before mpirun starts.
+printf '# two nodes\nnode1 slots=2\n\nnode2 slots=2\nNODE1 slots=2  # again\n' >"$TMP/dup_slots"
+printf 'node1\nnode1\nalice@node1 max_slots=4\n' >"$TMP/dup_mixed"
+for dup in "dup_slots|names host 'node1' on lines 2 and 5 (as 'NODE1' there;" "dup_mixed|names host 'node1' on lines 1 and 3 (as 'alice@node1' there;"; do
+  f=${dup%%|*} want=${dup#*|}
+  rm -f "$TMP/mpirun.args"
+  fake_run "$TMP/$f" 2
+  check "hostfile $f: exit 2, mpirun not started: hostfile '$f' $want ...: give each host one line with slots=N" \
+    bash -c '[[ $1 -eq 2 && $2 == *"hostfile '\''$3'\'' $4"*": give each host one line with slots=N"* && ! -e $5 ]]' \
+    _ "$rc" "$out" "$TMP/$f" "$want" "$TMP/mpirun.args"
+done
+printf 'node1 slots=1\nnode2 slots=1\nnode1 slots=1\n' >"$TMP/dup_same"
+fake_run "$TMP/dup_same" 2
+check "hostfile dup_same: the same spelling twice is named once, without an 'as' note" \
+  bash -c '[[ $1 -eq 2 && $2 == *"names host '\''node1'\'' on lines 1 and 3: give each host"* ]]' _ "$rc" "$out"
+# Open MPI's other form, one line per slot without slots=, works (a scheduler's node list looks so).
+printf 'node1\nnode1\nnode2 slots=1\n' >"$TMP/per_slot"
+fake_run "$TMP/per_slot" 3
+check "hostfile with one line per slot (no slots=): accepted" bash -c '[[ $1 -eq 0 ]]' _ "$rc"
 for np in 0 -1 abc 2x ""; do
   rm -f "$TMP/mpirun.args"
   fake_run "$TMP/hosts" "$np"

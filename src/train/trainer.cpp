@@ -661,9 +661,13 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     }
     // A resumed run logs again the steps its previous run logged after the checkpoint.
     if (!resume_path.empty() && !o.eval_only) {
+      // "epoch" is in epochs done, the scale of the train records' "epoch" (2.25: a quarter into the
+      // third); epoch_number and step_in_epoch are the console's "resumed from ...: epoch 3, step 1 of
+      // the epoch", so that a reader of both finds the same numbers.
       if (jsonl)
         jsonl->write({{"type", json_string("resume")}, {"step", json_number(double(gstep))},
                       {"epoch", json_number(start_epoch + double(start_step) / double(steps))},
+                      {"epoch_number", json_number(start_epoch + 1)}, {"step_in_epoch", json_number(double(start_step))},
                       {"from", json_string(resume_path)}});
       if (tb) tb->add_session_start(gstep + 1);
     }

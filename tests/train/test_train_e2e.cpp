@@ -108,6 +108,28 @@ void expect_same_state(const std::string& a, const std::string& b, int classes) 
   EXPECT_EQ(x.num_batches_tracked, y.num_batches_tracked);
 }
 
+// The metrics file's resume record against the console line of the run that wrote it, "resumed from
+// FILE: epoch N, step S of the epoch, global step G": the same N and S (epoch_number, step_in_epoch), G
+// and FILE, and "epoch" the same place in epochs done, (N - 1) + S / steps per epoch (the train records'
+// scale).
+void expect_resume_record_matches_log(const std::string& jsonl_text, const std::string& log, int steps_per_epoch) {
+  std::smatch c;
+  ASSERT_TRUE(std::regex_search(
+      log, c, std::regex(R"re(resumed from (\S+): epoch (\d+), step (\d+) of the epoch, global step (\d+))re")))
+      << log;
+  const std::string from = c[1], n = c[2], s = c[3], g = c[4];
+  std::smatch r;
+  ASSERT_TRUE(std::regex_search(jsonl_text, r,
+                                std::regex(R"re(\{"type": "resume", "step": )re" + g +
+                                           R"re(, "epoch": ([^,]+), "epoch_number": (\d+), "step_in_epoch": (\d+), )re"
+                                           R"re("from": "([^"]*)"\})re")))
+      << "no resume record for global step " << g << " with epoch_number and step_in_epoch:\n" << jsonl_text;
+  EXPECT_EQ(r[2].str(), n) << r[0];
+  EXPECT_EQ(r[3].str(), s) << r[0];
+  EXPECT_EQ(r[4].str(), from) << r[0];
+  EXPECT_NEAR(std::stod(r[1]), std::stoi(n) - 1 + std::stod(s) / steps_per_epoch, 1e-6) << r[0];
+}
+
 std::vector<double> train_losses(const std::string& jsonl) {
   std::vector<double> v;
   std::ifstream f(jsonl);
@@ -345,11 +367,19 @@ TEST_F(TrainE2E, SigusrCheckpointsExitsZeroAndResumes) {
                 std::to_string(st.global_step + 2) + " --jsonl " + d("m.jsonl"));
   EXPECT_EQ(res.rc, 0) << res.out;
   EXPECT_NE(res.out.find("resumed from"), std::string::npos) << res.out;
-  // The metrics file says where the resumed run starts (the stopped run logged steps past it).
+  // Once more from 2 steps on: of the two places one is inside an epoch (4 steps per epoch), where the
+  // console says "epoch N, step S" and the epochs done are N - 1 + S / 4.
+  auto res2 = sh(mpirun(2) + kRecipe + "--epochs 200 --checkpoint-dir " + d("ck") + " --resume auto --max-steps " +
+                 std::to_string(st.global_step + 3) + " --jsonl " + d("m.jsonl"));
+  EXPECT_EQ(res2.rc, 0) << res2.out;
+  // The metrics file says where the resumed run starts (the stopped run logged steps past it), with the
+  // console's numbers.
   std::ifstream mf(d("m.jsonl"));
   std::string m((std::istreambuf_iterator<char>(mf)), std::istreambuf_iterator<char>());
   EXPECT_NE(m.find("{\"type\": \"resume\", \"step\": " + std::to_string(st.global_step) + ","), std::string::npos) << m;
   EXPECT_NE(m.find("\"from\": \"" + *latest + "\""), std::string::npos) << m;
+  expect_resume_record_matches_log(m, res.out, 4);
+  expect_resume_record_matches_log(m, res2.out, 4);
 }
 
 // Ctrl-C on a lone process: the same stop (checkpoint, exit 0), said at once; a second Ctrl-C ends it

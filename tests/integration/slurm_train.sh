@@ -17,7 +17,7 @@ cleanup() {
   scontrol -f "$T/slurm.conf" shutdown >/dev/null 2>&1 || true
   sleep 1
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [[ -f $T/munged.pid ]] && kill "$(cat "$T/munged.pid")" 2>/dev/null || true
+  if [[ -f $T/munged.pid ]]; then kill "$(cat "$T/munged.pid")" 2>/dev/null || true; fi
   sleep 1
   rm -rf "$T"
 }
@@ -92,7 +92,7 @@ for _ in $(seq 1 300); do
   [[ $state =~ ^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY)$ ]] && break
   sleep 1
 done
-out=$(ls "$T"/work/*-"$jid".out 2>/dev/null | head -1)
+out=$(find "$T/work" -maxdepth 1 -name "*-$jid.out" | head -1)
 echo "job $jid: $state"
 [[ -n $out ]] && cat "$out"
 ok=1
@@ -125,17 +125,17 @@ for _ in $(seq 1 120); do
 done
 scancel --signal=USR1 "$jid"
 state=$(wait_job "$jid")
-out=$(ls "$T"/work/preempt-"$jid".out 2>/dev/null | head -1)
+out=$(find "$T/work" -maxdepth 1 -name "preempt-$jid.out" | head -1)
 echo "preemption job $jid: $state"
 [[ $state == COMPLETED ]] || { cat "$out"; echo "FAIL: a SIGUSR1'd job should end COMPLETED (exit 0), got $state"; exit 1; }
 grep -q "stop requested (SIGUSR1)" "$out" || { cat "$out"; echo "FAIL: no 'stop requested' in the job output"; exit 1; }
 ls "$T"/work/checkpoints/preempt/ckpt-*.h5 >/dev/null 2>&1 || { cat "$out"; echo "FAIL: no checkpoint after SIGUSR1"; exit 1; }
-ARGS="--synthetic-size 32 --synthetic-classes 4 --image-size 32 --batch-size 8 --epochs 500 --backend cpu --threads 1 --no-eval --max-steps $(( $(ls "$T"/work/checkpoints/preempt/ | sed -n 's/ckpt-0*\([0-9]*\)\.h5/\1/p' | sort -n | tail -1) + 2 ))"
+ARGS="--synthetic-size 32 --synthetic-classes 4 --image-size 32 --batch-size 8 --epochs 500 --backend cpu --threads 1 --no-eval --max-steps $(( $(find "$T/work/checkpoints/preempt" -name 'ckpt-*.h5' -printf '%f\n' | sed -n 's/ckpt-0*\([0-9]*\)\.h5/\1/p' | sort -n | tail -1) + 2 ))"
 export ARGS
 jid=$(sbatch --parsable --job-name=preempt --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --time=10 --export=ALL \
   "$T/work/slurm_train.sbatch") || { echo "FAIL: sbatch refused the resumed job"; exit 1; }
 state=$(wait_job "$jid")
-out=$(ls "$T"/work/preempt-"$jid".out 2>/dev/null | head -1)
+out=$(find "$T/work" -maxdepth 1 -name "preempt-$jid.out" | head -1)
 echo "resumed job $jid: $state"
-[[ $state == COMPLETED ]] && grep -q "resumed from" "$out" || { cat "$out"; echo "FAIL: the resubmitted job did not resume"; exit 1; }
+if [[ $state != COMPLETED ]] || ! grep -q "resumed from" "$out"; then cat "$out"; echo "FAIL: the resubmitted job did not resume"; exit 1; fi
 echo "PASS: SIGUSR1 under Slurm checkpointed, exited 0, and the next job resumed"

@@ -179,7 +179,7 @@ __global__ void k_bn_apply(const T* x, int64_t rows, int c, const float* gamma, 
     int ch = static_cast<int>(i % c);
     float v = (to_f(x[i]) - mean[ch]) * invstd[ch] * gamma[ch] + beta[ch];
     if (residual) v += to_f(residual[i]);
-    if (relu) v = v > 0.0f ? v : 0.0f;
+    if (relu) v = v < 0.0f ? 0.0f : v;  // NaN passes through, as in PyTorch (an overflow stays visible)
     y[i] = from_f<T>(v);
   }
 }
@@ -351,7 +351,7 @@ __global__ void k_bn_apply_vec(const T* x, int64_t rows, int c, const float* gam
     }
     if (relu) {
 #pragma unroll
-      for (int k = 0; k < 8; ++k) out[k] = out[k] > 0.0f ? out[k] : 0.0f;
+      for (int k = 0; k < 8; ++k) out[k] = out[k] < 0.0f ? 0.0f : out[k];  // NaN passes through
     }
     store8(y + off, out);
   }

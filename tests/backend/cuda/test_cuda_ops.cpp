@@ -193,6 +193,33 @@ TEST_P(CudaOps, BatchNormTrainForwardAddRelu) {
   }
 }
 
+// ReLU keeps NaN, as PyTorch's and the CPU backend's do: an fp16 overflow in the forward pass (inf,
+// then NaN after batch norm) must reach the loss and the gradients, where the loss scaler sees it,
+// instead of being turned into zeros. c = 64 takes the 8-wide path, c = 12 the scalar one.
+TEST_P(CudaOps, BatchNormApplyReluKeepsNaN) {
+  const DType dt = GetParam();
+  for (int c : {64, 12}) {
+    SCOPED_TRACE(str("c=", c));
+    const int64_t rows = 10;
+    const size_t cnt = rows * c;
+    auto x = random_vec(cnt, 31, dt);
+    auto res = random_vec(cnt, 32, dt);
+    const std::vector<size_t> nan_at = {3, cnt / 2 + 1, cnt - 1};
+    for (size_t i : nan_at) res[i] = NAN;
+    auto gamma = random_vec(c, 33, DType::F32, 0.5f, 1.5f), beta = random_vec(c, 34, DType::F32);
+    auto mean = random_vec(c, 35, DType::F32), inv = random_vec(c, 36, DType::F32, 0.5f, 2.0f);
+    Dev d_x(x, dt), d_res(res, dt), d_g(gamma), d_b(beta), d_m(mean), d_i(inv), d_y(cnt, dt);
+    bn_apply(dt, d_x.get(), rows, c, d_g.as<float>(), d_b.as<float>(), d_m.as<float>(), d_i.as<float>(), d_res.get(),
+             true, d_y.get(), stream_);
+    const auto y = d_y.download();
+    for (size_t i = 0; i < cnt; ++i) {
+      const bool want_nan = std::find(nan_at.begin(), nan_at.end(), i) != nan_at.end();
+      ASSERT_EQ(std::isnan(y[i]), want_nan) << "element " << i << " = " << y[i];
+      if (!want_nan) ASSERT_GE(y[i], 0.0f) << "element " << i;
+    }
+  }
+}
+
 TEST_P(CudaOps, BatchNormTrainRefusesOneValuePerChannel) {
   // As the CPU backend and PyTorch: a batch of 1 at a 1x1 map (layer4 of a 32-63 px input).
   const DType dt = GetParam();

@@ -68,6 +68,14 @@ std::vector<float> slice(const std::vector<float>& v, const nn::ParamInfo& pi) {
   return std::vector<float>(v.begin() + pi.offset, v.begin() + pi.offset + pi.numel);
 }
 
+// Low-precision gradients of a freshly initialised ResNet18 on random data are intrinsically far
+// from fp32 ones below the classifier: backward through each batch norm cancels most of its input,
+// so the relative error of fp16/bf16 storage grows layer by layer. PyTorch 1.13 with the same
+// storage (every conv, BN, ReLU and pool output and every gradient between them rounded, fp32
+// arithmetic, fp16 conv weights; tests/backend/cuda/amp_reference_error.py), n = 8 at 64 px: relative
+// L2 error of fc.weight 0.003 / 0.025 (fp16 / bf16), layer4.1.conv2.weight 0.06 / 0.19, conv1.weight
+// 0.14 / 0.43, about the same at n = 8..32 and 64..128 px. The bounds below sit above those with
+// room; a wiring or scaling bug misses by O(1), and the classifier's bound stays tight.
 void compare_grads(const nn::Model& cpu, const nn::Model& gpu, Amp amp, float gpu_scale) {
   const auto& spec = cpu.spec();
   std::vector<float> gc(spec.param_count), gg(spec.param_count);
@@ -78,7 +86,11 @@ void compare_grads(const nn::Model& cpu, const nn::Model& gpu, Amp amp, float gp
     if (amp == Amp::Off) {
       expect_close("grad " + pi.name, slice(gg, pi), slice(gc, pi), 3e-4, 3e-4);
       expect_rel_norm("grad " + pi.name, slice(gg, pi), slice(gc, pi), 1e-4);
-    } else expect_rel_norm("grad " + pi.name, slice(gg, pi), slice(gc, pi), amp == Amp::F16 ? 5e-2 : 1e-1);
+    } else {
+      const bool fc = pi.name.rfind("fc.", 0) == 0;
+      const double tol = amp == Amp::F16 ? (fc ? 2e-2 : 0.25) : (fc ? 0.1 : 0.6);
+      expect_rel_norm("grad " + pi.name, slice(gg, pi), slice(gc, pi), tol);
+    }
   }
 }
 
@@ -148,35 +160,63 @@ TEST_P(CudaModel, EvalModeMatchesCpu) {
   EXPECT_EQ(p.gpu->num_batches_tracked(), 1);
 }
 
+// 20 SGD steps on 4 cycled batches of 8 (the loss must fall) are chaotic: a CPU model whose starting
+// weights differ by 1e-6 relative is 4% off in loss after 3 steps and 12% after 10 (seen; even at
+// lr 0.002 it is 3% after 11). So the CUDA trajectory is held to the envelope of a CPU twin started
+// from weights perturbed by about the activation dtype's rounding: at each step its loss may differ
+// from the CPU's by at most k times the twin's largest difference so far (or the first-step bound),
+// and its final weights by at most k times the twin's; k = 5 for fp32 and 10 for fp16/bf16, whose
+// rounding enters at every op of every step, not once at the start (fp16 under the emulation: 1.3x
+// the fp32 factor's bound at step 2, within it elsewhere). A wrong update (momentum, weight decay,
+// loss scale) misses by far more from the first steps on, before the chaos has grown.
 TEST_P(CudaModel, LossTrajectory20StepsMatchesCpu) {
   const Amp amp = GetParam();
   Pair p = make_pair(amp);
+  cpu::CpuResNet18 twin(config(Amp::Off));
+  {
+    std::vector<float> w(twin.spec().param_count);
+    p.cpu->get_params_torch(w.data());
+    const float eps = amp == Amp::Off ? 1e-6f : amp == Amp::F16 ? 4.9e-4f : 3.9e-3f;  // 2^-11, 2^-8
+    Rng r(77, rng_stream::kTest);
+    for (auto& v : w) v *= 1.0f + eps * r.normal();
+    twin.set_params_torch(w.data());
+  }
   nn::SgdConfig sgd;
   sgd.momentum = 0.9f;
   sgd.weight_decay = 5e-4f;
   const float scale = amp == Amp::F16 ? 1024.0f : 1.0f;
-  // Per-step loss tolerance, relative: differences grow slowly along the trajectory.
-  const double tol = amp == Amp::Off ? 2e-3 : amp == Amp::F16 ? 3e-2 : 6e-2;
-  std::vector<float> lcs, lgs;
+  const double first = amp == Amp::Off ? 1e-4 : amp == Amp::F16 ? 1e-2 : 3e-2;  // as ForwardBackwardMatchesCpu
+  const double k = amp == Amp::Off ? 5.0 : 10.0;
+  double envelope = 0.0;
+  std::vector<float> lgs;
   for (int step = 0; step < 20; ++step) {
-    Batch b = make_batch(8, 64, 64, 100 + step % 4);  // 4 batches cycled: the loss must fall
-    p.cpu->set_input_f32(b.x.data(), b.y.data(), 8, 64, 64);
-    p.gpu->set_input_f32(b.x.data(), b.y.data(), 8, 64, 64);
-    const float lc = p.cpu->forward(nn::Mode::Train), lg = p.gpu->forward(nn::Mode::Train);
-    lcs.push_back(lc);
+    Batch b = make_batch(8, 64, 64, 100 + step % 4);
+    for (nn::Model* m : {static_cast<nn::Model*>(p.cpu.get()), static_cast<nn::Model*>(p.gpu.get()),
+                         static_cast<nn::Model*>(&twin)})
+      m->set_input_f32(b.x.data(), b.y.data(), 8, 64, 64);
+    const float lc = p.cpu->forward(nn::Mode::Train), lg = p.gpu->forward(nn::Mode::Train),
+                lt = twin.forward(nn::Mode::Train);
     lgs.push_back(lg);
-    EXPECT_NEAR(lg, lc, tol * std::fabs(lc)) << "step " << step;
+    envelope = std::max(envelope, double(std::fabs(lt - lc) / std::fabs(lc)));
+    const double bound = std::max(first, k * envelope);
+    EXPECT_LE(std::fabs(lg - lc) / std::fabs(lc), bound)
+        << "step " << step << ": CUDA loss " << lg << ", CPU " << lc << ", perturbed CPU twin " << lt;
     p.cpu->backward(1.0f, nullptr);
+    twin.backward(1.0f, nullptr);
     p.gpu->backward(scale, nullptr);
     ASSERT_TRUE(p.gpu->grads_finite()) << "step " << step;
     p.cpu->sgd_step(sgd, 0.02f, 1.0f);
+    twin.sgd_step(sgd, 0.02f, 1.0f);
     p.gpu->sgd_step(sgd, 0.02f, 1.0f / scale);
   }
-  EXPECT_LT(lgs.back(), lgs.front()) << "the CUDA loss did not fall in 20 steps";
-  std::vector<float> wc(p.cpu->spec().param_count), wg(wc.size());
+  EXPECT_LT(lgs.back(), 0.5f * lgs.front()) << "the CUDA loss did not fall in 20 steps";
+  std::vector<float> wc(p.cpu->spec().param_count), wg(wc.size()), wt(wc.size());
   p.cpu->get_params_torch(wc.data());
   p.gpu->get_params_torch(wg.data());
-  expect_rel_norm("params after 20 steps", wg, wc, amp == Amp::Off ? 1e-4 : 1e-2);
+  twin.get_params_torch(wt.data());
+  double dt = 0.0, nc = 0.0;
+  for (size_t i = 0; i < wc.size(); ++i) dt += double(wt[i] - wc[i]) * (wt[i] - wc[i]), nc += double(wc[i]) * wc[i];
+  expect_rel_norm("params after 20 steps", wg, wc, std::max(1e-5, k * std::sqrt(dt / nc)));
 }
 
 // The training step captured as a CUDA graph (bench_cuda_train --cuda-graph) against the same steps
@@ -258,6 +298,9 @@ class CudaModelF32 : public ::testing::Test {
   void SetUp() override { DDP_REQUIRE_GPU(); }
 };
 
+// lr 0.01: at lr 0.1 the first step throws this batch-4 model far off (loss 2.06 -> 28), and the
+// second step then magnifies fp32 summation-order differences of 1e-6 in the first to 1e-3 in the
+// early layers (seen under the CPU emulation of CUDA); at 0.01 both steps match to about 1e-6.
 TEST_F(CudaModelF32, SgdStepsMatchCpu) {
   Pair p = make_pair(Amp::Off);
   nn::SgdConfig sgd;
@@ -271,7 +314,7 @@ TEST_F(CudaModelF32, SgdStepsMatchCpu) {
       m->set_input_f32(b.x.data(), b.y.data(), 4, 64, 64);
       m->forward(nn::Mode::Train);
       m->backward(4.0f, nullptr);
-      m->sgd_step(sgd, 0.1f, 0.25f);
+      m->sgd_step(sgd, 0.01f, 0.25f);
     }
   }
   EXPECT_TRUE(p.gpu->momentum_initialised());

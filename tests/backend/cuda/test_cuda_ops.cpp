@@ -215,7 +215,9 @@ TEST_P(CudaOps, BatchNormApplyReluKeepsNaN) {
     for (size_t i = 0; i < cnt; ++i) {
       const bool want_nan = std::find(nan_at.begin(), nan_at.end(), i) != nan_at.end();
       ASSERT_EQ(std::isnan(y[i]), want_nan) << "element " << i << " = " << y[i];
-      if (!want_nan) ASSERT_GE(y[i], 0.0f) << "element " << i;
+      if (!want_nan) {
+        ASSERT_GE(y[i], 0.0f) << "element " << i;
+      }
     }
   }
 }

@@ -227,6 +227,7 @@ TEST_P(CudaModel, LossTrajectory20StepsMatchesCpu) {
 // A replay that reused the captured batch, skipped the SGD or reinitialised momentum would miss by far
 // more: each step's batch differs and the lr is large.
 TEST_P(CudaModel, CapturedStepMatchesEagerSteps) {
+  DDP_REQUIRE_REAL_GPU("CUDA graphs");
   const Amp amp = GetParam();
   CudaResNet18 eager(config(amp, 4, 64)), graph(config(amp, 4, 64));  // same seed: same weights
   const auto& spec = eager.spec();

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# bench_cuda_train built against the CPU emulation of CUDA (emu.h): the benchmark's own code runs as
+# tools/gpu_check.sh will run it on a GPU host (its self-test, a timed run, the CUDA-graph attempt),
+# and its RESULT line carries what gpu_check.sh reads. Figures from here are CPU time, not GPU time.
+# usage: bench_smoke.sh BENCH_CUDA_TRAIN_EMU
+set -euo pipefail
+bench=${1:?usage: bench_smoke.sh BENCH_CUDA_TRAIN_EMU}
+fail() { printf 'bench_smoke: FAIL: %s\n' "$*" >&2; exit 1; }
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+"$bench" --selftest >"$out" 2>&1 || { cat "$out"; fail "--selftest exited $?"; }
+
+for amp in fp16 bf16 off; do
+  "$bench" --amp "$amp" --batch 4 --size 64 --warmup 1 --iters 2 --classes 10 --cuda-graph >"$out" 2>&1 ||
+    { cat "$out"; fail "--amp $amp exited non-zero"; }
+  result=$(grep '^RESULT ' "$out" | tail -1) || { cat "$out"; fail "--amp $amp printed no RESULT line"; }
+  /usr/bin/python3 - "$amp" "${result#RESULT }" <<'PYEOF' || { cat "$out"; fail "--amp $amp: bad RESULT"; }
+import json, sys
+amp, r = sys.argv[1], json.loads(sys.argv[2])
+assert r["amp"] == amp, r
+for k in ("img_per_s", "ms_per_step", "peak_mem_mb", "warmup_s", "plans_built", "cudnn_runtime", "cudnn_built"):
+    assert isinstance(r.get(k), (int, float)) and r[k] >= 0, (k, r)
+assert r["img_per_s"] > 0 and r["plans_built"] > 0 and r["peak_mem_mb"] > 0, r
+# CUDA graphs are not emulated: the attempt must be reported, not fail the benchmark.
+assert "graph_error" in r and "graph_img_per_s" not in r, r
+PYEOF
+done
+echo "bench_smoke: self-test and fp16/bf16/off timed runs passed under the emulation"

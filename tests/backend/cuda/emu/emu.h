@@ -1,0 +1,104 @@
+// CUDA emulation on the CPU, for testing the CUDA backend where no GPU exists (this project's
+// development machines; GPU hosts are lent rarely). The real sources run: ops.cu's kernels (made
+// compilable by g++ by gen_kernels.cmake, which only rewrites `k<<<cfg>>>(args)` launches),
+// memory.cpp, linear.cpp and resnet18_cuda.cpp as they are. What is emulated:
+//   - the CUDA runtime API the backend and its tests call (runtime.cpp): "device" memory is host
+//     memory (tracked, so a host pointer handed to a kernel or a device copy is an error, as it is an
+//     illegal address on a GPU); every launch and copy runs to completion when it is enqueued, so
+//     streams and events impose no order of their own and cross-stream races cannot show;
+//   - kernel launches: each block's threads run one after another on one OS thread; a kernel that
+//     calls __syncthreads runs each thread as a fiber, switched at every barrier (the first launch of
+//     every kernel runs as fibers and finds out); launch configurations are checked as a GPU would;
+//   - cuBLAS's SGEMM (a plain loop, fp32) and cuDNN's convolutions (conv_emu.cpp replaces conv.cpp:
+//     direct loops in fp32 over inputs rounded to the activation dtype, TF32-rounded when allowed);
+//   - NCCL (nccl_emu.cpp): the calls the communicator makes, carried by MPI between the ranks'
+//     processes, each emulating its own GPU (DDP_CUDA_EMU_DEVICES sets how many a process sees).
+// What this cannot tell: anything about cuDNN's plans and engines, cuBLAS, NCCL's transports, CUDA
+// graphs, real concurrency, memory ordering between threads, timing, and the device compiler. A pass
+// here is not a GPU result.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+
+namespace ddp::cuda_emu {
+
+// The thread a kernel body is running as (threadIdx & co. read it).
+struct ThreadState {
+  uint3 tid{0, 0, 0};
+  uint3 bid{0, 0, 0};
+  dim3 bdim, gdim;
+};
+extern ThreadState* g_cur;
+
+// Barriers: every thread of the block arrives, then all continue; _or returns the OR of the
+// threads' predicates (as __syncthreads_or).
+void syncthreads();
+int syncthreads_or(int pred);
+
+// Where a pointer lives, as far as the emulated device can tell.
+enum class MemKind { Unknown, Device, PinnedHost };
+MemKind mem_kind(const void* p);
+// Whether [p, p + bytes) lies inside one live device (or pinned host) allocation.
+bool device_range_ok(const void* p, size_t bytes);
+// Whether s is the default stream or a live one; an error as cudaGetLastError reports it.
+bool stream_ok(cudaStream_t s);
+
+// Runs body once per thread of the grid (after checking the configuration); `kernel` identifies
+// the kernel (whether it uses barriers is learnt at its first launch); `name` is for messages.
+void run_grid(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const void* kernel, const char* name,
+              const std::function<void()>& body);
+// A launch-time error (bad configuration, bad pointer argument): becomes cudaGetLastError()'s
+// answer, as on a GPU, and is printed with the kernel's name.
+void set_launch_error(cudaError_t e, const char* name, const char* why);
+
+template <class T>
+bool check_pointer_arg(const T& a, int index, const char* name) {
+  if constexpr (std::is_pointer_v<T>) {
+    if (a != nullptr && mem_kind(static_cast<const void*>(a)) == MemKind::Unknown) {
+      char why[160];
+      std::snprintf(why, sizeof why, "argument %d is a host pointer %p that no cudaMalloc/cudaMallocHost returned",
+                    index, static_cast<const void*>(a));
+      set_launch_error(cudaErrorIllegalAddress, name, why);
+      return false;
+    }
+  }
+  return true;
+}
+
+// `k<<<grid, block, smem, stream>>>(args)` becomes `Launch("k", grid, block, smem, stream)(k, args)`.
+class Launch {
+ public:
+  Launch(const char* name, dim3 grid, dim3 block, size_t smem = 0, cudaStream_t stream = nullptr)
+      : grid_(grid), block_(block), smem_(smem), stream_(stream), name_(name) {}
+
+  template <class... P, class... A>
+  void operator()(void (*k)(P...), A&&... a) const {
+    static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
+    // Arguments are converted to the parameter types once, as a launch copies them to the device.
+    std::tuple<std::decay_t<P>...> args(static_cast<std::decay_t<P>>(std::forward<A>(a))...);
+    if (!check_args(args, std::index_sequence_for<P...>{})) return;  // a GPU would fault: not run
+    run_grid(grid_, block_, smem_, stream_, reinterpret_cast<const void*>(k), name_, [&] {
+      auto copy = args;  // each thread gets its own copy of the parameters
+      std::apply(k, copy);
+    });
+  }
+
+ private:
+  template <class Tup, size_t... I>
+  bool check_args(const Tup& t, std::index_sequence<I...>) const {
+    return (check_pointer_arg(std::get<I>(t), static_cast<int>(I), name_) & ... & true);
+  }
+  dim3 grid_, block_;
+  size_t smem_;
+  cudaStream_t stream_;
+  const char* name_;
+};
+
+}  // namespace ddp::cuda_emu

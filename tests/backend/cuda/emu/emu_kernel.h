@@ -1,0 +1,46 @@
+// Included first by the generated ops_emu.cpp (gen_kernels.cmake): makes CUDA kernel source plain C++
+// running on the emulator of emu.h. The CUDA headers come first, so their own uses of the keywords
+// redefined below keep the meanings they had.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "emu.h"
+
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __forceinline__
+#undef __shared__
+#undef __launch_bounds__
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+// One block runs at a time on one OS thread, so a function-local static is exactly one block's
+// shared memory (kernels write it before they read it, after a barrier).
+#define __shared__ static
+#define __launch_bounds__(...)
+
+#define threadIdx (::ddp::cuda_emu::g_cur->tid)
+#define blockIdx (::ddp::cuda_emu::g_cur->bid)
+#define blockDim (::ddp::cuda_emu::g_cur->bdim)
+#define gridDim (::ddp::cuda_emu::g_cur->gdim)
+#define __syncthreads() ::ddp::cuda_emu::syncthreads()
+#define __syncthreads_or(p) ::ddp::cuda_emu::syncthreads_or(p)
+
+// Device built-ins with no host twin of the same name.
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+// One OS thread runs every emulated thread: plain read-modify-write is atomic here.
+inline int atomicOr(int* p, int v) { const int old = *p; *p = old | v; return old; }
+inline int atomicAdd(int* p, int v) { const int old = *p; *p = old + v; return old; }
+inline float atomicAdd(float* p, float v) { const float old = *p; *p = old + v; return old; }
+using std::isfinite;
+using std::isnan;

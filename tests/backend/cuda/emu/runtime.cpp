@@ -1,0 +1,618 @@
+// The emulated CUDA runtime and cuBLAS (see emu.h for what is and is not emulated). These
+// definitions are linked into each emulation test executable itself, so they take the place of
+// libcudart's and libcublas's for every caller in the process.
+#include <cublas_v2.h>
+#include <sys/mman.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+#include "emu.h"
+
+namespace ddp::cuda_emu {
+
+ThreadState* g_cur = nullptr;
+
+namespace {
+
+// ---- memory -------------------------------------------------------------------------------------
+struct Alloc {
+  size_t bytes;
+  MemKind kind;
+};
+std::mutex g_mem_mu;
+std::map<uintptr_t, Alloc> g_allocs;  // by base address
+size_t g_device_bytes = 0;
+constexpr size_t kTotalBytes = size_t{80} << 30;  // what cudaMemGetInfo reports as the device's size
+
+// The allocation holding [p, p + bytes), or nullptr.
+const Alloc* find_alloc(const void* p, size_t bytes, uintptr_t* base_out = nullptr) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = g_allocs.upper_bound(a);
+  if (it == g_allocs.begin()) return nullptr;
+  --it;
+  if (a < it->first || a + bytes > it->first + it->second.bytes || (bytes == 0 && a >= it->first + it->second.bytes))
+    return nullptr;
+  if (base_out) *base_out = it->first;
+  return &it->second;
+}
+
+void* emu_alloc(size_t bytes, MemKind kind) {
+  const size_t rounded = (bytes + 255) / 256 * 256;
+  void* p = std::aligned_alloc(256, rounded);
+  if (!p) return nullptr;
+  // A GPU does not clear what it allocates: all-ones bytes are NaN in fp32, fp16 and bf16, so code
+  // that reads memory it never wrote shows it.
+  std::memset(p, 0xFF, rounded);
+  std::lock_guard<std::mutex> lk(g_mem_mu);
+  g_allocs[reinterpret_cast<uintptr_t>(p)] = Alloc{bytes, kind};
+  if (kind == MemKind::Device) g_device_bytes += bytes;
+  return p;
+}
+
+bool emu_free(void* p, MemKind kind) {
+  if (!p) return true;
+  std::lock_guard<std::mutex> lk(g_mem_mu);
+  auto it = g_allocs.find(reinterpret_cast<uintptr_t>(p));
+  if (it == g_allocs.end() || it->second.kind != kind) return false;
+  if (kind == MemKind::Device) g_device_bytes -= it->second.bytes;
+  g_allocs.erase(it);
+  std::free(p);
+  return true;
+}
+
+// ---- errors -------------------------------------------------------------------------------------
+thread_local cudaError_t g_last_error = cudaSuccess;
+
+cudaError_t fail(cudaError_t e, const char* fn, const char* why) {
+  std::fprintf(stderr, "[cuda emulation] %s: %s\n", fn, why);
+  g_last_error = e;
+  return e;
+}
+
+
+// ---- streams, events ----------------------------------------------------------------------------
+std::mutex g_obj_mu;
+std::set<const void*> g_streams;
+struct Stream {};
+struct Event {
+  std::chrono::steady_clock::time_point at{};
+  bool recorded = false;
+};
+std::set<const void*> g_events;
+
+// Streams and events are live objects of these types, their handles the objects' addresses.
+template <class T, class H>
+cudaError_t make_handle(H* out, std::set<const void*>& live) {
+  auto* obj = new T;
+  *out = reinterpret_cast<H>(obj);
+  std::lock_guard<std::mutex> lk(g_obj_mu);
+  live.insert(obj);
+  return cudaSuccess;
+}
+template <class T, class H>
+cudaError_t drop_handle(H h, std::set<const void*>& live, const char* fn) {
+  std::lock_guard<std::mutex> lk(g_obj_mu);
+  if (!live.erase(h)) return fail(cudaErrorInvalidResourceHandle, fn, "unknown handle");
+  delete reinterpret_cast<T*>(h);
+  return cudaSuccess;
+}
+
+
+// ---- kernels ------------------------------------------------------------------------------------
+// Fibers for kernels with barriers: a minimal x86-64 stack switch (the callee-saved registers and the
+// stack pointer). ucontext's swapcontext also saves the signal mask with a system call per switch,
+// which made a reduction over ResNet18's 11.7 M gradients take a minute.
+extern "C" void ddp_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+.text
+.globl ddp_emu_switch
+.type ddp_emu_switch,@function
+ddp_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+.size ddp_emu_switch,.-ddp_emu_switch
+)");
+
+constexpr size_t kFiberStack = 256 * 1024;
+
+struct Fiber {
+  void* sp = nullptr;
+  ThreadState st;
+  bool done = false, waiting = false;
+  int pred = 0;
+};
+
+struct Engine {
+  std::vector<Fiber> fibers;
+  char* stacks = nullptr;
+  size_t stack_count = 0;
+  void* sched_sp = nullptr;
+  Fiber* running = nullptr;
+  bool fiber_mode = false, barrier_seen = false;
+  int barrier_or = 0;
+  const std::function<void()>* body = nullptr;
+  const char* name = "";
+  std::unordered_map<const void*, bool> uses_barrier;  // learnt at each kernel's first launch
+  bool active = false;
+};
+Engine g_engine;
+
+[[noreturn]] void fiber_entry() {
+  (*g_engine.body)();
+  g_engine.running->done = true;
+  ddp_emu_switch(&g_engine.running->sp, g_engine.sched_sp);  // never resumed
+  __builtin_unreachable();
+}
+
+// A fresh fiber's stack: six zero registers for ddp_emu_switch to pop, then fiber_entry as the
+// address it returns to, then a fake return address for fiber_entry (16-byte aligned as after a call).
+void* fresh_stack(char* base) {
+  auto* top = reinterpret_cast<uintptr_t*>(reinterpret_cast<uintptr_t>(base + kFiberStack) & ~uintptr_t{15});
+  *--top = 0;
+  *--top = reinterpret_cast<uintptr_t>(&fiber_entry);
+  for (int i = 0; i < 6; ++i) *--top = 0;
+  return top;
+}
+
+void ensure_stacks(size_t n) {
+  if (n <= g_engine.stack_count) return;
+  if (g_engine.stacks) munmap(g_engine.stacks, g_engine.stack_count * kFiberStack);
+  void* p = mmap(nullptr, n * kFiberStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    std::fprintf(stderr, "[cuda emulation] cannot map %zu fiber stacks\n", n);
+    std::abort();
+  }
+  g_engine.stacks = static_cast<char*>(p);
+  g_engine.stack_count = n;
+}
+
+uint3 index3(unsigned i, dim3 d) { return uint3{i % d.x, (i / d.x) % d.y, i / (d.x * d.y)}; }
+
+void run_block_direct(ThreadState& st, unsigned threads) {
+  for (unsigned t = 0; t < threads; ++t) {
+    st.tid = index3(t, st.bdim);
+    g_cur = &st;
+    (*g_engine.body)();
+  }
+}
+
+void run_block_fibers(const ThreadState& proto, unsigned threads) {
+  Engine& e = g_engine;
+  ensure_stacks(threads);
+  e.fibers.resize(threads);
+  for (unsigned t = 0; t < threads; ++t) {
+    Fiber& f = e.fibers[t];
+    f.st = proto;
+    f.st.tid = index3(t, proto.bdim);
+    f.done = f.waiting = false;
+    f.pred = 0;
+    f.sp = fresh_stack(e.stacks + t * kFiberStack);
+  }
+  for (;;) {
+    for (unsigned t = 0; t < threads; ++t) {
+      Fiber& f = e.fibers[t];
+      if (f.done) continue;
+      f.waiting = false;
+      e.running = &f;
+      g_cur = &f.st;
+      ddp_emu_switch(&e.sched_sp, f.sp);
+    }
+    int waiting = 0, any = 0;
+    for (unsigned t = 0; t < threads; ++t) {
+      const Fiber& f = e.fibers[t];
+      if (!f.done && f.waiting) {
+        ++waiting;
+        any |= f.pred != 0;
+      }
+    }
+    if (waiting == 0) break;
+    e.barrier_or = any;
+  }
+}
+
+}  // namespace
+
+bool device_range_ok(const void* p, size_t bytes) {
+  std::lock_guard<std::mutex> lk(g_mem_mu);
+  return find_alloc(p, bytes) != nullptr;
+}
+
+bool stream_ok(cudaStream_t s) {
+  if (s == nullptr) return true;
+  std::lock_guard<std::mutex> lk(g_obj_mu);
+  return g_streams.count(s) != 0;
+}
+
+MemKind mem_kind(const void* p) {
+  std::lock_guard<std::mutex> lk(g_mem_mu);
+  const Alloc* a = find_alloc(p, 0);
+  return a ? a->kind : MemKind::Unknown;
+}
+
+void set_launch_error(cudaError_t e, const char* name, const char* why) {
+  char fn[200];
+  std::snprintf(fn, sizeof fn, "launch of %s", name);
+  fail(e, fn, why);
+}
+
+void syncthreads() { (void)syncthreads_or(0); }
+
+int syncthreads_or(int pred) {
+  Engine& e = g_engine;
+  if (!e.fiber_mode) {
+    // Every kernel's first launch runs as fibers and records whether it reached a barrier; one that
+    // did not then, but does now, cannot be suspended: say so instead of computing garbage.
+    std::fprintf(stderr,
+                 "[cuda emulation] kernel %s reached __syncthreads although its first launch did not; "
+                 "the emulator cannot run it (make its barriers unconditional)\n",
+                 e.name);
+    std::abort();
+  }
+  e.barrier_seen = true;
+  e.running->pred = pred;
+  e.running->waiting = true;
+  ddp_emu_switch(&e.running->sp, e.sched_sp);
+  return e.barrier_or;
+}
+
+void run_grid(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const void* kernel, const char* name,
+              const std::function<void()>& body) {
+  // The limits every GPU of compute capability 7.0 and later enforces.
+  const unsigned long long threads = 1ULL * block.x * block.y * block.z;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || block.x > 1024 ||
+      block.y > 1024 || block.z > 64 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
+    char why[200];
+    std::snprintf(why, sizeof why, "invalid configuration: grid (%u, %u, %u), block (%u, %u, %u)", grid.x, grid.y,
+                  grid.z, block.x, block.y, block.z);
+    set_launch_error(cudaErrorInvalidConfiguration, name, why);
+    return;
+  }
+  if (smem != 0) {
+    set_launch_error(cudaErrorNotSupported, name, "dynamic shared memory is not emulated");
+    return;
+  }
+  if (!stream_ok(stream)) {
+    set_launch_error(cudaErrorInvalidResourceHandle, name, "the stream was not created (or was destroyed)");
+    return;
+  }
+  Engine& e = g_engine;
+  if (e.active) {
+    std::fprintf(stderr, "[cuda emulation] kernel %s launched from inside a kernel\n", name);
+    std::abort();
+  }
+  e.active = true;
+  e.body = &body;
+  e.name = name;
+  auto known = e.uses_barrier.find(kernel);
+  const unsigned long long blocks = 1ULL * grid.x * grid.y * grid.z;
+  ThreadState st;
+  st.bdim = block;
+  st.gdim = grid;
+  for (unsigned long long b = 0; b < blocks; ++b) {
+    st.bid = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
+                   static_cast<unsigned>(b / (1ULL * grid.x * grid.y))};
+    if (known == e.uses_barrier.end()) {  // first block of the first launch: learn
+      e.fiber_mode = true;
+      e.barrier_seen = false;
+      run_block_fibers(st, static_cast<unsigned>(threads));
+      known = e.uses_barrier.emplace(kernel, e.barrier_seen).first;
+    } else if (known->second) {
+      e.fiber_mode = true;
+      run_block_fibers(st, static_cast<unsigned>(threads));
+    } else {
+      e.fiber_mode = false;
+      run_block_direct(st, static_cast<unsigned>(threads));
+    }
+  }
+  g_cur = nullptr;
+  e.active = false;
+}
+
+}  // namespace ddp::cuda_emu
+
+// ---- the CUDA runtime API -----------------------------------------------------------------------
+using namespace ddp::cuda_emu;
+
+extern "C" {
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = g_last_error;
+  g_last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return g_last_error; }
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    // What the real libcudart answers on a machine with no driver: a function this file does not
+    // define was called (add it here).
+    case cudaErrorInsufficientDriver:
+      return "cudaErrorInsufficientDriver (a CUDA runtime function the emulation does not define reached the real "
+             "libcudart)";
+    default: return "cudaError (other)";
+  }
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered (emulated)";
+    case cudaErrorStreamCaptureUnsupported: return "stream capture is not emulated";
+    default: return cudaGetErrorName(e);
+  }
+}
+
+// One device, or DDP_CUDA_EMU_DEVICES of them (so ranks sharing a host each find their own, as on a
+// GPU node); all share this process's memory.
+static int emu_device_count() {
+  static const int n = [] {
+    const char* e = std::getenv("DDP_CUDA_EMU_DEVICES");
+    const int v = e ? std::atoi(e) : 1;
+    return v >= 1 && v <= 64 ? v : 1;
+  }();
+  return n;
+}
+static thread_local int g_device = 0;
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = emu_device_count();
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* d) {
+  *d = g_device;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) {
+  if (d < 0 || d >= emu_device_count())
+    return fail(cudaErrorInvalidDevice, "cudaSetDevice", "no such device (DDP_CUDA_EMU_DEVICES sets the count)");
+  g_device = d;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetPCIBusId(char* bus, int len, int d) {
+  if (d < 0 || d >= emu_device_count()) return fail(cudaErrorInvalidDevice, "cudaDeviceGetPCIBusId", "no such device");
+  std::snprintf(bus, static_cast<size_t>(len), "0000:e0:%02x.0", d);  // "e0": not a real bus
+  return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int* v) {
+  *v = CUDART_VERSION;
+  return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int* v) {
+  *v = CUDART_VERSION;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
+  if (d < 0 || d >= emu_device_count()) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties", "no such device");
+  std::memset(p, 0, sizeof *p);
+  std::snprintf(p->name, sizeof p->name, "CUDA emulation on the CPU (tests/backend/cuda/emu)");
+  p->major = 9;
+  p->minor = 0;
+  p->totalGlobalMem = kTotalBytes;
+  p->multiProcessorCount = 132;
+  p->maxThreadsPerBlock = 1024;
+  p->warpSize = 32;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() { return g_last_error; }
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  *p = nullptr;
+  if (bytes == 0) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lk(g_mem_mu);
+    if (g_device_bytes + bytes > kTotalBytes) return g_last_error = cudaErrorMemoryAllocation;
+  }
+  *p = emu_alloc(bytes, MemKind::Device);
+  return *p ? cudaSuccess : (g_last_error = cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFree(void* p) {
+  return emu_free(p, MemKind::Device) ? cudaSuccess
+                                      : fail(cudaErrorInvalidValue, "cudaFree", "not a live cudaMalloc pointer");
+}
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  *p = bytes ? emu_alloc(bytes, MemKind::PinnedHost) : nullptr;
+  return (*p || !bytes) ? cudaSuccess : (g_last_error = cudaErrorMemoryAllocation);
+}
+// cuda_runtime.h's inline cudaMallocHost(ptr, size, flags), which typed pointers reach, calls this.
+cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) { return cudaMallocHost(p, bytes); }
+cudaError_t cudaFreeHost(void* p) {
+  return emu_free(p, MemKind::PinnedHost) ? cudaSuccess
+                                          : fail(cudaErrorInvalidValue, "cudaFreeHost", "not a live cudaMallocHost pointer");
+}
+cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
+  std::lock_guard<std::mutex> lk(g_mem_mu);
+  *total_b = kTotalBytes;
+  *free_b = kTotalBytes - g_device_bytes;
+  return cudaSuccess;
+}
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void* p) {
+  std::memset(a, 0, sizeof *a);
+  switch (mem_kind(p)) {
+    case MemKind::Device: a->type = cudaMemoryTypeDevice; a->devicePointer = const_cast<void*>(p); break;
+    case MemKind::PinnedHost: a->type = cudaMemoryTypeHost; a->hostPointer = const_cast<void*>(p); break;
+    default: a->type = cudaMemoryTypeUnregistered; a->hostPointer = const_cast<void*>(p); break;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (bytes == 0) return cudaSuccess;
+  const bool dst_dev = device_range_ok(dst, bytes), src_dev = device_range_ok(src, bytes);
+  const bool ok = kind == cudaMemcpyDefault ||
+                  (kind == cudaMemcpyHostToDevice && dst_dev) || (kind == cudaMemcpyDeviceToHost && src_dev) ||
+                  (kind == cudaMemcpyDeviceToDevice && dst_dev && src_dev) || kind == cudaMemcpyHostToHost;
+  if (!ok) {
+    char why[200];
+    std::snprintf(why, sizeof why, "kind %d from %p (%s) to %p (%s), %zu bytes", static_cast<int>(kind), src,
+                  src_dev ? "device" : "not inside a device allocation", dst,
+                  dst_dev ? "device" : "not inside a device allocation", bytes);
+    return fail(cudaErrorInvalidValue, "cudaMemcpy", why);
+  }
+  std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
+  if (!stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaMemcpyAsync", "unknown stream");
+  return cudaMemcpy(dst, src, bytes, kind);
+}
+cudaError_t cudaMemset(void* p, int v, size_t bytes) {
+  if (bytes == 0) return cudaSuccess;
+  if (!device_range_ok(p, bytes)) return fail(cudaErrorInvalidValue, "cudaMemset", "range not inside a device allocation");
+  std::memset(p, v, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t s) {
+  if (!stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaMemsetAsync", "unknown stream");
+  return cudaMemset(p, v, bytes);
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) { return make_handle<Stream>(s, g_streams); }
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) { return drop_handle<Stream>(s, g_streams, "cudaStreamDestroy"); }
+// Work runs when it is enqueued: a stream is always idle.
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  return stream_ok(s) ? g_last_error : fail(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize", "unknown stream");
+}
+cudaError_t cudaStreamQuery(cudaStream_t s) { return cudaStreamSynchronize(s); }
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) { return make_handle<Event>(e, g_events); }
+cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) { return drop_handle<Event>(e, g_events, "cudaEventDestroy"); }
+static Event* event_of(cudaEvent_t e) {
+  std::lock_guard<std::mutex> lk(g_obj_mu);
+  return g_events.count(e) ? reinterpret_cast<Event*>(e) : nullptr;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  Event* ev = event_of(e);
+  if (!ev || !stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord", "unknown event or stream");
+  ev->at = std::chrono::steady_clock::now();
+  ev->recorded = true;
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  return event_of(e) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize", "unknown event");
+}
+cudaError_t cudaEventQuery(cudaEvent_t e) { return cudaEventSynchronize(e); }
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int) {
+  return event_of(e) && stream_ok(s) ? cudaSuccess
+                                     : fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent", "unknown event or stream");
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+  Event *ea = event_of(a), *eb = event_of(b);
+  if (!ea || !eb || !ea->recorded || !eb->recorded)
+    return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime", "unknown or unrecorded event");
+  *ms = std::chrono::duration<float, std::milli>(eb->at - ea->at).count();
+  return cudaSuccess;
+}
+
+// CUDA graphs are not emulated: capture fails as on a stream that cannot be captured.
+cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
+  return fail(cudaErrorStreamCaptureUnsupported, "cudaStreamBeginCapture", "CUDA graphs are not emulated");
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* g) {
+  *g = nullptr;
+  return fail(cudaErrorStreamCaptureUnsupported, "cudaStreamEndCapture", "CUDA graphs are not emulated");
+}
+cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t* g, cudaGraph_t, unsigned long long) {
+  *g = nullptr;
+  return fail(cudaErrorNotSupported, "cudaGraphInstantiateWithFlags", "CUDA graphs are not emulated");
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t, cudaStream_t) {
+  return fail(cudaErrorNotSupported, "cudaGraphLaunch", "CUDA graphs are not emulated");
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t) { return cudaSuccess; }
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t) { return cudaSuccess; }
+
+}  // extern "C"
+
+// ---- cuBLAS: the handle and SGEMM ---------------------------------------------------------------
+namespace {
+struct BlasHandle {
+  cudaStream_t stream = nullptr;
+};
+}  // namespace
+
+extern "C" {
+
+cublasStatus_t cublasCreate_v2(cublasHandle_t* h) {
+  *h = reinterpret_cast<cublasHandle_t>(new BlasHandle);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy_v2(cublasHandle_t h) {
+  delete reinterpret_cast<BlasHandle*>(h);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s) {
+  if (!stream_ok(s)) return CUBLAS_STATUS_INVALID_VALUE;
+  reinterpret_cast<BlasHandle*>(h)->stream = s;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasGetStream_v2(cublasHandle_t h, cudaStream_t* s) {
+  *s = reinterpret_cast<BlasHandle*>(h)->stream;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t, void* ws, size_t bytes) {
+  return bytes == 0 || device_range_ok(ws, bytes) ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
+}
+const char* cublasGetStatusString(cublasStatus_t s) {
+  return s == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS" : "CUBLAS_STATUS (emulated failure)";
+}
+
+// Column-major C (m x n) = alpha op(A) op(B) + beta C, in fp32 (the classifier's GEMMs).
+cublasStatus_t cublasSgemm_v2(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                              const float* alpha, const float* A, int lda, const float* B, int ldb, const float* beta,
+                              float* C, int ldc) {
+  if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
+  const int arows = ta == CUBLAS_OP_N ? m : k, brows = tb == CUBLAS_OP_N ? k : n;
+  if (lda < std::max(1, arows) || ldb < std::max(1, brows) || ldc < std::max(1, m)) return CUBLAS_STATUS_INVALID_VALUE;
+  const size_t a_bytes = size_t(lda) * (ta == CUBLAS_OP_N ? k : m) * 4, b_bytes = size_t(ldb) * (tb == CUBLAS_OP_N ? n : k) * 4;
+  if ((m && k && !device_range_ok(A, a_bytes - size_t(lda - arows) * 4)) ||
+      (n && k && !device_range_ok(B, b_bytes - size_t(ldb - brows) * 4)) ||
+      (m && n && !device_range_ok(C, size_t(ldc) * (n - 1) * 4 + size_t(m) * 4))) {
+    std::fprintf(stderr, "[cuda emulation] cublasSgemm: an operand is not inside a device allocation\n");
+    return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  for (int j = 0; j < n; ++j)
+    for (int i = 0; i < m; ++i) {
+      double s = 0.0;
+      for (int l = 0; l < k; ++l) {
+        const float a = ta == CUBLAS_OP_N ? A[i + size_t(l) * lda] : A[l + size_t(i) * lda];
+        const float b = tb == CUBLAS_OP_N ? B[l + size_t(j) * ldb] : B[j + size_t(l) * ldb];
+        s += double(a) * b;
+      }
+      float& c = C[i + size_t(j) * ldc];
+      c = *alpha * static_cast<float>(s) + (*beta == 0.0f ? 0.0f : *beta * c);  // beta 0: C is not read
+    }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+}  // extern "C"

@@ -155,6 +155,11 @@ if [[ -n $testbin ]]; then
   check "bundle_deps exits 0 on $BUILD (+ $(basename "$testbin"))" test "$rc" -eq 0
   check "bundle: MANIFEST with commit and binary" grep -q "^commit: " "$TMP/bundle/MANIFEST"
   check "bundle: binary copied" test -x "$TMP/bundle/bin/$(basename "$testbin")"
+  if [[ -d $BUILD/tests/backend/cuda/emu ]]; then
+    # The CUDA tests built against the CPU emulation would pass on a GPU host without touching the GPU.
+    check "bundle: none of the CPU-emulation binaries (tests/backend/cuda/emu) carried" \
+      bash -c '! ls "$1"/bin | grep -q "_emu$"' _ "$TMP/bundle"
+  fi
   check "bundle: no glibc/libstdc++/CUDA libraries carried in lib/" \
     bash -c '! ls "$1"/lib | grep -Eq "^(libc|libm|libstdc\+\+|libgcc_s|libcudart|libcudnn|libnccl|libcublas)\.so"' _ "$TMP/bundle"
   check "bundle: env.sh passes shellcheck" shellcheck -s bash "$TMP/bundle/env.sh"

@@ -105,6 +105,9 @@ struct SyntheticBatch {
     for (auto& l : labels) l = static_cast<int32_t>(rng.below(static_cast<uint32_t>(classes)));
     dev = static_cast<uint8_t*>(ddp::cuda::tracked_malloc(bytes, "synthetic images"));
     CUDA_CHECK(cudaMemcpy(dev, host.data(), bytes, cudaMemcpyHostToDevice));
+    // From pageable memory cudaMemcpy may return before the DMA has landed, and the model's
+    // non-blocking streams do not wait on the default stream.
+    CUDA_CHECK(cudaDeviceSynchronize());
     bytes_ = bytes;
   }
   ~SyntheticBatch() { ddp::cuda::tracked_free(dev, bytes_); }

@@ -99,7 +99,9 @@ class Model {
 
   // Input: uint8 images, NHWC, RGB, in the backend's memory (device memory on CUDA; pinned host
   // memory is accepted too and copied on the model's copy stream). Normalised inside with the
-  // ImageNet mean/std. Labels int32 in host memory. n <= max_batch.
+  // ImageNet mean/std. Labels int32 in host memory. n <= max_batch. CUDA device memory must hold
+  // the images when this is called: the model's streams wait on no other stream (a cudaMemcpy from
+  // pageable memory may return before its data has landed; synchronise after it).
   virtual void set_input_u8(const uint8_t* images_nhwc, const int32_t* labels, int n, int h, int w) = 0;
   // Tests: already-normalised fp32 input, NCHW, host memory.
   virtual void set_input_f32(const float* images_nchw_host, const int32_t* labels_host, int n, int h, int w) = 0;

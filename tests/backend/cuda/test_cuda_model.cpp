@@ -346,6 +346,7 @@ TEST_F(CudaModelF32, Uint8InputDeviceAndPinnedMatchCpu) {
   const auto ref = p.cpu->logits_host();
   DeviceBuffer d_img(img.size(), "u8 images");
   CUDA_CHECK(cudaMemcpy(d_img.get(), img.data(), img.size(), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaDeviceSynchronize());  // the copy may not have landed yet (set_input_u8's contract)
   p.gpu->set_input_u8(d_img.as<uint8_t>(), lab.data(), n, h, w);
   p.gpu->forward(nn::Mode::Eval);
   expect_close("logits (device uint8 input)", p.gpu->logits_host(), ref, 3e-4, 3e-4);

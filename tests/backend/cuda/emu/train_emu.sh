@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # train_resnet18 with --backend cuda on the CPU emulation of CUDA (emu.h; NCCL carried by MPI,
 # nccl_emu.cpp), against the CPU backend's run of the same job:
-#   1. one rank, fp32 (TF32 off): the per-step losses and the weights after 2 steps match the CPU's;
+#   1. one rank, fp32 (TF32 off): the per-step losses, the weights after 2 steps and the evaluation
+#      (with mirrored views) match the CPU's;
 #   2. one rank, fp16 with the dynamic loss scaler: a run stopped after 3 steps and resumed to 6 ends
 #      bit-identical to an uninterrupted one (weights, momentum, BN buffers, loss scale);
 #   3. two ranks under mpirun (each its own emulated GPU): losses and weights match two CPU ranks'.
@@ -20,20 +21,25 @@ run() {  # run NAME CMD...: output into $dir/NAME.log, shown on failure
   "$@" >"$dir/$name.log" 2>&1 || { cat "$dir/$name.log"; fail "$name exited non-zero"; }
 }
 recipe=(--data synthetic --synthetic-size 64 --synthetic-classes 4 --image-size 32 --batch-size 8
-        --momentum 0.9 --wd 5e-4 --seed 3 --log-every 1 --progress lines --no-eval)
+        --momentum 0.9 --wd 5e-4 --seed 3 --log-every 1 --progress lines)
 
-# compare.py KIND A B [tolerance]: KIND losses (two JSONL files) or state (two checkpoints).
+# compare.py KIND A B [tolerance]: KIND losses or eval (two JSONL files) or state (two checkpoints).
 cat >"$dir/compare.py" <<'PYEOF'
 import json, sys
 import h5py, numpy as np
 kind, a, b = sys.argv[1:4]
 tol = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
-if kind == "losses":
-    la, lb = ([r["loss"] for r in map(json.loads, open(f)) if r.get("type") == "train"] for f in (a, b))
+if kind in ("losses", "eval"):
+    kinds = {"losses": "train", "eval": "eval"}
+    la, lb = ([r["loss"] for r in map(json.loads, open(f)) if r.get("type") == kinds[kind]] for f in (a, b))
+    if kind == "eval":
+        ta, tb = ([(r["top1"], r["top5"], r["images"]) for r in map(json.loads, open(f)) if r.get("type") == "eval"]
+                  for f in (a, b))
+        assert ta == tb, f"eval top-1/top-5/images {ta} vs {tb}"
     assert len(la) == len(lb) and la, (la, lb)
     for i, (x, y) in enumerate(zip(la, lb)):
         assert abs(x - y) <= tol * abs(y), f"step {i + 1}: loss {x} vs {y} (relative tolerance {tol})"
-    print("losses", la, "vs", lb)
+    print(kind, la, "vs", lb)
 else:
     fa, fb = h5py.File(a, "r"), h5py.File(b, "r")
     names = []
@@ -70,13 +76,16 @@ compare() { "$py" "$dir/compare.py" "$@" || fail "compare $*"; }
 last_ckpt() { find "$1" -name 'ckpt-*.h5' | sort | tail -1; }
 
 # 1. One rank, fp32.
-run g1 "$emu" "${recipe[@]}" --max-steps 2 --lr 0.01 --backend cuda --amp off --tf32 off --jsonl "$dir/g1.jsonl" --checkpoint-dir "$dir/g1"
-run c1 "$cpu" "${recipe[@]}" --max-steps 2 --lr 0.01 --backend cpu --threads 1 --jsonl "$dir/c1.jsonl" --checkpoint-dir "$dir/c1"
+run g1 "$emu" "${recipe[@]}" --max-steps 2 --lr 0.01 --eval-flip on --backend cuda --amp off --tf32 off \
+  --jsonl "$dir/g1.jsonl" --checkpoint-dir "$dir/g1"
+run c1 "$cpu" "${recipe[@]}" --max-steps 2 --lr 0.01 --eval-flip on --backend cpu --threads 1 \
+  --jsonl "$dir/c1.jsonl" --checkpoint-dir "$dir/c1"
 compare losses "$dir/g1.jsonl" "$dir/c1.jsonl" 1e-5
+compare eval "$dir/g1.jsonl" "$dir/c1.jsonl" 1e-5
 compare state "$(last_ckpt "$dir/g1")" "$(last_ckpt "$dir/c1")" 1e-4
 
 # 2. One rank, fp16: stop and resume against straight through.
-fp16=(--backend cuda --amp fp16 --lr 0.05)
+fp16=(--backend cuda --amp fp16 --lr 0.05 --no-eval)
 run a "$emu" "${recipe[@]}" "${fp16[@]}" --max-steps 6 --checkpoint-dir "$dir/a"
 run b1 "$emu" "${recipe[@]}" "${fp16[@]}" --max-steps 3 --checkpoint-dir "$dir/b"
 run b2 "$emu" "${recipe[@]}" "${fp16[@]}" --max-steps 6 --checkpoint-dir "$dir/b" --resume auto
@@ -86,10 +95,10 @@ compare state "$(last_ckpt "$dir/a")" "$(last_ckpt "$dir/b")"
 
 # 3. Two ranks, fp32, NCCL over MPI.
 mpi=("$mpiexec" -np 2 --bind-to none)
-DDP_CUDA_EMU_DEVICES=2 run g2 "${mpi[@]}" "$emu" "${recipe[@]}" --max-steps 2 --lr 0.01 --backend cuda --amp off --tf32 off \
+DDP_CUDA_EMU_DEVICES=2 run g2 "${mpi[@]}" "$emu" "${recipe[@]}" --max-steps 2 --lr 0.01 --no-eval --backend cuda --amp off --tf32 off \
   --jsonl "$dir/g2.jsonl" --checkpoint-dir "$dir/g2"
 grep -q "backend: nccl" "$dir/g2.log" || { cat "$dir/g2.log"; fail "the two-rank CUDA run did not use NCCL"; }
-run c2 "${mpi[@]}" "$cpu" "${recipe[@]}" --max-steps 2 --lr 0.01 --backend cpu --threads 1 --jsonl "$dir/c2.jsonl" --checkpoint-dir "$dir/c2"
+run c2 "${mpi[@]}" "$cpu" "${recipe[@]}" --max-steps 2 --lr 0.01 --no-eval --backend cpu --threads 1 --jsonl "$dir/c2.jsonl" --checkpoint-dir "$dir/c2"
 compare losses "$dir/g2.jsonl" "$dir/c2.jsonl" 1e-5
 compare state "$(last_ckpt "$dir/g2")" "$(last_ckpt "$dir/c2")" 1e-4
-echo "train_emu: one rank fp32 and two ranks match the CPU backend; fp16 resume is bit-exact"
+echo "train_emu: one rank fp32 (training and evaluation) and two ranks match the CPU backend; fp16 resume is bit-exact"

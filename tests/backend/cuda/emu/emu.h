@@ -4,12 +4,18 @@
 // memory.cpp, linear.cpp and resnet18_cuda.cpp as they are. What is emulated:
 //   - the CUDA runtime API the backend and its tests call (runtime.cpp): "device" memory is host
 //     memory (tracked, so a host pointer handed to a kernel or a device copy is an error, as it is an
-//     illegal address on a GPU); every launch and copy runs to completion when it is enqueued, so
-//     streams and events impose no order of their own and cross-stream races cannot show;
-//   - kernel launches: each block's threads run one after another on one OS thread; a kernel that
-//     calls __syncthreads runs each thread as a fiber, switched at every barrier (the first launch of
-//     every kernel runs as fibers and finds out); launch configurations are checked as a GPU would;
-//   - cuBLAS's SGEMM (a plain loop, fp32) and cuDNN's convolutions (conv_emu.cpp replaces conv.cpp:
+//     illegal address on a GPU; pinned host memory passes where device memory is expected, and an
+//     access past a buffer's end inside a kernel is not caught); every launch and copy runs to
+//     completion when it is enqueued, so streams and events impose no order of their own and a
+//     missing synchronisation or a cross-stream race cannot show;
+//   - kernel launches: each block's threads run one after another on one OS thread, in ascending
+//     order (so a race between threads, or a read of what another thread writes without a barrier,
+//     cannot show); a kernel that calls __syncthreads runs each thread as a fiber, switched at every
+//     barrier (the first block of each kernel's first launch runs as fibers and finds out); grid and
+//     block limits are checked as a GPU would (not __launch_bounds__); shared memory is a static
+//     that starts as zeros and keeps the last block's values (ops.cu writes before it reads);
+//   - cuBLAS's SGEMM (a plain loop summing in double; the TF32 math mode is ignored) and cuDNN's
+//     convolutions (conv_emu.cpp replaces conv.cpp, whose own wrappers therefore do not run here:
 //     direct loops in fp32 over inputs rounded to the activation dtype, TF32-rounded when allowed);
 //   - NCCL (nccl_emu.cpp): the calls the communicator makes, carried by MPI between the ranks'
 //     processes, each emulating its own GPU (DDP_CUDA_EMU_DEVICES sets how many a process sees).

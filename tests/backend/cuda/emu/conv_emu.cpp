@@ -140,6 +140,14 @@ struct ConvEngine::Impl {
       dy = a, x = b;
       check_buffer(op, p, "dy", dy, ny), check_buffer(op, p, "x", x, nx), check_buffer(op, p, "dw", out, nw);
     }
+    // The arithmetic is stream work: it runs when something waits for the stream (emu.h).
+    cuda_emu::enqueue(stream, [=] { compute(op, p, x, w, dy, out, tf32); });
+  }
+
+  static void compute(Op op, const ConvShape& p, const void* x, const void* w, const void* dy, void* out, bool tf32) {
+    const int oh = p.out_h(), ow = p.out_w();
+    const size_t nx = size_t(p.n) * p.h * p.w * p.c, nw = size_t(p.k) * p.r * p.s * p.c,
+                 ny = size_t(p.n) * oh * ow * p.k;
     const int C = p.c, K = p.k;
     auto in_at = [&](int n, int iy, int ix) { return (size_t(n) * p.h + iy) * p.w * C + size_t(ix) * C; };
     auto out_at = [&](int n, int oy, int ox) { return (size_t(n) * oh + oy) * ow * K + size_t(ox) * K; };

@@ -5,9 +5,12 @@
 //   - the CUDA runtime API the backend and its tests call (runtime.cpp): "device" memory is host
 //     memory (tracked, so a host pointer handed to a kernel or a device copy is an error, as it is an
 //     illegal address on a GPU; pinned host memory passes where device memory is expected, and an
-//     access past a buffer's end inside a kernel is not caught); every launch and copy runs to
-//     completion when it is enqueued, so streams and events impose no order of their own and a
-//     missing synchronisation or a cross-stream race cannot show;
+//     access past a buffer's end inside a kernel is not caught); work enqueued on a stream (kernels,
+//     async copies and memsets, convs, GEMMs, collectives) is deferred until something waits for it
+//     (a stream, event or device synchronisation, an event query, a stream waiting on an event, a
+//     cudaFree, a blocking copy for the blocking streams), so a host read of a result without the
+//     synchronisation a GPU needs sees stale data; but each stream's work then runs in one piece,
+//     in order, so a race between streams that both have work queued cannot show;
 //   - kernel launches: each block's threads run one after another on one OS thread, in ascending
 //     order (so a race between threads, or a read of what another thread writes without a barrier,
 //     cannot show); a kernel that calls __syncthreads runs each thread as a fiber, switched at every
@@ -30,6 +33,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 
@@ -55,11 +59,16 @@ MemKind mem_kind(const void* p);
 bool device_range_ok(const void* p, size_t bytes);
 // Whether s is the default stream or a live one; an error as cudaGetLastError reports it.
 bool stream_ok(cudaStream_t s);
+// Stream work (a conv, a GEMM, a collective): runs when something waits for s (runtime.cpp), on the
+// legacy default stream (nullptr) at once.
+void enqueue(cudaStream_t s, std::function<void()> op);
 
 // Runs body once per thread of the grid (after checking the configuration); `kernel` identifies
 // the kernel (whether it uses barriers is learnt at its first launch); `name` is for messages.
+// Checks the configuration now (an error is cudaGetLastError's at once, as on a GPU) and enqueues
+// the grid on the stream (runtime.cpp: work runs when something waits for it).
 void run_grid(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const void* kernel, const char* name,
-              const std::function<void()>& body);
+              std::function<void()> body);
 // A launch-time error (bad configuration, bad pointer argument): becomes cudaGetLastError()'s
 // answer, as on a GPU, and is printed with the kernel's name.
 void set_launch_error(cudaError_t e, const char* name, const char* why);
@@ -88,10 +97,10 @@ class Launch {
   void operator()(void (*k)(P...), A&&... a) const {
     static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
     // Arguments are converted to the parameter types once, as a launch copies them to the device.
-    std::tuple<std::decay_t<P>...> args(static_cast<std::decay_t<P>>(std::forward<A>(a))...);
-    if (!check_args(args, std::index_sequence_for<P...>{})) return;  // a GPU would fault: not run
-    run_grid(grid_, block_, smem_, stream_, reinterpret_cast<const void*>(k), name_, [&] {
-      auto copy = args;  // each thread gets its own copy of the parameters
+    auto args = std::make_shared<std::tuple<std::decay_t<P>...>>(static_cast<std::decay_t<P>>(std::forward<A>(a))...);
+    if (!check_args(*args, std::index_sequence_for<P...>{})) return;  // a GPU would fault: not run
+    run_grid(grid_, block_, smem_, stream_, reinterpret_cast<const void*>(k), name_, [k, args] {
+      auto copy = *args;  // each thread gets its own copy of the parameters
       std::apply(k, copy);
     });
   }

@@ -1,11 +1,12 @@
 // NCCL for the CUDA emulation (emu.h): the calls src/comm/nccl_communicator.cpp makes, carried by MPI
 // between the ranks' processes (each rank emulates its own GPU), so train_resnet18 with --backend cuda
-// runs here with one rank or several under mpirun. Every call completes before it returns (as every
-// emulated kernel does) and checks its buffers lie inside emulated device memory, as NCCL needs. What
+// runs here with one rank or several under mpirun. A collective is stream work (it runs when
+// something waits for its stream) and its buffers must lie inside emulated device memory. What
 // it cannot show: NCCL's own transports, its asynchronous errors, and overlap with compute.
 #include <mpi.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -27,6 +28,12 @@ ncclResult_t fail(ncclResult_t r, const std::string& why) {
   g_last = why;
   std::fprintf(stderr, "[cuda emulation] NCCL: %s\n", why.c_str());
   return r;
+}
+
+// A collective that fails while it runs as stream work has no caller to return to.
+[[noreturn]] void die(const char* why) {
+  std::fprintf(stderr, "[cuda emulation] NCCL: %s\n", why);
+  std::abort();
 }
 
 bool device_ok(const void* p, size_t bytes) { return bytes == 0 || ddp::cuda_emu::device_range_ok(p, bytes); }
@@ -110,17 +117,20 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataT
   if (!device_ok(send, count * 4) || !device_ok(recv, count * 4))
     return fail(ncclInvalidArgument, "ncclAllReduce: a buffer is not inside emulated device memory");
   if (!ddp::cuda_emu::stream_ok(stream)) return fail(ncclInvalidArgument, "ncclAllReduce: unknown stream");
-  auto* out = static_cast<float*>(recv);
-  // MPI counts are int: large buffers go in pieces.
-  const size_t piece = size_t{1} << 28;
-  for (size_t off = 0; off < count; off += piece) {
-    const int n = static_cast<int>(std::min(piece, count - off));
-    const void* src = send == recv ? MPI_IN_PLACE : static_cast<const float*>(send) + off;
-    if (MPI_Allreduce(src, out + off, n, MPI_FLOAT, MPI_SUM, c->mpi) != MPI_SUCCESS)
-      return fail(ncclSystemError, "MPI_Allreduce failed");
-  }
-  if (op == ncclAvg)
-    for (size_t i = 0; i < count; ++i) out[i] /= static_cast<float>(c->size);
+  // Stream work, as NCCL's: it runs when something waits for the stream (emu.h), in the order each
+  // rank enqueued its collectives.
+  ddp::cuda_emu::enqueue(stream, [=] {
+    auto* out = static_cast<float*>(recv);
+    // MPI counts are int: large buffers go in pieces.
+    const size_t piece = size_t{1} << 28;
+    for (size_t off = 0; off < count; off += piece) {
+      const int n = static_cast<int>(std::min(piece, count - off));
+      const void* src = send == recv ? MPI_IN_PLACE : static_cast<const float*>(send) + off;
+      if (MPI_Allreduce(src, out + off, n, MPI_FLOAT, MPI_SUM, c->mpi) != MPI_SUCCESS) die("MPI_Allreduce failed");
+    }
+    if (op == ncclAvg)
+      for (size_t i = 0; i < count; ++i) out[i] /= static_cast<float>(c->size);
+  });
   return ncclSuccess;
 }
 
@@ -133,13 +143,14 @@ ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataT
   if (!device_ok(recv, count) || (c->rank == root && !device_ok(send, count)))
     return fail(ncclInvalidArgument, "ncclBroadcast: a buffer is not inside emulated device memory");
   if (!ddp::cuda_emu::stream_ok(stream)) return fail(ncclInvalidArgument, "ncclBroadcast: unknown stream");
-  if (c->rank == root && send != recv) std::memmove(recv, send, count);
-  const size_t piece = size_t{1} << 30;
-  for (size_t off = 0; off < count; off += piece) {
-    const int n = static_cast<int>(std::min(piece, count - off));
-    if (MPI_Bcast(static_cast<char*>(recv) + off, n, MPI_BYTE, root, c->mpi) != MPI_SUCCESS)
-      return fail(ncclSystemError, "MPI_Bcast failed");
-  }
+  ddp::cuda_emu::enqueue(stream, [=] {
+    if (c->rank == root && send != recv) std::memmove(recv, send, count);
+    const size_t piece = size_t{1} << 30;
+    for (size_t off = 0; off < count; off += piece) {
+      const int n = static_cast<int>(std::min(piece, count - off));
+      if (MPI_Bcast(static_cast<char*>(recv) + off, n, MPI_BYTE, root, c->mpi) != MPI_SUCCESS) die("MPI_Bcast failed");
+    }
+  });
   return ncclSuccess;
 }
 

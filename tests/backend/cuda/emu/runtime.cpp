@@ -5,6 +5,8 @@
 #include <sys/mman.h>
 
 #include <chrono>
+#include <deque>
+#include <string>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -79,14 +81,72 @@ cudaError_t fail(cudaError_t e, const char* fn, const char* why) {
 
 
 // ---- streams, events ----------------------------------------------------------------------------
+// Work on a stream is deferred: it runs when something waits for it (a synchronisation, an event
+// query, another stream waiting on an event, an implicitly synchronising call), as a GPU may run
+// it that late. So a host read of device or pinned memory without the synchronisation a GPU needs
+// sees stale data (NaN bytes, or the last value) instead of the result. Work on the legacy default
+// stream (nullptr) waits for the blocking streams' work and runs at once. DDP_CUDA_EMU_IMMEDIATE=1
+// runs everything at once instead (to tell a synchronisation bug from another).
 std::mutex g_obj_mu;
 std::set<const void*> g_streams;
-struct Stream {};
+struct Stream {
+  bool blocking = true;  // orders with the legacy default stream (not cudaStreamNonBlocking)
+  std::deque<std::function<void()>> pending;
+  uint64_t enqueued = 0, done = 0;
+};
 struct Event {
   std::chrono::steady_clock::time_point at{};
   bool recorded = false;
+  Stream* stream = nullptr;  // where it was last recorded (nullptr: already complete)
+  uint64_t seq = 0;          // complete once stream->done reaches this
 };
 std::set<const void*> g_events;
+std::recursive_mutex g_queue_mu;  // deferred work may wait on (run) other streams' work
+
+bool immediate_mode() {
+  static const bool on = [] {
+    const char* e = std::getenv("DDP_CUDA_EMU_IMMEDIATE");
+    return e && std::string(e) == "1";
+  }();
+  return on;
+}
+
+// Runs s's deferred work up to its upto-th operation.
+void flush(Stream* s, uint64_t upto = UINT64_MAX) {
+  std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  while (s->done < upto && !s->pending.empty()) {
+    auto op = std::move(s->pending.front());
+    s->pending.pop_front();
+    op();
+    ++s->done;
+  }
+}
+std::vector<Stream*> live_streams() {
+  std::lock_guard<std::mutex> lk(g_obj_mu);
+  std::vector<Stream*> v;
+  for (const void* p : g_streams) v.push_back(static_cast<Stream*>(const_cast<void*>(p)));
+  return v;
+}
+void flush_all() {
+  for (Stream* s : live_streams()) flush(s);
+}
+void flush_blocking() {
+  for (Stream* s : live_streams())
+    if (s->blocking) flush(s);
+}
+// Enqueues op on stream s (the legacy stream: runs it now, after the blocking streams' work).
+void submit(cudaStream_t s, std::function<void()> op) {
+  std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  if (s == nullptr || immediate_mode()) {
+    if (s == nullptr) flush_blocking();
+    else flush(reinterpret_cast<Stream*>(s));
+    op();
+    return;
+  }
+  auto* st = reinterpret_cast<Stream*>(s);
+  st->pending.push_back(std::move(op));
+  ++st->enqueued;
+}
 
 // Streams and events are live objects of these types, their handles the objects' addresses.
 template <class T, class H>
@@ -233,6 +293,8 @@ void run_block_fibers(const ThreadState& proto, unsigned threads) {
 
 }  // namespace
 
+void enqueue(cudaStream_t s, std::function<void()> op) { submit(s, std::move(op)); }
+
 bool device_range_ok(const void* p, size_t bytes) {
   std::lock_guard<std::mutex> lk(g_mem_mu);
   return find_alloc(p, bytes) != nullptr;
@@ -276,8 +338,12 @@ int syncthreads_or(int pred) {
   return e.barrier_or;
 }
 
+namespace {
+void execute_grid(dim3 grid, dim3 block, const void* kernel, const char* name, const std::function<void()>& body);
+}  // namespace
+
 void run_grid(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const void* kernel, const char* name,
-              const std::function<void()>& body) {
+              std::function<void()> body) {
   // The limits every GPU of compute capability 7.0 and later enforces.
   const unsigned long long threads = 1ULL * block.x * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || block.x > 1024 ||
@@ -296,6 +362,12 @@ void run_grid(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const voi
     set_launch_error(cudaErrorInvalidResourceHandle, name, "the stream was not created (or was destroyed)");
     return;
   }
+  submit(stream, [grid, block, kernel, name, body = std::move(body)] { execute_grid(grid, block, kernel, name, body); });
+}
+
+namespace {
+void execute_grid(dim3 grid, dim3 block, const void* kernel, const char* name, const std::function<void()>& body) {
+  const unsigned long long threads = 1ULL * block.x * block.y * block.z;
   Engine& e = g_engine;
   if (e.active) {
     std::fprintf(stderr, "[cuda emulation] kernel %s launched from inside a kernel\n", name);
@@ -328,6 +400,7 @@ void run_grid(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const voi
   g_cur = nullptr;
   e.active = false;
 }
+}  // namespace
 
 }  // namespace ddp::cuda_emu
 
@@ -421,7 +494,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
   p->warpSize = 32;
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize() { return g_last_error; }
+cudaError_t cudaDeviceSynchronize() {
+  flush_all();
+  return g_last_error;
+}
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = nullptr;
@@ -433,7 +509,9 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = emu_alloc(bytes, MemKind::Device);
   return *p ? cudaSuccess : (g_last_error = cudaErrorMemoryAllocation);
 }
+// cudaFree and cudaFreeHost synchronise the device first, as CUDA's do.
 cudaError_t cudaFree(void* p) {
+  flush_all();
   return emu_free(p, MemKind::Device) ? cudaSuccess
                                       : fail(cudaErrorInvalidValue, "cudaFree", "not a live cudaMalloc pointer");
 }
@@ -444,6 +522,7 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) {
 // cuda_runtime.h's inline cudaMallocHost(ptr, size, flags), which typed pointers reach, calls this.
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) { return cudaMallocHost(p, bytes); }
 cudaError_t cudaFreeHost(void* p) {
+  flush_all();
   return emu_free(p, MemKind::PinnedHost) ? cudaSuccess
                                           : fail(cudaErrorInvalidValue, "cudaFreeHost", "not a live cudaMallocHost pointer");
 }
@@ -463,8 +542,7 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void* p) {
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  if (bytes == 0) return cudaSuccess;
+static cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   const bool dst_dev = device_range_ok(dst, bytes), src_dev = device_range_ok(src, bytes);
   const bool ok = kind == cudaMemcpyDefault ||
                   (kind == cudaMemcpyHostToDevice && dst_dev) || (kind == cudaMemcpyDeviceToHost && src_dev) ||
@@ -476,31 +554,61 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
                   dst_dev ? "device" : "not inside a device allocation", bytes);
     return fail(cudaErrorInvalidValue, "cudaMemcpy", why);
   }
-  std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
+// On the legacy default stream: after the blocking streams' work, at once (not after work queued
+// on non-blocking streams, which a GPU may not have done yet either).
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (bytes == 0) return cudaSuccess;
+  if (const cudaError_t e = check_copy(dst, src, bytes, kind); e != cudaSuccess) return e;
+  submit(nullptr, [=] { std::memmove(dst, src, bytes); });
+  return cudaSuccess;
+}
+// As CUDA's: from pageable host memory the source is taken at the call (staged), so the caller may
+// reuse it at once; into pageable host memory the call returns once the copy (after the stream's
+// earlier work) is done; between device and pinned memory it is stream work like any other.
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
   if (!stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaMemcpyAsync", "unknown stream");
-  return cudaMemcpy(dst, src, bytes, kind);
-}
-cudaError_t cudaMemset(void* p, int v, size_t bytes) {
   if (bytes == 0) return cudaSuccess;
-  if (!device_range_ok(p, bytes)) return fail(cudaErrorInvalidValue, "cudaMemset", "range not inside a device allocation");
-  std::memset(p, v, bytes);
+  if (const cudaError_t e = check_copy(dst, src, bytes, kind); e != cudaSuccess) return e;
+  if (mem_kind(src) == MemKind::Unknown) {
+    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src), static_cast<const char*>(src) + bytes);
+    submit(s, [=] { std::memcpy(dst, staged->data(), bytes); });
+  } else if (mem_kind(dst) == MemKind::Unknown) {
+    submit(s, [=] { std::memmove(dst, src, bytes); });
+    if (s) flush(reinterpret_cast<Stream*>(s));
+  } else {
+    submit(s, [=] { std::memmove(dst, src, bytes); });
+  }
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t s) {
   if (!stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaMemsetAsync", "unknown stream");
-  return cudaMemset(p, v, bytes);
+  if (bytes == 0) return cudaSuccess;
+  if (!device_range_ok(p, bytes)) return fail(cudaErrorInvalidValue, "cudaMemset", "range not inside a device allocation");
+  submit(s, [=] { std::memset(p, v, bytes); });
+  return cudaSuccess;
 }
+cudaError_t cudaMemset(void* p, int v, size_t bytes) { return cudaMemsetAsync(p, v, bytes, nullptr); }
 
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) { return make_handle<Stream>(s, g_streams); }
-cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
-cudaError_t cudaStreamDestroy(cudaStream_t s) { return drop_handle<Stream>(s, g_streams, "cudaStreamDestroy"); }
-// Work runs when it is enqueued: a stream is always idle.
-cudaError_t cudaStreamSynchronize(cudaStream_t s) {
-  return stream_ok(s) ? g_last_error : fail(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize", "unknown stream");
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
+  const cudaError_t e = make_handle<Stream>(s, g_streams);
+  if (e == cudaSuccess) reinterpret_cast<Stream*>(*s)->blocking = (flags & cudaStreamNonBlocking) == 0;
+  return e;
 }
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
+// Work queued on a destroyed stream still completes (as CUDA's).
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  if (stream_ok(s) && s) flush(reinterpret_cast<Stream*>(s));
+  return drop_handle<Stream>(s, g_streams, "cudaStreamDestroy");
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  if (!stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize", "unknown stream");
+  if (s) flush(reinterpret_cast<Stream*>(s));
+  else flush_blocking();
+  return g_last_error;
+}
+// Looking makes progress: the queued work runs (a poll loop must end).
 cudaError_t cudaStreamQuery(cudaStream_t s) { return cudaStreamSynchronize(s); }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) { return make_handle<Event>(e, g_events); }
@@ -510,20 +618,45 @@ static Event* event_of(cudaEvent_t e) {
   std::lock_guard<std::mutex> lk(g_obj_mu);
   return g_events.count(e) ? reinterpret_cast<Event*>(e) : nullptr;
 }
+// An event completes when its stream's work queued before the record has run; its time is taken then.
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   Event* ev = event_of(e);
   if (!ev || !stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord", "unknown event or stream");
-  ev->at = std::chrono::steady_clock::now();
+  std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
   ev->recorded = true;
+  submit(s, [ev] { ev->at = std::chrono::steady_clock::now(); });
+  if (s && !immediate_mode()) {
+    ev->stream = reinterpret_cast<Stream*>(s);
+    ev->seq = ev->stream->enqueued;
+  } else {
+    ev->stream = nullptr;
+  }
   return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t e) {
-  return event_of(e) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize", "unknown event");
+static void complete(Event* ev) {
+  std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  if (ev->stream && stream_ok(reinterpret_cast<cudaStream_t>(ev->stream))) flush(ev->stream, ev->seq);
 }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  Event* ev = event_of(e);
+  if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize", "unknown event");
+  complete(ev);
+  return cudaSuccess;
+}
+// Looking makes progress, as for cudaStreamQuery.
 cudaError_t cudaEventQuery(cudaEvent_t e) { return cudaEventSynchronize(e); }
+// Stream s's later work waits for the event's stream's work up to the record made before this call.
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int) {
-  return event_of(e) && stream_ok(s) ? cudaSuccess
-                                     : fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent", "unknown event or stream");
+  Event* ev = event_of(e);
+  if (!ev || !stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent", "unknown event or stream");
+  std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  if (!ev->stream) return cudaSuccess;
+  Stream* on = ev->stream;
+  const uint64_t seq = ev->seq;
+  submit(s, [on, seq] {
+    if (stream_ok(reinterpret_cast<cudaStream_t>(on))) flush(on, seq);
+  });
+  return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
   Event *ea = event_of(a), *eb = event_of(b);
@@ -588,7 +721,7 @@ const char* cublasGetStatusString(cublasStatus_t s) {
 }
 
 // Column-major C (m x n) = alpha op(A) op(B) + beta C, in fp32 (the classifier's GEMMs).
-cublasStatus_t cublasSgemm_v2(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                               const float* alpha, const float* A, int lda, const float* B, int ldb, const float* beta,
                               float* C, int ldc) {
   if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
@@ -601,17 +734,21 @@ cublasStatus_t cublasSgemm_v2(cublasHandle_t, cublasOperation_t ta, cublasOperat
     std::fprintf(stderr, "[cuda emulation] cublasSgemm: an operand is not inside a device allocation\n");
     return CUBLAS_STATUS_INVALID_VALUE;
   }
-  for (int j = 0; j < n; ++j)
-    for (int i = 0; i < m; ++i) {
-      double s = 0.0;
-      for (int l = 0; l < k; ++l) {
-        const float a = ta == CUBLAS_OP_N ? A[i + size_t(l) * lda] : A[l + size_t(i) * lda];
-        const float b = tb == CUBLAS_OP_N ? B[l + size_t(j) * ldb] : B[j + size_t(l) * ldb];
-        s += double(a) * b;
+  // alpha and beta are host values (the default pointer mode): read now, the product runs as stream work.
+  const float al = *alpha, be = *beta;
+  ddp::cuda_emu::enqueue(reinterpret_cast<BlasHandle*>(h)->stream, [=] {
+    for (int j = 0; j < n; ++j)
+      for (int i = 0; i < m; ++i) {
+        double s = 0.0;
+        for (int l = 0; l < k; ++l) {
+          const float a = ta == CUBLAS_OP_N ? A[i + size_t(l) * lda] : A[l + size_t(i) * lda];
+          const float b = tb == CUBLAS_OP_N ? B[l + size_t(j) * ldb] : B[j + size_t(l) * ldb];
+          s += double(a) * b;
+        }
+        float& c = C[i + size_t(j) * ldc];
+        c = al * static_cast<float>(s) + (be == 0.0f ? 0.0f : be * c);  // beta 0: C is not read
       }
-      float& c = C[i + size_t(j) * ldc];
-      c = *alpha * static_cast<float>(s) + (*beta == 0.0f ? 0.0f : *beta * c);  // beta 0: C is not read
-    }
+  });
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -1,0 +1,140 @@
+// The CUDA emulation's own claims (emu.h): deferred stream work (a host read without the needed
+// synchronisation sees stale data), event ordering between streams, barriers and their OR,
+// launch-configuration and pointer checks as a GPU makes them.
+#include "emu_kernel.h"  // first: CUDA kernel syntax for the kernels below
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// Sum of 256 values through shared memory and barriers (as ops.cu's reductions).
+__global__ void k_block_sum(const int* x, int* out) {
+  __shared__ int sh[256];
+  sh[threadIdx.x] = x[blockIdx.x * 256 + threadIdx.x];
+  __syncthreads();
+  for (int o = 128; o > 0; o >>= 1) {
+    if (threadIdx.x < static_cast<unsigned>(o)) sh[threadIdx.x] += sh[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = sh[0];
+}
+
+__global__ void k_any_negative(const int* x, int* out) {
+  const int any = __syncthreads_or(x[threadIdx.x] < 0);
+  if (threadIdx.x == 0) out[0] = any;
+}
+
+__global__ void k_fill(int* p, int v) { p[blockIdx.x * blockDim.x + threadIdx.x] = v; }
+
+struct Stream {
+  cudaStream_t s = nullptr;
+  explicit Stream(unsigned flags = cudaStreamNonBlocking) { EXPECT_EQ(cudaStreamCreateWithFlags(&s, flags), cudaSuccess); }
+  ~Stream() { cudaStreamDestroy(s); }
+};
+
+TEST(CudaEmulation, HostReadWithoutSynchronisationSeesStaleData) {
+  Stream st;
+  int *dev = nullptr, *pinned = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 256 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMallocHost(&pinned, 256 * 4), cudaSuccess);
+  std::memset(pinned, 0, 256 * 4);
+  ddp::cuda_emu::Launch("k_fill", 1, 256, 0, st.s)(k_fill, dev, 7);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(pinned, dev, 256 * 4, cudaMemcpyDeviceToHost, st.s), cudaSuccess);
+  EXPECT_EQ(pinned[5], 0) << "the copy into pinned memory ran before anything waited for the stream";
+  ASSERT_EQ(cudaStreamSynchronize(st.s), cudaSuccess);
+  EXPECT_EQ(pinned[5], 7);
+  // A copy into pageable memory returns once done (as CUDA's), after the stream's earlier work.
+  ddp::cuda_emu::Launch("k_fill", 1, 256, 0, st.s)(k_fill, dev, 9);
+  std::vector<int> host(256, 0);
+  ASSERT_EQ(cudaMemcpyAsync(host.data(), dev, 256 * 4, cudaMemcpyDeviceToHost, st.s), cudaSuccess);
+  EXPECT_EQ(host[5], 9);
+  cudaFreeHost(pinned);
+  cudaFree(dev);
+}
+
+TEST(CudaEmulation, BlockingCopyDoesNotWaitForNonBlockingStreams) {
+  Stream nonblocking, blocking(cudaStreamDefault);
+  int* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 256 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemset(dev, 0, 256 * 4), cudaSuccess);
+  std::vector<int> host(256, -1);
+  ddp::cuda_emu::Launch("k_fill", 1, 256, 0, nonblocking.s)(k_fill, dev, 3);
+  ASSERT_EQ(cudaMemcpy(host.data(), dev, 256 * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(host[0], 0) << "a blocking copy waited for a non-blocking stream";
+  ddp::cuda_emu::Launch("k_fill", 1, 256, 0, blocking.s)(k_fill, dev, 4);
+  ASSERT_EQ(cudaMemcpy(host.data(), dev, 256 * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(host[0], 4) << "a blocking copy must wait for a blocking stream (and the earlier 3 was overwritten)";
+  cudaFree(dev);
+}
+
+TEST(CudaEmulation, StreamWaitEventOrdersWork) {
+  Stream a, b;
+  cudaEvent_t ev = nullptr;
+  ASSERT_EQ(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), cudaSuccess);
+  int *src = nullptr, *dst = nullptr;
+  ASSERT_EQ(cudaMalloc(&src, 256 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dst, 256 * 4), cudaSuccess);
+  ddp::cuda_emu::Launch("k_fill", 1, 256, 0, a.s)(k_fill, src, 11);
+  ASSERT_EQ(cudaEventRecord(ev, a.s), cudaSuccess);
+  ddp::cuda_emu::Launch("k_fill", 1, 256, 0, a.s)(k_fill, src, 12);  // after the record: not waited for
+  ASSERT_EQ(cudaStreamWaitEvent(b.s, ev, 0), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(dst, src, 256 * 4, cudaMemcpyDeviceToDevice, b.s), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(b.s), cudaSuccess);
+  std::vector<int> host(256);
+  ASSERT_EQ(cudaMemcpy(host.data(), dst, 256 * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(host[7], 11);
+  cudaEventDestroy(ev);
+  cudaFree(src);
+  cudaFree(dst);
+}
+
+TEST(CudaEmulation, BarriersAndTheirOr) {
+  Stream st;
+  std::vector<int> x(3 * 256);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<int>(i % 97) - (i == 300 ? 1000 : 0);
+  int *dx = nullptr, *dout = nullptr;
+  ASSERT_EQ(cudaMalloc(&dx, x.size() * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dout, 3 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  ddp::cuda_emu::Launch("k_block_sum", 3, 256, 0, st.s)(k_block_sum, dx, dout);
+  std::vector<int> out(3);
+  ASSERT_EQ(cudaStreamSynchronize(st.s), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(out.data(), dout, 3 * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (int b = 0; b < 3; ++b) {
+    int want = 0;
+    for (int i = 0; i < 256; ++i) want += x[b * 256 + i];
+    EXPECT_EQ(out[b], want) << "block " << b;
+  }
+  for (int offset : {0, 256}) {  // block 0 has no negative value, the one starting at 256 has one
+    ddp::cuda_emu::Launch("k_any_negative", 1, 256, 0, st.s)(k_any_negative, dx + offset, dout);
+    ASSERT_EQ(cudaStreamSynchronize(st.s), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(out.data(), dout, 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(out[0], offset ? 1 : 0);
+  }
+  cudaFree(dx);
+  cudaFree(dout);
+}
+
+TEST(CudaEmulation, BadLaunchesAndCopiesFailAsOnAGpu) {
+  int* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 64 * 4), cudaSuccess);
+  ddp::cuda_emu::Launch("k_fill", 1, 2048)(k_fill, dev, 1);  // more than 1024 threads per block
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  std::vector<int> host(64);
+  ddp::cuda_emu::Launch("k_fill", 1, 64)(k_fill, host.data(), 1);  // a host pointer
+  EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress);
+  EXPECT_EQ(host[0], 0) << "the kernel ran on host memory";
+  EXPECT_EQ(cudaMemcpy(dev, host.data(), 65 * 4, cudaMemcpyHostToDevice), cudaErrorInvalidValue)
+      << "a copy past the allocation's end";
+  (void)cudaGetLastError();
+  EXPECT_EQ(cudaMemcpy(host.data(), host.data() + 1, 4, cudaMemcpyHostToDevice), cudaErrorInvalidValue)
+      << "a host-to-device copy into host memory";
+  (void)cudaGetLastError();
+  cudaFree(dev);
+}
+
+}  // namespace

@@ -219,23 +219,9 @@ ConvEngine::ConvEngine(cudaStream_t stream, bool allow_tf32, bool autotune) : im
   impl_->allow_tf32 = allow_tf32;
   impl_->autotune = autotune;
 }
-void ConvEngine::set_autotune(bool on) { impl_->autotune = on; }
-ConvEngine::~ConvEngine() = default;
+#include "conv_engine_calls.inc"
 
-void ConvEngine::forward(const ConvShape& p, const void* x, const void* w, void* y) { impl_->run(Op::Fprop, p, x, w, y); }
-void ConvEngine::backward_data(const ConvShape& p, const void* dy, const void* w, void* dx) {
-  impl_->run(Op::Dgrad, p, dy, w, dx);
-}
-void ConvEngine::backward_weight(const ConvShape& p, const void* x, const void* dy, void* dw) {
-  impl_->run(Op::Wgrad, p, dy, x, dw);
-}
-void ConvEngine::prepare(const ConvShape& p, bool need_dgrad) {
-  impl_->prepare(Op::Fprop, p);
-  impl_->prepare(Op::Wgrad, p);
-  if (need_dgrad) impl_->prepare(Op::Dgrad, p);
-}
 size_t ConvEngine::workspace_bytes() const { return impl_->workspace.bytes(); }
-size_t ConvEngine::plan_count() const { return impl_->used.size(); }
 size_t ConvEngine::plans_built() { return g_plans_built.load(); }
 double ConvEngine::plan_build_seconds() { return static_cast<double>(g_build_us.load()) * 1e-6; }
 size_t ConvEngine::cudnn_runtime_version() { return cudnnGetVersion(); }

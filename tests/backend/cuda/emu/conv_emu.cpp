@@ -98,7 +98,7 @@ struct ConvEngine::Impl {
     return out * 4;
   }
 
-  void note_plan(Op op, const ConvShape& p) {
+  void prepare(Op op, const ConvShape& p) {
     const bool strict = p.dtype == DType::F32 && !allow_tf32;
     const Key key = make_key(op, p, strict, autotune);
     if (workspace.bytes() < workspace_need(op, p)) {
@@ -122,7 +122,7 @@ struct ConvEngine::Impl {
 
   void run(Op op, const ConvShape& p, const void* a, const void* b, void* out) {
     DDP_CHECK(cuda_emu::stream_ok(stream), describe(op, p), ": the engine's stream is not live");
-    note_plan(op, p);
+    prepare(op, p);
     const int oh = p.out_h(), ow = p.out_w();
     const size_t nx = size_t(p.n) * p.h * p.w * p.c, nw = size_t(p.k) * p.r * p.s * p.c,
                  ny = size_t(p.n) * oh * ow * p.k;
@@ -211,23 +211,9 @@ ConvEngine::ConvEngine(cudaStream_t stream, bool allow_tf32, bool autotune) : im
   impl_->allow_tf32 = allow_tf32;
   impl_->autotune = autotune;
 }
-void ConvEngine::set_autotune(bool on) { impl_->autotune = on; }
-ConvEngine::~ConvEngine() = default;
+#include "conv_engine_calls.inc"  // conv.cpp's own binding of each op's buffers
 
-void ConvEngine::forward(const ConvShape& p, const void* x, const void* w, void* y) { impl_->run(Op::Fprop, p, x, w, y); }
-void ConvEngine::backward_data(const ConvShape& p, const void* dy, const void* w, void* dx) {
-  impl_->run(Op::Dgrad, p, dy, w, dx);
-}
-void ConvEngine::backward_weight(const ConvShape& p, const void* x, const void* dy, void* dw) {
-  impl_->run(Op::Wgrad, p, dy, x, dw);
-}
-void ConvEngine::prepare(const ConvShape& p, bool need_dgrad) {
-  impl_->note_plan(Op::Fprop, p);
-  impl_->note_plan(Op::Wgrad, p);
-  if (need_dgrad) impl_->note_plan(Op::Dgrad, p);
-}
 size_t ConvEngine::workspace_bytes() const { return impl_->workspace.bytes(); }
-size_t ConvEngine::plan_count() const { return impl_->used.size(); }
 size_t ConvEngine::plans_built() {
   std::lock_guard<std::mutex> lk(g_mu);
   return g_plans_built;

@@ -14,7 +14,8 @@
 //   - kernel launches: each block's threads run one after another on one OS thread, in ascending
 //     order (so a race between threads, or a read of what another thread writes without a barrier,
 //     cannot show); a kernel that calls __syncthreads runs each thread as a fiber, switched at every
-//     barrier (the first block of each kernel's first launch runs as fibers and finds out); grid and
+//     barrier (the first block of each kernel's first launch runs as fibers and finds out; threads of
+//     a block waiting at different barriers stop the run, undefined on a GPU); grid and
 //     block limits are checked as a GPU would (not __launch_bounds__); shared memory is a static
 //     that starts as zeros and keeps the last block's values (ops.cu writes before it reads);
 //   - cuBLAS's SGEMM (a plain loop summing in double; the TF32 math mode is ignored) and cuDNN's
@@ -49,8 +50,9 @@ extern ThreadState* g_cur;
 
 // Barriers: every thread of the block arrives, then all continue; _or returns the OR of the
 // threads' predicates (as __syncthreads_or).
-void syncthreads();
-int syncthreads_or(int pred);
+// site: the barrier's source line; threads of a block waiting at different barriers abort the run.
+void syncthreads(int site);
+int syncthreads_or(int pred, int site);
 
 // Where a pointer lives, as far as the emulated device can tell.
 enum class MemKind { Unknown, Device, PinnedHost };

@@ -31,8 +31,8 @@
 #define blockIdx (::ddp::cuda_emu::g_cur->bid)
 #define blockDim (::ddp::cuda_emu::g_cur->bdim)
 #define gridDim (::ddp::cuda_emu::g_cur->gdim)
-#define __syncthreads() ::ddp::cuda_emu::syncthreads()
-#define __syncthreads_or(p) ::ddp::cuda_emu::syncthreads_or(p)
+#define __syncthreads() ::ddp::cuda_emu::syncthreads(__LINE__)
+#define __syncthreads_or(p) ::ddp::cuda_emu::syncthreads_or(p, __LINE__)
 
 // Device built-ins with no host twin of the same name.
 inline int min(int a, int b) { return a < b ? a : b; }

@@ -201,6 +201,7 @@ struct Fiber {
   ThreadState st;
   bool done = false, waiting = false;
   int pred = 0;
+  int site = 0;  // the source line of the barrier it waits at
 };
 
 struct Engine {
@@ -278,12 +279,19 @@ void run_block_fibers(const ThreadState& proto, unsigned threads) {
       g_cur = &f.st;
       ddp_emu_switch(&e.sched_sp, f.sp);
     }
-    int waiting = 0, any = 0;
+    int waiting = 0, any = 0, site = -1;
     for (unsigned t = 0; t < threads; ++t) {
       const Fiber& f = e.fibers[t];
       if (!f.done && f.waiting) {
         ++waiting;
         any |= f.pred != 0;
+        // Threads of a block waiting at different __syncthreads: undefined on a GPU (it may hang).
+        if (site >= 0 && f.site != site) {
+          std::fprintf(stderr, "[cuda emulation] kernel %s: threads of one block wait at different barriers (lines %d and %d)\n",
+                       e.name, site, f.site);
+          std::abort();
+        }
+        site = f.site;
       }
     }
     if (waiting == 0) break;
@@ -318,9 +326,9 @@ void set_launch_error(cudaError_t e, const char* name, const char* why) {
   fail(e, fn, why);
 }
 
-void syncthreads() { (void)syncthreads_or(0); }
+void syncthreads(int site) { (void)syncthreads_or(0, site); }
 
-int syncthreads_or(int pred) {
+int syncthreads_or(int pred, int site) {
   Engine& e = g_engine;
   if (!e.fiber_mode) {
     // Every kernel's first launch runs as fibers and records whether it reached a barrier; one that
@@ -333,6 +341,7 @@ int syncthreads_or(int pred) {
   }
   e.barrier_seen = true;
   e.running->pred = pred;
+  e.running->site = site;
   e.running->waiting = true;
   ddp_emu_switch(&e.running->sp, e.sched_sp);
   return e.barrier_or;

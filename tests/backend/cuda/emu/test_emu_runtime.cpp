@@ -1,6 +1,6 @@
 // The CUDA emulation's own claims (emu.h): deferred stream work (a host read without the needed
-// synchronisation sees stale data), event ordering between streams, barriers and their OR,
-// launch-configuration and pointer checks as a GPU makes them.
+// synchronisation sees stale data), event ordering between streams, barriers and their OR, divergent
+// barriers refused, launch-configuration and pointer checks as a GPU makes them.
 #include "emu_kernel.h"  // first: CUDA kernel syntax for the kernels below
 
 #include <gtest/gtest.h>
@@ -28,6 +28,16 @@ __global__ void k_any_negative(const int* x, int* out) {
 }
 
 __global__ void k_fill(int* p, int v) { p[blockIdx.x * blockDim.x + threadIdx.x] = v; }
+
+// Undefined on a GPU: thread 0 waits at one barrier, the others at another.
+__global__ void k_divergent_barrier(int* p) {
+  if (threadIdx.x == 0) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  p[threadIdx.x] = 1;
+}
 
 struct Stream {
   cudaStream_t s = nullptr;
@@ -134,6 +144,18 @@ TEST(CudaEmulation, BadLaunchesAndCopiesFailAsOnAGpu) {
   EXPECT_EQ(cudaMemcpy(host.data(), host.data() + 1, 4, cudaMemcpyHostToDevice), cudaErrorInvalidValue)
       << "a host-to-device copy into host memory";
   (void)cudaGetLastError();
+  cudaFree(dev);
+}
+
+TEST(CudaEmulationDeathTest, DivergentBarriersStopTheRun) {
+  int* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 64 * 4), cudaSuccess);
+  EXPECT_DEATH(
+      {
+        ddp::cuda_emu::Launch("k_divergent_barrier", 1, 64)(k_divergent_barrier, dev);
+        cudaDeviceSynchronize();
+      },
+      "wait at different barriers");
   cudaFree(dev);
 }
 

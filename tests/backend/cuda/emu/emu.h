@@ -12,8 +12,8 @@
 //     synchronisation a GPU needs sees stale data; but each stream's work then runs in one piece,
 //     in order, so a race between streams that both have work queued cannot show;
 //   - kernel launches: each block's threads run one after another on one OS thread, in ascending
-//     order (so a race between threads, or a read of what another thread writes without a barrier,
-//     cannot show); a kernel that calls __syncthreads runs each thread as a fiber, switched at every
+//     order, or descending with DDP_CUDA_EMU_REVERSE=1 (a race between threads, or a read of what
+//     another thread writes without a barrier, shows only as a difference between the two); a kernel that calls __syncthreads runs each thread as a fiber, switched at every
 //     barrier (the first block of each kernel's first launch runs as fibers and finds out; threads of
 //     a block waiting at different barriers stop the run, undefined on a GPU); grid and
 //     block limits are checked as a GPU would (not __launch_bounds__); shared memory is a static

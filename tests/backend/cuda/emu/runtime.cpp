@@ -250,8 +250,21 @@ void ensure_stacks(size_t n) {
 
 uint3 index3(unsigned i, dim3 d) { return uint3{i % d.x, (i / d.x) % d.y, i / (d.x * d.y)}; }
 
+// DDP_CUDA_EMU_REVERSE=1: blocks, and the threads of each block, run from the last to the first, so
+// a result that depends on the order (a race, or a read of what another thread writes without a
+// barrier) differs from the default run's.
+bool reverse_order() {
+  static const bool on = [] {
+    const char* e = std::getenv("DDP_CUDA_EMU_REVERSE");
+    return e && std::string(e) == "1";
+  }();
+  return on;
+}
+unsigned long long nth(unsigned long long i, unsigned long long n) { return reverse_order() ? n - 1 - i : i; }
+
 void run_block_direct(ThreadState& st, unsigned threads) {
-  for (unsigned t = 0; t < threads; ++t) {
+  for (unsigned i = 0; i < threads; ++i) {
+    const auto t = static_cast<unsigned>(nth(i, threads));
     st.tid = index3(t, st.bdim);
     g_cur = &st;
     (*g_engine.body)();
@@ -271,8 +284,8 @@ void run_block_fibers(const ThreadState& proto, unsigned threads) {
     f.sp = fresh_stack(e.stacks + t * kFiberStack);
   }
   for (;;) {
-    for (unsigned t = 0; t < threads; ++t) {
-      Fiber& f = e.fibers[t];
+    for (unsigned i = 0; i < threads; ++i) {
+      Fiber& f = e.fibers[nth(i, threads)];
       if (f.done) continue;
       f.waiting = false;
       e.running = &f;
@@ -390,7 +403,8 @@ void execute_grid(dim3 grid, dim3 block, const void* kernel, const char* name, c
   ThreadState st;
   st.bdim = block;
   st.gdim = grid;
-  for (unsigned long long b = 0; b < blocks; ++b) {
+  for (unsigned long long i = 0; i < blocks; ++i) {
+    const unsigned long long b = nth(i, blocks);
     st.bid = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
                    static_cast<unsigned>(b / (1ULL * grid.x * grid.y))};
     if (known == e.uses_barrier.end()) {  // first block of the first launch: learn

@@ -1,11 +1,14 @@
 // The CUDA emulation's own claims (emu.h): deferred stream work (a host read without the needed
 // synchronisation sees stale data), event ordering between streams, barriers and their OR, divergent
-// barriers refused, launch-configuration and pointer checks as a GPU makes them.
+// barriers refused, launch-configuration and pointer checks as a GPU makes them, and the order
+// DDP_CUDA_EMU_REVERSE=1 runs threads in.
 #include "emu_kernel.h"  // first: CUDA kernel syntax for the kernels below
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace {
@@ -28,6 +31,9 @@ __global__ void k_any_negative(const int* x, int* out) {
 }
 
 __global__ void k_fill(int* p, int v) { p[blockIdx.x * blockDim.x + threadIdx.x] = v; }
+
+// A race: every thread writes the same word; which one wins is the run order.
+__global__ void k_race(int* p) { p[0] = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); }
 
 // Undefined on a GPU: thread 0 waits at one barrier, the others at another.
 __global__ void k_divergent_barrier(int* p) {
@@ -144,6 +150,17 @@ TEST(CudaEmulation, BadLaunchesAndCopiesFailAsOnAGpu) {
   EXPECT_EQ(cudaMemcpy(host.data(), host.data() + 1, 4, cudaMemcpyHostToDevice), cudaErrorInvalidValue)
       << "a host-to-device copy into host memory";
   (void)cudaGetLastError();
+  cudaFree(dev);
+}
+
+TEST(CudaEmulation, ReverseOrderRunsTheLastThreadFirst) {
+  int* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 4), cudaSuccess);
+  ddp::cuda_emu::Launch("k_race", 2, 64)(k_race, dev);
+  int winner = -1;
+  ASSERT_EQ(cudaMemcpy(&winner, dev, 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  const char* rev = std::getenv("DDP_CUDA_EMU_REVERSE");
+  EXPECT_EQ(winner, rev && std::string(rev) == "1" ? 0 : 127) << "the last thread to run writes last";
   cudaFree(dev);
 }
 

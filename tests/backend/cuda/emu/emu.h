@@ -13,14 +13,16 @@
 //     in order, so a race between streams that both have work queued cannot show;
 //   - kernel launches: each block's threads run one after another on one OS thread, in ascending
 //     order, or descending with DDP_CUDA_EMU_REVERSE=1 (a race between threads, or a read of what
-//     another thread writes without a barrier, shows only as a difference between the two); a kernel that calls __syncthreads runs each thread as a fiber, switched at every
-//     barrier (the first block of each kernel's first launch runs as fibers and finds out; threads of
-//     a block waiting at different barriers stop the run, undefined on a GPU); grid and
-//     block limits are checked as a GPU would (not __launch_bounds__); shared memory is a static
-//     that starts as zeros and keeps the last block's values (ops.cu writes before it reads);
+//     another thread writes without a barrier, shows only as a difference between the two); a
+//     kernel that calls __syncthreads runs each thread as a fiber, switched at every barrier (the
+//     first block of each kernel's first launch runs as fibers and finds out; threads of a block
+//     waiting at different barriers stop the run, undefined on a GPU); grid and block limits are
+//     checked as a GPU would (not __launch_bounds__); shared memory is a static that starts as
+//     zeros and keeps the last block's values (ops.cu writes before it reads);
 //   - cuBLAS's SGEMM (a plain loop summing in double; the TF32 math mode is ignored) and cuDNN's
-//     convolutions (conv_emu.cpp replaces conv.cpp, whose own wrappers therefore do not run here:
-//     direct loops in fp32 over inputs rounded to the activation dtype, TF32-rounded when allowed);
+//     convolutions (conv_emu.cpp replaces conv.cpp's Impl, sharing its forwarding members in
+//     conv_engine_calls.inc: direct loops in fp32 over inputs rounded to the activation dtype,
+//     TF32-rounded when allowed);
 //   - NCCL (nccl_emu.cpp): the calls the communicator makes, carried by MPI between the ranks'
 //     processes, each emulating its own GPU (DDP_CUDA_EMU_DEVICES sets how many a process sees).
 // What this cannot tell: anything about cuDNN's plans and engines, cuBLAS, NCCL's transports, CUDA

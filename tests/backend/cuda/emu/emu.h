@@ -4,9 +4,10 @@
 // memory.cpp, linear.cpp and resnet18_cuda.cpp as they are. What is emulated:
 //   - the CUDA runtime API the backend and its tests call (runtime.cpp): "device" memory is host
 //     memory (tracked, so a host pointer handed to a kernel or a device copy is an error, as it is an
-//     illegal address on a GPU; pinned host memory passes where device memory is expected, and an
-//     access past a buffer's end inside a kernel is not caught); work enqueued on a stream (kernels,
-//     async copies and memsets, convs, GEMMs, collectives) is deferred until something waits for it
+//     illegal address on a GPU; pinned host memory passes where device memory is expected; a kernel
+//     writing up to 256 bytes past a buffer's end stops the run, a read past it is not caught);
+//     work enqueued on a stream (kernels, async copies and memsets, convs, GEMMs, collectives) is
+//     deferred until something waits for it
 //     (a stream, event or device synchronisation, an event query, a stream waiting on an event, a
 //     cudaFree, a blocking copy for the blocking streams), so a host read of a result without the
 //     synchronisation a GPU needs sees stale data; but each stream's work then runs in one piece,

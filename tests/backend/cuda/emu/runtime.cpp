@@ -46,17 +46,44 @@ const Alloc* find_alloc(const void* p, size_t bytes, uintptr_t* base_out = nullp
   return &it->second;
 }
 
+// Every allocation is followed by canary bytes (to the next 256-byte boundary, plus 256) that every
+// kernel run checks are intact: a kernel writing past a buffer's end stops the run, naming it (a GPU
+// may corrupt a neighbour silently, or fault).
+constexpr unsigned char kCanary = 0xA5;
+constexpr size_t kGuard = 256;
+size_t padded(size_t bytes) { return (bytes + 255) / 256 * 256 + kGuard; }
+
 void* emu_alloc(size_t bytes, MemKind kind) {
-  const size_t rounded = (bytes + 255) / 256 * 256;
-  void* p = std::aligned_alloc(256, rounded);
+  const size_t total = padded(bytes);
+  void* p = std::aligned_alloc(256, total);
   if (!p) return nullptr;
   // A GPU does not clear what it allocates: all-ones bytes are NaN in fp32, fp16 and bf16, so code
   // that reads memory it never wrote shows it.
-  std::memset(p, 0xFF, rounded);
+  std::memset(p, 0xFF, bytes);
+  std::memset(static_cast<char*>(p) + bytes, kCanary, total - bytes);
   std::lock_guard<std::mutex> lk(g_mem_mu);
   g_allocs[reinterpret_cast<uintptr_t>(p)] = Alloc{bytes, kind};
   if (kind == MemKind::Device) g_device_bytes += bytes;
   return p;
+}
+
+// The first allocation whose canary a kernel overwrote, as "N bytes at +OFFSET of a BYTES-byte
+// allocation at BASE", or "" when all are intact.
+std::string damaged_canary() {
+  std::lock_guard<std::mutex> lk(g_mem_mu);
+  for (const auto& [base, a] : g_allocs) {
+    const auto* c = reinterpret_cast<const unsigned char*>(base) + a.bytes;
+    const size_t n = padded(a.bytes) - a.bytes;
+    for (size_t i = 0; i < n; ++i)
+      if (c[i] != kCanary) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "byte +%zu of a %zu-byte %s allocation at %p (the first past its end is +%zu)",
+                      a.bytes + i, a.bytes, a.kind == MemKind::Device ? "device" : "pinned",
+                      reinterpret_cast<void*>(base), a.bytes);
+        return buf;
+      }
+  }
+  return "";
 }
 
 bool emu_free(void* p, MemKind kind) {
@@ -422,6 +449,11 @@ void execute_grid(dim3 grid, dim3 block, const void* kernel, const char* name, c
   }
   g_cur = nullptr;
   e.active = false;
+  const std::string damaged = damaged_canary();
+  if (!damaged.empty()) {
+    std::fprintf(stderr, "[cuda emulation] kernel %s wrote past the end of a buffer: %s\n", name, damaged.c_str());
+    std::abort();
+  }
 }
 }  // namespace
 

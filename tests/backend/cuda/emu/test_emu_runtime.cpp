@@ -164,6 +164,20 @@ TEST(CudaEmulation, ReverseOrderRunsTheLastThreadFirst) {
   cudaFree(dev);
 }
 
+TEST(CudaEmulationDeathTest, AWritePastABuffersEndStopsTheRun) {
+  int* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 60 * 4), cudaSuccess);  // 60 ints; the kernel writes 64
+  EXPECT_DEATH(
+      {
+        ddp::cuda_emu::Launch("k_fill", 1, 64)(k_fill, dev, 5);
+        cudaDeviceSynchronize();
+      },
+      "k_fill wrote past the end of a buffer: byte \\+240 of a 240-byte device allocation");
+  ddp::cuda_emu::Launch("k_fill", 1, 60)(k_fill, dev, 5);  // exactly the buffer: fine
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaFree(dev);
+}
+
 TEST(CudaEmulationDeathTest, DivergentBarriersStopTheRun) {
   int* dev = nullptr;
   ASSERT_EQ(cudaMalloc(&dev, 64 * 4), cudaSuccess);

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "conv_plan.h"
 #include "ddp/backend/cuda/memory.h"
 #include "ddp/core/check.h"
 
@@ -18,24 +19,13 @@ namespace fe = cudnn_frontend;
 
 namespace {
 
-enum class Op { Fprop = 0, Dgrad = 1, Wgrad = 2 };
-const char* op_name(Op op) { return op == Op::Fprop ? "fprop" : op == Op::Dgrad ? "dgrad" : "wgrad"; }
+using conv_plan::describe;
+using conv_plan::Key;
+using conv_plan::make_key;
+using conv_plan::Op;
 
 // Tensor uids in every graph: two inputs and the output.
 constexpr int64_t kUidA = 1, kUidB = 2, kUidOut = 3;
-
-// Everything a built plan depends on: op, shape, dtype, whether TF32 engines are barred (strict fp32
-// only) and whether every candidate was built for a timed search.
-using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, bool, bool>;
-Key make_key(Op op, const ConvShape& p, bool strict_fp32, bool autotune) {
-  return {static_cast<int>(op), p.n, p.c, p.h, p.w, p.k, p.r, p.s, p.stride, p.pad, static_cast<int>(p.dtype),
-          strict_fp32, autotune};
-}
-
-std::string describe(Op op, const ConvShape& p) {
-  return str("conv ", op_name(op), " n=", p.n, " c=", p.c, " h=", p.h, " w=", p.w, " k=", p.k, " r=", p.r,
-             " s=", p.s, " stride=", p.stride, " pad=", p.pad, " dtype=", dtype_name(p.dtype));
-}
 
 fe::DataType_t fe_type(DType t) {
   switch (t) {

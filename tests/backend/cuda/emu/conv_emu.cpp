@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "conv_plan.h"  // src/backend/cuda: conv.cpp's plan keys
 #include "ddp/backend/cuda/conv.h"
 #include "ddp/backend/cuda/memory.h"
 #include "ddp/core/check.h"
@@ -24,19 +25,10 @@
 namespace ddp::cuda {
 namespace {
 
-enum class Op { Fprop = 0, Dgrad = 1, Wgrad = 2 };
-const char* op_name(Op op) { return op == Op::Fprop ? "fprop" : op == Op::Dgrad ? "dgrad" : "wgrad"; }
-
-using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, bool, bool>;
-Key make_key(Op op, const ConvShape& p, bool strict_fp32, bool autotune) {
-  return {static_cast<int>(op), p.n, p.c, p.h, p.w, p.k, p.r, p.s, p.stride, p.pad, static_cast<int>(p.dtype),
-          strict_fp32, autotune};
-}
-
-std::string describe(Op op, const ConvShape& p) {
-  return str("conv ", op_name(op), " n=", p.n, " c=", p.c, " h=", p.h, " w=", p.w, " k=", p.k, " r=", p.r,
-             " s=", p.s, " stride=", p.stride, " pad=", p.pad, " dtype=", dtype_name(p.dtype));
-}
+using conv_plan::describe;
+using conv_plan::Key;
+using conv_plan::make_key;
+using conv_plan::Op;
 
 std::mutex g_mu;
 std::set<Key> g_plans;  // process-wide, as conv.cpp's per-device cache on the one emulated device
@@ -91,11 +83,16 @@ struct ConvEngine::Impl {
   std::set<Key> used;
   DeviceBuffer workspace;
 
+  // Elements of x (n h w c), w (k r s c) and y (n oh ow k).
+  struct Counts {
+    size_t x, w, y;
+  };
+  static Counts counts(const ConvShape& p) {
+    return {size_t(p.n) * p.h * p.w * p.c, size_t(p.k) * p.r * p.s * p.c, size_t(p.n) * p.out_h() * p.out_w() * p.k};
+  }
   static size_t workspace_need(Op op, const ConvShape& p) {
-    const size_t out = op == Op::Fprop ? size_t(p.n) * p.out_h() * p.out_w() * p.k
-                       : op == Op::Dgrad ? size_t(p.n) * p.h * p.w * p.c
-                                         : size_t(p.k) * p.r * p.s * p.c;
-    return out * 4;
+    const Counts n = counts(p);
+    return 4 * (op == Op::Fprop ? n.y : op == Op::Dgrad ? n.x : n.w);  // 4 bytes per output element
   }
 
   void prepare(Op op, const ConvShape& p) {
@@ -123,9 +120,7 @@ struct ConvEngine::Impl {
   void run(Op op, const ConvShape& p, const void* a, const void* b, void* out) {
     DDP_CHECK(cuda_emu::stream_ok(stream), describe(op, p), ": the engine's stream is not live");
     prepare(op, p);
-    const int oh = p.out_h(), ow = p.out_w();
-    const size_t nx = size_t(p.n) * p.h * p.w * p.c, nw = size_t(p.k) * p.r * p.s * p.c,
-                 ny = size_t(p.n) * oh * ow * p.k;
+    const auto [nx, nw, ny] = counts(p);
     const bool tf32 = p.dtype == DType::F32 && allow_tf32;
     // Inputs and output per op, as conv.cpp binds them: fprop (x, w) -> y; dgrad (dy, w) -> dx;
     // wgrad (dy, x) -> dw.
@@ -146,8 +141,7 @@ struct ConvEngine::Impl {
 
   static void compute(Op op, const ConvShape& p, const void* x, const void* w, const void* dy, void* out, bool tf32) {
     const int oh = p.out_h(), ow = p.out_w();
-    const size_t nx = size_t(p.n) * p.h * p.w * p.c, nw = size_t(p.k) * p.r * p.s * p.c,
-                 ny = size_t(p.n) * oh * ow * p.k;
+    const auto [nx, nw, ny] = counts(p);
     const int C = p.c, K = p.k;
     auto in_at = [&](int n, int iy, int ix) { return (size_t(n) * p.h + iy) * p.w * C + size_t(ix) * C; };
     auto out_at = [&](int n, int oy, int ox) { return (size_t(n) * oh + oy) * ow * K + size_t(ox) * K; };

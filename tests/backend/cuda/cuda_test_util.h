@@ -137,20 +137,27 @@ inline void expect_close(const std::string& what, const std::vector<float>& got,
                      << rms(ref) << ")";
 }
 
+// ||got - ref|| / ||ref|| (L2, accumulated in double); sizes must match.
+inline double rel_l2_error(const std::vector<float>& got, const std::vector<float>& ref) {
+  double dn = 0, rn = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = static_cast<double>(got[i]) - ref[i];
+    dn += d * d;
+    rn += static_cast<double>(ref[i]) * ref[i];
+  }
+  return std::sqrt(dn) / std::max(std::sqrt(rn), 1e-30);
+}
+
 // Norm-wise: ||got - ref|| <= tol * ||ref|| (whole-model low-precision comparisons).
 inline void expect_rel_norm(const std::string& what, const std::vector<float>& got, const std::vector<float>& ref,
                             double tol) {
   ASSERT_EQ(got.size(), ref.size()) << what;
-  double dn = 0, rn = 0;
   bool finite = true;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double d = static_cast<double>(got[i]) - ref[i];
-    finite = finite && std::isfinite(got[i]);
-    dn += d * d;
-    rn += static_cast<double>(ref[i]) * ref[i];
-  }
+  for (float v : got) finite = finite && std::isfinite(v);
   EXPECT_TRUE(finite) << what << ": non-finite values";
-  const double rel = std::sqrt(dn) / std::max(std::sqrt(rn), 1e-30);
+  double rn = 0;
+  for (float v : ref) rn += static_cast<double>(v) * v;
+  const double rel = rel_l2_error(got, ref);
   EXPECT_LE(rel, tol) << what << ": relative L2 error " << rel << " > " << tol << " (||ref|| " << std::sqrt(rn) << ")";
 }
 

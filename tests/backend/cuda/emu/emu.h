@@ -7,11 +7,11 @@
 //     illegal address on a GPU; pinned host memory passes where device memory is expected; a kernel
 //     writing up to 256 bytes past a buffer's end stops the run, a read past it is not caught);
 //     work enqueued on a stream (kernels, async copies and memsets, convs, GEMMs, collectives) is
-//     deferred until something waits for it
-//     (a stream, event or device synchronisation, an event query, a stream waiting on an event, a
-//     cudaFree, a blocking copy for the blocking streams), so a host read of a result without the
-//     synchronisation a GPU needs sees stale data; but each stream's work then runs in one piece,
-//     in order, so a race between streams that both have work queued cannot show;
+//     deferred until something waits for it (a stream, event or device synchronisation, an event
+//     query, a stream waiting on an event, a cudaFree, a blocking copy for the blocking streams), so
+//     a host read of a result without the synchronisation a GPU needs sees stale data; but each
+//     stream's work then runs in one piece, in order, so a race between streams that both have
+//     work queued cannot show;
 //   - kernel launches: each block's threads run one after another on one OS thread, in ascending
 //     order, or descending with DDP_CUDA_EMU_REVERSE=1 (a race between threads, or a read of what
 //     another thread writes without a barrier, shows only as a difference between the two); a

@@ -626,10 +626,11 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
   if (!stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaMemcpyAsync", "unknown stream");
   if (bytes == 0) return cudaSuccess;
   if (const cudaError_t e = check_copy(dst, src, bytes, kind); e != cudaSuccess) return e;
-  if (mem_kind(src) == MemKind::Unknown) {
+  const bool from_pageable = mem_kind(src) == MemKind::Unknown, to_pageable = mem_kind(dst) == MemKind::Unknown;
+  if (from_pageable) {
     auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src), static_cast<const char*>(src) + bytes);
     submit(s, [=] { std::memcpy(dst, staged->data(), bytes); });
-  } else if (mem_kind(dst) == MemKind::Unknown) {
+  } else if (to_pageable) {
     submit(s, [=] { std::memmove(dst, src, bytes); });
     if (s) flush(reinterpret_cast<Stream*>(s));
   } else {

@@ -27,16 +27,6 @@ namespace ddp::cuda::test {
     if (!::ddp::cuda_available()) GTEST_SKIP() << "no CUDA device visible: " << ::ddp::cuda_unavailable_reason(); \
   } while (0)
 
-// What the CPU emulation of CUDA (emu/emu.h, built with DDP_CUDA_EMULATION) cannot show: such a
-// test skips there, naming why, and runs on a GPU.
-#ifdef DDP_CUDA_EMULATION
-#define DDP_REQUIRE_REAL_GPU(why) GTEST_SKIP() << "not emulated on the CPU: " << (why)
-#else
-#define DDP_REQUIRE_REAL_GPU(why) \
-  do {                            \
-  } while (0)
-#endif
-
 inline float round_to(DType dt, float v) {
   switch (dt) {
     case DType::F16: return half_to_float(float_to_half(v));

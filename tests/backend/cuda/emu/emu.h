@@ -25,10 +25,18 @@
 //     conv_engine_calls.inc: direct loops in fp32 over inputs rounded to the activation dtype,
 //     TF32-rounded when allowed);
 //   - NCCL (nccl_emu.cpp): the calls the communicator makes, carried by MPI between the ranks'
-//     processes, each emulating its own GPU (DDP_CUDA_EMU_DEVICES sets how many a process sees).
-// What this cannot tell: anything about cuDNN's plans and engines, cuBLAS, NCCL's transports, CUDA
-// graphs, real concurrency, memory ordering between threads, timing, and the device compiler. A pass
-// here is not a GPU result.
+//     processes, each emulating its own GPU (DDP_CUDA_EMU_DEVICES sets how many a process sees);
+//   - stream capture and CUDA graphs: work on a capturing stream (and on streams forked into its
+//     capture through events) is recorded, not run, and each cudaGraphLaunch replays it in the
+//     order it was enqueued; what CUDA refuses during a capture is refused, with the capture
+//     invalidated (a synchronisation or query of a capturing stream or of an event recorded in a
+//     capture, a potentially unsafe call such as cudaMalloc from a thread the capture's mode
+//     prohibits, the legacy stream while a blocking stream captures, a wait on an event recorded
+//     outside the capture or in an ended one, a fork not joined back); a copy to or from pageable
+//     memory on a capturing stream is refused too (CUDA's handling of it is not emulated).
+// What this cannot tell: anything about cuDNN's plans and engines (whether an engine is capturable
+// included), cuBLAS, NCCL's transports, graph instantiation limits, real concurrency, memory ordering
+// between threads, timing, and the device compiler. A pass here is not a GPU result.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -116,17 +117,56 @@ cudaError_t fail(cudaError_t e, const char* fn, const char* why) {
 // runs everything at once instead (to tell a synchronisation bug from another).
 std::mutex g_obj_mu;
 std::set<const void*> g_streams;
+struct Capture;
+// How many of each capturing stream's operations a stream's next operation depends on (a vector
+// clock): EndCapture checks with it that every stream forked into a capture was joined back.
+using Clock = std::map<const void*, uint64_t>;
 struct Stream {
   bool blocking = true;  // orders with the legacy default stream (not cudaStreamNonBlocking)
   std::deque<std::function<void()>> pending;
   uint64_t enqueued = 0, done = 0;
+  Capture* cap = nullptr;  // the capture this stream's work goes into, if any
+  Clock knows;             // while capturing
 };
 struct Event {
   std::chrono::steady_clock::time_point at{};
   bool recorded = false;
   Stream* stream = nullptr;  // where it was last recorded (nullptr: already complete)
   uint64_t seq = 0;          // complete once stream->done reaches this
+  uint64_t cap_id = 0;       // nonzero: last recorded in that capture (live or ended)
+  Clock clock;               // what its record depends on, when recorded in a capture
 };
+
+// ---- stream capture (CUDA graphs) ---------------------------------------------------------------
+// Work enqueued on a capturing stream is recorded, not run; the graph replays it. The records keep
+// the order the host enqueued them in, which respects every dependency (an operation is enqueued
+// after what it waits for), so a replay runs them one after another in that order. The rules CUDA
+// enforces during a capture are enforced here as CUDA states them (cudaStreamBeginCapture,
+// cudaThreadExchangeStreamCaptureMode, the programming guide's "prohibited and unhandled
+// operations"): an error, and the capture invalidated, for a synchronisation or query of a capturing
+// stream or of an event recorded in a capture, a potentially unsafe call (cudaMalloc, cudaFree, a
+// blocking copy, a device synchronisation) from a thread the capture's mode prohibits, the legacy
+// stream used while a blocking stream captures, a wait on an event recorded outside the capture,
+// and a forked stream not joined back at cudaStreamEndCapture.
+struct Capture {
+  uint64_t id = 0;
+  Stream* origin = nullptr;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+  std::thread::id thread;
+  std::string invalid;                                   // why it was invalidated ("" while valid)
+  std::vector<std::function<void()>> ops;                // in enqueue order
+  std::map<const void*, uint64_t> count;                 // operations captured per stream
+};
+std::map<uint64_t, Capture*> g_captures;  // live ones, by id
+uint64_t g_next_capture = 1;
+using Ops = std::shared_ptr<const std::vector<std::function<void()>>>;
+struct Graph {
+  Ops ops;
+};
+struct GraphExec {
+  Ops ops;
+};
+std::set<const void*> g_graphs, g_graph_execs;
 std::set<const void*> g_events;
 std::recursive_mutex g_queue_mu;  // deferred work may wait on (run) other streams' work
 
@@ -161,18 +201,61 @@ void flush_blocking() {
   for (Stream* s : live_streams())
     if (s->blocking) flush(s);
 }
-// Enqueues op on stream s (the legacy stream: runs it now, after the blocking streams' work).
-void submit(cudaStream_t s, std::function<void()> op) {
+void invalidate(Capture* c, const std::string& why) {
+  if (c->invalid.empty()) c->invalid = why;
+}
+// The live capture of a blocking stream, if any: the legacy stream may not be used meanwhile.
+Capture* blocking_capture() {
+  for (const auto& [id, c] : g_captures)
+    for (Stream* st : live_streams())
+      if (st->cap == c && st->blocking) return c;
+  return nullptr;
+}
+// Whether the calling thread may make a potentially unsafe call now (its mode is Global, the
+// default: prohibited during its own non-relaxed captures and any thread's global-mode ones).
+cudaError_t unsafe_call(const char* fn) {
   std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  bool hit = false;
+  for (const auto& [id, c] : g_captures) {
+    const bool mine = c->thread == std::this_thread::get_id();
+    if ((mine && c->mode != cudaStreamCaptureModeRelaxed) || (!mine && c->mode == cudaStreamCaptureModeGlobal)) {
+      invalidate(c, std::string(fn) + " was called during the capture");
+      hit = true;
+    }
+  }
+  if (!hit) return cudaSuccess;
+  return fail(cudaErrorStreamCaptureUnsupported, fn,
+              "not permitted while a stream is being captured (a potentially unsafe call, which a graph would not "
+              "record); the capture is invalidated");
+}
+
+// Enqueues op on stream s (the legacy stream: runs it now, after the blocking streams' work); on a
+// capturing stream, records it into the capture instead.
+cudaError_t submit(cudaStream_t s, std::function<void()> op, const char* fn = "stream work") {
+  std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  if (s == nullptr) {
+    if (Capture* c = blocking_capture()) {
+      invalidate(c, std::string(fn) + " used the legacy default stream");
+      return fail(cudaErrorStreamCaptureImplicit, fn,
+                  "the legacy default stream was used while a blocking stream is being captured");
+    }
+  } else if (Capture* c = reinterpret_cast<Stream*>(s)->cap) {
+    if (!c->invalid.empty())
+      return fail(cudaErrorStreamCaptureInvalidated, fn, ("the stream's capture was invalidated: " + c->invalid).c_str());
+    c->ops.push_back(std::move(op));
+    reinterpret_cast<Stream*>(s)->knows[s] = ++c->count[s];
+    return cudaSuccess;
+  }
   if (s == nullptr || immediate_mode()) {
     if (s == nullptr) flush_blocking();
     else flush(reinterpret_cast<Stream*>(s));
     op();
-    return;
+    return cudaSuccess;
   }
   auto* st = reinterpret_cast<Stream*>(s);
   st->pending.push_back(std::move(op));
   ++st->enqueued;
+  return cudaSuccess;
 }
 
 // Streams and events are live objects of these types, their handles the objects' addresses.
@@ -482,6 +565,14 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorNotSupported: return "cudaErrorNotSupported";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
+    case cudaErrorStreamCaptureIsolation: return "cudaErrorStreamCaptureIsolation";
+    case cudaErrorStreamCaptureUnjoined: return "cudaErrorStreamCaptureUnjoined";
+    case cudaErrorStreamCaptureUnmatched: return "cudaErrorStreamCaptureUnmatched";
+    case cudaErrorStreamCaptureWrongThread: return "cudaErrorStreamCaptureWrongThread";
+    case cudaErrorCapturedEvent: return "cudaErrorCapturedEvent";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
     // What the real libcudart answers on a machine with no driver: a function this file does not
     // define was called (add it here).
     case cudaErrorInsufficientDriver:
@@ -494,7 +585,6 @@ const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
     case cudaSuccess: return "no error";
     case cudaErrorIllegalAddress: return "an illegal memory access was encountered (emulated)";
-    case cudaErrorStreamCaptureUnsupported: return "stream capture is not emulated";
     default: return cudaGetErrorName(e);
   }
 }
@@ -550,12 +640,14 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize() {
+  if (const cudaError_t e = unsafe_call("cudaDeviceSynchronize"); e != cudaSuccess) return e;
   flush_all();
   return g_last_error;
 }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = nullptr;
+  if (const cudaError_t e = unsafe_call("cudaMalloc"); e != cudaSuccess) return e;
   if (bytes == 0) return cudaSuccess;
   {
     std::lock_guard<std::mutex> lk(g_mem_mu);
@@ -566,17 +658,21 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 }
 // cudaFree and cudaFreeHost synchronise the device first, as CUDA's do.
 cudaError_t cudaFree(void* p) {
+  if (const cudaError_t e = unsafe_call("cudaFree"); e != cudaSuccess) return e;
   flush_all();
   return emu_free(p, MemKind::Device) ? cudaSuccess
                                       : fail(cudaErrorInvalidValue, "cudaFree", "not a live cudaMalloc pointer");
 }
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  *p = nullptr;
+  if (const cudaError_t e = unsafe_call("cudaMallocHost"); e != cudaSuccess) return e;
   *p = bytes ? emu_alloc(bytes, MemKind::PinnedHost) : nullptr;
   return (*p || !bytes) ? cudaSuccess : (g_last_error = cudaErrorMemoryAllocation);
 }
 // cuda_runtime.h's inline cudaMallocHost(ptr, size, flags), which typed pointers reach, calls this.
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) { return cudaMallocHost(p, bytes); }
 cudaError_t cudaFreeHost(void* p) {
+  if (const cudaError_t e = unsafe_call("cudaFreeHost"); e != cudaSuccess) return e;
   flush_all();
   return emu_free(p, MemKind::PinnedHost) ? cudaSuccess
                                           : fail(cudaErrorInvalidValue, "cudaFreeHost", "not a live cudaMallocHost pointer");
@@ -614,10 +710,10 @@ static cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemc
 // On the legacy default stream: after the blocking streams' work, at once (not after work queued
 // on non-blocking streams, which a GPU may not have done yet either).
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (const cudaError_t e = unsafe_call("cudaMemcpy"); e != cudaSuccess) return e;
   if (bytes == 0) return cudaSuccess;
   if (const cudaError_t e = check_copy(dst, src, bytes, kind); e != cudaSuccess) return e;
-  submit(nullptr, [=] { std::memmove(dst, src, bytes); });
-  return cudaSuccess;
+  return submit(nullptr, [=] { std::memmove(dst, src, bytes); }, "cudaMemcpy");
 }
 // As CUDA's: from pageable host memory the source is taken at the call (staged), so the caller may
 // reuse it at once; into pageable host memory the call returns once the copy (after the stream's
@@ -627,23 +723,29 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
   if (bytes == 0) return cudaSuccess;
   if (const cudaError_t e = check_copy(dst, src, bytes, kind); e != cudaSuccess) return e;
   const bool from_pageable = mem_kind(src) == MemKind::Unknown, to_pageable = mem_kind(dst) == MemKind::Unknown;
+  if ((from_pageable || to_pageable) && s && reinterpret_cast<Stream*>(s)->cap) {
+    // Eagerly such a copy is staged or waited for; replayed from a graph it would read or write the
+    // host buffer whenever the graph runs. The emulation refuses it rather than guess.
+    std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+    invalidate(reinterpret_cast<Stream*>(s)->cap, "cudaMemcpyAsync to or from pageable host memory");
+    return fail(cudaErrorStreamCaptureUnsupported, "cudaMemcpyAsync",
+                "a copy to or from pageable host memory on a capturing stream (the emulation refuses it: use pinned "
+                "or device memory in a captured step)");
+  }
   if (from_pageable) {
     auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src), static_cast<const char*>(src) + bytes);
-    submit(s, [=] { std::memcpy(dst, staged->data(), bytes); });
-  } else if (to_pageable) {
-    submit(s, [=] { std::memmove(dst, src, bytes); });
-    if (s) flush(reinterpret_cast<Stream*>(s));
-  } else {
-    submit(s, [=] { std::memmove(dst, src, bytes); });
+    return submit(s, [=] { std::memcpy(dst, staged->data(), bytes); }, "cudaMemcpyAsync");
   }
+  if (const cudaError_t e = submit(s, [=] { std::memmove(dst, src, bytes); }, "cudaMemcpyAsync"); e != cudaSuccess)
+    return e;
+  if (to_pageable && s) flush(reinterpret_cast<Stream*>(s));
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t s) {
   if (!stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaMemsetAsync", "unknown stream");
   if (bytes == 0) return cudaSuccess;
   if (!device_range_ok(p, bytes)) return fail(cudaErrorInvalidValue, "cudaMemset", "range not inside a device allocation");
-  submit(s, [=] { std::memset(p, v, bytes); });
-  return cudaSuccess;
+  return submit(s, [=] { std::memset(p, v, bytes); }, "cudaMemsetAsync");
 }
 cudaError_t cudaMemset(void* p, int v, size_t bytes) { return cudaMemsetAsync(p, v, bytes, nullptr); }
 
@@ -658,14 +760,22 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
   if (stream_ok(s) && s) flush(reinterpret_cast<Stream*>(s));
   return drop_handle<Stream>(s, g_streams, "cudaStreamDestroy");
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t s) {
-  if (!stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize", "unknown stream");
+static cudaError_t stream_wait_host(cudaStream_t s, const char* fn) {
+  if (!stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, fn, "unknown stream");
+  std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  Capture* c = s ? reinterpret_cast<Stream*>(s)->cap : blocking_capture();
+  if (c) {
+    invalidate(c, std::string(fn) + " of a capturing stream");
+    return fail(s ? cudaErrorStreamCaptureUnsupported : cudaErrorStreamCaptureImplicit, fn,
+                "a capturing stream's work is recorded, not run: it cannot be waited for or queried");
+  }
   if (s) flush(reinterpret_cast<Stream*>(s));
   else flush_blocking();
   return g_last_error;
 }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) { return stream_wait_host(s, "cudaStreamSynchronize"); }
 // Looking makes progress: the queued work runs (a poll loop must end).
-cudaError_t cudaStreamQuery(cudaStream_t s) { return cudaStreamSynchronize(s); }
+cudaError_t cudaStreamQuery(cudaStream_t s) { return stream_wait_host(s, "cudaStreamQuery"); }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) { return make_handle<Event>(e, g_events); }
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
@@ -679,8 +789,24 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   Event* ev = event_of(e);
   if (!ev || !stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord", "unknown event or stream");
   std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  if (s && reinterpret_cast<Stream*>(s)->cap) {
+    // Recorded in a capture: a point other streams may fork from or join at; it stands for no work
+    // the host can wait for (in the graph it is only an edge).
+    Stream* st = reinterpret_cast<Stream*>(s);
+    if (!st->cap->invalid.empty())
+      return fail(cudaErrorStreamCaptureInvalidated, "cudaEventRecord", ("the capture was invalidated: " + st->cap->invalid).c_str());
+    ev->recorded = true;
+    ev->cap_id = st->cap->id;
+    ev->clock = st->knows;
+    ev->stream = nullptr;
+    return cudaSuccess;
+  }
+  if (const cudaError_t e = submit(s, [ev] { ev->at = std::chrono::steady_clock::now(); }, "cudaEventRecord");
+      e != cudaSuccess)
+    return e;
   ev->recorded = true;
-  submit(s, [ev] { ev->at = std::chrono::steady_clock::now(); });
+  ev->cap_id = 0;
+  ev->clock.clear();
   if (s && !immediate_mode()) {
     ev->stream = reinterpret_cast<Stream*>(s);
     ev->seq = ev->stream->enqueued;
@@ -693,52 +819,153 @@ static void complete(Event* ev) {
   std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
   if (ev->stream && stream_ok(reinterpret_cast<cudaStream_t>(ev->stream))) flush(ev->stream, ev->seq);
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+static cudaError_t event_wait_host(cudaEvent_t e, const char* fn) {
   Event* ev = event_of(e);
-  if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize", "unknown event");
+  if (!ev) return fail(cudaErrorInvalidResourceHandle, fn, "unknown event");
+  if (ev->cap_id) {
+    std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+    if (auto it = g_captures.find(ev->cap_id); it != g_captures.end())
+      invalidate(it->second, std::string(fn) + " of an event recorded in the capture");
+    return fail(cudaErrorCapturedEvent, fn, "the event was last recorded in a stream capture: it stands for no work");
+  }
   complete(ev);
   return cudaSuccess;
 }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) { return event_wait_host(e, "cudaEventSynchronize"); }
 // Looking makes progress, as for cudaStreamQuery.
-cudaError_t cudaEventQuery(cudaEvent_t e) { return cudaEventSynchronize(e); }
+cudaError_t cudaEventQuery(cudaEvent_t e) { return event_wait_host(e, "cudaEventQuery"); }
 // Stream s's later work waits for the event's stream's work up to the record made before this call.
-cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int) {
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags) {
   Event* ev = event_of(e);
   if (!ev || !stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent", "unknown event or stream");
+  if (flags != 0) return fail(cudaErrorNotSupported, "cudaStreamWaitEvent", "flags (cudaEventWaitExternal) are not emulated");
   std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  Stream* st = reinterpret_cast<Stream*>(s);
+  if (ev->cap_id) {
+    auto it = g_captures.find(ev->cap_id);
+    if (it == g_captures.end())
+      return fail(cudaErrorStreamCaptureIsolation, "cudaStreamWaitEvent",
+                  "the event was last recorded in a capture that has ended (record it again outside the capture)");
+    Capture* c = it->second;
+    if (!st) {
+      invalidate(c, "the legacy stream waited on a captured event");
+      return fail(cudaErrorStreamCaptureImplicit, "cudaStreamWaitEvent", "the legacy stream cannot join a capture");
+    }
+    if (st->cap && st->cap != c) {
+      invalidate(c, "a stream of another capture waited on one of its events");
+      invalidate(st->cap, "it waited on an event of another capture");
+      return fail(cudaErrorStreamCaptureIsolation, "cudaStreamWaitEvent", "the event belongs to another capture");
+    }
+    st->cap = c;  // a stream not capturing joins the capture (a fork)
+    for (const auto& [k, v] : ev->clock) st->knows[k] = std::max(st->knows[k], v);
+    return cudaSuccess;
+  }
+  if (st && st->cap && ev->recorded) {
+    invalidate(st->cap, "it waited on an event recorded outside the capture");
+    return fail(cudaErrorStreamCaptureIsolation, "cudaStreamWaitEvent",
+                "a capturing stream waited on an event recorded outside the capture (a dependency across its boundary)");
+  }
   if (!ev->stream) return cudaSuccess;
   Stream* on = ev->stream;
   const uint64_t seq = ev->seq;
-  submit(s, [on, seq] {
+  return submit(s, [on, seq] {
     if (stream_ok(reinterpret_cast<cudaStream_t>(on))) flush(on, seq);
-  });
-  return cudaSuccess;
+  }, "cudaStreamWaitEvent");
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
   Event *ea = event_of(a), *eb = event_of(b);
   if (!ea || !eb || !ea->recorded || !eb->recorded)
     return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime", "unknown or unrecorded event");
+  if (ea->cap_id || eb->cap_id)
+    return fail(cudaErrorCapturedEvent, "cudaEventElapsedTime", "an event last recorded in a stream capture");
   *ms = std::chrono::duration<float, std::milli>(eb->at - ea->at).count();
   return cudaSuccess;
 }
 
-// CUDA graphs are not emulated: capture fails as on a stream that cannot be captured.
-cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
-  return fail(cudaErrorStreamCaptureUnsupported, "cudaStreamBeginCapture", "CUDA graphs are not emulated");
+// Stream capture and graphs: see "stream capture" above.
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
+  if (s == nullptr) return fail(cudaErrorStreamCaptureUnsupported, "cudaStreamBeginCapture", "the legacy stream cannot be captured");
+  if (!stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamBeginCapture", "unknown stream");
+  std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  Stream* st = reinterpret_cast<Stream*>(s);
+  if (st->cap) return fail(cudaErrorIllegalState, "cudaStreamBeginCapture", "the stream is already capturing");
+  auto* c = new Capture;
+  c->id = g_next_capture++;
+  c->origin = st;
+  c->mode = mode;
+  c->thread = std::this_thread::get_id();
+  g_captures[c->id] = c;
+  st->cap = c;
+  st->knows.clear();
+  return cudaSuccess;
 }
-cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* g) {
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* g) {
   *g = nullptr;
-  return fail(cudaErrorStreamCaptureUnsupported, "cudaStreamEndCapture", "CUDA graphs are not emulated");
+  if (!stream_ok(s) || s == nullptr) return fail(cudaErrorInvalidResourceHandle, "cudaStreamEndCapture", "unknown stream");
+  std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  Stream* st = reinterpret_cast<Stream*>(s);
+  Capture* c = st->cap;
+  if (!c) return fail(cudaErrorIllegalState, "cudaStreamEndCapture", "the stream is not capturing");
+  if (c->origin != st)
+    return fail(cudaErrorStreamCaptureUnmatched, "cudaStreamEndCapture", "the capture began on another stream");
+  if (c->mode != cudaStreamCaptureModeRelaxed && c->thread != std::this_thread::get_id())
+    return fail(cudaErrorStreamCaptureWrongThread, "cudaStreamEndCapture", "the capture began on another thread");
+  // Every stream leaves the capture, whatever its outcome.
+  bool unjoined = false;
+  for (const auto& [x, n] : c->count)
+    if (x != st && st->knows[x] < n) unjoined = true;
+  for (Stream* x : live_streams()) {
+    if (x->cap != c) continue;
+    x->cap = nullptr;
+    x->knows.clear();
+  }
+  g_captures.erase(c->id);
+  std::unique_ptr<Capture> done(c);
+  if (!c->invalid.empty())
+    return fail(cudaErrorStreamCaptureInvalidated, "cudaStreamEndCapture", ("the capture was invalidated: " + c->invalid).c_str());
+  if (unjoined)
+    return fail(cudaErrorStreamCaptureUnjoined, "cudaStreamEndCapture",
+                "work captured on another stream was not joined back into the capturing stream (record an event "
+                "after it and make the origin stream wait on it)");
+  auto* graph = new Graph{std::make_shared<const std::vector<std::function<void()>>>(std::move(c->ops))};
+  std::lock_guard<std::mutex> lk2(g_obj_mu);
+  g_graphs.insert(graph);
+  *g = reinterpret_cast<cudaGraph_t>(graph);
+  return cudaSuccess;
 }
-cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t* g, cudaGraph_t, unsigned long long) {
-  *g = nullptr;
-  return fail(cudaErrorNotSupported, "cudaGraphInstantiateWithFlags", "CUDA graphs are not emulated");
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status) {
+  if (!stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamIsCapturing", "unknown stream");
+  std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  const Capture* c = s ? reinterpret_cast<Stream*>(s)->cap : nullptr;
+  *status = !c ? cudaStreamCaptureStatusNone
+               : c->invalid.empty() ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusInvalidated;
+  return cudaSuccess;
 }
-cudaError_t cudaGraphLaunch(cudaGraphExec_t, cudaStream_t) {
-  return fail(cudaErrorNotSupported, "cudaGraphLaunch", "CUDA graphs are not emulated");
+cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t* exec, cudaGraph_t g, unsigned long long) {
+  *exec = nullptr;
+  std::lock_guard<std::mutex> lk(g_obj_mu);
+  if (!g_graphs.count(g)) return fail(cudaErrorInvalidValue, "cudaGraphInstantiateWithFlags", "unknown graph");
+  auto* x = new GraphExec{reinterpret_cast<Graph*>(g)->ops};
+  g_graph_execs.insert(x);
+  *exec = reinterpret_cast<cudaGraphExec_t>(x);
+  return cudaSuccess;
 }
-cudaError_t cudaGraphDestroy(cudaGraph_t) { return cudaSuccess; }
-cudaError_t cudaGraphExecDestroy(cudaGraphExec_t) { return cudaSuccess; }
+// The graph's operations, in their captured order, as one piece of work on the stream.
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+  Ops ops;
+  {
+    std::lock_guard<std::mutex> lk(g_obj_mu);
+    if (!g_graph_execs.count(exec)) return fail(cudaErrorInvalidResourceHandle, "cudaGraphLaunch", "unknown graph exec");
+    ops = reinterpret_cast<GraphExec*>(exec)->ops;
+  }
+  if (!stream_ok(s)) return fail(cudaErrorInvalidResourceHandle, "cudaGraphLaunch", "unknown stream");
+  return submit(s, [ops] {
+    for (const auto& op : *ops) op();
+  }, "cudaGraphLaunch");
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g) { return drop_handle<Graph>(g, g_graphs, "cudaGraphDestroy"); }
+// A launch still queued keeps the operations alive (shared), as CUDA lets queued launches complete.
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t x) { return drop_handle<GraphExec>(x, g_graph_execs, "cudaGraphExecDestroy"); }
 
 }  // extern "C"
 

@@ -1,13 +1,15 @@
 // The CUDA emulation's own claims (emu.h): deferred stream work (a host read without the needed
 // synchronisation sees stale data), event ordering between streams, barriers and their OR, divergent
 // barriers refused, launch-configuration and pointer checks as a GPU makes them, and the order
-// DDP_CUDA_EMU_REVERSE=1 runs threads in.
+// DDP_CUDA_EMU_REVERSE=1 runs threads in; stream capture and graph replay, and the calls CUDA
+// refuses during a capture.
 #include "emu_kernel.h"  // first: CUDA kernel syntax for the kernels below
 
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -161,6 +163,168 @@ TEST(CudaEmulation, ReverseOrderRunsTheLastThreadFirst) {
   ASSERT_EQ(cudaMemcpy(&winner, dev, 4, cudaMemcpyDeviceToHost), cudaSuccess);
   const char* rev = std::getenv("DDP_CUDA_EMU_REVERSE");
   EXPECT_EQ(winner, rev && std::string(rev) == "1" ? 0 : 127) << "the last thread to run writes last";
+  cudaFree(dev);
+}
+
+// Adds v to every element (so a replay that ran twice, or not at all, shows in the sum).
+__global__ void k_add(int* p, int v) { p[blockIdx.x * blockDim.x + threadIdx.x] += v; }
+
+std::vector<int> read_back(const int* dev, size_t n) {
+  std::vector<int> host(n);
+  EXPECT_EQ(cudaMemcpy(host.data(), dev, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  return host;
+}
+
+TEST(CudaEmulationGraphs, CaptureRecordsWithoutRunningAndEachLaunchReplaysOnce) {
+  Stream main, side;
+  cudaEvent_t fork = nullptr, join = nullptr;
+  ASSERT_EQ(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming), cudaSuccess);
+  ASSERT_EQ(cudaEventCreateWithFlags(&join, cudaEventDisableTiming), cudaSuccess);
+  int *a = nullptr, *b = nullptr;
+  ASSERT_EQ(cudaMalloc(&a, 64 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&b, 64 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemset(a, 0, 64 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemset(b, 0, 64 * 4), cudaSuccess);
+  ASSERT_EQ(cudaStreamBeginCapture(main.s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  cudaStreamCaptureStatus status{};
+  ASSERT_EQ(cudaStreamIsCapturing(main.s, &status), cudaSuccess);
+  EXPECT_EQ(status, cudaStreamCaptureStatusActive);
+  ddp::cuda_emu::Launch("k_add", 1, 64, 0, main.s)(k_add, a, 1);
+  // A fork onto another stream and the join back, as the model's copy stream would.
+  ASSERT_EQ(cudaEventRecord(fork, main.s), cudaSuccess);
+  ASSERT_EQ(cudaStreamWaitEvent(side.s, fork, 0), cudaSuccess);
+  ddp::cuda_emu::Launch("k_add", 1, 64, 0, side.s)(k_add, b, 10);
+  ASSERT_EQ(cudaEventRecord(join, side.s), cudaSuccess);
+  ASSERT_EQ(cudaStreamWaitEvent(main.s, join, 0), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(a + 1, b, 4, cudaMemcpyDeviceToDevice, main.s), cudaSuccess);  // a[1] = b[0]
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(main.s, &graph), cudaSuccess);
+  ASSERT_NE(graph, nullptr);
+  ASSERT_EQ(cudaStreamIsCapturing(side.s, &status), cudaSuccess);
+  EXPECT_EQ(status, cudaStreamCaptureStatusNone) << "the forked stream left the capture with it";
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(read_back(a, 64)[0], 0) << "captured work ran at capture time";
+  EXPECT_EQ(read_back(b, 64)[0], 0) << "captured work ran at capture time";
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiateWithFlags(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphDestroy(graph), cudaSuccess);  // the exec keeps what it needs
+  for (int k = 0; k < 3; ++k) ASSERT_EQ(cudaGraphLaunch(exec, main.s), cudaSuccess);
+  EXPECT_EQ(read_back(a, 64)[0], 0) << "a graph launch is stream work: it waits for a synchronisation";
+  ASSERT_EQ(cudaStreamSynchronize(main.s), cudaSuccess);
+  const auto ha = read_back(a, 64), hb = read_back(b, 64);
+  EXPECT_EQ(ha[0], 3);
+  EXPECT_EQ(hb[0], 30);
+  EXPECT_EQ(ha[1], 30) << "the copy after the join saw the side stream's work of the same replay";
+  EXPECT_EQ(ha[2], 3);
+  // The fork event was last recorded in the capture: it stands for no work the host could wait for.
+  EXPECT_EQ(cudaEventQuery(fork), cudaErrorCapturedEvent);
+  EXPECT_EQ(cudaStreamWaitEvent(side.s, fork, 0), cudaErrorStreamCaptureIsolation);
+  ASSERT_EQ(cudaEventRecord(fork, main.s), cudaSuccess);  // recorded again outside: usable
+  EXPECT_EQ(cudaEventSynchronize(fork), cudaSuccess);
+  (void)cudaGetLastError();
+  ASSERT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
+  cudaEventDestroy(fork);
+  cudaEventDestroy(join);
+  cudaFree(a);
+  cudaFree(b);
+}
+
+// Each call that CUDA refuses during a capture: an error now, and the capture invalidated (the end
+// of the capture then fails and gives no graph), so a captured step that would go wrong on a GPU
+// fails here too.
+TEST(CudaEmulationGraphs, CallsCudaRefusesDuringACaptureInvalidateIt) {
+  Stream main, other;
+  Stream blocking(cudaStreamDefault);
+  cudaEvent_t outside = nullptr, inside = nullptr;
+  ASSERT_EQ(cudaEventCreate(&outside), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&inside), cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(outside, other.s), cudaSuccess);
+  int* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 64 * 4), cudaSuccess);
+  std::vector<int> host(64, 0);
+  int* pinned = nullptr;
+  ASSERT_EQ(cudaMallocHost(&pinned, 64 * 4), cudaSuccess);
+  struct Case {
+    const char* what;
+    cudaStream_t capture_on;
+    std::function<cudaError_t()> call;
+    cudaError_t want;
+  };
+  const std::vector<Case> cases = {
+      {"cudaStreamSynchronize of the capturing stream", main.s, [&] { return cudaStreamSynchronize(main.s); },
+       cudaErrorStreamCaptureUnsupported},
+      {"cudaStreamQuery of the capturing stream", main.s, [&] { return cudaStreamQuery(main.s); },
+       cudaErrorStreamCaptureUnsupported},
+      {"cudaMalloc (a potentially unsafe call)", main.s,
+       [&] {
+         void* p = nullptr;
+         return cudaMalloc(&p, 16);
+       },
+       cudaErrorStreamCaptureUnsupported},
+      {"cudaFree", main.s, [&] { return cudaFree(nullptr); }, cudaErrorStreamCaptureUnsupported},
+      {"a blocking cudaMemcpy", main.s, [&] { return cudaMemcpy(host.data(), dev, 4, cudaMemcpyDeviceToHost); },
+       cudaErrorStreamCaptureUnsupported},
+      {"cudaDeviceSynchronize", main.s, [&] { return cudaDeviceSynchronize(); }, cudaErrorStreamCaptureUnsupported},
+      {"a wait on an event recorded outside the capture", main.s, [&] { return cudaStreamWaitEvent(main.s, outside, 0); },
+       cudaErrorStreamCaptureIsolation},
+      {"a copy from pageable host memory", main.s,
+       [&] { return cudaMemcpyAsync(dev, host.data(), 4, cudaMemcpyHostToDevice, main.s); },
+       cudaErrorStreamCaptureUnsupported},
+      {"a query of an event recorded in the capture", main.s,
+       [&] {
+         EXPECT_EQ(cudaEventRecord(inside, main.s), cudaSuccess);
+         return cudaEventQuery(inside);
+       },
+       cudaErrorCapturedEvent},
+      {"the legacy stream while a blocking stream captures", blocking.s,
+       [&] { return cudaMemsetAsync(dev, 0, 4, nullptr); }, cudaErrorStreamCaptureImplicit},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    ASSERT_EQ(cudaStreamBeginCapture(c.capture_on, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    ddp::cuda_emu::Launch("k_add", 1, 64, 0, c.capture_on)(k_add, dev, 1);
+    EXPECT_EQ(c.call(), c.want);
+    // Later work on the invalidated capture is refused too; the end gives no graph.
+    EXPECT_EQ(cudaMemsetAsync(dev, 0, 4, c.capture_on), cudaErrorStreamCaptureInvalidated);
+    cudaGraph_t g = reinterpret_cast<cudaGraph_t>(&host);
+    EXPECT_EQ(cudaStreamEndCapture(c.capture_on, &g), cudaErrorStreamCaptureInvalidated);
+    EXPECT_EQ(g, nullptr);
+    (void)cudaGetLastError();
+  }
+  // Pinned memory and device memory are fine in a capture; a relaxed capture allows cudaMalloc.
+  ASSERT_EQ(cudaStreamBeginCapture(main.s, cudaStreamCaptureModeRelaxed), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(dev, pinned, 4, cudaMemcpyHostToDevice, main.s), cudaSuccess);
+  void* extra = nullptr;
+  EXPECT_EQ(cudaMalloc(&extra, 16), cudaSuccess);
+  cudaGraph_t g = nullptr;
+  EXPECT_EQ(cudaStreamEndCapture(main.s, &g), cudaSuccess);
+  EXPECT_EQ(cudaGraphDestroy(g), cudaSuccess);
+  cudaFree(extra);
+  cudaFreeHost(pinned);
+  cudaFree(dev);
+  cudaEventDestroy(outside);
+  cudaEventDestroy(inside);
+}
+
+TEST(CudaEmulationGraphs, AForkNotJoinedBackFailsTheCapture) {
+  Stream main, side;
+  cudaEvent_t fork = nullptr;
+  ASSERT_EQ(cudaEventCreate(&fork), cudaSuccess);
+  int* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 64 * 4), cudaSuccess);
+  ASSERT_EQ(cudaStreamBeginCapture(main.s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(fork, main.s), cudaSuccess);
+  ASSERT_EQ(cudaStreamWaitEvent(side.s, fork, 0), cudaSuccess);
+  ddp::cuda_emu::Launch("k_add", 1, 64, 0, side.s)(k_add, dev, 1);  // never joined back
+  ddp::cuda_emu::Launch("k_add", 1, 64, 0, main.s)(k_add, dev, 1);
+  cudaGraph_t g = nullptr;
+  EXPECT_EQ(cudaStreamEndCapture(main.s, &g), cudaErrorStreamCaptureUnjoined);
+  EXPECT_EQ(g, nullptr);
+  (void)cudaGetLastError();
+  cudaStreamCaptureStatus status{};
+  ASSERT_EQ(cudaStreamIsCapturing(side.s, &status), cudaSuccess);
+  EXPECT_EQ(status, cudaStreamCaptureStatusNone);
+  cudaEventDestroy(fork);
   cudaFree(dev);
 }
 

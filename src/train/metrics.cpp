@@ -17,6 +17,31 @@
 
 namespace ddp::train {
 
+// ---- status file -------------------------------------------------------------------------------
+
+void write_status_file(const std::string& path, const std::vector<std::pair<std::string, std::string>>& fields) {
+  auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(parent, ec);
+  }
+  std::error_code ec;
+  DDP_CHECK(!std::filesystem::is_directory(path, ec), "--status-file '", path, "' is a directory, not a file");
+  std::string text;
+  for (const auto& [k, v] : fields) text += k + "=" + v + "\n";
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  DDP_CHECK(f != nullptr, "cannot write --status-file '", path, "' (", tmp, "): ", std::strerror(errno));
+  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size() && std::fflush(f) == 0;
+  const int err = errno;
+  std::fclose(f);
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int e = ok ? errno : err;
+    std::remove(tmp.c_str());
+    throw Error(str("cannot write --status-file '", path, "': ", std::strerror(e)));
+  }
+}
+
 // ---- JSON lines --------------------------------------------------------------------------------
 
 JsonlWriter::JsonlWriter(const std::string& path) : path_(path) {

@@ -129,6 +129,9 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
        "evaluate the weights of --resume or --init-weights once and exit, without training")
       ("log-every", po::value<int>(&o.log_every)->default_value(o.log_every), "steps between log lines / JSONL records")
       ("jsonl", po::value<std::string>(&o.jsonl), "append metrics as JSON lines to this file")
+      ("status-file", po::value<std::string>(&o.status_file),
+       "write how the run ended to this file (key=value lines; state=finished | stopped | stopped-unsaved), "
+       "for job scripts that requeue a run stopped at a signal")
       ("tensorboard", po::value<std::string>(&o.tensorboard), "write TensorBoard event files into this directory")
       ("progress", po::value<std::string>(&o.progress)->default_value("auto"),
        "auto | bar | lines: a progress bar (one process on a terminal) or periodic lines (also under mpirun "

@@ -673,6 +673,13 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     }
     gpu = std::make_unique<GpuMonitor>(device);
   }
+  // A job script reads how the run ended (docs/USAGE.md "Signals"); "running" until then, so a stale
+  // file of an earlier run is never read as this one's. Unwritable: an error now, not after training.
+  const int64_t run_start_step = gstep;
+  if (!o.status_file.empty())
+    on_rank0_agreed(env.rank, tmo, "writing --status-file", [&] {
+      write_status_file(o.status_file, {{"state", "running"}, {"start_step", std::to_string(run_start_step)}});
+    });
   auto gpu_text = [&]() -> std::string {
     auto u = gpu ? gpu->utilization_percent() : std::nullopt;
     return u ? str(*u, "%") : std::string("n/a");
@@ -741,14 +748,16 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       }
     }
   };
-  auto stop_text = [] {
+  auto signal_name = [] {
     const int sig = stop_signal();
-    const std::string name = sig == SIGTERM   ? "SIGTERM"
-                             : sig == SIGUSR1 ? "SIGUSR1"
-                             : sig == SIGINT  ? "SIGINT, Ctrl-C"
-                                              : std::to_string(sig);
-    return str("stop requested", sig ? str(" (", name, ")") : std::string());
+    return sig == SIGTERM ? std::string("SIGTERM") : sig == SIGUSR1 ? std::string("SIGUSR1")
+           : sig == SIGINT ? std::string("SIGINT") : sig ? std::to_string(sig) : std::string();
   };
+  auto stop_text = [&] {
+    const std::string name = signal_name();
+    return str("stop requested", name.empty() ? std::string() : str(" (", name == "SIGINT" ? "SIGINT, Ctrl-C" : name, ")"));
+  };
+  int64_t saved_epoch = -1, saved_step = 0;  // the position of the last checkpoint written
   auto save = [&](int64_t epoch_pos, int64_t step_pos, const std::string& why) {
     if (o.checkpoint_dir.empty()) return;
     // The file holds the ranks' averaged BN statistics (what a torchvision model or an evaluation
@@ -803,6 +812,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     });
     model->set_buffers(own.data());
     result.last_checkpoint = path;
+    saved_epoch = epoch_pos;
+    saved_step = step_pos;
   };
 
   // ---- training --------------------------------------------------------------------------------
@@ -959,6 +970,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
 
   result.global_steps = gstep;
   result.stopped_by_signal = stop;
+  // Finished: nothing left to train, even where a stop request came during the last step (its
+  // checkpoint is the end of training); a job script must not requeue such a run.
+  result.finished = o.eval_only || result.epochs_done >= o.epochs || (o.max_steps > 0 && gstep >= o.max_steps);
   result.train_images_per_s = train_seconds > 0 ? static_cast<double>(train_images) / train_seconds : 0;
   if (rank0) {
     double total = seconds_since(run_t0);
@@ -985,6 +999,28 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
         f.push_back({"top5", json_number(result.top5)});
       }
       jsonl->write(f);
+    }
+    if (!o.status_file.empty()) {
+      // state: finished (nothing left to train) | stopped (at a signal, with a checkpoint to resume from:
+      // a requeued job continues) | stopped-unsaved (at a signal, without --checkpoint-dir).
+      const bool resumable = !result.finished && stop && saved_epoch >= 0;
+      std::vector<std::pair<std::string, std::string>> f = {
+          {"state", result.finished ? "finished" : resumable ? "stopped" : "stopped-unsaved"},
+          {"signal", stop ? signal_name() : std::string()},
+          {"start_step", std::to_string(run_start_step)},
+          {"global_step", std::to_string(gstep)}};
+      if (resumable) {
+        f.push_back({"epoch", std::to_string(saved_epoch + 1)});  // as "resumed from FILE: epoch 3, step 1 of the epoch"
+        f.push_back({"step_in_epoch", std::to_string(saved_step)});
+        f.push_back({"checkpoint", result.last_checkpoint});
+      }
+      try {
+        write_status_file(o.status_file, f);
+      } catch (const std::exception& e) {
+        // Training is over and its checkpoint written: the exit status stays 0; a job script then
+        // finds "running" or no file and does not requeue.
+        warn(e.what());
+      }
     }
   }
   comm->barrier();

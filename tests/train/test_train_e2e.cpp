@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <string>
 #include <vector>
@@ -380,6 +381,60 @@ TEST_F(TrainE2E, SigusrCheckpointsExitsZeroAndResumes) {
   EXPECT_NE(m.find("\"from\": \"" + *latest + "\""), std::string::npos) << m;
   expect_resume_record_matches_log(m, res.out, 4);
   expect_resume_record_matches_log(m, res2.out, 4);
+}
+
+// --status-file (what the job scripts decide a requeue on, docs/USAGE.md "Signals"): a stop at a
+// signal with training left is "stopped" at the checkpoint's position; the resumed run that reaches
+// --max-steps is "finished" from where it started; without --checkpoint-dir "stopped-unsaved"; a
+// file that cannot be written is an error before training.
+std::map<std::string, std::string> read_status(const std::string& path) {
+  std::map<std::string, std::string> m;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line))
+    if (auto eq = line.find('='); eq != std::string::npos) m[line.substr(0, eq)] = line.substr(eq + 1);
+  return m;
+}
+TEST_F(TrainE2E, StatusFileSaysHowTheRunEnded) {
+  const std::string run = kRecipe + "--epochs 200 --jsonl " + d("m.jsonl") + " --status-file " + d("st/status");
+  const auto [out, log] = run_in_background(run + " --checkpoint-dir " + d("ck"), d("m.jsonl"), kTrainRecord,
+                                            "kill -USR1 $pid; wait $pid; echo rc=$?");
+  EXPECT_NE(out.find("rc=0"), std::string::npos) << out << log;
+  auto latest = find_latest_checkpoint(d("ck"));
+  ASSERT_TRUE(latest) << log;
+  auto st = load_checkpoint(*latest, ddp::nn::make_resnet18_spec(4));
+  auto a = read_status(d("st/status"));
+  EXPECT_EQ(a["state"], "stopped") << log;
+  EXPECT_EQ(a["signal"], "SIGUSR1");
+  EXPECT_EQ(a["start_step"], "0");
+  EXPECT_EQ(a["global_step"], std::to_string(st.global_step));
+  EXPECT_EQ(a["epoch"], std::to_string(st.epoch + 1));
+  EXPECT_EQ(a["step_in_epoch"], std::to_string(st.step_in_epoch));
+  EXPECT_EQ(a["checkpoint"], *latest);
+  EXPECT_FALSE(fs::exists(d("st/status.tmp")));
+
+  auto res = sh(run + " --checkpoint-dir " + d("ck") + " --resume auto --max-steps " + std::to_string(st.global_step + 2));
+  ASSERT_EQ(res.rc, 0) << res.out;
+  auto b = read_status(d("st/status"));
+  EXPECT_EQ(b["state"], "finished") << res.out;
+  EXPECT_EQ(b["signal"], "");
+  EXPECT_EQ(b["start_step"], std::to_string(st.global_step));
+  EXPECT_EQ(b["global_step"], std::to_string(st.global_step + 2));
+  EXPECT_EQ(b.count("checkpoint"), 0u);
+
+  const auto [out2, log2] = run_in_background(kRecipe + "--epochs 200 --jsonl " + d("m2.jsonl") + " --status-file " +
+                                                  d("st/status"),
+                                              d("m2.jsonl"), kTrainRecord, "kill -TERM $pid; wait $pid; echo rc=$?");
+  EXPECT_NE(out2.find("rc=0"), std::string::npos) << out2 << log2;
+  auto c = read_status(d("st/status"));
+  EXPECT_EQ(c["state"], "stopped-unsaved") << log2;
+  EXPECT_EQ(c["signal"], "SIGTERM");
+
+  fs::create_directories(d("st/dir"));
+  auto bad = sh(kRecipe + "--epochs 1 --status-file " + d("st/dir"));
+  EXPECT_NE(bad.rc, 0) << bad.out;
+  EXPECT_NE(bad.out.find("--status-file '" + d("st/dir") + "' is a directory"), std::string::npos) << bad.out;
+  EXPECT_EQ(bad.out.find("epoch 1/1 step"), std::string::npos) << "trained before the check:\n" << bad.out;
 }
 
 // Ctrl-C on a lone process: the same stop (checkpoint, exit 0), said at once; a second Ctrl-C ends it

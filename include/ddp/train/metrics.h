@@ -33,6 +33,10 @@ class JsonlWriter {
   bool failed_ = false;
 };
 
+// Replaces FILE with "key=value" lines (written under FILE.tmp, then renamed, so a reader never sees
+// half of it); creates FILE's directory. Throws ddp::Error naming FILE when it cannot.
+void write_status_file(const std::string& path, const std::vector<std::pair<std::string, std::string>>& fields);
+
 // GPU utilisation through NVML, resolved with dlopen("libnvidia-ml.so.1") at run time, so the
 // binary runs where the library is absent.
 class GpuMonitor {

@@ -76,6 +76,7 @@ struct TrainOptions {
   bool eval_only = false;                  // evaluate the resumed / initial weights, no training
   int log_every = 50;
   std::string jsonl;
+  std::string status_file;                 // rank 0 writes how the run ended (job scripts read it)
   std::string tensorboard;
   std::string progress = "auto";           // auto | bar | lines
   // test-only: perturb one replica's parameters at this step (proves the replica check fires)

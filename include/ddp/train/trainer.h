@@ -23,6 +23,7 @@ struct TrainResult {
   int64_t global_steps = 0;
   int epochs_done = 0;
   bool stopped_by_signal = false;
+  bool finished = false;  // nothing left to train (all epochs, --max-steps, --eval-only)
   bool evaluated = false;
   double top1 = 0, top5 = 0, eval_loss = 0;  // last evaluation (fractions)
   double train_images_per_s = 0;

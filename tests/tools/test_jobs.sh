@@ -147,5 +147,83 @@ for s in parallelcluster.sbatch slurm_train.sbatch; do
   done
 done
 
+# Requeue after the time-limit signal (SIGUSR1 to the batch shell). The stand-in srun writes
+# FAKE_STATUS (the trainer's --status-file) when signalled, or at once with FAKE_NOWAIT=1, and exits
+# SRUN_RC; a stand-in scontrol records its arguments and exits SCONTROL_RC.
+cat >"$TMP/bin/srun" <<SRUN
+#!/bin/bash
+status=""
+while ((\$#)); do [[ \$1 == --status-file ]] && status=\$2; shift; done
+finish() { mkdir -p "\$(dirname "\$status")"; printf '%b' "\$FAKE_STATUS" >"\$status"; exit \${SRUN_RC:-0}; }
+trap finish USR1
+: >"$TMP/srun.started"
+[[ -n \${FAKE_NOWAIT:-} ]] && finish
+for _ in \$(seq 1 200); do sleep 0.05; done
+exit 9
+SRUN
+cat >"$TMP/bin/scontrol" <<SCONTROL
+#!/bin/bash
+printf '%s\n' "\$*" >>"$TMP/scontrol.args"
+[[ \${SCONTROL_RC:-0} -eq 0 ]] || echo "Requested operation is presently disabled for job 42" >&2
+exit \${SCONTROL_RC:-0}
+SCONTROL
+chmod +x "$TMP/bin/scontrol"
+STOPPED='state=stopped\nsignal=SIGUSR1\nstart_step=4\nglobal_step=9\nepoch=3\nstep_in_epoch=1\ncheckpoint=/c/ckpt-9.h5\n'
+# requeue_job SCRIPT SIGNAL|- [VAR=VALUE...]: runs it in a pretend job, sends SIGNAL once srun runs;
+# sets $rc and $out; $TMP/scontrol.args holds what scontrol was asked
+requeue_job() {
+  local s=$1 sig=$2; shift 2
+  rm -f "$TMP/srun.started" "$TMP/scontrol.args" "$TMP/out"
+  (cd "$TMP" && exec env PATH="$TMP/bin:$PATH" SLURM_JOB_ID=42 SLURM_JOB_NAME=job SLURM_JOB_NUM_NODES=1 \
+    SLURM_JOB_NODELIST=n1 ROOT="$TMP" LOGS="$TMP/runs/job" FAKE_STATUS="$STOPPED" "$@" bash "$ROOT/jobs/$s" >"$TMP/out" 2>&1) &
+  local job=$!
+  for _ in $(seq 1 100); do [[ -f $TMP/srun.started ]] && break; sleep 0.05; done
+  [[ $sig == - ]] || kill -"$sig" "$job"
+  rc=0; wait "$job" || rc=$?
+  out=$(cat "$TMP/out")
+}
+requeued() { [[ $(cat "$TMP/scontrol.args" 2>/dev/null) == "requeue 42" ]]; }
+for s in parallelcluster.sbatch slurm_train.sbatch; do
+  requeue_job "$s" USR1
+  check "$s: SIGUSR1, stopped with training left: scontrol requeue 42, one line, exit 0" \
+    eval 'requeued && [[ $rc -eq 0 && $out == *"requeued job 42 (restart 1): training stopped at epoch 3 step 1 (global step 9)"* ]]'
+  requeue_job "$s" USR1 SLURM_RESTART_COUNT=2
+  check "$s: the restart count in the line is SLURM_RESTART_COUNT + 1" eval 'requeued && [[ $out == *"(restart 3)"* ]]'
+  requeue_job "$s" USR1 FAKE_STATUS='state=finished\nstart_step=4\nglobal_step=9\n'
+  check "$s: SIGUSR1 but training finished: not requeued, says so" \
+    eval '! requeued && [[ $rc -eq 0 && $out == *"not requeued: training finished (global step 9)"* ]]'
+  requeue_job "$s" USR1 FAKE_STATUS='state=stopped-unsaved\nstart_step=0\nglobal_step=9\n'
+  check "$s: stopped without --checkpoint-dir: not requeued (nothing to resume from)" \
+    eval '! requeued && [[ $rc -eq 0 && $out == *"not requeued: training stopped without a checkpoint"* ]]'
+  requeue_job "$s" USR1 SRUN_RC=3
+  check "$s: train_resnet18 failed (exit 3): not requeued, the job ends with 3" \
+    eval '! requeued && [[ $rc -eq 3 && $out == *"not requeued: train_resnet18 failed (exit 3)"* ]]'
+  requeue_job "$s" USR1 FAKE_STATUS='state=stopped\nstart_step=9\nglobal_step=9\nepoch=3\nstep_in_epoch=1\n'
+  check "$s: no step trained in this run: not requeued" \
+    eval '! requeued && [[ $rc -eq 0 && $out == *"not requeued: no progress in this run"* ]]'
+  requeue_job "$s" USR1 FAKE_STATUS='state=running\nstart_step=4\n'
+  check "$s: no final status: not requeued" eval '! requeued && [[ $out == *"not requeued: train_resnet18 left no final status"* ]]'
+  requeue_job "$s" USR1 SLURM_RESTART_COUNT=10
+  check "$s: 10 restarts (MAX_RESTARTS default 10): not requeued, names the limit and the --job-name to resubmit with" \
+    eval '! requeued && [[ $rc -eq 0 && $out == *"not requeued: job 42 has restarted 10 time(s), the limit MAX_RESTARTS=10"*"resubmit with --job-name=job"* ]]'
+  requeue_job "$s" USR1 SLURM_RESTART_COUNT=1 MAX_RESTARTS=2
+  check "$s: MAX_RESTARTS=2 after 1 restart: requeued" requeued
+  requeue_job "$s" USR1 MAX_RESTARTS=0
+  check "$s: MAX_RESTARTS=0: not requeued" eval '! requeued && [[ $out == *"the limit MAX_RESTARTS=0"* ]]'
+  requeue_job "$s" - MAX_RESTARTS=x FAKE_NOWAIT=1
+  check "$s: MAX_RESTARTS=x: exit 2, named, before srun" \
+    eval '[[ $rc -eq 2 && $out == *"MAX_RESTARTS must be a number of restarts, got '\''x'\''"* && ! -f $TMP/srun.started ]]'
+  requeue_job "$s" USR1 SCONTROL_RC=1
+  check "$s: scontrol requeue fails: says why and to resubmit with the same --job-name; exit 0 (the trainer's)" \
+    eval '[[ $rc -eq 0 && $out == *"could not requeue job 42 (scontrol requeue: Requested operation is presently disabled"*"resubmit with --job-name=job"* ]]'
+  requeue_job "$s" TERM
+  check "$s: SIGTERM (preemption, scancel): not requeued by the script, says Slurm requeues a preempted job" \
+    eval '! requeued && [[ $rc -eq 0 && $out == *"stopped at SIGTERM with a checkpoint"*"Slurm requeues a preempted job"* ]]'
+  requeue_job "$s" - FAKE_NOWAIT=1
+  check "$s: stopped at a signal to the ranks only (scancel --signal=USR1): not requeued, says how to continue" \
+    eval '! requeued && [[ $rc -eq 0 && $out == *"stopped at a signal to the ranks"*"resubmit with --job-name=job"* ]]'
+  check "$s: srun gets --status-file \$LOGS/status-\$SLURM_JOB_ID" test -f "$TMP/runs/job/status-42"
+done
+
 if ((FAILS)); then printf '%d check(s) FAILED\n' "$FAILS"; exit 1; fi
 echo "all checks passed"

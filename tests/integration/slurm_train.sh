@@ -6,73 +6,8 @@
 # Exit 77 (CTest: skipped) where Slurm or munge is not installed or cannot start here.
 set -uo pipefail
 TRAIN=$1 SRC=$2
-skip() { echo "SKIP: $*"; exit 77; }
-for c in munged slurmctld slurmd sbatch squeue sacct scontrol; do command -v $c >/dev/null || skip "$c not installed (tools/setup installs slurm-wlm and munge)"; done
-[[ $(id -u) -eq 0 ]] || skip "needs root (slurmd runs jobs as their user)"
-
-T=$(mktemp -d /tmp/ddp_slurm.XXXXXX)
-chmod 755 "$T"
-pids=()
-cleanup() {
-  scontrol -f "$T/slurm.conf" shutdown >/dev/null 2>&1 || true
-  sleep 1
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  if [[ -f $T/munged.pid ]]; then kill "$(cat "$T/munged.pid")" 2>/dev/null || true; fi
-  sleep 1
-  rm -rf "$T"
-}
-trap cleanup EXIT
-
-HOST=$(hostname -s)
-CPUS=$(nproc)
-mkdir -p "$T"/{state,spool,munge,log,run,work}
-chmod 700 "$T/munge"
-# munge: a key of our own, its socket in the temp dir.
-dd if=/dev/urandom of="$T/munge/munge.key" bs=1024 count=1 status=none
-chmod 400 "$T/munge/munge.key"
-MUNGE_SOCK=$T/munge/munge.socket
-munged --key-file="$T/munge/munge.key" --socket="$MUNGE_SOCK" --pid-file="$T/munged.pid" \
-  --log-file="$T/log/munged.log" --seed-file="$T/munge/seed" -f 2>"$T/log/munged.err" \
-  || skip "munged does not start here: $(cat "$T/log/munged.err")"
-
-cat >"$T/slurm.conf" <<CONF
-ClusterName=ddptest
-SlurmctldHost=$HOST
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket=$MUNGE_SOCK
-CredType=cred/munge
-SlurmctldPort=$((6900 + RANDOM % 500))
-SlurmdPort=$((7500 + RANDOM % 500))
-StateSaveLocation=$T/state
-SlurmdSpoolDir=$T/spool
-SlurmctldPidFile=$T/run/slurmctld.pid
-SlurmdPidFile=$T/run/slurmd.pid
-SlurmctldLogFile=$T/log/slurmctld.log
-SlurmdLogFile=$T/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/builtin
-MpiDefault=none
-ReturnToService=2
-JobCompType=jobcomp/none
-AccountingStorageType=accounting_storage/none
-NodeName=$HOST CPUs=$CPUS State=UNKNOWN
-PartitionName=debug Nodes=$HOST Default=YES MaxTime=30 State=UP OverSubscribe=YES
-CONF
-export SLURM_CONF=$T/slurm.conf
-slurmctld -D -f "$SLURM_CONF" >"$T/log/ctld.out" 2>&1 &
-pids+=($!)
-slurmd -D -f "$SLURM_CONF" >"$T/log/d.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 60); do
-  sinfo -h -o %T 2>/dev/null | grep -qE "idle|mixed" && break
-  sleep 1
-done
-sinfo -h -o %T 2>/dev/null | grep -qE "idle|mixed" || { tail -20 "$T"/log/*; skip "slurmctld/slurmd did not come up here"; }
+# shellcheck source-path=SCRIPTDIR source=slurm_cluster.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_cluster.sh"
 
 # The real job script, with a tiny synthetic run; 2 tasks on this one node.
 cd "$T/work" || exit 1
@@ -105,17 +40,10 @@ kept=$(find "$T"/work/checkpoints -name 'ckpt-*.h5' | wc -l)
 ((ok)) || { tail -30 "$T"/log/slurmd.log "$T"/log/slurmctld.log; exit 1; }
 echo "PASS: Slurm ran jobs/slurm_train.sbatch to completion"
 
-# Preemption: scancel --signal=USR1 reaches every task; the ranks checkpoint at the next step and
-# exit 0 (job COMPLETED); the requeued job (--resume auto in the script) continues from there.
-wait_job() {
-  local j=$1 s=""
-  for _ in $(seq 1 300); do
-    s=$(scontrol show job "$j" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p')
-    [[ $s =~ ^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY)$ ]] && break
-    sleep 1
-  done
-  echo "$s"
-}
+# A stop for good: scancel --signal=USR1 (the tasks, not the batch shell) reaches every task; the ranks
+# checkpoint at the next step and exit 0 (job COMPLETED), the script does not requeue it (only the
+# time-limit signal to the batch shell does: slurm_requeue.sh), and a resubmitted job (--resume auto
+# in the script) continues from there.
 export ARGS="--synthetic-size 32 --synthetic-classes 4 --image-size 32 --batch-size 8 --epochs 500 --backend cpu --threads 1 --log-every 1 --no-eval"
 jid=$(sbatch --parsable --job-name=preempt --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --time=10 --export=ALL \
   "$T/work/slurm_train.sbatch") || { echo "FAIL: sbatch refused the preemption job"; exit 1; }
@@ -129,6 +57,9 @@ out=$(find "$T/work" -maxdepth 1 -name "preempt-$jid.out" | head -1)
 echo "preemption job $jid: $state"
 [[ $state == COMPLETED ]] || { cat "$out"; echo "FAIL: a SIGUSR1'd job should end COMPLETED (exit 0), got $state"; exit 1; }
 grep -q "stop requested (SIGUSR1)" "$out" || { cat "$out"; echo "FAIL: no 'stop requested' in the job output"; exit 1; }
+grep -q "^stopped at a signal to the ranks with a checkpoint at epoch .*; not requeued" "$out" \
+  || { cat "$out"; echo "FAIL: the job script did not say it stopped without a requeue"; exit 1; }
+[[ $(scontrol show job "$jid" | sed -n 's/.*Restarts=\([0-9]*\).*/\1/p') == 0 ]] || { echo "FAIL: the job was requeued"; exit 1; }
 ls "$T"/work/checkpoints/preempt/ckpt-*.h5 >/dev/null 2>&1 || { cat "$out"; echo "FAIL: no checkpoint after SIGUSR1"; exit 1; }
 ARGS="--synthetic-size 32 --synthetic-classes 4 --image-size 32 --batch-size 8 --epochs 500 --backend cpu --threads 1 --no-eval --max-steps $(( $(find "$T/work/checkpoints/preempt" -name 'ckpt-*.h5' -printf '%f\n' | sed -n 's/ckpt-0*\([0-9]*\)\.h5/\1/p' | sort -n | tail -1) + 2 ))"
 export ARGS

@@ -1,6 +1,7 @@
 # Trainer integration: the quick start's pipeline in miniature (Fashion-MNIST subset -> pack_imagenet
 # -> mpirun -np 2 train_resnet18 with exact evaluation), and the Slurm job script on a real one-node
-# Slurm including a SIGUSR1 preemption and resume (slow; exit 77 = skipped where they cannot run).
+# Slurm including a SIGUSR1 preemption and resume, and the job's self-requeue after the time-limit
+# signal (slow; exit 77 = skipped where they cannot run).
 if(TARGET train_resnet18 AND TARGET pack_imagenet AND TARGET fashion_mnist_to_jpeg)
   add_test(NAME train_on_shards
            COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/train_shards.sh $<TARGET_FILE:train_resnet18>
@@ -11,4 +12,7 @@ if(TARGET train_resnet18)
   add_test(NAME train_slurm_job
            COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/slurm_train.sh $<TARGET_FILE:train_resnet18> ${PROJECT_SOURCE_DIR})
   set_tests_properties(train_slurm_job PROPERTIES LABELS "train;slow;integration" TIMEOUT 600 SKIP_RETURN_CODE 77)
+  add_test(NAME train_slurm_requeue
+           COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/slurm_requeue.sh $<TARGET_FILE:train_resnet18> ${PROJECT_SOURCE_DIR})
+  set_tests_properties(train_slurm_requeue PROPERTIES LABELS "train;slow;integration" TIMEOUT 600 SKIP_RETURN_CODE 77)
 endif()

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# jobs/slurm_train.sbatch requeues itself after the time-limit signal, on a real one-node Slurm
+# (slurm_cluster.sh). The signal is SIGUSR1 to the batch shell, as #SBATCH --signal=B:USR1@N sends
+# it (scancel --batch --signal=USR1 JOB here, at a known moment). Cases:
+#   requeue:  stopped mid-run -> "requeued job N (restart 1)", the second run resumes from the
+#             checkpoint and completes: every step trained exactly once, Restarts=1, no third run;
+#   finished: the signal lands in the final evaluation, after the last step -> not requeued;
+#   cap:      MAX_RESTARTS=0 -> not requeued, says so;
+#   refused:  a job submitted with --no-requeue -> scontrol requeue fails, the log says to resubmit
+#             with the same --job-name, the job ends with the trainer's status (0: COMPLETED).
+# Usage: slurm_requeue.sh TRAIN_BINARY SOURCE_DIR
+# Exit 77 (CTest: skipped) where Slurm or munge is not installed or cannot start here.
+set -uo pipefail
+TRAIN=$(realpath "$1") SRC=$(realpath "$2")
+# A requeued job starts again once the credential lifetime has passed (120 s by default): 10 s here.
+CRED_EXPIRE=10
+# shellcheck source-path=SCRIPTDIR source=slurm_cluster.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_cluster.sh"
+
+cd "$T/work" || exit 1
+grep -v -- '--gpus-per-node' "$SRC/jobs/slurm_train.sbatch" >"$T/work/slurm_train.sbatch"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+export ROOT=$T/work TRAIN DATA=synthetic
+# 2 ranks x batch 8 on 32 images (SIZE32): 2 steps per epoch, a few steps a second.
+SIZE32="--synthetic-size 32"
+TINY="--synthetic-classes 4 --image-size 32 --batch-size 8 --backend cpu --threads 1 --workers 1 --log-every 1 --progress lines"
+FAILS=0
+fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
+field() { scontrol show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }
+# submit NAME [sbatch flags...]: prints the job id
+submit() {
+  local name=$1; shift
+  sbatch --parsable --job-name="$name" --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --time=10 --export=ALL "$@" \
+    "$T/work/slurm_train.sbatch"
+}
+# wait_for JOBID FILE PATTERN: until the file has a line matching the (extended) pattern; fails when
+# the job has ended first, or after 120 s
+wait_for() {
+  for _ in $(seq 1 240); do
+    grep -qE -- "$3" "$2" 2>/dev/null && return 0
+    [[ $(field "$1" JobState) =~ ^(COMPLETED|FAILED|CANCELLED|TIMEOUT)$ ]] && return 1
+    sleep 0.5
+  done
+  return 1
+}
+# the train records' steps in a metrics file, one a line
+train_steps() { sed -n 's/.*"type": "train", "step": \([0-9]*\),.*/\1/p' "$1"; }
+t0=$SECONDS
+
+# ---- requeue: stopped by the time-limit signal, requeued once, resumed, completed ------------------
+TOTAL=40
+export ARGS="$SIZE32 $TINY --epochs 500 --no-eval --max-steps $TOTAL"
+jid=$(submit requeue) || { echo "FAIL: sbatch refused the job"; exit 1; }
+wait_for "$jid" "$T/work/runs/requeue/metrics.jsonl" '"type": "train", "step": 4,' || fail "requeue: no training started"
+scancel --batch --signal=USR1 "$jid"
+state=$(wait_job "$jid")
+out=$T/work/requeue-$jid.out
+restarts=$(field "$jid" Restarts)
+echo "requeue job $jid: $state, Restarts=$restarts ($((SECONDS - t0)) s)"
+cat "$out"
+[[ $state == COMPLETED ]] || fail "requeue: job state $state, not COMPLETED"
+[[ $restarts == 1 ]] || fail "requeue: Restarts=$restarts, not 1 (requeued once)"
+grep -qE "^requeued job $jid \(restart 1\): training stopped at epoch [0-9]+ step [0-9]+" "$out" \
+  || fail "requeue: no 'requeued job $jid (restart 1): training stopped at epoch E step S' line"
+grep -q "restart 2" "$out" && fail "requeue: a third run (restart 2)"
+[[ $(grep -c "resumed from" "$out") -eq 1 ]] || fail "requeue: the second run did not resume from the checkpoint (once)"
+grep -q "summary: $TOTAL steps" "$out" || fail "requeue: the job did not end with all $TOTAL steps trained"
+[[ $(sed -n 's/^state=//p' "$T/work/runs/requeue/status-$jid") == finished ]] || fail "requeue: the final status is not 'finished'"
+# Every step trained exactly once: the stopped run's records end at its checkpoint (it stopped at a
+# step boundary and saved there), the resumed run's start after it.
+steps=$(train_steps "$T/work/runs/requeue/metrics.jsonl" | tr '\n' ' ')
+[[ $steps == "$(seq -s ' ' 1 $TOTAL) " ]] || fail "requeue: train steps in the metrics are [$steps], not 1..$TOTAL once each"
+[[ $(grep -c '"type": "resume"' "$T/work/runs/requeue/metrics.jsonl") -eq 1 ]] || fail "requeue: not one resume record"
+
+# ---- finished: the signal comes after the last step (during the final evaluation) -----------------
+# 1200 images: 75 steps an epoch; --max-steps 4, then an evaluation of 1200 images and their mirrors.
+t1=$SECONDS
+export ARGS="$TINY --synthetic-size 1200 --epochs 1 --max-steps 4 --eval-flip on"
+jid=$(submit finished) || { echo "FAIL: sbatch refused the job"; exit 1; }
+wait_for "$jid" "$T/work/runs/finished/metrics.jsonl" '"type": "train", "step": 4,' || fail "finished: no training"
+scancel --batch --signal=USR1 "$jid"
+state=$(wait_job "$jid")
+out=$T/work/finished-$jid.out
+echo "finished job $jid: $state, Restarts=$(field "$jid" Restarts) ($((SECONDS - t1)) s)"
+cat "$out"
+grep -q '"type": "eval"' "$T/work/runs/finished/metrics.jsonl" || fail "finished: no final evaluation"
+[[ $state == COMPLETED && $(field "$jid" Restarts) == 0 ]] || fail "finished: state $state, Restarts $(field "$jid" Restarts): not COMPLETED without a restart"
+grep -q "^not requeued: training finished (global step 4) before the stop took effect" "$out" \
+  || fail "finished: no 'not requeued: training finished' line"
+
+# ---- cap: MAX_RESTARTS=0 ---------------------------------------------------------------------------
+t1=$SECONDS
+export ARGS="$SIZE32 $TINY --epochs 500 --no-eval" MAX_RESTARTS=0
+jid=$(submit cap) || { echo "FAIL: sbatch refused the job"; exit 1; }
+unset MAX_RESTARTS
+wait_for "$jid" "$T/work/runs/cap/metrics.jsonl" '"type": "train"' || fail "cap: no training"
+scancel --batch --signal=USR1 "$jid"
+state=$(wait_job "$jid")
+out=$T/work/cap-$jid.out
+echo "cap job $jid: $state, Restarts=$(field "$jid" Restarts) ($((SECONDS - t1)) s)"
+cat "$out"
+[[ $state == COMPLETED && $(field "$jid" Restarts) == 0 ]] || fail "cap: state $state, Restarts $(field "$jid" Restarts): not COMPLETED without a restart"
+grep -q "^not requeued: job $jid has restarted 0 time(s), the limit MAX_RESTARTS=0 " "$out" || fail "cap: no 'not requeued: ... MAX_RESTARTS=0' line"
+grep -q "resubmit with --job-name=cap" "$out" || fail "cap: the line does not say to resubmit with --job-name=cap"
+
+# ---- refused: scontrol requeue fails (a job submitted with --no-requeue) ---------------------------
+t1=$SECONDS
+export ARGS="$SIZE32 $TINY --epochs 500 --no-eval"
+jid=$(submit refused --no-requeue) || { echo "FAIL: sbatch refused the job"; exit 1; }
+wait_for "$jid" "$T/work/runs/refused/metrics.jsonl" '"type": "train"' || fail "refused: no training"
+scancel --batch --signal=USR1 "$jid"
+state=$(wait_job "$jid")
+out=$T/work/refused-$jid.out
+echo "refused job $jid: $state, Restarts=$(field "$jid" Restarts), ExitCode=$(field "$jid" ExitCode) ($((SECONDS - t1)) s)"
+cat "$out"
+[[ $state == COMPLETED && $(field "$jid" ExitCode) == 0:0 ]] || fail "refused: state $state, exit $(field "$jid" ExitCode): not the trainer's status (COMPLETED, 0:0)"
+grep -q "^could not requeue job $jid (scontrol requeue: .*resubmit with --job-name=refused" "$out" \
+  || fail "refused: no 'could not requeue job ... resubmit with --job-name=refused' line"
+
+echo "($((SECONDS - t0)) s in all)"
+if ((FAILS)); then tail -20 "$T"/log/slurmctld.log; echo "$FAILS check(s) FAILED"; exit 1; fi
+echo "PASS: the job script requeues after the time-limit signal only when training is left, within MAX_RESTARTS"

@@ -2,7 +2,8 @@
 # machine, munged, slurmctld and slurmd with a generated slurm.conf, all in a temp dir $T with ports of
 # its own; cleaned up at exit. Defines skip and wait_job; exports SLURM_CONF. CRED_EXPIRE=S, set before
 # sourcing, shortens the credential lifetime (default 120 s), which is also how long a requeued job
-# waits before it starts again.
+# waits before it starts again; SCHED_INTERVAL=S how often the scheduler looks at pending jobs
+# (default 60 s), such as a requeued one whose wait is over.
 # Exit 77 (CTest: skipped) where Slurm or munge is not installed or cannot start here.
 # shellcheck shell=bash
 skip() { echo "SKIP: $*"; exit 77; }
@@ -55,6 +56,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/builtin
+${SCHED_INTERVAL:+SchedulerParameters=sched_interval=$SCHED_INTERVAL}
 MpiDefault=none
 ReturnToService=2
 JobCompType=jobcomp/none

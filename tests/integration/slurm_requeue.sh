@@ -12,8 +12,9 @@
 # Exit 77 (CTest: skipped) where Slurm or munge is not installed or cannot start here.
 set -uo pipefail
 TRAIN=$(realpath "$1") SRC=$(realpath "$2")
-# A requeued job starts again once the credential lifetime has passed (120 s by default): 10 s here.
-CRED_EXPIRE=10
+# A requeued job starts again once the credential lifetime has passed (120 s by default: 10 s here),
+# at the scheduler's next look at pending jobs (every 60 s by default: 5 s here).
+CRED_EXPIRE=10 SCHED_INTERVAL=5
 # shellcheck source-path=SCRIPTDIR source=slurm_cluster.sh
 source "$(dirname "${BASH_SOURCE[0]}")/slurm_cluster.sh"
 

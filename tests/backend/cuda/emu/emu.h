@@ -4,8 +4,11 @@
 // memory.cpp, linear.cpp and resnet18_cuda.cpp as they are. What is emulated:
 //   - the CUDA runtime API the backend and its tests call (runtime.cpp): "device" memory is host
 //     memory (tracked, so a host pointer handed to a kernel or a device copy is an error, as it is an
-//     illegal address on a GPU; pinned host memory passes where device memory is expected; a kernel
-//     writing up to 256 bytes past a buffer's end stops the run, a read past it is not caught);
+//     illegal address on a GPU; pinned host memory passes where device memory is expected; each
+//     buffer ends against a guard page, so a kernel reading or writing past its end stops the run,
+//     naming the kernel and the byte, except a read within the up to 15 bytes of padding to the
+//     next 16-byte boundary, where only writes are caught; allocations are 16-byte aligned, not
+//     256 as cudaMalloc's);
 //     work enqueued on a stream (kernels, async copies and memsets, convs, GEMMs, collectives) is
 //     deferred until something waits for it (a stream, event or device synchronisation, an event
 //     query, a stream waiting on an event, a cudaFree, a blocking copy for the blocking streams), so
@@ -18,8 +21,9 @@
 //     kernel that calls __syncthreads runs each thread as a fiber, switched at every barrier (the
 //     first block of each kernel's first launch runs as fibers and finds out; threads of a block
 //     waiting at different barriers stop the run, undefined on a GPU); grid and block limits are
-//     checked as a GPU would (not __launch_bounds__); shared memory is a static that starts as
-//     zeros and keeps the last block's values (ops.cu writes before it reads);
+//     checked as a GPU would (not __launch_bounds__); shared memory is a static, filled with
+//     all-ones bytes (NaN) before each block of a kernel with barriers, so a read of a word no
+//     thread of the block wrote shows;
 //   - cuBLAS's SGEMM (a plain loop summing in double; the TF32 math mode is ignored) and cuDNN's
 //     convolutions (conv_emu.cpp replaces conv.cpp's Impl, sharing its forwarding members in
 //     conv_engine_calls.inc: direct loops in fp32 over inputs rounded to the activation dtype,

@@ -23,8 +23,10 @@
 #define __host__
 #define __forceinline__ inline
 // One block runs at a time on one OS thread, so a function-local static is exactly one block's
-// shared memory (kernels write it before they read it, after a barrier).
-#define __shared__ static
+// shared memory. All of it lies in one section, which the runtime fills with all-ones bytes (NaN)
+// before each block of a kernel with barriers: a read of shared memory no thread of the block wrote
+// shows, as it reads garbage on a GPU.
+#define __shared__ static __attribute__((section("ddp_emu_shared")))
 #define __launch_bounds__(...)
 
 #define threadIdx (::ddp::cuda_emu::g_cur->tid)

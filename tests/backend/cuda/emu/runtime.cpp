@@ -2,7 +2,9 @@
 // definitions are linked into each emulation test executable itself, so they take the place of
 // libcudart's and libcublas's for every caller in the process.
 #include <cublas_v2.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <deque>
@@ -29,6 +31,8 @@ namespace {
 struct Alloc {
   size_t bytes;
   MemKind kind;
+  char* map;    // the mapping it lies in (ends with the guard page)
+  size_t span;  // the mapping's size
 };
 std::mutex g_mem_mu;
 std::map<uintptr_t, Alloc> g_allocs;  // by base address
@@ -47,42 +51,54 @@ const Alloc* find_alloc(const void* p, size_t bytes, uintptr_t* base_out = nullp
   return &it->second;
 }
 
-// Every allocation is followed by canary bytes (to the next 256-byte boundary, plus 256) that every
-// kernel run checks are intact: a kernel writing past a buffer's end stops the run, naming it (a GPU
-// may corrupt a neighbour silently, or fault).
+// Every allocation ends 16-byte aligned against an inaccessible guard page, so a kernel reading or
+// writing past a buffer's end faults at once (the handler below names the kernel and the byte); the
+// up to 15 bytes between the end and the next 16-byte boundary (the alignment a kernel's vector
+// accesses need) hold canary bytes that every kernel run checks are intact, so a write there stops
+// the run too. Only a read inside those 15 bytes goes unseen. (A GPU may corrupt a neighbour
+// silently, read garbage, or fault.)
 constexpr unsigned char kCanary = 0xA5;
-constexpr size_t kGuard = 256;
-size_t padded(size_t bytes) { return (bytes + 255) / 256 * 256 + kGuard; }
+const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
+
+void install_fault_handler();
 
 void* emu_alloc(size_t bytes, MemKind kind) {
-  const size_t total = padded(bytes);
-  void* p = std::aligned_alloc(256, total);
-  if (!p) return nullptr;
+  install_fault_handler();
+  const size_t used = round_up(bytes, 16), span = round_up(used, kPage) + kPage;
+  void* m = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return nullptr;
+  char* map = static_cast<char*>(m);
+  if (mprotect(map + span - kPage, kPage, PROT_NONE) != 0) {
+    munmap(m, span);
+    return nullptr;
+  }
+  char* p = map + span - kPage - used;
   // A GPU does not clear what it allocates: all-ones bytes are NaN in fp32, fp16 and bf16, so code
   // that reads memory it never wrote shows it.
   std::memset(p, 0xFF, bytes);
-  std::memset(static_cast<char*>(p) + bytes, kCanary, total - bytes);
+  std::memset(p + bytes, kCanary, used - bytes);
   std::lock_guard<std::mutex> lk(g_mem_mu);
-  g_allocs[reinterpret_cast<uintptr_t>(p)] = Alloc{bytes, kind};
+  g_allocs[reinterpret_cast<uintptr_t>(p)] = Alloc{bytes, kind, map, span};
   if (kind == MemKind::Device) g_device_bytes += bytes;
   return p;
 }
 
-// The first allocation whose canary a kernel overwrote, as "N bytes at +OFFSET of a BYTES-byte
-// allocation at BASE", or "" when all are intact.
+std::string describe_past_end(uintptr_t base, const Alloc& a, size_t offset) {
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "byte +%zu of a %zu-byte %s allocation at %p (the first past its end is +%zu)", offset,
+                a.bytes, a.kind == MemKind::Device ? "device" : "pinned", reinterpret_cast<void*>(base), a.bytes);
+  return buf;
+}
+
+// The first allocation whose canary a kernel overwrote, described, or "" when all are intact.
 std::string damaged_canary() {
   std::lock_guard<std::mutex> lk(g_mem_mu);
   for (const auto& [base, a] : g_allocs) {
     const auto* c = reinterpret_cast<const unsigned char*>(base) + a.bytes;
-    const size_t n = padded(a.bytes) - a.bytes;
+    const size_t n = round_up(a.bytes, 16) - a.bytes;
     for (size_t i = 0; i < n; ++i)
-      if (c[i] != kCanary) {
-        char buf[160];
-        std::snprintf(buf, sizeof buf, "byte +%zu of a %zu-byte %s allocation at %p (the first past its end is +%zu)",
-                      a.bytes + i, a.bytes, a.kind == MemKind::Device ? "device" : "pinned",
-                      reinterpret_cast<void*>(base), a.bytes);
-        return buf;
-      }
+      if (c[i] != kCanary) return describe_past_end(base, a, a.bytes + i);
   }
   return "";
 }
@@ -93,8 +109,8 @@ bool emu_free(void* p, MemKind kind) {
   auto it = g_allocs.find(reinterpret_cast<uintptr_t>(p));
   if (it == g_allocs.end() || it->second.kind != kind) return false;
   if (kind == MemKind::Device) g_device_bytes -= it->second.bytes;
+  munmap(it->second.map, it->second.span);
   g_allocs.erase(it);
-  std::free(p);
   return true;
 }
 
@@ -329,6 +345,48 @@ struct Engine {
 };
 Engine g_engine;
 
+// A fault inside a kernel on the guard page after an allocation: say which kernel and which byte,
+// then let the fault take its course (a death test, or a core dump, sees it). Any other fault is
+// passed on unchanged.
+struct sigaction g_prev_segv;
+void on_fault(int sig, siginfo_t* info, void* ctx) {
+  const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  if (g_engine.active && g_mem_mu.try_lock()) {
+    auto it = g_allocs.upper_bound(addr);
+    if (it != g_allocs.begin()) {
+      --it;
+      const Alloc& a = it->second;
+      const auto guard = reinterpret_cast<uintptr_t>(a.map) + a.span - kPage;
+      if (addr >= guard && addr < guard + kPage) {
+        const std::string what = describe_past_end(it->first, a, addr - it->first);
+        std::fprintf(stderr, "[cuda emulation] kernel %s read or wrote past the end of a buffer: %s\n", g_engine.name,
+                     what.c_str());
+      }
+    }
+    g_mem_mu.unlock();
+  }
+  (void)ctx;
+  sigaction(sig, &g_prev_segv, nullptr);  // returning re-runs the access under the previous handler
+}
+
+void install_fault_handler() {
+  static const bool done = [] {
+    // Kernels with barriers run on fiber stacks: the handler gets a stack of its own.
+    static char alt[64 * 1024];
+    stack_t st{};
+    st.ss_sp = alt;
+    st.ss_size = sizeof alt;
+    sigaltstack(&st, nullptr);
+    struct sigaction sa{};
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_prev_segv);
+    return true;
+  }();
+  (void)done;
+}
+
 [[noreturn]] void fiber_entry() {
   (*g_engine.body)();
   g_engine.running->done = true;
@@ -381,8 +439,15 @@ void run_block_direct(ThreadState& st, unsigned threads) {
   }
 }
 
+// The linker's bounds of the __shared__ statics' section (emu_kernel.h); weak: a program without
+// such kernels has none.
+extern "C" char __start_ddp_emu_shared[] __attribute__((weak));
+extern "C" char __stop_ddp_emu_shared[] __attribute__((weak));
+
 void run_block_fibers(const ThreadState& proto, unsigned threads) {
   Engine& e = g_engine;
+  if (__start_ddp_emu_shared && __stop_ddp_emu_shared)
+    std::memset(__start_ddp_emu_shared, 0xFF, static_cast<size_t>(__stop_ddp_emu_shared - __start_ddp_emu_shared));
   ensure_stacks(threads);
   e.fibers.resize(threads);
   for (unsigned t = 0; t < threads; ++t) {

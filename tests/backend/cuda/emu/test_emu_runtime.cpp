@@ -32,6 +32,14 @@ __global__ void k_any_negative(const int* x, int* out) {
   if (threadIdx.x == 0) out[0] = any;
 }
 
+// Reads the shared word thread 0 should have written, which it does only when told to.
+__global__ void k_shared_read(int write_first, int* out) {
+  __shared__ int word;
+  if (write_first && threadIdx.x == 0) word = 42;
+  __syncthreads();
+  if (threadIdx.x == 1) out[blockIdx.x] = word;
+}
+
 __global__ void k_fill(int* p, int v) { p[blockIdx.x * blockDim.x + threadIdx.x] = v; }
 
 // A race: every thread writes the same word; which one wins is the run order.
@@ -135,6 +143,23 @@ TEST(CudaEmulation, BarriersAndTheirOr) {
   }
   cudaFree(dx);
   cudaFree(dout);
+}
+
+// Shared memory starts each block as all-ones bytes (garbage on a GPU): a read of a word no
+// thread wrote sees -1 (NaN for floats), not the previous block's or launch's value.
+TEST(CudaEmulation, SharedMemoryStartsEachBlockUnwritten) {
+  int* out = nullptr;
+  ASSERT_EQ(cudaMalloc(&out, 2 * 4), cudaSuccess);
+  std::vector<int> host(2);
+  ddp::cuda_emu::Launch("k_shared_read", 2, 32)(k_shared_read, 1, out);
+  ASSERT_EQ(cudaMemcpy(host.data(), out, 8, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(host[0], 42);
+  EXPECT_EQ(host[1], 42);
+  ddp::cuda_emu::Launch("k_shared_read", 2, 32)(k_shared_read, 0, out);
+  ASSERT_EQ(cudaMemcpy(host.data(), out, 8, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(host[0], -1) << "the last launch's shared memory leaked into this one";
+  EXPECT_EQ(host[1], -1);
+  cudaFree(out);
 }
 
 TEST(CudaEmulation, BadLaunchesAndCopiesFailAsOnAGpu) {
@@ -336,10 +361,41 @@ TEST(CudaEmulationDeathTest, AWritePastABuffersEndStopsTheRun) {
         ddp::cuda_emu::Launch("k_fill", 1, 64)(k_fill, dev, 5);
         cudaDeviceSynchronize();
       },
-      "k_fill wrote past the end of a buffer: byte \\+240 of a 240-byte device allocation");
+      // The first thread out of bounds to run: +240 in order, +252 in reverse.
+      "k_fill read or wrote past the end of a buffer: byte \\+2[45][0-9] of a 240-byte device allocation");
   ddp::cuda_emu::Launch("k_fill", 1, 60)(k_fill, dev, 5);  // exactly the buffer: fine
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   cudaFree(dev);
+  // Not a multiple of 16 bytes: a write into the padding before the guard page is caught by its
+  // canary bytes.
+  ASSERT_EQ(cudaMalloc(&dev, 61 * 4), cudaSuccess);
+  EXPECT_DEATH(
+      {
+        ddp::cuda_emu::Launch("k_fill", 1, 62)(k_fill, dev, 5);
+        cudaDeviceSynchronize();
+      },
+      "k_fill wrote past the end of a buffer: byte \\+244 of a 244-byte device allocation");
+  cudaFree(dev);
+}
+
+// y[i] = x[i + 1]: one element too far for the last thread.
+__global__ void k_shift_left(const int* x, int* y) { y[threadIdx.x] = x[threadIdx.x + 1]; }
+
+TEST(CudaEmulationDeathTest, AReadPastABuffersEndStopsTheRun) {
+  int *x = nullptr, *y = nullptr;
+  ASSERT_EQ(cudaMalloc(&x, 64 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&y, 64 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemset(x, 0, 64 * 4), cudaSuccess);
+  EXPECT_DEATH(
+      {
+        ddp::cuda_emu::Launch("k_shift_left", 1, 64)(k_shift_left, x, y);
+        cudaDeviceSynchronize();
+      },
+      "k_shift_left read or wrote past the end of a buffer: byte \\+256 of a 256-byte device allocation");
+  ddp::cuda_emu::Launch("k_shift_left", 1, 63)(k_shift_left, x, y);  // in bounds
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaFree(x);
+  cudaFree(y);
 }
 
 TEST(CudaEmulationDeathTest, DivergentBarriersStopTheRun) {

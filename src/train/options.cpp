@@ -3,7 +3,9 @@
 #include <boost/program_options.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -42,7 +44,7 @@ void require(bool ok, const std::string& flag, const T& value, const std::string
 po::options_description make_description(TrainOptions& o, std::string& backend, std::string& amp,
                                          std::string& tf32, std::string& sched, std::string& comm,
                                          std::string& scope, std::string& rcrop, std::string& flip,
-                                         std::string& eval_flip) {
+                                         std::string& eval_flip, std::string& seed) {
   po::options_description general("General");
   general.add_options()
       ("help,h", "print this help and exit")
@@ -96,7 +98,8 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
       ("lr-step-epochs", po::value<double>(&o.lr_step_epochs)->default_value(o.lr_step_epochs),
        "step schedule: multiply the lr by --lr-gamma every this many epochs")
       ("lr-gamma", po::value<double>(&o.lr_gamma)->default_value(o.lr_gamma), "step schedule factor")
-      ("seed", po::value<uint64_t>(&o.seed)->default_value(0), "seed of init, data order and augmentation")
+      // As text: Boost reads "-1" into a uint64_t as 2^64 - 1 without a word.
+      ("seed", po::value<std::string>(&seed)->default_value("0"), "seed of init, data order and augmentation")
       ("max-steps", po::value<int64_t>(&o.max_steps)->default_value(0), "stop after this many steps in all (0: no limit)");
   po::options_description dist("Distributed");
   dist.add_options()
@@ -150,8 +153,9 @@ std::string lower(std::string s) {
 
 std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
   TrainOptions o;
-  std::string backend, amp, tf32, sched, comm, scope, rcrop, flip, eval_flip;
-  po::options_description desc = make_description(o, backend, amp, tf32, sched, comm, scope, rcrop, flip, eval_flip);
+  std::string backend, amp, tf32, sched, comm, scope, rcrop, flip, eval_flip, seed;
+  po::options_description desc =
+      make_description(o, backend, amp, tf32, sched, comm, scope, rcrop, flip, eval_flip, seed);
   po::variables_map vm;
   try {
     // No abbreviations (Boost guesses "--bat" as --batch-size by default): config files do not take
@@ -223,6 +227,15 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
     if (t == "off" || t == "false" || t == "0") return false;
     bad(flag, str("'", v, "' is not one of on, off"));
   };
+  {
+    // Digits only (no sign, no spaces): strtoull alone would take "-1" as 2^64 - 1 too.
+    errno = 0;
+    char* end = nullptr;
+    const unsigned long long v = std::strtoull(seed.c_str(), &end, 10);
+    require(!seed.empty() && seed.find_first_not_of("0123456789") == std::string::npos && errno == 0 && *end == '\0',
+            "seed", seed, "must be a whole number in 0 .. 18446744073709551615");
+    o.seed = v;
+  }
   o.random_crop = on_off("random-crop", rcrop);
   o.flip = on_off("flip", flip);
   o.eval_flip = on_off("eval-flip", eval_flip);

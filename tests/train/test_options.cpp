@@ -80,6 +80,9 @@ TEST(Options, BadValuesNameTheFlag) {
       {{"--data", "synthetic", "--synthetic-size", "1e12"}, "--synthetic-size"},
       {{"--data", "synthetic", "--synthetic-size", "99999999999"}, "--synthetic-size"},
       {{"--data", "synthetic", "--image-size", "32", "--batch-size", "1"}, "--batch-size"},
+      // Boost reads "-1" into a uint64_t as 2^64 - 1.
+      {{"--data", "synthetic", "--seed", "-1"}, "--seed"},
+      {{"--data", "synthetic", "--seed", "abc"}, "--seed"},
   };
   for (const auto& c : cases) {
     std::string e = error_of(c.args);

@@ -378,7 +378,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     sc.world = env.world;
     sc.batch_size = o.batch_size;
     sc.pinned = pinned;
-    train = make_synthetic_source(set, sc);
+    // --eval-only trains nothing: as with shards, no training set (nor a full training batch) is needed.
+    if (!o.eval_only) train = make_synthetic_source(set, sc);
     if (!o.no_eval) {
       sc.train = false;
       val = make_synthetic_source(set, sc);

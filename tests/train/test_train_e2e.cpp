@@ -3,7 +3,7 @@
 // guard firing on a perturbed replica, clear errors for bad flags and for --backend cuda without a GPU,
 // a damaged image inside a shard ending a 2-rank job at once with its name, and --init-weights from a
 // checkpoint starting a new run with its weights and BN statistics, a checkpoint on a full disk, a
-// checkpoint directory of another run refused, mid-epoch resume checks, --eval-only with another class count.
+// checkpoint directory of another run refused, mid-epoch resume checks, --eval-only with another class count; --eval-only on synthetic data.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -950,4 +950,15 @@ TEST_F(TrainE2E, AutoProgressUnderMpirunGivesLines) {
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_EQ(r.out.find('\r'), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("step 3/4 loss"), std::string::npos) << r.out;
+}
+
+// Evaluation needs no training batch: synthetic data behaves as shards do under --eval-only.
+TEST_F(TrainE2E, EvalOnlyOnSyntheticDataNeedsNoTrainingBatch) {
+  const std::string syn = std::string(TRAIN_RESNET18) +
+                          " --data synthetic --synthetic-size 64 --synthetic-classes 4 --image-size 32 --backend cpu"
+                          " --threads 1 --seed 3 --progress lines ";
+  ASSERT_EQ(sh(syn + "--batch-size 8 --max-steps 1 --no-eval --checkpoint-dir " + d("ck")).rc, 0);
+  auto r = sh(syn + "--batch-size 100 --eval-only --resume " + d("ck/" + ckpt_name(1)));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("(64 images"), std::string::npos) << r.out;
 }

@@ -64,6 +64,7 @@ void write_checkpoint_file(const std::string& tmp, const nn::ResNet18Spec& spec,
   h5::set_attr(f, "loss_scale_skipped_steps", s.scaler.skipped_steps);
   h5::set_attr(f, "loss_scale_dynamic", static_cast<int64_t>(s.scaler.dynamic));
   h5::set_attr(f, "config", s.config);
+  if (!s.classes.empty()) h5::write_strings(f, "classes", s.classes);
   if (!s.rank_buffers.empty()) {
     h5::Handle ranks = h5::create_group(f, "ranks");
     h5::write_f32_checksummed(ranks, "buffers", s.rank_buffers.data(),
@@ -199,6 +200,11 @@ CheckpointState load_checkpoint(const std::string& path, const nn::ResNet18Spec&
                            ? h5::get_attr_i64(f, "loss_scale_dynamic") != 0
                            : (s.scaler.scale != 1.0 || s.scaler.good_steps != 0 || s.scaler.skipped_steps != 0);
     s.config = h5::get_attr_str(f, "config");
+    if (h5::exists(f, "classes")) {
+      s.classes = h5::read_strings(f, "classes");
+      DDP_CHECK(static_cast<int>(s.classes.size()) == s.num_classes, "/classes holds ", s.classes.size(),
+                " class names for ", s.num_classes, " classes");
+    }
     if (h5::exists(f, "ranks/buffers") && s.world_size >= 1 && s.world_size <= (1 << 20)) {
       s.rank_buffers.resize(static_cast<size_t>(s.world_size) * static_cast<size_t>(spec.buffer_count));
       h5::read_f32(f, "ranks/buffers", s.rank_buffers.data(),
@@ -241,6 +247,16 @@ CheckpointState load_checkpoint(const std::string& path, const nn::ResNet18Spec&
   DDP_CHECK(finite(s.rank_buffers, 0, static_cast<int64_t>(s.rank_buffers.size())), "checkpoint '", path,
             "': 'ranks/buffers' holds inf or NaN");
   return s;
+}
+
+std::string class_list_difference(const std::vector<std::string>& a, const std::vector<std::string>& b,
+                                  const char* a_name, const char* b_name) {
+  if (a == b) return "";
+  size_t k = 0;
+  while (k < a.size() && k < b.size() && a[k] == b[k]) ++k;
+  auto at = [k](const std::vector<std::string>& v) { return k < v.size() ? str("'", v[k], "'") : std::string("nothing"); };
+  return str(a.size(), " vs ", b.size(), " classes; first difference at index ", k, ": ", at(a), " (", a_name, ") vs ",
+             at(b), " (", b_name, ")");
 }
 
 int64_t checkpoint_step(const std::string& path) {

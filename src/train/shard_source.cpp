@@ -59,6 +59,9 @@ class ShardSource final : public DataSource {
     return id;
   }
 
+  std::vector<std::string> class_names() const override { return loader_->classes(); }
+  std::string class_file() const override { return loader_->first_shard(); }
+
  private:
   std::string dir_, split_;
   size_t nshards_ = 0;

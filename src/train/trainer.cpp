@@ -78,7 +78,7 @@ std::vector<std::string> setting_differences(const std::map<std::string, std::st
 // node-local disks, or an MPMD line (-np 1 A : -np 1 B), can differ, and the job would still run:
 // gradients of different recipes averaged. Settings that may differ per host are left out (threads and
 // decode workers follow the host's cores; shard directories may be mounted at other paths, and the
-// data itself is checked by the class count and the steps agreed below).
+// data itself is checked by the class lists and the steps agreed below).
 void check_same_settings(const TrainOptions& o, int rank) {
   const double t = o.timeout_s;
   // config_text (what checkpoints record) plus the run's mode, which decides the collectives a rank
@@ -119,18 +119,93 @@ void on_rank0_agreed(int rank, double timeout_s, const char* task, F&& f) {
   if (!err.empty()) throw Error(rank == 0 ? err : str("rank 0 failed: ", err));
 }
 
+// Every rank stops with the message of the first rank (the lowest) whose `problem` is not empty, or
+// none does. Each rank enters both collectives whatever it found (no collective is conditional), so a
+// check that fails on some ranks only (their own data) ends the job on all of them at once.
+void agree_on_problem(const std::string& problem, int rank, double timeout_s, const char* what) {
+  int first = problem.empty() ? std::numeric_limits<int>::max() : rank;
+  comm::allreduce(&first, 1, comm::ReduceOp::Min, timeout_s, str("the start-up comparison of ", what));
+  if (first == std::numeric_limits<int>::max()) return;
+  std::string msg = problem;
+  comm::broadcast_string(msg, first, timeout_s, str("a broadcast from rank ", first, " of how its ", what, " differ"));
+  throw Error(first == rank ? msg : str("rank ", first, ": ", msg));
+}
+
+// A label is an index into the class list, so the splits and the ranks must share one list: val
+// shards packed with another list (another --class-index, other folders) would score every prediction
+// against another class, or put labels past the classifier when longer; with --shard-scope node, two
+// hosts' sets in other orders would train one output on two classes. The class count agreed by the
+// caller catches none of the reorderings. Each rank compares its val shards' list with its train
+// shards' and its list with rank 0's; synthetic data has no names and passes.
+void check_class_lists(const DataSource* train, const DataSource* val, int rank, double timeout_s) {
+  const DataSource& data = train ? *train : *val;
+  const std::vector<std::string> mine = data.class_names();
+  std::string problem;
+  if (train && val) {
+    const std::string d = class_list_difference(mine, val->class_names(), "train", "val");
+    if (!d.empty())
+      problem = str("'", train->class_file(), "' (train) and '", val->class_file(), "' (val) hold different class ",
+                    "lists (", d, "): a label would mean one class in training and another in evaluation; pack both ",
+                    "splits in one pack_imagenet run, or with the same --class-index");
+  }
+  // Rank 0's file and names, NUL-separated (a class name may hold any other UTF-8).
+  std::string zero;
+  if (rank == 0) {
+    zero = data.class_file();
+    for (const auto& c : mine) zero += '\0' + c;
+  }
+  comm::broadcast_string(zero, 0, timeout_s, "a broadcast from rank 0 of its class list");
+  if (problem.empty() && rank != 0) {
+    std::vector<std::string> parts;
+    for (size_t a = 0;;) {
+      const size_t b = zero.find('\0', a);
+      parts.push_back(zero.substr(a, b == std::string::npos ? std::string::npos : b - a));
+      if (b == std::string::npos) break;
+      a = b + 1;
+    }
+    const std::vector<std::string> theirs(parts.begin() + 1, parts.end());
+    const std::string me = str("rank ", rank);
+    const std::string d = class_list_difference(theirs, mine, "rank 0", me.c_str());
+    if (!d.empty())
+      problem = str("'", data.class_file(), "' (", me, ") and '", parts[0], "' (rank 0) hold different class lists (",
+                    d, "): every node's shards must come from one pack_imagenet run, or use the same --class-index");
+  }
+  agree_on_problem(problem, rank, timeout_s, "class lists");
+}
+
+// A classifier's outputs are the classes in its run's order: on data listing them in another order
+// each prediction is scored against another label (a top-1 near chance that reads as a result). How
+// the class list recorded in `path` (a checkpoint, or a weights file: `recorded`, empty when it has
+// none) differs from the data's, or "" (also when either has no list: synthetic data has no names; a
+// file without one is said in a line).
+std::string recorded_class_problem(const std::string& path, const std::vector<std::string>& recorded,
+                                   const DataSource& data) {
+  const std::vector<std::string> mine = data.class_names();
+  if (mine.empty()) return "";
+  if (recorded.empty()) {
+    info("note: '", path, "' records no class list (a weights file such as tools/torchvision_to_h5.py writes, or a ",
+         "checkpoint written before checkpoints kept one or trained on synthetic data): its class order cannot be "
+         "checked against '", data.class_file(), "'");
+    return "";
+  }
+  const std::string d = class_list_difference(recorded, mine, "checkpoint", "data");
+  return d.empty() ? "" : str("'", path, "' was trained on another class list than '", data.class_file(), "' holds (", d, ")");
+}
+
 // Loads an HDF5 weights file, or the weights and BN statistics of one of our checkpoints, into host
 // buffers for `spec`; a file for another class count keeps everything but fc (fine-tuning), which
 // keeps the model's own initialisation. A checkpoint's optimizer state and training position are
 // not used: --init-weights starts a new run (a second phase with other flags); --resume continues one.
 void load_init_weights(const std::string& path, const nn::ResNet18Spec& spec, std::vector<float>& params,
-                       std::vector<float>& buffers, int64_t& nbt, bool eval_only) {
+                       std::vector<float>& buffers, int64_t& nbt, bool eval_only, const DataSource& data) {
   int file_classes = spec.num_classes;
   bool is_checkpoint = false;
+  std::vector<std::string> file_class_names;  // a checkpoint's /classes (load_checkpoint checks its length)
   {
     h5::Handle f = h5::open_file(path);
     is_checkpoint = h5::has_attr(f, "format") && h5::get_attr_str(f, "format") == kCheckpointFormat;
     if (h5::has_attr(f, "num_classes")) file_classes = static_cast<int>(h5::get_attr_i64(f, "num_classes"));
+    if (h5::exists(f, "classes")) file_class_names = h5::read_strings(f, "classes");
   }
   // Reads the file's weights for spec `s` (its own class count); a checkpoint is checked whole
   // (complete, version, every tensor) by load_checkpoint before anything is used.
@@ -150,6 +225,13 @@ void load_init_weights(const std::string& path, const nn::ResNet18Spec& spec, st
   if (file_classes == spec.num_classes) {
     read(spec, params, buffers);
     info0("initial weights: ", path, what);
+    const std::string classes = recorded_class_problem(path, file_class_names, data);
+    // Evaluated, it would score against other labels; fine-tuning on other classes retrains the fc.
+    DDP_CHECK(!eval_only || classes.empty(), "--eval-only --init-weights ", classes,
+              ": its classifier's outputs would be scored against other labels; evaluate on data packed with its ",
+              "class order (its /classes dataset, one name per line, is a --class-index for pack_imagenet)");
+    if (!classes.empty())
+      warn("--init-weights ", classes, ": fine-tuning retrains its classifier for the data's classes");
     return;
   }
   // Evaluated as it is, a re-initialised fc would score chance and look like a result.
@@ -429,6 +511,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
             "): every node's shards must come from one pack_imagenet run");
   const int num_classes = static_cast<int>(cls[0]);
   if (!o.synthetic) check_same_shard_set(train.get(), val.get(), env, *comm, node_scope, tmo);
+  check_class_lists(train.get(), val.get(), env.rank, tmo);
   if (train) info0("data: ", train->describe());
   if (val) info0("eval data: ", val->describe());
 
@@ -468,7 +551,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     int64_t nbt = 0;
     on_rank0_agreed(env.rank, tmo, "reading --init-weights", [&] {
       model->get_params_torch(p.data());  // keeps our fc init where the file's class count differs
-      load_init_weights(o.init_weights, spec, p, b, nbt, o.eval_only);
+      load_init_weights(o.init_weights, spec, p, b, nbt, o.eval_only, data_ref);
     });
     comm::broadcast_vector(p, 0, tmo, "a broadcast from rank 0 of the initial weights");
     comm::broadcast_vector(b, 0, tmo, "a broadcast from rank 0 of the initial BN statistics");
@@ -532,6 +615,10 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     CheckpointState st;
     on_rank0_agreed(env.rank, tmo, "reading the checkpoint to resume", [&] {
       st = load_checkpoint(resume_path, spec);
+      const std::string classes = recorded_class_problem(resume_path, st.classes, data_ref);
+      DDP_CHECK(classes.empty(), "checkpoint ", classes, ": its classifier's outputs would be scored against other ",
+                "labels; ", o.eval_only ? "evaluate" : "resume", " on data packed with its class order (its /classes ",
+                "dataset, one name per line, is a --class-index for pack_imagenet)");
       DDP_CHECK(st.seed == o.seed, "checkpoint '", resume_path, "' was trained with --seed ", st.seed,
                 "; resume with the same seed (the data order depends on it)");
       // Changing a setting on resume can be meant (more epochs, a lower lr), so it is said, not refused.
@@ -795,6 +882,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       st.train_images = train ? train->num_images() : 0;
       st.scaler = scaler.state();
       st.config = o.config_text;
+      st.classes = data_ref.class_names();  // none for synthetic data
       st.rng = {{"shuffle_epoch", static_cast<uint64_t>(epoch_pos)}, {"batches_done", static_cast<uint64_t>(step_pos)}};
       auto t0 = Clock::now();
       try {

@@ -46,6 +46,7 @@ CheckpointState random_state(const ddp::nn::ResNet18Spec& spec, uint64_t seed) {
   s.scaler = {8192.0, 55, 3, true};
   s.config = "data = synthetic\nepochs = 9\n";
   s.rng = {{"shuffle_epoch", 3}, {"batches_done", 17}};
+  for (int k = 0; k < spec.num_classes; ++k) s.classes.push_back("n0" + std::to_string(k) + "_\xc3\xa9t\xc3\xa9");
   return s;
 }
 
@@ -100,6 +101,7 @@ TEST_F(CheckpointTest, RoundTripIsExact) {
   EXPECT_EQ(a.scaler.dynamic, b.scaler.dynamic);
   EXPECT_EQ(a.config, b.config);
   EXPECT_EQ(a.rng.size(), b.rng.size());
+  EXPECT_EQ(a.classes, b.classes);
   EXPECT_EQ(checkpoint_num_classes(p), 10);
   EXPECT_EQ(checkpoint_problem(p), "");
 }
@@ -276,6 +278,34 @@ TEST_F(CheckpointTest, OlderFilesReadBatchAndImageCountAsUnknown) {
   EXPECT_EQ(b.batch_size, 0);
   EXPECT_EQ(b.train_images, 0);
   EXPECT_EQ(b.world_size, a.world_size);
+}
+
+// The class list: /classes as in the shards (h5py/h5dump read it); absent in files written before it
+// (and from synthetic data): read as empty, not checked. A list of another length is a damaged file.
+TEST_F(CheckpointTest, ClassListIsStoredAndOlderFilesHaveNone) {
+  CheckpointState a = random_state(spec_, 9);
+  const std::string p = path("c.h5");
+  save_checkpoint(p, spec_, a);
+  {
+    ddp::h5::Handle f = ddp::h5::open_file(p);
+    EXPECT_EQ(ddp::h5::read_strings(f, "classes"), a.classes);
+  }
+  {
+    ddp::h5::Handle f = ddp::h5::open_file(p, true);
+    ASSERT_GE(H5Ldelete(f, "classes", H5P_DEFAULT), 0);
+    ddp::h5::write_strings(f, "classes", {"x", "y"});
+  }
+  const std::string e = load_error(p, spec_);
+  EXPECT_NE(e.find("2 class names for 10 classes"), std::string::npos) << e;
+  {
+    ddp::h5::Handle f = ddp::h5::open_file(p, true);
+    ASSERT_GE(H5Ldelete(f, "classes", H5P_DEFAULT), 0);
+  }
+  EXPECT_TRUE(load_checkpoint(p, spec_).classes.empty());
+  a.classes.clear();  // synthetic data: no names, no dataset
+  save_checkpoint(p, spec_, a);
+  ddp::h5::Handle f = ddp::h5::open_file(p);
+  EXPECT_FALSE(ddp::h5::exists(f, "classes"));
 }
 
 // Retention deletes only what is older than the checkpoint just written: files of later steps (another

@@ -3,7 +3,8 @@
 // guard firing on a perturbed replica, clear errors for bad flags and for --backend cuda without a GPU,
 // a damaged image inside a shard ending a 2-rank job at once with its name, and --init-weights from a
 // checkpoint starting a new run with its weights and BN statistics, a checkpoint on a full disk, a
-// checkpoint directory of another run refused, mid-epoch resume checks, --eval-only with another class count; --eval-only on synthetic data.
+// checkpoint directory of another run refused, mid-epoch resume checks, --eval-only with another class count;
+// class lists (train vs val shards, checkpoint vs data), --eval-only on synthetic data.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -951,6 +952,134 @@ TEST_F(TrainE2E, AutoProgressUnderMpirunGivesLines) {
   EXPECT_EQ(r.out.find('\r'), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("step 3/4 loss"), std::string::npos) << r.out;
 }
+
+// ---- class lists, sizes, partial epochs, synthetic --eval-only ----------------------------------
+// On real shards: pack_imagenet run as a user runs it, on small generated JPEG trees.
+#ifdef PACK_IMAGENET
+namespace {
+
+// An ImageFolder tree ROOT/<split>/<class>/<k>.jpg of random size x size JPEGs, n per class (val: n_val).
+void write_jpeg_tree(const std::string& root, const std::vector<std::string>& train_classes,
+                     const std::vector<std::string>& val_classes, int n_train, int n_val, int size) {
+  ddp::Rng rng(5, ddp::rng_stream::kTest);
+  std::vector<uint8_t> px(static_cast<size_t>(size) * size * 3);
+  for (const std::string split : {"train", "val"})
+    for (const auto& c : split == "train" ? train_classes : val_classes) {
+      fs::create_directories(root + "/" + split + "/" + c);
+      for (int k = 0; k < (split == "train" ? n_train : n_val); ++k) {
+        for (auto& v : px) v = static_cast<uint8_t>(rng.next_u32());
+        const auto j = ddp::data::encode_jpeg(px.data(), size, size, 90);
+        std::ofstream(root + "/" + split + "/" + c + "/" + std::to_string(k) + ".jpg", std::ios::binary)
+            .write(reinterpret_cast<const char*>(j.data()), static_cast<std::streamsize>(j.size()));
+      }
+    }
+}
+
+Run pack(const std::string& args) { return sh(std::string(PACK_IMAGENET) + " --no-progress " + args); }
+
+const std::vector<std::string> kFour = {"n0", "n1", "n2", "n3"};
+
+}  // namespace
+
+// Train and val shards packed with other class lists: the labels of one mean other classes in the
+// other. The trainer refuses before any step, naming a train shard, the val shard and the first
+// difference (it used to train and report a meaningless top-1, or die inside the loss function).
+TEST_F(TrainE2E, TrainAndValShardsWithOtherClassListsAreRefusedAtStartUp) {
+  write_jpeg_tree(d("base"), kFour, kFour, 6, 3, 40);
+  { std::ofstream(d("rev.txt")) << "n3\nn2\nn1\nn0\n"; }
+  ASSERT_EQ(pack("-i " + d("base") + " -o " + d("M") + " --splits train --resize 32").rc, 0);
+  auto p = pack("-i " + d("base") + " -o " + d("M") + " --splits val --resize 32 --class-index " + d("rev.txt"));
+  ASSERT_EQ(p.rc, 0) << p.out;
+  const std::string args = std::string(TRAIN_RESNET18) +
+                           " --backend cpu --threads 1 --workers 1 --image-size 32 --max-steps 2"
+                           " --progress lines --log-every 1 --data ";
+  const std::string tr = d("M/train-00000-of-00001.h5"), va = d("M/val-00000-of-00001.h5");
+  auto r = sh(args + d("M") + " --batch-size 8 --jsonl " + d("m.jsonl"));
+  EXPECT_NE(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find(tr), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(va), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("first difference at index 0: 'n0' (train) vs 'n3' (val)"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("schedule:"), std::string::npos) << "refused after set-up, not at start-up:\n" << r.out;
+  EXPECT_FALSE(fs::exists(d("m.jsonl")) && last_eval_record(d("m.jsonl")) != "") << r.out;
+  // Every rank refuses (two ranks splitting one set), none waits for the others.
+  auto m = sh("timeout 120 " + mpirun(2) + args + d("M") + " --shard-scope global --batch-size 4");
+  EXPECT_NE(m.rc, 0) << m.out;
+  EXPECT_NE(m.rc, 124) << "hung:\n" << m.out;
+  EXPECT_NE(m.out.find("first difference at index 0"), std::string::npos) << m.out;
+
+  // A val split with one class more (its labels reach past the model's classifier).
+  write_jpeg_tree(d("base5"), {"n0", "n1", "n2", "n3", "n4"}, {"n0", "n1", "n2", "n3", "n4"}, 1, 3, 40);
+  fs::create_directories(d("M5"));
+  fs::copy_file(tr, d("M5/train-00000-of-00001.h5"));
+  ASSERT_EQ(pack("-i " + d("base5") + " -o " + d("M5") + " --splits val --resize 32").rc, 0);
+  auto f = sh(args + d("M5") + " --batch-size 8");
+  EXPECT_NE(f.rc, 0) << f.out;
+  EXPECT_NE(f.out.find(d("M5/train-00000-of-00001.h5")), std::string::npos) << f.out;
+  EXPECT_NE(f.out.find(d("M5/val-00000-of-00001.h5")), std::string::npos) << f.out;
+  EXPECT_NE(f.out.find("4 vs 5 classes"), std::string::npos) << f.out;
+  EXPECT_EQ(f.out.find("softmax_cross_entropy"), std::string::npos) << f.out;
+  EXPECT_EQ(f.out.find("schedule:"), std::string::npos) << f.out;
+}
+
+// A checkpoint records its class list (/classes, as the shards do); resuming or evaluating it on data
+// whose classes are in another order is refused, naming both files and the first differing index.
+// Files without the list (older checkpoints, weights files) load with a one-line note.
+TEST_F(TrainE2E, CheckpointRecordsItsClassListAndOtherClassOrdersAreRefused) {
+  write_jpeg_tree(d("base"), kFour, kFour, 6, 3, 40);
+  { std::ofstream(d("rev.txt")) << "n3\nn2\nn1\nn0\n"; }
+  ASSERT_EQ(pack("-i " + d("base") + " -o " + d("A") + " --resize 32").rc, 0);
+  ASSERT_EQ(pack("-i " + d("base") + " -o " + d("R") + " --resize 32 --class-index " + d("rev.txt")).rc, 0);
+  const std::string run = std::string(TRAIN_RESNET18) +
+                          " --backend cpu --threads 1 --workers 1 --image-size 32 --batch-size 8 --seed 2"
+                          " --progress lines --data ";
+  auto t = sh(run + d("A") + " --max-steps 2 --no-eval --checkpoint-dir " + d("ck"));
+  ASSERT_EQ(t.rc, 0) << t.out;
+  const std::string ck = d("ck/" + ckpt_name(2));
+  {
+    ddp::h5::Handle f = ddp::h5::open_file(ck);
+    ASSERT_TRUE(ddp::h5::exists(f, "classes"));
+    EXPECT_EQ(ddp::h5::read_strings(f, "classes"), kFour);
+  }
+  auto ok = sh(run + d("A") + " --eval-only --resume " + ck);
+  ASSERT_EQ(ok.rc, 0) << ok.out;
+  EXPECT_EQ(ok.out.find("class list"), std::string::npos) << ok.out;
+
+  for (const std::string how : {"--eval-only --resume ", "--max-steps 4 --resume ", "--eval-only --init-weights "}) {
+    auto r = sh(run + d("R") + " " + how + ck);
+    EXPECT_NE(r.rc, 0) << how << ":\n" << r.out;
+    EXPECT_NE(r.out.find(ck), std::string::npos) << how << ":\n" << r.out;
+    EXPECT_NE(r.out.find(d(how[2] == 'e' ? "R/val-00000-of-00001.h5" : "R/train-00000-of-00001.h5")),
+              std::string::npos) << how << ":\n" << r.out;
+    EXPECT_NE(r.out.find("first difference at index 0: 'n0' (checkpoint) vs 'n3'"), std::string::npos)
+        << how << ":\n" << r.out;
+  }
+  // Fine-tuning from it on other classes is meant to retrain: a warning, not a refusal.
+  auto ft = sh(run + d("R") + " --max-steps 1 --no-eval --init-weights " + ck);
+  EXPECT_EQ(ft.rc, 0) << ft.out;
+  EXPECT_NE(ft.out.find("first difference at index 0"), std::string::npos) << ft.out;
+
+  // A checkpoint written before the list was recorded: evaluated, with one line saying so.
+  const std::string old = d("old.h5");
+  fs::copy_file(ck, old);
+  {
+    ddp::h5::Handle f = ddp::h5::open_file(old, true);
+    ASSERT_GE(H5Ldelete(f, "classes", H5P_DEFAULT), 0);
+  }
+  auto o = sh(run + d("R") + " --eval-only --resume " + old);
+  EXPECT_EQ(o.rc, 0) << o.out;
+  EXPECT_NE(o.out.find("records no class list"), std::string::npos) << o.out;
+  // A weights file (as tools/torchvision_to_h5.py writes: no class list) likewise.
+  {
+    auto spec = ddp::nn::make_resnet18_spec(4);
+    CheckpointState s = load_checkpoint(ck, spec);
+    ddp::nn::save_weights(d("w.h5"), spec, s.params.data(), s.buffers.data(), s.num_batches_tracked);
+  }
+  auto w = sh(run + d("R") + " --eval-only --init-weights " + d("w.h5"));
+  EXPECT_EQ(w.rc, 0) << w.out;
+  EXPECT_NE(w.out.find("records no class list"), std::string::npos) << w.out;
+}
+
+#endif  // PACK_IMAGENET
 
 // Evaluation needs no training batch: synthetic data behaves as shards do under --eval-only.
 TEST_F(TrainE2E, EvalOnlyOnSyntheticDataNeedsNoTrainingBatch) {

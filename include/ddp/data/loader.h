@@ -49,6 +49,8 @@ class Loader {
   int64_t num_images() const;  // in this shard set
   int num_classes() const;
   const std::vector<std::string>& classes() const;
+  // The first shard's path (the others agree on its class list).
+  const std::string& first_shard() const;
   // What makes this shard set this set, independent of where it is mounted: one line per shard (in
   // order) with its file name without the directory, image count, file size and input fingerprint,
   // then one per class. Ranks that split one set compare it (two ranks on one host given different

@@ -5,6 +5,9 @@
 //                                         as a weights file, so tools/h5_to_torchvision.py converts a
 //                                         checkpoint to a torchvision .pth as it is
 //   /optimizer/momentum/<param name>      SGD momentum buffers, PyTorch layout
+//   /classes                              vlen UTF-8 strings [num_classes]: the class names in label
+//                                         order, as in the shards trained on (absent for synthetic
+//                                         data, and in files written before it was added)
 //   root attributes                       format = "resnet18-ddp-checkpoint", format_version,
 //                                         complete = 1 (written last), epoch, step_in_epoch,
 //                                         global_step, steps_per_epoch, seed, world_size,
@@ -61,7 +64,14 @@ struct CheckpointState {
   LossScalerState scaler;
   std::string config;
   std::vector<std::pair<std::string, uint64_t>> rng;  // name -> position
+  // Class names in label order (/classes); empty: not recorded (synthetic data, older files).
+  std::vector<std::string> classes;
 };
+
+// How two class lists differ ("4 vs 5 classes; first difference at index 4: nothing (a_name) vs 'n4'
+// (b_name)"), or "" when they are equal.
+std::string class_list_difference(const std::vector<std::string>& a, const std::vector<std::string>& b,
+                                  const char* a_name, const char* b_name);
 
 // "ckpt-<global step, 10 digits>.h5"
 std::string checkpoint_file_name(int64_t global_step);

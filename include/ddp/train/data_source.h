@@ -30,6 +30,10 @@ class DataSource {
   // Equal on two ranks iff they read the same images (wherever the files are mounted): ranks that
   // split one set compare it at start-up (Loader::set_identity).
   virtual std::string identity() const = 0;
+  // The class names in label order and the file they were read from (the first shard); none for
+  // synthetic data, whose classes have no names (then nothing is checked against them).
+  virtual std::vector<std::string> class_names() const { return {}; }
+  virtual std::string class_file() const { return {}; }
 };
 
 // Random uint8 images and labels drawn once from Philox stream kSynthetic (a pure function of the

@@ -1025,10 +1025,13 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       stopped_at = epoch + static_cast<double>(s) / static_cast<double>(steps);
       break;
     }
-    result.epoch_seconds.push_back(et);
+    // A resumed epoch's remaining steps are not an epoch's time: the summary lists whole epochs only.
+    if (first == 0) result.epoch_seconds.push_back(et);
+    else ++result.partial_epochs;
     result.epochs_done = epoch + 1;
     check_replicas();
-    info0("epoch ", epoch + 1, "/", o.epochs, " done in ", human_duration(et), " (", et, " s), ",
+    info0("epoch ", epoch + 1, "/", o.epochs, " done in ", human_duration(et), " (", et, " s",
+          first > 0 ? str("; resumed at step ", first, ": ", steps - first, " of its ", steps, " steps") : "", "), ",
           static_cast<int64_t>(static_cast<double>((steps - first) * global_batch) / std::max(et, 1e-9)), " img/s");
     const bool last = epoch + 1 == o.epochs;
     // The checkpoint first: a stop request (preemption) arriving during the evaluation then finds the
@@ -1065,10 +1068,16 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   result.train_images_per_s = train_seconds > 0 ? static_cast<double>(train_images) / train_seconds : 0;
   if (rank0) {
     double total = seconds_since(run_t0);
-    std::string per_epoch;
-    for (double t : result.epoch_seconds) per_epoch += str(per_epoch.empty() ? "" : ", ", human_duration(t));
-    info0("summary: ", gstep, " steps, ", result.epochs_done, " epoch(s) complete, time per epoch [", per_epoch,
-          "], training ", static_cast<int64_t>(result.train_images_per_s), " img/s (", env.world, " rank(s)), total ",
+    std::string per_epoch, per_epoch_json;
+    for (double t : result.epoch_seconds) {
+      per_epoch += str(per_epoch.empty() ? "" : ", ", human_duration(t));
+      per_epoch_json += str(per_epoch_json.empty() ? "" : ", ", json_number(t));
+    }
+    info0("summary: ", gstep, " steps, ", result.epochs_done, " epoch(s) complete, time per epoch [", per_epoch, "]",
+          result.partial_epochs ? str(" (whole epochs only: ", result.partial_epochs,
+                                      " partial epoch left out, resumed mid-epoch)")
+                                : "",
+          ", training ", static_cast<int64_t>(result.train_images_per_s), " img/s (", env.world, " rank(s)), total ",
           human_duration(total));
     if (result.evaluated)
       info0("final accuracy: top-1 ", result.top1 * 100, "%, top-5 ", result.top5 * 100, "%, eval loss ", result.eval_loss);
@@ -1080,6 +1089,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       std::vector<std::pair<std::string, std::string>> f = {
           {"type", json_string("summary")}, {"steps", json_number(double(gstep))},
           {"epochs_done", json_number(result.epochs_done)}, {"img_per_s", json_number(result.train_images_per_s)},
+          {"epoch_seconds", "[" + per_epoch_json + "]"}, {"partial_epochs", json_number(result.partial_epochs)},
           {"seconds", json_number(total)}, {"peak_host_bytes", json_number(double(peak_host_rss_bytes()))},
           {"peak_device_bytes", json_number(o.backend == nn::Backend::CUDA ? double(model->peak_memory_bytes()) : 0.0)},
           {"stopped_by_signal", stop ? "true" : "false"}};

@@ -4,7 +4,8 @@
 // a damaged image inside a shard ending a 2-rank job at once with its name, and --init-weights from a
 // checkpoint starting a new run with its weights and BN statistics, a checkpoint on a full disk, a
 // checkpoint directory of another run refused, mid-epoch resume checks, --eval-only with another class count;
-// class lists (train vs val shards, checkpoint vs data), --eval-only on synthetic data.
+// class lists (train vs val shards, checkpoint vs data), the summary's time per epoch after a mid-epoch
+// resume, --eval-only on synthetic data.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -1080,6 +1081,23 @@ TEST_F(TrainE2E, CheckpointRecordsItsClassListAndOtherClassOrdersAreRefused) {
 }
 
 #endif  // PACK_IMAGENET
+
+// The summary's time per epoch lists whole epochs: a resumed epoch's 2 remaining steps are not one.
+TEST_F(TrainE2E, TimePerEpochLeavesAResumedPartialEpochOut) {
+  const std::string run = kRecipe + "--epochs 2 --checkpoint-dir " + d("ck") + " --jsonl " + d("m.jsonl") + " ";
+  ASSERT_EQ(sh(run + "--max-steps 6").rc, 0);  // 8 steps per epoch
+  auto r = sh(run + "--resume auto");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex(R"(time per epoch \[([^\]]*)\])"))) << r.out;
+  EXPECT_EQ(m[1].str().find(','), std::string::npos) << "one whole epoch was trained:\n" << r.out;
+  EXPECT_NE(r.out.find("1 partial epoch left out"), std::string::npos) << r.out;
+  std::ifstream jf(d("m.jsonl"));
+  std::string line, summary;
+  while (std::getline(jf, line))
+    if (line.find("\"type\": \"summary\"") != std::string::npos) summary = line;
+  EXPECT_EQ(field(summary, "partial_epochs"), "1") << summary;
+}
 
 // Evaluation needs no training batch: synthetic data behaves as shards do under --eval-only.
 TEST_F(TrainE2E, EvalOnlyOnSyntheticDataNeedsNoTrainingBatch) {

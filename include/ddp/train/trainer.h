@@ -27,7 +27,10 @@ struct TrainResult {
   bool evaluated = false;
   double top1 = 0, top5 = 0, eval_loss = 0;  // last evaluation (fractions)
   double train_images_per_s = 0;
+  // Seconds of each whole epoch trained by this run; an epoch resumed mid-way is left out and counted
+  // in partial_epochs (its remaining steps are not an epoch's time).
   std::vector<double> epoch_seconds;
+  int partial_epochs = 0;
   std::string last_checkpoint;
 };
 

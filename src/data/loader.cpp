@@ -371,6 +371,7 @@ int64_t Loader::num_images() const { return impl_->n; }
 int Loader::num_classes() const { return static_cast<int>(impl_->classes.size()); }
 const std::vector<std::string>& Loader::classes() const { return impl_->classes; }
 const std::string& Loader::first_shard() const { return impl_->shards.front()->path(); }
+const ShardMeta& Loader::first_meta() const { return impl_->shards.front()->meta(); }
 
 std::string Loader::set_identity() const {
   std::string id;

@@ -1,9 +1,11 @@
 // DataSource over HDF5 shards: a thin adapter on ddp::data::Loader.
+#include <algorithm>
 #include <filesystem>
 #include <sstream>
 
 #include "ddp/core/check.h"
 #include "ddp/data/loader.h"
+#include "ddp/data/shard.h"
 #include "ddp/train/data_source.h"
 
 namespace ddp::train {
@@ -61,6 +63,15 @@ class ShardSource final : public DataSource {
 
   std::vector<std::string> class_names() const override { return loader_->classes(); }
   std::string class_file() const override { return loader_->first_shard(); }
+  int stored_size() const override {
+    const auto& m = loader_->first_meta();
+    return m.encoding == "raw" ? std::min(m.height, m.width) : m.resize_shorter;
+  }
+  std::string stored_text() const override {
+    const auto& m = loader_->first_meta();
+    if (m.encoding == "raw") return str("raw ", m.width, "x", m.height);
+    return str("JPEG, shorter side at most ", m.resize_shorter);
+  }
 
  private:
   std::string dir_, split_;

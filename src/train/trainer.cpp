@@ -192,6 +192,36 @@ std::string recorded_class_problem(const std::string& path, const std::vector<st
   return d.empty() ? "" : str("'", path, "' was trained on another class list than '", data.class_file(), "' holds (", d, ")");
 }
 
+// Warns (rank 0, one line) when --image-size or --val-size exceeds what the shards store: every image
+// is then upsampled, for no more detail and at a cost that grows with the square of the size (the
+// default 224 px on 32 px shards: 49x the compute of 32 px).
+void warn_sizes_above_stored(const DataSource* train, const DataSource* val, const TrainOptions& o) {
+  std::vector<std::pair<std::string, std::vector<std::string>>> over;  // "--flag size" -> what it exceeds
+  auto check = [&](const DataSource* s, const char* split, int size, const std::string& flag) {
+    if (!s || s->stored_size() <= 0 || size <= s->stored_size()) return;
+    char cost[32];
+    std::snprintf(cost, sizeof cost, "%.3g", double(size) * size / (double(s->stored_size()) * s->stored_size()));
+    const std::string key = str(flag, " ", size);
+    const std::string what = str("the ", split, " images of '", s->class_file(), "' (", s->stored_text(), "; ", cost,
+                                 "x the compute of ", s->stored_size(), " px)");
+    for (auto& [k, v] : over)
+      if (k == key) return v.push_back(what);
+    over.push_back({key, {what}});
+  };
+  check(train, "training", o.image_size, "--image-size");
+  // --val-size follows --image-size unless given (or taken from an --eval-only checkpoint).
+  check(val, "validation", o.val_size,
+        o.val_size == o.image_size && !o.given.count("val-size") ? "--image-size" : "--val-size");
+  if (over.empty()) return;
+  std::string line;
+  for (const auto& [k, v] : over) {
+    line += str(line.empty() ? "" : "; ", k, " exceeds ");
+    for (size_t i = 0; i < v.size(); ++i) line += str(i ? " and " : "", v[i]);
+  }
+  warn0(line, ": every image is upsampled, for no more detail; lower the size or pack the shards with a larger "
+              "--resize");
+}
+
 // Loads an HDF5 weights file, or the weights and BN statistics of one of our checkpoints, into host
 // buffers for `spec`; a file for another class count keeps everything but fc (fine-tuning), which
 // keeps the model's own initialisation. A checkpoint's optimizer state and training position are
@@ -514,6 +544,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   check_class_lists(train.get(), val.get(), env.rank, tmo);
   if (train) info0("data: ", train->describe());
   if (val) info0("eval data: ", val->describe());
+  if (rank0) warn_sizes_above_stored(train.get(), val.get(), o);
 
   // ---- model ---------------------------------------------------------------------------------
   nn::ModelConfig mc;

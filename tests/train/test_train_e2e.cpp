@@ -4,8 +4,8 @@
 // a damaged image inside a shard ending a 2-rank job at once with its name, and --init-weights from a
 // checkpoint starting a new run with its weights and BN statistics, a checkpoint on a full disk, a
 // checkpoint directory of another run refused, mid-epoch resume checks, --eval-only with another class count;
-// class lists (train vs val shards, checkpoint vs data), the summary's time per epoch after a mid-epoch
-// resume, --eval-only on synthetic data.
+// class lists (train vs val shards, checkpoint vs data), sizes above the shards', the summary's time per
+// epoch after a mid-epoch resume, --eval-only on synthetic data.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -1078,6 +1078,27 @@ TEST_F(TrainE2E, CheckpointRecordsItsClassListAndOtherClassOrdersAreRefused) {
   auto w = sh(run + d("R") + " --eval-only --init-weights " + d("w.h5"));
   EXPECT_EQ(w.rc, 0) << w.out;
   EXPECT_NE(w.out.find("records no class list"), std::string::npos) << w.out;
+}
+
+// Sizes beyond what the shards hold: every image is upsampled, at a cost and for no detail. One line.
+TEST_F(TrainE2E, ImageSizeAboveTheShardsImagesIsWarnedAbout) {
+  write_jpeg_tree(d("base"), kFour, kFour, 4, 2, 40);
+  ASSERT_EQ(pack("-i " + d("base") + " -o " + d("raw") + " --encoding raw --resize 40").rc, 0);
+  ASSERT_EQ(pack("-i " + d("base") + " -o " + d("jpg") + " --resize 32").rc, 0);
+  const std::string run = std::string(TRAIN_RESNET18) +
+                          " --backend cpu --threads 1 --workers 1 --batch-size 8 --max-steps 1 --progress lines --data ";
+  auto r = sh(run + d("raw") + " --image-size 64 --no-eval");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("--image-size 64 exceeds"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("raw 40x40"), std::string::npos) << r.out;
+  auto v = sh(run + d("jpg") + " --image-size 32 --val-size 64");
+  ASSERT_EQ(v.rc, 0) << v.out;
+  EXPECT_NE(v.out.find("--val-size 64 exceeds"), std::string::npos) << v.out;
+  EXPECT_NE(v.out.find("shorter side at most 32"), std::string::npos) << v.out;
+  EXPECT_EQ(v.out.find("--image-size 32 exceeds"), std::string::npos) << v.out;
+  auto n = sh(run + d("raw") + " --image-size 40");
+  ASSERT_EQ(n.rc, 0) << n.out;
+  EXPECT_EQ(n.out.find("exceeds"), std::string::npos) << n.out;
 }
 
 #endif  // PACK_IMAGENET

@@ -13,6 +13,8 @@
 
 namespace ddp::data {
 
+struct ShardMeta;  // ddp/data/shard.h
+
 struct LoaderConfig {
   std::vector<std::string> shards;  // shard files this rank's group reads (one node's shards)
   int rank = 0, world = 1;          // position among the ranks that share exactly these shards
@@ -49,8 +51,9 @@ class Loader {
   int64_t num_images() const;  // in this shard set
   int num_classes() const;
   const std::vector<std::string>& classes() const;
-  // The first shard's path (the others agree on its class list).
+  // The first shard's path and attributes (the others agree on classes, encoding and raw size).
   const std::string& first_shard() const;
+  const ShardMeta& first_meta() const;
   // What makes this shard set this set, independent of where it is mounted: one line per shard (in
   // order) with its file name without the directory, image count, file size and input fingerprint,
   // then one per class. Ranks that split one set compare it (two ranks on one host given different

@@ -34,6 +34,11 @@ class DataSource {
   // synthetic data, whose classes have no names (then nothing is checked against them).
   virtual std::vector<std::string> class_names() const { return {}; }
   virtual std::string class_file() const { return {}; }
+  // The largest image size that is not an upsampling of what is stored (raw shards: their side; JPEG
+  // shards: the shorter side they were resized to), and that in words ("raw 40x40"); 0 when unknown
+  // (images kept at their size, synthetic data made at the size asked for).
+  virtual int stored_size() const { return 0; }
+  virtual std::string stored_text() const { return {}; }
 };
 
 // Random uint8 images and labels drawn once from Philox stream kSynthetic (a pure function of the

@@ -160,8 +160,24 @@ cp "$ROOT/tools/setup" "$SREPO/tools/"
 : >"$SREPO/.deps/cudnn_frontend/include/cudnn_frontend.h"
 printf '%s' "$(sed -n 's/^TB_WHEELS=(\(.*\))$/\1/p' "$ROOT/tools/setup")" >"$SREPO/.deps/pytb/.complete"
 for t in bash id grep cat dirname mktemp rm env; do ln -sf "$(command -v "$t")" "$TMP/spath/$t"; done
-printf '#!/bin/bash\n[[ -n ${FAKE_MISSING:-} && " $* " == *" $FAKE_MISSING "* ]] && exit 1\nprintf "install ok installed"\n' >"$TMP/spath/dpkg-query"
+printf '#!/bin/bash\n[[ -n ${DPKG_LOG:-} ]] && echo "$*" >>"$DPKG_LOG"\n[[ -n ${FAKE_MISSING:-} && " $* " == *" $FAKE_MISSING "* ]] && exit 1\nprintf "install ok installed"\n' >"$TMP/spath/dpkg-query"
 chmod +x "$TMP/spath/dpkg-query"
+# --help and a bad argument install nothing (not even a package check): help or a usage line, exit 0 / 2.
+for a in --help -h; do
+  : >"$TMP/dpkg.log"
+  out=$(env PATH="$TMP/spath" DPKG_LOG="$TMP/dpkg.log" FAKE_MISSING=cmake bash "$SREPO/tools/setup" "$a" 2>&1); rc=$?
+  check "setup $a: exit 0, says what it installs, where and that it needs root or sudo; checks nothing" \
+    bash -c '[[ $1 -eq 0 && $2 == *"usage: tools/setup"* && $2 == *libhdf5-dev* && $2 == *.deps/* && $2 == *sudo* && ! -s $3 ]] ||
+      { printf "rc %s: %s\n" "$1" "$2"; false; }' _ "$rc" "$out" "$TMP/dpkg.log"
+done
+for a in --bogus "--help --bogus" x; do
+  : >"$TMP/dpkg.log"
+  # shellcheck disable=SC2086  # "--help --bogus": two arguments
+  out=$(env PATH="$TMP/spath" DPKG_LOG="$TMP/dpkg.log" FAKE_MISSING=cmake bash "$SREPO/tools/setup" $a 2>&1); rc=$?
+  check "setup $a: refused with exit 2 and a usage line, nothing run" \
+    bash -c '[[ $1 -eq 2 && $2 == *"unknown argument"* && $2 == *"usage: tools/setup [--help]"* && ! -s $3 ]] ||
+      { printf "rc %s: %s\n" "$1" "$2"; false; }' _ "$rc" "$out" "$TMP/dpkg.log"
+done
 as_user=()
 if [[ $(id -u) -eq 0 ]]; then
   command -v setpriv >/dev/null && as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups)

@@ -79,6 +79,12 @@ std::string trim(const std::string& s) {
   return a == std::string::npos ? "" : s.substr(a, b - a + 1);
 }
 
+// A UTF-8 byte order mark (Excel and Notepad start a UTF-8 text file with one) is not part of the
+// first line's text.
+void strip_bom(std::string& line, int lineno) {
+  if (lineno == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line = line.substr(3);
+}
+
 std::vector<uint8_t> read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   DDP_CHECK(f, "cannot read '", path, "': ", std::strerror(errno));
@@ -182,6 +188,7 @@ std::vector<std::string> load_class_index(const std::string& path) {
   int lineno = 0;
   while (std::getline(f, line)) {
     ++lineno;
+    strip_bom(line, lineno);
     line = trim(line);
     if (line.empty() || line[0] == '#') continue;
     std::string name = line.substr(0, line.find_first_of(" \t,"));
@@ -204,6 +211,7 @@ std::map<std::string, std::string> load_val_csv(const std::string& path) {
   int lineno = 0;
   while (std::getline(f, line)) {
     ++lineno;
+    strip_bom(line, lineno);
     line = trim(line);
     if (line.empty() || (lineno == 1 && line.rfind("ImageId", 0) == 0)) continue;
     size_t comma = line.find(',');

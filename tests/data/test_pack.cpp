@@ -807,6 +807,31 @@ TEST_F(PackTest, InspectShardsChecksTheSet) {
   EXPECT_NE(r.out.find("in more than one file"), std::string::npos) << r.out;
 }
 
+// Files saved with a UTF-8 byte order mark (Excel, Notepad): the mark is not part of the first
+// line, so Kaggle's CSV header is still a header and the first class name still a class name.
+TEST_F(PackTest, ByteOrderMarkIsIgnored) {
+  const fs::path k = out_ / "k";
+  fs::create_directories(k);
+  fs::copy(in("kaggle"), k, fs::copy_options::recursive);
+  const fs::path csv = k / "LOC_val_solution.csv";
+  std::string text;
+  {
+    std::ifstream f(csv);
+    text.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  ASSERT_EQ(text.rfind("ImageId", 0), 0u);
+  std::ofstream(csv) << "\xEF\xBB\xBF" << text;
+  {
+    std::ofstream f(out_ / "classes.txt");
+    f << "\xEF\xBB\xBF";
+    for (const auto& c : kClasses) f << c << "\n";
+  }
+  auto r = pack("-i " + q(k) + " -o " + q(out_ / "s") + " --resize 0 --class-index " + q(out_ / "classes.txt"));
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(ShardReader(shards("s", "val")[0]).size(), 12);
+  EXPECT_EQ(ShardReader(shards("s", "train")[0]).meta().classes, kClasses);
+}
+
 // Fashion-MNIST -> JPEG tree -> pack with --class-index keeps the IDX labels.
 TEST_F(PackTest, FashionMnistTreePacks) {
   const fs::path src = "/usr/share/datasets/fashion-mnist";

@@ -47,6 +47,7 @@ namespace {
 constexpr const char* kLockFile = ".pack_imagenet.lock";
 constexpr int kMaxShards = 99999;
 constexpr int kMaxThreads = 1024;  // far above any machine's cores; a typo's 100000 is refused
+constexpr int kJpegMaxSide = 65500;  // libjpeg(-turbo)'s largest width or height
 
 struct Options {
   std::string input, output, class_index, val_csv, bad_report;
@@ -230,6 +231,13 @@ std::map<std::string, std::string> load_val_csv(const std::string& path) {
 }
 
 // ---- per-image work (runs in the pool) -------------------------------------------------------
+// Every per-image failure names its file: most messages do already; one that does not (from the
+// encoder, an allocation) gets it in front.
+std::string named(const std::string& path, const std::string& what) {
+  if (what.find(path) != std::string::npos || what.find(escaped(path)) != std::string::npos) return what;
+  return str("'", escaped(path), "': ", what);
+}
+
 Result process(const Item& it, const Options& o, int raw_size) {
   if (!it.error.empty()) throw Error(it.error);
   Result r;
@@ -262,8 +270,17 @@ Result process(const Item& it, const Options& o, int raw_size) {
               ", smaller than the raw size ", raw_size, " (pass --allow-upscale to enlarge small images)");
     resize_shorter_dims(W, H, raw_size, tw, th);
   } else if (o.resize > 0 && shorter != o.resize && (shorter > o.resize || o.allow_upscale)) {
+    // A very elongated image (a 5000x1 strip: 160000x32 at --resize 32) cannot be stored as a JPEG.
+    // It is bad input like an unreadable file (--skip-bad leaves it out), found before any decoding
+    // and before its (possibly huge) pixel buffer exists. (64-bit: the longer side may not fit an int.)
+    const int64_t longer = int64_t{o.resize} * std::max(W, H) / shorter;
+    DDP_CHECK(longer <= kJpegMaxSide, "'", it.path, "' is ", W, "x", H, ": resized to a shorter side of ", o.resize,
+              " (--resize) its longer side would be ", longer, " pixels, more than the ", kJpegMaxSide,
+              " a JPEG can hold; crop or remove it");
     resize_shorter_dims(W, H, o.resize, tw, th);
   }
+  DDP_CHECK(raw || std::max(tw, th) <= kJpegMaxSide, "'", it.path, "' is ", W, "x", H, ": more than the ",
+            kJpegMaxSide, " pixels a side a JPEG can hold; crop or remove it");
   // Already the right size and plain YCbCr: keep the original DCT coefficients (no second generation
   // loss, the same pixels), re-entropy-coded with restart markers so that the loader's crops decode
   // only what they cover; this reads the whole file, so damage anywhere is found.
@@ -406,7 +423,7 @@ void pack_shard(const std::vector<Item>& items, const std::string& final_path, S
       } catch (const std::exception& e) {
         r = Result{};
         r.bad = true;
-        r.error = e.what();
+        r.error = named(items[static_cast<size_t>(i)].path, e.what());
       }
       r.done = true;
       std::lock_guard<std::mutex> lk(mu);

@@ -807,6 +807,34 @@ TEST_F(PackTest, InspectShardsChecksTheSet) {
   EXPECT_NE(r.out.find("in more than one file"), std::string::npos) << r.out;
 }
 
+// A per-image failure names its file, whatever part of the work failed: a 5000x1 strip resized to
+// a shorter side of 32 would be 160000x32, past JPEG's 65500-pixel limit. Such an image is bad
+// input: it stops the run (naming it), and --skip-bad leaves it out and reports it.
+TEST_F(PackTest, ImageFailuresNameTheFile) {
+  const fs::path root = out_ / "in";
+  fs::create_directories(root / "train" / "a");
+  fs::copy(in("bad") / "train" / "alpha" / "ok_0.JPEG", root / "train" / "a" / "ok.JPEG");
+  std::vector<uint8_t> px(5000 * 3, 128);
+  auto j = encode_jpeg(px.data(), 5000, 1, 90);
+  std::ofstream(root / "train" / "a" / "strip.JPEG", std::ios::binary)
+      .write(reinterpret_cast<const char*>(j.data()), static_cast<std::streamsize>(j.size()));
+  const std::string strip = (root / "train" / "a" / "strip.JPEG").string();
+  auto r = pack("-i " + q(root) + " -o " + q(out_ / "s") + " --resize 32 --allow-upscale");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("'" + strip + "'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("65500"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--skip-bad"), std::string::npos) << r.out;
+  EXPECT_FALSE(has_shard_or_partial(out_ / "s"));
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s2") + " --resize 32 --allow-upscale --skip-bad");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("rejected 1"), std::string::npos) << r.out;
+  std::ifstream rep(out_ / "s2" / "bad_images.txt");
+  std::string line;
+  std::getline(rep, line);
+  EXPECT_EQ(line.substr(0, line.find('\t')), strip);
+  EXPECT_NE(line.find("65500"), std::string::npos) << line;
+}
+
 // Files saved with a UTF-8 byte order mark (Excel, Notepad): the mark is not part of the first
 // line, so Kaggle's CSV header is still a header and the first class name still a class name.
 TEST_F(PackTest, ByteOrderMarkIsIgnored) {

@@ -728,6 +728,47 @@ void refuse_other_sets(const std::string& dir, const std::vector<std::string>& s
            "; this run writes ", shards, "); delete those files or choose another --output");
 }
 
+// Every shard in one output directory must share one class list, label for label (the trainer and
+// inspect_shards refuse a set that does not). Complete shards already there, of any split, are
+// compared with this run's list before anything is written; the first that differs stops the run,
+// naming the first class that differs. (Unreadable files are left to the checks that read them.)
+void refuse_other_class_lists(const std::string& dir, const std::vector<std::string>& classes,
+                              const std::string& class_source) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (parse_shard_file_name(e.path().filename().string())) files.push_back(e.path().string());
+  std::sort(files.begin(), files.end());
+  for (const auto& path : files) {
+    std::vector<std::string> had;
+    std::string split;
+    try {
+      ShardReader r(path);
+      had = r.meta().classes;
+      split = r.meta().split;
+    } catch (const std::exception&) {
+      continue;
+    }
+    if (had == classes) continue;
+    size_t k = 0;
+    while (k < had.size() && k < classes.size() && had[k] == classes[k]) ++k;
+    std::string what;
+    if (k < had.size() && k < classes.size())
+      what = str("class ", k, " is '", escaped(had[k]), "' there but '", escaped(classes[k]), "' in this run");
+    else if (k < classes.size())
+      what = str("it has ", had.size(), " classes and this run ", classes.size(), ": this run has class ", k, " '",
+                 escaped(classes[k]), "', which it lacks");
+    else
+      what = str("it has ", had.size(), " classes and this run ", classes.size(), ": it has class ", k, " '",
+                 escaped(had[k]), "', which this run lacks");
+    DDP_FAIL("'", path, "' (split '", split, "', already in --output) has another class list: ", what,
+             " (this run's list is from ", class_source, "). Every shard of a data set needs the same list, label "
+             "for label: pack with the list that shard has (pass its classes in order with --class-index; "
+             "h5dump -d classes shows them), delete the shards that differ, or choose another --output");
+  }
+}
+
 int run(const Options& o) {
   DDP_CHECK(o.encoding == "jpeg" || o.encoding == "raw", "--encoding must be 'jpeg' or 'raw', got '", o.encoding, "'");
   // Shard names carry the index and count in 5 digits (<split>-NNNNN-of-MMMMM.h5, which the loader
@@ -754,14 +795,17 @@ int run(const Options& o) {
   const Layout lay = find_layout(o.input);
   // Classes: --class-index, else sorted train/ folders (torchvision ImageFolder order).
   std::vector<std::string> classes;
+  std::string class_source;  // for messages: where the class list came from
   if (!o.class_index.empty()) {
     classes = load_class_index(o.class_index);
+    class_source = str("--class-index '", o.class_index, "'");
   } else {
     fs::path tr = fs::path(lay.data_root) / "train";
     DDP_CHECK(fs::is_directory(tr), "no train/ folder in '", lay.data_root,
               "' to take the class list from; pass --class-index");
     classes = class_folders(tr);
     DDP_CHECK(!classes.empty(), "'", tr.string(), "' has no class folders");
+    class_source = str("the class folders of '", tr.string(), "'");
   }
   std::map<std::string, int> label_of;
   for (size_t i = 0; i < classes.size(); ++i) label_of[classes[i]] = static_cast<int>(i);
@@ -770,6 +814,7 @@ int run(const Options& o) {
     for (std::string s : {"train", "val"})
       if (fs::is_directory(fs::path(lay.data_root) / s)) splits.push_back(s);
   }
+  refuse_other_class_lists(o.output, classes, class_source);
   // Output directory: created, proven writable and locked before any work.
   std::error_code ec;
   fs::create_directories(o.output, ec);

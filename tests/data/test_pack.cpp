@@ -807,6 +807,41 @@ TEST_F(PackTest, InspectShardsChecksTheSet) {
   EXPECT_NE(r.out.find("in more than one file"), std::string::npos) << r.out;
 }
 
+// Every shard in one --output shares one class list, label for label. A split packed with another
+// list next to shards of another split (here: the same classes in reverse order, then one class
+// more) is refused before anything is written, naming the shard, the first class that differs and
+// what to do.
+TEST_F(PackTest, ClassListMustMatchOtherSplits) {
+  const fs::path o = out_ / "m";
+  auto r = pack("-i " + q(in("good")) + " -o " + q(o) + " --splits train --resize 0");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const std::string train0 = (o / shard_file_name("train", 0, 1)).string();
+  {
+    std::ofstream f(out_ / "rev.txt");
+    for (auto c = kClasses.rbegin(); c != kClasses.rend(); ++c) f << *c << "\n";
+    std::ofstream g(out_ / "more.txt");
+    for (const auto& c : kClasses) g << c << "\n";
+    g << "zz_extra\n";
+  }
+  r = pack("-i " + q(in("good")) + " -o " + q(o) + " --splits val --resize 0 --class-index " + q(out_ / "rev.txt"));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find(train0), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("class 0 is 'apple' there but 'zebra' in this run"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--class-index"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("another --output"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(o / shard_file_name("val", 0, 1)));
+  EXPECT_FALSE(fs::exists(o / (shard_file_name("val", 0, 1) + kPartialSuffix)));
+  r = pack("-i " + q(in("good")) + " -o " + q(o) + " --splits val --resize 0 --class-index " + q(out_ / "more.txt"));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("this run has class 5 'zz_extra', which it lacks"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(o / shard_file_name("val", 0, 1)));
+  // The same list (from val's own folders, or from a --class-index in that order) is fine.
+  r = pack("-i " + q(in("good")) + " -o " + q(o) + " --splits val --resize 0");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  r = run(kInspect + " --no-decode " + q(o));
+  EXPECT_EQ(r.rc, 0) << r.out;
+}
+
 // A per-image failure names its file, whatever part of the work failed: a 5000x1 strip resized to
 // a shorter side of 32 would be 160000x32, past JPEG's 65500-pixel limit. Such an image is bad
 // input: it stops the run (naming it), and --skip-bad leaves it out and reports it.

@@ -516,14 +516,15 @@ Layout find_layout(const std::string& input) {
 }
 
 std::vector<Item> scan_class_folders(const fs::path& dir, const std::vector<std::string>& classes,
-                                     const std::map<std::string, int>& label_of, bool all_required) {
+                                     const std::map<std::string, int>& label_of, const std::string& class_source,
+                                     bool all_required) {
   std::vector<Item> items;
   auto folders = class_folders(dir);
   DDP_CHECK(!folders.empty(), "'", dir.string(), "' has no class folders");
   std::set<std::string> have(folders.begin(), folders.end());
   for (const auto& f : folders)
     DDP_CHECK(label_of.count(f), "class folder '", (dir / f).string(), "' is not in the class list (",
-              classes.size(), " classes; check --class-index)");
+              classes.size(), " classes, from ", class_source, ")");
   if (all_required) {
     for (const auto& c : classes)
       DDP_CHECK(have.count(c), "class '", c, "' has no folder in '", dir.string(), "'");
@@ -552,11 +553,12 @@ std::vector<Item> scan_class_folders(const fs::path& dir, const std::vector<std:
 }
 
 std::vector<Item> scan_split(const Layout& lay, const std::string& split, const std::vector<std::string>& classes,
-                             const std::map<std::string, int>& label_of, const Options& o) {
+                             const std::map<std::string, int>& label_of, const std::string& class_source,
+                             const Options& o) {
   const fs::path dir = fs::path(lay.data_root) / split;
   DDP_CHECK(fs::is_directory(dir), "split directory '", dir.string(), "' does not exist");
   DirList top = list_dir(dir);
-  if (!top.dirs.empty()) return scan_class_folders(dir, classes, label_of, split == "train");
+  if (!top.dirs.empty()) return scan_class_folders(dir, classes, label_of, class_source, split == "train");
   DDP_CHECK(split != "train", "'", dir.string(), "' has no class folders");
   // Flat val/: labels from Kaggle's CSV.
   std::string csv = o.val_csv;
@@ -580,7 +582,7 @@ std::vector<Item> scan_split(const Layout& lay, const std::string& split, const 
     DDP_CHECK(it != labels.end(), "validation image '", file.string(), "' has no label in '", csv, "'");
     auto l = label_of.find(it->second);
     DDP_CHECK(l != label_of.end(), "'", csv, "' labels '", id, "' with class '", it->second,
-              "', which is not in the class list");
+              "', which is not in the class list (", classes.size(), " classes, from ", class_source, ")");
     found.insert(id);
     return l->second;
   };
@@ -605,7 +607,7 @@ std::vector<Item> scan_split(const Layout& lay, const std::string& split, const 
     for (const auto& id : missing) {
       auto l = label_of.find(labels.at(id));
       DDP_CHECK(l != label_of.end(), "'", csv, "' labels '", id, "' with class '", labels.at(id),
-                "', which is not in the class list");
+                "', which is not in the class list (", classes.size(), " classes, from ", class_source, ")");
       items.push_back(Item{(dir / id).string(), id, l->second,
                            str("'", csv, "' lists image '", id, "' but '", dir.string(), "' has no file for it")});
     }
@@ -769,6 +771,27 @@ void refuse_other_class_lists(const std::string& dir, const std::vector<std::str
   }
 }
 
+// An output folder inside a split folder of the input (ROOT/train/shards) would be read as a class
+// folder by the next run (or turn a flat val/ into one with class folders): refused before it
+// exists. Beside the split folders (ROOT/shards) nothing reads it as input, and it is fine.
+void refuse_output_inside_input(const Options& o, const Layout& lay, std::vector<std::string> splits) {
+  splits.push_back("train");  // the class list's source, whether packed or not
+  splits.push_back("val");
+  std::error_code e1;
+  const fs::path out = fs::weakly_canonical(fs::absolute(o.output), e1);
+  if (e1) return;  // the output checks that follow name the problem
+  for (const auto& s : splits) {
+    std::error_code e2;
+    const fs::path dir = fs::path(lay.data_root) / s;
+    const fs::path d = fs::weakly_canonical(fs::absolute(dir), e2);
+    if (e2) continue;
+    const fs::path rel = out.lexically_relative(d);
+    DDP_CHECK(rel.empty() || *rel.begin() == "..", "--output '", o.output, "' is inside the input: it is in '",
+              dir.string(), "' of --input '", o.input, "', where a run would read it as a class folder; choose an ",
+              "--output outside '", dir.string(), "' (beside it, or elsewhere)");
+  }
+}
+
 int run(const Options& o) {
   DDP_CHECK(o.encoding == "jpeg" || o.encoding == "raw", "--encoding must be 'jpeg' or 'raw', got '", o.encoding, "'");
   // Shard names carry the index and count in 5 digits (<split>-NNNNN-of-MMMMM.h5, which the loader
@@ -793,6 +816,12 @@ int run(const Options& o) {
   DDP_CHECK(o.bad_report.empty() || o.skip_bad, "--bad-report '", o.bad_report,
             "' is only written with --skip-bad (without it, a bad image stops the run)");
   const Layout lay = find_layout(o.input);
+  std::vector<std::string> splits = o.splits;
+  if (splits.empty()) {
+    for (std::string s : {"train", "val"})
+      if (fs::is_directory(fs::path(lay.data_root) / s)) splits.push_back(s);
+  }
+  refuse_output_inside_input(o, lay, splits);
   // Classes: --class-index, else sorted train/ folders (torchvision ImageFolder order).
   std::vector<std::string> classes;
   std::string class_source;  // for messages: where the class list came from
@@ -809,11 +838,6 @@ int run(const Options& o) {
   }
   std::map<std::string, int> label_of;
   for (size_t i = 0; i < classes.size(); ++i) label_of[classes[i]] = static_cast<int>(i);
-  std::vector<std::string> splits = o.splits;
-  if (splits.empty()) {
-    for (std::string s : {"train", "val"})
-      if (fs::is_directory(fs::path(lay.data_root) / s)) splits.push_back(s);
-  }
   refuse_other_class_lists(o.output, classes, class_source);
   // Output directory: created, proven writable and locked before any work.
   std::error_code ec;
@@ -827,7 +851,7 @@ int run(const Options& o) {
   std::map<std::string, std::vector<std::vector<Item>>> plan;
   int64_t total = 0;
   for (const auto& s : splits) {
-    auto items = scan_split(lay, s, classes, label_of, o);
+    auto items = scan_split(lay, s, classes, label_of, class_source, o);
     // Known before any decoding: stop now rather than after the shards before it.
     if (!o.skip_bad) {
       for (const auto& it : items)

@@ -895,6 +895,44 @@ TEST_F(PackTest, ByteOrderMarkIsIgnored) {
   EXPECT_EQ(ShardReader(shards("s", "train")[0]).meta().classes, kClasses);
 }
 
+// Messages that used to mislead: a val folder not in the class list says where the list came from
+// (train/'s folders or the --class-index file); an output folder inside a split folder of the input
+// (where it would become a class folder) is refused up front, naming both, before anything exists.
+TEST_F(PackTest, ClassListSourceAndOutputInsideInput) {
+  const fs::path root = out_ / "in";
+  const fs::path ok = in("bad") / "train" / "alpha" / "ok_0.JPEG";
+  for (std::string d : {"train/a", "train/b", "val/a", "val/b", "val/c"}) {
+    fs::create_directories(root / d);
+    fs::copy(ok, root / d / "x.JPEG");
+  }
+  auto r = pack("-i " + q(root) + " -o " + q(out_ / "s") + " --resize 0");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("val/c' is not in the class list (2 classes, from the class folders of '" +
+                       (root / "train").string() + "')"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("check --class-index"), std::string::npos) << r.out;
+  std::ofstream(out_ / "ci.txt") << "a\nb\n";
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s") + " --resize 0 --class-index " + q(out_ / "ci.txt"));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("(2 classes, from --class-index '" + (out_ / "ci.txt").string() + "')"), std::string::npos)
+      << r.out;
+  fs::remove_all(root / "val" / "c");
+  for (std::string sub : {"train/shards", "train/", "val/b/x"}) {
+    const fs::path o = root / sub;
+    r = pack("-i " + q(root) + " -o " + q(o) + " --resize 0");
+    EXPECT_EQ(r.rc, 1) << sub << ": " << r.out;
+    EXPECT_NE(r.out.find("is inside the input"), std::string::npos) << sub << ": " << r.out;
+    EXPECT_NE(r.out.find(o.string()), std::string::npos) << sub << ": " << r.out;
+    EXPECT_NE(r.out.find(root.string()), std::string::npos) << sub << ": " << r.out;
+  }
+  EXPECT_FALSE(fs::exists(root / "train" / "shards"));
+  EXPECT_FALSE(fs::exists(root / "val" / "b" / "x"));
+  // Beside the split folders is fine: nothing there is read as input.
+  r = pack("-i " + q(root) + " -o " + q(root / "shards") + " --resize 0");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  r = pack("-i " + q(root) + " -o " + q(root / "shards") + " --resize 0");
+  EXPECT_EQ(r.rc, 0) << r.out;
+}
+
 // Fashion-MNIST -> JPEG tree -> pack with --class-index keeps the IDX labels.
 TEST_F(PackTest, FashionMnistTreePacks) {
   const fs::path src = "/usr/share/datasets/fashion-mnist";

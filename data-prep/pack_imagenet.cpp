@@ -55,6 +55,7 @@ struct Options {
   int shards = 1, node_index = -1, threads = 0, resize = 256, quality = 90;
   std::string encoding = "jpeg";
   bool allow_upscale = false, skip_bad = false, verify = false, progress = true;
+  bool quality_given = false;  // --quality on the command line (not the default)
   int64_t max_pixels = 178956970;  // PIL's decompression-bomb limit
 };
 
@@ -813,6 +814,8 @@ int run(const Options& o) {
   DDP_CHECK(o.quality >= 1 && o.quality <= 100, "--quality must be in 1..100, got ", o.quality);
   DDP_CHECK(o.resize >= 0, "--resize must be >= 0, got ", o.resize);
   DDP_CHECK(o.encoding != "raw" || o.resize > 0, "--encoding raw needs --resize S > 0 (images are stored S x S)");
+  DDP_CHECK(o.encoding != "raw" || !o.quality_given, "--quality ", o.quality,
+            " applies to --encoding jpeg only: --encoding raw stores pixels, with no JPEG quality (drop --quality)");
   DDP_CHECK(o.bad_report.empty() || o.skip_bad, "--bad-report '", o.bad_report,
             "' is only written with --skip-bad (without it, a bad image stops the run)");
   const Layout lay = find_layout(o.input);
@@ -928,10 +931,11 @@ int run(const Options& o) {
               o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency()));
   for (const auto& [p, c] : per_shard) std::printf("  %-50s %10lld images\n", p.c_str(), static_cast<long long>(c));
   for (const auto& p : skipped) std::printf("  %-50s (already complete)\n", p.c_str());
-  std::printf("  written %lld (re-encoded %lld, original JPEG kept %lld), rejected %lld, with libjpeg warnings %lld\n",
-              static_cast<long long>(cnt.images), static_cast<long long>(cnt.converted),
-              static_cast<long long>(cnt.passthrough), static_cast<long long>(cnt.bad),
-              static_cast<long long>(cnt.warned));
+  const std::string how = o.encoding == "raw"
+                              ? str("raw ", raw_size, "x", raw_size, " pixels")
+                              : str("re-encoded ", cnt.converted, ", original JPEG kept ", cnt.passthrough);
+  std::printf("  written %lld (%s), rejected %lld, with libjpeg warnings %lld\n", static_cast<long long>(cnt.images),
+              how.c_str(), static_cast<long long>(cnt.bad), static_cast<long long>(cnt.warned));
   for (const auto& [k, v] : cnt.kinds) std::printf("  input kind %s: %lld\n", k.c_str(), static_cast<long long>(v));
   if (o.verify) {
     std::vector<std::string> files;
@@ -990,6 +994,7 @@ int main(int argc, char** argv) {
       o.shards = nodes;
     }
     if (vm.count("no-progress")) o.progress = false;
+    o.quality_given = !vm["quality"].defaulted();
     std::stringstream ss(splits);
     for (std::string s; std::getline(ss, s, ',');)
       if (!trim(s).empty()) o.splits.push_back(trim(s));

@@ -870,6 +870,21 @@ TEST_F(PackTest, ImageFailuresNameTheFile) {
   EXPECT_NE(line.find("65500"), std::string::npos) << line;
 }
 
+// --encoding raw stores pixels: the summary says so (not "re-encoded"), and --quality is refused.
+TEST_F(PackTest, RawSaysWhatItStores) {
+  auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --splits train --encoding raw --resize 32");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("written 45 (raw 32x32 pixels)"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("re-encoded"), std::string::npos) << r.out;
+  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s2") + " --splits train --encoding raw --resize 32 --quality 50");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("--quality"), std::string::npos) << r.out;
+  EXPECT_FALSE(has_shard_or_partial(out_ / "s2"));
+  r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s3") + " --splits train --resize 0 --quality 50");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("re-encoded"), std::string::npos) << r.out;
+}
+
 // Files saved with a UTF-8 byte order mark (Excel, Notepad): the mark is not part of the first
 // line, so Kaggle's CSV header is still a header and the first class name still a class name.
 TEST_F(PackTest, ByteOrderMarkIsIgnored) {

@@ -14,7 +14,7 @@
 namespace ddp::prep {
 
 bool inspect(const std::vector<std::string>& files_in, bool decode, std::ostream& out, int show,
-             bool allow_incomplete) {
+             bool allow_incomplete, bool allow_empty_classes) {
   bool ok = true;
   std::vector<std::string> classes;
   std::string first;
@@ -152,6 +152,25 @@ bool inspect(const std::vector<std::string>& files_in, bool decode, std::ostream
     auto [mn, mx] = std::minmax_element(h.begin(), h.end());
     out << "total " << split << ": " << total_by_split[split] << " images, " << h.size() << " classes, " << *mn
         << ".." << *mx << " per class" << set_note[split] << "\n";
+    // A train class with no images: the model gets an output it is never trained on. In an
+    // incomplete set the missing shards may hold it.
+    if (split == "train" && *mn == 0) {
+      std::vector<size_t> empty;
+      for (size_t c = 0; c < h.size(); ++c)
+        if (h[c] == 0) empty.push_back(c);
+      const bool whole = set_note[split].empty();
+      const bool error = whole && !allow_empty_classes;
+      out << (error ? "ERROR" : "note") << ": split '" << split << "': " << empty.size()
+          << " class(es) with no images" << (whole ? "" : " in these shards") << ":";
+      for (size_t k = 0; k < std::min<size_t>(empty.size(), 10); ++k)
+        out << (k ? ", " : " ") << (empty[k] < classes.size() ? classes[empty[k]] : "?") << " (label " << empty[k]
+            << ")";
+      out << (empty.size() > 10 ? ", ..." : "");
+      if (error) out << " (the model would never be trained on them; --allow-empty-classes if that is meant)";
+      else if (whole) out << " (--allow-empty-classes)";
+      out << "\n";
+      if (error) ok = false;
+    }
   }
   out << (ok ? "OK" : "PROBLEMS FOUND") << "\n";
   return ok;

@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
       "allow-incomplete",
       "a directory whose set misses shards is fine (a node's own volume holds only its share); shard files "
       "named one by one are always checked as they are")(
+      "allow-empty-classes",
+      "a class with no images in a whole train set is a note, not an error (pack_imagenet --allow-empty-classes)")(
       "inputs", po::value(&inputs), "shard files or directories (all *.h5 inside)");
   po::positional_options_description pos;
   pos.add("inputs", -1);
@@ -60,7 +62,10 @@ int main(int argc, char** argv) {
     // Files named one by one are checked as they are: the shards of their set not named are a note
     // (a directory, or a mix, is a set and must be whole unless --allow-incomplete).
     const bool allow_incomplete = vm.count("allow-incomplete") > 0 || !any_dir;
-    return ddp::prep::inspect(files, !vm.count("no-decode"), std::cout, show, allow_incomplete) ? 0 : 1;
+    return ddp::prep::inspect(files, !vm.count("no-decode"), std::cout, show, allow_incomplete,
+                              vm.count("allow-empty-classes") > 0)
+               ? 0
+               : 1;
   } catch (const po::error& e) {
     std::cerr << "inspect_shards: " << e.what() << " (see --help)\n";
     return 2;

@@ -56,6 +56,7 @@ struct Options {
   std::string encoding = "jpeg";
   bool allow_upscale = false, skip_bad = false, verify = false, progress = true;
   bool quality_given = false;  // --quality on the command line (not the default)
+  bool allow_empty_classes = false;
   int64_t max_pixels = 178956970;  // PIL's decompression-bomb limit
 };
 
@@ -397,7 +398,8 @@ struct BadReport {
 
 // ---- one shard: pool decodes, this thread writes in order --------------------------------------
 void pack_shard(const std::vector<Item>& items, const std::string& final_path, ShardMeta meta, const Options& o,
-                int raw_size, Counters& cnt, BadReport& report, Progress& prog, int64_t& done_total) {
+                int raw_size, Counters& cnt, BadReport& report, Progress& prog, int64_t& done_total,
+                std::vector<int64_t>& written_per_class) {
   std::vector<std::pair<std::string, std::string>> bad;
   ShardWriter w(final_path, meta);
   const int64_t n = static_cast<int64_t>(items.size());
@@ -476,6 +478,7 @@ void pack_shard(const std::vector<Item>& items, const std::string& final_path, S
           w.append_jpeg(std::move(r.bytes), it.label, it.rel);
         }
         ++cnt.images;
+        ++written_per_class[static_cast<size_t>(it.label)];
         if (r.passthrough) ++cnt.passthrough;
         else ++cnt.converted;
         if (!r.kind.empty()) ++cnt.kinds[r.kind];
@@ -793,6 +796,47 @@ void refuse_output_inside_input(const Options& o, const Layout& lay, std::vector
   }
 }
 
+// A class whose every image was rejected (--skip-bad) would be in the class list with no images.
+// In the train split of a whole run that is an error unless --allow-empty-classes: the model would
+// have an output it is never trained on, almost certainly not what was meant. The shards are left
+// as they are (complete and valid), so a rerun with --allow-empty-classes reuses them. Elsewhere
+// (val; one node's shard, where other shards may hold the class) it is a warning.
+void check_emptied_classes(const Options& o, const std::vector<std::string>& splits,
+                           const std::vector<std::string>& classes,
+                           const std::map<std::string, std::vector<int64_t>>& in_class,
+                           const std::map<std::string, std::vector<int64_t>>& out_class, const std::string& report) {
+  const std::string listed = report.empty() ? std::string("rejected by --skip-bad when those shards were packed")
+                                            : str("listed in ", report);
+  for (const auto& s : splits) {
+    const auto& in_c = in_class.at(s);
+    const auto& out_c = out_class.at(s);
+    std::vector<std::string> lost;
+    for (size_t c = 0; c < classes.size(); ++c)
+      if (in_c[c] > 0 && out_c[c] == 0)
+        lost.push_back(str("class '", escaped(classes[c]), "' (label ", c, "): all ", in_c[c], " of its images",
+                           o.node_index >= 0 ? " in this shard" : "", " were rejected"));
+    if (lost.empty()) continue;
+    std::string what;
+    for (size_t k = 0; k < std::min<size_t>(lost.size(), 5); ++k) what += (k ? "; " : "") + lost[k];
+    if (lost.size() > 5) what += str("; and ", lost.size() - 5, " more");
+    const std::string where =
+        o.node_index >= 0 ? str("split '", s, "' (shard ", o.node_index, ")") : str("split '", s, "'");
+    if (s == "train" && o.node_index < 0 && !o.allow_empty_classes)
+      DDP_FAIL(where, ": ", what, " (", listed, "), so ", lost.size() == 1 ? "that class has" : "those classes have",
+               " no training images. The shards are written and valid, but the model would have an output it is never "
+               "trained on: fix or remove those images (or the class folder), delete the shards and pack again; or "
+               "pass --allow-empty-classes to keep the class without training images (a rerun with it reuses these "
+               "shards)");
+    std::cerr << "pack_imagenet: warning: " << where << ": " << what << " (" << listed << "), so "
+              << (lost.size() == 1 ? "that class has" : "those classes have") << " no images in "
+              << (o.node_index >= 0 ? "this shard" : "this split")
+              << (s == "train" && o.node_index >= 0
+                      ? " (inspect_shards on the whole set tells whether other shards hold some)"
+                      : "")
+              << "\n";
+  }
+}
+
 int run(const Options& o) {
   DDP_CHECK(o.encoding == "jpeg" || o.encoding == "raw", "--encoding must be 'jpeg' or 'raw', got '", o.encoding, "'");
   // Shard names carry the index and count in 5 digits (<split>-NNNNN-of-MMMMM.h5, which the loader
@@ -892,13 +936,24 @@ int run(const Options& o) {
     meta.input_fingerprint = input_fingerprint(items);
     return meta;
   };
+  // Per split and class: images in the input of the shards of this run, and images in those
+  // shards (packed now, or already there): a class with input but nothing packed lost every image
+  // to --skip-bad.
+  std::map<std::string, std::vector<int64_t>> in_class, out_class;
   for (const auto& s : splits) {
+    auto& in_c = in_class[s];
+    auto& out_c = out_class[s];
+    in_c.assign(classes.size(), 0);
+    out_c.assign(classes.size(), 0);
     for (int i = 0; i < o.shards; ++i) {
       if (o.node_index >= 0 && i != o.node_index) continue;
       const auto& items = plan[s][static_cast<size_t>(i)];
+      for (const auto& it : items) ++in_c[static_cast<size_t>(it.label)];
       const std::string path = (fs::path(o.output) / shard_file_name(s, i, o.shards)).string();
       ShardMeta meta = shard_meta(s, i, items);
       if (complete_and_matching(path, meta, static_cast<int64_t>(items.size()))) {
+        const ShardReader done_shard(path);
+        for (int32_t l : done_shard.labels()) ++out_c[static_cast<size_t>(l)];
         skipped.push_back(path);
         continue;
       }
@@ -915,7 +970,7 @@ int run(const Options& o) {
   std::vector<std::pair<std::string, int64_t>> per_shard;
   for (const auto& j : jobs) {
     const int64_t before = cnt.images;
-    pack_shard(*j.items, j.path, j.meta, o, raw_size, cnt, report, prog, done);
+    pack_shard(*j.items, j.path, j.meta, o, raw_size, cnt, report, prog, done, out_class[j.meta.split]);
     per_shard.emplace_back(j.path, cnt.images - before);
   }
   prog.update(done, "done", true);
@@ -937,12 +992,14 @@ int run(const Options& o) {
   std::printf("  written %lld (%s), rejected %lld, with libjpeg warnings %lld\n", static_cast<long long>(cnt.images),
               how.c_str(), static_cast<long long>(cnt.bad), static_cast<long long>(cnt.warned));
   for (const auto& [k, v] : cnt.kinds) std::printf("  input kind %s: %lld\n", k.c_str(), static_cast<long long>(v));
+  std::fflush(stdout);
+  check_emptied_classes(o, splits, classes, in_class, out_class, report.path);
   if (o.verify) {
     std::vector<std::string> files;
     for (const auto& j : jobs) files.push_back(j.path);
     for (const auto& p : skipped) files.push_back(p);
     // A --node-index run writes one node's share of the set.
-    return prep::inspect(files, true, std::cout, 0, o.node_index >= 0) ? 0 : 1;
+    return prep::inspect(files, true, std::cout, 0, o.node_index >= 0, o.allow_empty_classes) ? 0 : 1;
   }
   return 0;
 }
@@ -979,6 +1036,9 @@ int main(int argc, char** argv) {
       ("skip-bad", po::bool_switch(&o.skip_bad), "leave out unreadable images (listed in --bad-report) instead of stopping")
       ("bad-report", po::value(&o.bad_report), "report file for --skip-bad (default OUTPUT/bad_images.txt)")
       ("max-pixels", po::value(&o.max_pixels)->default_value(o.max_pixels), "reject images with more pixels")
+      ("allow-empty-classes", po::bool_switch(&o.allow_empty_classes),
+       "with --skip-bad: a train class whose images were all rejected is kept (no training images) with a warning, "
+       "instead of an error")
       ("verify", po::bool_switch(&o.verify), "after packing, decode-check every shard (as inspect_shards)")
       ("no-progress", "no progress bar");
   try {

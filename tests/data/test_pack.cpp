@@ -870,6 +870,43 @@ TEST_F(PackTest, ImageFailuresNameTheFile) {
   EXPECT_NE(line.find("65500"), std::string::npos) << line;
 }
 
+// A class whose every image is rejected (--skip-bad) would be a class with no training images:
+// in the train split that is an error unless --allow-empty-classes (the shards are kept, so the
+// opt-in rerun packs nothing again); inspect_shards flags such a class too. In val it is a warning.
+TEST_F(PackTest, ClassEmptiedBySkipBadIsAnError) {
+  const fs::path root = out_ / "in";
+  fs::create_directories(root);
+  fs::copy(in("good") / "train", root / "train", fs::copy_options::recursive);
+  fs::create_directories(root / "train" / "badcls");
+  for (std::string n : {"a.JPEG", "b.JPEG"}) std::ofstream(root / "train" / "badcls" / n) << "not an image";
+  const std::string base = "-i " + q(root) + " -o " + q(out_ / "s") + " --splits train --shards 2 --resize 0 --skip-bad";
+  auto r = pack(base);
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("class 'badcls' (label 1): all 2 of its images were rejected"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--allow-empty-classes"), std::string::npos) << r.out;
+  r = run(kInspect + " --no-decode " + q(out_ / "s"));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("ERROR: split 'train': 1 class(es) with no images: badcls (label 1)"), std::string::npos)
+      << r.out;
+  r = run(kInspect + " --no-decode --allow-empty-classes " + q(out_ / "s"));
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("note: split 'train': 1 class(es) with no images: badcls"), std::string::npos) << r.out;
+  r = pack(base + " --allow-empty-classes --verify");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("already complete"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("warning"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("'badcls'"), std::string::npos) << r.out;
+  // val: a warning naming the class.
+  const fs::path vroot = out_ / "vin";
+  fs::create_directories(vroot);
+  fs::copy(in("good") / "train", vroot / "train", fs::copy_options::recursive);
+  fs::copy(in("good") / "val", vroot / "val", fs::copy_options::recursive);
+  for (const auto& e : fs::directory_iterator(vroot / "val" / "zebra")) std::ofstream(e.path()) << "junk";
+  r = pack("-i " + q(vroot) + " -o " + q(out_ / "v") + " --splits val --resize 0 --skip-bad");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("warning: split 'val': class 'zebra' (label 4): all"), std::string::npos) << r.out;
+}
+
 // --encoding raw stores pixels: the summary says so (not "re-encoded"), and --quality is refused.
 TEST_F(PackTest, RawSaysWhatItStores) {
   auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --splits train --encoding raw --resize 32");

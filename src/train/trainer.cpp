@@ -795,10 +795,12 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   // A job script reads how the run ended (docs/USAGE.md "Signals"); "running" until then, so a stale
   // file of an earlier run is never read as this one's. Unwritable: an error now, not after training.
   const int64_t run_start_step = gstep;
-  if (!o.status_file.empty())
-    on_rank0_agreed(env.rank, tmo, "writing --status-file", [&] {
+  // Entered by every rank whatever its own flags say (no collective is conditional: --status-file is
+  // not among the settings ranks must share, and only rank 0's counts).
+  on_rank0_agreed(env.rank, tmo, "writing --status-file", [&] {
+    if (!o.status_file.empty())
       write_status_file(o.status_file, {{"state", "running"}, {"start_step", std::to_string(run_start_step)}});
-    });
+  });
   auto gpu_text = [&]() -> std::string {
     auto u = gpu ? gpu->utilization_percent() : std::nullopt;
     return u ? str(*u, "%") : std::string("n/a");

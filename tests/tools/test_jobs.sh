@@ -148,13 +148,13 @@ for s in parallelcluster.sbatch slurm_train.sbatch; do
 done
 
 # Requeue after the time-limit signal (SIGUSR1 to the batch shell). The stand-in srun writes
-# FAKE_STATUS (the trainer's --status-file) when signalled, or at once with FAKE_NOWAIT=1, and exits
-# SRUN_RC; a stand-in scontrol records its arguments and exits SCONTROL_RC.
+# FAKE_STATUS (the trainer's --status-file) when signalled (FAKE_STOP_S seconds later), or at once
+# with FAKE_NOWAIT=1, and exits SRUN_RC; a stand-in scontrol records its arguments and exits SCONTROL_RC.
 cat >"$TMP/bin/srun" <<SRUN
 #!/bin/bash
 status=""
 while ((\$#)); do [[ \$1 == --status-file ]] && status=\$2; shift; done
-finish() { mkdir -p "\$(dirname "\$status")"; printf '%b' "\$FAKE_STATUS" >"\$status"; exit \${SRUN_RC:-0}; }
+finish() { sleep \${FAKE_STOP_S:-0}; mkdir -p "\$(dirname "\$status")"; printf '%b' "\$FAKE_STATUS" >"\$status"; exit \${SRUN_RC:-0}; }
 trap finish USR1
 : >"$TMP/srun.started"
 [[ -n \${FAKE_NOWAIT:-} ]] && finish
@@ -169,16 +169,26 @@ exit \${SCONTROL_RC:-0}
 SCONTROL
 chmod +x "$TMP/bin/scontrol"
 STOPPED='state=stopped\nsignal=SIGUSR1\nstart_step=4\nglobal_step=9\nepoch=3\nstep_in_epoch=1\ncheckpoint=/c/ckpt-9.h5\n'
-# requeue_job SCRIPT SIGNAL|- [VAR=VALUE...]: runs it in a pretend job, sends SIGNAL once srun runs;
-# sets $rc and $out; $TMP/scontrol.args holds what scontrol was asked
+# requeue_job SCRIPT SIGNAL|USR1+TERM|- [VAR=VALUE...] [-- SCRIPT_ARGS...]: runs it in a pretend job,
+# sends SIGNAL once srun runs; sets $rc and $out; $TMP/scontrol.args holds what scontrol was asked
 requeue_job() {
   local s=$1 sig=$2; shift 2
+  local vars=() sargs=()
+  while (($#)); do
+    if [[ $1 == -- ]]; then shift; sargs=("$@"); break; fi
+    vars+=("$1"); shift
+  done
   rm -f "$TMP/srun.started" "$TMP/scontrol.args" "$TMP/out"
   (cd "$TMP" && exec env PATH="$TMP/bin:$PATH" SLURM_JOB_ID=42 SLURM_JOB_NAME=job SLURM_JOB_NUM_NODES=1 \
-    SLURM_JOB_NODELIST=n1 ROOT="$TMP" LOGS="$TMP/runs/job" FAKE_STATUS="$STOPPED" "$@" bash "$ROOT/jobs/$s" >"$TMP/out" 2>&1) &
+    SLURM_JOB_NODELIST=n1 ROOT="$TMP" LOGS="$TMP/runs/job" FAKE_STATUS="$STOPPED" ${vars[@]+"${vars[@]}"} \
+    bash "$ROOT/jobs/$s" ${sargs[@]+"${sargs[@]}"} >"$TMP/out" 2>&1) &
   local job=$!
   for _ in $(seq 1 100); do [[ -f $TMP/srun.started ]] && break; sleep 0.05; done
-  [[ $sig == - ]] || kill -"$sig" "$job"
+  if [[ $sig == USR1+TERM ]]; then
+    kill -USR1 "$job" && sleep 0.3 && kill -TERM "$job"  # while the stop is still under way (FAKE_STOP_S)
+  elif [[ $sig != - ]]; then
+    kill -"$sig" "$job"
+  fi
   rc=0; wait "$job" || rc=$?
   out=$(cat "$TMP/out")
 }
@@ -216,6 +226,20 @@ for s in parallelcluster.sbatch slurm_train.sbatch; do
   requeue_job "$s" USR1 SCONTROL_RC=1
   check "$s: scontrol requeue fails: says why and to resubmit with the same --job-name; exit 0 (the trainer's)" \
     eval '[[ $rc -eq 0 && $out == *"could not requeue job 42 (scontrol requeue: Requested operation is presently disabled"*"resubmit with --job-name=job"* ]]'
+  requeue_job "$s" USR1 -- --resume /c/ckpt-4.h5
+  check "$s: --resume FILE: not requeued (the requeued run would start from FILE again), says so" \
+    eval '! requeued && [[ $rc -eq 0 && $out == *"not requeued: --resume '\''/c/ckpt-4.h5'\'' would start the requeued run from there again"* ]]'
+  requeue_job "$s" USR1 -- --resume=auto
+  check "$s: --resume=auto given: requeued" requeued
+  printf 'epochs = 2\nresume = /c/ckpt-4.h5\n' >"$TMP/resume.cfg"
+  requeue_job "$s" USR1 -- --config "$TMP/resume.cfg"
+  check "$s: resume = FILE in a --config file: not requeued" eval '! requeued && [[ $out == *"not requeued: --resume '\''/c/ckpt-4.h5'\''"* ]]'
+  requeue_job "$s" - FAKE_NOWAIT=1 -- --status-file /tmp/x
+  check "$s: --status-file given: exit 2 before srun, says to set STATUS" \
+    eval '[[ $rc -eq 2 && $out == *"--status-file is this script'\''s own"*"STATUS=FILE"* && ! -f $TMP/srun.started ]]'
+  requeue_job "$s" USR1+TERM FAKE_STOP_S=1
+  check "$s: SIGUSR1, then SIGTERM before the stop ended (the time limit): not requeued, says a larger margin helps" \
+    eval '! requeued && [[ $rc -eq 0 && $out == *"SIGTERM (the time limit, or scancel) came before the stop ended"* ]]'
   requeue_job "$s" TERM
   check "$s: SIGTERM (preemption, scancel): not requeued by the script, says Slurm requeues a preempted job" \
     eval '! requeued && [[ $rc -eq 0 && $out == *"stopped at SIGTERM with a checkpoint"*"Slurm requeues a preempted job"* ]]'

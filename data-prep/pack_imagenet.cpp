@@ -281,8 +281,8 @@ Result process(const Item& it, const Options& o, int raw_size) {
               " a JPEG can hold; crop or remove it");
     resize_shorter_dims(W, H, o.resize, tw, th);
   }
-  DDP_CHECK(raw || std::max(tw, th) <= kJpegMaxSide, "'", it.path, "' is ", W, "x", H, ": more than the ",
-            kJpegMaxSide, " pixels a side a JPEG can hold; crop or remove it");
+  DDP_CHECK(raw || std::max(tw, th) <= kJpegMaxSide, "'", it.path, "' is ", W, "x", H, " (", tw, "x", th,
+            " as packed): more than the ", kJpegMaxSide, " pixels a side a JPEG can hold; crop or remove it");
   // Already the right size and plain YCbCr: keep the original DCT coefficients (no second generation
   // loss, the same pixels), re-entropy-coded with restart markers so that the loader's crops decode
   // only what they cover; this reads the whole file, so damage anywhere is found.

@@ -32,12 +32,13 @@
 //     processes, each emulating its own GPU (DDP_CUDA_EMU_DEVICES sets how many a process sees);
 //   - stream capture and CUDA graphs: work on a capturing stream (and on streams forked into its
 //     capture through events) is recorded, not run, and each cudaGraphLaunch replays it in the
-//     order it was enqueued; what CUDA refuses during a capture is refused, with the capture
-//     invalidated (a synchronisation or query of a capturing stream or of an event recorded in a
-//     capture, a potentially unsafe call such as cudaMalloc from a thread the capture's mode
-//     prohibits, the legacy stream while a blocking stream captures, a wait on an event recorded
-//     outside the capture or in an ended one, a fork not joined back); a copy to or from pageable
-//     memory on a capturing stream is refused too (CUDA's handling of it is not emulated).
+//     order it was enqueued; what CUDA's documentation says it refuses during a capture is refused,
+//     with the capture invalidated (a synchronisation or query of a capturing stream or of an event
+//     recorded in a capture, a device synchronisation, a potentially unsafe call such as cudaMalloc
+//     from a thread the capture's mode prohibits, the legacy stream while a blocking stream
+//     captures, a wait on an event recorded outside the capture, a fork not joined back); stricter
+//     than documented: a wait on an event last recorded in a capture that has ended, and a copy to
+//     or from pageable memory on a capturing stream, are refused too.
 // What this cannot tell: anything about cuDNN's plans and engines (whether an engine is capturable
 // included), cuBLAS, NCCL's transports, graph instantiation limits, real concurrency, memory ordering
 // between threads, timing, and the device compiler. A pass here is not a GPU result.

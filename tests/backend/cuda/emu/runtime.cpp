@@ -705,7 +705,16 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize() {
-  if (const cudaError_t e = unsafe_call("cudaDeviceSynchronize"); e != cudaSuccess) return e;
+  {
+    // Waiting for the whole device while any stream of it captures is illegal in every mode (the
+    // programming guide: a query or synchronisation of a broader handle than the capturing stream).
+    std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+    if (!g_captures.empty()) {
+      for (const auto& [id, c] : g_captures) invalidate(c, "cudaDeviceSynchronize was called during the capture");
+      return fail(cudaErrorStreamCaptureUnsupported, "cudaDeviceSynchronize",
+                  "a stream of the device is being captured (in any mode, from any thread); the capture is invalidated");
+    }
+  }
   flush_all();
   return g_last_error;
 }

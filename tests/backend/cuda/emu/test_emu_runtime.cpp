@@ -324,6 +324,11 @@ TEST(CudaEmulationGraphs, CallsCudaRefusesDuringACaptureInvalidateIt) {
   cudaGraph_t g = nullptr;
   EXPECT_EQ(cudaStreamEndCapture(main.s, &g), cudaSuccess);
   EXPECT_EQ(cudaGraphDestroy(g), cudaSuccess);
+  // ... but not a device synchronisation, in any mode.
+  ASSERT_EQ(cudaStreamBeginCapture(main.s, cudaStreamCaptureModeRelaxed), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorStreamCaptureUnsupported);
+  EXPECT_EQ(cudaStreamEndCapture(main.s, &g), cudaErrorStreamCaptureInvalidated);
+  (void)cudaGetLastError();
   cudaFree(extra);
   cudaFreeHost(pinned);
   cudaFree(dev);

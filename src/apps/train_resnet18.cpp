@@ -5,12 +5,14 @@
 
 #include "ddp/comm/dist.h"
 #include "ddp/core/check.h"
+#include "ddp/core/h5.h"
 #include "ddp/core/log.h"
 #include "ddp/train/options.h"
 #include "ddp/train/signals.h"
 #include "ddp/train/trainer.h"
 
 int main(int argc, char** argv) {
+  ddp::h5::skip_teardown_at_exit();  // a checkpoint failing on a full disk must exit 1, not crash
   ddp::init_log_level_from_env();
   // Options first: --help and bad flags need no MPI, and every rank parses the same argv.
   std::optional<ddp::train::TrainOptions> opts;

@@ -49,6 +49,8 @@ void Handle::close() {
   id_ = -1;
 }
 
+void skip_teardown_at_exit() { H5dont_atexit(); }
+
 void silence_errors() {
   static std::once_flag once;
   std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });

@@ -39,6 +39,13 @@ class Handle {
 // Turns off HDF5's automatic error-stack printing (we report errors ourselves), once per process.
 void silence_errors();
 
+// Call first in main, before any other HDF5 call: HDF5 then does not tear itself down at exit. A
+// file whose H5Fclose failed (a checkpoint on a full disk: the close's flush fails) stays in
+// HDF5's open list, and HDF5's exit-time teardown closes it again and crashes (SIGSEGV in
+// H5F__close_cb, seen with Debian's HDF5), turning a clean "disk full" exit 1 into a segfault. Every
+// file is closed by its Handle before exit, so the teardown has nothing else to do.
+void skip_teardown_at_exit();
+
 bool exists(hid_t loc, const std::string& path);  // true if a link exists (intermediate groups too)
 Handle create_file(const std::string& path);      // truncates
 Handle open_file(const std::string& path, bool writable = false);  // clear error if missing/not HDF5

@@ -269,10 +269,12 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
   if (o.checkpoint_every == "epoch") {
     o.checkpoint_every_steps = 0;
   } else {
-    char* end = nullptr;
-    long long v = std::strtoll(o.checkpoint_every.c_str(), &end, 10);
-    require(end && *end == '\0' && v > 0, "checkpoint-every", o.checkpoint_every,
-            "is neither 'epoch' nor a positive number of steps");
+    // Digits only (strtoll alone took " 4" and "+4", and saturated 10^20 to LLONG_MAX silently).
+    const std::string& t = o.checkpoint_every;
+    const bool digits = !t.empty() && t.size() <= 18 && t.find_first_not_of("0123456789") == std::string::npos;
+    const long long v = digits ? std::stoll(t) : 0;
+    require(v > 0, "checkpoint-every", o.checkpoint_every,
+            "is neither 'epoch' nor a positive number of steps (at most 18 digits)");
     o.checkpoint_every_steps = v;
   }
   require(o.synthetic_size >= 1 && o.synthetic_size < (int64_t{1} << 32), "synthetic-size", o.synthetic_size,

@@ -61,6 +61,8 @@ TEST(Options, BadValuesNameTheFlag) {
       {{"--data", "synthetic", "--momentum", "1"}, "--momentum"},
       {{"--data", "synthetic", "--resume", "auto"}, "--resume"},
       {{"--data", "synthetic", "--checkpoint-every", "sometimes", "--checkpoint-dir", "x"}, "--checkpoint-every"},
+      {{"--data", "synthetic", "--checkpoint-every", "99999999999999999999", "--checkpoint-dir", "x"}, "--checkpoint-every"},
+      {{"--data", "synthetic", "--checkpoint-every", " 4", "--checkpoint-dir", "x"}, "--checkpoint-every"},
       {{"--data", "synthetic", "--tf32", "maybe"}, "--tf32"},
       {{"--data", "synthetic", "--comm", "gloo"}, "--comm"},
       {{"--data", "synthetic", "--warmup-epochs", "100", "--epochs", "10"}, "--warmup-epochs"},

@@ -26,6 +26,14 @@ def read_state_dict(path, group):
     except OSError as e:
         fail(f"{path}: not a readable HDF5 file ({why(e)})")
     with f:
+        # A checkpoint of ours sets complete = 1 last (after every tensor): without it the file was cut
+        # short while being written, as train_resnet18 --init-weights/--resume refuse it too.
+        fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode("utf-8", "replace")
+        if fmt == "resnet18-ddp-checkpoint" and int(f.attrs.get("complete", 0)) != 1:
+            fail(f"{path}: an incomplete checkpoint (its 'complete' attribute is not 1: the run stopped or failed "
+                 "while writing it); convert an earlier checkpoint")
         where = group or "/"
         if where not in f or not isinstance(f[where], h5py.Group):
             fail(f"{path}: no group '{where}' (our weights files and checkpoints hold the tensors at the root: "

@@ -259,9 +259,13 @@ TEST(WeightsIo, ConversionToolsRefuseBadInputsInOneLine) {
                 "                        (sys.argv[3], 'layer1.0.bn1.weight', 'text')):\n"
                 "    shutil.copy(sys.argv[1], out)\n"
                 "    with h5py.File(out, 'a') as h: del h[name]; h.create_dataset(name, data=data)\n"
-                "\" " + f("w.h5") + " " + f("nbt.h5") + " " + f("str.h5"))
+                "shutil.copy(sys.argv[1], sys.argv[4])\n"
+                "with h5py.File(sys.argv[4], 'a') as h: h.attrs['format'] = 'resnet18-ddp-checkpoint'; h.attrs['complete'] = 0\n"
+                "\" " + f("w.h5") + " " + f("nbt.h5") + " " + f("str.h5") + " " + f("incomplete.h5"))
                 .rc,
             0);
+  expect_one_line_error(to_pth(f("incomplete.h5") + " " + f("o.pth")), "incomplete.h5", "an incomplete checkpoint",
+                        tmp.path);
   expect_one_line_error(to_pth(f("missing.h5") + " " + f("o.pth")), "missing.h5", "no such file", tmp.path);
   expect_one_line_error(to_pth(f("junk.pth") + " " + f("o.pth")), "junk.pth", "not a readable HDF5 file", tmp.path);
   expect_one_line_error(to_pth(f("cut.h5") + " " + f("o.pth")), "cut.h5", "not a readable HDF5 file", tmp.path);

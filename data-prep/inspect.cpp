@@ -143,7 +143,7 @@ bool inspect(const std::vector<std::string>& files_in, bool decode, std::ostream
       for (size_t k = 0; k < std::min<size_t>(missing.size(), 10); ++k)
         out << " " << data::shard_file_name(split, missing[k], count);
       out << (missing.size() > 10 ? " ..." : "")
-          << (allow_incomplete ? " (--allow-incomplete: a node's own share)" : " (finish packing, or pass --allow-incomplete for a node's own share)")
+          << (allow_incomplete ? " (allowed: --allow-incomplete for a node's own share, or files named one by one)" : " (finish packing, or pass --allow-incomplete for a node's own share)")
           << "\n";
       if (!allow_incomplete) ok = false;
     }

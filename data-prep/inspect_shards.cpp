@@ -47,14 +47,27 @@ int main(int argc, char** argv) {
       if (fs::is_directory(in)) {
         any_dir = true;
         std::vector<std::string> f;
-        for (const auto& e : fs::directory_iterator(in))
+        int partial = 0;
+        for (const auto& e : fs::directory_iterator(in)) {
           if (e.path().extension() == ".h5") f.push_back(e.path().string());
+          if (e.path().extension() == ".partial") ++partial;
+        }
         std::sort(f.begin(), f.end());
+        // pack_imagenet writes each shard as NAME.h5.partial and renames it when complete.
+        const std::string unfinished =
+            partial ? " and " + std::to_string(partial) + " unfinished *.partial shard(s): pack_imagenet is still " +
+                          "running there or was interrupted (run it again to finish)"
+                    : "";
         if (f.empty()) {
-          std::cerr << "inspect_shards: no *.h5 files in '" << in << "'\n";
+          std::cerr << "inspect_shards: no *.h5 files in '" << in << "'" << unfinished << "\n";
           return 1;
         }
+        if (partial) std::cout << "note: '" << in << "' holds" << unfinished.substr(4) << "\n";
         files.insert(files.end(), f.begin(), f.end());
+      } else if (fs::path(in).extension() == ".partial") {
+        std::cerr << "inspect_shards: '" << in << "' is a shard pack_imagenet has not finished (it renames it to "
+                  << fs::path(in).stem().string() << " when complete): run pack_imagenet again to finish it\n";
+        return 1;
       } else {
         files.push_back(in);
       }

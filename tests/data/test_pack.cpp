@@ -782,6 +782,18 @@ TEST_F(PackTest, InspectShardsChecksTheSet) {
   r = run(kInspect + " " + q(o / shard_file_name("train", 0, 2)));
   EXPECT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("note: split 'train': 1 of 2 shards missing"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("--allow-incomplete:"), std::string::npos) << "credits a flag not given:\n" << r.out;
+  // An unfinished shard (pack_imagenet's NAME.h5.partial, as an interrupted run leaves it): named on
+  // its own it is refused; a directory holding only such files says so.
+  const fs::path unfinished = out_ / "unfinished";
+  fs::create_directories(unfinished);
+  fs::copy_file(o / shard_file_name("train", 0, 2), unfinished / (shard_file_name("train", 0, 2) + kPartialSuffix));
+  r = run(kInspect + " " + q(unfinished / (shard_file_name("train", 0, 2) + kPartialSuffix)));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("a shard pack_imagenet has not finished"), std::string::npos) << r.out;
+  r = run(kInspect + " " + q(unfinished));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("1 unfinished *.partial shard(s)"), std::string::npos) << r.out;
 
   r = pack("-i " + q(in("good")) + " -o " + q(out_ / "two") + " --splits train --shards 2 --resize 0");
   ASSERT_EQ(r.rc, 0) << r.out;

@@ -817,9 +817,18 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     average_bn();
     comm::check_replicas(*comm, model->param_checksum(), gstep);
   };
+  // Time spent writing checkpoints and evaluating: neither counts as training time (img/s, epoch
+  // times); the summary reports both and the wall time.
+  double checkpoint_seconds = 0, eval_seconds = 0;
+  struct AddElapsed {
+    double& to;
+    Clock::time_point t0 = Clock::now();
+    ~AddElapsed() { to += seconds_since(t0); }
+  };
   // `epoch`: the data order's epoch; the records name `epochs_done` (default: epoch + 1; a fraction
   // when training stopped inside an epoch).
   auto evaluate = [&](int epoch, double epochs_done = -1) {
+    AddElapsed timed{eval_seconds};
     if (epochs_done < 0) epochs_done = epoch + 1;
     average_bn();
     auto t0 = Clock::now();
@@ -881,6 +890,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   int64_t saved_epoch = -1, saved_step = 0;  // the position of the last checkpoint written
   auto save = [&](int64_t epoch_pos, int64_t step_pos, const std::string& why) {
     if (o.checkpoint_dir.empty()) return;
+    AddElapsed timed{checkpoint_seconds};
     // The file holds the ranks' averaged BN statistics (what a torchvision model or an evaluation
     // wants) and each rank's own (rank 0 gathers them), and the run goes on with its own: a checkpoint
     // changes nothing in the run, so a run resumed from it continues exactly as one that was not stopped.
@@ -1005,10 +1015,13 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       window_images += global_batch;
       train_images += global_batch;
       if (o.replica_check_every > 0 && gstep % o.replica_check_every == 0) check_replicas();
+      // Agreed by all ranks: the stop request came through the reduction, gstep is the same everywhere.
+      const bool stopping = red[2] > 0 || (o.max_steps > 0 && gstep >= o.max_steps);
       if (rank0) {
         double el = seconds_since(window_t0);
         double ips = el > 0 ? static_cast<double>(window_images) / el : 0.0;
-        bool log_now = (s + 1) % o.log_every == 0 || s + 1 == steps;
+        // A run that stops here logs its partial window: every trained step's loss is in one record.
+        bool log_now = (s + 1) % o.log_every == 0 || s + 1 == steps || stopping;
         if (log_now) last_gpu = gpu_text();  // NVML is polled only at log steps
         const std::string& g = last_gpu;
         progress->update(s + 1, gloss, lr, ips, scaler.scale(), g);
@@ -1017,7 +1030,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
           if (jsonl)
             jsonl->write({{"type", json_string("train")}, {"step", json_number(double(gstep))},
                           {"epoch", json_number(epoch + double(s + 1) / double(steps))},
-                          {"loss", json_number(mean_loss)}, {"lr", json_number(lr)}, {"img_per_s", json_number(ips)},
+                          {"loss", json_number(mean_loss)}, {"window_steps", json_number(double(window_steps))},
+                          {"window_seconds", json_number(el)}, {"lr", json_number(lr)}, {"img_per_s", json_number(ips)},
                           {"loss_scale", json_number(scaler.scale())},
                           {"gpu_util", g == "n/a" ? std::string("null") : g.substr(0, g.size() - 1)}});
           if (tb) {
@@ -1044,8 +1058,15 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
         ++s;
         break;
       }
-      if (o.checkpoint_every_steps > 0 && gstep % o.checkpoint_every_steps == 0 && s + 1 < steps)
+      if (o.checkpoint_every_steps > 0 && gstep % o.checkpoint_every_steps == 0 && s + 1 < steps) {
+        // Not training time: the epoch's and the window's clocks skip the checkpoint, as they do an
+        // epoch-end one (written after the epoch's time is taken).
+        auto c0 = Clock::now();
         save(epoch, s + 1, "every " + std::to_string(o.checkpoint_every_steps) + " steps");
+        const auto spent = Clock::now() - c0;
+        epoch_t0 += spent;
+        window_t0 += spent;
+      }
     }
     model->synchronize();
     double et = seconds_since(epoch_t0);
@@ -1106,12 +1127,23 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       per_epoch += str(per_epoch.empty() ? "" : ", ", human_duration(t));
       per_epoch_json += str(per_epoch_json.empty() ? "" : ", ", json_number(t));
     }
-    info0("summary: ", gstep, " steps, ", result.epochs_done, " epoch(s) complete, time per epoch [", per_epoch, "]",
-          result.partial_epochs ? str(" (whole epochs only: ", result.partial_epochs,
-                                      " partial epoch left out, resumed mid-epoch)")
-                                : "",
-          ", training ", static_cast<int64_t>(result.train_images_per_s), " img/s (", env.world, " rank(s)), total ",
-          human_duration(total));
+    // Training figures only where this run trained: --eval-only and a run with nothing left to train
+    // have none (not "0 img/s").
+    const bool trained = train_images > 0;
+    const std::string not_training =
+        str(checkpoint_seconds > 0 ? str(", checkpoints ", human_duration(checkpoint_seconds)) : std::string(),
+            eval_seconds > 0 ? str(", evaluation ", human_duration(eval_seconds)) : std::string());
+    if (trained)
+      info0("summary: ", gstep, " steps, ", result.epochs_done, " epoch(s) complete, time per epoch [", per_epoch, "]",
+            result.partial_epochs ? str(" (whole epochs only: ", result.partial_epochs,
+                                        " partial epoch left out, resumed mid-epoch)")
+                                  : "",
+            ", training ", static_cast<int64_t>(result.train_images_per_s), " img/s (", env.world,
+            " rank(s); checkpoint and evaluation time not counted), total ", human_duration(total), not_training);
+    else
+      info0("summary: ", gstep, " steps, ", result.epochs_done, " epoch(s) complete, ",
+            o.eval_only ? "evaluated only" : "nothing trained", " (no training figures), total ", human_duration(total),
+            not_training);
     if (result.evaluated)
       info0("final accuracy: top-1 ", result.top1 * 100, "%, top-5 ", result.top5 * 100, "%, eval loss ", result.eval_loss);
     info0("peak memory: host ", human_bytes(static_cast<double>(peak_host_rss_bytes())),
@@ -1121,11 +1153,19 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     if (jsonl) {
       std::vector<std::pair<std::string, std::string>> f = {
           {"type", json_string("summary")}, {"steps", json_number(double(gstep))},
-          {"epochs_done", json_number(result.epochs_done)}, {"img_per_s", json_number(result.train_images_per_s)},
-          {"epoch_seconds", "[" + per_epoch_json + "]"}, {"partial_epochs", json_number(result.partial_epochs)},
+          {"epochs_done", json_number(result.epochs_done)}};
+      if (trained) {
+        f.push_back({"img_per_s", json_number(result.train_images_per_s)});
+        f.push_back({"epoch_seconds", "[" + per_epoch_json + "]"});
+        f.push_back({"partial_epochs", json_number(result.partial_epochs)});
+        f.push_back({"train_seconds", json_number(train_seconds)});
+      }
+      if (o.eval_only) f.push_back({"eval_only", "true"});
+      f.insert(f.end(), {
+          {"checkpoint_seconds", json_number(checkpoint_seconds)}, {"eval_seconds", json_number(eval_seconds)},
           {"seconds", json_number(total)}, {"peak_host_bytes", json_number(double(peak_host_rss_bytes()))},
           {"peak_device_bytes", json_number(o.backend == nn::Backend::CUDA ? double(model->peak_memory_bytes()) : 0.0)},
-          {"stopped_by_signal", stop ? "true" : "false"}};
+          {"stopped_by_signal", stop ? "true" : "false"}});
       if (result.evaluated) {
         f.push_back({"top1", json_number(result.top1)});
         f.push_back({"top5", json_number(result.top5)});

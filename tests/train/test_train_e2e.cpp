@@ -5,7 +5,8 @@
 // checkpoint starting a new run with its weights and BN statistics, a checkpoint on a full disk, a
 // checkpoint directory of another run refused, mid-epoch resume checks, --eval-only with another class count;
 // class lists (train vs val shards, checkpoint vs data), sizes above the shards', the summary's time per
-// epoch after a mid-epoch resume, --eval-only on synthetic data.
+// epoch after a mid-epoch resume, --eval-only on synthetic data; checkpoint time left out of training
+// figures, every trained step logged once across a stop and resume, --eval-only's summary.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -1140,4 +1141,106 @@ TEST_F(TrainE2E, EvalOnlyOnSyntheticDataNeedsNoTrainingBatch) {
   auto r = sh(syn + "--batch-size 100 --eval-only --resume " + d("ck/" + ckpt_name(1)));
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("(64 images"), std::string::npos) << r.out;
+}
+
+namespace {
+// The records of one "type" in a metrics file, in order.
+std::vector<std::string> records(const std::string& jsonl, const std::string& type) {
+  std::ifstream f(jsonl);
+  std::string line;
+  std::vector<std::string> v;
+  while (std::getline(f, line))
+    if (line.find("\"type\": \"" + type + "\"") != std::string::npos) v.push_back(line);
+  return v;
+}
+}  // namespace
+
+// Checkpoint time is not training time, for step-count checkpoints as for epoch-end ones. Checked by
+// accounting, not by timing: the summary's wall time ("seconds") runs from the first step, so the
+// epoch's time, or its windows' times, plus the checkpoints' times (as the console reports them) fit
+// in it only where the checkpoints are not counted twice; 7 checkpoints of 89 MB inside the epoch
+// would be.
+TEST_F(TrainE2E, CheckpointTimeIsLeftOutOfEpochTimeAndImagesPerSecond) {
+  auto r = sh(kRecipe + "--epochs 1 --checkpoint-every 1 --keep-checkpoints 1 --checkpoint-dir " +
+              d("ck") + " --jsonl " + d("m.jsonl"));  // 8 steps
+  ASSERT_EQ(r.rc, 0) << r.out;
+  double ckpt = 0;
+  int n = 0;
+  std::regex re(R"(checkpoint \S+ \((every 1 steps|end of training), ([0-9.eE+-]+) s)");
+  for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), re); it != std::sregex_iterator(); ++it, ++n)
+    ckpt += std::stod((*it)[2]);
+  ASSERT_EQ(n, 8) << r.out;
+  auto summary = records(d("m.jsonl"), "summary");
+  ASSERT_EQ(summary.size(), 1u);
+  const double wall = std::stod(field(summary[0], "seconds"));
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(summary[0], m, std::regex(R"("epoch_seconds": \[([0-9.eE+-]+)\])"))) << summary[0];
+  const double epoch = std::stod(m[1]);
+  EXPECT_LE(epoch + ckpt, wall) << r.out << summary[0];
+  double windows = 0;
+  for (const auto& t : records(d("m.jsonl"), "train")) {
+    ASSERT_NE(field(t, "window_seconds"), "") << t;
+    const double w = std::stod(field(t, "window_seconds"));
+    windows += w;
+    EXPECT_NEAR(std::stod(field(t, "img_per_s")) * w, 8 * std::stod(field(t, "window_steps")), 1e-3) << t;
+  }
+  EXPECT_LE(windows, epoch) << r.out;
+  EXPECT_LE(windows + ckpt, wall) << r.out;
+  ASSERT_NE(field(summary[0], "checkpoint_seconds"), "") << summary[0];
+  EXPECT_GE(std::stod(field(summary[0], "checkpoint_seconds")), ckpt - 1e-3) << summary[0];
+  EXPECT_NEAR(std::stod(field(summary[0], "img_per_s")), 64 / std::stod(field(summary[0], "train_seconds")), 1e-3)
+      << summary[0];
+}
+
+// A run stopped inside a logging window (--max-steps 5, --log-every 3) logs the partial window; the
+// resumed run's first record covers the steps since the resume: every step is in exactly one record,
+// with the mean loss of its steps (as a --log-every 1 run gives them).
+TEST_F(TrainE2E, EveryTrainedStepIsLoggedOnceAcrossAStopAndResume) {
+  const std::string every3 = std::regex_replace(kRecipe, std::regex("--log-every 1 "), "--log-every 3 ");
+  const std::string run = every3 + "--epochs 2 --checkpoint-dir " + d("ck") + " --jsonl " + d("m.jsonl") + " ";
+  auto a = sh(run + "--max-steps 5");  // 8 steps per epoch
+  ASSERT_EQ(a.rc, 0) << a.out;
+  auto b = sh(run + "--resume auto");
+  ASSERT_EQ(b.rc, 0) << b.out;
+  auto one = sh(kRecipe + "--epochs 2 --jsonl " + d("one.jsonl"));
+  ASSERT_EQ(one.rc, 0) << one.out;
+  const std::vector<double> per_step = train_losses(d("one.jsonl"));
+  ASSERT_EQ(per_step.size(), 16u);
+  std::vector<int> steps, covered(17, 0);
+  for (const auto& t : records(d("m.jsonl"), "train")) {
+    const int step = std::stoi(field(t, "step"));
+    steps.push_back(step);
+    ASSERT_NE(field(t, "window_steps"), "") << t;
+    const int n = std::stoi(field(t, "window_steps"));
+    double mean = 0;
+    for (int k = step - n + 1; k <= step; ++k) {
+      ASSERT_GE(k, 1) << t;
+      ++covered[k];
+      mean += per_step[k - 1] / n;
+    }
+    EXPECT_NEAR(std::stod(field(t, "loss")), mean, 1e-5 * std::max(1.0, std::abs(mean))) << t;
+  }
+  EXPECT_EQ(steps, (std::vector<int>{3, 5, 6, 8, 11, 14, 16}));
+  for (int k = 1; k <= 16; ++k) EXPECT_EQ(covered[k], 1) << "step " << k;
+}
+
+// --eval-only trains nothing: its summary says so and gives no training figures (not "0 img/s").
+TEST_F(TrainE2E, EvalOnlySummaryGivesNoTrainingFigures) {
+  const std::string syn = std::string(TRAIN_RESNET18) +
+                          " --data synthetic --synthetic-size 64 --synthetic-classes 4 --image-size 32 --backend cpu"
+                          " --threads 1 --seed 3 --progress lines --batch-size 8 ";
+  ASSERT_EQ(sh(syn + "--max-steps 1 --no-eval --checkpoint-dir " + d("ck")).rc, 0);
+  auto r = sh(syn + "--eval-only --resume " + d("ck/" + ckpt_name(1)) + " --jsonl " + d("m.jsonl"));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("summary: [^\n]*"))) << r.out;
+  EXPECT_NE(m[0].str().find("evaluated only (no training figures)"), std::string::npos) << m[0];
+  EXPECT_EQ(m[0].str().find("img/s"), std::string::npos) << m[0];
+  EXPECT_EQ(m[0].str().find("time per epoch"), std::string::npos) << m[0];
+  auto summary = records(d("m.jsonl"), "summary");
+  ASSERT_EQ(summary.size(), 1u);
+  EXPECT_EQ(field(summary[0], "img_per_s"), "") << summary[0];
+  EXPECT_EQ(field(summary[0], "epoch_seconds"), "") << summary[0];
+  EXPECT_EQ(field(summary[0], "eval_only"), "true") << summary[0];
+  EXPECT_NE(field(summary[0], "eval_seconds"), "") << summary[0];
 }

@@ -46,19 +46,27 @@ wait_for() {
 }
 # the train records' steps in a metrics file, one a line
 train_steps() { sed -n 's/.*"type": "train", "step": \([0-9]*\),.*/\1/p' "$1"; }
+# stopped_job NAME PATTERN [sbatch flags...]: submits job NAME (flags from $ARGS), waits until its
+# metrics have a line matching PATTERN, sends the time-limit signal to its batch shell and waits for
+# the job's end; sets jid, state, restarts, out (its output file) and prints the output.
+stopped_job() {
+  local name=$1 pattern=$2 t=$SECONDS
+  shift 2
+  jid=$(submit "$name" "$@") || { echo "FAIL: sbatch refused the job"; exit 1; }
+  wait_for "$jid" "$T/work/runs/$name/metrics.jsonl" "$pattern" || fail "$name: no training"
+  scancel --batch --signal=USR1 "$jid"
+  state=$(wait_job "$jid")
+  restarts=$(field "$jid" Restarts)
+  out=$T/work/$name-$jid.out
+  echo "$name job $jid: $state, Restarts=$restarts, ExitCode=$(field "$jid" ExitCode) ($((SECONDS - t)) s)"
+  cat "$out"
+}
 t0=$SECONDS
 
 # ---- requeue: stopped by the time-limit signal, requeued once, resumed, completed ------------------
 TOTAL=40
 export ARGS="$SIZE32 $TINY --epochs 500 --no-eval --max-steps $TOTAL"
-jid=$(submit requeue) || { echo "FAIL: sbatch refused the job"; exit 1; }
-wait_for "$jid" "$T/work/runs/requeue/metrics.jsonl" '"type": "train", "step": 4,' || fail "requeue: no training started"
-scancel --batch --signal=USR1 "$jid"
-state=$(wait_job "$jid")
-out=$T/work/requeue-$jid.out
-restarts=$(field "$jid" Restarts)
-echo "requeue job $jid: $state, Restarts=$restarts ($((SECONDS - t0)) s)"
-cat "$out"
+stopped_job requeue '"type": "train", "step": 4,'
 [[ $state == COMPLETED ]] || fail "requeue: job state $state, not COMPLETED"
 [[ $restarts == 1 ]] || fail "requeue: Restarts=$restarts, not 1 (requeued once)"
 grep -qE "^requeued job $jid \(restart 1\): training stopped at epoch [0-9]+ step [0-9]+" "$out" \
@@ -75,45 +83,24 @@ steps=$(train_steps "$T/work/runs/requeue/metrics.jsonl" | tr '\n' ' ')
 
 # ---- finished: the signal comes after the last step (during the final evaluation) -----------------
 # 1200 images: 75 steps an epoch; --max-steps 4, then an evaluation of 1200 images and their mirrors.
-t1=$SECONDS
 export ARGS="$TINY --synthetic-size 1200 --epochs 1 --max-steps 4 --eval-flip on"
-jid=$(submit finished) || { echo "FAIL: sbatch refused the job"; exit 1; }
-wait_for "$jid" "$T/work/runs/finished/metrics.jsonl" '"type": "train", "step": 4,' || fail "finished: no training"
-scancel --batch --signal=USR1 "$jid"
-state=$(wait_job "$jid")
-out=$T/work/finished-$jid.out
-echo "finished job $jid: $state, Restarts=$(field "$jid" Restarts) ($((SECONDS - t1)) s)"
-cat "$out"
+stopped_job finished '"type": "train", "step": 4,'
 grep -q '"type": "eval"' "$T/work/runs/finished/metrics.jsonl" || fail "finished: no final evaluation"
-[[ $state == COMPLETED && $(field "$jid" Restarts) == 0 ]] || fail "finished: state $state, Restarts $(field "$jid" Restarts): not COMPLETED without a restart"
+[[ $state == COMPLETED && $restarts == 0 ]] || fail "finished: state $state, Restarts $restarts: not COMPLETED without a restart"
 grep -q "^not requeued: training finished (global step 4) before the stop took effect" "$out" \
   || fail "finished: no 'not requeued: training finished' line"
 
 # ---- cap: MAX_RESTARTS=0 ---------------------------------------------------------------------------
-t1=$SECONDS
 export ARGS="$SIZE32 $TINY --epochs 500 --no-eval" MAX_RESTARTS=0
-jid=$(submit cap) || { echo "FAIL: sbatch refused the job"; exit 1; }
+stopped_job cap '"type": "train"'
 unset MAX_RESTARTS
-wait_for "$jid" "$T/work/runs/cap/metrics.jsonl" '"type": "train"' || fail "cap: no training"
-scancel --batch --signal=USR1 "$jid"
-state=$(wait_job "$jid")
-out=$T/work/cap-$jid.out
-echo "cap job $jid: $state, Restarts=$(field "$jid" Restarts) ($((SECONDS - t1)) s)"
-cat "$out"
-[[ $state == COMPLETED && $(field "$jid" Restarts) == 0 ]] || fail "cap: state $state, Restarts $(field "$jid" Restarts): not COMPLETED without a restart"
+[[ $state == COMPLETED && $restarts == 0 ]] || fail "cap: state $state, Restarts $restarts: not COMPLETED without a restart"
 grep -q "^not requeued: job $jid has restarted 0 time(s), the limit MAX_RESTARTS=0 " "$out" || fail "cap: no 'not requeued: ... MAX_RESTARTS=0' line"
 grep -q "resubmit with --job-name=cap" "$out" || fail "cap: the line does not say to resubmit with --job-name=cap"
 
 # ---- refused: scontrol requeue fails (a job submitted with --no-requeue) ---------------------------
-t1=$SECONDS
 export ARGS="$SIZE32 $TINY --epochs 500 --no-eval"
-jid=$(submit refused --no-requeue) || { echo "FAIL: sbatch refused the job"; exit 1; }
-wait_for "$jid" "$T/work/runs/refused/metrics.jsonl" '"type": "train"' || fail "refused: no training"
-scancel --batch --signal=USR1 "$jid"
-state=$(wait_job "$jid")
-out=$T/work/refused-$jid.out
-echo "refused job $jid: $state, Restarts=$(field "$jid" Restarts), ExitCode=$(field "$jid" ExitCode) ($((SECONDS - t1)) s)"
-cat "$out"
+stopped_job refused '"type": "train"' --no-requeue
 [[ $state == COMPLETED && $(field "$jid" ExitCode) == 0:0 ]] || fail "refused: state $state, exit $(field "$jid" ExitCode): not the trainer's status (COMPLETED, 0:0)"
 grep -q "^could not requeue job $jid (scontrol requeue: .*resubmit with --job-name=refused" "$out" \
   || fail "refused: no 'could not requeue job ... resubmit with --job-name=refused' line"

@@ -144,6 +144,16 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
   return all;
 }
 
+// A whole number written in digits only, or nullopt (also past 2^64 - 1): strtoull alone takes
+// " 4" and "+4", reads "-1" as 2^64 - 1, and saturates what does not fit.
+std::optional<uint64_t> parse_digits(const std::string& s) {
+  if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  errno = 0;
+  const unsigned long long v = std::strtoull(s.c_str(), nullptr, 10);
+  if (errno == ERANGE) return std::nullopt;
+  return v;
+}
+
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
   return s;
@@ -228,13 +238,9 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
     bad(flag, str("'", v, "' is not one of on, off"));
   };
   {
-    // Digits only (no sign, no spaces): strtoull alone would take "-1" as 2^64 - 1 too.
-    errno = 0;
-    char* end = nullptr;
-    const unsigned long long v = std::strtoull(seed.c_str(), &end, 10);
-    require(!seed.empty() && seed.find_first_not_of("0123456789") == std::string::npos && errno == 0 && *end == '\0',
-            "seed", seed, "must be a whole number in 0 .. 18446744073709551615");
-    o.seed = v;
+    const auto v = parse_digits(seed);
+    require(v.has_value(), "seed", seed, "must be a whole number in 0 .. 18446744073709551615");
+    o.seed = *v;
   }
   o.random_crop = on_off("random-crop", rcrop);
   o.flip = on_off("flip", flip);
@@ -269,13 +275,10 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
   if (o.checkpoint_every == "epoch") {
     o.checkpoint_every_steps = 0;
   } else {
-    // Digits only (strtoll alone took " 4" and "+4", and saturated 10^20 to LLONG_MAX silently).
-    const std::string& t = o.checkpoint_every;
-    const bool digits = !t.empty() && t.size() <= 18 && t.find_first_not_of("0123456789") == std::string::npos;
-    const long long v = digits ? std::stoll(t) : 0;
-    require(v > 0, "checkpoint-every", o.checkpoint_every,
-            "is neither 'epoch' nor a positive number of steps (at most 18 digits)");
-    o.checkpoint_every_steps = v;
+    const auto v = parse_digits(o.checkpoint_every);
+    require(v && *v > 0 && *v <= static_cast<uint64_t>(INT64_MAX), "checkpoint-every", o.checkpoint_every,
+            "is neither 'epoch' nor a positive number of steps");
+    o.checkpoint_every_steps = static_cast<int64_t>(*v);
   }
   require(o.synthetic_size >= 1 && o.synthetic_size < (int64_t{1} << 32), "synthetic-size", o.synthetic_size,
           "must be in 1 .. 2^32 - 1");

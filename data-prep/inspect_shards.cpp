@@ -5,6 +5,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "ddp/data/shard.h"  // kPartialSuffix: what pack_imagenet names an unfinished shard
 #include "inspect.h"
 
 namespace po = boost::program_options;
@@ -50,7 +51,7 @@ int main(int argc, char** argv) {
         int partial = 0;
         for (const auto& e : fs::directory_iterator(in)) {
           if (e.path().extension() == ".h5") f.push_back(e.path().string());
-          if (e.path().extension() == ".partial") ++partial;
+          if (e.path().extension() == ddp::data::kPartialSuffix) ++partial;
         }
         std::sort(f.begin(), f.end());
         // pack_imagenet writes each shard as NAME.h5.partial and renames it when complete.
@@ -64,7 +65,7 @@ int main(int argc, char** argv) {
         }
         if (partial) std::cout << "note: '" << in << "' holds" << unfinished.substr(4) << "\n";
         files.insert(files.end(), f.begin(), f.end());
-      } else if (fs::path(in).extension() == ".partial") {
+      } else if (fs::path(in).extension() == ddp::data::kPartialSuffix) {
         std::cerr << "inspect_shards: '" << in << "' is a shard pack_imagenet has not finished (it renames it to "
                   << fs::path(in).stem().string() << " when complete): run pack_imagenet again to finish it\n";
         return 1;

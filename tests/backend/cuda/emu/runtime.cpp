@@ -229,12 +229,15 @@ Capture* blocking_capture() {
 }
 // Whether the calling thread may make a potentially unsafe call now (its mode is Global, the
 // default: prohibited during its own non-relaxed captures and any thread's global-mode ones).
-cudaError_t unsafe_call(const char* fn) {
+// every_mode: a call illegal during any capture, whatever its mode and thread (a device
+// synchronisation: the programming guide forbids syncing a broader handle than the capturing stream).
+cudaError_t unsafe_call(const char* fn, bool every_mode = false) {
   std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
   bool hit = false;
   for (const auto& [id, c] : g_captures) {
     const bool mine = c->thread == std::this_thread::get_id();
-    if ((mine && c->mode != cudaStreamCaptureModeRelaxed) || (!mine && c->mode == cudaStreamCaptureModeGlobal)) {
+    if (every_mode || (mine && c->mode != cudaStreamCaptureModeRelaxed) ||
+        (!mine && c->mode == cudaStreamCaptureModeGlobal)) {
       invalidate(c, std::string(fn) + " was called during the capture");
       hit = true;
     }
@@ -705,16 +708,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize() {
-  {
-    // Waiting for the whole device while any stream of it captures is illegal in every mode (the
-    // programming guide: a query or synchronisation of a broader handle than the capturing stream).
-    std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
-    if (!g_captures.empty()) {
-      for (const auto& [id, c] : g_captures) invalidate(c, "cudaDeviceSynchronize was called during the capture");
-      return fail(cudaErrorStreamCaptureUnsupported, "cudaDeviceSynchronize",
-                  "a stream of the device is being captured (in any mode, from any thread); the capture is invalidated");
-    }
-  }
+  if (const cudaError_t e = unsafe_call("cudaDeviceSynchronize", true); e != cudaSuccess) return e;
   flush_all();
   return g_last_error;
 }

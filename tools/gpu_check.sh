@@ -117,7 +117,9 @@ fi
 if [[ -e $OUTDIR/summary.json ]] && ! grep -q '"tests_total"' "$OUTDIR/summary.json" 2>/dev/null; then
   out_err "'$OUTDIR/summary.json' was not written by gpu_check; refusing to delete it (pick another --out DIR)"
 fi
-if [[ -e $OUTDIR/logs.tar.gz ]] && ! tar -tzf "$OUTDIR/logs.tar.gz" 2>/dev/null | grep -qx 'logs/steps.tsv'; then
+# (grep -q reads from a process substitution, not a pipe: it stops at the first match, the writer may then
+# die of SIGPIPE, and under pipefail that would read as "no match".)
+if [[ -e $OUTDIR/logs.tar.gz ]] && ! grep -qx 'logs/steps.tsv' < <(tar -tzf "$OUTDIR/logs.tar.gz" 2>/dev/null); then
   out_err "'$OUTDIR/logs.tar.gz' was not written by gpu_check; refusing to delete it (pick another --out DIR)"
 fi
 rm -rf -- "$LOGDIR" "$OUTDIR/logs.tar.gz" "$OUTDIR/summary.json"
@@ -606,7 +608,7 @@ if [[ -d $BUNDLE/bin ]]; then
   done
   # What the key GPU libraries resolve to, and cuDNN's run-time-loaded parts (not visible to ldd).
   first=""
-  for f in "$BUNDLE"/bin/*; do [[ -f $f ]] && ldd "$f" 2>/dev/null | grep -q libcudnn && { first=$f; break; }; done
+  for f in "$BUNDLE"/bin/*; do [[ -f $f ]] && grep -q libcudnn < <(ldd "$f" 2>/dev/null) && { first=$f; break; }; done
   [[ -n $first ]] && ldd "$first" | grep -E 'libcud(nn|art)|libcublas|libnccl|libnvrtc|libstdc\+\+' | sed 's/ (0x.*//; s/^[[:space:]]*/  /' | while IFS= read -r l; do log "$l"; done
   IFS=':' read -ra dirs <<<"$LD_LIBRARY_PATH"
   for sub in libcudnn_engines_precompiled.so.9 libcudnn_engines_runtime_compiled.so.9 libcudnn_heuristic.so.9 libcudnn_graph.so.9 libcudnn_cnn.so.9 libcudnn_ops.so.9; do

@@ -70,10 +70,10 @@ pids+=($!)
 slurmd -D -f "$SLURM_CONF" >"$T/log/d.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 60); do
-  sinfo -h -o %T 2>/dev/null | grep -qE "idle|mixed" && break
+  [[ $(sinfo -h -o %T 2>/dev/null) =~ idle|mixed ]] && break
   sleep 1
 done
-sinfo -h -o %T 2>/dev/null | grep -qE "idle|mixed" || { tail -20 "$T"/log/*; skip "slurmctld/slurmd did not come up here"; }
+[[ $(sinfo -h -o %T 2>/dev/null) =~ idle|mixed ]] || { tail -20 "$T"/log/*; skip "slurmctld/slurmd did not come up here"; }
 
 # wait_job JOBID: waits (up to 300 s) until the job has ended; prints its state.
 wait_job() {

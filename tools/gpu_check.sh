@@ -534,6 +534,14 @@ else
       log "WARNING: the bundle was built from commit $BUNDLE_COMMIT (uncommitted changes beyond it): its binaries may not be this checkout's code"
     fi
     log "bundle: $BUNDLE, commit $BUNDLE_COMMIT, $(sed -n 's/^cudnn_built_against: /cuDNN built against /p' "$BUNDLE/MANIFEST"), $(sed -n 's/^cuda_code_in_binaries: /GPU code /p' "$BUNDLE/MANIFEST")"
+    # A driver older than the toolkit the bundle was built with fails every binary at its first CUDA
+    # call (cudaErrorInsufficientDriver): stop now, even with --keep-going, instead of spending the run.
+    # Within one major version, CUDA's minor-version compatibility lets an older driver run the code.
+    bundle_cuda=$(sed -n 's/^nvcc: .* \([0-9][0-9]*\.[0-9][0-9]*\)$/\1/p' "$BUNDLE/MANIFEST" | head -1)
+    if [[ -n $bundle_cuda && -n ${CUDA_VER:-} ]] && ((${CUDA_VER%%.*} < ${bundle_cuda%%.*})); then
+      step_end FAIL "driver too old for the bundle"
+      fatal "the driver ($DRIVER) supports CUDA up to $CUDA_VER, the bundle was built with CUDA $bundle_cuda: every binary would fail at its first CUDA call; use a host whose driver supports CUDA ${bundle_cuda%%.*} (or build the bundle with a CUDA ${CUDA_VER%%.*} toolkit)"
+    fi
     sm="sm_${CAP//./}"
     if grep -q '^cuda_code_in_binaries: .*sm_' "$BUNDLE/MANIFEST" && ! grep -q "^cuda_code_in_binaries: .*\\(${sm}\\|compute_\\)" "$BUNDLE/MANIFEST"; then
       log "WARNING: the bundle holds no $sm code and no PTX; its kernels cannot run on this $GPU_NAME"
@@ -541,9 +549,10 @@ else
   else
     log "WARNING: $BUNDLE/MANIFEST missing (not made by tools/bundle_deps?)"
   fi
-  # The op tests first: they tell one failing kernel from another, and must not be the ones the shared
-  # time budget starves when the model tests build their cuDNN plans slowly.
-  for b in "$BUNDLE"/bin/test_cuda_ops "$BUNDLE"/bin/test_cuda_model "$BUNDLE"/bin/test_*; do
+  # The op tests first: they tell one failing kernel from another. Then the NCCL test (seconds; the only
+  # check of the NCCL communicator), before the model tests, which may spend most of the shared time
+  # budget building cuDNN plans: neither must be the one that budget starves.
+  for b in "$BUNDLE"/bin/test_cuda_ops "$BUNDLE"/bin/test_comm_nccl "$BUNDLE"/bin/test_cuda_model "$BUNDLE"/bin/test_*; do
     [[ -f $b && -x $b ]] || continue
     dup=0; for t in "${TESTS[@]}"; do [[ $t == "$b" ]] && dup=1; done
     ((dup)) || TESTS+=("$b")

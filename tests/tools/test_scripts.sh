@@ -459,7 +459,7 @@ case " $* " in
   *"--query-gpu=name"*) echo "Fake H100 80GB HBM3, 81559, 580.159.04, 9.0" ;;
   *"--query-compute-apps"*) ;;
   *" -q "*) echo "fake -q output" ;;
-  *) echo "| NVIDIA-SMI 580.159.04     Driver Version: 580.159.04     CUDA Version: 13.0 |" ;;
+  *) echo "| NVIDIA-SMI 580.159.04     Driver Version: 580.159.04     CUDA Version: ${FAKE_CUDA_VER:-13.0} |" ;;
 esac
 EOF
 # A python whose PyTorch "sees a GPU": the probe is answered, the peer runs on the CPU at a tiny size.
@@ -568,6 +568,7 @@ XML
 EOF
 echo "commit: 0123456789abcdef (fake)" >"$FAKE/bundle/MANIFEST"
 echo "cudnn_built_against: 9.19.0" >>"$FAKE/bundle/MANIFEST"
+echo "nvcc: /usr/local/cuda/bin/nvcc 13.0" >>"$FAKE/bundle/MANIFEST"
 chmod +x "$FAKE"/bin/* "$FAKE"/bundle/bin/*
 FPATH="$FAKE/bin:$PATH"
 
@@ -653,17 +654,26 @@ else
   printf 'NOTE /usr/bin/python3 with torch + torchvision missing: fake-host run of gpu_check.sh skipped\n'
 fi
 
-# torch without torchvision: named as missing (torch's own facts still logged); the op tests run first
+# torch without torchvision: named as missing (torch's own facts still logged); the op tests run first,
+# then the NCCL test, then the model tests
 cp "$FAKE/bundle/bin/test_fake_ok" "$FAKE/bundle/bin/test_cuda_ops"
 cp "$FAKE/bundle/bin/test_fake_ok" "$FAKE/bundle/bin/test_comm_nccl"  # first by name
+cp "$FAKE/bundle/bin/test_fake_ok" "$FAKE/bundle/bin/test_cuda_model"
 out=$(FAKE_NO_TORCHVISION=1 PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --keep-going --no-e2e --bundle "$FAKE/bundle" \
   --out "$TMP/gc-notv" --python fakepy 2>&1); rc=$?
-rm -f "$FAKE/bundle/bin/test_cuda_ops" "$FAKE/bundle/bin/test_comm_nccl"
+rm -f "$FAKE/bundle/bin/test_cuda_ops" "$FAKE/bundle/bin/test_comm_nccl" "$FAKE/bundle/bin/test_cuda_model"
 check "torch without torchvision: exit 1, named, torch's cuDNN still logged" \
   bash -c '[[ $1 -eq 1 ]] && grep -q "torchvision in .fakepy. (the PyTorch peer.s resnet18): ModuleNotFoundError" <<<"$2" &&
            grep -q "\"torch_cudnn\": 91900" <<<"$2"' _ "$rc" "$out"
-check "the op tests run first (before test_comm_nccl, first by name)" \
-  test "$(sed -n '2p;3p' "$TMP/gc-notv/logs/tests.tsv" | cut -f1 | paste -sd ' ')" = "test_cuda_ops test_comm_nccl"
+check "the op tests run first, then test_comm_nccl (first by name), then test_cuda_model" \
+  test "$(sed -n '2p;3p;4p' "$TMP/gc-notv/logs/tests.tsv" | cut -f1 | paste -sd ' ')" = "test_cuda_ops test_comm_nccl test_cuda_model"
+
+# a driver older than the bundle's CUDA: stopped at once, even with --keep-going, naming both versions
+out=$(FAKE_CUDA_VER=12.8 PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --keep-going --bundle "$FAKE/bundle" \
+  --out "$TMP/gc-olddrv" --python fakepy 2>&1); rc=$?
+check "driver for CUDA 12.8, bundle built with 13.0: exit 2 before any test, both versions named" \
+  bash -c '[[ $1 -eq 2 && $(tail -1 <<<"$2") == *"STOPPED: the driver (580.159.04) supports CUDA up to 12.8, the bundle was built with CUDA 13.0"* ]] &&
+           ! grep -q "^test_fake_ok .* ok" <<<"$2" || { tail -3 <<<"$2"; false; }' _ "$rc" "$out"
 
 # a packed bundle (bundle_deps --pack) is unpacked by gpu_check.sh
 mkdir -p "$TMP/packed"

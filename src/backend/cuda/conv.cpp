@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "conv_plan.h"
+#include "ddp/backend/cuda/capture.h"
 #include "ddp/backend/cuda/memory.h"
 #include "ddp/core/check.h"
 
@@ -198,6 +199,7 @@ struct ConvEngine::Impl {
     // Another engine may have built (or tuned) the plan with a larger need than this one's workspace.
     grow_workspace(plan.workspace);
     fe_check(plan.graph->execute(ctx->handle, pack, workspace.get()), "execute", op, p);
+    if (capture_invalidated(stream)) fail_capture_invalidated(str("cuDNN ", describe(op, p)));
   }
 };
 

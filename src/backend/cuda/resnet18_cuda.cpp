@@ -8,8 +8,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 
+#include "ddp/backend/cuda/capture.h"
 #include "ddp/backend/cuda/conv.h"
 #include "ddp/backend/cuda/linear.h"
 #include "ddp/backend/cuda/memory.h"
@@ -663,33 +665,35 @@ void CudaResNet18::capture_train_step(const nn::SgdConfig& cfg, float lr, float 
   // affected, while an unsafe call of ours inside the capture (a synchronisation, an allocation)
   // fails loudly instead of being recorded wrongly.
   CUDA_CHECK(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal));
-  cudaGraph_t graph = nullptr;
+  std::exception_ptr step_error;
   try {
     train_step_async(cfg, lr, loss_scale);
   } catch (...) {
-    // End the capture so the stream is usable again; the partial graph is discarded.
-    if (cudaStreamEndCapture(m.stream, &graph) == cudaSuccess && graph) (void)cudaGraphDestroy(graph);
-    (void)cudaGetLastError();
-    m.nbt = nbt_before;
-    m.have_forward = false;
-    throw;
+    step_error = std::current_exception();
   }
-  CUDA_CHECK(cudaStreamEndCapture(m.stream, &graph));
-  const cudaError_t e = cudaGraphInstantiateWithFlags(&m.step_graph, graph, 0);
-  (void)cudaGraphDestroy(graph);
-  if (e != cudaSuccess) {
-    m.step_graph = nullptr;
-    DDP_FAIL("CudaResNet18::capture_train_step: cudaGraphInstantiate failed: ", cudaGetErrorString(e));
-  }
-  // input_consumed was last recorded inside the capture, where it recorded nothing a later
-  // cudaStreamWaitEvent could use: record it for real (the captured step did not run).
+  // Every way out ends the capture (so the stream is usable again), undoes the captured step's host
+  // side, and records input_consumed for real: it was last recorded inside the capture, where it
+  // recorded nothing a later cudaStreamWaitEvent (the next host batch's copy) could use.
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(m.stream, &graph);
+  cudaError_t inst = cudaSuccess;
+  if (!step_error && end == cudaSuccess) inst = cudaGraphInstantiateWithFlags(&m.step_graph, graph, 0);
+  if (graph) (void)cudaGraphDestroy(graph);
+  (void)cudaGetLastError();  // the failed calls' errors are reported below, not left for the next launch
+  if (inst != cudaSuccess) m.step_graph = nullptr;
+  m.nbt = nbt_before;
+  m.have_forward = false;
   CUDA_CHECK(cudaEventRecord(m.input_consumed, m.stream));
+  if (step_error) std::rethrow_exception(step_error);
+  if (end != cudaSuccess) {
+    DDP_FAIL("CudaResNet18::capture_train_step: cudaStreamEndCapture failed: ", cudaGetErrorString(end),
+             " (a call made during the step broke the capture)");
+  }
+  if (inst != cudaSuccess) DDP_FAIL("CudaResNet18::capture_train_step: cudaGraphInstantiate failed: ", cudaGetErrorString(inst));
   m.graph_n = m.n;
   m.graph_h = m.h;
   m.graph_w = m.w;
   m.graph_conv_ws = m.convs->workspace_bytes();
-  m.nbt = nbt_before;
-  m.have_forward = false;
 }
 
 void CudaResNet18::replay_train_step() {

@@ -18,6 +18,9 @@
 #include "ddp/backend/cpu/resnet18_cpu.h"
 #include "ddp/backend/cuda/conv.h"
 #include "ddp/backend/cuda/resnet18_cuda.h"
+#ifdef DDP_CUDA_EMULATION
+#include "emu.h"  // the test hook break_capture_at_next_gemm
+#endif
 
 namespace ddp::cuda::test {
 namespace {
@@ -305,6 +308,45 @@ TEST_P(CudaModel, CapturedStepMatchesEagerSteps) {
   graph.synchronize();
   EXPECT_EQ(graph.num_batches_tracked(), 8);
 }
+
+#ifdef DDP_CUDA_EMULATION
+// A library call inside the captured step that invalidates the capture yet returns success (the
+// emulation's test hook; on a GPU it depends on cuDNN's and cuBLAS's internals): the error names the
+// call, and the model is left usable - eager steps, host uint8 batches (whose copy waits on an event
+// that must have been recorded outside the capture) and a new capture.
+TEST(CudaModelCapture, ACaptureBrokenInsideALibraryIsNamedAndLeavesTheModelUsable) {
+  CudaResNet18 m(config(Amp::F16, 4, 64));
+  nn::SgdConfig sgd;
+  sgd.momentum = 0.9f;
+  const float lr = 0.1f, scale = 256.0f;
+  const Batch b = make_batch(4, 64, 64, 41);
+  m.set_input_f32(b.x.data(), b.y.data(), 4, 64, 64);
+  ddp::cuda_emu::break_capture_at_next_gemm();
+  std::string msg;
+  try {
+    m.capture_train_step(sgd, lr, scale);
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  EXPECT_NE(msg.find("CUDA graph capture invalidated by cuBLAS SGEMM (classifier forward)"), std::string::npos) << msg;
+  EXPECT_FALSE(m.has_captured_step());
+  EXPECT_EQ(m.num_batches_tracked(), 1);  // the eager step before the capture, not the captured one
+  std::vector<uint8_t> img(4 * 64 * 64 * 3);
+  for (size_t i = 0; i < img.size(); ++i) img[i] = static_cast<uint8_t>((i * 53) % 241);
+  m.set_input_u8(img.data(), b.y.data(), 4, 64, 64);
+  m.train_step_async(sgd, lr, scale);
+  m.synchronize();
+  EXPECT_EQ(m.num_batches_tracked(), 2);
+  const auto logits = m.logits_host();
+  for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+  m.capture_train_step(sgd, lr, scale);
+  ASSERT_TRUE(m.has_captured_step());
+  m.set_input_u8(img.data(), b.y.data(), 4, 64, 64);
+  m.replay_train_step();
+  m.synchronize();
+  EXPECT_EQ(m.num_batches_tracked(), 4);
+}
+#endif
 
 INSTANTIATE_TEST_SUITE_P(Amp, CudaModel, ::testing::Values(Amp::Off, Amp::F16, Amp::BF16),
                          [](const auto& info) { return std::string(nn::amp_name(info.param)); });

@@ -80,6 +80,10 @@ bool stream_ok(cudaStream_t s);
 // Stream work (a conv, a GEMM, a collective): runs when something waits for s (runtime.cpp), on the
 // legacy default stream (nullptr) at once.
 void enqueue(cudaStream_t s, std::function<void()> op);
+// Test hook: the next cublasSgemm on a capturing stream invalidates that capture and still returns
+// success, as a library whose internals make a call a capture does not allow may (the model must
+// name the call and leave itself usable).
+void break_capture_at_next_gemm();
 
 // Runs body once per thread of the grid (after checking the configuration); `kernel` identifies
 // the kernel (whether it uses barriers is learnt at its first launch); `name` is for messages.

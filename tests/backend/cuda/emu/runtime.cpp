@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <string>
@@ -1042,7 +1043,10 @@ namespace {
 struct BlasHandle {
   cudaStream_t stream = nullptr;
 };
+std::atomic<bool> g_break_capture_at_gemm{false};
 }  // namespace
+
+void ddp::cuda_emu::break_capture_at_next_gemm() { g_break_capture_at_gemm = true; }
 
 extern "C" {
 
@@ -1084,6 +1088,15 @@ cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOper
       (m && n && !device_range_ok(C, size_t(ldc) * (n - 1) * 4 + size_t(m) * 4))) {
     std::fprintf(stderr, "[cuda emulation] cublasSgemm: an operand is not inside a device allocation\n");
     return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  if (g_break_capture_at_gemm) {
+    std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+    cudaStream_t s = reinterpret_cast<BlasHandle*>(h)->stream;
+    if (Capture* c = s ? reinterpret_cast<Stream*>(s)->cap : nullptr) {
+      g_break_capture_at_gemm = false;
+      invalidate(c, "cublasSgemm made a call the capture does not allow (test hook break_capture_at_next_gemm)");
+      return CUBLAS_STATUS_SUCCESS;
+    }
   }
   // alpha and beta are host values (the default pointer mode): read now, the product runs as stream work.
   const float al = *alpha, be = *beta;

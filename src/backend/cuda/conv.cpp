@@ -53,8 +53,9 @@ struct Plan {
   bool tuned = false;  // autotune ran (or was declined) for this plan
 };
 
-// Autotune declines plans whose candidates need more workspace than this (some engines ask for GBs).
-constexpr int64_t kAutotuneWorkspaceCap = int64_t{1} << 30;
+// Engines needing more workspace than this are never chosen (some ask for GBs; the heuristics do
+// not weigh memory). Autotune also declines plans whose candidates would need more than it.
+constexpr int64_t kWorkspaceCap = int64_t{1} << 30;
 
 // One per device: the handle every engine of the device uses, its plans, and the lock that
 // serialises building and executing them.
@@ -125,8 +126,9 @@ Plan build(cudnnHandle_t handle, Op op, const ConvShape& p, bool strict_fp32, bo
     // Strict fp32 (--tf32 off, and the fp32 tests): no TF32 tensor-core engines either.
     g->deselect_numeric_notes({fe::NumericalNote_t::TENSOR_CORE});
   }
-  fe_check(g->check_support(handle), "check_support (no engine supports this conv)", op, p);
-  fe_check(g->build_plans(handle, autotune ? fe::BuildPlanPolicy_t::ALL : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE),
+  g->deselect_workspace_greater_than(kWorkspaceCap);
+  fe_check(g->check_support(), "check_support (no engine supports this conv within 1 GiB of workspace)", op, p);
+  fe_check(g->build_plans(autotune ? fe::BuildPlanPolicy_t::ALL : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE),
            "build_plans", op, p);
   Plan plan;
   fe_check(g->get_workspace_size(plan.workspace), "get_workspace_size", op, p);
@@ -143,6 +145,16 @@ struct ConvEngine::Impl {
   bool autotune = false;
   std::map<Key, std::shared_ptr<Plan>> used;  // this engine's view of ctx->plans
   DeviceBuffer workspace;
+
+  ~Impl() {
+    if (!ctx) return;
+    // The shared handle may still be bound to this engine's stream, which its owner destroys next:
+    // unbind it (every use binds its own stream first anyway; this keeps no dangling stream around).
+    std::lock_guard<std::mutex> l(ctx->mu);
+    cudaStream_t bound = nullptr;
+    if (cudnnGetStream(ctx->handle, &bound) == CUDNN_STATUS_SUCCESS && bound == stream)
+      (void)cudnnSetStream(ctx->handle, nullptr);
+  }
 
   // Caller holds ctx->mu.
   Plan& get_locked(Op op, const ConvShape& p) {
@@ -189,7 +201,7 @@ struct ConvEngine::Impl {
     if (autotune && !plan.tuned) {
       // Timed search over every built plan on the real buffers (their outputs are rewritten below).
       const int64_t need = plan.graph->get_autotune_workspace_size();
-      if (need <= kAutotuneWorkspaceCap) {
+      if (need <= kWorkspaceCap) {
         grow_workspace(need);
         fe_check(plan.graph->autotune(ctx->handle, pack, workspace.get()), "autotune", op, p);
         fe_check(plan.graph->get_workspace_size(plan.workspace), "get_workspace_size", op, p);

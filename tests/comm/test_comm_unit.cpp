@@ -56,27 +56,61 @@ TEST(GradBucketer, BucketsCoverTheBufferFromTheTail) {
   std::vector<float> g(1000);
   RecordingComm c(g.data());
   comm::GradBucketer b(c, g.data(), 1000, 300 * sizeof(float));
-  ASSERT_EQ(b.num_buckets(), 4);  // 300, 300, 300, 100 from the end
+  // At most 300 each from the end, starts rounded up to multiples of 64: [704, 1000), [448, 704),
+  // [192, 448), [0, 192).
+  ASSERT_EQ(b.num_buckets(), 4);
   b.begin_step();
-  b.on_ready({750, nullptr});  // [750, 1000) final: only the first bucket [700, 1000) is not yet
+  b.on_ready({750, nullptr});  // [750, 1000) final: the first bucket [704, 1000) is not yet
   EXPECT_TRUE(c.calls.empty());
   b.on_ready({700, nullptr});
   ASSERT_EQ(c.calls.size(), 1u);
-  EXPECT_EQ(c.calls[0].offset, 700);
-  EXPECT_EQ(c.calls[0].count, 300u);
-  b.on_ready({50, nullptr});  // [400,700) and [100,400) are final now
+  EXPECT_EQ(c.calls[0].offset, 704);
+  EXPECT_EQ(c.calls[0].count, 296u);
+  b.on_ready({50, nullptr});  // [448, 704) and [192, 448) are final now
   ASSERT_EQ(c.calls.size(), 3u);
-  EXPECT_EQ(c.calls[1].offset, 400);
-  EXPECT_EQ(c.calls[2].offset, 100);
+  EXPECT_EQ(c.calls[1].offset, 448);
+  EXPECT_EQ(c.calls[1].count, 256u);
+  EXPECT_EQ(c.calls[2].offset, 192);
   EXPECT_EQ(b.issued_during_backward(), 3);
-  b.finish();  // the head [0, 100) is issued by finish
+  b.finish();  // the head [0, 192) is issued by finish
   ASSERT_EQ(c.calls.size(), 4u);
   EXPECT_EQ(c.calls[3].offset, 0);
-  EXPECT_EQ(c.calls[3].count, 100u);
+  EXPECT_EQ(c.calls[3].count, 192u);
   EXPECT_EQ(c.waits, 1);
   size_t total = 0;
   for (auto& k : c.calls) total += k.count;
   EXPECT_EQ(total, 1000u);
+}
+
+// ResNet18 with 10 classes has 11,181,642 parameters (not a multiple of 4): cut at count - k * per,
+// every bucket would start 8-byte aligned only. Each must start 256-byte aligned, hold at most the
+// bucket size, and the buckets must tile the buffer.
+TEST(GradBucketer, BucketStartsAre256ByteAlignedAndTileTheBuffer) {
+  const int64_t count = 11181642;
+  for (size_t bytes : {size_t{25} << 20, size_t{1} << 20, size_t{1000}, size_t{256}}) {
+    std::vector<float> g(1);
+    RecordingComm c(g.data());
+    comm::GradBucketer b(c, g.data(), count, bytes);
+    const int64_t per = static_cast<int64_t>(bytes / 4);
+    ASSERT_GE(b.num_buckets(), 1);
+    EXPECT_EQ(b.bucket_end(0), count);
+    EXPECT_EQ(b.bucket_start(b.num_buckets() - 1), 0);
+    for (int i = 0; i < b.num_buckets(); ++i) {
+      EXPECT_EQ(b.bucket_start(i) % 64, 0) << "bucket " << i << " of " << bytes << "-byte buckets";
+      EXPECT_GT(b.bucket_end(i), b.bucket_start(i));
+      EXPECT_LE(b.bucket_end(i) - b.bucket_start(i), per);
+      if (i > 0) {
+        EXPECT_EQ(b.bucket_end(i), b.bucket_start(i - 1));
+      }
+    }
+  }
+  // Buckets smaller than 256 bytes cannot be aligned so: cut exactly (4 floats each).
+  std::vector<float> g(10);
+  RecordingComm c(g.data());
+  comm::GradBucketer b(c, g.data(), 10, 4 * sizeof(float));
+  ASSERT_EQ(b.num_buckets(), 3);
+  EXPECT_EQ(b.bucket_start(0), 6);
+  EXPECT_EQ(b.bucket_start(1), 2);
 }
 
 TEST(GradBucketer, PassesTheReadyEventAndResetsEachStep) {

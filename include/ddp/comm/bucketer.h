@@ -16,7 +16,9 @@ namespace ddp::comm {
 class GradBucketer {
  public:
   // `grads` is the model's flat gradient buffer (device memory for NCCL), `count` its elements.
-  // bucket_bytes >= 4; a value >= the buffer size gives one bucket.
+  // bucket_bytes >= 4; a value >= the buffer size gives one bucket. Buckets hold at most
+  // bucket_bytes; each starts at a multiple of kAlign elements (256 bytes) when bucket_bytes allows.
+  static constexpr int64_t kAlign = 64;
   GradBucketer(Communicator& comm, float* grads, int64_t count, size_t bucket_bytes = 25u << 20);
 
   void begin_step();

@@ -505,11 +505,12 @@ std::vector<std::string> find_node_shards(const std::string& dir, const std::str
   int count = 0;
   const auto all = list_shard_set(dir, split, count);
   DDP_CHECK(count % nodes == 0, "'", dir, "' holds a set of ", count, " '", split, "' shards, which ", nodes,
-            " nodes cannot share evenly (repack with --shards ", nodes, ")");
+            " nodes cannot share evenly (repack with --shards ", nodes, ", or with one shared set use --shard-scope global)");
   std::vector<std::string> out;
   for (int i = node; i < count; i += nodes) {
     DDP_CHECK(all.count(i), "node ", node, " of ", nodes, " needs '", shard_file_name(split, i, count), "' in '",
-              dir, "', which is missing");
+              dir, "', which is missing (node ", node, " of ", nodes, " reads the shards whose index mod ", nodes, " is ", node,
+              ": pack each there with pack_imagenet --shards ", count, " --node-index <index>, or copy it there)");
     out.push_back(all.at(i));
   }
   return out;

@@ -59,8 +59,8 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
       ("synthetic-classes", po::value<int>(&o.synthetic_classes)->default_value(o.synthetic_classes),
        "classes in the synthetic data set")
       ("shard-scope", po::value<std::string>(&scope)->default_value("node"),
-       "node: the ranks on a host split that host's shard files (shards on each node's own volume); "
-       "global: all ranks split one shared set (a shared file system)")
+       "node: node i of N reads the shards whose index mod N is i (from its own volume or a shared set) "
+       "and its ranks split them; global: all ranks split the whole set")
       ("image-size", po::value<int>(&o.image_size)->default_value(o.image_size), "training resolution (>= 32)")
       ("val-size", po::value<int>(&o.val_size)->default_value(0), "evaluation resolution (0: same as --image-size)")
       ("workers", po::value<int>(&o.workers)->default_value(-1), "decode threads per rank (-1: auto)")

@@ -14,9 +14,9 @@ namespace {
 
 class ShardSource final : public DataSource {
  public:
-  explicit ShardSource(const ShardSourceConfig& c) : dir_(c.dir), split_(c.split) {
+  explicit ShardSource(const ShardSourceConfig& c) : dir_(c.dir), split_(c.split), node_(c.node), nodes_(c.nodes) {
     data::LoaderConfig lc;
-    lc.shards = data::find_shards(c.dir, c.split);
+    lc.shards = c.nodes > 0 ? data::find_node_shards(c.dir, c.split, c.node, c.nodes) : data::find_shards(c.dir, c.split);
     lc.rank = c.rank;
     lc.world = c.world;
     lc.batch_size = c.batch_size;
@@ -51,8 +51,17 @@ class ShardSource final : public DataSource {
     return true;
   }
   std::string describe() const override {
-    return str(split_, ": ", loader_->num_images(), " images in ", nshards_, " shard(s) of ", dir_, ", ",
+    const auto& m = loader_->first_meta();
+    const std::string share = nodes_ > 1 ? str(" (node ", node_, "'s share of ", m.num_shards, ")") : std::string();
+    return str(split_, ": ", loader_->num_images(), " images in ", nshards_, " shard(s)", share, " of ", dir_, ", ",
                loader_->num_classes(), " classes");
+  }
+  std::string packing() const override {
+    const auto& m = loader_->first_meta();
+    return str(split_, " set: ", m.num_shards, " shard(s), ", m.encoding,
+               m.encoding == "raw" ? str(" ", m.width, "x", m.height)
+                                   : str(", shorter side ", m.resize_shorter, ", quality ", m.jpeg_quality),
+               m.allow_upscale ? ", upscaled" : "", '\n');
   }
   std::string identity() const override {
     std::string id, line;
@@ -75,6 +84,7 @@ class ShardSource final : public DataSource {
 
  private:
   std::string dir_, split_;
+  int node_ = 0, nodes_ = 0;
   size_t nshards_ = 0;
   std::unique_ptr<data::Loader> loader_;
 };

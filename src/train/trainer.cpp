@@ -287,50 +287,78 @@ double identity_hash(const std::string& s) {
   return static_cast<double>(h & ((uint64_t{1} << 52) - 1));
 }
 
-// Ranks that split one shard set (those of a host with --shard-scope node, all of them with global)
-// must read the same files: two ranks of a host given different --data directories would each take
-// their slice of another set, and some images would be trained twice and others never, without a
-// word. Compared by content (Loader::set_identity), not by path: one set may be mounted at other paths.
-void check_same_shard_set(const DataSource* train, const DataSource* val, const comm::DistEnv& env,
-                          comm::Communicator& c, bool node_scope, double timeout_s) {
-  const std::string identity = str(train ? train->identity() : std::string(), val ? val->identity() : std::string());
-  const double mine = identity_hash(identity);
-  const std::vector<double> ids = c.allgather(mine);
-  const std::vector<double> group = c.allgather(node_scope ? env.node_index : 0);
-  // Every rank holds the same two vectors, so every rank finds the same first pair and fails alike.
+// The first pair of ranks of one group (group[r]: rank r's group, the same vector on every rank) whose
+// `text` differs, and how (its first differing line, on rank r only), or first = -1. Every rank enters
+// every collective here and finds the same pair, so every rank fails alike.
+struct TextMismatch {
+  int first = -1, r = -1;
+  std::string how;
+};
+TextMismatch first_text_mismatch(const std::string& text, const std::vector<double>& group, const comm::DistEnv& env,
+                                 comm::Communicator& c, double timeout_s) {
+  const std::vector<double> ids = c.allgather(identity_hash(text));
   for (int r = 1; r < env.world; ++r) {
     int first = 0;
     while (group[static_cast<size_t>(first)] != group[static_cast<size_t>(r)]) ++first;
     if (ids[static_cast<size_t>(first)] == ids[static_cast<size_t>(r)]) continue;
-    const auto where = node_scope ? str(" on host ", env.hosts.at(static_cast<size_t>(group[static_cast<size_t>(r)])))
-                                  : std::string();
-    // The first line that differs says how (which split, shard, count, size or fingerprint): rank
-    // `first` sends its identity, rank r compares (every rank takes part in the broadcast).
-    std::string theirs = identity;
+    // Rank `first` sends its text, rank r compares (every rank takes part in the broadcast).
+    std::string theirs = text;
     comm::broadcast_string(theirs, first, timeout_s, str("a broadcast from rank ", first, " of its shard set"));
-    std::string how;
+    TextMismatch m{first, r, {}};
     if (env.rank == r) {
-      std::istringstream a(theirs), b(identity);
+      std::istringstream a(theirs), b(text);
       std::string la, lb;
       for (;;) {
         const bool ga = static_cast<bool>(std::getline(a, la)), gb = static_cast<bool>(std::getline(b, lb));
         if (!ga && !gb) break;
         if (ga && gb && la == lb) continue;
-        how = str("; first difference: rank ", first, " has '", ga ? la : "(nothing more)", "', rank ", r, " has '",
-                  gb ? lb : "(nothing more)", "'");
+        m.how = str("; first difference: rank ", first, " has '", ga ? la : "(nothing more)", "', rank ", r, " has '",
+                    gb ? lb : "(nothing more)", "'");
         break;
       }
     }
-    const auto own = (env.rank == first || env.rank == r)
-                         ? str("; this rank reads ", train ? train->describe() : val->describe(),
-                               train && val ? str(" and ", val->describe()) : std::string())
-                         : std::string();
-    DDP_FAIL("ranks ", first, " and ", r, where, " read different shard sets", own, how,
+    return m;
+  }
+  return {};
+}
+
+// Ranks that split one shard set (those of a host with --shard-scope node, all of them with global)
+// must read the same files: two ranks of a host given different --data directories would each take
+// their slice of another set, and some images would be trained twice and others never, without a
+// word. Compared by content (Loader::set_identity), not by path: one set may be mounted at other paths.
+// With --shard-scope node across hosts, each node reads its own share of one set: the shares differ
+// by design, but the set they come from must be one (shard count, encoding, sizes), or images would
+// be left out or read by two nodes.
+void check_same_shard_set(const DataSource* train, const DataSource* val, const comm::DistEnv& env,
+                          comm::Communicator& c, bool node_scope, double timeout_s) {
+  const std::string identity = str(train ? train->identity() : std::string(), val ? val->identity() : std::string());
+  const std::vector<double> node_of = c.allgather(env.node_index);  // every rank's node
+  const auto host = [&](int r) { return env.hosts.at(static_cast<size_t>(node_of.at(static_cast<size_t>(r)))); };
+  const TextMismatch m =
+      first_text_mismatch(identity, node_scope ? node_of : std::vector<double>(node_of.size(), 0.0), env, c, timeout_s);
+  const auto own = [&](int a, int b) {
+    return (env.rank == a || env.rank == b) ? str("; this rank reads ", train ? train->describe() : val->describe(),
+                                                  train && val ? str(" and ", val->describe()) : std::string())
+                                            : std::string();
+  };
+  if (m.first >= 0) {
+    const auto where = node_scope ? str(" on host ", host(m.r)) : std::string();
+    DDP_FAIL("ranks ", m.first, " and ", m.r, where, " read different shard sets", own(m.first, m.r), m.how,
              ". Ranks that split one set must ",
              "see the same files: check each rank's --data (",
-             node_scope ? "--shard-scope node: the ranks of a host split that host's shards"
+             node_scope ? "--shard-scope node: the ranks of a host split that host's share of the set"
                         : "--shard-scope global: all ranks split one set; with a set per host use --shard-scope node",
              ")");
+  }
+  if (!node_scope || env.num_nodes < 2) return;
+  const std::string packing = str(train ? train->packing() : std::string(), val ? val->packing() : std::string());
+  const TextMismatch p = first_text_mismatch(packing, std::vector<double>(node_of.size(), 0.0), env, c, timeout_s);
+  if (p.first >= 0) {
+    DDP_FAIL("ranks ", p.first, " (host ", host(p.first), ") and ", p.r, " (host ", host(p.r),
+             ") read shares of differently packed sets", own(p.first, p.r), p.how,
+             ". With --shard-scope node each node reads its share of one set (shard i of M on node i mod the "
+             "node count): pack it once (pack_imagenet --nodes N, one run per --node-index, or --shards N) and give "
+             "every node its shards, or the whole set");
   }
 }
 
@@ -473,7 +501,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
 
   // ---- data ----------------------------------------------------------------------------------
   std::unique_ptr<DataSource> train, val;
-  // --shard-scope node: the ranks of one host split that host's shards; global: all ranks split one set.
+  // --shard-scope node: node i of N reads its share of the set (shard j of M for j = i mod N), from its
+  // own volume or from the whole set, and the node's ranks split it; global: all ranks split the whole set.
   const bool node_scope = o.shard_scope == ShardScope::Node;
   const int data_rank = node_scope ? env.local_rank : env.rank;
   const int data_world = node_scope ? env.local_size : env.world;
@@ -500,6 +529,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     ShardSourceConfig sc;
     sc.dir = o.data;
     sc.split = "train";
+    sc.node = env.node_index;
+    sc.nodes = node_scope && env.num_nodes > 1 ? env.num_nodes : 0;  // one node: the whole set
     sc.rank = data_rank;
     sc.world = data_world;
     sc.batch_size = o.batch_size;

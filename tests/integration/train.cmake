@@ -1,5 +1,5 @@
 # Trainer integration: the quick start's pipeline in miniature (Fashion-MNIST subset -> pack_imagenet
-# -> mpirun -np 2 train_resnet18 with exact evaluation), and the Slurm job script on a real one-node
+# -> mpirun -np 2 train_resnet18 with exact evaluation), the same on two nodes, and the Slurm job script on a real one-node
 # Slurm including a SIGUSR1 preemption and resume, and the job's self-requeue after the time-limit
 # signal (slow; exit 77 = skipped where they cannot run).
 if(TARGET train_resnet18 AND TARGET pack_imagenet AND TARGET fashion_mnist_to_jpeg)
@@ -7,6 +7,12 @@ if(TARGET train_resnet18 AND TARGET pack_imagenet AND TARGET fashion_mnist_to_jp
            COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/train_shards.sh $<TARGET_FILE:train_resnet18>
                    $<TARGET_FILE:pack_imagenet> $<TARGET_FILE:fashion_mnist_to_jpeg> ${MPIEXEC_EXECUTABLE})
   set_tests_properties(train_on_shards PROPERTIES LABELS "train;slow;integration" TIMEOUT 900 SKIP_RETURN_CODE 77)
+  # Two nodes (network namespaces, one rank each) with --shard-scope node: node-local shares, a shared
+  # set, a node with another packing, and global scope over node-local shares.
+  add_test(NAME train_two_nodes
+           COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/train_two_nodes.sh $<TARGET_FILE:train_resnet18>
+                   $<TARGET_FILE:pack_imagenet> $<TARGET_FILE:fashion_mnist_to_jpeg> ${MPIEXEC_EXECUTABLE})
+  set_tests_properties(train_two_nodes PROPERTIES LABELS "train;slow;integration" TIMEOUT 600 SKIP_RETURN_CODE 77)
 endif()
 if(TARGET train_resnet18)
   add_test(NAME train_slurm_job

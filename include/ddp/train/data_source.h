@@ -30,6 +30,10 @@ class DataSource {
   // Equal on two ranks iff they read the same images (wherever the files are mounted): ranks that
   // split one set compare it at start-up (Loader::set_identity).
   virtual std::string identity() const = 0;
+  // How the whole set was packed (split, shard count, encoding and sizes): equal on every node that
+  // reads its share of one set (--shard-scope node), whose files, and so identity(), differ. "" for
+  // synthetic data.
+  virtual std::string packing() const { return {}; }
   // The class names in label order and the file they were read from (the first shard); none for
   // synthetic data, whose classes have no names (then nothing is checked against them).
   virtual std::vector<std::string> class_names() const { return {}; }
@@ -63,6 +67,10 @@ std::unique_ptr<DataSource> make_synthetic_source(std::shared_ptr<const Syntheti
 // Shards in dir (<dir>/<split>-NNNNN-of-MMMMM.h5) through ddp::data::Loader.
 struct ShardSourceConfig {
   std::string dir, split;  // split: "train" or "val"
+  // nodes > 0 (--shard-scope node): this node's share of the set, shard i of M belonging to node
+  // i mod nodes (data::find_node_shards), whether dir holds only those or the whole set; nodes = 0:
+  // the whole set, which must be complete.
+  int node = 0, nodes = 0;
   int rank = 0, world = 1;  // over the ranks that share these shard files
   int batch_size = 256;
   int height = 224, width = 224;

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# train_resnet18 on two "nodes" (two_hosts.sh: two network namespaces, one rank each) with
+# --shard-scope node, the default, in the layouts the README offers:
+#   A. each node holds only its share, from pack_imagenet --nodes 2 --node-index i (node-local volumes);
+#   B. each node sees the whole set (a shared file system, or a copy per node);
+#   C. node 1's shards from another packing (4 shards, not 2): refused, naming both hosts;
+#   D. --shard-scope global over node-local shares: refused (the set is incomplete), saying so.
+# A and B must give each node its share only (pack_imagenet's shard 0 holds 257 of the 512 training
+# images, shard 1 255: 7 agreed steps of 2 x 32, where reading the whole set per node gave 16) and
+# count every validation image exactly once across the nodes.
+# Usage: train_two_nodes.sh TRAIN_RESNET18 PACK_IMAGENET FASHION_MNIST_TO_JPEG MPIEXEC
+# Exit 77 (skipped): no Fashion-MNIST, or no network namespaces here.
+set -uo pipefail
+TRAIN=$1 PACK=$2 TOJPEG=$3 MPIEXEC=$4
+here=$(cd "$(dirname "$0")" && pwd)
+[[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]] || { echo "SKIP: dataset-fashion-mnist not installed"; exit 77; }
+T=$(mktemp -d /tmp/ddp_train_two_nodes.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+chmod 755 "$T"  # the ranks run in other namespaces, as root: only the mount table is shared
+set -e
+"$TOJPEG" --output "$T/jpeg" --limit-train 512 --limit-val 200 >/dev/null
+pack() { "$PACK" --input "$T/jpeg" --encoding raw --resize 32 --allow-upscale --no-progress "$@" >/dev/null; }
+pack --output "$T/A/node0" --nodes 2 --node-index 0
+pack --output "$T/A/node1" --nodes 2 --node-index 1
+pack --output "$T/B/shared" --shards 2
+mkdir -p "$T/C" && cp -r "$T/A/node0" "$T/C/node0"
+pack --output "$T/C/node1" --shards 4
+set +e
+
+# Each rank's --data: its node's own directory (rank r runs on node r here), as a node-local volume
+# mounted at one path would give; or the shared one.
+cat >"$T/rank.sh" <<RANK
+#!/bin/bash
+d=\$1; shift
+[[ \$d == shared ]] || d=node\$OMPI_COMM_WORLD_RANK
+exec "$TRAIN" --data "$T/\$CASE/\$d" "\$@"
+RANK
+chmod +x "$T/rank.sh"
+ARGS=(--image-size 32 --backend cpu --threads 1 --batch-size 32 --epochs 1 --lr 0.05 --random-crop off
+      --eval-crop-ratio 1 --progress lines --timeout 60)
+run() {  # run CASE DATA(own|shared) NAME [extra args]
+  local c=$1 d=$2 name=$3; shift 3
+  CASE=$c "$here/two_hosts.sh" --mpirun "$MPIEXEC" -- -x CASE "$T/rank.sh" "$d" "${ARGS[@]}" \
+    --jsonl "$T/$name.jsonl" "$@" >"$T/$name.log" 2>&1
+}
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+for c in A:own B:shared; do
+  name=${c%%:*}
+  run "$name" "${c#*:}" "$name"; rc=$?
+  [[ $rc -eq 77 ]] && { cat "$T/$name.log"; exit 77; }
+  if [[ $rc -ne 0 ]]; then cat "$T/$name.log"; fail "case $name: exit $rc"; continue; fi
+  grep -q "2 ranks on 2 nodes" "$T/$name.log" || fail "case $name: the ranks did not land on two nodes"
+  grep -q "data: train: 257 images in 1 shard(s) (node 0's share of 2)" "$T/$name.log" ||
+    { grep "data:" "$T/$name.log"; fail "case $name: node 0 did not read its share (257 images, 1 shard of 2)"; }
+  grep -q "schedule: 1 epochs x 7 steps (global batch 64)" "$T/$name.log" ||
+    { grep "schedule:" "$T/$name.log"; fail "case $name: not 7 steps of 64 (each node its share, 255 images the fewer)"; }
+  n=$(grep '"type": "eval"' "$T/$name.jsonl" | tail -1 | sed -E 's/.*"images": ([0-9]+).*/\1/')
+  [[ $n == 200 ]] || fail "case $name: evaluation counted ${n:-nothing} images, not the 200 there are"
+  ((fails)) || echo "case $name: ok (node shares of 257 and 255 images, 7 steps of 64, 200/200 validation images)"
+done
+
+run C own C; rc=$?
+if [[ $rc -eq 0 ]] || ! grep -q "read shares of differently packed sets.*first difference: rank 0 has 'train set: 2 shard(s)" "$T/C.log"; then
+  tail -5 "$T/C.log"; fail "case C: node 1's 4-shard packing was not refused with the difference named (exit $rc)"
+else
+  echo "case C: ok, refused: $(grep -m1 "differently packed" "$T/C.log")"
+fi
+
+run A own D --shard-scope global; rc=$?
+if [[ $rc -eq 0 ]] || ! grep -q "is incomplete: 1 missing" "$T/D.log"; then
+  tail -5 "$T/D.log"; fail "case D: --shard-scope global over node-local shares was not refused as incomplete (exit $rc)"
+else
+  echo "case D: ok, refused: $(grep -m1 "is incomplete" "$T/D.log")"
+fi
+((fails)) && exit 1
+echo "PASS: two nodes, --shard-scope node: own shares and a shared set train each image once and evaluate 200/200"

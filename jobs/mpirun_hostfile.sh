@@ -41,10 +41,23 @@ extra=()
 # -x of an unset variable makes mpirun warn 'could not find environment variable'.
 [[ -n ${LD_LIBRARY_PATH+set} ]] && extra+=(-x LD_LIBRARY_PATH)
 # TCP interface for MPI's own traffic (bootstrap, small reductions); NCCL picks its own
-# (NCCL_SOCKET_IFNAME to force one). Set DDP_IFACE=eth0 etc. when hosts have several networks.
+# (NCCL_SOCKET_IFNAME to force one). Set DDP_IFACE=eth0 etc. when hosts have several networks: it
+# sets NCCL_SOCKET_IFNAME too, unless that is set (not empty) already.
+own=" DDP_IFACE DDP_PER_NODE "             # this script's own variables, not the trainer's
 if [[ -n ${DDP_IFACE:-} ]]; then
-  extra+=(--mca btl_tcp_if_include "$DDP_IFACE" --mca oob_tcp_if_include "$DDP_IFACE" -x NCCL_SOCKET_IFNAME="$DDP_IFACE")
+  extra+=(--mca btl_tcp_if_include "$DDP_IFACE" --mca oob_tcp_if_include "$DDP_IFACE")
+  if [[ -z ${NCCL_SOCKET_IFNAME:-} ]]; then
+    extra+=(-x NCCL_SOCKET_IFNAME="$DDP_IFACE")
+    own+="NCCL_SOCKET_IFNAME "
+  fi
 fi
+# The ranks on the other hosts start in the clean environment of the launcher (ssh), not in this
+# shell's: every exported NCCL_* (NCCL_DEBUG, NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...) and DDP_*
+# variable (train_resnet18 reads DDP_LOG_LEVEL, DDP_MPI_PROGRESS_THREAD, DDP_CUDNN_AUTOTUNE,
+# DDP_CPU_NO_AVX512) goes to every rank with -x. Others: OMPI_MCA_mca_base_env_list='A;B=v'.
+while read -r name; do
+  case $name in NCCL_* | DDP_*) [[ $own == *" $name "* ]] || extra+=(-x "$name") ;; esac
+done < <(compgen -e)
 # Ranks fill each host's slots in order; DDP_PER_NODE=k places exactly k per host instead.
 [[ -n ${DDP_PER_NODE:-} ]] && extra+=(--map-by "ppr:${DDP_PER_NODE}:node")
 exec mpirun --hostfile "$HOSTFILE" -np "$NP" --bind-to none \

@@ -69,12 +69,36 @@ check "good arguments: mpirun --hostfile HOSTS -np 2 ... TRAIN and the user's fl
 check "LD_LIBRARY_PATH unset: not passed with -x (mpirun would warn)" bash -c '[[ $1 != *LD_LIBRARY_PATH* ]]' _ "$(args)"
 LD_LIBRARY_PATH=/opt/x fake_run "$TMP/hosts" 2
 check "LD_LIBRARY_PATH set: passed with -x" bash -c '[[ $1 == *"-x LD_LIBRARY_PATH "* ]]' _ "$(args)"
+# ssh starts the ranks on the other hosts in a clean environment: every exported NCCL_* and DDP_*
+# variable goes with -x (DDP_IFACE and DDP_PER_NODE are the script's own, not the trainer's).
+NCCL_DEBUG=INFO NCCL_IB_HCA=mlx5 DDP_LOG_LEVEL=debug DDP_MPI_PROGRESS_THREAD=0 DDP_PER_NODE=1 fake_run "$TMP/hosts" 2
+check "NCCL_DEBUG, NCCL_IB_HCA, DDP_LOG_LEVEL, DDP_MPI_PROGRESS_THREAD set: each passed with -x; DDP_PER_NODE not" \
+  bash -c 'for v in NCCL_DEBUG NCCL_IB_HCA DDP_LOG_LEVEL DDP_MPI_PROGRESS_THREAD; do [[ " $1" == *" -x $v "* ]] || exit 1; done; [[ $1 != *DDP_PER_NODE* ]]' _ "$(args)"
+(unset NCCL_SOCKET_IFNAME; DDP_IFACE=eth9 fake_run "$TMP/hosts" 2; exit "$rc")
+check "DDP_IFACE=eth9: MPI's TCP interfaces and -x NCCL_SOCKET_IFNAME=eth9; DDP_IFACE itself not passed" \
+  bash -c '[[ $1 == *"--mca btl_tcp_if_include eth9 --mca oob_tcp_if_include eth9 "* && $1 == *"-x NCCL_SOCKET_IFNAME=eth9 "* && $1 != *DDP_IFACE* ]]' _ "$(args)"
+NCCL_SOCKET_IFNAME=ib0 DDP_IFACE=eth9 fake_run "$TMP/hosts" 2
+check "NCCL_SOCKET_IFNAME=ib0 and DDP_IFACE=eth9: the user's NCCL_SOCKET_IFNAME goes to the ranks (once), MPI's interface is eth9" \
+  bash -c '[[ $1 == *"-x NCCL_SOCKET_IFNAME "* && $(grep -c NCCL_SOCKET_IFNAME "$2") -eq 1 && $1 == *"btl_tcp_if_include eth9 "* ]]' _ "$(args)" "$TMP/mpirun.args"
 
 # The real mpirun, running /bin/true on this host: no warning about an unset LD_LIBRARY_PATH.
 if command -v mpirun >/dev/null; then
   out=$(env -u LD_LIBRARY_PATH TRAIN=/bin/true OMPI_MCA_btl_vader_single_copy_mechanism=none "$MPH" "$TMP/hosts" 2 2>&1); rc=$?
   check "real mpirun, LD_LIBRARY_PATH unset: exit 0, no environment-variable warning" \
     bash -c '[[ $1 -eq 0 && $2 != *"could not find environment variable"* ]]' _ "$rc" "$out" || printf '%s\n' "$out"
+  # A rank on another host: a pretend rsh agent (OMPI_MCA_plm_rsh_agent) runs the launcher's command
+  # in a clean environment, as ssh does; the rank (env) prints what reached it.
+  cat >"$TMP/agent" <<'AGENT'
+#!/bin/bash
+shift
+exec env -i PATH="$PATH" ${LD_LIBRARY_PATH+LD_LIBRARY_PATH="$LD_LIBRARY_PATH"} HOME="$HOME" /bin/bash -c "$*"
+AGENT
+  chmod +x "$TMP/agent"
+  printf 'pretend1 slots=1\n' >"$TMP/remote_hosts"
+  out=$(env TRAIN=/usr/bin/env OMPI_MCA_plm_rsh_agent="$TMP/agent" NCCL_DEBUG=INFO DDP_LOG_LEVEL=debug \
+    timeout 60 "$MPH" "$TMP/remote_hosts" 1 2>&1); rc=$?
+  check "real mpirun, a rank on another (pretend) host with a clean environment: NCCL_DEBUG and DDP_LOG_LEVEL reach it" \
+    bash -c '[[ $1 -eq 0 && $2 == *"NCCL_DEBUG=INFO"* && $2 == *"DDP_LOG_LEVEL=debug"* ]]' _ "$rc" "$out" || printf '%s\n' "$out"
 else
   printf 'NOTE mpirun not installed: the real mpirun run of mpirun_hostfile.sh is skipped\n'
 fi

@@ -5,7 +5,8 @@
 # Arguments: HOSTFILE NP [train_resnet18 flags...]; the flags go through as given (the script adds
 # none of its own, so none can clash with them). Every host needs the same build at the same path
 # and its own shards under --data. SIGUSR1 to mpirun is forwarded to the ranks: they checkpoint at
-# the next step and exit 0.
+# the next step and exit 0. Every exported NCCL_* and DDP_* variable goes to every rank (-x), and
+# ssh gets a 30 s connect timeout and no prompts (below: how to override).
 set -euo pipefail
 [[ $# -ge 2 ]] || { echo "usage: $0 HOSTFILE NP [train_resnet18 flags...]" >&2; exit 2; }
 HOSTFILE=$1 NP=$2
@@ -58,6 +59,25 @@ fi
 while read -r name; do
   case $name in NCCL_* | DDP_*) [[ $own == *" $name "* ]] || extra+=(-x "$name") ;; esac
 done < <(compgen -e)
+# mpirun starts its daemon on every other host before any rank starts; a host whose ssh never
+# answers (a dropped connection, a password or host-key prompt) hangs mpirun there, out of reach of
+# train_resnet18's --timeout. Where Open MPI launches with ssh (its default plm_rsh_agent "ssh : rsh",
+# the first found on PATH) and plm_rsh_args is not set (OMPI_MCA_plm_rsh_args, an mca-params.conf),
+# ssh gets -o ConnectTimeout=30 -o BatchMode=yes: such a host fails the launch within 30 s. Setting
+# OMPI_MCA_plm_rsh_args replaces them (even empty: ssh's own defaults); ompi_info tells what is set.
+rsh_info=""
+command -v ompi_info >/dev/null && rsh_info=$(ompi_info --parsable --level 9 --param plm rsh 2>/dev/null || true)
+agent=$(sed -n 's/^mca:plm:rsh:param:plm_rsh_agent:value://p' <<<"$rsh_info")
+rsh_args_from=$(sed -n 's/^mca:plm:rsh:param:plm_rsh_args:source://p' <<<"$rsh_info")
+agent=${agent#\"} agent=${agent%\"} launcher=""
+IFS=: read -r -a agents <<<"$agent"
+for a in ${agents[@]+"${agents[@]}"}; do
+  read -r a _ <<<"$a"
+  if [[ -n $a ]] && command -v "$a" >/dev/null; then launcher=$a; break; fi
+done
+if [[ ${launcher##*/} == ssh && $rsh_args_from == default ]]; then
+  extra+=(--mca plm_rsh_args "-o ConnectTimeout=30 -o BatchMode=yes")
+fi
 # Ranks fill each host's slots in order; DDP_PER_NODE=k places exactly k per host instead.
 [[ -n ${DDP_PER_NODE:-} ]] && extra+=(--map-by "ppr:${DDP_PER_NODE}:node")
 exec mpirun --hostfile "$HOSTFILE" -np "$NP" --bind-to none \

@@ -80,6 +80,29 @@ check "DDP_IFACE=eth9: MPI's TCP interfaces and -x NCCL_SOCKET_IFNAME=eth9; DDP_
 NCCL_SOCKET_IFNAME=ib0 DDP_IFACE=eth9 fake_run "$TMP/hosts" 2
 check "NCCL_SOCKET_IFNAME=ib0 and DDP_IFACE=eth9: the user's NCCL_SOCKET_IFNAME goes to the ranks (once), MPI's interface is eth9" \
   bash -c '[[ $1 == *"-x NCCL_SOCKET_IFNAME "* && $(grep -c NCCL_SOCKET_IFNAME "$2") -eq 1 && $1 == *"btl_tcp_if_include eth9 "* ]]' _ "$(args)" "$TMP/mpirun.args"
+# A host whose ssh never answers would hang mpirun before any rank starts: where Open MPI launches with
+# ssh (plm_rsh_agent, the first found on PATH) and plm_rsh_args is not set, ssh gets a connect timeout
+# and no prompts. A stand-in ompi_info says what is set (nothing, as Open MPI 5's, with FAKE_NO_RSH).
+cat >"$TMP/bin/ompi_info" <<'OMPI_INFO'
+#!/bin/bash
+[[ -n ${FAKE_NO_RSH:-} ]] && exit 0
+echo "mca:plm:rsh:param:plm_rsh_agent:value:${FAKE_RSH_AGENT-\"ssh : rsh\"}"
+echo "mca:plm:rsh:param:plm_rsh_args:value:"
+echo "mca:plm:rsh:param:plm_rsh_args:source:${FAKE_RSH_ARGS_FROM:-default}"
+OMPI_INFO
+printf '#!/bin/bash\nexit 255\n' >"$TMP/bin/ssh"
+chmod +x "$TMP/bin/ompi_info" "$TMP/bin/ssh"
+ssh_opts() { grep -qxF -- "-o ConnectTimeout=30 -o BatchMode=yes" "$TMP/mpirun.args" && grep -qxF plm_rsh_args "$TMP/mpirun.args"; }
+fake_run "$TMP/hosts" 2
+check "launcher ssh (Open MPI's default agent), plm_rsh_args not set: --mca plm_rsh_args '-o ConnectTimeout=30 -o BatchMode=yes'" ssh_opts
+FAKE_RSH_ARGS_FROM=environment fake_run "$TMP/hosts" 2
+check "plm_rsh_args set by the user (OMPI_MCA_plm_rsh_args, even empty): the script adds none" eval '! ssh_opts'
+FAKE_RSH_AGENT=/opt/my_agent fake_run "$TMP/hosts" 2
+check "another plm_rsh_agent than ssh: no ssh options" eval '! ssh_opts'
+FAKE_RSH_AGENT="/usr/local/bin/nosuch : ssh -x" fake_run "$TMP/hosts" 2
+check "plm_rsh_agent 'missing : ssh -x': the first found on PATH is ssh, so the ssh options" ssh_opts
+FAKE_NO_RSH=1 fake_run "$TMP/hosts" 2
+check "no plm rsh parameters (Open MPI 5, or no ompi_info): no ssh options" eval '! ssh_opts'
 
 # The real mpirun, running /bin/true on this host: no warning about an unset LD_LIBRARY_PATH.
 if command -v mpirun >/dev/null; then
@@ -99,6 +122,29 @@ AGENT
     timeout 60 "$MPH" "$TMP/remote_hosts" 1 2>&1); rc=$?
   check "real mpirun, a rank on another (pretend) host with a clean environment: NCCL_DEBUG and DDP_LOG_LEVEL reach it" \
     bash -c '[[ $1 -eq 0 && $2 == *"NCCL_DEBUG=INFO"* && $2 == *"DDP_LOG_LEVEL=debug"* ]]' _ "$rc" "$out" || printf '%s\n' "$out"
+  # Open MPI's default agent finds a stand-in ssh first on PATH; it records its arguments and fails
+  # as an unreachable host does. The launch fails at once and ssh got the options (or the user's).
+  if command -v ompi_info >/dev/null; then
+    mkdir -p "$TMP/sshbin"
+    printf '#!/bin/bash\nprintf "%%s\\n" "$*" >>"%s/ssh.args"\nexit 255\n' "$TMP" >"$TMP/sshbin/ssh"
+    chmod +x "$TMP/sshbin/ssh"
+    for user_args in unset "-o Port=22"; do
+      rm -f "$TMP/ssh.args"
+      if [[ $user_args == unset ]]; then
+        out=$(env -u OMPI_MCA_plm_rsh_args -u OMPI_MCA_plm_rsh_agent -u OMPI_MCA_orte_rsh_agent PATH="$TMP/sshbin:$PATH" \
+          TRAIN=/bin/true timeout 60 "$MPH" "$TMP/remote_hosts" 1 2>&1); rc=$?
+        check "real mpirun, ssh launch: ssh gets -o ConnectTimeout=30 -o BatchMode=yes; a failed ssh ends mpirun (exit non-zero)" \
+          bash -c '[[ $1 -ne 0 && $1 -ne 124 && $(cat "$2") == *"-o ConnectTimeout=30 -o BatchMode=yes pretend1 "* ]]' _ "$rc" "$TMP/ssh.args" \
+          || printf '%s\n' "$out"
+      else
+        out=$(env -u OMPI_MCA_plm_rsh_agent -u OMPI_MCA_orte_rsh_agent PATH="$TMP/sshbin:$PATH" OMPI_MCA_plm_rsh_args="$user_args" \
+          TRAIN=/bin/true timeout 60 "$MPH" "$TMP/remote_hosts" 1 2>&1); rc=$?
+        check "real mpirun, OMPI_MCA_plm_rsh_args='-o Port=22': ssh gets the user's options only" \
+          bash -c '[[ $1 -ne 0 && $1 -ne 124 && $(cat "$2") == *"-o Port=22 pretend1 "* && $(cat "$2") != *ConnectTimeout* ]]' _ "$rc" "$TMP/ssh.args" \
+          || printf '%s\n' "$out"
+      fi
+    done
+  fi
 else
   printf 'NOTE mpirun not installed: the real mpirun run of mpirun_hostfile.sh is skipped\n'
 fi

@@ -7,13 +7,17 @@
 #
 # --rate limits the link in both directions with tc tbf. Needs root and `ip netns`; exits 77
 # (CTest SKIP_RETURN_CODE) with the reason when namespaces cannot be made. Always cleans up.
+# Both namespaces share this machine's hostname, which Open MPI takes for one node: fine with one rank
+# per host, but with more MPI_Comm_split_type(SHARED) disagrees between ranks and the job crashes in
+# MPI_Comm_split. So --np-per-host N > 1 starts the second host's side in a UTS namespace of its own,
+# named after its network namespace (needs `unshare --uts`; exit 77 without it).
 set -u
 per_host=1
 rate=""
 mpiexec=$(command -v mpirun || true)
 while [ $# -gt 0 ]; do
   case "$1" in
-    --np-per-host) per_host=$2; shift 2 ;;
+    --np-per-host) per_host=${2-}; shift $(($# > 1 ? 2 : 1)) ;;
     --rate) rate=$2; shift 2 ;;
     --mpirun) mpiexec=$2; shift 2 ;;
     --) shift; break ;;
@@ -22,6 +26,9 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || { echo "two_hosts.sh: no program given (two_hosts.sh [options] -- PROGRAM ARGS)" >&2; exit 2; }
 [ -n "$mpiexec" ] || { echo "two_hosts.sh: mpirun not found" >&2; exit 2; }
+case "$per_host" in
+  "" | *[!0-9]* | 0*) echo "two_hosts.sh: --np-per-host must be a positive whole number, got '$per_host'" >&2; exit 2 ;;
+esac
 
 skip() { echo "SKIP: $*" >&2; exit 77; }
 [ "$(id -u)" = 0 ] || skip "two-host test needs root to create network namespaces"
@@ -68,6 +75,16 @@ case "$probe" in
   *) skip "the two namespaces cannot reach each other: $probe" ;;
 esac
 
+# The agent runs the launcher's command in the namespace; with more than one rank per host, also under
+# a hostname of its own (see the top).
+# shellcheck disable=SC2016  # expanded in the agent, not here
+run='/bin/bash -c "$*"'
+if [ "$per_host" -gt 1 ]; then
+  unshare --uts hostname ddp-uts-check 2>"$work/err" \
+    || skip "--np-per-host $per_host needs each host's own hostname (unshare --uts): $(cat "$work/err")"
+  # shellcheck disable=SC2016
+  run='unshare --uts /bin/bash -c "hostname $ns && $*"'
+fi
 cat > "$work/agent" <<AGENT
 #!/bin/bash
 # rsh agent: "agent HOST COMMAND..." runs COMMAND in the namespace that owns HOST's address.
@@ -77,7 +94,7 @@ case "\$host" in
   $a2) ns=$ns2 ;;
   *) echo "rsh agent: unknown host \$host" >&2; exit 1 ;;
 esac
-exec ip netns exec "\$ns" /bin/bash -c "\$*"
+exec ip netns exec "\$ns" $run
 AGENT
 chmod +x "$work/agent"
 printf '%s slots=%s\n%s slots=%s\n' "$a1" "$per_host" "$a2" "$per_host" > "$work/hosts"
@@ -85,7 +102,8 @@ printf '%s slots=%s\n%s slots=%s\n' "$a1" "$per_host" "$a2" "$per_host" > "$work
 # TWO_HOSTS_INFO=FILE: tell a test which namespaces and links were made (fault injection).
 [ -n "${TWO_HOSTS_INFO:-}" ] && printf 'ns1=%s\nns2=%s\nif1=%s\nif2=%s\n' "$ns1" "$ns2" "$if1" "$if2" > "$TWO_HOSTS_INFO"
 np=$((2 * per_host))
-echo "two_hosts: $np ranks on $a1 ($ns1) and $a2 ($ns2)${rate:+, link limited to $rate}" >&2
+uts=""; [ "$per_host" -gt 1 ] && uts=", hostname $ns2"
+echo "two_hosts: $np ranks on $a1 ($ns1) and $a2 ($ns2$uts)${rate:+, link limited to $rate}" >&2
 # In the background, so that a TERM from a test harness runs the cleanup trap at once instead of
 # after mpirun (which may hang when a host became unreachable).
 ip netns exec "$ns1" "$mpiexec" --allow-run-as-root --oversubscribe --bind-to none -np "$np" --hostfile "$work/hosts" \

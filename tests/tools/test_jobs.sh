@@ -149,6 +149,26 @@ else
   printf 'NOTE mpirun not installed: the real mpirun run of mpirun_hostfile.sh is skipped\n'
 fi
 
+# ---- tests/integration/two_hosts.sh (namespaces sharing a hostname) ---------------------------------
+TWO=$ROOT/tests/integration/two_hosts.sh
+for n in abc 0; do
+  rm -f "$TMP/mpirun.args"
+  out=$("$TWO" --np-per-host "$n" --mpirun "$TMP/bin/mpirun" -- true 2>&1); rc=$?
+  check "two_hosts.sh --np-per-host '$n': exit 2, named, mpirun not started" \
+    bash -c '[[ $1 -eq 2 && $2 == *"--np-per-host must be a positive whole number, got '\''$3'\''"* && ! -e $4 ]]' _ "$rc" "$out" "$n" "$TMP/mpirun.args"
+done
+# Two ranks per namespace "host": the second host's ranks run under a hostname of their own (with the
+# machine's hostname on both, Open MPI's MPI_Comm_split_type(SHARED) disagrees and MPI_Comm_split crashes).
+if command -v mpirun >/dev/null; then
+  out=$(timeout 120 "$TWO" --np-per-host 2 --mpirun "$(command -v mpirun)" -- hostname 2>"$TMP/two.err"); rc=$?
+  if [[ $rc -eq 77 ]]; then
+    printf 'NOTE two_hosts.sh --np-per-host 2 skipped: %s\n' "$(cat "$TMP/two.err")"
+  else
+    check "two_hosts.sh --np-per-host 2: 4 ranks, the two hosts' with two different hostnames" \
+      bash -c '[[ $1 -eq 0 && $(wc -l <<<"$2") -eq 4 && $(sort -u <<<"$2" | wc -l) -eq 2 ]]' _ "$rc" "$out" || cat "$TMP/two.err"
+  fi
+fi
+
 # ---- the sbatch scripts ---------------------------------------------------------------------------
 printf '#!/bin/bash\nprintf "%%s\\n" "$@" >"%s/srun.args"\n' "$TMP" >"$TMP/bin/srun"
 chmod +x "$TMP/bin/srun"

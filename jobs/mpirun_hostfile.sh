@@ -14,6 +14,12 @@ shift 2
 # Checked here: mpirun answers a directory with "input in flex scanner failed", and -np 0 with one
 # rank per slot.
 [[ -f $HOSTFILE && -r $HOSTFILE ]] || { echo "$0: hostfile '$HOSTFILE' is not a readable file" >&2; exit 2; }
+# Windows line endings: Open MPI stops at "parse error ... line 1 token 1", not naming the \r.
+crlf=$(awk '/\r/ { print FNR; exit }' "$HOSTFILE")
+if [[ -n $crlf ]]; then
+  printf '%s\n' "$0: hostfile '$HOSTFILE' has Windows line endings (\\r, first on line $crlf), which Open MPI cannot parse: convert it (dos2unix '$HOSTFILE', or sed -i 's/\\r\$//' '$HOSTFILE')" >&2
+  exit 2
+fi
 grep -qvE '^[[:space:]]*(#|$)' "$HOSTFILE" || { echo "$0: hostfile '$HOSTFILE' lists no hosts" >&2; exit 2; }
 # Open MPI takes a host on several lines only as one line per slot (bare names); a host named again
 # where one of its lines sets slots= or max_slots= ends mpirun with "An internal error has occurred
@@ -35,6 +41,12 @@ if [[ -n $dup ]]; then
   exit 2
 fi
 [[ $NP =~ ^[1-9][0-9]*$ ]] || { echo "$0: NP must be a positive number of ranks, got '$NP'" >&2; exit 2; }
+# Ranks fill each host's slots in order; DDP_PER_NODE=k places exactly k per host instead (mpirun
+# --map-by ppr:k:node, which answers a bad k with an unclear "ppr" error).
+if [[ -n ${DDP_PER_NODE:-} && ! $DDP_PER_NODE =~ ^[1-9][0-9]*$ ]]; then
+  echo "$0: DDP_PER_NODE must be a positive whole number of ranks per host, got '$DDP_PER_NODE'" >&2
+  exit 2
+fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TRAIN=${TRAIN:-$ROOT/build/src/apps/train_resnet18}
 extra=()
@@ -78,7 +90,6 @@ done
 if [[ ${launcher##*/} == ssh && $rsh_args_from == default ]]; then
   extra+=(--mca plm_rsh_args "-o ConnectTimeout=30 -o BatchMode=yes")
 fi
-# Ranks fill each host's slots in order; DDP_PER_NODE=k places exactly k per host instead.
 [[ -n ${DDP_PER_NODE:-} ]] && extra+=(--map-by "ppr:${DDP_PER_NODE}:node")
 exec mpirun --hostfile "$HOSTFILE" -np "$NP" --bind-to none \
   -x PATH "${extra[@]}" "$TRAIN" "$@"

@@ -62,6 +62,21 @@ for np in 0 -1 abc 2x ""; do
   check "NP '$np': exit 2, named, mpirun not started" \
     bash -c '[[ $1 -eq 2 && $2 == *"NP must be a positive number of ranks, got '\''$3'\''"* && ! -e $4 ]]' _ "$rc" "$out" "$np" "$TMP/mpirun.args"
 done
+# Windows line endings: Open MPI's "parse error ... line 1 token 1" does not name the \r.
+printf 'node1 slots=1\nnode2 slots=1\r\n' >"$TMP/crlf_hosts"
+rm -f "$TMP/mpirun.args"
+fake_run "$TMP/crlf_hosts" 2
+check "hostfile with CRLF line endings: exit 2, says so (first on line 2) and how to convert, mpirun not started" \
+  bash -c '[[ $1 -eq 2 && $2 == *"has Windows line endings (\r, first on line 2)"*"dos2unix"* && ! -e $3 ]]' _ "$rc" "$out" "$TMP/mpirun.args"
+# DDP_PER_NODE=k: --map-by ppr:k:node; anything but a positive whole number gets mpirun's unclear "ppr" error.
+for k in abc 0 -1 1.5; do
+  rm -f "$TMP/mpirun.args"
+  DDP_PER_NODE=$k fake_run "$TMP/hosts" 2
+  check "DDP_PER_NODE='$k': exit 2, named, mpirun not started" \
+    bash -c '[[ $1 -eq 2 && $2 == *"DDP_PER_NODE must be a positive whole number of ranks per host, got '\''$3'\''"* && ! -e $4 ]]' _ "$rc" "$out" "$k" "$TMP/mpirun.args"
+done
+DDP_PER_NODE=2 fake_run "$TMP/hosts" 2
+check "DDP_PER_NODE=2: --map-by ppr:2:node" bash -c '[[ $1 -eq 0 && $2 == *"--map-by ppr:2:node "* ]]' _ "$rc" "$(args)"
 fake_run "$TMP/hosts" 2 --epochs 3 --workers=2 --progress bar
 check "good arguments: mpirun --hostfile HOSTS -np 2 ... TRAIN and the user's flags as given, nothing added" \
   bash -c '[[ $1 -eq 0 && $2 == "--hostfile $3 -np 2 "*"train_resnet18 --epochs 3 --workers=2 --progress bar " ]]' _ "$rc" "$(args)" "$TMP/hosts"

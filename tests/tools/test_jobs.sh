@@ -185,6 +185,10 @@ if command -v mpirun >/dev/null; then
 fi
 
 # ---- the sbatch scripts ---------------------------------------------------------------------------
+# The scripts check that train_resnet18 is there before srun: a stand-in at ROOT's build path.
+mkdir -p "$TMP/build/src/apps" "$TMP/elsewhere" "$TMP/spool"
+printf '#!/bin/sh\n' >"$TMP/build/src/apps/train_resnet18"
+chmod +x "$TMP/build/src/apps/train_resnet18"
 printf '#!/bin/bash\nprintf "%%s\\n" "$@" >"%s/srun.args"\n' "$TMP" >"$TMP/bin/srun"
 chmod +x "$TMP/bin/srun"
 for s in parallelcluster.sbatch slurm_train.sbatch; do  # slurm_train last: its srun.args are checked below
@@ -199,6 +203,13 @@ for s in parallelcluster.sbatch slurm_train.sbatch; do  # slurm_train last: its 
 done
 check "slurm_train.sbatch: ARGS split into separate flags" \
   bash -c '[[ $(tr "\n" " " <"$1") == *" --max-steps 5 --seed 3 --epochs 2 " ]]' _ "$TMP/srun.args"
+# Without ROOT, slurm_train.sbatch's repository is the submit directory: submitted from elsewhere.
+rm -f "$TMP/srun.args"
+out=$(cd "$TMP" && env -u ROOT -u TRAIN PATH="$TMP/bin:$PATH" SLURM_JOB_ID=42 SLURM_JOB_NAME=job SLURM_JOB_NUM_NODES=1 SLURM_JOB_NODELIST=n1 \
+  SLURM_SUBMIT_DIR="$TMP/elsewhere" bash "$ROOT/jobs/slurm_train.sbatch" 2>&1); rc=$?
+check "slurm_train.sbatch submitted outside the repository: exit 2 before srun, says to submit from the repository or set ROOT/TRAIN" \
+  bash -c '[[ $1 -eq 2 && $2 == *"(ROOT=$3; ROOT defaults to the directory sbatch was run from): submit from the repository"* && ! -e $4 ]]' \
+  _ "$rc" "$out" "$TMP/elsewhere" "$TMP/srun.args"
 
 # The user's flags override the script's own (train_resnet18 refuses a flag given twice): on the
 # command line as "--FLAG VALUE" or "--FLAG=VALUE", in ARGS (slurm_train.sbatch), or in a --config file.
@@ -288,7 +299,8 @@ requeue_job() {
     SLURM_JOB_NODELIST=n1 ROOT="$TMP" LOGS="$TMP/runs/job" FAKE_STATUS="$STOPPED" ${vars[@]+"${vars[@]}"} \
     bash "$ROOT/jobs/$s" ${sargs[@]+"${sargs[@]}"} >"$TMP/out" 2>&1) &
   local job=$!
-  for _ in $(seq 1 100); do [[ -f $TMP/srun.started ]] && break; sleep 0.05; done
+  # until srun runs, or the script has ended without it (a refusal before srun)
+  for _ in $(seq 1 100); do [[ -f $TMP/srun.started ]] && break; kill -0 "$job" 2>/dev/null || break; sleep 0.05; done
   if [[ $sig == USR1+TERM ]]; then
     kill -USR1 "$job" && sleep 0.3 && kill -TERM "$job"  # while the stop is still under way (FAKE_STOP_S)
   elif [[ $sig != - ]]; then
@@ -342,6 +354,19 @@ for s in parallelcluster.sbatch slurm_train.sbatch; do
   requeue_job "$s" - FAKE_NOWAIT=1 -- --status-file /tmp/x
   check "$s: --status-file given: exit 2 before srun, says to set STATUS" \
     eval '[[ $rc -eq 2 && $out == *"--status-file is this script'\''s own"*"STATUS=FILE"* && ! -f $TMP/srun.started ]]'
+  # Slurm runs a spooled copy of the script (.../slurm_script): the messages name the script itself.
+  cp "$ROOT/jobs/$s" "$TMP/spool/slurm_script"
+  out=$(cd "$TMP" && env PATH="$TMP/bin:$PATH" SLURM_JOB_ID=42 SLURM_JOB_NAME=job ROOT="$TMP" MAX_RESTARTS=x \
+    bash "$TMP/spool/slurm_script" 2>&1); rc=$?
+  check "$s run as Slurm's spooled copy: the error line starts '$s:', not the copy's path" \
+    bash -c '[[ $1 -eq 2 && $2 == "$3: MAX_RESTARTS must be"* && $2 != *slurm_script* ]]' _ "$rc" "$out" "$s"
+  # Submitted elsewhere than the repository (no build there): said before srun, not srun's execve() error.
+  requeue_job "$s" - ROOT="$TMP/elsewhere" FAKE_NOWAIT=1
+  check "$s: ROOT without a built train_resnet18: exit 2 before srun, names the path and ROOT/TRAIN" \
+    eval '[[ $rc -eq 2 && $out == "$s: no executable train_resnet18 at '\''$TMP/elsewhere/build/src/apps/train_resnet18'\'' (ROOT=$TMP/elsewhere;"*"set ROOT=REPOSITORY or TRAIN=BINARY"* && ! -f $TMP/srun.started ]]'
+  requeue_job "$s" - TRAIN="$TMP/nosuch" FAKE_NOWAIT=1
+  check "$s: TRAIN not an executable file: exit 2 before srun, names TRAIN" \
+    eval '[[ $rc -eq 2 && $out == "$s: TRAIN='\''$TMP/nosuch'\'' is not an executable file"* && ! -f $TMP/srun.started ]]'
   requeue_job "$s" USR1+TERM FAKE_STOP_S=1
   check "$s: SIGUSR1, then SIGTERM before the stop ended (the time limit): not requeued, says a larger margin helps" \
     eval '! requeued && [[ $rc -eq 0 && $out == *"SIGTERM (the time limit, or scancel) came before the stop ended"* ]]'

@@ -2,8 +2,10 @@
 # shellcheck disable=SC2016  # single-quoted bash -c bodies: meant as written
 # The job scripts in jobs/ without a cluster: shellcheck; mpirun_hostfile.sh's argument checks and the
 # mpirun command it builds (a stand-in mpirun on PATH prints its arguments), then one real mpirun of
-# /bin/true where Open MPI is installed; the sbatch scripts run outside Slurm (a clear message, exit 2)
-# and inside a pretend job (a stand-in srun). A real Slurm runs them in tests/integration/slurm_train.sh.
+# /bin/true where Open MPI is installed, and (through a pretend rsh agent and a stand-in ssh) what
+# reaches a rank on another host and what ssh is given; tests/integration/two_hosts.sh's
+# --np-per-host; the sbatch scripts run outside Slurm (a clear message, exit 2) and inside a pretend
+# job (a stand-in srun). A real Slurm runs them in tests/integration/slurm_train.sh.
 # Usage: tests/tools/test_jobs.sh
 set -uo pipefail
 

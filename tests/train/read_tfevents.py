@@ -8,7 +8,8 @@ it at that step and later, as TensorBoard does).
 Then loads the directory with tensorboard's own EventAccumulator (tools/setup puts the tensorboard
 wheel under .deps/pytb; a missing one is an error, not a skip) and checks it sees the same scalars:
 the hand decoding above could share a misreading with the writer, TensorBoard cannot. Exit status 1
-on any inconsistency."""
+on any inconsistency. A file cut short (a full disk) is read up to its last complete record, as
+TensorBoard reads it, and the cut is said on stderr ("FILE: truncated: ..."); exit status 0 then."""
 import os
 import struct
 import sys
@@ -59,20 +60,29 @@ def fields(b):
 
 
 def read(path):
+    """The events of the complete records of one file. A file cut short (a full disk, a killed writer)
+    ends in a partial record: the complete ones before it are returned and the cut is reported on
+    stderr, as TensorBoard's own reader keeps them; a checksum that does not match is an error."""
     data = open(path, "rb").read()
     i, events = 0, []
     while i < len(data):
-        if i + 12 > len(data):
-            sys.exit(f"{path}: truncated header at {i}")
-        hdr = data[i:i + 8]
-        (n,) = struct.unpack("<Q", hdr)
-        (hcrc,) = struct.unpack("<I", data[i + 8:i + 12])
-        if hcrc != masked(hdr):
-            sys.exit(f"{path}: bad length crc at {i}")
+        need = 12
+        if i + need <= len(data):
+            hdr = data[i:i + 8]
+            (n,) = struct.unpack("<Q", hdr)
+            (hcrc,) = struct.unpack("<I", data[i + 8:i + 12])
+            if hcrc != masked(hdr):
+                sys.exit(f"{path}: bad length crc at byte {i}")
+            need = 16 + n
+        if i + need > len(data):
+            print(f"{path}: truncated: the record at byte {i} needs {need} bytes, the file ends "
+                  f"{len(data) - i} bytes after its start; read the {len(events)} complete record(s) before it",
+                  file=sys.stderr)
+            break
         body = data[i + 12:i + 12 + n]
         (dcrc,) = struct.unpack("<I", data[i + 12 + n:i + 16 + n])
         if dcrc != masked(body):
-            sys.exit(f"{path}: bad data crc at {i}")
+            sys.exit(f"{path}: bad data crc at byte {i}")
         events.append(body)
         i += 16 + n
     return events
@@ -86,6 +96,9 @@ def main():
     scalars = []
     for fn in files:
         ev = read(os.path.join(d, fn))
+        if not ev:
+            print(f"{fn}: no complete record", file=sys.stderr)
+            continue
         first = dict((f, v) for f, _, v in fields(ev[0]))
         if first.get(3) != b"brain.Event:2":
             sys.exit(f"{fn}: first event is not file_version brain.Event:2")

@@ -10,6 +10,7 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -34,8 +35,10 @@ TEST(Crc32c, KnownAnswers) {
 }
 
 namespace {
-std::string read_events(const std::string& dir, int& rc) {
-  std::string cmd = std::string("/usr/bin/python3 ") + DDP_SOURCE_DIR + "/tests/train/read_tfevents.py " + dir;
+// with_stderr: its lines too, e.g. what it says of a truncated file.
+std::string read_events(const std::string& dir, int& rc, bool with_stderr = false) {
+  std::string cmd = std::string("/usr/bin/python3 ") + DDP_SOURCE_DIR + "/tests/train/read_tfevents.py " + dir +
+                    (with_stderr ? " 2>&1" : "");
   std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
   std::string out;
   if (!p) return out;
@@ -94,6 +97,48 @@ TEST(TensorBoard, FileDecodesWithIndependentReader) {
             "train/loss 20 1.25\n"
             "eval/top1 20 0.875\n"
             "train/lr 300000000000 0.10000000149011612\n");
+  std::filesystem::remove_all(dir);
+}
+
+// An event file cut short (a full disk, a killed writer) ends in a partial record. TensorBoard reads
+// the complete records before it; so must the reader, saying where the file was cut (it used to die
+// in a traceback). Cut inside the last record's header, its body and its closing checksum.
+TEST(TensorBoard, TruncatedFileIsReadUpToItsLastCompleteRecord) {
+  if (std::system("/usr/bin/python3 -c 'import struct' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no /usr/bin/python3";
+  const std::string dir = ::testing::TempDir() + "/tb_cut_" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  std::string path;
+  {
+    TensorBoardWriter w(dir + "/whole");
+    w.add_scalar("train/loss", 2.5, 10);
+    w.add_scalar("train/loss", 1.25, 20);
+    w.add_scalar("eval/top1", 0.875, 20);
+    path = w.path();
+  }
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // TFRecord framing: u64 length, u32 crc, body, u32 crc; the last record starts where the others end.
+  size_t last = 0;
+  for (size_t i = 0; i < bytes.size();) {
+    uint64_t n = 0;
+    std::memcpy(&n, bytes.data() + i, sizeof n);
+    last = i;
+    i += 16 + n;
+  }
+  ASSERT_GT(last, 0u);
+  const std::string name = std::filesystem::path(path).filename().string();
+  for (const size_t cut : {last + 5, last + 14, bytes.size() - 1}) {
+    const std::string d = dir + "/cut" + std::to_string(cut);
+    std::filesystem::create_directories(d);
+    std::ofstream(d + "/" + name, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(cut));
+    int rc = -1;
+    const std::string out = read_events(d, rc, true);
+    EXPECT_EQ(rc, 0) << "cut at " << cut << ":\n" << out;
+    EXPECT_EQ(out.find("Traceback"), std::string::npos) << out;
+    EXPECT_NE(out.find("train/loss 10 2.5\ntrain/loss 20 1.25\n"), std::string::npos) << out;  // the whole records
+    EXPECT_EQ(out.find("eval/top1"), std::string::npos) << out;                      // not the cut one
+    EXPECT_NE(out.find(name + ": truncated: the record at byte " + std::to_string(last)), std::string::npos) << out;
+  }
   std::filesystem::remove_all(dir);
 }
 

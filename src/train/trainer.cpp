@@ -1164,15 +1164,19 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     const std::string not_training =
         str(checkpoint_seconds > 0 ? str(", checkpoints ", human_duration(checkpoint_seconds)) : std::string(),
             eval_seconds > 0 ? str(", evaluation ", human_duration(eval_seconds)) : std::string());
+    // Steps this run trained (a resumed run starts at the checkpoint's global step), and where it ended.
+    const int64_t run_steps = gstep - run_start_step;
+    const std::string steps_text =
+        str(run_steps, " steps", run_start_step > 0 ? str(" in this run (global step ", gstep, ")") : std::string());
     if (trained)
-      info0("summary: ", gstep, " steps, ", result.epochs_done, " epoch(s) complete, time per epoch [", per_epoch, "]",
+      info0("summary: ", steps_text, ", ", result.epochs_done, " epoch(s) complete, time per epoch [", per_epoch, "]",
             result.partial_epochs ? str(" (whole epochs only: ", result.partial_epochs,
                                         " partial epoch left out, resumed mid-epoch)")
                                   : "",
             ", training ", static_cast<int64_t>(result.train_images_per_s), " img/s (", env.world,
             " rank(s); checkpoint and evaluation time not counted), total ", human_duration(total), not_training);
     else
-      info0("summary: ", gstep, " steps, ", result.epochs_done, " epoch(s) complete, ",
+      info0("summary: ", steps_text, ", ", result.epochs_done, " epoch(s) complete, ",
             o.eval_only ? "evaluated only" : "nothing trained", " (no training figures), total ", human_duration(total),
             not_training);
     if (result.evaluated)
@@ -1183,7 +1187,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     if (scaler.dynamic()) info0("fp16 loss scale ", scaler.scale(), ", ", scaler.state().skipped_steps, " step(s) skipped for overflow");
     if (jsonl) {
       std::vector<std::pair<std::string, std::string>> f = {
-          {"type", json_string("summary")}, {"steps", json_number(double(gstep))},
+          {"type", json_string("summary")}, {"steps", json_number(double(run_steps))},
+          {"global_step", json_number(double(gstep))},
           {"epochs_done", json_number(result.epochs_done)}};
       if (trained) {
         f.push_back({"img_per_s", json_number(result.train_images_per_s)});

@@ -73,7 +73,8 @@ grep -qE "^requeued job $jid \(restart 1\): training stopped at epoch [0-9]+ ste
   || fail "requeue: no 'requeued job $jid (restart 1): training stopped at epoch E step S' line"
 grep -q "restart 2" "$out" && fail "requeue: a third run (restart 2)"
 [[ $(grep -c "resumed from" "$out") -eq 1 ]] || fail "requeue: the second run did not resume from the checkpoint (once)"
-grep -q "summary: $TOTAL steps" "$out" || fail "requeue: the job did not end with all $TOTAL steps trained"
+grep -qE "summary: [0-9]+ steps in this run \(global step $TOTAL\)" "$out" \
+  || fail "requeue: the job did not end with all $TOTAL steps trained"
 [[ $(sed -n 's/^state=//p' "$T/work/runs/requeue/status-$jid") == finished ]] || fail "requeue: the final status is not 'finished'"
 # Every step trained exactly once: the stopped run's records end at its checkpoint (it stopped at a
 # step boundary and saved there), the resumed run's start after it.

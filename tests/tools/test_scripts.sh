@@ -523,7 +523,7 @@ sleep 1
 for ((s = start + 10; s <= steps; s += 10)); do
   echo "{\"type\": \"train\", \"step\": $s, \"loss\": 6.9, \"img_per_s\": $( ((s == 10)) && echo 2000 || echo "$ips"), \"gpu_util\": 95}" >>"$j"
 done
-echo "{\"type\": \"summary\", \"steps\": $steps, \"img_per_s\": 9000, \"peak_device_bytes\": 10485760000}" >>"$j"
+echo "{\"type\": \"summary\", \"steps\": $((steps - start)), \"global_step\": $steps, \"img_per_s\": 9000, \"peak_device_bytes\": 10485760000}" >>"$j"
 if [[ -n $ck ]]; then
   mkdir -p "$ck" && f="$ck/$(printf 'ckpt-%010d.h5' "$steps")" && touch "$f"
   echo "[07:00:01 rank 0/1 info] checkpoint $f (--max-steps reached, 0.1 s, loss scale 32768)"

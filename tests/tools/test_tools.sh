@@ -63,7 +63,7 @@ done
 while (($#)); do [[ $1 == --jsonl ]] && j=$2; shift; done
 case ${FAKE_TRAIN:-eval} in
   eval) printf '{"type": "train", "step": 10}\n{"type": "eval", "epoch": 2, "top1": 0.9045, "top5": 0.99}\n' >>"$j" ;;
-  noeval) printf '{"type": "train", "step": 2}\n{"type": "summary", "steps": 2}\n' >>"$j" ;;
+  noeval) printf '{"type": "train", "step": 2}\n{"type": "summary", "steps": 2, "global_step": 2}\n' >>"$j" ;;
   fail) echo "error: something" >&2; exit 2 ;;
 esac
 exit 0

@@ -176,6 +176,16 @@ std::string last_eval_record(const std::string& jsonl) {
   return last;
 }
 
+// The records of one "type" in a metrics file, in order.
+std::vector<std::string> records(const std::string& jsonl, const std::string& type) {
+  std::ifstream f(jsonl);
+  std::string line;
+  std::vector<std::string> v;
+  while (std::getline(f, line))
+    if (line.find("\"type\": \"" + type + "\"") != std::string::npos) v.push_back(line);
+  return v;
+}
+
 std::string field(const std::string& record, const std::string& key) {
   std::smatch m;
   std::regex re("\"" + key + "\": ([^,}]+)");
@@ -1143,18 +1153,6 @@ TEST_F(TrainE2E, EvalOnlyOnSyntheticDataNeedsNoTrainingBatch) {
   EXPECT_NE(r.out.find("(64 images"), std::string::npos) << r.out;
 }
 
-namespace {
-// The records of one "type" in a metrics file, in order.
-std::vector<std::string> records(const std::string& jsonl, const std::string& type) {
-  std::ifstream f(jsonl);
-  std::string line;
-  std::vector<std::string> v;
-  while (std::getline(f, line))
-    if (line.find("\"type\": \"" + type + "\"") != std::string::npos) v.push_back(line);
-  return v;
-}
-}  // namespace
-
 // Checkpoint time is not training time, for step-count checkpoints as for epoch-end ones. Checked by
 // accounting, not by timing: the summary's wall time ("seconds") runs from the first step, so the
 // epoch's time, or its windows' times, plus the checkpoints' times (as the console reports them) fit
@@ -1243,4 +1241,29 @@ TEST_F(TrainE2E, EvalOnlySummaryGivesNoTrainingFigures) {
   EXPECT_EQ(field(summary[0], "epoch_seconds"), "") << summary[0];
   EXPECT_EQ(field(summary[0], "eval_only"), "true") << summary[0];
   EXPECT_NE(field(summary[0], "eval_seconds"), "") << summary[0];
+}
+
+// The summary's "steps" are the steps this run trained and "global_step" where it ended: after a
+// resume they differ (the record used to give the global step as "steps"), and a run with nothing left
+// to train trained none.
+TEST_F(TrainE2E, SummaryCountsTheStepsOfThisRunAndItsGlobalStep) {
+  const std::string run = kRecipe + "--epochs 2 --checkpoint-dir " + d("ck") + " --jsonl " + d("m.jsonl") + " ";
+  auto a = sh(run + "--max-steps 3");
+  ASSERT_EQ(a.rc, 0) << a.out;
+  auto b = sh(run + "--resume auto --max-steps 5");
+  ASSERT_EQ(b.rc, 0) << b.out;
+  auto c = sh(run + "--resume auto --max-steps 5");
+  ASSERT_EQ(c.rc, 0) << c.out;
+  const auto s = records(d("m.jsonl"), "summary");
+  ASSERT_EQ(s.size(), 3u);
+  const int want[3][2] = {{3, 3}, {2, 5}, {0, 5}};  // steps, global_step
+  for (int k = 0; k < 3; ++k) {
+    ASSERT_NE(field(s[k], "steps"), "") << s[k];
+    ASSERT_NE(field(s[k], "global_step"), "") << s[k];
+    EXPECT_EQ(std::stoi(field(s[k], "steps")), want[k][0]) << s[k];
+    EXPECT_EQ(std::stoi(field(s[k], "global_step")), want[k][1]) << s[k];
+  }
+  EXPECT_NE(a.out.find("summary: 3 steps, "), std::string::npos) << a.out;
+  EXPECT_NE(b.out.find("summary: 2 steps in this run (global step 5), "), std::string::npos) << b.out;
+  EXPECT_NE(c.out.find("summary: 0 steps in this run (global step 5), "), std::string::npos) << c.out;
 }

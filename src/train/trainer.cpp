@@ -856,6 +856,11 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     Clock::time_point t0 = Clock::now();
     ~AddElapsed() { to += seconds_since(t0); }
   };
+  // With 5 classes or fewer every label is among the top 5: a "top-5 100%" would be no measurement, so
+  // none is reported (console, JSONL, TensorBoard), and the log says why once.
+  const bool top5_applies = num_classes > 5;
+  if (val && !top5_applies)
+    info0("evaluation: top-5 accuracy is not reported (", num_classes, " classes: every label is within the top 5)");
   // `epoch`: the data order's epoch; the records name `epochs_done` (default: epoch + 1; a fraction
   // when training stopped inside an epoch).
   auto evaluate = [&](int epoch, double epochs_done = -1) {
@@ -893,17 +898,22 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     result.top5 = static_cast<double>(all.top5) / static_cast<double>(all.count);
     result.eval_loss = all.loss_sum / static_cast<double>(all.count);
     if (rank0) {
-      progress->message(str("eval epoch ", epochs_done, ": top-1 ", result.top1 * 100, "%, top-5 ", result.top5 * 100,
-                            "%, loss ", result.eval_loss, " (", all.count, " images", o.eval_flip ? " and their mirrors" : "",
+      progress->message(str("eval epoch ", epochs_done, ": top-1 ", result.top1 * 100, "%",
+                            top5_applies ? str(", top-5 ", result.top5 * 100, "%") : std::string(), ", loss ",
+                            result.eval_loss, " (", all.count, " images", o.eval_flip ? " and their mirrors" : "",
                             ", ", seconds_since(t0), " s)"));
-      if (jsonl)
-        jsonl->write({{"type", json_string("eval")}, {"epoch", json_number(epochs_done)}, {"step", json_number(double(gstep))},
-                      {"top1", json_number(result.top1)}, {"top5", json_number(result.top5)},
-                      {"loss", json_number(result.eval_loss)}, {"images", json_number(double(all.count))},
-                      {"flip", o.eval_flip ? "true" : "false"}});
+      if (jsonl) {
+        std::vector<std::pair<std::string, std::string>> f = {
+            {"type", json_string("eval")}, {"epoch", json_number(epochs_done)}, {"step", json_number(double(gstep))},
+            {"top1", json_number(result.top1)}};
+        if (top5_applies) f.push_back({"top5", json_number(result.top5)});
+        f.insert(f.end(), {{"loss", json_number(result.eval_loss)}, {"images", json_number(double(all.count))},
+                           {"flip", o.eval_flip ? "true" : "false"}});
+        jsonl->write(f);
+      }
       if (tb) {
         tb->add_scalar("eval/top1", result.top1, gstep);
-        tb->add_scalar("eval/top5", result.top5, gstep);
+        if (top5_applies) tb->add_scalar("eval/top5", result.top5, gstep);
         tb->add_scalar("eval/loss", result.eval_loss, gstep);
         tb->flush();
       }
@@ -1180,7 +1190,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
             o.eval_only ? "evaluated only" : "nothing trained", " (no training figures), total ", human_duration(total),
             not_training);
     if (result.evaluated)
-      info0("final accuracy: top-1 ", result.top1 * 100, "%, top-5 ", result.top5 * 100, "%, eval loss ", result.eval_loss);
+      info0("final accuracy: top-1 ", result.top1 * 100, "%",
+            top5_applies ? str(", top-5 ", result.top5 * 100, "%") : std::string(), ", eval loss ", result.eval_loss);
     info0("peak memory: host ", human_bytes(static_cast<double>(peak_host_rss_bytes())),
           o.backend == nn::Backend::CUDA ? str(", GPU ", human_bytes(static_cast<double>(model->peak_memory_bytes())))
                                          : std::string());
@@ -1204,7 +1215,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
           {"stopped_by_signal", stop ? "true" : "false"}});
       if (result.evaluated) {
         f.push_back({"top1", json_number(result.top1)});
-        f.push_back({"top5", json_number(result.top5)});
+        if (top5_applies) f.push_back({"top5", json_number(result.top5)});
       }
       jsonl->write(f);
     }

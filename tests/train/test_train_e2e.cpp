@@ -1267,3 +1267,31 @@ TEST_F(TrainE2E, SummaryCountsTheStepsOfThisRunAndItsGlobalStep) {
   EXPECT_NE(b.out.find("summary: 2 steps in this run (global step 5), "), std::string::npos) << b.out;
   EXPECT_NE(c.out.find("summary: 0 steps in this run (global step 5), "), std::string::npos) << c.out;
 }
+
+// With 5 classes or fewer every label is within the top 5: top-5 would read 100% whatever the model
+// does. It is not reported (console, eval and summary records, TensorBoard), and the log says why;
+// with more classes it is.
+TEST_F(TrainE2E, TopFiveIsNotReportedWithFiveClassesOrFewer) {
+  const std::string syn = std::string(TRAIN_RESNET18) +
+                          " --data synthetic --synthetic-size 64 --image-size 32 --backend cpu --threads 1 --seed 3"
+                          " --batch-size 8 --max-steps 2 --progress lines ";
+  for (const int classes : {4, 5, 10}) {
+    const std::string k = std::to_string(classes), j = d("m" + k + ".jsonl"), tb = d("tb" + k);
+    auto r = sh(syn + "--synthetic-classes " + k + " --jsonl " + j + " --tensorboard " + tb);
+    ASSERT_EQ(r.rc, 0) << r.out;
+    const bool top5 = classes > 5;
+    const std::string eval = last_eval_record(j), summary = records(j, "summary").at(0);
+    ASSERT_NE(field(eval, "top1"), "") << eval;
+    EXPECT_EQ(field(eval, "top5") != "", top5) << eval;
+    ASSERT_NE(field(summary, "top1"), "") << summary;
+    EXPECT_EQ(field(summary, "top5") != "", top5) << summary;
+    EXPECT_EQ(std::regex_search(r.out, std::regex("top-5 [0-9]")), top5) << r.out;  // "top-5 100%"
+    EXPECT_EQ(r.out.find("top-5 accuracy is not reported (" + k + " classes: every label is within the top 5)") !=
+                  std::string::npos,
+              !top5) << r.out;
+    auto t = sh(std::string("/usr/bin/python3 ") + DDP_SOURCE_DIR + "/tests/train/read_tfevents.py " + tb);
+    EXPECT_EQ(t.rc, 0) << t.out;
+    EXPECT_NE(t.out.find("eval/top1 2 "), std::string::npos) << t.out;
+    EXPECT_EQ(t.out.find("eval/top5") != std::string::npos, top5) << t.out;
+  }
+}

@@ -25,7 +25,8 @@ struct TrainResult {
   bool stopped_by_signal = false;
   bool finished = false;  // nothing left to train (all epochs, --max-steps, --eval-only)
   bool evaluated = false;
-  double top1 = 0, top5 = 0, eval_loss = 0;  // last evaluation (fractions)
+  // Last evaluation (fractions); top5 is reported only with more than 5 classes (else every label is in it).
+  double top1 = 0, top5 = 0, eval_loss = 0;
   double train_images_per_s = 0;
   // Seconds of each whole epoch trained by this run; an epoch resumed mid-way is left out and counted
   // in partial_epochs (its remaining steps are not an epoch's time).

@@ -844,9 +844,17 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   };
   // The model's checksum covers the BN running statistics too, which each rank updates from its own
   // data: they are averaged first (as before evaluation and checkpoints), then every bit must agree.
-  auto check_replicas = [&] {
+  // Not training time (as checkpoints and evaluation are not): returns the time it took, which the
+  // training loop's clocks skip, and adds it to replica_check_seconds for the summary.
+  double replica_check_seconds = 0;
+  auto check_replicas = [&]() -> Clock::duration {
+    model->synchronize();  // the step's work still queued on a GPU is training time, not the check's
+    const auto t0 = Clock::now();
     average_bn();
     comm::check_replicas(*comm, model->param_checksum(), gstep);
+    const auto spent = Clock::now() - t0;
+    replica_check_seconds += std::chrono::duration<double>(spent).count();
+    return spent;
   };
   // Time spent writing checkpoints and evaluating: neither counts as training time (img/s, epoch
   // times); the summary reports both and the wall time.
@@ -1055,7 +1063,12 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       ++window_steps;
       window_images += global_batch;
       train_images += global_batch;
-      if (o.replica_check_every > 0 && gstep % o.replica_check_every == 0) check_replicas();
+      if (o.replica_check_every > 0 && gstep % o.replica_check_every == 0) {
+        // Not training time: the epoch's and the window's clocks skip the check, as they skip a checkpoint.
+        const auto spent = check_replicas();
+        epoch_t0 += spent;
+        window_t0 += spent;
+      }
       // Agreed by all ranks: the stop request came through the reduction, gstep is the same everywhere.
       const bool stopping = red[2] > 0 || (o.max_steps > 0 && gstep >= o.max_steps);
       if (rank0) {
@@ -1173,7 +1186,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     const bool trained = train_images > 0;
     const std::string not_training =
         str(checkpoint_seconds > 0 ? str(", checkpoints ", human_duration(checkpoint_seconds)) : std::string(),
-            eval_seconds > 0 ? str(", evaluation ", human_duration(eval_seconds)) : std::string());
+            eval_seconds > 0 ? str(", evaluation ", human_duration(eval_seconds)) : std::string(),
+            replica_check_seconds > 0 ? str(", replica checks ", human_duration(replica_check_seconds)) : std::string());
     // Steps this run trained (a resumed run starts at the checkpoint's global step), and where it ended.
     const int64_t run_steps = gstep - run_start_step;
     const std::string steps_text =
@@ -1184,7 +1198,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
                                         " partial epoch left out, resumed mid-epoch)")
                                   : "",
             ", training ", static_cast<int64_t>(result.train_images_per_s), " img/s (", env.world,
-            " rank(s); checkpoint and evaluation time not counted), total ", human_duration(total), not_training);
+            " rank(s); checkpoint, evaluation and replica-check time not counted), total ", human_duration(total), not_training);
     else
       info0("summary: ", steps_text, ", ", result.epochs_done, " epoch(s) complete, ",
             o.eval_only ? "evaluated only" : "nothing trained", " (no training figures), total ", human_duration(total),
@@ -1210,6 +1224,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       if (o.eval_only) f.push_back({"eval_only", "true"});
       f.insert(f.end(), {
           {"checkpoint_seconds", json_number(checkpoint_seconds)}, {"eval_seconds", json_number(eval_seconds)},
+          {"replica_check_seconds", json_number(replica_check_seconds)},
           {"seconds", json_number(total)}, {"peak_host_bytes", json_number(double(peak_host_rss_bytes()))},
           {"peak_device_bytes", json_number(o.backend == nn::Backend::CUDA ? double(model->peak_memory_bytes()) : 0.0)},
           {"stopped_by_signal", stop ? "true" : "false"}});

@@ -1295,3 +1295,30 @@ TEST_F(TrainE2E, TopFiveIsNotReportedWithFiveClassesOrFewer) {
     EXPECT_EQ(t.out.find("eval/top5") != std::string::npos, top5) << t.out;
   }
 }
+
+// Replica checks inside an epoch (--replica-check-every) are not training time either, as checkpoints
+// are not: left out of the epoch's time, the train records' windows and img/s, and reported on their
+// own (replica_check_seconds). A PMPI shim makes each check's checksum exchange 0.5 s longer (9 checks:
+// one after each of the 8 steps, one at the epoch's end); by accounting as in the checkpoint test, the
+// epoch's time plus the checks' fits in the wall time only where the checks are not counted twice.
+TEST_F(TrainE2E, ReplicaCheckTimeIsLeftOutOfEpochTimeAndImagesPerSecond) {
+  auto r = sh(std::string("env LD_PRELOAD=") + PMPI_SLOW_ALLGATHER + " " + kRecipe +
+              "--epochs 1 --replica-check-every 1 --jsonl " + d("m.jsonl"));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto summary = records(d("m.jsonl"), "summary");
+  ASSERT_EQ(summary.size(), 1u);
+  ASSERT_NE(field(summary[0], "replica_check_seconds"), "") << summary[0];
+  const double checks = std::stod(field(summary[0], "replica_check_seconds"));
+  EXPECT_GE(checks, 9 * 0.5) << summary[0];
+  const double wall = std::stod(field(summary[0], "seconds"));
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(summary[0], m, std::regex(R"("epoch_seconds": \[([0-9.eE+-]+)\])"))) << summary[0];
+  const double epoch = std::stod(m[1]);
+  EXPECT_LE(epoch + checks, wall) << r.out << summary[0];
+  EXPECT_LE(std::stod(field(summary[0], "train_seconds")) + checks, wall) << summary[0];
+  double windows = 0;
+  for (const auto& t : records(d("m.jsonl"), "train")) windows += std::stod(field(t, "window_seconds"));
+  EXPECT_LE(windows + checks, wall) << r.out;
+  EXPECT_NE(r.out.find("checkpoint, evaluation and replica-check time not counted"), std::string::npos) << r.out;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex("summary: [^\n]*, replica checks [0-9]"))) << r.out;
+}

@@ -64,6 +64,7 @@ void write_checkpoint_file(const std::string& tmp, const nn::ResNet18Spec& spec,
   h5::set_attr(f, "loss_scale_skipped_steps", s.scaler.skipped_steps);
   h5::set_attr(f, "loss_scale_dynamic", static_cast<int64_t>(s.scaler.dynamic));
   h5::set_attr(f, "config", s.config);
+  h5::set_attr(f, "eval_pending", static_cast<int64_t>(s.eval_pending));
   if (!s.classes.empty()) h5::write_strings(f, "classes", s.classes);
   if (!s.rank_buffers.empty()) {
     h5::Handle ranks = h5::create_group(f, "ranks");
@@ -200,6 +201,7 @@ CheckpointState load_checkpoint(const std::string& path, const nn::ResNet18Spec&
                            ? h5::get_attr_i64(f, "loss_scale_dynamic") != 0
                            : (s.scaler.scale != 1.0 || s.scaler.good_steps != 0 || s.scaler.skipped_steps != 0);
     s.config = h5::get_attr_str(f, "config");
+    s.eval_pending = h5::has_attr(f, "eval_pending") && h5::get_attr_i64(f, "eval_pending") != 0;
     if (h5::exists(f, "classes")) {
       s.classes = h5::read_strings(f, "classes");
       DDP_CHECK(static_cast<int>(s.classes.size()) == s.num_classes, "/classes holds ", s.classes.size(),

@@ -672,6 +672,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   DDP_CHECK(!(o.eval_only && resume_path.empty() && o.init_weights.empty()), "--eval-only --resume auto: no complete ",
             "checkpoint in '", o.checkpoint_dir, "', so there are no weights to evaluate");
   int64_t ckpt_steps_per_epoch = 0, ckpt_world = 0, ckpt_batch = 0, ckpt_images = 0;
+  int64_t ckpt_epoch = 0, ckpt_step = 0;  // the resumed checkpoint's position, as recorded
+  bool eval_pending = false;  // the resumed checkpoint's evaluation was cut short by a stop
   std::vector<float> own_buffers;  // this rank's BN statistics from the checkpoint, if it has them
   if (!resume_path.empty()) {
     CheckpointState st;
@@ -717,9 +719,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       comm::scatter_from_root(st.rank_buffers.data(), own_buffers.data(), own_buffers.size(), tmo,
                               "the scattering of the checkpoint's BN statistics");
     }
-    int64_t sc[12] = {st.num_batches_tracked, st.momentum_initialised, st.epoch, st.step_in_epoch,
+    int64_t sc[13] = {st.num_batches_tracked, st.momentum_initialised, st.epoch, st.step_in_epoch,
                       st.global_step, st.steps_per_epoch, st.scaler.good_steps, st.scaler.skipped_steps,
-                      st.scaler.dynamic, st.world_size, st.batch_size, st.train_images};
+                      st.scaler.dynamic, st.world_size, st.batch_size, st.train_images, st.eval_pending};
     comm::broadcast_bytes(sc, sizeof sc, 0, tmo, position);
     comm::broadcast_bytes(&st.scaler.scale, sizeof(double), 0, tmo, position);
     model->set_params_torch(st.params.data());
@@ -734,6 +736,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     ckpt_world = sc[9];
     ckpt_batch = sc[10];
     ckpt_images = sc[11];
+    eval_pending = sc[12] != 0;
+    ckpt_epoch = start_epoch;
+    ckpt_step = start_step;
     const bool scale_resumed = scaler.resume({st.scaler.scale, sc[6], sc[7], sc[8] != 0});
     info0("resumed from ", resume_path, ": epoch ", start_epoch + 1, ", step ", start_step, " of the epoch, global step ",
           gstep, scaler.dynamic() ? str(", loss scale ", scaler.scale()) : std::string(),
@@ -869,18 +874,53 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   const bool top5_applies = num_classes > 5;
   if (val && !top5_applies)
     info0("evaluation: top-5 accuracy is not reported (", num_classes, " classes: every label is within the top 5)");
+  auto signal_name = [] {
+    const int sig = stop_signal();
+    return sig == SIGTERM ? std::string("SIGTERM") : sig == SIGUSR1 ? std::string("SIGUSR1")
+           : sig == SIGINT ? std::string("SIGINT") : sig ? std::to_string(sig) : std::string();
+  };
+  auto stop_text = [&] {
+    const std::string name = signal_name();
+    return str("stop requested", name.empty() ? std::string() : str(" (", name == "SIGINT" ? "SIGINT, Ctrl-C" : name, ")"));
+  };
+  // A stop request (preemption, a time limit) during an evaluation must not wait for its end: ImageNet's
+  // 50,000 images take minutes, twice that with --eval-flip, and a job's margin before its time limit
+  // may be shorter. Every kEvalStopCheckEvery batches the ranks agree on it in one small reduction,
+  // which every rank enters at the same batch index, also after its own last batch (ranks may hold one
+  // batch fewer than others: every image is evaluated once), so no collective is conditional.
+  constexpr int64_t kEvalStopCheckEvery = 4;
+  bool eval_interrupted = false;  // an evaluation was cut short by a stop request (no figures recorded)
   // `epoch`: the data order's epoch; the records name `epochs_done` (default: epoch + 1; a fraction
-  // when training stopped inside an epoch).
-  auto evaluate = [&](int epoch, double epochs_done = -1) {
+  // when training stopped inside an epoch). Returns false when a stop request cut it short: then
+  // nothing is recorded (no partial figures) and the caller stops the run.
+  auto evaluate = [&](int epoch, double epochs_done = -1) -> bool {
     AddElapsed timed{eval_seconds};
     if (epochs_done < 0) epochs_done = epoch + 1;
     average_bn();
     auto t0 = Clock::now();
-    val->start_epoch(epoch, val->local_batches());
+    const int64_t mine = val->local_batches();
+    val->start_epoch(epoch, mine);
+    double most = static_cast<double>(mine);
+    comm->allreduce_max(&most, 1);
+    const int64_t batches = static_cast<int64_t>(most);
     nn::EvalCounts local;
     BatchView b;
     std::vector<uint8_t> mirrored;
-    while (val->next(b)) {
+    for (int64_t i = 0; i < batches; ++i) {
+      if (i % kEvalStopCheckEvery == 0) {
+        double req = stop_requested() ? 1.0 : 0.0;
+        comm->allreduce_sum(&req, 1);
+        if (req > 0) {
+          eval_interrupted = true;
+          if (rank0)
+            progress->message(str(stop_text(), " during the evaluation of epoch ", epochs_done,
+                                  ": evaluation interrupted after ", i, " of ", batches,
+                                  " batches (per rank); no val figures are recorded for it"));
+          return false;
+        }
+      }
+      if (i >= mine) continue;
+      DDP_CHECK(val->next(b), "the evaluation data ended after ", i, " of ", mine, " batches");
       model->set_input_u8(b.images, b.labels, b.n, b.h, b.w);
       model->forward(nn::Mode::Eval);
       nn::EvalCounts c;
@@ -926,18 +966,12 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
         tb->flush();
       }
     }
-  };
-  auto signal_name = [] {
-    const int sig = stop_signal();
-    return sig == SIGTERM ? std::string("SIGTERM") : sig == SIGUSR1 ? std::string("SIGUSR1")
-           : sig == SIGINT ? std::string("SIGINT") : sig ? std::to_string(sig) : std::string();
-  };
-  auto stop_text = [&] {
-    const std::string name = signal_name();
-    return str("stop requested", name.empty() ? std::string() : str(" (", name == "SIGINT" ? "SIGINT, Ctrl-C" : name, ")"));
+    return true;
   };
   int64_t saved_epoch = -1, saved_step = 0;  // the position of the last checkpoint written
-  auto save = [&](int64_t epoch_pos, int64_t step_pos, const std::string& why) {
+  // eval_pending: the evaluation of these weights was just cut short by a stop; the file says so, and
+  // a run resumed from it evaluates first.
+  auto save = [&](int64_t epoch_pos, int64_t step_pos, const std::string& why, bool eval_pending = false) {
     if (o.checkpoint_dir.empty()) return;
     AddElapsed timed{checkpoint_seconds};
     // The file holds the ranks' averaged BN statistics (what a torchvision model or an evaluation
@@ -975,6 +1009,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       st.scaler = scaler.state();
       st.config = o.config_text;
       st.classes = data_ref.class_names();  // none for synthetic data
+      st.eval_pending = eval_pending;
       st.rng = {{"shuffle_epoch", static_cast<uint64_t>(epoch_pos)}, {"batches_done", static_cast<uint64_t>(step_pos)}};
       auto t0 = Clock::now();
       try {
@@ -1010,7 +1045,35 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   // Epochs complete so far: a resumed run's summary counts the checkpoint's (all of them when there
   // is nothing left to train), which is what a script checks to know the run has finished.
   result.epochs_done = start_epoch;
-  if (o.eval_only) {
+  if (eval_pending && !o.eval_only) {
+    // The stopped run's evaluation of these weights was cut short by its stop: its figures are
+    // missing from the metrics, so this run evaluates them first, at the checkpoint's position.
+    const std::string where = str("the evaluation at global step ", gstep, " (epoch ", stopped_at, ")");
+    if (!val) {
+      warn0(where, " was interrupted by the stop of the run that wrote ", resume_path,
+            "; evaluation is off in this run, so it stays missing");
+    } else {
+      info0(where, " was interrupted by the stop of the run that wrote ", resume_path, ": evaluating it first");
+      // The evaluation averages the ranks' BN statistics; training goes on with each rank's own, as
+      // from a checkpoint whose evaluation was not interrupted (so the resume stays exact).
+      std::vector<float> own(static_cast<size_t>(spec.buffer_count));
+      model->synchronize();
+      model->get_buffers(own.data());
+      const bool done = evaluate(std::max(0, start_epoch - (start_step == 0 ? 1 : 0)), stopped_at);
+      model->set_buffers(own.data());
+      if (done) {
+        eval_done_at_end = true;  // nothing trained since: a run with nothing left to train needs no other
+      } else {
+        stop = true;  // interrupted again: the checkpoint still says so, and nothing is written
+        result.last_checkpoint = resume_path;
+        saved_epoch = ckpt_epoch;
+        saved_step = ckpt_step;
+      }
+    }
+  }
+  if (stop) {
+    // Stopped during the evaluation above: no training.
+  } else if (o.eval_only) {
     DDP_CHECK(val, "--eval-only: there is nothing to evaluate (", no_val_why, ")");
     hit_max = true;  // skips the training loop (and its checkpoints); the evaluation follows it
     info0("--eval-only: evaluating the weights at global step ", gstep, ", no training");
@@ -1148,8 +1211,15 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     if (saved)
       save(epoch + 1, 0, last ? "end of training" : stop ? "stop requested" : hit_max ? "--max-steps reached" : "end of epoch");
     if (val && !stop && (last || hit_max || (o.eval_every > 0 && (epoch + 1) % o.eval_every == 0))) {
-      evaluate(epoch);
-      eval_done_at_end = true;
+      if (evaluate(epoch)) {
+        eval_done_at_end = true;
+      } else {
+        // The epoch's checkpoint (if any) was written before the evaluation; this one replaces or
+        // joins it at the same position and says that the evaluation is due, for the resumed run.
+        stop = true;
+        save(epoch + 1, 0, "stop requested during the evaluation; a resumed run evaluates first", true);
+        if (o.checkpoint_dir.empty()) info0("exiting (no --checkpoint-dir, nothing saved)");
+      }
     }
     if (stop || hit_max) break;
     if (last) continue;
@@ -1165,14 +1235,24 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       break;
     }
   }
-  if (o.eval_only) evaluate(epoch, stopped_at);  // the checkpoint's position
-  else if (hit_max && val && !stop && !eval_done_at_end) evaluate(epoch, stopped_at);
+  if (o.eval_only && !stop) {
+    if (!evaluate(epoch, stopped_at)) stop = true;  // the checkpoint's position; nothing to save: run it again
+  } else if (hit_max && val && !stop && !eval_done_at_end && !evaluate(epoch, stopped_at)) {
+    stop = true;
+    // Trained in this run: its checkpoint at --max-steps is rewritten saying the evaluation is due.
+    // (Resumed with nothing to train, a rerun evaluates anyway.)
+    if (saved_epoch >= 0 && gstep > run_start_step)
+      save(saved_epoch, saved_step, "stop requested during the evaluation; a resumed run evaluates first", true);
+  }
 
   result.global_steps = gstep;
   result.stopped_by_signal = stop;
   // Finished: nothing left to train, even where a stop request came during the last step (its
   // checkpoint is the end of training); a job script must not requeue such a run.
-  result.finished = o.eval_only || result.epochs_done >= o.epochs || (o.max_steps > 0 && gstep >= o.max_steps);
+  // An evaluation cut short is not finished: a requeued run (the checkpoint says the evaluation is due)
+  // or a rerun of --eval-only does it.
+  result.finished = !eval_interrupted &&
+                    (o.eval_only || result.epochs_done >= o.epochs || (o.max_steps > 0 && gstep >= o.max_steps));
   result.train_images_per_s = train_seconds > 0 ? static_cast<double>(train_images) / train_seconds : 0;
   if (rank0) {
     double total = seconds_since(run_t0);
@@ -1228,6 +1308,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
           {"seconds", json_number(total)}, {"peak_host_bytes", json_number(double(peak_host_rss_bytes()))},
           {"peak_device_bytes", json_number(o.backend == nn::Backend::CUDA ? double(model->peak_memory_bytes()) : 0.0)},
           {"stopped_by_signal", stop ? "true" : "false"}});
+      if (eval_interrupted) f.push_back({"eval_interrupted", "true"});
       if (result.evaluated) {
         f.push_back({"top1", json_number(result.top1)});
         if (top5_applies) f.push_back({"top5", json_number(result.top5)});

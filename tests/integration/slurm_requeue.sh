@@ -4,7 +4,9 @@
 # it (scancel --batch --signal=USR1 JOB here, at a known moment). Cases:
 #   requeue:  stopped mid-run -> "requeued job N (restart 1)", the second run resumes from the
 #             checkpoint and completes: every step trained exactly once, Restarts=1, no third run;
-#   finished: the signal lands in the final evaluation, after the last step -> not requeued;
+#   evaluation: the signal lands in the final evaluation, after the last step -> the evaluation is
+#             interrupted (its checkpoint says it is due), the job requeued once, and the second run
+#             evaluates first and finishes: one eval record, at the last step;
 #   cap:      MAX_RESTARTS=0 -> not requeued, says so;
 #   refused:  a job submitted with --no-requeue -> scontrol requeue fails, the log says to resubmit
 #             with the same --job-name, the job ends with the trainer's status (0: COMPLETED).
@@ -82,14 +84,20 @@ steps=$(train_steps "$T/work/runs/requeue/metrics.jsonl" | tr '\n' ' ')
 [[ $steps == "$(seq -s ' ' 1 $TOTAL) " ]] || fail "requeue: train steps in the metrics are [$steps], not 1..$TOTAL once each"
 [[ $(grep -c '"type": "resume"' "$T/work/runs/requeue/metrics.jsonl") -eq 1 ]] || fail "requeue: not one resume record"
 
-# ---- finished: the signal comes after the last step (during the final evaluation) -----------------
+# ---- evaluation: the signal comes after the last step (during the final evaluation) ---------------
 # 1200 images: 75 steps an epoch; --max-steps 4, then an evaluation of 1200 images and their mirrors.
+# An interrupted evaluation is not the end of the run: requeued, the job runs it and finishes.
 export ARGS="$TINY --synthetic-size 1200 --epochs 1 --max-steps 4 --eval-flip on"
-stopped_job finished '"type": "train", "step": 4,'
-grep -q '"type": "eval"' "$T/work/runs/finished/metrics.jsonl" || fail "finished: no final evaluation"
-[[ $state == COMPLETED && $restarts == 0 ]] || fail "finished: state $state, Restarts $restarts: not COMPLETED without a restart"
-grep -q "^not requeued: training finished (global step 4) before the stop took effect" "$out" \
-  || fail "finished: no 'not requeued: training finished' line"
+stopped_job evaluation '"type": "train", "step": 4,'
+[[ $state == COMPLETED && $restarts == 1 ]] || fail "evaluation: state $state, Restarts $restarts: not COMPLETED after one restart"
+grep -q "evaluation interrupted after [0-9]* of [0-9]* batches" "$out" || fail "evaluation: the evaluation was not interrupted"
+grep -qE "^requeued job $jid \(restart 1\)" "$out" || fail "evaluation: not requeued after the interrupted evaluation"
+grep -q "restart 2" "$out" && fail "evaluation: a third run (restart 2)"
+grep -q "was interrupted by the stop of the run that wrote .*: evaluating it first" "$out" \
+  || fail "evaluation: the requeued run did not evaluate first"
+evals=$(grep '"type": "eval"' "$T/work/runs/evaluation/metrics.jsonl")
+[[ $(grep -c . <<<"$evals") -eq 1 && $evals == *'"step": 4,'* ]] || fail "evaluation: eval records [$evals], not one at step 4"
+[[ $(sed -n 's/^state=//p' "$T/work/runs/evaluation/status-$jid") == finished ]] || fail "evaluation: the final status is not 'finished'"
 
 # ---- cap: MAX_RESTARTS=0 ---------------------------------------------------------------------------
 export ARGS="$SIZE32 $TINY --epochs 500 --no-eval" MAX_RESTARTS=0

@@ -6,7 +6,9 @@
 // checkpoint directory of another run refused, mid-epoch resume checks, --eval-only with another class count;
 // class lists (train vs val shards, checkpoint vs data), sizes above the shards', the summary's time per
 // epoch after a mid-epoch resume, --eval-only on synthetic data; checkpoint time left out of training
-// figures, every trained step logged once across a stop and resume, --eval-only's summary.
+// figures, every trained step logged once across a stop and resume, --eval-only's summary; a stop
+// during an evaluation (interrupted, nothing partial recorded, evaluated first on resume), the summary's
+// steps of this run, top-5 omitted with 5 classes or fewer, replica-check time left out of training time.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -921,23 +923,67 @@ TEST_F(TrainE2E, RankZeroStuckInItsFileSystemEndsTheJobWithinTheTimeout) {
   EXPECT_LT(s, 40) << r.out;
 }
 
-// Preemption during an epoch's end: the epoch's checkpoint is written before its evaluation, and a
-// signal that arrives then stops the job after the evaluation, agreed by both ranks, without one more
-// step and one more checkpoint. The evaluation is made long (3000 images, with mirrors) so the
-// signal, sent when the epoch's end is logged, lands in the checkpoint or the evaluation.
-TEST_F(TrainE2E, StopDuringTheEpochsEndExitsAfterItWithItsCheckpoint) {
+// Preemption during an evaluation: the epoch's checkpoint is written before it, and a stop request
+// that arrives during it interrupts it within a few batches, agreed by both ranks, rather than after
+// its last batch (ImageNet's takes minutes: longer than a job's margin before its time limit). It used
+// to run to its end. Nothing partial is recorded (no eval record, no TensorBoard point); one line says
+// how far it got; the checkpoint is rewritten saying the evaluation is due, the status file says
+// "stopped" and no step of the next epoch is trained. The resumed run evaluates first. The evaluation
+// is made long (3000 images, with mirrors) and the signal sent once the epoch's checkpoint is logged.
+TEST_F(TrainE2E, StopDuringAnEvaluationInterruptsItAndTheResumedRunEvaluatesFirst) {
   write_raw_shards(d("shards"), 32, 3000);
-  const std::string run = mpirun(2) + TRAIN_RESNET18 + " --data " + d("shards") +
-                          " --image-size 32 --backend cpu --threads 1 --workers 1 --batch-size 8 --epochs 3"
-                          " --eval-flip on --progress lines --checkpoint-dir " + d("ck");
-  const auto [out, log] = run_in_background(run, d("log"), "epoch 1/3 done", "kill -USR1 $pid; wait $pid; echo rc=$?");
+  const std::string common = mpirun(2) + TRAIN_RESNET18 + " --data " + d("shards") +
+                             " --image-size 32 --backend cpu --threads 1 --workers 1 --batch-size 8 --eval-flip on"
+                             " --progress lines --checkpoint-dir " + d("ck") + " --jsonl " + d("m.jsonl") +
+                             " --tensorboard " + d("tb") + " --status-file " + d("status");
+  const auto [out, log] =
+      run_in_background(common + " --epochs 3", d("log"), "(end of epoch", "kill -USR1 $pid; wait $pid; echo rc=$?");
   EXPECT_NE(out.find("rc=0"), std::string::npos) << out << log;
-  EXPECT_NE(log.find("stop requested (SIGUSR1) at the end of epoch 1: exiting (checkpointed)"), std::string::npos)
+  // 1500 val images per rank, batches of 8.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(log, m,
+                                std::regex("stop requested \\(SIGUSR1\\) during the evaluation of epoch 1: evaluation "
+                                           "interrupted after ([0-9]+) of 188 batches \\(per rank\\); no val figures "
+                                           "are recorded for it")))
       << log;
+  EXPECT_LT(std::stoi(m[1]), 188) << log;
+  EXPECT_EQ(log.find("eval epoch 1:"), std::string::npos) << log;
+  EXPECT_EQ(last_eval_record(d("m.jsonl")), "") << "an interrupted evaluation was recorded:\n" << log;
+  const auto summary = records(d("m.jsonl"), "summary");
+  ASSERT_EQ(summary.size(), 1u) << log;
+  EXPECT_EQ(field(summary[0], "eval_interrupted"), "true") << summary[0];
+  EXPECT_EQ(field(summary[0], "top1"), "") << summary[0];
+  auto tb = sh(std::string("/usr/bin/python3 ") + DDP_SOURCE_DIR + "/tests/train/read_tfevents.py " + d("tb"));
+  EXPECT_EQ(tb.rc, 0) << tb.out;
+  EXPECT_NE(tb.out.find("train/loss"), std::string::npos) << tb.out;
+  EXPECT_EQ(tb.out.find("eval/"), std::string::npos) << tb.out;
   auto all = list_checkpoints(d("ck"));
   ASSERT_EQ(all.size(), 1u) << log;
   EXPECT_EQ(checkpoint_step(all[0]), 2) << "one more step was trained after the epoch:\n" << log;  // 32 / (2 x 8)
   EXPECT_EQ(log.find("epoch 2/3 step"), std::string::npos) << log;
+  const auto st = load_checkpoint(all[0], ddp::nn::make_resnet18_spec(4));
+  EXPECT_TRUE(st.eval_pending) << log;
+  EXPECT_EQ(st.epoch, 1);
+  EXPECT_EQ(st.step_in_epoch, 0);
+  auto status = read_status(d("status"));
+  EXPECT_EQ(status["state"], "stopped") << log;
+  EXPECT_EQ(status["signal"], "SIGUSR1");
+  EXPECT_EQ(status["checkpoint"], all[0]);
+
+  // Resumed (here with nothing left to train: --epochs 1), the missed evaluation is run first, and
+  // recorded at the checkpoint's position.
+  auto r = sh(common + " --epochs 1 --resume auto");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("the evaluation at global step 2 (epoch 1) was interrupted by the stop of the run that wrote " +
+                       all[0] + ": evaluating it first"),
+            std::string::npos)
+      << r.out;
+  const auto evals = records(d("m.jsonl"), "eval");
+  ASSERT_EQ(evals.size(), 1u) << r.out;
+  EXPECT_EQ(field(evals[0], "epoch"), "1") << evals[0];
+  EXPECT_EQ(field(evals[0], "step"), "2") << evals[0];
+  EXPECT_EQ(field(evals[0], "images"), "3000") << evals[0];
+  EXPECT_EQ(read_status(d("status"))["state"], "finished") << r.out;
 }
 
 // Metrics on a volume that fills up mid-run: a warning, and training goes on to its end and its

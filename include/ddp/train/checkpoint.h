@@ -14,7 +14,9 @@
 //                                         batch_size (per rank), train_images (0 = unknown:
 //                                         written before these two), num_classes,
 //                                         momentum_initialised, loss_scale,
-//                                         loss_scale_good_steps, loss_scale_skipped_steps, config
+//                                         loss_scale_good_steps, loss_scale_skipped_steps, config,
+//                                         eval_pending (1: the evaluation of these weights was cut
+//                                         short by a stop; a resumed run runs it first; absent: 0)
 //   /rng                                  attributes: positions of the host RNG streams in use
 //   /ranks/buffers                        [world_size, buffer_count] fp32: each rank's own BN running
 //                                         statistics (the root datasets hold their average), so that
@@ -66,6 +68,9 @@ struct CheckpointState {
   std::vector<std::pair<std::string, uint64_t>> rng;  // name -> position
   // Class names in label order (/classes); empty: not recorded (synthetic data, older files).
   std::vector<std::string> classes;
+  // The evaluation due at this position was interrupted by a stop request (its figures are missing):
+  // a run resumed from here evaluates first. Older files have no attribute: false.
+  bool eval_pending = false;
 };
 
 // How two class lists differ ("4 vs 5 classes; first difference at index 4: nothing (a_name) vs 'n4'

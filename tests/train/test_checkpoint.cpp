@@ -102,7 +102,24 @@ TEST_F(CheckpointTest, RoundTripIsExact) {
   EXPECT_EQ(a.config, b.config);
   EXPECT_EQ(a.rng.size(), b.rng.size());
   EXPECT_EQ(a.classes, b.classes);
+  EXPECT_EQ(a.eval_pending, b.eval_pending);
   EXPECT_EQ(checkpoint_num_classes(p), 10);
+  EXPECT_EQ(checkpoint_problem(p), "");
+}
+
+// eval_pending (an evaluation cut short by a stop: the resumed run evaluates first) round-trips;
+// a file written before the attribute existed reads as false.
+TEST_F(CheckpointTest, EvalPendingRoundTripsAndIsFalseInOlderFiles) {
+  CheckpointState a = random_state(spec_, 2);
+  a.eval_pending = true;
+  const std::string p = path(checkpoint_file_name(a.global_step));
+  save_checkpoint(p, spec_, a);
+  EXPECT_TRUE(load_checkpoint(p, spec_).eval_pending);
+  {
+    ddp::h5::Handle f = ddp::h5::open_file(p, true);
+    ASSERT_GE(H5Adelete(f, "eval_pending"), 0);
+  }
+  EXPECT_FALSE(load_checkpoint(p, spec_).eval_pending);
   EXPECT_EQ(checkpoint_problem(p), "");
 }
 

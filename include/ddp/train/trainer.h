@@ -7,7 +7,8 @@
 //   5. checkpoints hold epoch, step, sampler seed, optimizer and loss-scaler state; resume is exact;
 //   7. evaluation sums exact per-rank counts;
 //   9. SIGTERM/SIGUSR1 checkpoint at the next step boundary (the flag rides on the per-step
-//      reduction) and exit 0.
+//      reduction) and exit 0; an evaluation agrees on the flag every few batches and stops there,
+//      recording nothing, and a run resumed from its checkpoint evaluates first.
 // BN running statistics are averaged across ranks before each evaluation and checkpoint.
 #pragma once
 

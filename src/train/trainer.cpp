@@ -362,6 +362,28 @@ void check_same_shard_set(const DataSource* train, const DataSource* val, const 
   }
 }
 
+// The way out for a mid-epoch checkpoint this configuration cannot continue: an epoch-end checkpoint,
+// naming the newest one in `dir` and the newer ones that --resume (auto or a file) would not leave there.
+std::string epoch_end_way_out(const std::string& dir) {
+  const std::string base = "; resume with the same configuration, or from an epoch-end checkpoint";
+  if (dir.empty()) return base;
+  std::string best;
+  const auto all = list_checkpoints(dir);  // by global step
+  for (const auto& c : all) {
+    if (!checkpoint_problem(c).empty()) continue;
+    h5::Handle f = h5::open_file(c);
+    const int64_t at = h5::get_attr_i64(f, "step_in_epoch"), per = h5::get_attr_i64(f, "steps_per_epoch");
+    if (at == 0 || at >= per) best = c;
+  }
+  namespace fs = std::filesystem;
+  if (best.empty()) return str(base, " (there is none in '", dir, "')");
+  std::string newer;
+  for (const auto& c : all)
+    if (checkpoint_step(c) > checkpoint_step(best)) newer += str(newer.empty() ? "" : ", ", fs::path(c).filename().string());
+  return str(base, ": the newest in '", dir, "' is ", fs::path(best).filename().string(), "; move ", newer,
+             " out of that directory, then resume (--resume auto takes it)");
+}
+
 // --eval-only with a checkpoint evaluates as the checkpoint's run did, unless told otherwise: its
 // evaluation resolution and crop decide the figure, and the defaults (224 px, crop ratio 0.875) applied
 // to weights trained at 32 px would report a fraction of their accuracy without a word (label
@@ -763,14 +785,15 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     // against its own data (what it saved) and agreed: a check failing on some ranks only would leave
     // the others in the next collective.
     on_rank0_agreed(env.rank, tmo, "checking the mid-epoch checkpoint against this run", [&] {
-      const char* how = "; resume with the same configuration, or from an epoch-end checkpoint";
+      // (read only when a check fails: DDP_CHECK formats its message then)
+      const auto how = [&] { return epoch_end_way_out(std::filesystem::path(resume_path).parent_path().string()); };
       DDP_CHECK(ckpt_world == env.world, "checkpoint '", resume_path, "' stopped mid-epoch with ", ckpt_world,
-                " rank(s); this run has ", env.world, how);
+                " rank(s); this run has ", env.world, how());
       DDP_CHECK(ckpt_batch == 0 || ckpt_batch == o.batch_size, "checkpoint '", resume_path, "' stopped mid-epoch with ",
-                "--batch-size ", ckpt_batch, "; this run has ", o.batch_size, how);
+                "--batch-size ", ckpt_batch, "; this run has ", o.batch_size, how());
       DDP_CHECK(ckpt_images == 0 || ckpt_images == train->num_images(), "checkpoint '", resume_path,
                 "' stopped mid-epoch training on ", ckpt_images, " images; this run's data has ", train->num_images(),
-                how);
+                how());
     });
   }
   if (ckpt_steps_per_epoch && ckpt_steps_per_epoch != steps) {

@@ -778,6 +778,8 @@ TEST_F(TrainE2E, MidEpochResumeNeedsTheSameRanksBatchAndData) {
   auto ranks = sh(mpirun(2) + base + " --synthetic-size 64 --batch-size 4 --max-steps 5 --resume auto");
   EXPECT_NE(ranks.rc, 0) << ranks.out;
   EXPECT_NE(ranks.out.find("stopped mid-epoch with 1 rank(s); this run has 2"), std::string::npos) << ranks.out;
+  EXPECT_NE(ranks.out.find("or from an epoch-end checkpoint (there is none in '" + d("ck") + "')"), std::string::npos)
+      << ranks.out;
   auto batch = sh(base + " --synthetic-size 64 --batch-size 9 --max-steps 5 --resume auto");
   EXPECT_EQ(batch.rc, 1) << batch.out;
   EXPECT_NE(batch.out.find("stopped mid-epoch with --batch-size 8; this run has 9"), std::string::npos) << batch.out;
@@ -786,6 +788,19 @@ TEST_F(TrainE2E, MidEpochResumeNeedsTheSameRanksBatchAndData) {
   EXPECT_NE(data.out.find("training on 64 images; this run's data has 70"), std::string::npos) << data.out;
   auto same = sh(base + " --synthetic-size 64 --batch-size 8 --max-steps 5 --resume auto");
   EXPECT_EQ(same.rc, 0) << same.out;
+  // With an epoch-end checkpoint beside the mid-epoch one, the refusal names it and what to move away
+  // (--resume would not leave a newer checkpoint in the directory).
+  const std::string base2 = std::string(TRAIN_RESNET18) +
+                            " --data synthetic --synthetic-classes 4 --synthetic-size 64 --image-size 32 --backend cpu"
+                            " --threads 1 --seed 3 --progress lines --no-eval --epochs 2 --checkpoint-dir " + d("ck2");
+  auto two = sh(base2 + " --batch-size 8 --max-steps 11");  // epoch end at step 8, stopped at 11
+  ASSERT_EQ(two.rc, 0) << two.out;
+  auto other = sh(mpirun(2) + base2 + " --batch-size 4 --resume auto");
+  EXPECT_NE(other.rc, 0) << other.out;
+  EXPECT_NE(other.out.find("or from an epoch-end checkpoint: the newest in '" + d("ck2") + "' is " + ckpt_name(8) +
+                           "; move " + ckpt_name(11) + " out of that directory, then resume"),
+            std::string::npos)
+      << other.out;
 }
 
 // A re-initialised fc evaluates to chance: --eval-only refuses weights for another class count.

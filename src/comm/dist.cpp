@@ -18,6 +18,7 @@
 #include "comm_internal.h"
 #include "ddp/core/check.h"
 #include "ddp/core/log.h"
+#include "ddp/core/tensor.h"  // cuda_unavailable_reason
 
 #if DDP_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -207,11 +208,13 @@ void finalize_distributed() {
 
 int select_cuda_device(const DistEnv& env) {
 #if DDP_HAVE_CUDA
+  // cuda_unavailable_reason tells a missing driver from an old one: without a driver the runtime's own
+  // answer is "driver version is insufficient", which reads as "upgrade your driver".
+  const std::string why = cuda_unavailable_reason();
+  DDP_CHECK(why.empty(), "no CUDA device visible on host ", env.hostname, " (rank ", env.rank, ", CUDA_VISIBLE_DEVICES=",
+            std::getenv("CUDA_VISIBLE_DEVICES") ? std::getenv("CUDA_VISIBLE_DEVICES") : "unset", "): ", why);
   int n = 0;
-  cudaError_t e = cudaGetDeviceCount(&n);
-  DDP_CHECK(e == cudaSuccess && n > 0, "no CUDA device visible on host ", env.hostname, " (rank ", env.rank,
-            ", CUDA_VISIBLE_DEVICES=", std::getenv("CUDA_VISIBLE_DEVICES") ? std::getenv("CUDA_VISIBLE_DEVICES") : "unset",
-            "): ", cudaGetErrorString(e));
+  CUDA_CHECK(cudaGetDeviceCount(&n));
   if (env.local_size > n) {
     warn("host ", env.hostname, " runs ", env.local_size, " ranks on ", n,
          " visible GPU(s); NCCL cannot put two ranks on one GPU");

@@ -574,6 +574,9 @@ TEST_F(TrainE2E, BadFlagsAndMissingGpuAreClearErrors) {
     auto c = sh(std::string(TRAIN_RESNET18) + " --data synthetic --backend cuda --image-size 32 --max-steps 1");
     EXPECT_NE(c.rc, 0);
     EXPECT_TRUE(c.out.find("no GPU") != std::string::npos || c.out.find("no CUDA") != std::string::npos) << c.out;
+    // The cause as cuda_unavailable_reason words it (without a driver: "no NVIDIA driver is loaded", not
+    // the runtime's "driver version is insufficient", which reads as "upgrade your driver").
+    EXPECT_NE(c.out.find(ddp::cuda_unavailable_reason()), std::string::npos) << c.out;
   }
 }
 

@@ -349,10 +349,17 @@ std::vector<std::string> resolve_defaults(TrainOptions& o, int world_size, int l
                         gpu_visible ? "a GPU is visible" : "no GPU visible", "; set --backend)"));
   }
   if (o.backend == nn::Backend::CPU) {
+    // A GPU flag on a machine whose backend defaulted to cpu: say why the backend is cpu.
+    const std::string why_cpu = o.backend_given ? "" : "the backend is cpu because no GPU is visible";
+    const std::string also = why_cpu.empty() ? "" : "; " + why_cpu;
     if (o.amp_given && o.amp != nn::Amp::Off)
-      bad("amp", str("'", nn::amp_name(o.amp), "' needs --backend cuda (the CPU backend is fp32)"));
+      bad("amp", str("'", nn::amp_name(o.amp), "' needs --backend cuda (the CPU backend is fp32", also, ")"));
     o.amp = nn::Amp::Off;
-    if (o.comm_given && o.comm == CommKind::Nccl) bad("comm", "'nccl' needs --backend cuda");
+    if (o.comm_given && o.comm == CommKind::Nccl)
+      bad("comm", str("'nccl' needs --backend cuda", why_cpu.empty() ? "" : " (" + why_cpu + ")"));
+    // TF32 is a tensor-core format: the CPU backend always computes in full fp32 (what --tf32 off asks).
+    if (o.given.count("tf32") && o.tf32)
+      bad("tf32", str("'on' needs --backend cuda (the CPU backend computes in full fp32", also, ")"));
     o.comm = CommKind::Mpi;
     if (o.threads == 0) {
       int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -564,6 +564,19 @@ TEST_F(TrainE2E, BadFlagsAndMissingGpuAreClearErrors) {
   auto amp = sh(mpirun(2) + kRecipe + "--amp bf16 --max-steps 1");
   EXPECT_EQ(amp.rc, 2) << amp.out;
   EXPECT_NE(amp.out.find("--amp"), std::string::npos) << amp.out;
+  // TF32 is a tensor-core format: asked for on the CPU backend it is refused as --amp is (off is what
+  // the CPU backend does anyway, and is accepted).
+  auto tf32 = sh(kRecipe + "--tf32 on --max-steps 1");
+  EXPECT_EQ(tf32.rc, 2) << tf32.out;
+  EXPECT_NE(tf32.out.find("--tf32"), std::string::npos) << tf32.out;
+  EXPECT_NE(tf32.out.find("the CPU backend computes in full fp32"), std::string::npos) << tf32.out;
+  auto tf32_off = sh(kRecipe + "--tf32 off --max-steps 1");
+  EXPECT_EQ(tf32_off.rc, 0) << tf32_off.out;
+  if (!ddp::cuda_available()) {  // the backend defaulted to cpu: the refusal says why it is cpu
+    auto dflt = sh(std::string(TRAIN_RESNET18) + " --data synthetic --amp fp16 --max-steps 1");
+    EXPECT_EQ(dflt.rc, 2) << dflt.out;
+    EXPECT_NE(dflt.out.find("the backend is cpu because no GPU is visible"), std::string::npos) << dflt.out;
+  }
   auto h = sh(std::string(TRAIN_RESNET18) + " --help");
   EXPECT_EQ(h.rc, 0);
   EXPECT_NE(h.out.find("--checkpoint-dir"), std::string::npos);

@@ -31,6 +31,7 @@ void init_log_level_from_env() {
   else if (!std::strcmp(v, "info")) g_level = LogLevel::Info;
   else if (!std::strcmp(v, "warn")) g_level = LogLevel::Warn;
   else if (!std::strcmp(v, "error")) g_level = LogLevel::Error;
+  else if (*v) log_line(LogLevel::Warn, str("DDP_LOG_LEVEL='", v, "' is not one of debug, info, warn, error: ignored"));
 }
 
 void log_line(LogLevel level, const std::string& msg) {

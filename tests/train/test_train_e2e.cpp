@@ -570,8 +570,11 @@ TEST_F(TrainE2E, BadFlagsAndMissingGpuAreClearErrors) {
   EXPECT_EQ(tf32.rc, 2) << tf32.out;
   EXPECT_NE(tf32.out.find("--tf32"), std::string::npos) << tf32.out;
   EXPECT_NE(tf32.out.find("the CPU backend computes in full fp32"), std::string::npos) << tf32.out;
-  auto tf32_off = sh(kRecipe + "--tf32 off --max-steps 1");
+  auto tf32_off = sh("DDP_LOG_LEVEL=verbose " + kRecipe + "--tf32 off --max-steps 1");
   EXPECT_EQ(tf32_off.rc, 0) << tf32_off.out;
+  // An unknown log level is said, not ignored silently (the run goes on at the default level).
+  EXPECT_NE(tf32_off.out.find("DDP_LOG_LEVEL='verbose' is not one of debug, info, warn, error: ignored"),
+            std::string::npos) << tf32_off.out;
   if (!ddp::cuda_available()) {  // the backend defaulted to cpu: the refusal says why it is cpu
     auto dflt = sh(std::string(TRAIN_RESNET18) + " --data synthetic --amp fp16 --max-steps 1");
     EXPECT_EQ(dflt.rc, 2) << dflt.out;

@@ -153,9 +153,13 @@ struct CudaResNet18::Impl {
     // workspace itself, which inside a stream capture becomes allocation nodes of the graph.
     cublas_ws = DeviceBuffer(size_t{32} << 20, "cuBLAS workspace");
     CUBLAS_CHECK(cublasSetWorkspace(cublas, cublas_ws.get(), cublas_ws.bytes()));
-    // DDP_CUDNN_AUTOTUNE=1: timed engine search per conv shape (ModelConfig has no field for it).
+    // DDP_CUDNN_AUTOTUNE=1: timed engine search per conv shape (ModelConfig has no field for it). Any
+    // other value than 1, 0 or empty is refused: "true" quietly meaning "off" would mislead a benchmark.
     const char* at = std::getenv("DDP_CUDNN_AUTOTUNE");
-    convs = std::make_unique<ConvEngine>(stream, cfg.tf32, at && std::string(at) == "1");
+    const std::string autotune = at ? at : "";
+    DDP_CHECK(autotune.empty() || autotune == "0" || autotune == "1", "DDP_CUDNN_AUTOTUNE='", autotune,
+              "' is not 1 (timed cuDNN engine search) or 0 (the heuristics' choice)");
+    convs = std::make_unique<ConvEngine>(stream, cfg.tf32, autotune == "1");
 
     // Layer tables.
     auto add_conv = [&](const nn::ConvSpec& cs) {

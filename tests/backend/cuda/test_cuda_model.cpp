@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>  // setenv
 #include <memory>
 
 #include "cuda_test_util.h"
@@ -527,6 +528,21 @@ TEST_F(CudaModelF32, TorchLayoutRoundTripsAndChecksum) {
   EXPECT_THROW(m.set_input_f32(x.data(), bad_labels.data(), 2, 32, 32), Error);
   std::vector<int32_t> lab{0, 1, 2};
   EXPECT_THROW(m.set_input_f32(x.data(), lab.data(), 3, 32, 32), Error);  // over max_batch
+}
+
+// DDP_CUDNN_AUTOTUNE takes 1 or 0: "true" quietly meaning "off" would mislead a benchmark.
+TEST_F(CudaModelF32, AnAutotuneSettingOtherThanOneOrZeroIsRefused) {
+  ::setenv("DDP_CUDNN_AUTOTUNE", "true", 1);
+  std::string msg;
+  try {
+    CudaResNet18 m(config(Amp::F16, 2, 32));
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  ::setenv("DDP_CUDNN_AUTOTUNE", "0", 1);
+  CudaResNet18 ok(config(Amp::F16, 2, 32));
+  ::unsetenv("DDP_CUDNN_AUTOTUNE");
+  EXPECT_NE(msg.find("DDP_CUDNN_AUTOTUNE='true' is not 1"), std::string::npos) << msg;
 }
 
 }  // namespace

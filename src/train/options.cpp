@@ -73,7 +73,7 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
        "evaluation: resize the shorter side to size / ratio, then centre crop (1: keep the whole image)");
   po::options_description model("Model and numerics");
   model.add_options()
-      ("backend", po::value<std::string>(&backend), "cpu | cuda (default: cuda when a GPU is visible, else cpu)")
+      ("backend", po::value<std::string>(&backend), "cpu | cuda (or gpu; default: cuda when a GPU is visible, else cpu)")
       ("amp", po::value<std::string>(&amp), "off | fp16 | bf16 (default: fp16 on cuda, off on cpu)")
       ("tf32", po::value<std::string>(&tf32)->default_value("on"), "on | off: TF32 tensor cores for --amp off")
       ("zero-init-residual", po::bool_switch(&o.zero_init_residual), "zero-init the last BN gamma of each block")
@@ -215,7 +215,7 @@ std::optional<TrainOptions> parse_options(int argc, const char* const* argv) {
     std::string b = lower(backend);
     if (b == "cpu") o.backend = nn::Backend::CPU;
     else if (b == "cuda" || b == "gpu") o.backend = nn::Backend::CUDA;
-    else bad("backend", str("'", backend, "' is not one of cpu, cuda"));
+    else bad("backend", str("'", backend, "' is not one of cpu, cuda (or gpu)"));
   }
   if (vm.count("amp")) {
     o.amp_given = true;

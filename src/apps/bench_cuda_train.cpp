@@ -14,10 +14,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -40,18 +42,30 @@ struct Args {
   bool cuda_graph = false;
 };
 
-void usage() {
-  std::fprintf(stderr,
+// A bad command line: exit 2 with the message (no source location), as train_resnet18 and gpu_check do.
+struct BadArgs : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+template <class... T>
+[[noreturn]] void bad_args(const T&... parts) {
+  throw BadArgs(ddp::str("bench_cuda_train: ", parts..., " (see --help)"));
+}
+
+void usage(FILE* to) {
+  std::fprintf(to,
                "usage: bench_cuda_train [--amp fp16|bf16|off] [--batch N] [--size PX] [--warmup N] [--iters N]\n"
                "                        [--classes N] [--tf32 on|off] [--autotune] [--cuda-graph] [--selftest]\n"
                "  --autotune: time every cuDNN engine per conv shape during warm-up (default: heuristics)\n"
-               "  --cuda-graph: also time the step captured as one CUDA graph (after the eager timing)\n");
+               "  --cuda-graph: also time the step captured as one CUDA graph (after the eager timing)\n"
+               "exit status: 0 done, 1 a failure (no GPU, a non-finite loss, ...), 2 a bad argument\n");
 }
 
-int to_int(const char* flag, const char* v) {
+int to_int(const char* flag, const char* v, long min = 1) {
   char* end = nullptr;
+  errno = 0;
   long x = std::strtol(v, &end, 10);
-  DDP_CHECK(end && *end == '\0' && x > 0 && x < (1L << 30), "bench_cuda_train: ", flag, " wants a positive integer, got '", v, "'");
+  if (!(end != v && *end == '\0' && errno == 0 && x >= min && x < (1L << 30)))
+    bad_args(flag, " wants a whole number from ", min, " to ", (1L << 30) - 1, ", got '", v, "'");
   return static_cast<int>(x);
 }
 
@@ -60,31 +74,31 @@ Args parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string f = argv[i];
     auto val = [&]() -> const char* {
-      DDP_CHECK(i + 1 < argc, "bench_cuda_train: ", f, " needs a value");
+      if (i + 1 >= argc) bad_args(f, " needs a value");
       return argv[++i];
     };
     if (f == "--amp") a.amp = val();
     else if (f == "--batch") a.batch = to_int("--batch", val());
     else if (f == "--size") a.size = to_int("--size", val());
-    else if (f == "--warmup") a.warmup = to_int("--warmup", val());
+    else if (f == "--warmup") a.warmup = to_int("--warmup", val(), 0);
     else if (f == "--iters") a.iters = to_int("--iters", val());
     else if (f == "--classes") a.classes = to_int("--classes", val());
     else if (f == "--tf32") {
       std::string v = val();
-      DDP_CHECK(v == "on" || v == "off", "bench_cuda_train: --tf32 wants on|off, got '", v, "'");
+      if (v != "on" && v != "off") bad_args("--tf32 wants on|off, got '", v, "'");
       a.tf32 = v == "on";
     } else if (f == "--selftest") a.selftest = true;
     else if (f == "--autotune") a.autotune = true;
     else if (f == "--cuda-graph") a.cuda_graph = true;
     else if (f == "--help" || f == "-h") {
-      usage();
+      usage(stdout);
       std::exit(0);
     } else {
-      usage();
-      DDP_FAIL("bench_cuda_train: unknown argument '", f, "'");
+      bad_args("unknown argument '", f, "'");
     }
   }
-  DDP_CHECK(a.amp == "fp16" || a.amp == "bf16" || a.amp == "off", "bench_cuda_train: --amp wants fp16|bf16|off, got '", a.amp, "'");
+  if (a.amp != "fp16" && a.amp != "bf16" && a.amp != "off") bad_args("--amp wants fp16|bf16|off, got '", a.amp, "'");
+  if (a.size < 32) bad_args("--size ", a.size, " is below ResNet18's smallest input, 32");  // before any GPU work
   return a;
 }
 
@@ -293,6 +307,9 @@ int main(int argc, char** argv) {
     Args a = parse(argc, argv);
     DDP_CHECK(ddp::cuda_available(), "bench_cuda_train: no CUDA device visible (", ddp::cuda_unavailable_reason(), ")");
     return a.selftest ? selftest(a) : bench(a);
+  } catch (const BadArgs& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -9,6 +9,19 @@ fail() { printf 'bench_smoke: FAIL: %s\n' "$*" >&2; exit 1; }
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
+# The command line: --help on stdout (exit 0); a bad argument is one line on stderr and exit 2, as
+# train_resnet18 and gpu_check.sh do, found before any GPU work (--size below 32 included).
+"$bench" --help 2>/dev/null | grep -q '^usage: bench_cuda_train' || fail "--help printed no usage on stdout"
+for bad in "--size 16" "--warmup x" "--iters 0" "--amp fp8" "--bogus"; do
+  set +e
+  # shellcheck disable=SC2086  # $bad is two words on purpose
+  err=$("$bench" $bad 2>&1 >/dev/null); rc=$?
+  set -e
+  [[ $rc -eq 2 && $(wc -l <<<"$err") -eq 1 && $err == "error: bench_cuda_train: "* && $err != *"/src/"* ]] ||
+    fail "'$bad': exit $rc (want 2), stderr: $err"
+done
+"$bench" --amp bf16 --warmup 0 --iters 1 --batch 2 --size 32 --classes 10 >"$out" 2>&1 || { cat "$out"; fail "--warmup 0 refused"; }
+
 "$bench" --selftest >"$out" 2>&1 || { cat "$out"; fail "--selftest exited $?"; }
 
 for amp in fp16 bf16 off; do

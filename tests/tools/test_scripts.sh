@@ -150,8 +150,10 @@ if [[ -d $BUILD/tests ]]; then
   testbin=$(find "$BUILD/tests" -type f -name 'test_*' -executable -not -path '*/CMakeFiles/*' 2>/dev/null | head -1)
 fi
 if [[ -n $testbin ]]; then
-  # unpacked, to look inside; the size limit applies to what travels (packed, below)
-  "$ROOT/tools/bundle_deps" "$BUILD" "$TMP/bundle" --extra "$testbin" --no-pack --max-mb 1000 >"$TMP/bundle.log" 2>&1; rc=$?
+  # unpacked, to look inside; the size limit applies to what travels (packed, below). --allow-stale: these
+  # checks are about what is carried; a build edited while they run (a shared tree) must not fail them. The
+  # refusal of a stale build is checked on a small CMake build of its own (below).
+  "$ROOT/tools/bundle_deps" "$BUILD" "$TMP/bundle" --extra "$testbin" --no-pack --max-mb 1000 --allow-stale >"$TMP/bundle.log" 2>&1; rc=$?
   check "bundle_deps exits 0 on $BUILD (+ $(basename "$testbin"))" test "$rc" -eq 0
   check "bundle: MANIFEST with commit and binary" grep -q "^commit: " "$TMP/bundle/MANIFEST"
   check "bundle: binary copied" test -x "$TMP/bundle/bin/$(basename "$testbin")"
@@ -279,7 +281,7 @@ if [[ -n $testbin ]]; then
                { printf "path %s\nchoice %s\nresolved %s\nrc %s\nstderr: %s\n" "$1" "$2" "$3" "$4" "$(cat "$6")"; false; }' _ \
       "${r[@]:0:4}" "$B" "$TMP/cxx.err" "$cxx_need"
   fi
-  "$ROOT/tools/bundle_deps" "$BUILD" "$TMP/bundle-packed" --extra "$testbin" --pack >"$TMP/bundle-packed.log" 2>&1; rc=$?
+  "$ROOT/tools/bundle_deps" "$BUILD" "$TMP/bundle-packed" --extra "$testbin" --pack --allow-stale >"$TMP/bundle-packed.log" 2>&1; rc=$?
   check "bundle_deps --pack: exit 0, MANIFEST and bundle.tar.xz only" \
     bash -c '[[ $1 -eq 0 ]] && [[ "$(cd "$2" && ls | tr "\n" " ")" == "MANIFEST bundle.tar.xz " ]]' _ "$rc" "$TMP/bundle-packed"
   kib=$(du -sk "$TMP/bundle-packed" | cut -f1)
@@ -301,10 +303,12 @@ check "bundle_deps: missing build dir is an error" test "$rc" -ne 0
 FREPO="$TMP/frepo"
 mkdir -p "$FREPO/tools" "$FREPO/.git" && cp "$ROOT/tools/bundle_deps" "$FREPO/tools/" && echo keep >"$FREPO/.git/HEAD"
 cp -r "$ROOT/tools/glibc_compat" "$FREPO/tools/"
-fake_build() {  # fake_build DIR: a CMake build with one "GPU test" and CUDA arch flags
-  mkdir -p "$1/tests/backend/cuda" "$1/CMakeFiles/x.dir"
+fake_build() {  # fake_build DIR: a CMake build with the GPU tests bundle_deps requires and CUDA arch flags
+  mkdir -p "$1/tests/backend/cuda" "$1/tests/comm" "$1/CMakeFiles/x.dir"
   : >"$1/CMakeCache.txt"
-  cp /bin/true "$1/tests/backend/cuda/test_fake_gpu"
+  local t
+  for t in test_fake_gpu test_cuda_ops test_cuda_model; do cp /bin/true "$1/tests/backend/cuda/$t"; done
+  cp /bin/true "$1/tests/comm/test_comm_nccl"
   echo 'CUDA_FLAGS = -O3 --generate-code=arch=compute_90,code=[compute_90,sm_90]' >"$1/CMakeFiles/x.dir/flags.make"
 }
 FB="$FREPO/fb"
@@ -337,6 +341,71 @@ rm "$TMP/fbundle/notes.txt"
 out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FB" "$TMP/fbundle" --no-pack 2>&1); rc=$?
 check "bundle_deps over a previous bundle: replaced (exit 0, its old bin/ entry gone)" \
   bash -c '[[ $1 -eq 0 && -x $2/bin/test_fake_gpu && ! -e $2/bin/stale ]]' _ "$rc" "$TMP/fbundle"
+# No test_comm_nccl (or another of the three GPU tests): refused before anything is written.
+FNOT="$TMP/fb-notests"
+fake_build "$FNOT" && rm "$FNOT/tests/comm/test_comm_nccl"
+out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$FNOT" "$TMP/notests-bundle" --no-pack 2>&1); rc=$?
+check "bundle_deps of a build without test_comm_nccl: exit 1, names it, no folder made" \
+  bash -c '[[ $1 -eq 1 && $2 == *"has no test_comm_nccl"* && $2 != *"test_cuda_ops"* && ! -e $3 ]] || { printf "rc %s: %s\n" "$1" "$2"; false; }' _ \
+  "$rc" "$out" "$TMP/notests-bundle"
+
+# A real (tiny) CMake build, configured from a git checkout of its own, not this script's: MANIFEST's commit
+# is that checkout's, and a binary older than its sources is refused, named, before anything is written.
+MINI="$TMP/mini-src" MINIB="$TMP/mini-build"
+mkdir -p "$MINI"
+cat >"$MINI/CMakeLists.txt" <<'EOF'
+cmake_minimum_required(VERSION 3.16)
+project(mini C)
+add_executable(test_cuda_ops ops.c)
+add_executable(test_cuda_model main.c)
+add_executable(test_comm_nccl main.c)
+add_executable(bench_cuda_train main.c)
+set_target_properties(test_cuda_ops test_cuda_model PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests/backend/cuda)
+set_target_properties(test_comm_nccl PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests/comm)
+set_target_properties(bench_cuda_train PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/src/apps)
+EOF
+printf 'int main(void) { return 0; }\n' >"$MINI/ops.c"
+printf 'int main(void) { return 0; }\n' >"$MINI/main.c"
+gitq() { git -C "$MINI" -c user.name=t -c user.email=t@example.com "$@" >/dev/null 2>&1; }
+if command -v cmake >/dev/null && command -v git >/dev/null && gitq init && gitq add -A && gitq commit -m mini &&
+    cmake -S "$MINI" -B "$MINIB" -G "Unix Makefiles" >"$TMP/mini.log" 2>&1 && cmake --build "$MINIB" >>"$TMP/mini.log" 2>&1; then
+  # the CUDA arch flags bundle_deps looks for when the binaries hold no GPU code
+  mkdir -p "$MINIB/CMakeFiles/fakecuda.dir"
+  echo 'CUDA_FLAGS = --generate-code=arch=compute_90,code=[compute_90,sm_90]' >"$MINIB/CMakeFiles/fakecuda.dir/flags.make"
+  mini_head=$(git -C "$MINI" rev-parse HEAD)
+  out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$MINIB" "$TMP/mini-bundle" --no-pack 2>&1); rc=$?
+  check "bundle_deps of a build configured from another checkout: MANIFEST commit is that checkout's, clean, up to date" \
+    bash -c '[[ $1 -eq 0 && $(sed -n "s/^commit: //p" "$3/MANIFEST") == "$4" && $(sed -n "s/^source_dir: //p" "$3/MANIFEST") == "$5" &&
+               $(grep -c "^build_up_to_date: yes" "$3/MANIFEST") -eq 1 ]] ||
+             { printf "rc %s: %s\n" "$1" "$2"; grep -E "^(commit|source_dir|build_)" "$3/MANIFEST"; false; }' _ \
+    "$rc" "$out" "$TMP/mini-bundle" "$mini_head" "$MINI"
+  # an edit after the build (a pull, say): refused, the stale binary named, the up-to-date ones not
+  sleep 1
+  printf 'int main(void) { return 1; }\n' >"$MINI/ops.c"
+  out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$MINIB" "$TMP/mini-stale" --no-pack 2>&1); rc=$?
+  check "bundle_deps of a build older than its sources: exit 1, names test_cuda_ops (not the others), nothing written" \
+    bash -c '[[ $1 -eq 1 && $2 == *"older than their sources"*"test_cuda_ops (would run: Building C object"* && $2 != *"test_cuda_model ("* && ! -e $3 ]] ||
+             { printf "rc %s: %s\n" "$1" "$2"; false; }' _ "$rc" "$out" "$TMP/mini-stale"
+  out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$MINIB" "$TMP/mini-stale" --no-pack --allow-stale 2>&1); rc=$?
+  check "--allow-stale: exit 0, a warning, MANIFEST build_stale names it, commit marked dirty" \
+    bash -c '[[ $1 -eq 0 && $2 == *"WARNING: --allow-stale"* && $(sed -n "s/^build_stale: //p" "$3/MANIFEST") == "test_cuda_ops "* &&
+               $(sed -n "s/^commit: //p" "$3/MANIFEST") == "$4 (working tree had uncommitted changes)" ]] || { printf "rc %s: %s\n" "$1" "$2"; false; }' _ \
+    "$rc" "$out" "$TMP/mini-stale" "$mini_head"
+  # an output folder inside the build: refused up front (a second run would find the bundle's bin/ as binaries)
+  out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$MINIB" "$MINIB/bundle" --no-pack --allow-stale 2>&1); rc=$?
+  check "bundle_deps into a folder inside the build: refused, said, nothing made" \
+    bash -c '[[ $1 -ne 0 && $2 == *"inside the build"* && ! -e $3 ]] || { printf "rc %s: %s\n" "$1" "$2"; false; }' _ "$rc" "$out" "$MINIB/bundle"
+  # the default output folder is the repository root's .bundle (where gpu_check.sh looks), whatever the cwd
+  mkdir -p "$TMP/elsewhere"
+  out=$(cd "$TMP/elsewhere" && HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$MINIB" --no-pack --allow-stale 2>&1); rc=$?
+  check "bundle_deps without OUT_DIR, run from another folder: the bundle is <repo root>/.bundle" \
+    bash -c '[[ $1 -eq 0 && -f $3/.bundle/MANIFEST && ! -e $4/.bundle ]] || { printf "rc %s: %s\n" "$1" "$2"; false; }' _ \
+    "$rc" "$out" "$FREPO" "$TMP/elsewhere"
+  rm -rf "$FREPO/.bundle"
+else
+  fail "the small CMake build for bundle_deps' checks does not build ($(tail -3 "$TMP/mini.log" 2>/dev/null | tr '\n' ' '))"
+fi
+
 # A CPU-only build (no GPU code, no nvcc arch flags): said clearly, nothing made. Over --max-mb: no bundle left.
 FCPU="$TMP/fb-cpu"
 fake_build "$FCPU" && rm -rf "$FCPU/CMakeFiles"

@@ -49,34 +49,42 @@ E2E_STEPS=""
 usage() { sed -n '2,/^[^#]/{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 bad_arg() { printf 'gpu_check: %s (see --help)\n' "$*" >&2; exit 2; }
 need_val() { [[ $# -ge 2 && -n $2 ]] || bad_arg "$1 needs a value"; }
-need_int() {  # need_int FLAG VALUE [MIN [MAX]]
+NUM=0
+need_int() {  # need_int FLAG VALUE [MIN [MAX]]: sets NUM to VALUE as a plain decimal ("090" -> 90)
   local min=${3:-1} max=${4:-1000000}
   if ! [[ $2 =~ ^[0-9]{1,9}$ ]] || ((10#$2 < min || 10#$2 > max)); then
     bad_arg "$1 needs a whole number from $min to $max, got '$2'"
   fi
+  NUM=$((10#$2))
 }
 
 while (($#)); do
   case $1 in
-    --bundle) need_val "$@"; BUNDLE=$2; shift 2 ;;
+    --bundle) need_val "$@"; BUNDLE=$2; shift 2
+      [[ -f $BUNDLE && $BUNDLE == *.tar.xz ]] && bad_arg "--bundle takes the bundle's folder (MANIFEST and bundle.tar.xz), not the archive: --bundle $(dirname -- "$BUNDLE")"
+      ;;
     --out) need_val "$@"; OUTDIR=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --keep-going) KEEP_GOING=1; shift ;;
     --allow-skip) ALLOW_SKIP=1; shift ;;
     --python) need_val "$@"; PY=$2; shift 2 ;;
-    --batch) need_val "$@"; need_int "$1" "$2" 1 8192; BATCH=$2; shift 2 ;;
-    --size) need_val "$@"; need_int "$1" "$2" 32 1024; SIZE=$2; shift 2 ;;
+    --batch) need_val "$@"; need_int "$1" "$2" 1 8192; BATCH=$NUM; shift 2 ;;
+    --size) need_val "$@"; need_int "$1" "$2" 32 1024; SIZE=$NUM; shift 2 ;;
     --ours-args) need_val "$@"; OURS_ARGS=$2; shift 2 ;;
     --gtest-filter) need_val "$@"; GTEST_FILTER=$2; shift 2 ;;
-    --test-timeout) need_val "$@"; need_int "$1" "$2" 1 3600; TEST_TIMEOUT=$2; shift 2 ;;
-    --budget) need_val "$@"; need_int "$1" "$2" 30 86400; BUDGET=$2; shift 2 ;;
-    --e2e-images) need_val "$@"; need_int "$1" "$2"; E2E_IMAGES=$2; shift 2 ;;
-    --e2e-steps) need_val "$@"; need_int "$1" "$2"; E2E_STEPS=$2; shift 2 ;;
+    --test-timeout) need_val "$@"; need_int "$1" "$2" 1 3600; TEST_TIMEOUT=$NUM; shift 2 ;;
+    --budget) need_val "$@"; need_int "$1" "$2" 30 86400; BUDGET=$NUM; shift 2 ;;
+    --e2e-images) need_val "$@"; need_int "$1" "$2"; E2E_IMAGES=$NUM; shift 2 ;;
+    --e2e-steps) need_val "$@"; need_int "$1" "$2"; E2E_STEPS=$NUM; shift 2 ;;
     --no-e2e) E2E=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) bad_arg "unknown argument '$1'" ;;
   esac
 done
+# The HDF5 run needs at least one batch of images (a smaller set gives no step at all).
+if ((E2E)) && [[ -n $E2E_IMAGES ]] && ((E2E_IMAGES < BATCH)); then
+  bad_arg "--e2e-images $E2E_IMAGES is below --batch $BATCH: the end-to-end HDF5 run needs at least one batch of images"
+fi
 if ((QUICK)); then
   TEST_TIMEOUT=${TEST_TIMEOUT:-90}; BUDGET=${BUDGET:-230}; TESTS_BUDGET=100; BENCH_TIMEOUT=90
   TORCH_STEPS=(--warmup 8 --iters 10 --windows 3)
@@ -86,13 +94,16 @@ else
   TORCH_STEPS=(--warmup 15 --iters 20 --windows 5)
   E2E_IMAGES=${E2E_IMAGES:-8192}; E2E_STEPS=${E2E_STEPS:-200}
 fi
+((E2E_IMAGES < BATCH)) && E2E_IMAGES=$BATCH  # a default below a large --batch: one batch of images
 COMPILE_TIMEOUT=240   # torch.compile that takes longer than this is reported as skipped
 RESERVE=15            # seconds kept back for the summary
 
 # The output folder: writable (checked first: one line, exit 2), and only what a previous gpu_check wrote
 # there is replaced. Its marks: logs/steps.tsv with our header, a gpu_check.log of our log lines, a
-# summary.json with our keys, a logs.tar.gz holding logs/steps.tsv. Anything else under those names (a
-# project's own logs/, say, with --out .) stops the run before anything is deleted.
+# summary.json with our keys, a logs.tar.gz holding logs/steps.tsv, a prev/ holding such a gpu_check.log.
+# Anything else under those names (a project's own logs/, say, with --out .) stops the run before anything
+# is deleted. A previous run that found a GPU (it reached the libraries step) is moved to prev/ first (an
+# older prev/ goes): a run that then stops at once (no GPU, no bundle) must not cost the last GPU results.
 out_err() { printf 'gpu_check: %s\n' "$*" >&2; exit 2; }
 mkdir -p -- "$OUTDIR" 2>/dev/null || out_err "cannot create output directory '$OUTDIR'"
 out_abs=$(cd -- "$OUTDIR" 2>/dev/null && pwd) || out_abs=""
@@ -121,6 +132,19 @@ fi
 # die of SIGPIPE, and under pipefail that would read as "no match".)
 if [[ -e $OUTDIR/logs.tar.gz ]] && ! grep -qx 'logs/steps.tsv' < <(tar -tzf "$OUTDIR/logs.tar.gz" 2>/dev/null); then
   out_err "'$OUTDIR/logs.tar.gz' was not written by gpu_check; refusing to delete it (pick another --out DIR)"
+fi
+PREV="$OUTDIR/prev"
+is_our_log() { [[ -f $1 ]] && head -1 "$1" | grep -qE '^\[gpu_check +[0-9]+s\] '; }
+if [[ -e $PREV || -L $PREV ]] && { [[ ! -d $PREV || -L $PREV ]] || { ! dir_empty "$PREV" && ! is_our_log "$PREV/gpu_check.log"; }; }; then
+  out_err "'$PREV' was not written by gpu_check; refusing to replace it (pick another --out DIR)"
+fi
+PREV_NOTE=""
+if is_our_log "$OUTDIR/gpu_check.log" && grep -qE '^\[gpu_check +[0-9]+s\] == libraries$' "$OUTDIR/gpu_check.log"; then
+  { rm -rf -- "$PREV" && mkdir -p "$PREV"; } || out_err "cannot make '$PREV' for the previous run's results"
+  for e in logs gpu_check.log summary.json logs.tar.gz; do
+    if [[ -e $OUTDIR/$e ]]; then mv -- "$OUTDIR/$e" "$PREV/" || out_err "cannot move '$OUTDIR/$e' to '$PREV'"; fi
+  done
+  PREV_NOTE="the previous run's results (it found a GPU) are in $PREV"
 fi
 rm -rf -- "$LOGDIR" "$OUTDIR/logs.tar.gz" "$OUTDIR/summary.json"
 mkdir -p "$LOGDIR"
@@ -231,7 +255,8 @@ if env.get("FATAL"):
 if not env.get("FATAL", "").startswith("missing: "):
     problems += ["missing: " + m for m in missing]
 for s in steps:
-    if s["status"] == "FAIL" and not (missing and s["note"].endswith("thing(s) missing")):
+    # A stop names its own cause (FATAL): the failed step that led to it would say it again.
+    if s["status"] == "FAIL" and not env.get("FATAL") and not (missing and s["note"].endswith("thing(s) missing")):
         problems.append(f"step {s['step']} failed: {s['note']}")
 
 tot = {"passed": 0, "failed": 0, "skipped": 0, "binaries": len(tests), "bad_binaries": 0}
@@ -241,7 +266,11 @@ for t in tests:
         tot[k] += t[k]
     t["rc"] = int(t["rc"]) if str(t["rc"]).lstrip("-").isdigit() else -1
     t["seconds"] = int(t["seconds"]) if str(t["seconds"]).isdigit() else 0
-    ok = t["rc"] == 0 and t["failed"] == 0 and (t["skipped"] == 0 or env.get("ALLOW_SKIP") == "1")
+    # A test binary that ran no test (gtest exits 0 then) tested nothing: a failure, unless --gtest-filter
+    # left it nothing to run (noted; the tests step fails when the filter matched nothing anywhere).
+    ran_none = t["passed"] + t["failed"] + t["skipped"] == 0 and "skipped by design" not in t["note"]
+    ok = (t["rc"] == 0 and t["failed"] == 0 and (t["skipped"] == 0 or env.get("ALLOW_SKIP") == "1")
+          and (not ran_none or t["note"].startswith("filtered out")))
     t["ok"] = ok
     if not ok:
         tot["bad_binaries"] += 1
@@ -443,6 +472,7 @@ fatal() {
 }
 
 log "gpu_check $( ((QUICK)) && echo quick || echo full) run, budget ${BUDGET} s, logs in $OUTDIR"
+[[ -n $PREV_NOTE ]] && log "$PREV_NOTE"
 
 # ---- (a) GPU, driver, python, bundle --------------------------------------------------------------
 step_begin host
@@ -533,6 +563,8 @@ else
     elif [[ $BUNDLE_COMMIT == *" "* ]]; then
       log "WARNING: the bundle was built from commit $BUNDLE_COMMIT (uncommitted changes beyond it): its binaries may not be this checkout's code"
     fi
+    stale_line=$(sed -n 's/^build_stale: //p' "$BUNDLE/MANIFEST" | head -1)
+    [[ -n $stale_line ]] && log "WARNING: the bundle was made with --allow-stale from a build older than its sources: $stale_line"
     log "bundle: $BUNDLE, commit $BUNDLE_COMMIT, $(sed -n 's/^cudnn_built_against: /cuDNN built against /p' "$BUNDLE/MANIFEST"), $(sed -n 's/^cuda_code_in_binaries: /GPU code /p' "$BUNDLE/MANIFEST")"
     # A driver older than the toolkit the bundle was built with fails every binary at its first CUDA
     # call (cudaErrorInsufficientDriver): stop now, even with --keep-going, instead of spending the run.
@@ -670,6 +702,7 @@ PYEOF
 step_begin tests
 TESTS_T0=$SECONDS
 nfail=0
+gtest_ran=0  # tests the gtest binaries ran (passed, failed or skipped), for a --gtest-filter matching nothing
 nrows=${#TESTS[@]}
 for b in "${TESTS[@]}"; do
   name=$(basename "$b")
@@ -706,10 +739,18 @@ for b in "${TESTS[@]}"; do
   fi
   ((s > 0)) && note="${note:+$note; }skipped: $(tr ' ' '\n' <<<"${names:-}" | grep '^SKIPPED:' | sed 's/^SKIPPED://' | head -5 | paste -sd ',' -)"
   ((xs > 0)) && note="${note:+$note; }$xs skipped by design: $(tr ' ' '\n' <<<"${names:-}" | grep '^BYDESIGN:' | sed 's/^BYDESIGN://' | head -3 | paste -sd ',' -)"
+  ran=$((p + f + s + xs))
+  gtest_ran=$((gtest_ran + ran))
+  if ((ran == 0 && rc == 0)); then
+    if [[ -n $GTEST_FILTER ]]; then note="filtered out: none of its tests matches --gtest-filter '$GTEST_FILTER'"
+    else note="ran no tests (exit 0, no test in its XML or log)"; fi
+  fi
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$p" "$f" "$s" "$((SECONDS - t0))" "$note" >>"$LOGDIR/tests.tsv"
   log "$name: rc $rc, $p passed, $f failed, $s skipped ($((SECONDS - t0)) s)${note:+ - $note}"
   [[ -n ${names:-} ]] && tr ' ' '\n' <<<"$names" | grep '^FAILED:' | head -10 | while IFS= read -r l; do log "   $l"; done
-  if ((rc != 0 || f > 0)) || { ((s > 0)) && ((!ALLOW_SKIP)); }; then nfail=$((nfail + 1)); fi
+  if ((rc != 0 || f > 0)) || { ((s > 0)) && ((!ALLOW_SKIP)); } || { ((ran == 0)) && [[ -z $GTEST_FILTER ]]; }; then
+    nfail=$((nfail + 1))
+  fi
 done
 # bench_cuda_train --selftest: a few steps per AMP mode, loss finite and falling (counted as one test).
 ours_bin="$BUNDLE/bin/bench_cuda_train"
@@ -726,6 +767,8 @@ if [[ -x $ours_bin && -z ${CANNOT_RUN[$ours_bin]:-} ]] && (($(cap 120) >= 20)); 
   nrows=$((nrows + 1))
 fi
 if ((${#TESTS[@]} == 0)); then step_end FAIL "no test binaries"
+elif [[ -n $GTEST_FILTER ]] && ((gtest_ran == 0)); then
+  step_end FAIL "--gtest-filter '$GTEST_FILTER' matched no test in any of the ${#TESTS[@]} test binaries"
 elif ((nfail)); then step_end FAIL "$nfail of $nrows test runs not clean"
 else step_end ok; fi
 

@@ -43,6 +43,7 @@ check "no GPU: exit 2" test "$rc" -eq 2
 check "no GPU: says 'no NVIDIA GPU/driver found'" grep -q 'no NVIDIA GPU/driver found' <<<"$out"
 check "no GPU: last line names the cause" grep -q 'STOPPED: no NVIDIA GPU/driver found' <<<"$(tail -1 <<<"$out")"
 check "no GPU: summary.json written, passed=false" test "$(jget "$TMP/nogpu/summary.json" 'd["passed"]')" = False
+check "no GPU: the cause is the one problem listed" test "$(jget "$TMP/nogpu/summary.json" 'len(d["problems"])')" = 1
 # again into the same folder (a previous gpu_check's output is replaced), and with $OUT (logs.tar.gz) twice
 out=$(PATH="$NOGPU_PATH" OUT="" "$ROOT/tools/gpu_check.sh" --out "$TMP/nogpu" 2>&1); rc=$?
 check "no GPU, rerun into its own output folder: runs again (exit 2, no GPU)" \
@@ -58,9 +59,9 @@ check "no GPU, \$OUT set, run twice: the second replaces the first's three files
   "$rc" "$out" "$TMP/nogpu-out"
 
 # ---- the output folder: only what a previous gpu_check wrote is replaced; unwritable: one line, exit 2 --
-for f in logs/app.log summary.json gpu_check.log logs.tar.gz; do
+for f in logs/app.log summary.json gpu_check.log logs.tar.gz prev/notes.txt; do
   d="$TMP/userout-${f//\//-}"
-  mkdir -p "$d/logs" && echo "the user's own" >"$d/$f"
+  mkdir -p "$d/logs" "$(dirname "$d/$f")" && echo "the user's own" >"$d/$f"
   out=$(PATH="$NOGPU_PATH" OUT="" "$ROOT/tools/gpu_check.sh" --out "$d" 2>&1); rc=$?
   check "--out DIR holding the user's own $f: exit 2, named, kept" \
     bash -c '[[ $1 -eq 2 && $2 == *"$5"*"refusing"* && $(cat "$3/$4") == "the user'"'"'s own" ]]' _ "$rc" "$out" "$d" "$f" "${f%%/*}"
@@ -612,7 +613,11 @@ EOF
 write_fake_gtest() {  # NAME PASSED FAILED SKIPPED
   cat >"$FAKE/bundle/bin/$1" <<EOF
 #!/bin/bash
-x=""; for a in "\$@"; do [[ \$a == --gtest_output=xml:* ]] && x=\${a#--gtest_output=xml:}; done
+x=""; filt=""
+for a in "\$@"; do [[ \$a == --gtest_output=xml:* ]] && x=\${a#--gtest_output=xml:}; [[ \$a == --gtest_filter=* ]] && filt=\${a#--gtest_filter=}; done
+if [[ -n \$filt && \$filt != "*" && \$filt != S.* ]]; then  # as gtest: nothing matches, exit 0, an empty XML
+  echo '<?xml version="1.0" encoding="UTF-8"?><testsuites tests="0" name="AllTests"></testsuites>' >"\$x"; exit 0
+fi
 {
 echo '<?xml version="1.0" encoding="UTF-8"?><testsuites tests="3" name="AllTests"><testsuite name="S">'
 for i in \$(seq 1 $2); do echo "<testcase name=\"ok\$i\" status=\"run\" result=\"completed\" classname=\"S\"/>"; done
@@ -640,6 +645,11 @@ echo "cudnn_built_against: 9.19.0" >>"$FAKE/bundle/MANIFEST"
 echo "nvcc: /usr/local/cuda/bin/nvcc 13.0" >>"$FAKE/bundle/MANIFEST"
 chmod +x "$FAKE"/bin/* "$FAKE"/bundle/bin/*
 FPATH="$FAKE/bin:$PATH"
+# A copy with only the clean stand-ins, for checks further down (this one collects failing ones on the way).
+CB="$TMP/clean-bundle"
+mkdir -p "$CB/bin" "$CB/lib"
+for b in test_fake_ok bench_cuda_train train_resnet18 make_bench_jpegs pack_imagenet; do cp "$FAKE/bundle/bin/$b" "$CB/bin/"; done
+cp "$FAKE/bundle/MANIFEST" "$CB/"
 
 if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 2>/dev/null; then
   out=$(FAKE_REAL_TORCH=1 PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --bundle "$FAKE/bundle" --out "$TMP/gc-ok" --python fakepy 2>&1); rc=$?
@@ -768,6 +778,61 @@ check "missing bench_cuda_train: listed once among the problems" \
   test "$(grep -c '^  - .*bench_cuda_train (our benchmark)' <<<"$out")" -eq 1
 out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --bundle "$TMP/no-bundle" --out "$TMP/gc-nob" --python fakepy 2>&1); rc=$?
 check "missing bundle: exit 2, names tools/bundle_deps" bash -c '[[ $1 -eq 2 ]] && grep -q "MISSING: bundle .*tools/bundle_deps" <<<"$2"' _ "$rc" "$out"
+
+# Numbers with leading zeros are taken as decimal everywhere (not octal: "090" broke the arithmetic, and
+# "010" steps were run as 8 and then not found in the resume's log).
+out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --bundle "$CB" --out "$TMP/gc-zeros" --python fakepy \
+  --budget 0230 --e2e-steps 010 --e2e-images 0512 2>&1); rc=$?
+check "--budget 0230 --e2e-steps 010 --e2e-images 0512: exit 0, budget 230, 10 steps resumed to 30" \
+  bash -c '[[ $1 -eq 0 && $2 == *"budget 230 s"* && $2 != *"value too great"* && $2 != *"syntax error"* &&
+             $2 == *"to step 30 from "*"ckpt-0000000010.h5"* && $2 == *"make_bench_jpegs: 512 images"* ]] || { printf "rc %s: %s\n" "$1" "${2: -1500}"; false; }' _ \
+  "$rc" "$out"
+# A test binary that ran no test (real gtest exits 0 when nothing runs) tested nothing: a failure.
+cat >"$CB/bin/test_fake_empty" <<'EOF'
+#!/bin/bash
+x=""; for a in "$@"; do [[ $a == --gtest_output=xml:* ]] && x=${a#--gtest_output=xml:}; done
+echo '<?xml version="1.0" encoding="UTF-8"?><testsuites tests="0" failures="0" disabled="0" errors="0" name="AllTests"></testsuites>' >"$x"
+echo '[==========] 0 tests from 0 test suites ran. (0 ms total)'
+EOF
+chmod +x "$CB/bin/test_fake_empty"
+out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --no-e2e --bundle "$CB" --out "$TMP/gc-empty" --python fakepy 2>&1); rc=$?
+check "a test binary that ran no test: exit 1, its row FAIL - ran no tests" \
+  bash -c '[[ $1 -eq 1 ]] && grep -q "^test_fake_empty .*FAIL - ran no tests" <<<"$2" && grep -q "^  - test binary test_fake_empty" <<<"$2" ||
+           { printf "rc %s: %s\n" "$1" "${2: -1500}"; false; }' _ "$rc" "$out"
+# --gtest-filter: a binary it leaves nothing to run is noted, not failed; a filter matching nothing anywhere fails.
+out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --no-e2e --bundle "$CB" --out "$TMP/gc-filt" --python fakepy \
+  --gtest-filter 'S.*' 2>&1); rc=$?
+check "--gtest-filter matching one binary's tests: exit 0, the other binary 'filtered out'" \
+  bash -c '[[ $1 -eq 0 ]] && grep -q "^test_fake_empty .* ok - filtered out" <<<"$2" && grep -q "^test_fake_ok  *5 " <<<"$2" ||
+           { printf "rc %s: %s\n" "$1" "${2: -1500}"; false; }' _ "$rc" "$out"
+out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --no-e2e --bundle "$CB" --out "$TMP/gc-filt0" --python fakepy \
+  --gtest-filter 'Nope.*' 2>&1); rc=$?
+check "--gtest-filter matching no test in any binary: exit 1, said" \
+  bash -c '[[ $1 -eq 1 && $2 == *"--gtest-filter '"'"'Nope.*'"'"' matched no test in any of the 2 test binaries"* ]] ||
+           { printf "rc %s: %s\n" "$1" "${2: -1500}"; false; }' _ "$rc" "$out"
+rm -f "$CB/bin/test_fake_empty"
+# A bundle made with --allow-stale: warned about.
+echo "build_stale: test_cuda_ops (would run: Building CXX object x.o) (bundled with --allow-stale)" >>"$CB/MANIFEST"
+out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --no-e2e --bundle "$CB" --out "$TMP/gc-stale" --python fakepy 2>&1)
+check "a bundle made with --allow-stale: a warning naming the stale binary" \
+  grep -q "WARNING: the bundle was made with --allow-stale .*test_cuda_ops" <<<"$out"
+cp "$FAKE/bundle/MANIFEST" "$CB/"
+# A run that stops at once (no GPU) keeps the previous GPU run's results (prev/); a second such stop too.
+PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --no-e2e --bundle "$CB" --out "$TMP/gc-prev" --python fakepy >/dev/null 2>&1
+cp "$TMP/gc-prev/summary.json" "$TMP/gc-prev-first.json"
+for i in 1 2; do
+  out=$(PATH="$NOGPU_PATH" OUT="" "$ROOT/tools/gpu_check.sh" --out "$TMP/gc-prev" 2>&1); rc=$?
+  check "no GPU after a GPU run into the same --out (stop $i): exit 2, the GPU run's results kept in prev/" \
+    bash -c '[[ $1 -eq 2 && -d $2/prev/logs ]] && cmp -s "$2/prev/summary.json" "$3" && grep -q "no NVIDIA GPU" "$2/summary.json" ||
+             { ls -R "$2" | head; false; }' _ "$rc" "$TMP/gc-prev" "$TMP/gc-prev-first.json"
+done
+# bad arguments found up front: --e2e-images below --batch, the archive instead of its folder
+out=$("$ROOT/tools/gpu_check.sh" --batch 256 --e2e-images 100 2>&1); rc=$?
+check "--e2e-images 100 with --batch 256: exit 2, one line naming both" \
+  bash -c '[[ $1 -eq 2 && $(wc -l <<<"$2") -eq 1 && $2 == *"--e2e-images 100 is below --batch 256"* ]] || { printf "%s\n" "$2"; false; }' _ "$rc" "$out"
+out=$("$ROOT/tools/gpu_check.sh" --bundle "$TMP/packed/bundle.tar.xz" 2>&1); rc=$?
+check "--bundle DIR/bundle.tar.xz: exit 2, says to pass its folder" \
+  bash -c '[[ $1 -eq 2 && $(wc -l <<<"$2") -eq 1 && $2 == *"not the archive: --bundle $3"* ]] || { printf "%s\n" "$2"; false; }' _ "$rc" "$out" "$TMP/packed"
 
 # ---- the PyTorch peer on the CPU (smoke: arguments, RESULT line) ---------------------------------
 if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 2>/dev/null; then

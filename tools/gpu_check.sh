@@ -5,22 +5,25 @@
 # there from generated JPEGs), and prints a short table LAST. Full logs and summary.json go to DIR.
 #
 # Usage: tools/gpu_check.sh [--bundle DIR] [--out DIR] [--quick] [options]
-#   --bundle DIR        bundle from tools/bundle_deps (default: .bundle in the repository root)
+#   --bundle DIR        bundle folder from tools/bundle_deps (default: .bundle in the repository root); the
+#                       folder, not its bundle.tar.xz
 #   --out DIR           where logs, test XML and summary.json go (default: $OUT if set, else ./gpu_check_out);
 #                       a previous gpu_check's logs/, gpu_check.log, summary.json, logs.tar.gz there are
-#                       replaced, files of those names it did not write are refused (exit 2), as is a DIR
-#                       it cannot write
+#                       replaced (first moved to DIR/prev/ when that run found a GPU, so that a run that
+#                       stops at once keeps them), files of those names it did not write are refused (exit 2),
+#                       as is a DIR it cannot write
 #   --quick             tests + short benchmarks and end-to-end runs, no torch.compile (about 4 minutes)
 #   --keep-going        run whatever is there even if something is missing (still exits non-zero)
 #   --allow-skip        a skipped GPU test is not a failure (default: it is; on a GPU host nothing should skip)
 #   --python PY         python3 with PyTorch + torchvision (default: $DDP_PYTHON or python3)
 #   --batch N --size N  benchmark batch and image size (default 256, 224; batch 1-8192, size 32-1024)
 #   --ours-args "ARGS"  extra arguments for bench_cuda_train
-#   --gtest-filter F    passed to every test binary
+#   --gtest-filter F    passed to every test binary; one it leaves no test is noted, not failed, but a filter
+#                       matching no test in any binary fails (without a filter, a binary running no test fails)
 #   --test-timeout S    per test binary (default 150; quick 90)
 #   --budget S          whole-run time budget; steps that would overrun it are skipped with a note
 #                       (default 465; quick 230)
-#   --e2e-images N      JPEGs made and packed for the end-to-end run (default 8192; quick 4096)
+#   --e2e-images N      JPEGs made and packed for the end-to-end run (default 8192; quick 4096); at least --batch
 #   --e2e-steps N       steps of each train_resnet18 run, synthetic and HDF5 (default 200; quick 100)
 #   --no-e2e            skip the train_resnet18 runs
 # Exit status: 0 all passed; 1 a test failed/skipped/crashed, a benchmark failed or something is missing;

@@ -705,7 +705,8 @@ PYEOF
 step_begin tests
 TESTS_T0=$SECONDS
 nfail=0
-gtest_ran=0  # tests the gtest binaries ran (passed, failed or skipped), for a --gtest-filter matching nothing
+gtest_ran=0   # tests the gtest binaries ran (passed, failed or skipped), for a --gtest-filter matching nothing
+gtest_runs=0  # gtest binaries started (not those left out: unresolved libraries, time budget)
 nrows=${#TESTS[@]}
 for b in "${TESTS[@]}"; do
   name=$(basename "$b")
@@ -744,6 +745,7 @@ for b in "${TESTS[@]}"; do
   ((xs > 0)) && note="${note:+$note; }$xs skipped by design: $(tr ' ' '\n' <<<"${names:-}" | grep '^BYDESIGN:' | sed 's/^BYDESIGN://' | head -3 | paste -sd ',' -)"
   ran=$((p + f + s + xs))
   gtest_ran=$((gtest_ran + ran))
+  gtest_runs=$((gtest_runs + 1))
   if ((ran == 0 && rc == 0)); then
     if [[ -n $GTEST_FILTER ]]; then note="filtered out: none of its tests matches --gtest-filter '$GTEST_FILTER'"
     else note="ran no tests (exit 0, no test in its XML or log)"; fi
@@ -770,8 +772,8 @@ if [[ -x $ours_bin && -z ${CANNOT_RUN[$ours_bin]:-} ]] && (($(cap 120) >= 20)); 
   nrows=$((nrows + 1))
 fi
 if ((${#TESTS[@]} == 0)); then step_end FAIL "no test binaries"
-elif [[ -n $GTEST_FILTER ]] && ((gtest_ran == 0)); then
-  step_end FAIL "--gtest-filter '$GTEST_FILTER' matched no test in any of the ${#TESTS[@]} test binaries"
+elif [[ -n $GTEST_FILTER ]] && ((gtest_runs > 0 && gtest_ran == 0)); then
+  step_end FAIL "--gtest-filter '$GTEST_FILTER' matched no test in any of the $gtest_runs test binaries run"
 elif ((nfail)); then step_end FAIL "$nfail of $nrows test runs not clean"
 else step_end ok; fi
 

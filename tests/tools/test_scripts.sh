@@ -808,7 +808,7 @@ check "--gtest-filter matching one binary's tests: exit 0, the other binary 'fil
 out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --no-e2e --bundle "$CB" --out "$TMP/gc-filt0" --python fakepy \
   --gtest-filter 'Nope.*' 2>&1); rc=$?
 check "--gtest-filter matching no test in any binary: exit 1, said" \
-  bash -c '[[ $1 -eq 1 && $2 == *"--gtest-filter '"'"'Nope.*'"'"' matched no test in any of the 2 test binaries"* ]] ||
+  bash -c '[[ $1 -eq 1 && $2 == *"--gtest-filter '"'"'Nope.*'"'"' matched no test in any of the 2 test binaries run"* ]] ||
            { printf "rc %s: %s\n" "$1" "${2: -1500}"; false; }' _ "$rc" "$out"
 rm -f "$CB/bin/test_fake_empty"
 # A bundle made with --allow-stale: warned about.

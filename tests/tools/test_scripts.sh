@@ -365,7 +365,8 @@ set_target_properties(test_cuda_ops test_cuda_model PROPERTIES RUNTIME_OUTPUT_DI
 set_target_properties(test_comm_nccl PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests/comm)
 set_target_properties(bench_cuda_train PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/src/apps)
 EOF
-printf 'int main(void) { return 0; }\n' >"$MINI/ops.c"
+printf '#define MINI 0\n' >"$MINI/mini.h"
+printf '#include "mini.h"\nint main(void) { return MINI; }\n' >"$MINI/ops.c"
 printf 'int main(void) { return 0; }\n' >"$MINI/main.c"
 gitq() { git -C "$MINI" -c user.name=t -c user.email=t@example.com "$@" >/dev/null 2>&1; }
 if command -v cmake >/dev/null && command -v git >/dev/null && gitq init && gitq add -A && gitq commit -m mini &&
@@ -380,9 +381,16 @@ if command -v cmake >/dev/null && command -v git >/dev/null && gitq init && gitq
                $(grep -c "^build_up_to_date: yes" "$3/MANIFEST") -eq 1 ]] ||
              { printf "rc %s: %s\n" "$1" "$2"; grep -E "^(commit|source_dir|build_)" "$3/MANIFEST"; false; }' _ \
     "$rc" "$out" "$TMP/mini-bundle" "$mini_head" "$MINI"
-  # an edit after the build (a pull, say): refused, the stale binary named, the up-to-date ones not
+  # A header edited after the build folder's first build, which make -n cannot see yet (CMake gives make
+  # the header dependencies at its next run): found from the compiler's .o.d files.
   sleep 1
-  printf 'int main(void) { return 1; }\n' >"$MINI/ops.c"
+  printf '#define MINI 1\n' >"$MINI/mini.h"
+  out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$MINIB" "$TMP/mini-stale" --no-pack 2>&1); rc=$?
+  check "bundle_deps after a header edit following the first build: exit 1, test_cuda_ops named with mini.h, nothing written" \
+    bash -c '[[ $1 -eq 1 && $2 == *"test_cuda_ops ($4 is newer than ops.c.o)"* && $2 != *"test_cuda_model ("* && ! -e $3 ]] ||
+             { printf "rc %s: %s\n" "$1" "$2"; false; }' _ "$rc" "$out" "$TMP/mini-stale" "$MINI/mini.h"
+  # an edit after the build (a pull, say): refused, the stale binary named, the up-to-date ones not
+  printf '#include "mini.h"\nint main(void) { return 1; }\n' >"$MINI/ops.c"
   out=$(HOME="$TMP/fhome" "$FREPO/tools/bundle_deps" "$MINIB" "$TMP/mini-stale" --no-pack 2>&1); rc=$?
   check "bundle_deps of a build older than its sources: exit 1, names test_cuda_ops (not the others), nothing written" \
     bash -c '[[ $1 -eq 1 && $2 == *"older than their sources"*"test_cuda_ops (would run: Building C object"* && $2 != *"test_cuda_model ("* && ! -e $3 ]] ||

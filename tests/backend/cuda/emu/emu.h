@@ -5,10 +5,17 @@
 //   - the CUDA runtime API the backend and its tests call (runtime.cpp): "device" memory is host
 //     memory (tracked, so a host pointer handed to a kernel or a device copy is an error, as it is an
 //     illegal address on a GPU; pinned host memory passes where device memory is expected; each
-//     buffer ends against a guard page, so a kernel reading or writing past its end stops the run,
-//     naming the kernel and the byte, except a read within the up to 15 bytes of padding to the
-//     next 16-byte boundary, where only writes are caught; allocations are 16-byte aligned, not
-//     256 as cudaMalloc's);
+//     buffer lies between two guard pages, so a kernel reading or writing just past its end or just
+//     before its start stops the run, naming the kernel and the byte offset; pages are 4 KiB and a
+//     buffer starts 16-byte aligned (what 16-byte vector accesses need; cudaMalloc gives 256), so it
+//     touches only one guard page and the slack to the other holds canary bytes, checked after every
+//     kernel: a write there stops the run too, only a read there goes unseen. By default a buffer
+//     ends at the last 16-byte boundary before its back guard page: unseen are reads up to 15 bytes
+//     past the end (the padding to 16) and up to 4080 bytes before the start (0 for a buffer of
+//     whole pages). With DDP_CUDA_EMU_GUARD_FRONT=1 (the reverse_order runs) it starts at its front
+//     guard page, page-aligned (so 256-byte aligned, as cudaMalloc's): unseen are reads up to 4095
+//     bytes past the end (0 for whole pages), none before the start. An access farther away than
+//     the slack and a page lands in another mapping, or none: not reliably caught);
 //     work enqueued on a stream (kernels, async copies and memsets, convs, GEMMs, collectives) is
 //     deferred until something waits for it (a stream, event or device synchronisation, an event
 //     query, a stream waiting on an event, a cudaFree, a blocking copy for the blocking streams), so
@@ -73,6 +80,9 @@ int syncthreads_or(int pred, int site);
 // Where a pointer lives, as far as the emulated device can tell.
 enum class MemKind { Unknown, Device, PinnedHost };
 MemKind mem_kind(const void* p);
+// Whether buffers start at their front guard page (DDP_CUDA_EMU_GUARD_FRONT=1) rather than end at
+// their back one (runtime.cpp, "memory").
+bool guard_front();
 // Whether [p, p + bytes) lies inside one live device (or pinned host) allocation.
 bool device_range_ok(const void* p, size_t bytes);
 // Whether s is the default stream or a live one; an error as cudaGetLastError reports it.

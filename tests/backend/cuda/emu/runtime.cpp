@@ -6,8 +6,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <iterator>
 #include <deque>
 #include <string>
 #include <cstdio>
@@ -29,11 +31,14 @@ ThreadState* g_cur = nullptr;
 namespace {
 
 // ---- memory -------------------------------------------------------------------------------------
+// A mapping per allocation: [guard page][canary bytes][the buffer][canary bytes][guard page].
 struct Alloc {
   size_t bytes;
   MemKind kind;
-  char* map;    // the mapping it lies in (ends with the guard page)
-  size_t span;  // the mapping's size
+  char* map;      // the mapping it lies in (starts and ends with a guard page)
+  size_t span;    // the mapping's size
+  size_t before;  // canary bytes between the front guard page and the buffer
+  size_t after;   // canary bytes between the buffer's end and the back guard page
 };
 std::mutex g_mem_mu;
 std::map<uintptr_t, Alloc> g_allocs;  // by base address
@@ -52,12 +57,16 @@ const Alloc* find_alloc(const void* p, size_t bytes, uintptr_t* base_out = nullp
   return &it->second;
 }
 
-// Every allocation ends 16-byte aligned against an inaccessible guard page, so a kernel reading or
-// writing past a buffer's end faults at once (the handler below names the kernel and the byte); the
-// up to 15 bytes between the end and the next 16-byte boundary (the alignment a kernel's vector
-// accesses need) hold canary bytes that every kernel run checks are intact, so a write there stops
-// the run too. Only a read inside those 15 bytes goes unseen. (A GPU may corrupt a neighbour
-// silently, read garbage, or fault.)
+// Every allocation lies between two inaccessible guard pages, so a kernel reading or writing just
+// past a buffer's end or just before its start faults at once (the handler below names the kernel
+// and the byte). Pages are 4 KiB and buffers start 16-byte aligned (the alignment a kernel's vector
+// accesses need; cudaMalloc gives 256), so each buffer ends against one guard page and is separated
+// from the other by slack: by default the buffer ends at the next 16-byte boundary before the back
+// guard page (the up to 15 bytes of slack after it) and the up to 4080 bytes before it are slack;
+// with DDP_CUDA_EMU_GUARD_FRONT=1 it starts at the front guard page (page-aligned, so 256-byte aligned
+// as cudaMalloc's) and the slack is after its end, up to the back guard page. Slack holds canary
+// bytes that every kernel run checks are intact, so a write there stops the run too; only a read
+// inside the slack goes unseen. (A GPU may corrupt a neighbour silently, read garbage, or fault.)
 constexpr unsigned char kCanary = 0xA5;
 const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
 size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
@@ -66,40 +75,62 @@ void install_fault_handler();
 
 void* emu_alloc(size_t bytes, MemKind kind) {
   install_fault_handler();
-  const size_t used = round_up(bytes, 16), span = round_up(used, kPage) + kPage;
+  const size_t used = round_up(bytes, 16), inner = round_up(used, kPage), span = inner + 2 * kPage;
   void* m = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (m == MAP_FAILED) return nullptr;
   char* map = static_cast<char*>(m);
-  if (mprotect(map + span - kPage, kPage, PROT_NONE) != 0) {
+  if (mprotect(map, kPage, PROT_NONE) != 0 || mprotect(map + span - kPage, kPage, PROT_NONE) != 0) {
     munmap(m, span);
     return nullptr;
   }
-  char* p = map + span - kPage - used;
+  const size_t before = guard_front() ? 0 : inner - used, after = inner - before - bytes;
+  char* p = map + kPage + before;
+  std::memset(map + kPage, kCanary, before);
   // A GPU does not clear what it allocates: all-ones bytes are NaN in fp32, fp16 and bf16, so code
   // that reads memory it never wrote shows it.
   std::memset(p, 0xFF, bytes);
-  std::memset(p + bytes, kCanary, used - bytes);
+  std::memset(p + bytes, kCanary, after);
   std::lock_guard<std::mutex> lk(g_mem_mu);
-  g_allocs[reinterpret_cast<uintptr_t>(p)] = Alloc{bytes, kind, map, span};
+  g_allocs[reinterpret_cast<uintptr_t>(p)] = Alloc{bytes, kind, map, span, before, after};
   if (kind == MemKind::Device) g_device_bytes += bytes;
   return p;
 }
 
-std::string describe_past_end(uintptr_t base, const Alloc& a, size_t offset) {
-  char buf[200];
-  std::snprintf(buf, sizeof buf, "byte +%zu of a %zu-byte %s allocation at %p (the first past its end is +%zu)", offset,
-                a.bytes, a.kind == MemKind::Device ? "device" : "pinned", reinterpret_cast<void*>(base), a.bytes);
+// Byte `offset` from the buffer's start (negative: before it), outside the buffer, described.
+std::string describe_outside(uintptr_t base, const Alloc& a, ptrdiff_t offset) {
+  char buf[240];
+  const char* kind = a.kind == MemKind::Device ? "device" : "pinned";
+  if (offset < 0)
+    std::snprintf(buf, sizeof buf, "byte %td (%td before its start) of a %zu-byte %s allocation at %p", offset, -offset,
+                  a.bytes, kind, reinterpret_cast<void*>(base));
+  else
+    std::snprintf(buf, sizeof buf, "byte +%td of a %zu-byte %s allocation at %p (the first past its end is +%zu)",
+                  offset, a.bytes, kind, reinterpret_cast<void*>(base), a.bytes);
   return buf;
 }
 
-// The first allocation whose canary a kernel overwrote, described, or "" when all are intact.
+// The first index in [p, p + n) not holding the canary, or n.
+size_t first_damaged(const unsigned char* p, size_t n) {
+  static const std::vector<unsigned char> ref(65536, kCanary);
+  for (size_t at = 0; at < n; at += ref.size()) {
+    const size_t k = std::min(ref.size(), n - at);
+    if (std::memcmp(p + at, ref.data(), k) == 0) continue;
+    for (size_t i = 0; i < k; ++i)
+      if (p[at + i] != kCanary) return at + i;
+  }
+  return n;
+}
+
+// The first allocation whose canary a kernel overwrote, described ("before the start of a buffer:
+// ..." or "past the end of a buffer: ..."), or "" when all are intact.
 std::string damaged_canary() {
   std::lock_guard<std::mutex> lk(g_mem_mu);
   for (const auto& [base, a] : g_allocs) {
-    const auto* c = reinterpret_cast<const unsigned char*>(base) + a.bytes;
-    const size_t n = round_up(a.bytes, 16) - a.bytes;
-    for (size_t i = 0; i < n; ++i)
-      if (c[i] != kCanary) return describe_past_end(base, a, a.bytes + i);
+    const auto* start = reinterpret_cast<const unsigned char*>(base);
+    if (const size_t i = first_damaged(start - a.before, a.before); i < a.before)
+      return "before the start of a buffer: " + describe_outside(base, a, -static_cast<ptrdiff_t>(a.before - i));
+    if (const size_t i = first_damaged(start + a.bytes, a.after); i < a.after)
+      return "past the end of a buffer: " + describe_outside(base, a, static_cast<ptrdiff_t>(a.bytes + i));
   }
   return "";
 }
@@ -349,23 +380,27 @@ struct Engine {
 };
 Engine g_engine;
 
-// A fault inside a kernel on the guard page after an allocation: say which kernel and which byte,
+// A fault inside a kernel on a guard page before or after an allocation: say which kernel and which byte,
 // then let the fault take its course (a death test, or a core dump, sees it). Any other fault is
 // passed on unchanged.
 struct sigaction g_prev_segv;
 void on_fault(int sig, siginfo_t* info, void* ctx) {
   const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
   if (g_engine.active && g_mem_mu.try_lock()) {
+    // The allocation whose mapping (guard pages included) holds addr: the first one at or after it
+    // (addr in its front guard page), or the last one before it (addr in its back guard page).
     auto it = g_allocs.upper_bound(addr);
-    if (it != g_allocs.begin()) {
-      --it;
-      const Alloc& a = it->second;
-      const auto guard = reinterpret_cast<uintptr_t>(a.map) + a.span - kPage;
-      if (addr >= guard && addr < guard + kPage) {
-        const std::string what = describe_past_end(it->first, a, addr - it->first);
-        std::fprintf(stderr, "[cuda emulation] kernel %s read or wrote past the end of a buffer: %s\n", g_engine.name,
-                     what.c_str());
-      }
+    const std::map<uintptr_t, Alloc>::iterator candidates[] = {it, it == g_allocs.begin() ? g_allocs.end() : std::prev(it)};
+    for (auto c : candidates) {
+      if (c == g_allocs.end()) continue;
+      const Alloc& a = c->second;
+      const auto map = reinterpret_cast<uintptr_t>(a.map);
+      const bool front = addr >= map && addr < map + kPage, back = addr >= map + a.span - kPage && addr < map + a.span;
+      if (!front && !back) continue;
+      const std::string what = describe_outside(c->first, a, static_cast<ptrdiff_t>(addr - c->first));
+      std::fprintf(stderr, "[cuda emulation] kernel %s read or wrote %s of a buffer: %s\n", g_engine.name,
+                   front ? "before the start" : "past the end", what.c_str());
+      break;
     }
     g_mem_mu.unlock();
   }
@@ -495,6 +530,14 @@ void run_block_fibers(const ThreadState& proto, unsigned threads) {
 
 void enqueue(cudaStream_t s, std::function<void()> op) { submit(s, std::move(op)); }
 
+bool guard_front() {
+  static const bool on = [] {
+    const char* e = std::getenv("DDP_CUDA_EMU_GUARD_FRONT");
+    return e && std::string(e) == "1";
+  }();
+  return on;
+}
+
 bool device_range_ok(const void* p, size_t bytes) {
   std::lock_guard<std::mutex> lk(g_mem_mu);
   return find_alloc(p, bytes) != nullptr;
@@ -603,7 +646,7 @@ void execute_grid(dim3 grid, dim3 block, const void* kernel, const char* name, c
   e.active = false;
   const std::string damaged = damaged_canary();
   if (!damaged.empty()) {
-    std::fprintf(stderr, "[cuda emulation] kernel %s wrote past the end of a buffer: %s\n", name, damaged.c_str());
+    std::fprintf(stderr, "[cuda emulation] kernel %s wrote %s\n", name, damaged.c_str());
     std::abort();
   }
 }

@@ -367,7 +367,8 @@ TEST(CudaEmulationDeathTest, AWritePastABuffersEndStopsTheRun) {
         cudaDeviceSynchronize();
       },
       // The first thread out of bounds to run: +240 in order, +252 in reverse.
-      "k_fill read or wrote past the end of a buffer: byte \\+2[45][0-9] of a 240-byte device allocation");
+      // Caught by the guard page, or with DDP_CUDA_EMU_GUARD_FRONT=1 by the canary bytes after the buffer.
+      "k_fill (read or )?wrote past the end of a buffer: byte \\+2[45][0-9] of a 240-byte device allocation");
   ddp::cuda_emu::Launch("k_fill", 1, 60)(k_fill, dev, 5);  // exactly the buffer: fine
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   cudaFree(dev);
@@ -383,24 +384,80 @@ TEST(CudaEmulationDeathTest, AWritePastABuffersEndStopsTheRun) {
   cudaFree(dev);
 }
 
-// y[i] = x[i + 1]: one element too far for the last thread.
-__global__ void k_shift_left(const int* x, int* y) { y[threadIdx.x] = x[threadIdx.x + 1]; }
+// y[i] = x[i + 1]: one element too far for the grid's last thread.
+__global__ void k_shift_left_grid(const int* x, int* y) {
+  const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+  y[i] = x[i + 1];
+}
 
+// A buffer of whole pages has no slack after it in either layout (emu.h): the guard page after it
+// is its last byte's neighbour.
 TEST(CudaEmulationDeathTest, AReadPastABuffersEndStopsTheRun) {
   int *x = nullptr, *y = nullptr;
-  ASSERT_EQ(cudaMalloc(&x, 64 * 4), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&y, 64 * 4), cudaSuccess);
-  ASSERT_EQ(cudaMemset(x, 0, 64 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&x, 1024 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&y, 1024 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemset(x, 0, 1024 * 4), cudaSuccess);
   EXPECT_DEATH(
       {
-        ddp::cuda_emu::Launch("k_shift_left", 1, 64)(k_shift_left, x, y);
+        ddp::cuda_emu::Launch("k_shift_left", 4, 256)(k_shift_left_grid, x, y);
         cudaDeviceSynchronize();
       },
-      "k_shift_left read or wrote past the end of a buffer: byte \\+256 of a 256-byte device allocation");
-  ddp::cuda_emu::Launch("k_shift_left", 1, 63)(k_shift_left, x, y);  // in bounds
+      "k_shift_left read or wrote past the end of a buffer: byte \\+4096 of a 4096-byte device allocation");
+  ddp::cuda_emu::Launch("k_shift_left", 3, 256)(k_shift_left_grid, x, y);  // in bounds
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   cudaFree(x);
   cudaFree(y);
+}
+
+// y[i] = x[i - 1]: one element too early for thread 0.
+__global__ void k_shift_right(const int* x, int* y) { y[threadIdx.x] = x[static_cast<int>(threadIdx.x) - 1]; }
+
+// p[i - back] = v: thread i writes `back` elements before its own.
+__global__ void k_fill_back(int* p, int back, int v) { p[static_cast<int>(threadIdx.x) - back] = v; }
+
+// A buffer of whole pages has no slack before it in either layout (emu.h): the guard page in front
+// of it is its first byte's neighbour.
+TEST(CudaEmulationDeathTest, AReadBeforeABuffersStartStopsTheRun) {
+  int *x = nullptr, *y = nullptr;
+  ASSERT_EQ(cudaMalloc(&x, 1024 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&y, 1024 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemset(x, 0, 1024 * 4), cudaSuccess);
+  EXPECT_DEATH(
+      {
+        ddp::cuda_emu::Launch("k_shift_right", 1, 64)(k_shift_right, x, y);
+        cudaDeviceSynchronize();
+      },
+      "k_shift_right read or wrote before the start of a buffer: byte -4 \\(4 before its start\\) of a 4096-byte "
+      "device allocation");
+  ddp::cuda_emu::Launch("k_shift_right", 1, 64)(k_shift_right, x + 1, y);  // in bounds
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaFree(x);
+  cudaFree(y);
+}
+
+// A write before a buffer's start lands on the guard page, or on the canary bytes of the slack
+// between it and the buffer (checked after every kernel): either stops the run, naming the byte.
+TEST(CudaEmulationDeathTest, AWriteBeforeABuffersStartStopsTheRun) {
+  int* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 60 * 4), cudaSuccess);
+  EXPECT_DEATH(
+      {
+        ddp::cuda_emu::Launch("k_fill_back", 1, 60)(k_fill_back, dev, 1, 5);
+        cudaDeviceSynchronize();
+      },
+      "k_fill_back (read or )?wrote before the start of a buffer: byte -4 \\(4 before its start\\) of a 240-byte "
+      "device allocation");
+  if (!ddp::cuda_emu::guard_front()) {  // far into the slack before it (3,856 bytes of the default layout)
+    EXPECT_DEATH(
+        {
+          ddp::cuda_emu::Launch("k_fill_back", 1, 1)(k_fill_back, dev, 900, 5);
+          cudaDeviceSynchronize();
+        },
+        "k_fill_back wrote before the start of a buffer: byte -3600 \\(3600 before its start\\) of a 240-byte");
+  }
+  ddp::cuda_emu::Launch("k_fill_back", 1, 60)(k_fill_back, dev + 1, 1, 5);  // exactly the buffer: fine
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaFree(dev);
 }
 
 TEST(CudaEmulationDeathTest, DivergentBarriersStopTheRun) {

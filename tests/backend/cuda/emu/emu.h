@@ -28,9 +28,15 @@
 //     kernel that calls __syncthreads runs each thread as a fiber, switched at every barrier (the
 //     first block of each kernel's first launch runs as fibers and finds out; threads of a block
 //     waiting at different barriers stop the run, undefined on a GPU); grid and block limits are
-//     checked as a GPU would (not __launch_bounds__); shared memory is a static, filled with
-//     all-ones bytes (NaN) before each block of a kernel with barriers, so a read of a word no
-//     thread of the block wrote shows;
+//     checked as a GPU would (not __launch_bounds__); an access not aligned to its type (a uint4,
+//     int4 or float4 load or store at an address not 16-byte aligned included, as a
+//     reinterpret_cast of a lane pointer makes) stops the run, where a GPU stops with "misaligned
+//     address" and x86 would carry on: the kernels' sources are built with -fsanitize=alignment
+//     (UBSan names the source line and the type, runtime.cpp the kernel; the vector types keep
+//     CUDA's alignas(16) on the host); not seen: a misaligned access the C++ type does not show (a
+//     memcpy into a vector, or a type whose host alignment is below the GPU's); shared memory is a
+//     static, filled with all-ones bytes (NaN) before each block of a kernel with barriers, so a
+//     read of a word no thread of the block wrote shows;
 //   - cuBLAS's SGEMM (a plain loop summing in double; the TF32 math mode is ignored) and cuDNN's
 //     convolutions (conv_emu.cpp replaces conv.cpp's Impl, sharing its forwarding members in
 //     conv_engine_calls.inc: direct loops in fp32 over inputs rounded to the activation dtype,

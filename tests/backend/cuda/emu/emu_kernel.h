@@ -46,3 +46,9 @@ inline int atomicAdd(int* p, int v) { const int old = *p; *p = old + v; return o
 inline float atomicAdd(float* p, float v) { const float old = *p; *p = old + v; return old; }
 using std::isfinite;
 using std::isnan;
+
+// The 16-byte vector types keep CUDA's 16-byte alignment on the host (vector_types.h gives g++
+// __attribute__((aligned(16)))), which the alignment check of the kernels' sources (CMakeLists.txt:
+// -fsanitize=alignment) holds every access through them to, as a GPU does.
+static_assert(alignof(uint4) == 16 && alignof(int4) == 16 && alignof(float4) == 16,
+              "the emulated vector types lost CUDA's alignment: misaligned vector accesses would go unseen");

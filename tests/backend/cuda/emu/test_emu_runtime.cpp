@@ -460,6 +460,43 @@ TEST(CudaEmulationDeathTest, AWriteBeforeABuffersStartStopsTheRun) {
   cudaFree(dev);
 }
 
+// 16-byte vector accesses at x + offset (elements): aligned only when offset is a multiple of 4.
+__global__ void k_load_uint4(const int* x, int offset, int* y) {
+  const uint4 v = *reinterpret_cast<const uint4*>(x + offset);
+  y[threadIdx.x] = static_cast<int>(v.x + v.y + v.z + v.w);
+}
+__global__ void k_store_float4(float* y, int offset) {
+  reinterpret_cast<float4*>(y + offset)[threadIdx.x] = make_float4(1.0f, 2.0f, 3.0f, 4.0f);
+}
+
+// On a GPU a vector access at an address not aligned to its size faults ("misaligned address"); on
+// x86 it works. The emulation stops the run at it, naming the type, the source line and the kernel.
+TEST(CudaEmulationDeathTest, AMisalignedVectorAccessStopsTheRun) {
+  int* x = nullptr;
+  float* y = nullptr;
+  ASSERT_EQ(cudaMalloc(&x, 64 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&y, 64 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemset(x, 0, 64 * 4), cudaSuccess);
+  ddp::cuda_emu::Launch("k_load_uint4", 1, 8)(k_load_uint4, x, 4, x + 32);  // 16-byte aligned: fine
+  ddp::cuda_emu::Launch("k_store_float4", 1, 8)(k_store_float4, y, 4);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_DEATH(
+      {
+        ddp::cuda_emu::Launch("k_load_uint4", 1, 8)(k_load_uint4, x, 1, x + 32);
+        cudaDeviceSynchronize();
+      },
+      "misaligned address 0x[0-9a-f]+ for type 'const struct uint4', which requires 16 byte alignment(.|\n)*"
+      "kernel k_load_uint4: the access reported above is misaligned");
+  EXPECT_DEATH(
+      {
+        ddp::cuda_emu::Launch("k_store_float4", 1, 8)(k_store_float4, y, 2);  // 8-byte aligned only
+        cudaDeviceSynchronize();
+      },
+      "store to misaligned address 0x[0-9a-f]+ for type 'struct float4'(.|\n)*kernel k_store_float4");
+  cudaFree(x);
+  cudaFree(y);
+}
+
 TEST(CudaEmulationDeathTest, DivergentBarriersStopTheRun) {
   int* dev = nullptr;
   ASSERT_EQ(cudaMalloc(&dev, 64 * 4), cudaSuccess);

@@ -28,15 +28,18 @@
 //     kernel that calls __syncthreads runs each thread as a fiber, switched at every barrier (the
 //     first block of each kernel's first launch runs as fibers and finds out; threads of a block
 //     waiting at different barriers stop the run, undefined on a GPU); grid and block limits are
-//     checked as a GPU would (not __launch_bounds__); an access not aligned to its type (a uint4,
-//     int4 or float4 load or store at an address not 16-byte aligned included, as a
-//     reinterpret_cast of a lane pointer makes) stops the run, where a GPU stops with "misaligned
-//     address" and x86 would carry on: the kernels' sources are built with -fsanitize=alignment
-//     (UBSan names the source line and the type, runtime.cpp the kernel; the vector types keep
-//     CUDA's alignas(16) on the host); not seen: a misaligned access the C++ type does not show (a
-//     memcpy into a vector, or a type whose host alignment is below the GPU's); shared memory is a
-//     static, filled with all-ones bytes (NaN) before each block of a kernel with barriers, so a
-//     read of a word no thread of the block wrote shows;
+//     checked as a GPU would, and a kernel's __launch_bounds__(N) too (gen_kernels.cmake hands N
+//     to the launch: more than N threads per block is cudaErrorLaunchOutOfResources, the kernel
+//     not run; N must be visible at the launch, so a bound that is a template parameter of the
+//     kernel fails to compile here; minBlocksPerMultiprocessor is ignored); an access not aligned
+//     to its type (a uint4, int4 or float4 load or store at an address not 16-byte aligned
+//     included, as a reinterpret_cast of a lane pointer makes) stops the run, where a GPU stops
+//     with "misaligned address" and x86 would carry on: the kernels' sources are built with
+//     -fsanitize=alignment (UBSan names the source line and the type, runtime.cpp the kernel; the
+//     vector types keep CUDA's alignas(16) on the host); not seen: a misaligned access the C++
+//     type does not show (a memcpy into a vector, or a type whose host alignment is below the
+//     GPU's); shared memory is a static, filled with all-ones bytes (NaN) before each block of a
+//     kernel with barriers, so a read of a word no thread of the block wrote shows;
 //   - cuBLAS's SGEMM (a plain loop summing in double; the TF32 math mode is ignored) and cuDNN's
 //     convolutions (conv_emu.cpp replaces conv.cpp's Impl, sharing its forwarding members in
 //     conv_engine_calls.inc: direct loops in fp32 over inputs rounded to the activation dtype,
@@ -105,8 +108,9 @@ void break_capture_at_next_gemm();
 // the kernel (whether it uses barriers is learnt at its first launch); `name` is for messages.
 // Checks the configuration now (an error is cudaGetLastError's at once, as on a GPU) and enqueues
 // the grid on the stream (runtime.cpp: work runs when something waits for it).
+// max_threads: the kernel's __launch_bounds__ (0: none); a launch with more threads per block fails.
 void run_grid(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const void* kernel, const char* name,
-              std::function<void()> body);
+              unsigned max_threads, std::function<void()> body);
 // A launch-time error (bad configuration, bad pointer argument): becomes cudaGetLastError()'s
 // answer, as on a GPU, and is printed with the kernel's name.
 void set_launch_error(cudaError_t e, const char* name, const char* why);
@@ -125,11 +129,20 @@ bool check_pointer_arg(const T& a, int index, const char* name) {
   return true;
 }
 
-// `k<<<grid, block, smem, stream>>>(args)` becomes `Launch("k", grid, block, smem, stream)(k, args)`.
+// `k<<<grid, block, smem, stream>>>(args)` becomes `Launch("k", grid, block, smem, stream)(k, args)`,
+// and `Launch(...).max_threads(N)(k, args)` for a kernel declared with __launch_bounds__(N)
+// (gen_kernels.cmake).
 class Launch {
  public:
   Launch(const char* name, dim3 grid, dim3 block, size_t smem = 0, cudaStream_t stream = nullptr)
       : grid_(grid), block_(block), smem_(smem), stream_(stream), name_(name) {}
+
+  // The kernel's __launch_bounds__(n): a GPU refuses a launch with more than n threads per block.
+  Launch max_threads(unsigned n) const {
+    Launch l = *this;
+    l.max_threads_ = n;
+    return l;
+  }
 
   template <class... P, class... A>
   void operator()(void (*k)(P...), A&&... a) const {
@@ -137,7 +150,7 @@ class Launch {
     // Arguments are converted to the parameter types once, as a launch copies them to the device.
     auto args = std::make_shared<std::tuple<std::decay_t<P>...>>(static_cast<std::decay_t<P>>(std::forward<A>(a))...);
     if (!check_args(*args, std::index_sequence_for<P...>{})) return;  // a GPU would fault: not run
-    run_grid(grid_, block_, smem_, stream_, reinterpret_cast<const void*>(k), name_, [k, args] {
+    run_grid(grid_, block_, smem_, stream_, reinterpret_cast<const void*>(k), name_, max_threads_, [k, args] {
       auto copy = *args;  // each thread gets its own copy of the parameters
       std::apply(k, copy);
     });
@@ -152,6 +165,7 @@ class Launch {
   size_t smem_;
   cudaStream_t stream_;
   const char* name_;
+  unsigned max_threads_ = 0;
 };
 
 }  // namespace ddp::cuda_emu

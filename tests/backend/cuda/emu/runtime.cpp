@@ -603,7 +603,7 @@ void execute_grid(dim3 grid, dim3 block, const void* kernel, const char* name, c
 }  // namespace
 
 void run_grid(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const void* kernel, const char* name,
-              std::function<void()> body) {
+              unsigned max_threads, std::function<void()> body) {
   // The limits every GPU of compute capability 7.0 and later enforces.
   const unsigned long long threads = 1ULL * block.x * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || block.x > 1024 ||
@@ -612,6 +612,15 @@ void run_grid(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const voi
     std::snprintf(why, sizeof why, "invalid configuration: grid (%u, %u, %u), block (%u, %u, %u)", grid.x, grid.y,
                   grid.z, block.x, block.y, block.z);
     set_launch_error(cudaErrorInvalidConfiguration, name, why);
+    return;
+  }
+  if (max_threads != 0 && threads > max_threads) {
+    // The kernel was compiled for at most max_threads per block (its registers sized for them): a
+    // GPU refuses the launch ("too many resources requested for launch").
+    char why[200];
+    std::snprintf(why, sizeof why, "%llu threads per block, more than the kernel's __launch_bounds__(%u)", threads,
+                  max_threads);
+    set_launch_error(cudaErrorLaunchOutOfResources, name, why);
     return;
   }
   if (smem != 0) {
@@ -695,6 +704,7 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
     case cudaErrorNotSupported: return "cudaErrorNotSupported";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";

@@ -4,6 +4,7 @@
 // DDP_CUDA_EMU_REVERSE=1 runs threads in; stream capture and graph replay, and the calls CUDA
 // refuses during a capture.
 #include "emu_kernel.h"  // first: CUDA kernel syntax for the kernels below
+#include "emu_test_kernels.h"
 
 #include <gtest/gtest.h>
 
@@ -53,6 +54,12 @@ __global__ void k_divergent_barrier(int* p) {
     __syncthreads();
   }
   p[threadIdx.x] = 1;
+}
+
+std::vector<int> read_back(const int* dev, size_t n) {
+  std::vector<int> host(n);
+  EXPECT_EQ(cudaMemcpy(host.data(), dev, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  return host;
 }
 
 struct Stream {
@@ -180,6 +187,30 @@ TEST(CudaEmulation, BadLaunchesAndCopiesFailAsOnAGpu) {
   cudaFree(dev);
 }
 
+// A kernel declared __launch_bounds__(N) (emu_test_kernels.cu, rewritten as ops.cu is) refuses a
+// launch with more than N threads per block, as a GPU does; the kernel does not run.
+TEST(CudaEmulation, LaunchBoundsAreEnforced) {
+  int* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 256 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemset(dev, 0, 256 * 4), cudaSuccess);
+  ddp::emu_test::launch_bounded_fill(128, dev, 1);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  ddp::emu_test::launch_bounded_fill(256, dev, 2);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchOutOfResources);
+  ddp::emu_test::launch_bounded_fill_negated(129, dev, 3);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchOutOfResources);
+  auto host = read_back(dev, 256);
+  EXPECT_EQ(host[0], 1);
+  EXPECT_EQ(host[128], 0) << "a refused launch ran";
+  ddp::emu_test::launch_bounded_fill_negated(128, dev, 3);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  ddp::emu_test::launch_unbounded_fill(256, dev, 4);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  host = read_back(dev, 256);
+  EXPECT_EQ(host[255], 4);
+  cudaFree(dev);
+}
+
 TEST(CudaEmulation, ReverseOrderRunsTheLastThreadFirst) {
   int* dev = nullptr;
   ASSERT_EQ(cudaMalloc(&dev, 4), cudaSuccess);
@@ -193,12 +224,6 @@ TEST(CudaEmulation, ReverseOrderRunsTheLastThreadFirst) {
 
 // Adds v to every element (so a replay that ran twice, or not at all, shows in the sum).
 __global__ void k_add(int* p, int v) { p[blockIdx.x * blockDim.x + threadIdx.x] += v; }
-
-std::vector<int> read_back(const int* dev, size_t n) {
-  std::vector<int> host(n);
-  EXPECT_EQ(cudaMemcpy(host.data(), dev, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-  return host;
-}
 
 TEST(CudaEmulationGraphs, CaptureRecordsWithoutRunningAndEachLaunchReplaysOnce) {
   Stream main, side;

@@ -19,9 +19,14 @@
 //     work enqueued on a stream (kernels, async copies and memsets, convs, GEMMs, collectives) is
 //     deferred until something waits for it (a stream, event or device synchronisation, an event
 //     query, a stream waiting on an event, a cudaFree, a blocking copy for the blocking streams), so
-//     a host read of a result without the synchronisation a GPU needs sees stale data; but each
-//     stream's work then runs in one piece, in order, so a race between streams that both have
-//     work queued cannot show;
+//     a host read of a result without the synchronisation a GPU needs sees stale data; between
+//     streams, work runs in the order the host waits for it (streams flushed together in creation
+//     order), or with DDP_CUDA_EMU_REVERSE=1 the other way (a host wait for a stream or event
+//     first runs every other stream's queued work; last-created first), so work on two streams
+//     with no event wait ordering them (a race between streams) runs in one order in one run and
+//     in the other in the other: a result that depends on it differs between the two; not seen: a
+//     race whose two sides are ordered the same way by both rules (e.g. one side enqueued after a
+//     host wait that ran the other), and any overlap in time (each operation runs whole);
 //   - kernel launches: each block's threads run one after another on one OS thread, in ascending
 //     order, or descending with DDP_CUDA_EMU_REVERSE=1 (a race between threads, or a read of what
 //     another thread writes without a barrier, shows only as a difference between the two); a

@@ -163,13 +163,23 @@ cudaError_t fail(cudaError_t e, const char* fn, const char* why) {
 // sees stale data (NaN bytes, or the last value) instead of the result. Work on the legacy default
 // stream (nullptr) waits for the blocking streams' work and runs at once. DDP_CUDA_EMU_IMMEDIATE=1
 // runs everything at once instead (to tell a synchronisation bug from another).
+// Between streams, the order work runs in is the order the host waits: a stream waited for runs
+// its work then, streams flushed together (a device synchronisation) run in the order they were
+// created. With DDP_CUDA_EMU_REVERSE=1 the other way round: a host wait for a stream or an event
+// first runs every other stream's queued work (a GPU may have run it already), and streams flushed
+// together run last-created first. So work on one stream that reads or overwrites what another's
+// work writes, with no event wait ordering them (a race between streams), runs in one order in one
+// run and in the other order in the other; a result that depends on it differs between the two.
+bool reverse_order();
 std::mutex g_obj_mu;
 std::set<const void*> g_streams;
 struct Capture;
 // How many of each capturing stream's operations a stream's next operation depends on (a vector
 // clock): EndCapture checks with it that every stream forked into a capture was joined back.
 using Clock = std::map<const void*, uint64_t>;
+std::atomic<uint64_t> g_streams_created{0};
 struct Stream {
+  uint64_t serial = ++g_streams_created;  // creation order
   bool blocking = true;  // orders with the legacy default stream (not cudaStreamNonBlocking)
   std::deque<std::function<void()>> pending;
   uint64_t enqueued = 0, done = 0;
@@ -236,10 +246,13 @@ void flush(Stream* s, uint64_t upto = UINT64_MAX) {
     ++s->done;
   }
 }
+// In creation order (last-created first with DDP_CUDA_EMU_REVERSE=1).
 std::vector<Stream*> live_streams() {
   std::lock_guard<std::mutex> lk(g_obj_mu);
   std::vector<Stream*> v;
   for (const void* p : g_streams) v.push_back(static_cast<Stream*>(const_cast<void*>(p)));
+  std::sort(v.begin(), v.end(), [](const Stream* a, const Stream* b) { return a->serial < b->serial; });
+  if (reverse_order()) std::reverse(v.begin(), v.end());
   return v;
 }
 void flush_all() {
@@ -248,6 +261,16 @@ void flush_all() {
 void flush_blocking() {
   for (Stream* s : live_streams())
     if (s->blocking) flush(s);
+}
+// The host waits for s's work up to its upto-th operation: with DDP_CUDA_EMU_REVERSE=1, every other
+// stream's queued work runs first (see above). Only a host wait does this: work run by a flush
+// (a stream's wait on an event) must not start other streams' work in the middle of its own.
+void host_wait(Stream* s, uint64_t upto = UINT64_MAX) {
+  std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
+  if (reverse_order())
+    for (Stream* o : live_streams())
+      if (o != s) flush(o);
+  flush(s, upto);
 }
 void invalidate(Capture* c, const std::string& why) {
   if (c->invalid.empty()) c->invalid = why;
@@ -880,7 +903,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
   }
   if (const cudaError_t e = submit(s, [=] { std::memmove(dst, src, bytes); }, "cudaMemcpyAsync"); e != cudaSuccess)
     return e;
-  if (to_pageable && s) flush(reinterpret_cast<Stream*>(s));
+  if (to_pageable && s) host_wait(reinterpret_cast<Stream*>(s));
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t s) {
@@ -911,7 +934,7 @@ static cudaError_t stream_wait_host(cudaStream_t s, const char* fn) {
     return fail(s ? cudaErrorStreamCaptureUnsupported : cudaErrorStreamCaptureImplicit, fn,
                 "a capturing stream's work is recorded, not run: it cannot be waited for or queried");
   }
-  if (s) flush(reinterpret_cast<Stream*>(s));
+  if (s) host_wait(reinterpret_cast<Stream*>(s));
   else flush_blocking();
   return g_last_error;
 }
@@ -959,7 +982,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
 }
 static void complete(Event* ev) {
   std::lock_guard<std::recursive_mutex> lk(g_queue_mu);
-  if (ev->stream && stream_ok(reinterpret_cast<cudaStream_t>(ev->stream))) flush(ev->stream, ev->seq);
+  if (ev->stream && stream_ok(reinterpret_cast<cudaStream_t>(ev->stream))) host_wait(ev->stream, ev->seq);
 }
 static cudaError_t event_wait_host(cudaEvent_t e, const char* fn) {
   Event* ev = event_of(e);

@@ -104,6 +104,11 @@ TEST(CudaEmulation, BlockingCopyDoesNotWaitForNonBlockingStreams) {
   cudaFree(dev);
 }
 
+bool reversed() {
+  const char* rev = std::getenv("DDP_CUDA_EMU_REVERSE");
+  return rev && std::string(rev) == "1";
+}
+
 TEST(CudaEmulation, StreamWaitEventOrdersWork) {
   Stream a, b;
   cudaEvent_t ev = nullptr;
@@ -119,7 +124,44 @@ TEST(CudaEmulation, StreamWaitEventOrdersWork) {
   ASSERT_EQ(cudaStreamSynchronize(b.s), cudaSuccess);
   std::vector<int> host(256);
   ASSERT_EQ(cudaMemcpy(host.data(), dst, 256 * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-  EXPECT_EQ(host[7], 11);
+  // The second fill is not ordered with the copy: either value is a GPU's. The emulation runs only
+  // what the wait needs, or with DDP_CUDA_EMU_REVERSE=1 every other stream's work before b's.
+  EXPECT_EQ(host[7], reversed() ? 12 : 11);
+  cudaEventDestroy(ev);
+  cudaFree(src);
+  cudaFree(dst);
+}
+
+// Stream b copies what stream a writes with no event between them: a race, which the order the
+// emulation runs streams in decides. By default the order the host waits in (a before b: the
+// race does not show), with DDP_CUDA_EMU_REVERSE=1 the other way (b's copy first: it copies what
+// was there before), so the race shows in one of the two runs. Likewise for a device
+// synchronisation (creation order, or the reverse).
+TEST(CudaEmulation, ARaceBetweenStreamsShowsInOneOfTheTwoOrders) {
+  Stream a, b;
+  int *src = nullptr, *dst = nullptr;
+  ASSERT_EQ(cudaMalloc(&src, 256 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dst, 256 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemset(src, 0, 256 * 4), cudaSuccess);
+  ddp::cuda_emu::Launch("k_fill", 1, 256, 0, a.s)(k_fill, src, 5);
+  ASSERT_EQ(cudaMemcpyAsync(dst, src, 256 * 4, cudaMemcpyDeviceToDevice, b.s), cudaSuccess);  // no wait on a
+  ASSERT_EQ(cudaStreamSynchronize(a.s), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(b.s), cudaSuccess);
+  EXPECT_EQ(read_back(dst, 256)[3], reversed() ? 0 : 5);
+  ddp::cuda_emu::Launch("k_fill", 1, 256, 0, a.s)(k_fill, src, 6);
+  ASSERT_EQ(cudaMemcpyAsync(dst, src, 256 * 4, cudaMemcpyDeviceToDevice, b.s), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(read_back(dst, 256)[3], reversed() ? 5 : 6);
+  // An event wait orders them: the copy sees the fill in both runs.
+  cudaEvent_t ev = nullptr;
+  ASSERT_EQ(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), cudaSuccess);
+  ddp::cuda_emu::Launch("k_fill", 1, 256, 0, a.s)(k_fill, src, 7);
+  ASSERT_EQ(cudaEventRecord(ev, a.s), cudaSuccess);
+  ASSERT_EQ(cudaStreamWaitEvent(b.s, ev, 0), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(dst, src, 256 * 4, cudaMemcpyDeviceToDevice, b.s), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(a.s), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(b.s), cudaSuccess);
+  EXPECT_EQ(read_back(dst, 256)[3], 7);
   cudaEventDestroy(ev);
   cudaFree(src);
   cudaFree(dst);
@@ -217,8 +259,7 @@ TEST(CudaEmulation, ReverseOrderRunsTheLastThreadFirst) {
   ddp::cuda_emu::Launch("k_race", 2, 64)(k_race, dev);
   int winner = -1;
   ASSERT_EQ(cudaMemcpy(&winner, dev, 4, cudaMemcpyDeviceToHost), cudaSuccess);
-  const char* rev = std::getenv("DDP_CUDA_EMU_REVERSE");
-  EXPECT_EQ(winner, rev && std::string(rev) == "1" ? 0 : 127) << "the last thread to run writes last";
+  EXPECT_EQ(winner, reversed() ? 0 : 127) << "the last thread to run writes last";
   cudaFree(dev);
 }
 

@@ -1,8 +1,9 @@
 // The CUDA emulation's own claims (emu.h): deferred stream work (a host read without the needed
 // synchronisation sees stale data), event ordering between streams, barriers and their OR, divergent
-// barriers refused, launch-configuration and pointer checks as a GPU makes them, and the order
-// DDP_CUDA_EMU_REVERSE=1 runs threads in; stream capture and graph replay, and the calls CUDA
-// refuses during a capture.
+// barriers refused, launch-configuration, __launch_bounds__ and pointer checks as a GPU makes them,
+// the order DDP_CUDA_EMU_REVERSE=1 runs threads and streams' work in; accesses past a buffer's end,
+// before its start and misaligned for their type stopping the run; stream capture and graph replay,
+// and the calls CUDA refuses during a capture.
 #include "emu_kernel.h"  // first: CUDA kernel syntax for the kernels below
 #include "emu_test_kernels.h"
 

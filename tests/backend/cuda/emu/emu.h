@@ -14,8 +14,10 @@
 //     past the end (the padding to 16) and up to 4080 bytes before the start (0 for a buffer of
 //     whole pages). With DDP_CUDA_EMU_GUARD_FRONT=1 (the reverse_order runs) it starts at its front
 //     guard page, page-aligned (so 256-byte aligned, as cudaMalloc's): unseen are reads up to 4095
-//     bytes past the end (0 for whole pages), none before the start. An access farther away than
-//     the slack and a page lands in another mapping, or none: not reliably caught);
+//     bytes past the end (0 for whole pages), none before the start; so between the two, only a read
+//     within the padding of a buffer whose size is not a multiple of 16 is unseen in both. An
+//     access farther away than the slack and a page lands in another mapping, or none: not
+//     reliably caught);
 //     work enqueued on a stream (kernels, async copies and memsets, convs, GEMMs, collectives) is
 //     deferred until something waits for it (a stream, event or device synchronisation, an event
 //     query, a stream waiting on an event, a cudaFree, a blocking copy for the blocking streams), so

@@ -432,15 +432,17 @@ void on_fault(int sig, siginfo_t* info, void* ctx) {
 }
 
 // A kernel's misaligned access (the kernels are built with -fsanitize=alignment and
-// -fno-sanitize-recover: CMakeLists.txt): UBSan prints the source line and type, then stops the run;
-// this says which kernel was running. Weak: an executable without UBSan's runtime has neither.
+// -fno-sanitize-recover: CMakeLists.txt): UBSan prints the source line and type, then calls this
+// before it exits; it names the kernel and aborts, as the emulator's other stops do. Weak: an
+// executable without UBSan's runtime has neither.
 extern "C" void __sanitizer_set_death_callback(void (*)(void)) __attribute__((weak));
 void on_sanitizer_death() {
-  if (g_engine.active)
-    std::fprintf(stderr,
-                 "[cuda emulation] kernel %s: the access reported above is misaligned (a GPU stops there with "
-                 "\"misaligned address\")\n",
-                 g_engine.name);
+  if (!g_engine.active) return;
+  std::fprintf(stderr,
+               "[cuda emulation] kernel %s: the access reported above is misaligned (a GPU stops there with "
+               "\"misaligned address\")\n",
+               g_engine.name);
+  std::abort();
 }
 const bool g_sanitizer_hooked = [] {
   if (__sanitizer_set_death_callback) __sanitizer_set_death_callback(on_sanitizer_death);
@@ -701,10 +703,6 @@ void execute_grid(dim3 grid, dim3 block, const void* kernel, const char* name, c
 }  // namespace
 
 }  // namespace ddp::cuda_emu
-
-// UBSan's defaults for these executables: a misaligned access aborts (a core dump, as the emulator's
-// other stops), rather than exit(1). UBSAN_OPTIONS still overrides.
-extern "C" const char* __ubsan_default_options() { return "abort_on_error=1"; }
 
 // ---- the CUDA runtime API -----------------------------------------------------------------------
 using namespace ddp::cuda_emu;

@@ -1,6 +1,7 @@
 // CUDA emulation on the CPU, for testing the CUDA backend where no GPU exists (this project's
 // development machines; GPU hosts are lent rarely). The real sources run: ops.cu's kernels (made
-// compilable by g++ by gen_kernels.cmake, which only rewrites `k<<<cfg>>>(args)` launches),
+// compilable by g++ by gen_kernels.cmake, which only rewrites `k<<<cfg>>>(args)` launches, adding
+// a kernel's __launch_bounds__ to them),
 // memory.cpp, linear.cpp and resnet18_cuda.cpp as they are. What is emulated:
 //   - the CUDA runtime API the backend and its tests call (runtime.cpp): "device" memory is host
 //     memory (tracked, so a host pointer handed to a kernel or a device copy is an error, as it is an

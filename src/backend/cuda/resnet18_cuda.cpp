@@ -180,6 +180,12 @@ struct CudaResNet18::Impl {
       L.beta_off = spec.params[bs.bias].offset;
       L.rmean_off = spec.buffers[bs.running_mean].offset;
       L.rvar_off = spec.buffers[bs.running_var].offset;
+      // ops.cu's 8-channel paths read gamma and beta (and write their gradients) with 16-byte vector
+      // accesses; the flat buffers are cudaMalloc'd (256-byte aligned), so each offset must be a
+      // multiple of 4 floats. It is, for every ResNet18 (every count before fc's is a multiple of 64);
+      // a layout change that broke it would fault with "misaligned address" on the GPU.
+      DDP_CHECK(L.gamma_off % 4 == 0 && L.beta_off % 4 == 0, "CudaResNet18: BN parameters of ", bs.name,
+                " at offsets ", L.gamma_off, "/", L.beta_off, " are not 16-byte aligned");
       bn.push_back(L);
       return static_cast<int>(bn.size()) - 1;
     };

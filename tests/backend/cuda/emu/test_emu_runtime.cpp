@@ -69,6 +69,16 @@ struct Stream {
   ~Stream() { cudaStreamDestroy(s); }
 };
 
+// A death test of one launch: the emulation must stop the run (at the launch or at the synchronisation
+// that runs the queued kernel) with a message matching `regex`.
+#define EXPECT_KERNEL_DEATH(launch, regex) \
+  EXPECT_DEATH(                            \
+      {                                    \
+        launch;                            \
+        cudaDeviceSynchronize();           \
+      },                                   \
+      regex)
+
 TEST(CudaEmulation, HostReadWithoutSynchronisationSeesStaleData) {
   Stream st;
   int *dev = nullptr, *pinned = nullptr;
@@ -428,26 +438,19 @@ TEST(CudaEmulationGraphs, AForkNotJoinedBackFailsTheCapture) {
 TEST(CudaEmulationDeathTest, AWritePastABuffersEndStopsTheRun) {
   int* dev = nullptr;
   ASSERT_EQ(cudaMalloc(&dev, 60 * 4), cudaSuccess);  // 60 ints; the kernel writes 64
-  EXPECT_DEATH(
-      {
-        ddp::cuda_emu::Launch("k_fill", 1, 64)(k_fill, dev, 5);
-        cudaDeviceSynchronize();
-      },
-      // The first thread out of bounds to run: +240 in order, +252 in reverse.
-      // Caught by the guard page, or with DDP_CUDA_EMU_GUARD_FRONT=1 by the canary bytes after the buffer.
-      "k_fill (read or )?wrote past the end of a buffer: byte \\+2[45][0-9] of a 240-byte device allocation");
+  EXPECT_KERNEL_DEATH(ddp::cuda_emu::Launch("k_fill", 1, 64)(k_fill, dev, 5),
+                      // The first thread out of bounds to run: +240 in order, +252 in reverse. Caught
+                      // by the guard page, or with DDP_CUDA_EMU_GUARD_FRONT=1 by the canary bytes after it.
+                      "k_fill (read or )?wrote past the end of a buffer: byte \\+2[45][0-9] of a 240-byte "
+                      "device allocation");
   ddp::cuda_emu::Launch("k_fill", 1, 60)(k_fill, dev, 5);  // exactly the buffer: fine
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   cudaFree(dev);
   // Not a multiple of 16 bytes: a write into the padding before the guard page is caught by its
   // canary bytes.
   ASSERT_EQ(cudaMalloc(&dev, 61 * 4), cudaSuccess);
-  EXPECT_DEATH(
-      {
-        ddp::cuda_emu::Launch("k_fill", 1, 62)(k_fill, dev, 5);
-        cudaDeviceSynchronize();
-      },
-      "k_fill wrote past the end of a buffer: byte \\+244 of a 244-byte device allocation");
+  EXPECT_KERNEL_DEATH(ddp::cuda_emu::Launch("k_fill", 1, 62)(k_fill, dev, 5),
+                      "k_fill wrote past the end of a buffer: byte \\+244 of a 244-byte device allocation");
   cudaFree(dev);
 }
 
@@ -464,12 +467,9 @@ TEST(CudaEmulationDeathTest, AReadPastABuffersEndStopsTheRun) {
   ASSERT_EQ(cudaMalloc(&x, 1024 * 4), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&y, 1024 * 4), cudaSuccess);
   ASSERT_EQ(cudaMemset(x, 0, 1024 * 4), cudaSuccess);
-  EXPECT_DEATH(
-      {
-        ddp::cuda_emu::Launch("k_shift_left", 4, 256)(k_shift_left_grid, x, y);
-        cudaDeviceSynchronize();
-      },
-      "k_shift_left read or wrote past the end of a buffer: byte \\+4096 of a 4096-byte device allocation");
+  EXPECT_KERNEL_DEATH(ddp::cuda_emu::Launch("k_shift_left", 4, 256)(k_shift_left_grid, x, y),
+                      "k_shift_left read or wrote past the end of a buffer: byte \\+4096 of a 4096-byte "
+                      "device allocation");
   ddp::cuda_emu::Launch("k_shift_left", 3, 256)(k_shift_left_grid, x, y);  // in bounds
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   cudaFree(x);
@@ -489,13 +489,9 @@ TEST(CudaEmulationDeathTest, AReadBeforeABuffersStartStopsTheRun) {
   ASSERT_EQ(cudaMalloc(&x, 1024 * 4), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&y, 1024 * 4), cudaSuccess);
   ASSERT_EQ(cudaMemset(x, 0, 1024 * 4), cudaSuccess);
-  EXPECT_DEATH(
-      {
-        ddp::cuda_emu::Launch("k_shift_right", 1, 64)(k_shift_right, x, y);
-        cudaDeviceSynchronize();
-      },
-      "k_shift_right read or wrote before the start of a buffer: byte -4 \\(4 before its start\\) of a 4096-byte "
-      "device allocation");
+  EXPECT_KERNEL_DEATH(ddp::cuda_emu::Launch("k_shift_right", 1, 64)(k_shift_right, x, y),
+                      "k_shift_right read or wrote before the start of a buffer: byte -4 \\(4 before its "
+                      "start\\) of a 4096-byte device allocation");
   ddp::cuda_emu::Launch("k_shift_right", 1, 64)(k_shift_right, x + 1, y);  // in bounds
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   cudaFree(x);
@@ -507,20 +503,13 @@ TEST(CudaEmulationDeathTest, AReadBeforeABuffersStartStopsTheRun) {
 TEST(CudaEmulationDeathTest, AWriteBeforeABuffersStartStopsTheRun) {
   int* dev = nullptr;
   ASSERT_EQ(cudaMalloc(&dev, 60 * 4), cudaSuccess);
-  EXPECT_DEATH(
-      {
-        ddp::cuda_emu::Launch("k_fill_back", 1, 60)(k_fill_back, dev, 1, 5);
-        cudaDeviceSynchronize();
-      },
-      "k_fill_back (read or )?wrote before the start of a buffer: byte -4 \\(4 before its start\\) of a 240-byte "
-      "device allocation");
+  EXPECT_KERNEL_DEATH(ddp::cuda_emu::Launch("k_fill_back", 1, 60)(k_fill_back, dev, 1, 5),
+                      "k_fill_back (read or )?wrote before the start of a buffer: byte -4 \\(4 before its "
+                      "start\\) of a 240-byte device allocation");
   if (!ddp::cuda_emu::guard_front()) {  // far into the slack before it (3,856 bytes of the default layout)
-    EXPECT_DEATH(
-        {
-          ddp::cuda_emu::Launch("k_fill_back", 1, 1)(k_fill_back, dev, 900, 5);
-          cudaDeviceSynchronize();
-        },
-        "k_fill_back wrote before the start of a buffer: byte -3600 \\(3600 before its start\\) of a 240-byte");
+    EXPECT_KERNEL_DEATH(ddp::cuda_emu::Launch("k_fill_back", 1, 1)(k_fill_back, dev, 900, 5),
+                        "k_fill_back wrote before the start of a buffer: byte -3600 \\(3600 before its "
+                        "start\\) of a 240-byte");
   }
   ddp::cuda_emu::Launch("k_fill_back", 1, 60)(k_fill_back, dev + 1, 1, 5);  // exactly the buffer: fine
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -547,19 +536,12 @@ TEST(CudaEmulationDeathTest, AMisalignedVectorAccessStopsTheRun) {
   ddp::cuda_emu::Launch("k_load_uint4", 1, 8)(k_load_uint4, x, 4, x + 32);  // 16-byte aligned: fine
   ddp::cuda_emu::Launch("k_store_float4", 1, 8)(k_store_float4, y, 4);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  EXPECT_DEATH(
-      {
-        ddp::cuda_emu::Launch("k_load_uint4", 1, 8)(k_load_uint4, x, 1, x + 32);
-        cudaDeviceSynchronize();
-      },
-      "misaligned address 0x[0-9a-f]+ for type 'const struct uint4', which requires 16 byte alignment(.|\n)*"
-      "kernel k_load_uint4: the access reported above is misaligned");
-  EXPECT_DEATH(
-      {
-        ddp::cuda_emu::Launch("k_store_float4", 1, 8)(k_store_float4, y, 2);  // 8-byte aligned only
-        cudaDeviceSynchronize();
-      },
-      "store to misaligned address 0x[0-9a-f]+ for type 'struct float4'(.|\n)*kernel k_store_float4");
+  EXPECT_KERNEL_DEATH(ddp::cuda_emu::Launch("k_load_uint4", 1, 8)(k_load_uint4, x, 1, x + 32),
+                      "misaligned address 0x[0-9a-f]+ for type 'const struct uint4', which requires 16 byte "
+                      "alignment(.|\n)*"
+                      "kernel k_load_uint4: the access reported above is misaligned");
+  EXPECT_KERNEL_DEATH(ddp::cuda_emu::Launch("k_store_float4", 1, 8)(k_store_float4, y, 2),  // 8-byte aligned only
+                      "store to misaligned address 0x[0-9a-f]+ for type 'struct float4'(.|\n)*kernel k_store_float4");
   cudaFree(x);
   cudaFree(y);
 }
@@ -567,12 +549,8 @@ TEST(CudaEmulationDeathTest, AMisalignedVectorAccessStopsTheRun) {
 TEST(CudaEmulationDeathTest, DivergentBarriersStopTheRun) {
   int* dev = nullptr;
   ASSERT_EQ(cudaMalloc(&dev, 64 * 4), cudaSuccess);
-  EXPECT_DEATH(
-      {
-        ddp::cuda_emu::Launch("k_divergent_barrier", 1, 64)(k_divergent_barrier, dev);
-        cudaDeviceSynchronize();
-      },
-      "wait at different barriers");
+  EXPECT_KERNEL_DEATH(ddp::cuda_emu::Launch("k_divergent_barrier", 1, 64)(k_divergent_barrier, dev),
+                      "wait at different barriers");
   cudaFree(dev);
 }
 

@@ -363,8 +363,9 @@ void check_same_shard_set(const DataSource* train, const DataSource* val, const 
 }
 
 // The way out for a mid-epoch checkpoint this configuration cannot continue: an epoch-end checkpoint,
-// naming the newest one in `dir` and the newer ones that --resume (auto or a file) would not leave there.
-std::string epoch_end_way_out(const std::string& dir) {
+// naming the newest one in `dir` (the resumed file's) and the newer ones that --resume (auto or a file)
+// would not leave in the run's --checkpoint-dir.
+std::string epoch_end_way_out(const std::string& dir, const std::string& checkpoint_dir) {
   const std::string base = "; resume with the same configuration, or from an epoch-end checkpoint";
   if (dir.empty()) return base;
   std::string best;
@@ -380,6 +381,10 @@ std::string epoch_end_way_out(const std::string& dir) {
   std::string newer;
   for (const auto& c : all)
     if (checkpoint_step(c) > checkpoint_step(best)) newer += str(newer.empty() ? "" : ", ", fs::path(c).filename().string());
+  std::error_code ec;
+  const bool is_run_dir = !checkpoint_dir.empty() && fs::equivalent(dir, checkpoint_dir, ec);
+  if (newer.empty() || !is_run_dir)
+    return str(base, ": the newest in '", dir, "' is ", fs::path(best).filename().string(), " (--resume ", best, ")");
   return str(base, ": the newest in '", dir, "' is ", fs::path(best).filename().string(), "; move ", newer,
              " out of that directory, then resume (--resume auto takes it)");
 }
@@ -786,7 +791,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     // the others in the next collective.
     on_rank0_agreed(env.rank, tmo, "checking the mid-epoch checkpoint against this run", [&] {
       // (read only when a check fails: DDP_CHECK formats its message then)
-      const auto how = [&] { return epoch_end_way_out(std::filesystem::path(resume_path).parent_path().string()); };
+      const auto how = [&] {
+        return epoch_end_way_out(std::filesystem::path(resume_path).parent_path().string(), o.checkpoint_dir);
+      };
       DDP_CHECK(ckpt_world == env.world, "checkpoint '", resume_path, "' stopped mid-epoch with ", ckpt_world,
                 " rank(s); this run has ", env.world, how());
       DDP_CHECK(ckpt_batch == 0 || ckpt_batch == o.batch_size, "checkpoint '", resume_path, "' stopped mid-epoch with ",
@@ -919,6 +926,11 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   auto evaluate = [&](int epoch, double epochs_done = -1) -> bool {
     AddElapsed timed{eval_seconds};
     if (epochs_done < 0) epochs_done = epoch + 1;
+    // Evaluation averages the ranks' BN statistics. Cut short, the run stops and its checkpoint is
+    // written again: with each rank's own statistics, as before the evaluation (a resume stays exact).
+    std::vector<float> own(static_cast<size_t>(spec.buffer_count));
+    model->synchronize();
+    model->get_buffers(own.data());
     average_bn();
     auto t0 = Clock::now();
     const int64_t mine = val->local_batches();
@@ -935,6 +947,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
         comm->allreduce_sum(&req, 1);
         if (req > 0) {
           eval_interrupted = true;
+          model->set_buffers(own.data());
           if (rank0)
             progress->message(str(stop_text(), " during the evaluation of epoch ", epochs_done,
                                   ": evaluation interrupted after ", i, " of ", batches,
@@ -1264,8 +1277,14 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     stop = true;
     // Trained in this run: its checkpoint at --max-steps is rewritten saying the evaluation is due.
     // (Resumed with nothing to train, a rerun evaluates anyway.)
-    if (saved_epoch >= 0 && gstep > run_start_step)
+    if (saved_epoch >= 0 && gstep > run_start_step) {
       save(saved_epoch, saved_step, "stop requested during the evaluation; a resumed run evaluates first", true);
+    } else if (!resume_path.empty() && gstep == run_start_step) {
+      // Nothing trained in this run: the resumed checkpoint is still where a rerun starts (and evaluates).
+      result.last_checkpoint = resume_path;
+      saved_epoch = ckpt_epoch;
+      saved_step = ckpt_step;
+    }
   }
 
   result.global_steps = gstep;

@@ -1020,6 +1020,51 @@ TEST_F(TrainE2E, StopDuringAnEvaluationInterruptsItAndTheResumedRunEvaluatesFirs
   EXPECT_EQ(read_status(d("status"))["state"], "finished") << r.out;
 }
 
+// The final evaluation at a mid-epoch --max-steps, cut short: the checkpoint is written again saying
+// the evaluation is due, with each rank's own BN statistics (the evaluation had averaged them; a
+// resume must continue from what each rank had). And a run resumed with nothing left to train from a
+// checkpoint whose evaluation was done evaluates again; cut short, its status still names that
+// checkpoint ("stopped", not "stopped-unsaved": nothing was lost).
+TEST_F(TrainE2E, AnInterruptedFinalEvaluationKeepsEachRanksStatisticsAndItsCheckpoint) {
+  write_raw_shards(d("shards"), 32, 3000);
+  const std::string common = mpirun(2) + TRAIN_RESNET18 + " --data " + d("shards") +
+                             " --image-size 32 --backend cpu --threads 1 --workers 1 --batch-size 8 --eval-flip on"
+                             " --progress lines --epochs 3 --max-steps 1 --checkpoint-dir " + d("ck") +
+                             " --status-file " + d("status");
+  const auto [out, log] =
+      run_in_background(common, d("log"), "max-steps reached", "kill -USR1 $pid; wait $pid; echo rc=$?");
+  EXPECT_NE(out.find("rc=0"), std::string::npos) << out << log;
+  ASSERT_NE(log.find("during the evaluation of epoch"), std::string::npos) << log;
+  auto all = list_checkpoints(d("ck"));
+  ASSERT_EQ(all.size(), 1u) << log;
+  const auto spec = ddp::nn::make_resnet18_spec(4);
+  const auto st = load_checkpoint(all[0], spec);
+  EXPECT_TRUE(st.eval_pending) << log;
+  EXPECT_EQ(st.step_in_epoch, 1);  // mid-epoch: 2 steps per epoch
+  ASSERT_EQ(st.rank_buffers.size(), 2 * st.buffers.size()) << log;
+  const auto half = static_cast<std::ptrdiff_t>(st.buffers.size());
+  EXPECT_FALSE(std::equal(st.rank_buffers.begin(), st.rank_buffers.begin() + half, st.rank_buffers.begin() + half))
+      << "both ranks' BN statistics are the same (the evaluation's average):\n" << log;
+  // Resumed with nothing left to train: the pending evaluation runs.
+  auto r = sh(common + " --resume auto");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(read_status(d("status"))["state"], "finished") << r.out;
+
+  // A checkpoint whose evaluation was done, resumed with nothing to train: evaluated again, cut short.
+  const std::string again = std::regex_replace(common, std::regex(d("ck")), d("ck2"));
+  auto done = sh(again);
+  ASSERT_EQ(done.rc, 0) << done.out;
+  fs::remove(d("log"));  // run_in_background writes it again: the wait must not see the first run's lines
+  const auto [out2, log2] = run_in_background(again + " --resume auto", d("log"), "resumed from",
+                                              "kill -USR1 $pid; wait $pid; echo rc=$?");
+  EXPECT_NE(out2.find("rc=0"), std::string::npos) << out2 << log2;
+  ASSERT_NE(log2.find("during the evaluation of epoch"), std::string::npos) << log2;
+  ASSERT_EQ(log2.find("was interrupted by the stop of the run"), std::string::npos) << log2;  // not pending
+  auto status = read_status(d("status"));
+  EXPECT_EQ(status["state"], "stopped") << log2;
+  EXPECT_EQ(status["checkpoint"], d("ck2/" + ckpt_name(1))) << log2;
+}
+
 // Metrics on a volume that fills up mid-run: a warning, and training goes on to its end and its
 // checkpoints (metrics are not worth the run). One free 4 KiB page holds about half of the 48 records.
 TEST_F(TrainE2E, MetricsOnAFullDiskWarnAndTrainingContinues) {

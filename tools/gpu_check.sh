@@ -125,7 +125,7 @@ if [[ -e $LOGDIR || -L $LOGDIR ]]; then
     out_err "'$LOGDIR' holds files a previous gpu_check did not write; refusing to delete them (pick another --out DIR)"
   fi
 fi
-if [[ -e $OUTDIR/gpu_check.log && -s $OUTDIR/gpu_check.log ]] && ! head -1 "$OUTDIR/gpu_check.log" | grep -qE '^\[gpu_check +[0-9]+s\] '; then
+if [[ -e $OUTDIR/gpu_check.log && -s $OUTDIR/gpu_check.log ]] && ! [[ $(head -1 "$OUTDIR/gpu_check.log") =~ ^\[gpu_check\ +[0-9]+s\]\  ]]; then
   out_err "'$OUTDIR/gpu_check.log' was not written by gpu_check; refusing to overwrite it (pick another --out DIR)"
 fi
 if [[ -e $OUTDIR/summary.json ]] && ! grep -q '"tests_total"' "$OUTDIR/summary.json" 2>/dev/null; then
@@ -137,7 +137,7 @@ if [[ -e $OUTDIR/logs.tar.gz ]] && ! grep -qx 'logs/steps.tsv' < <(tar -tzf "$OU
   out_err "'$OUTDIR/logs.tar.gz' was not written by gpu_check; refusing to delete it (pick another --out DIR)"
 fi
 PREV="$OUTDIR/prev"
-is_our_log() { [[ -f $1 ]] && head -1 "$1" | grep -qE '^\[gpu_check +[0-9]+s\] '; }
+is_our_log() { [[ -f $1 && $(head -1 "$1") =~ ^\[gpu_check\ +[0-9]+s\]\  ]]; }
 if [[ -e $PREV || -L $PREV ]] && { [[ ! -d $PREV || -L $PREV ]] || { ! dir_empty "$PREV" && ! is_our_log "$PREV/gpu_check.log"; }; }; then
   out_err "'$PREV' was not written by gpu_check; refusing to replace it (pick another --out DIR)"
 fi

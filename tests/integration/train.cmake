@@ -17,8 +17,12 @@ endif()
 if(TARGET train_resnet18)
   add_test(NAME train_slurm_job
            COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/slurm_train.sh $<TARGET_FILE:train_resnet18> ${PROJECT_SOURCE_DIR})
-  set_tests_properties(train_slurm_job PROPERTIES LABELS "train;slow;integration" TIMEOUT 600 SKIP_RETURN_CODE 77)
+  # Each starts a Slurm of its own on this host (same node name); one at a time keeps the 2-core CI
+  # machine's load low enough for slurmd's step launches (one failed once under -j2 with both running).
+  set_tests_properties(train_slurm_job PROPERTIES LABELS "train;slow;integration" TIMEOUT 600 SKIP_RETURN_CODE 77
+                       RESOURCE_LOCK slurm)
   add_test(NAME train_slurm_requeue
            COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/slurm_requeue.sh $<TARGET_FILE:train_resnet18> ${PROJECT_SOURCE_DIR})
-  set_tests_properties(train_slurm_requeue PROPERTIES LABELS "train;slow;integration" TIMEOUT 600 SKIP_RETURN_CODE 77)
+  set_tests_properties(train_slurm_requeue PROPERTIES LABELS "train;slow;integration" TIMEOUT 600 SKIP_RETURN_CODE 77
+                       RESOURCE_LOCK slurm)
 endif()

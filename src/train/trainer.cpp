@@ -922,8 +922,10 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   bool eval_interrupted = false;  // an evaluation was cut short by a stop request (no figures recorded)
   // `epoch`: the data order's epoch; the records name `epochs_done` (default: epoch + 1; a fraction
   // when training stopped inside an epoch). Returns false when a stop request cut it short: then
-  // nothing is recorded (no partial figures) and the caller stops the run.
-  auto evaluate = [&](int epoch, double epochs_done = -1) -> bool {
+  // nothing is recorded (no partial figures) and the caller stops the run. keep_own_statistics: each
+  // rank goes on with its own BN statistics also after a complete evaluation (a resumed run's pending
+  // evaluation, after which training continues as from any checkpoint).
+  auto evaluate = [&](int epoch, double epochs_done = -1, bool keep_own_statistics = false) -> bool {
     AddElapsed timed{eval_seconds};
     if (epochs_done < 0) epochs_done = epoch + 1;
     // Evaluation averages the ranks' BN statistics. Cut short, the run stops and its checkpoint is
@@ -1002,9 +1004,12 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
         tb->flush();
       }
     }
+    if (keep_own_statistics) model->set_buffers(own.data());
     return true;
   };
   int64_t saved_epoch = -1, saved_step = 0;  // the position of the last checkpoint written
+  // Why a checkpoint is written again after its evaluation was cut short.
+  const char* const kEvalCutShort = "stop requested during the evaluation; a resumed run evaluates first";
   // eval_pending: the evaluation of these weights was just cut short by a stop; the file says so, and
   // a run resumed from it evaluates first.
   auto save = [&](int64_t epoch_pos, int64_t step_pos, const std::string& why, bool eval_pending = false) {
@@ -1092,12 +1097,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       info0(where, " was interrupted by the stop of the run that wrote ", resume_path, ": evaluating it first");
       // The evaluation averages the ranks' BN statistics; training goes on with each rank's own, as
       // from a checkpoint whose evaluation was not interrupted (so the resume stays exact).
-      std::vector<float> own(static_cast<size_t>(spec.buffer_count));
-      model->synchronize();
-      model->get_buffers(own.data());
-      const bool done = evaluate(std::max(0, start_epoch - (start_step == 0 ? 1 : 0)), stopped_at);
-      model->set_buffers(own.data());
-      if (done) {
+      if (evaluate(std::max(0, start_epoch - (start_step == 0 ? 1 : 0)), stopped_at, true)) {
         eval_done_at_end = true;  // nothing trained since: a run with nothing left to train needs no other
       } else {
         stop = true;  // interrupted again: the checkpoint still says so, and nothing is written
@@ -1253,7 +1253,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
         // The epoch's checkpoint (if any) was written before the evaluation; this one replaces or
         // joins it at the same position and says that the evaluation is due, for the resumed run.
         stop = true;
-        save(epoch + 1, 0, "stop requested during the evaluation; a resumed run evaluates first", true);
+        save(epoch + 1, 0, kEvalCutShort, true);
         if (o.checkpoint_dir.empty()) info0("exiting (no --checkpoint-dir, nothing saved)");
       }
     }
@@ -1278,7 +1278,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     // Trained in this run: its checkpoint at --max-steps is rewritten saying the evaluation is due.
     // (Resumed with nothing to train, a rerun evaluates anyway.)
     if (saved_epoch >= 0 && gstep > run_start_step) {
-      save(saved_epoch, saved_step, "stop requested during the evaluation; a resumed run evaluates first", true);
+      save(saved_epoch, saved_step, kEvalCutShort, true);
     } else if (!resume_path.empty() && gstep == run_start_step) {
       // Nothing trained in this run: the resumed checkpoint is still where a rerun starts (and evaluates).
       result.last_checkpoint = resume_path;

@@ -7,6 +7,11 @@
 //   model.backward(loss_scale, on_grad_ready)   // grads() = loss_scale * d(mean loss)/d(params)
 //   ... communicator averages grads() (in buckets, as on_grad_ready reports them) ...
 //   if (model.grads_finite()) model.sgd_step(...)   // all ranks agree on finiteness first
+//
+// The next step's set_input_u8 may come right after backward, before the communicator's wait,
+// grads_finite and sgd_step (the trainer does that, so the batch's copy to the GPU overlaps the
+// backward): neither of those reads the input, and a backend must keep the backward in flight
+// reading the batch it was given (on CUDA, stream order does that).
 #pragma once
 
 #include <cstdint>

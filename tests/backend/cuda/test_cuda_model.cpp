@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdlib>  // setenv
+#include <cstring>  // memcpy, memset
 #include <memory>
 
 #include "cuda_test_util.h"
@@ -308,6 +309,84 @@ TEST_P(CudaModel, CapturedStepMatchesEagerSteps) {
   }
   graph.synchronize();
   EXPECT_EQ(graph.num_batches_tracked(), 8);
+}
+
+// The trainer sets the next batch right after backward, before the gradient wait, grads_finite and
+// sgd_step, so that its copy to the GPU overlaps the backward (nn/model.h). Three steps that way
+// against three in the plain order, on two models with the same weights: each step must still train
+// on its own batch and the optimizer must not see the next one. The batches come from one pinned host
+// buffer that is refilled as soon as set_input_u8 returns, as a loader's ring slot may be. The CPU
+// backend is held to the same contract.
+TEST_P(CudaModel, NextInputSetDuringBackwardChangesNothing) {
+  const Amp amp = GetParam();
+  const int n = 4, hw = 64, steps = 3;
+  const float scale = amp == Amp::F16 ? 256.0f : 1.0f;
+  nn::SgdConfig sgd;
+  sgd.momentum = 0.9f;
+  sgd.weight_decay = 1e-3f;
+  std::vector<std::vector<uint8_t>> imgs;
+  std::vector<std::vector<int32_t>> labs;
+  Rng r(900, rng_stream::kTest);
+  for (int k = 0; k < steps; ++k) {
+    imgs.emplace_back(static_cast<size_t>(n) * hw * hw * 3);
+    for (auto& v : imgs.back()) v = static_cast<uint8_t>(r.next_u32() & 0xff);
+    labs.emplace_back();
+    for (int i = 0; i < n; ++i) labs.back().push_back(static_cast<int32_t>(r.below(10)));
+  }
+  uint8_t* pinned = nullptr;
+  CUDA_CHECK(cudaMallocHost(&pinned, imgs[0].size()));
+  const auto feed = [&](nn::Model& m, int k) {
+    std::memcpy(pinned, imgs[k].data(), imgs[k].size());
+    m.set_input_u8(pinned, labs[k].data(), n, hw, hw);
+    std::memset(pinned, 0x5a, imgs[k].size());  // the slot is reused at once
+  };
+  struct Run {
+    std::vector<float> losses, params, momentum, buffers;
+  };
+  const auto run = [&](nn::Model& m, bool early) {
+    Run out;
+    feed(m, 0);
+    for (int k = 0; k < steps; ++k) {
+      out.losses.push_back(m.forward(nn::Mode::Train));
+      m.backward(scale, nullptr);
+      if (early && k + 1 < steps) feed(m, k + 1);
+      EXPECT_TRUE(m.grads_finite()) << "step " << k;
+      m.sgd_step(sgd, 0.01f, 1.0f / scale);
+      if (!early && k + 1 < steps) feed(m, k + 1);
+    }
+    m.synchronize();
+    out.params.resize(m.spec().param_count);
+    out.momentum.resize(m.spec().param_count);
+    out.buffers.resize(m.spec().buffer_count);
+    m.get_params_torch(out.params.data());
+    m.get_momentum_torch(out.momentum.data());
+    m.get_buffers(out.buffers.data());
+    return out;
+  };
+  const auto compare = [&](const std::string& who, const Run& got, const Run& ref, bool exact) {
+    for (int k = 0; k < steps; ++k) {
+      if (exact) EXPECT_EQ(got.losses[k], ref.losses[k]) << who << ": loss of step " << k;
+      else EXPECT_NEAR(got.losses[k], ref.losses[k], 1e-3 * std::fabs(ref.losses[k])) << who << ": loss of step " << k;
+    }
+    // The steps differ from each other: a step trained on another step's batch would show.
+    EXPECT_NE(ref.losses[0], ref.losses[1]);
+    // Exact on the CPU; cuDNN may pick engines that sum in another order from run to run.
+    const double tol = exact ? 0.0 : (amp == Amp::Off ? 1e-5 : 1e-3);
+    expect_close(who + ": params", got.params, ref.params, tol, tol);
+    expect_close(who + ": momentum", got.momentum, ref.momentum, tol, tol);
+    expect_close(who + ": running statistics", got.buffers, ref.buffers, tol, tol);
+  };
+  {
+    CudaResNet18 plain(config(amp, n, hw)), early(config(amp, n, hw));  // same seed: same weights
+    const Run a = run(plain, false), b = run(early, true);
+    compare("cuda", b, a, false);
+  }
+  if (amp == Amp::Off) {
+    cpu::CpuResNet18 plain(config(Amp::Off, n, hw)), early(config(Amp::Off, n, hw));
+    const Run a = run(plain, false), b = run(early, true);
+    compare("cpu", b, a, true);
+  }
+  CUDA_CHECK(cudaFreeHost(pinned));
 }
 
 #ifdef DDP_CUDA_EMULATION

@@ -418,6 +418,9 @@ for label, key in rows + e2e_rows:
         extra.append(f"compile {r['first_step_s']:.0f} s")
     if isinstance(r.get("ms_spread_pct"), (int, float)) and r["ms_spread_pct"] > 3:
         extra.append(f"window spread {r['ms_spread_pct']:.0f}%")
+    if isinstance(r.get("fixed_scale_img_per_s"), (int, float)):
+        extra.append(f"scale {r.get('loss_scale', 0):.0f}, {r.get('skipped_steps', 0)} skipped; "
+                     f"no check {r['fixed_scale_img_per_s']:.0f} img/s")
     if isinstance(r.get("host_ms_per_step"), (int, float)):
         extra.append(f"enqueue {r['host_ms_per_step']:.2f} ms/step")
     if isinstance(r.get("graph_over_eager"), (int, float)):

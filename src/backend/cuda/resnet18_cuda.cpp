@@ -653,9 +653,13 @@ void CudaResNet18::sgd_step(const nn::SgdConfig& cfg, float lr, float grad_scale
   if (cfg.momentum != 0.0f) m.mom_init = true;
 }
 
-void CudaResNet18::train_step_async(const nn::SgdConfig& cfg, float lr, float loss_scale) {
+void CudaResNet18::forward_backward_async(float loss_scale) {
   impl_->forward_async(true);
   impl_->backward(loss_scale, nullptr);
+}
+
+void CudaResNet18::train_step_async(const nn::SgdConfig& cfg, float lr, float loss_scale) {
+  forward_backward_async(loss_scale);
   sgd_step(cfg, lr, 1.0f / loss_scale);
 }
 

@@ -68,6 +68,9 @@ class CudaResNet18 final : public nn::Model {
   // Enqueues forward (train mode, no host sync) + backward + SGD: the benchmark's step. Returns
   // nothing; the loss stays on the device.
   void train_step_async(const nn::SgdConfig& cfg, float lr, float loss_scale);
+  // Its forward and backward alone (no host sync): the benchmark's fp16 step checks grads_finite()
+  // before its sgd_step, as a dynamic loss scaler must.
+  void forward_backward_async(float loss_scale);
   // The same step as one CUDA graph, to measure what kernel launches cost (bench_cuda_train
   // --cuda-graph). capture_train_step runs one step eagerly on the current input (it builds any
   // missing conv plans and grows workspaces, neither of which may happen inside a capture), then

@@ -35,6 +35,14 @@ assert r["amp"] == amp, r
 for k in ("img_per_s", "ms_per_step", "peak_mem_mb", "warmup_s", "plans_built", "cudnn_runtime", "cudnn_built"):
     assert isinstance(r.get(k), (int, float)) and r[k] >= 0, (k, r)
 assert r["img_per_s"] > 0 and r["plans_built"] > 0 and r["peak_mem_mb"] > 0, r
+# fp16 trains with the dynamic loss scaler (as the PyTorch peer's GradScaler); the fixed-scale step
+# is timed beside it. The other modes have neither.
+if amp == "fp16":
+    assert isinstance(r.get("loss_scale"), (int, float)) and 0 < r["loss_scale"] <= 65536, r
+    assert isinstance(r.get("skipped_steps"), int) and 0 <= r["skipped_steps"] <= 2, r
+    assert isinstance(r.get("fixed_scale_img_per_s"), (int, float)) and r["fixed_scale_img_per_s"] > 0, r
+else:
+    assert not {"loss_scale", "skipped_steps", "fixed_scale_img_per_s"} & set(r), r
 # The captured step (emulated graphs): replayed and timed, with no error.
 assert "graph_error" not in r, r
 for k in ("graph_img_per_s", "graph_ms_per_step", "graph_over_eager"):

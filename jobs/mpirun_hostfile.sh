@@ -5,7 +5,8 @@
 # Arguments: HOSTFILE NP [train_resnet18 flags...]; the flags go through as given (the script adds
 # none of its own, so none can clash with them). Every host needs the same build at the same path
 # and its own shards under --data. SIGUSR1 to mpirun is forwarded to the ranks: they checkpoint at
-# the next step and exit 0. Every exported NCCL_* and DDP_* variable goes to every rank (-x), and
+# the next step and exit 0. Every exported NCCL_*, DDP_*, OMP_* and OPENBLAS_* variable goes to every
+# rank (-x), and
 # ssh gets a 30 s connect timeout and no prompts (below: how to override).
 set -euo pipefail
 [[ $# -ge 2 ]] || { echo "usage: $0 HOSTFILE NP [train_resnet18 flags...]" >&2; exit 2; }
@@ -67,9 +68,11 @@ fi
 # The ranks on the other hosts start in the clean environment of the launcher (ssh), not in this
 # shell's: every exported NCCL_* (NCCL_DEBUG, NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...) and DDP_*
 # variable (train_resnet18 reads DDP_LOG_LEVEL, DDP_MPI_PROGRESS_THREAD, DDP_CUDNN_AUTOTUNE,
-# DDP_CPU_NO_AVX512) goes to every rank with -x. Others: OMPI_MCA_mca_base_env_list='A;B=v'.
+# DDP_CPU_NO_AVX512), and the CPU thread settings OMP_* and OPENBLAS_* (OMP_NUM_THREADS,
+# OPENBLAS_CORETYPE, ...), go to every rank with -x. Not CUDA_VISIBLE_DEVICES: GPU numbering is the
+# host's own (each rank picks its GPU by its local rank). Others: OMPI_MCA_mca_base_env_list='A;B=v'.
 while read -r name; do
-  case $name in NCCL_* | DDP_*) [[ $own == *" $name "* ]] || extra+=(-x "$name") ;; esac
+  case $name in NCCL_* | DDP_* | OMP_* | OPENBLAS_*) [[ $own == *" $name "* ]] || extra+=(-x "$name") ;; esac
 done < <(compgen -e)
 # mpirun starts its daemon on every other host before any rank starts; a host whose ssh never
 # answers (a dropped connection, a password or host-key prompt) hangs mpirun there, out of reach of

@@ -88,9 +88,10 @@ LD_LIBRARY_PATH=/opt/x fake_run "$TMP/hosts" 2
 check "LD_LIBRARY_PATH set: passed with -x" bash -c '[[ $1 == *"-x LD_LIBRARY_PATH "* ]]' _ "$(args)"
 # ssh starts the ranks on the other hosts in a clean environment: every exported NCCL_* and DDP_*
 # variable goes with -x (DDP_IFACE and DDP_PER_NODE are the script's own, not the trainer's).
-NCCL_DEBUG=INFO NCCL_IB_HCA=mlx5 DDP_LOG_LEVEL=debug DDP_MPI_PROGRESS_THREAD=0 DDP_PER_NODE=1 fake_run "$TMP/hosts" 2
-check "NCCL_DEBUG, NCCL_IB_HCA, DDP_LOG_LEVEL, DDP_MPI_PROGRESS_THREAD set: each passed with -x; DDP_PER_NODE not" \
-  bash -c 'for v in NCCL_DEBUG NCCL_IB_HCA DDP_LOG_LEVEL DDP_MPI_PROGRESS_THREAD; do [[ " $1" == *" -x $v "* ]] || exit 1; done; [[ $1 != *DDP_PER_NODE* ]]' _ "$(args)"
+NCCL_DEBUG=INFO NCCL_IB_HCA=mlx5 DDP_LOG_LEVEL=debug DDP_MPI_PROGRESS_THREAD=0 DDP_PER_NODE=1 OMP_NUM_THREADS=3 \
+  OPENBLAS_CORETYPE=Haswell CUDA_VISIBLE_DEVICES=1 fake_run "$TMP/hosts" 2
+check "NCCL_DEBUG, NCCL_IB_HCA, DDP_LOG_LEVEL, DDP_MPI_PROGRESS_THREAD, OMP_NUM_THREADS, OPENBLAS_CORETYPE set: each passed with -x; DDP_PER_NODE and CUDA_VISIBLE_DEVICES not" \
+  bash -c 'for v in NCCL_DEBUG NCCL_IB_HCA DDP_LOG_LEVEL DDP_MPI_PROGRESS_THREAD OMP_NUM_THREADS OPENBLAS_CORETYPE; do [[ " $1" == *" -x $v "* ]] || exit 1; done; [[ $1 != *DDP_PER_NODE* && $1 != *CUDA_VISIBLE_DEVICES* ]]' _ "$(args)"
 (unset NCCL_SOCKET_IFNAME; DDP_IFACE=eth9 fake_run "$TMP/hosts" 2; exit "$rc")
 check "DDP_IFACE=eth9: MPI's TCP interfaces and -x NCCL_SOCKET_IFNAME=eth9; DDP_IFACE itself not passed" \
   bash -c '[[ $1 == *"--mca btl_tcp_if_include eth9 --mca oob_tcp_if_include eth9 "* && $1 == *"-x NCCL_SOCKET_IFNAME=eth9 "* && $1 != *DDP_IFACE* ]]' _ "$(args)"

@@ -3,14 +3,16 @@
 # the range reserved for network tests), one rank in each, TCP between them, launched by
 # `mpirun --hostfile` with an rsh agent that enters the namespace of the address it is given.
 #
-#   two_hosts.sh [--np-per-host N] [--rate 10gbit] [--mpirun PATH] -- PROGRAM ARGS...
+#   two_hosts.sh [--np-per-host N|N,M] [--rate 10gbit] [--mpirun PATH] -- PROGRAM ARGS...
 #
+# --np-per-host N,M runs N ranks on the first host and M on the second (uneven nodes); ranks 0..N-1
+# are the first host's.
 # --rate limits the link in both directions with tc tbf. Needs root and `ip netns`; exits 77
 # (CTest SKIP_RETURN_CODE) with the reason when namespaces cannot be made. Always cleans up.
 # Both namespaces share this machine's hostname, which Open MPI takes for one node: fine with one rank
 # per host, but with more MPI_Comm_split_type(SHARED) disagrees between ranks and the job crashes in
-# MPI_Comm_split. So --np-per-host N > 1 starts the second host's side in a UTS namespace of its own,
-# named after its network namespace (needs `unshare --uts`; exit 77 without it).
+# MPI_Comm_split. So more than one rank on a host starts the second host's side in a UTS namespace of
+# its own, named after its network namespace (needs `unshare --uts`; exit 77 without it).
 set -u
 per_host=1
 rate=""
@@ -26,9 +28,16 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || { echo "two_hosts.sh: no program given (two_hosts.sh [options] -- PROGRAM ARGS)" >&2; exit 2; }
 [ -n "$mpiexec" ] || { echo "two_hosts.sh: mpirun not found" >&2; exit 2; }
-case "$per_host" in
-  "" | *[!0-9]* | 0*) echo "two_hosts.sh: --np-per-host must be a positive whole number, got '$per_host'" >&2; exit 2 ;;
-esac
+# N or N,M: ranks on the first host and on the second.
+per1=${per_host%%,*} per2=${per_host#*,}
+for n in "$per1" "$per2"; do
+  case "$n" in
+    "" | *[!0-9]* | 0*)
+      echo "two_hosts.sh: --np-per-host must be a positive whole number, got '$per_host' (N, or N,M: ranks on the first and on the second host)" >&2
+      exit 2 ;;
+  esac
+done
+most=$((per1 > per2 ? per1 : per2))
 
 skip() { echo "SKIP: $*" >&2; exit 77; }
 [ "$(id -u)" = 0 ] || skip "two-host test needs root to create network namespaces"
@@ -79,7 +88,7 @@ esac
 # a hostname of its own (see the top).
 # shellcheck disable=SC2016  # expanded in the agent, not here
 run='/bin/bash -c "$*"'
-if [ "$per_host" -gt 1 ]; then
+if [ "$most" -gt 1 ]; then
   unshare --uts hostname ddp-uts-check 2>"$work/err" \
     || skip "--np-per-host $per_host needs each host's own hostname (unshare --uts): $(cat "$work/err")"
   # shellcheck disable=SC2016
@@ -97,13 +106,13 @@ esac
 exec ip netns exec "\$ns" $run
 AGENT
 chmod +x "$work/agent"
-printf '%s slots=%s\n%s slots=%s\n' "$a1" "$per_host" "$a2" "$per_host" > "$work/hosts"
+printf '%s slots=%s\n%s slots=%s\n' "$a1" "$per1" "$a2" "$per2" > "$work/hosts"
 
 # TWO_HOSTS_INFO=FILE: tell a test which namespaces and links were made (fault injection).
 [ -n "${TWO_HOSTS_INFO:-}" ] && printf 'ns1=%s\nns2=%s\nif1=%s\nif2=%s\n' "$ns1" "$ns2" "$if1" "$if2" > "$TWO_HOSTS_INFO"
-np=$((2 * per_host))
-uts=""; [ "$per_host" -gt 1 ] && uts=", hostname $ns2"
-echo "two_hosts: $np ranks on $a1 ($ns1) and $a2 ($ns2$uts)${rate:+, link limited to $rate}" >&2
+np=$((per1 + per2))
+uts=""; [ "$most" -gt 1 ] && uts=", hostname $ns2"
+echo "two_hosts: $np ranks, $per1 on $a1 ($ns1) and $per2 on $a2 ($ns2$uts)${rate:+, link limited to $rate}" >&2
 # In the background, so that a TERM from a test harness runs the cleanup trap at once instead of
 # after mpirun (which may hang when a host became unreachable).
 ip netns exec "$ns1" "$mpiexec" --allow-run-as-root --oversubscribe --bind-to none -np "$np" --hostfile "$work/hosts" \

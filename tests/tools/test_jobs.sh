@@ -169,7 +169,7 @@ fi
 
 # ---- tests/integration/two_hosts.sh (namespaces sharing a hostname) ---------------------------------
 TWO=$ROOT/tests/integration/two_hosts.sh
-for n in abc 0; do
+for n in abc 0 2,0 1,x 2, 1,2,3; do
   rm -f "$TMP/mpirun.args"
   out=$("$TWO" --np-per-host "$n" --mpirun "$TMP/bin/mpirun" -- true 2>&1); rc=$?
   check "two_hosts.sh --np-per-host '$n': exit 2, named, mpirun not started" \
@@ -184,6 +184,14 @@ if command -v mpirun >/dev/null; then
   else
     check "two_hosts.sh --np-per-host 2: 4 ranks, the two hosts' with two different hostnames" \
       bash -c '[[ $1 -eq 0 && $(wc -l <<<"$2") -eq 4 && $(sort -u <<<"$2" | wc -l) -eq 2 ]]' _ "$rc" "$out" || cat "$TMP/two.err"
+    # Uneven hosts: two ranks on the first, one on the second (ranks 0 and 1 on the first).
+    out=$(timeout 120 "$TWO" --np-per-host 2,1 --mpirun "$(command -v mpirun)" -- \
+          bash -c 'echo "$OMPI_COMM_WORLD_RANK $(hostname)"' 2>"$TMP/two.err" | sort); rc=$?
+    check "two_hosts.sh --np-per-host 2,1: 3 ranks, 0 and 1 on the first host, 2 on the second" \
+      bash -c '[[ $1 -eq 0 && $(wc -l <<<"$2") -eq 3 && $(cut -d" " -f2 <<<"$2" | sort -u | wc -l) -eq 2 &&
+                  $(sed -n 1p <<<"$2" | cut -d" " -f2) == $(sed -n 2p <<<"$2" | cut -d" " -f2) &&
+                  $(sed -n 1p <<<"$2" | cut -d" " -f2) != $(sed -n 3p <<<"$2" | cut -d" " -f2) ]]' _ "$rc" "$out" ||
+      { printf '%s\n' "$out"; cat "$TMP/two.err"; }
   fi
 fi
 

@@ -22,6 +22,8 @@ bool inspect(const std::vector<std::string>& files_in, bool decode, std::ostream
   std::map<std::string, int64_t> total_by_split;
   // split -> shard count -> index -> files claiming it (by their attributes)
   std::map<std::string, std::map<int, std::map<int, std::vector<std::string>>>> sets;
+  // split -> set_fingerprint -> files: one packing per split (shards without one are not counted)
+  std::map<std::string, std::map<std::string, std::vector<std::string>>> packings;
   std::vector<std::string> files;
   std::set<std::string> seen;
   for (const auto& path : files_in) {
@@ -49,7 +51,8 @@ bool inspect(const std::vector<std::string>& files_in, bool decode, std::ostream
     if (m.encoding == "raw") out << " " << m.width << "x" << m.height;
     out << ", resize_shorter " << m.resize_shorter;
     if (m.encoding == "jpeg") out << ", quality " << m.jpeg_quality;
-    out << ", source " << m.source << "\n";
+    out << ", source " << m.source << ", set fingerprint "
+        << (m.set_fingerprint.empty() ? std::string("none (older pack_imagenet)") : m.set_fingerprint) << "\n";
     try {
       data::check_shard_name_matches(path, m);
     } catch (const std::exception& e) {
@@ -61,6 +64,7 @@ bool inspect(const std::vector<std::string>& files_in, bool decode, std::ostream
       ok = false;
     }
     sets[m.split][m.num_shards][m.shard_index].push_back(path);
+    if (!m.set_fingerprint.empty()) packings[m.split][m.set_fingerprint].push_back(path);
     if (classes.empty()) {
       classes = m.classes;
       first = path;
@@ -111,6 +115,18 @@ bool inspect(const std::vector<std::string>& files_in, bool decode, std::ostream
   }
   // The set of each split: a trainer given this directory would read all of it.
   std::map<std::string, std::string> set_note;
+  for (const auto& [split, by_fp] : packings) {
+    if (by_fp.size() < 2) continue;
+    out << "ERROR: split '" << split << "' mixes shards of " << by_fp.size() << " packings:";
+    for (const auto& [fp, paths] : by_fp) {
+      out << " " << fp << " (";
+      for (size_t k = 0; k < paths.size(); ++k) out << (k ? ", " : "") << std::filesystem::path(paths[k]).filename().string();
+      out << ")";
+    }
+    out << "; packed from other input files or with other settings, they would repeat some images and leave out "
+           "others: pack the set again\n";
+    ok = false;
+  }
   for (const auto& [split, by_count] : sets) {
     if (by_count.size() > 1) {
       out << "ERROR: split '" << split << "' mixes shard sets of";

@@ -64,6 +64,7 @@ struct Item {
   std::string path, rel;
   int32_t label = 0;
   std::string error;  // known bad before any decoding (a dangling link, a CSV row without its file)
+  int64_t size = -1;  // bytes, as listed (-1: cannot be read, e.g. a dangling link); for the fingerprints
 };
 
 struct Result {
@@ -634,32 +635,89 @@ std::vector<std::vector<Item>> assign(const std::vector<Item>& items, int nshard
   return out;
 }
 
+// FNV-1a 64, 16 hex digits after "fnv1a64:".
+class Fnv1a64 {
+ public:
+  void bytes(const void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      h_ ^= static_cast<const uint8_t*>(p)[i];
+      h_ *= 1099511628211ull;
+    }
+  }
+  void text(const std::string& s) { bytes(s.c_str(), s.size() + 1); }  // with the NUL: "ab"+"c" != "a"+"bc"
+  void number(int64_t v) { bytes(&v, sizeof v); }
+  std::string hex() const {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "fnv1a64:%016llx", static_cast<unsigned long long>(h_));
+    return buf;
+  }
+
+ private:
+  uint64_t h_ = 1469598103934665603ull;
+};
+
+// Every file's size, once (both fingerprints use it; a node's run lists the whole split).
+void read_sizes(std::vector<Item>& items) {
+  for (auto& it : items) {
+    std::error_code ec;
+    const auto size = fs::file_size(it.path, ec);
+    it.size = ec ? -1 : static_cast<int64_t>(size);
+  }
+}
+
 // FNV-1a 64 over each input file's relative name, size and label, in shard order: a rerun whose
 // input differs (files added, removed, renamed, resized, relabelled) gets another value. Sizes only,
 // not contents: reading every file twice would double the cost of a run.
 std::string input_fingerprint(const std::vector<Item>& items) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](const void* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) {
-      h ^= static_cast<const uint8_t*>(p)[i];
-      h *= 1099511628211ull;
-    }
-  };
+  Fnv1a64 h;
   for (const auto& it : items) {
-    std::error_code ec;
-    const auto size = fs::file_size(it.path, ec);
-    const int64_t sz = ec ? -1 : static_cast<int64_t>(size);
-    mix(it.rel.data(), it.rel.size() + 1);  // with the terminating NUL: "ab"+"c" differs from "a"+"bc"
-    mix(&sz, sizeof sz);
-    mix(&it.label, sizeof it.label);
+    h.bytes(it.rel.data(), it.rel.size() + 1);
+    h.bytes(&it.size, sizeof it.size);
+    h.bytes(&it.label, sizeof it.label);
   }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "fnv1a64:%016llx", static_cast<unsigned long long>(h));
-  return buf;
+  return h.hex();
+}
+
+// What makes the whole set of one split, the same in every run of one packing: each run (--nodes N
+// --node-index i too) lists the whole split before it takes its share, so the separate runs of one
+// packing agree, and shares of two packings (other input files, other settings, another shard count)
+// differ, which the trainer checks across nodes (--shard-scope node). Hashes the split, the shard
+// count, the settings that change what is stored (encoding, resize, quality, raw size, upscaling), the
+// class list, and every input file of the split (relative name, size, label) sorted as assign() sorts
+// them. Not the input directory (each node may mount it elsewhere), nor --threads, --skip-bad or
+// --max-pixels, which change no image's shard (they only decide which unreadable images are left out).
+std::string set_fingerprint(const std::string& split, const std::vector<Item>& items, const ShardMeta& settings) {
+  std::vector<const Item*> sorted;
+  sorted.reserve(items.size());
+  for (const auto& it : items) sorted.push_back(&it);
+  std::stable_sort(sorted.begin(), sorted.end(), [](const Item* a, const Item* b) {
+    return a->label != b->label ? a->label < b->label : a->rel < b->rel;
+  });
+  Fnv1a64 h;
+  h.text("resnet18-ddp set v1");
+  h.text(split);
+  h.number(settings.num_shards);
+  h.text(settings.encoding);
+  h.number(settings.resize_shorter);
+  h.number(settings.jpeg_quality);
+  h.number(settings.height);
+  h.number(settings.width);
+  h.number(settings.allow_upscale ? 1 : 0);
+  h.number(static_cast<int64_t>(settings.classes.size()));
+  for (const auto& c : settings.classes) h.text(c);
+  h.number(static_cast<int64_t>(sorted.size()));
+  for (const Item* it : sorted) {
+    h.text(it->rel);
+    h.number(it->size);
+    h.number(it->label);
+  }
+  return h.hex();
 }
 
 // A shard already under its final name: reuse it if it was packed with these settings from this
-// input; otherwise stop, saying which setting differs.
+// input; otherwise stop, saying which setting differs. A reused shard whose own input is this run's
+// but whose set_fingerprint is not (files elsewhere in the split changed since, e.g. a bad image
+// replaced; or packed before the attribute existed) gets this run's, so that the set's shards agree.
 bool complete_and_matching(const std::string& path, const ShardMeta& want, int64_t count) {
   if (!fs::exists(path)) return false;
   std::unique_ptr<ShardReader> r;
@@ -674,7 +732,8 @@ bool complete_and_matching(const std::string& path, const ShardMeta& want, int64
   const bool older = m.input_fingerprint.empty();
   if (older)
     warn("'", path, "' was packed by an older pack_imagenet (no input_fingerprint or allow_upscale attribute): its ",
-         "input and --allow-upscale cannot be checked; reusing it as it is (delete it to repack)");
+         "input and --allow-upscale cannot be checked; reusing it as it is, without a set_fingerprint, so the set it ",
+         "belongs to cannot be checked as a whole either (delete it to repack)");
   std::string diff;
   auto differs = [&](const char* what, const auto& had, const auto& now) {
     if (had == now) return;
@@ -699,6 +758,15 @@ bool complete_and_matching(const std::string& path, const ShardMeta& want, int64
   // Fewer images than listed is fine only when --skip-bad dropped some.
   DDP_CHECK(m.num_images <= count, "'", path, "' holds ", m.num_images, " images but the input lists ", count,
             " for it: the input changed; delete the shards and repack");
+  if (!older && m.set_fingerprint != want.set_fingerprint) {
+    std::cerr << "pack_imagenet: " << path << ": its own input is unchanged, but "
+              << (m.set_fingerprint.empty() ? std::string("it has no set_fingerprint (an earlier pack_imagenet)")
+                                            : str("its set_fingerprint ", m.set_fingerprint, " is another listing's (",
+                                                  "files elsewhere in split '", want.split, "' changed since)"))
+              << "; writing this run's, " << want.set_fingerprint << " (a copy of the shard, renamed over it)\n";
+    r.reset();
+    rewrite_set_fingerprint(path, want.set_fingerprint);
+  }
   return true;
 }
 
@@ -895,10 +963,21 @@ int run(const Options& o) {
   BadReport report;
   if (o.skip_bad) report.open(o.bad_report.empty() ? (fs::path(o.output) / "bad_images.txt").string() : o.bad_report);
   // Scan everything first, so an input error shows before hours of packing.
+  const int raw_size = o.encoding == "raw" ? o.resize : 0;
+  ShardMeta settings;  // what every shard of this packing records of its settings
+  settings.num_shards = o.shards;
+  settings.encoding = o.encoding;
+  settings.resize_shorter = o.resize;
+  settings.jpeg_quality = o.encoding == "jpeg" ? o.quality : 0;
+  settings.height = settings.width = raw_size;
+  settings.classes = classes;
+  settings.allow_upscale = o.allow_upscale;
+  std::map<std::string, std::string> set_fp;  // split -> set_fingerprint (of the whole split, whatever this run writes)
   std::map<std::string, std::vector<std::vector<Item>>> plan;
   int64_t total = 0;
   for (const auto& s : splits) {
     auto items = scan_split(lay, s, classes, label_of, class_source, o);
+    read_sizes(items);
     // Known before any decoding: stop now rather than after the shards before it.
     if (!o.skip_bad) {
       for (const auto& it : items)
@@ -909,6 +988,7 @@ int run(const Options& o) {
     DDP_CHECK(static_cast<int64_t>(items.size()) >= o.shards, "split '", s, "' has ", items.size(),
               " images, fewer than the ", o.shards, " shards asked for (--shards/--nodes): every shard needs at "
               "least one image");
+    set_fp[s] = set_fingerprint(s, items, settings);
     plan[s] = assign(items, o.shards, static_cast<int>(classes.size()));
     std::cerr << "pack_imagenet: " << s << ": " << items.size() << " images in " << classes.size() << " classes -> "
               << o.shards << " shard(s)\n";
@@ -920,20 +1000,13 @@ int run(const Options& o) {
   };
   std::vector<Job> jobs;
   std::vector<std::string> skipped;
-  const int raw_size = o.encoding == "raw" ? o.resize : 0;
   auto shard_meta = [&](const std::string& split, int index, const std::vector<Item>& items) {
-    ShardMeta meta;
+    ShardMeta meta = settings;
     meta.split = split;
     meta.shard_index = index;
-    meta.num_shards = o.shards;
-    meta.encoding = o.encoding;
-    meta.resize_shorter = o.resize;
-    meta.jpeg_quality = o.encoding == "jpeg" ? o.quality : 0;
-    meta.height = meta.width = raw_size;
     meta.source = fs::absolute(o.input).string();
-    meta.classes = classes;
-    meta.allow_upscale = o.allow_upscale;
     meta.input_fingerprint = input_fingerprint(items);
+    meta.set_fingerprint = set_fp.at(split);
     return meta;
   };
   // Per split and class: images in the input of the shards of this run, and images in those

@@ -35,6 +35,7 @@ struct Loader::Impl {
   std::vector<std::string> classes;
   bool raw = false;
   int raw_h = 0, raw_w = 0;
+  std::string set_fingerprint;  // every shard's; "" when some shard has none
   std::vector<uint8_t> raw_cache;
   int64_t n = 0;
 
@@ -131,6 +132,16 @@ void Loader::Impl::open() {
                 " ", raw_w, "x", raw_h, " (mixed shard sets)");
       DDP_CHECK(m.split == first.split, "shard '", path, "' is from split '", m.split, "', '",
                 shards.front()->path(), "' from '", first.split, "'");
+      // Shards of one packing share it: two packings of other input files (or settings) would, mixed,
+      // repeat some images and leave out others without any other attribute telling.
+      for (const auto& o : shards) {
+        const std::string& theirs = o->meta().set_fingerprint;
+        DDP_CHECK(m.set_fingerprint.empty() || theirs.empty() || m.set_fingerprint == theirs, "shard '", path,
+                  "' and '", o->path(), "' come from different packings (set_fingerprint ", m.set_fingerprint,
+                  " vs ", theirs, ": pack_imagenet listed other input files of split '", m.split,
+                  "', or used other settings); every shard of a set must come from one packing: pack the set again ",
+                  "(one pack_imagenet run, or one run per --node-index over the same input with the same flags)");
+      }
     }
     labels.insert(labels.end(), r->labels().begin(), r->labels().end());
     offsets.push_back(offsets.back() + r->size());
@@ -138,6 +149,9 @@ void Loader::Impl::open() {
   }
   n = offsets.back();
   DDP_CHECK(n > 0, "the shard set (", cfg.shards.front(), ", ...) holds no images");
+  set_fingerprint = shards.front()->meta().set_fingerprint;
+  for (const auto& r : shards)
+    if (r->meta().set_fingerprint.empty()) set_fingerprint.clear();
   if (raw && n * raw_h * raw_w * 3 <= kRawCacheBytes) {
     const size_t per = static_cast<size_t>(raw_h) * raw_w * 3;
     raw_cache.resize(static_cast<size_t>(n) * per);
@@ -372,6 +386,7 @@ int Loader::num_classes() const { return static_cast<int>(impl_->classes.size())
 const std::vector<std::string>& Loader::classes() const { return impl_->classes; }
 const std::string& Loader::first_shard() const { return impl_->shards.front()->path(); }
 const ShardMeta& Loader::first_meta() const { return impl_->shards.front()->meta(); }
+const std::string& Loader::set_fingerprint() const { return impl_->set_fingerprint; }
 
 std::string Loader::set_identity() const {
   std::string id;

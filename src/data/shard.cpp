@@ -23,6 +23,16 @@ constexpr hsize_t kJpegChunk = 1024;  // vlen references per chunk (16 bytes eac
 std::string errno_str() { return std::strerror(errno); }
 
 h5::Handle vlen_u8_type() { return h5::Handle(H5_CHECK(H5Tvlen_create(H5T_NATIVE_UINT8))); }
+
+void fsync_parent_dir(const std::string& path) {
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DDP_CHECK(dfd >= 0, "cannot open directory of ", path, " to fsync it: ", errno_str());
+  const int rc = ::fsync(dfd);
+  const int e = errno;
+  ::close(dfd);
+  DDP_CHECK(rc == 0, "fsync of the directory of ", path, " failed: ", std::strerror(e));
+}
 }  // namespace
 
 std::string shard_file_name(const std::string& split, int index, int count) {
@@ -194,6 +204,8 @@ void ShardWriter::commit() {
   h5::set_attr(file_, "source", meta_.source);
   h5::set_attr(file_, "allow_upscale", int64_t{meta_.allow_upscale ? 1 : 0});
   h5::set_attr(file_, "input_fingerprint", meta_.input_fingerprint);
+  // Absent rather than empty when unknown: readers take both for "cannot be checked".
+  if (!meta_.set_fingerprint.empty()) h5::set_attr(file_, "set_fingerprint", meta_.set_fingerprint);
   h5::set_attr(file_, "created_by", std::string("pack_imagenet (resnet18-ddp)"));
   errno = 0;
   DDP_CHECK(H5Fflush(file_, H5F_SCOPE_GLOBAL) >= 0, "cannot flush ", partial_, ": ",
@@ -213,13 +225,45 @@ void ShardWriter::commit() {
   ::close(fd_);
   fd_ = -1;
   // The rename itself must survive a crash too.
-  const std::string dir = std::filesystem::path(final_).parent_path().string();
-  const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  DDP_CHECK(dfd >= 0, "cannot open directory of ", final_, " to fsync it: ", errno_str());
-  const int rc = ::fsync(dfd);
-  const int e = errno;
-  ::close(dfd);
-  DDP_CHECK(rc == 0, "fsync of the directory of ", final_, " failed: ", std::strerror(e));
+  fsync_parent_dir(final_);
+}
+
+void rewrite_set_fingerprint(const std::string& path, const std::string& set_fingerprint) {
+  // Never changed in place: a crash inside HDF5's metadata write would leave a damaged file under a
+  // final name. The copy costs a read and a write of the shard, far less than packing it again.
+  const std::string partial = path + kPartialSuffix;
+  std::remove(partial.c_str());
+  std::error_code ec;
+  std::filesystem::copy_file(path, partial, ec);
+  if (ec) {
+    std::remove(partial.c_str());
+    DDP_FAIL("cannot copy ", path, " to ", partial, " to rewrite its set_fingerprint: ", ec.message(), " (disk full?)");
+  }
+  try {
+    {
+      h5::Handle f = h5::open_file(partial, true);
+      if (h5::has_attr(f, "set_fingerprint")) H5_CHECK(H5Adelete(f, "set_fingerprint"));
+      h5::set_attr(f, "set_fingerprint", set_fingerprint);
+      errno = 0;
+      DDP_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, "cannot flush ", partial, ": ",
+                errno ? errno_str() : "HDF5 flush failed", " (disk full?)");
+      errno = 0;
+      DDP_CHECK(H5Fclose(f.release()) >= 0, "cannot close ", partial, ": ", errno ? errno_str() : "HDF5 close failed",
+                " (disk full?)");
+    }
+    const int fd = ::open(partial.c_str(), O_RDONLY | O_CLOEXEC);
+    DDP_CHECK(fd >= 0, "cannot open ", partial, " to fsync it: ", errno_str());
+    const int rc = ::fsync(fd);
+    const int e = errno;
+    ::close(fd);
+    DDP_CHECK(rc == 0, "fsync ", partial, " failed: ", std::strerror(e), " (disk full?)");
+    DDP_CHECK(std::rename(partial.c_str(), path.c_str()) == 0, "cannot rename ", partial, " to ", path, ": ",
+              errno_str());
+  } catch (...) {
+    std::remove(partial.c_str());
+    throw;
+  }
+  fsync_parent_dir(path);
 }
 
 ShardReader::ShardReader(const std::string& path) : path_(path) {
@@ -242,6 +286,7 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
   // Added without a version bump (readers need neither): absent in older shards.
   if (h5::has_attr(file_, "allow_upscale")) meta_.allow_upscale = h5::get_attr_i64(file_, "allow_upscale") != 0;
   if (h5::has_attr(file_, "input_fingerprint")) meta_.input_fingerprint = h5::get_attr_str(file_, "input_fingerprint");
+  if (h5::has_attr(file_, "set_fingerprint")) meta_.set_fingerprint = h5::get_attr_str(file_, "set_fingerprint");
   meta_.classes = h5::read_strings(file_, "classes");
   // Checked before any use as a size or an index (a negative count printed as 2^64 - 1).
   DDP_CHECK(meta_.num_images >= 0, "'", path, "': attribute num_images is ", meta_.num_images, " (damaged shard)");

@@ -489,6 +489,109 @@ TEST_F(PackTest, ExistingShardWithOtherSettingsIsRefused) {
   EXPECT_NE(r.out.find("other settings: --quality 90 (this run: 80)"), std::string::npos) << r.out;
 }
 
+std::string set_fingerprint_of(const std::string& shard) {
+  ddp::h5::Handle f = ddp::h5::open_file(shard);
+  return ddp::h5::get_attr_str(f, "set_fingerprint");
+}
+
+// Every shard of one packing carries one set_fingerprint per split: the same whether one run wrote the
+// set or one run per --node-index did (each lists the whole split first), and another one for other
+// input files, other settings or another shard count. The loader and inspect_shards refuse shards of
+// two packings in one set; a rerun that reuses a shard whose own input is unchanged while the split's
+// listing changed elsewhere rewrites its set_fingerprint, so that the set agrees again.
+TEST_F(PackTest, SetFingerprintIsOneForTheWholePacking) {
+  const std::string good = "-i " + q(in("good")) + " --resize 0 -o ";
+  auto r = pack(good + q(out_ / "full") + " --shards 3");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  for (int i = 0; i < 3; ++i) {
+    r = pack(good + q(out_ / ("n" + std::to_string(i))) + " --nodes 3 --node-index " + std::to_string(i));
+    ASSERT_EQ(r.rc, 0) << r.out;
+  }
+  std::map<std::string, std::string> fp;  // split -> the full run's
+  for (const std::string split : {"train", "val"}) {
+    const auto full = shards("full", split);
+    ASSERT_EQ(full.size(), 3u);
+    fp[split] = set_fingerprint_of(full[0]);
+    EXPECT_EQ(fp[split].rfind("fnv1a64:", 0), 0u) << fp[split];
+    for (const auto& f : full) EXPECT_EQ(set_fingerprint_of(f), fp[split]) << f;
+    for (int i = 0; i < 3; ++i) {
+      const auto own = find_node_shards((out_ / ("n" + std::to_string(i))).string(), split, i, 3);
+      ASSERT_EQ(own.size(), 1u);
+      EXPECT_EQ(set_fingerprint_of(own[0]), fp[split]) << "the --node-index " << i << " run's " << own[0];
+    }
+  }
+  EXPECT_NE(fp["train"], fp["val"]);
+  // Other settings, another shard count, other input files: another packing.
+  r = pack(good + q(out_ / "two") + " --splits train --shards 2");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(set_fingerprint_of(shards("two", "train")[0]), fp["train"]);
+  r = pack("-i " + q(in("good")) + " --resize 64 -o " + q(out_ / "resized") + " --splits train --shards 3");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(set_fingerprint_of(shards("resized", "train")[0]), fp["train"]);
+  const fs::path root = out_ / "in";
+  fs::create_directories(root);
+  fs::copy(in("good") / "train", root / "train", fs::copy_options::recursive);
+  fs::copy(root / "train" / "apple" / fs::directory_iterator(root / "train" / "apple")->path().filename(),
+           root / "train" / "apple" / "zz_new.JPEG");
+  const std::string other = "-i " + q(root) + " --resize 0 --splits train --shards 3 -o ";
+  r = pack(other + q(out_ / "other"));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const auto other_files = shards("other", "train");
+  const std::string other_fp = set_fingerprint_of(other_files[0]);
+  EXPECT_NE(other_fp, fp["train"]);
+
+  // Shard 0 of the first packing beside shards 1 and 2 of the other: a whole set by name and
+  // settings, two packings by content.
+  const fs::path mixed = out_ / "mixed";
+  fs::create_directories(mixed);
+  fs::copy(shards("full", "train")[0], mixed);
+  for (int i : {1, 2}) fs::copy(other_files[static_cast<size_t>(i)], mixed);
+  LoaderConfig c;
+  c.shards = find_shards(mixed.string(), "train");
+  c.batch_size = 2;
+  c.height = c.width = 32;
+  c.train = false;
+  c.workers = 1;
+  try {
+    Loader l(c);
+    ADD_FAILURE() << "shards of two packings loaded as one set";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("come from different packings"), std::string::npos) << what;
+    EXPECT_NE(what.find((mixed / shard_file_name("train", 0, 3)).string()), std::string::npos) << what;
+    EXPECT_NE(what.find(fp["train"]), std::string::npos) << what;
+    EXPECT_NE(what.find(other_fp), std::string::npos) << what;
+  }
+  r = run(kInspect + " --no-decode " + q(mixed));
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("ERROR: split 'train' mixes shards of 2 packings"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("set fingerprint " + other_fp), std::string::npos) << r.out;
+
+  // A file of shard 2 replaced by one of another size (a bad image fixed, say): shards 0 and 1, whose
+  // own files did not change, are reused with the new listing's set_fingerprint; shard 2 is repacked.
+  const auto names2 = ShardReader(other_files[2]).filenames();
+  const fs::path changed = root / "train" / names2.at(0);
+  const fs::path donor = root / "train" / names2.at(1);
+  ASSERT_NE(fs::file_size(changed), fs::file_size(donor));
+  fs::copy_file(donor, changed, fs::copy_options::overwrite_existing);
+  fs::remove(other_files[2]);
+  r = pack(other + q(out_ / "other"));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("its own input is unchanged, but its set_fingerprint " + other_fp), std::string::npos) << r.out;
+  const auto redone = shards("other", "train");
+  const std::string new_fp = set_fingerprint_of(redone[2]);
+  EXPECT_NE(new_fp, other_fp);
+  for (const auto& f : redone) EXPECT_EQ(set_fingerprint_of(f), new_fp) << f;
+  EXPECT_EQ(ShardReader(redone[0]).filenames(), ShardReader(shards("full", "train")[0]).filenames());
+  for (const auto& e : fs::directory_iterator(out_ / "other"))
+    EXPECT_EQ(e.path().string().find(kPartialSuffix), std::string::npos) << e.path();
+  c.shards = redone;
+  Loader whole(c);
+  EXPECT_EQ(whole.num_images(), 46);
+  r = run(kInspect + " --no-decode " + q(out_ / "other"));
+  EXPECT_EQ(r.rc, 0) << r.out;
+}
+
 // The shard count must fit the names (5 digits), not exceed the images of a split, and a directory
 // already holding a set of another count is refused naming its files.
 TEST_F(PackTest, ShardCountIsChecked) {

@@ -54,6 +54,9 @@ class Loader {
   // The first shard's path and attributes (the others agree on classes, encoding and raw size).
   const std::string& first_shard() const;
   const ShardMeta& first_meta() const;
+  // The shards' set_fingerprint (one packing of the whole set; shards of two packings are refused
+  // when opened), or "" when some shard has none (written by an older pack_imagenet).
+  const std::string& set_fingerprint() const;
   // What makes this shard set this set, independent of where it is mounted: one line per shard (in
   // order) with its file name without the directory, image count, file size and input fingerprint,
   // then one per class. Ranks that split one set compare it (two ranks on one host given different

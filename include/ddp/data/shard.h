@@ -7,7 +7,8 @@
 //   /classes    vlen string [C]  the class list, identical in every shard of a data set
 //   root attributes: format = "resnet18-ddp-shard", format_version = 1, split, shard_index,
 //   num_shards, num_images, num_classes, encoding ("jpeg" | "raw"), resize_shorter, jpeg_quality,
-//   height, width (raw only; 0 for jpeg), source, created_by, allow_upscale, input_fingerprint
+//   height, width (raw only; 0 for jpeg), source, created_by, allow_upscale, input_fingerprint,
+//   set_fingerprint
 //
 // A shard is written under <name>.partial and renamed when complete, so a file under a final name
 // is always whole. The writer keeps its own descriptor of the file it created: what it fsyncs and
@@ -44,6 +45,11 @@ struct ShardMeta {
   // Hash of the shard's input list (relative names, sizes, labels), so that a rerun can tell a
   // shard packed from other input; "" in shards written before it existed.
   std::string input_fingerprint;
+  // Hash of what makes the whole set of the split (every input file of the split, the settings, the
+  // shard count): the same in every shard of one packing, whichever run (--node-index) wrote it, so
+  // that shares held by different nodes can be checked to be one set; "" when absent (written before
+  // it existed).
+  std::string set_fingerprint;
 };
 
 // <split>-NNNNN-of-MMMMM.h5
@@ -88,6 +94,12 @@ class ShardWriter {
   std::vector<std::string> pend_names_;
   bool committed_ = false;
 };
+
+// Replaces the set_fingerprint attribute of the complete shard at `path` (pack_imagenet: a shard
+// whose own input is unchanged, reused by a run whose listing of the whole split differs) the way a
+// shard is written: a copy under <path>.partial, the attribute changed there, fsync, rename over
+// `path`, fsync of the directory. Errors name the file (a full disk: the copy is removed).
+void rewrite_set_fingerprint(const std::string& path, const std::string& set_fingerprint);
 
 class ShardReader {
  public:

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -497,7 +498,22 @@ std::map<int, std::string> list_shard_set(const std::string& dir, const std::str
 }
 }  // namespace
 
-std::vector<std::string> find_shards(const std::string& dir, const std::string& split) {
+std::optional<NodeShare> node_share_of(const std::vector<int>& present, int count) {
+  if (present.empty()) return std::nullopt;
+  const std::set<int> have(present.begin(), present.end());
+  const int r = *have.begin();
+  // The smallest node count whose share r matches: shards {1, 3} of 4 are node 1's of 2, not of 4.
+  for (int nodes = 2; nodes <= count; ++nodes) {
+    if (count % nodes != 0 || r >= nodes) continue;
+    std::set<int> share;
+    for (int i = r; i < count; i += nodes) share.insert(i);
+    if (share == have) return NodeShare{r, nodes};
+  }
+  return std::nullopt;
+}
+
+std::vector<std::string> find_shards(const std::string& dir, const std::string& split,
+                                     const std::string& if_node_share) {
   int count = 0;
   const auto files = list_shard_set(dir, split, count);
   std::vector<std::string> missing;
@@ -506,9 +522,23 @@ std::vector<std::string> find_shards(const std::string& dir, const std::string& 
   if (!missing.empty()) {
     std::string names;
     for (size_t k = 0; k < std::min<size_t>(missing.size(), 5); ++k) names += (k ? ", " : "") + missing[k];
+    std::vector<int> present;
+    for (const auto& [i, p] : files) present.push_back(i);
+    // A node's own volume (pack_imagenet --node-index, or shard i copied to node i) holds exactly its
+    // share: say so, since the way out is then another way of reading it, not more packing.
+    std::string share;
+    if (const auto ns = node_share_of(present, count)) {
+      std::string have;
+      for (size_t k = 0; k < std::min<size_t>(present.size(), 3); ++k)
+        have += (k ? ", " : "") + shard_file_name(split, present[k], count);
+      share = str(". The shards present (", have, present.size() > 3 ? ", ..." : "", ") are exactly node ",
+                  ns->node, "'s share of a set packed for ", ns->nodes, " nodes (the shards whose index mod ",
+                  ns->nodes, " is ", ns->node, ", as pack_imagenet --nodes ", ns->nodes, " --node-index ", ns->node,
+                  " writes)", if_node_share.empty() ? "" : "; ", if_node_share);
+    }
     DDP_FAIL("the set of ", count, " '", split, "' shards in '", dir, "' is incomplete: ", missing.size(),
-             " missing (", names, missing.size() > 5 ? ", ..." : "",
-             "); finish packing (rerun pack_imagenet) or copy them there");
+             " missing (", names, missing.size() > 5 ? ", ..." : "", ")", share,
+             share.empty() || if_node_share.empty() ? "; finish packing (rerun pack_imagenet) or copy them there" : "");
   }
   std::vector<std::string> out;
   for (const auto& [i, p] : files) out.push_back(p);

@@ -16,7 +16,8 @@ class ShardSource final : public DataSource {
  public:
   explicit ShardSource(const ShardSourceConfig& c) : dir_(c.dir), split_(c.split), node_(c.node), nodes_(c.nodes) {
     data::LoaderConfig lc;
-    lc.shards = c.nodes > 0 ? data::find_node_shards(c.dir, c.split, c.node, c.nodes) : data::find_shards(c.dir, c.split);
+    lc.shards = c.nodes > 0 ? data::find_node_shards(c.dir, c.split, c.node, c.nodes)
+                          : data::find_shards(c.dir, c.split, c.if_node_share);
     lc.rank = c.rank;
     lc.world = c.world;
     lc.batch_size = c.batch_size;

@@ -558,6 +558,13 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     sc.split = "train";
     sc.node = env.node_index;
     sc.nodes = node_scope && env.num_nodes > 1 ? env.num_nodes : 0;  // one node: the whole set
+    sc.if_node_share =
+        env.num_nodes > 1
+            ? "--shard-scope global needs the whole set on every node; for node-local volumes that hold each "
+              "node's share, use --shard-scope node (the default), where node i reads the shards whose index mod "
+              "the node count is i"
+            : "a run on one node reads the whole set: copy the other shards into --data, or train on as many nodes "
+              "as the set was packed for, each holding its share, with --shard-scope node (the default)";
     sc.rank = data_rank;
     sc.world = data_world;
     sc.batch_size = o.batch_size;

@@ -353,6 +353,31 @@ TEST_F(LoaderTest, NodeShardsAreItsShareOfTheSet) {
   EXPECT_EQ(find_node_shards(own.string(), "train", 2, 4).size(), 1u);
 }
 
+// find_shards (the whole set, as --shard-scope global and one-node runs read it) on a node's own
+// volume: the error says that the shards present are exactly one node's share, and of how many nodes,
+// rather than only that the set is incomplete; a gap that is no node's share says nothing of the kind.
+TEST_F(LoaderTest, IncompleteSetThatIsOneNodesShareSaysSo) {
+  auto files = make_indexed_shards(dir_, {3, 3, 3, 3}, 4);  // train-0000i-of-00004
+  const fs::path node1 = dir_ / "node1", node2 = dir_ / "node2", gap = dir_ / "gap";
+  for (const auto& d : {node1, node2, gap}) fs::create_directories(d);
+  for (int i : {1, 3}) fs::copy(files[static_cast<size_t>(i)], node1 / fs::path(files[static_cast<size_t>(i)]).filename());
+  fs::copy(files[2], node2 / fs::path(files[2]).filename());
+  for (int i : {0, 1}) fs::copy(files[static_cast<size_t>(i)], gap / fs::path(files[static_cast<size_t>(i)]).filename());
+  expect_error_naming([&] { find_shards(node1.string(), "train"); }, "is incomplete: 2 missing");
+  expect_error_naming([&] { find_shards(node1.string(), "train"); },
+                      "are exactly node 1's share of a set packed for 2 nodes (the shards whose index mod 2 is 1, "
+                      "as pack_imagenet --nodes 2 --node-index 1 writes)");
+  expect_error_naming([&] { find_shards(node2.string(), "train"); },
+                      "are exactly node 2's share of a set packed for 4 nodes");
+  try {
+    find_shards(gap.string(), "train");
+    ADD_FAILURE() << "shards 0 and 1 of 4 taken for a whole set";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is incomplete: 2 missing"), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find("share"), std::string::npos) << "0 and 1 of 4 are no node's share: " << e.what();
+  }
+}
+
 // A directory whose shards are not one whole set is refused by find_shards (naming the directory
 // and the stray or missing file), and a shard whose attributes disagree with its name, or the same
 // shard twice, by the Loader: each would train on repeated or missing data.

@@ -4,7 +4,8 @@
 #   A. each node holds only its share, from pack_imagenet --nodes 2 --node-index i (node-local volumes);
 #   B. each node sees the whole set (a shared file system, or a copy per node);
 #   C. node 1's shards from another packing (4 shards, not 2): refused, naming both hosts;
-#   D. --shard-scope global over node-local shares: refused (the set is incomplete), saying so.
+#   D. --shard-scope global over node-local shares: refused (the set is incomplete), saying that the
+#      shards are one node's share and that --shard-scope node reads them.
 # A and B must give each node its share only (pack_imagenet's shard 0 holds 257 of the 512 training
 # images, shard 1 255: 7 agreed steps of 2 x 32, where reading the whole set per node gave 16) and
 # count every validation image exactly once across the nodes.
@@ -69,10 +70,11 @@ else
 fi
 
 run A own D --shard-scope global; rc=$?
-if [[ $rc -eq 0 ]] || ! grep -q "is incomplete: 1 missing" "$T/D.log"; then
-  tail -5 "$T/D.log"; fail "case D: --shard-scope global over node-local shares was not refused as incomplete (exit $rc)"
+if [[ $rc -eq 0 ]] || ! grep -q "is incomplete: 1 missing (train-00001-of-00002.h5). The shards present (train-00000-of-00002.h5) are exactly node 0's share of a set packed for 2 nodes.*use --shard-scope node" "$T/D.log"; then
+  tail -5 "$T/D.log"; fail "case D: --shard-scope global over node-local shares was not refused as one node's share, pointing to --shard-scope node (exit $rc)"
 else
   echo "case D: ok, refused: $(grep -m1 "is incomplete" "$T/D.log")"
 fi
+
 ((fails)) && exit 1
 echo "PASS: two nodes, --shard-scope node: own shares and a shared set train each image once and evaluate 200/200"

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -81,8 +82,17 @@ class Loader {
 // Lists the shard files of a split in a directory: <dir>/<split>-NNNNN-of-MMMMM.h5 (sorted). The set
 // must be whole: an error names the directory and the files if there are none, if two sets (other
 // MMMMM) are mixed, or if a shard of the set is missing. (Loader then checks each file's attributes
-// against its name.)
-std::vector<std::string> find_shards(const std::string& dir, const std::string& split);
+// against its name.) When the files present are exactly one node's share of the set (node_share_of),
+// the error says so and adds `if_node_share` (the caller's way out, e.g. the trainer's flag).
+std::vector<std::string> find_shards(const std::string& dir, const std::string& split,
+                                     const std::string& if_node_share = {});
+
+// Whether the shard indices present in a set of `count` are exactly the share of one node of several:
+// the indices i with i mod nodes == node, for the smallest such nodes > 1; nullopt otherwise.
+struct NodeShare {
+  int node = 0, nodes = 0;
+};
+std::optional<NodeShare> node_share_of(const std::vector<int>& present, int count);
 
 // The shards node `node` of `nodes` reads: shard i of an M-shard set belongs to node i mod nodes
 // (M must be a multiple of nodes). Works on a full set in a shared directory and on a node's own

@@ -71,6 +71,8 @@ struct ShardSourceConfig {
   // i mod nodes (data::find_node_shards), whether dir holds only those or the whole set; nodes = 0:
   // the whole set, which must be complete.
   int node = 0, nodes = 0;
+  // nodes = 0: added to the error when dir holds only one node's share of the set (what to do).
+  std::string if_node_share;
   int rank = 0, world = 1;  // over the ranks that share these shard files
   int batch_size = 256;
   int height = 224, width = 224;

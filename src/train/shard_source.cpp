@@ -57,13 +57,15 @@ class ShardSource final : public DataSource {
     return str(split_, ": ", loader_->num_images(), " images in ", nshards_, " shard(s)", share, " of ", dir_, ", ",
                loader_->num_classes(), " classes");
   }
-  std::string packing() const override {
+  std::string packing(bool with_set_fingerprint) const override {
     const auto& m = loader_->first_meta();
     return str(split_, " set: ", m.num_shards, " shard(s), ", m.encoding,
                m.encoding == "raw" ? str(" ", m.width, "x", m.height)
                                    : str(", shorter side ", m.resize_shorter, ", quality ", m.jpeg_quality),
-               m.allow_upscale ? ", upscaled" : "", '\n');
+               m.allow_upscale ? ", upscaled" : "", '\n',
+               with_set_fingerprint ? str(split_, " set fingerprint ", loader_->set_fingerprint(), '\n') : "");
   }
+  std::string set_fingerprint() const override { return loader_->set_fingerprint(); }
   std::string identity() const override {
     std::string id, line;
     std::istringstream in(loader_->set_identity());

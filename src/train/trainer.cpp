@@ -351,14 +351,36 @@ void check_same_shard_set(const DataSource* train, const DataSource* val, const 
              ")");
   }
   if (!node_scope || env.num_nodes < 2) return;
-  const std::string packing = str(train ? train->packing() : std::string(), val ? val->packing() : std::string());
+  // The set fingerprint (pack_imagenet's hash of the whole split's listing, settings and shard count)
+  // tells two packings of different inputs apart, which shard count, encoding and sizes cannot. It is
+  // compared only when every rank's shards have it: shards of an older pack_imagenet still load.
+  const auto fingerprinted = [](const DataSource* d) { return !d || !d->set_fingerprint().empty(); };
+  const std::vector<double> has_fp = c.allgather(fingerprinted(train) && fingerprinted(val) ? 1.0 : 0.0);
+  std::string without;  // hosts whose shards have none
+  for (int h = 0; h < env.num_nodes; ++h) {
+    for (int r = 0; r < env.world; ++r) {
+      if (node_of.at(static_cast<size_t>(r)) != h || has_fp.at(static_cast<size_t>(r)) != 0.0) continue;
+      without += str(without.empty() ? "" : ", ", env.hosts.at(static_cast<size_t>(h)));
+      break;
+    }
+  }
+  if (!without.empty())
+    warn0("the shards on ", without, " have no set_fingerprint (packed by an older pack_imagenet): the nodes' shares ",
+          "are checked to come from one set by shard count, encoding and sizes only, so shares of two packings of ",
+          "different input files would pass; rerun this pack_imagenet over them (with the flags they were packed ",
+          "with) to add it: complete shards are kept, each rewritten with its set_fingerprint");
+  const bool with_fp = without.empty();
+  const auto packing_of = [&](const DataSource* d) { return d ? d->packing(with_fp) : std::string(); };
+  const std::string packing = str(packing_of(train), packing_of(val));
   const TextMismatch p = first_text_mismatch(packing, std::vector<double>(node_of.size(), 0.0), env, c, timeout_s);
   if (p.first >= 0) {
     DDP_FAIL("ranks ", p.first, " (host ", host(p.first), ") and ", p.r, " (host ", host(p.r),
              ") read shares of differently packed sets", own(p.first, p.r), p.how,
              ". With --shard-scope node each node reads its share of one set (shard i of M on node i mod the "
              "node count): pack it once (pack_imagenet --nodes N, one run per --node-index, or --shards N) and give "
-             "every node its shards, or the whole set");
+             "every node its shards, or the whole set. The set fingerprint covers every input file of the split "
+             "(names, sizes, labels), the settings and the shard count: runs over other input files or with other "
+             "flags differ; after a change to the input, rerun pack_imagenet for every node");
   }
 }
 

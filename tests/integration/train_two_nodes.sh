@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# train_resnet18 on two "nodes" (two_hosts.sh: two network namespaces, one rank each) with
+# train_resnet18 on two "nodes" (two_hosts.sh: two network namespaces, one rank each unless said) with
 # --shard-scope node, the default, in the layouts the README offers:
 #   A. each node holds only its share, from pack_imagenet --nodes 2 --node-index i (node-local volumes);
 #   B. each node sees the whole set (a shared file system, or a copy per node);
 #   C. node 1's shards from another packing (4 shards, not 2): refused, naming both hosts;
 #   D. --shard-scope global over node-local shares: refused (the set is incomplete), saying that the
-#      shards are one node's share and that --shard-scope node reads them.
+#      shards are one node's share and that --shard-scope node reads them;
+#   E. node 1's share from a packing of other input files with the same settings and shard count:
+#      refused by the set fingerprint, naming both hosts (only the fingerprint tells the two apart);
+#   F. node 0's shards from an older pack_imagenet (no set_fingerprint): trained as before, with one
+#      warning naming node 0's host that the sets are compared without it;
 # A and B must give each node its share only (pack_imagenet's shard 0 holds 257 of the 512 training
 # images, shard 1 255: 7 agreed steps of 2 x 32, where reading the whole set per node gave 16) and
 # count every validation image exactly once across the nodes.
-# Usage: train_two_nodes.sh TRAIN_RESNET18 PACK_IMAGENET FASHION_MNIST_TO_JPEG MPIEXEC
+# Usage: train_two_nodes.sh TRAIN_RESNET18 PACK_IMAGENET FASHION_MNIST_TO_JPEG MPIEXEC H5_DELETE_ATTR
 # Exit 77 (skipped): no Fashion-MNIST, or no network namespaces here.
 set -uo pipefail
-TRAIN=$1 PACK=$2 TOJPEG=$3 MPIEXEC=$4
+TRAIN=$1 PACK=$2 TOJPEG=$3 MPIEXEC=$4 DELATTR=$5
 here=$(cd "$(dirname "$0")" && pwd)
 [[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]] || { echo "SKIP: dataset-fashion-mnist not installed"; exit 77; }
 T=$(mktemp -d /tmp/ddp_train_two_nodes.XXXXXX)
@@ -26,6 +30,15 @@ pack --output "$T/A/node1" --nodes 2 --node-index 1
 pack --output "$T/B/shared" --shards 2
 mkdir -p "$T/C" && cp -r "$T/A/node0" "$T/C/node0"
 pack --output "$T/C/node1" --shards 4
+# E: another input tree (128 more training images; the same names for the first 512, the same
+# settings, the same shard count), node 1's share of it beside node 0's share of the first.
+"$TOJPEG" --output "$T/jpeg2" --limit-train 640 --limit-val 200 >/dev/null
+mkdir -p "$T/E" && cp -r "$T/A/node0" "$T/E/node0"
+"$PACK" --input "$T/jpeg2" --encoding raw --resize 32 --allow-upscale --no-progress \
+  --output "$T/E/node1" --nodes 2 --node-index 1 >/dev/null
+# F: node 0's shards as an older pack_imagenet wrote them (no set_fingerprint), node 1's as this one.
+cp -r "$T/A" "$T/F"
+"$DELATTR" set_fingerprint "$T"/F/node0/*.h5
 set +e
 
 # Each rank's --data: its node's own directory (rank r runs on node r here), as a node-local volume
@@ -59,6 +72,7 @@ for c in A:own B:shared; do
     { grep "schedule:" "$T/$name.log"; fail "case $name: not 7 steps of 64 (each node its share, 255 images the fewer)"; }
   n=$(grep '"type": "eval"' "$T/$name.jsonl" | tail -1 | sed -E 's/.*"images": ([0-9]+).*/\1/')
   [[ $n == 200 ]] || fail "case $name: evaluation counted ${n:-nothing} images, not the 200 there are"
+  ! grep -q "no set_fingerprint" "$T/$name.log" || fail "case $name: warned of shards without a set_fingerprint"
   ((fails)) || echo "case $name: ok (node shares of 257 and 255 images, 7 steps of 64, 200/200 validation images)"
 done
 
@@ -76,5 +90,21 @@ else
   echo "case D: ok, refused: $(grep -m1 "is incomplete" "$T/D.log")"
 fi
 
+run E own E; rc=$?
+if [[ $rc -eq 0 ]] || ! grep -q "ranks 0 (host [^)]*) and 1 (host [^)]*) read shares of differently packed sets.*first difference: rank 0 has 'train set fingerprint fnv1a64:[0-9a-f]*', rank 1 has 'train set fingerprint fnv1a64:[0-9a-f]*'" "$T/E.log"; then
+  tail -5 "$T/E.log"; fail "case E: node 1's share of a packing of other input files was not refused by the set fingerprint (exit $rc)"
+else
+  echo "case E: ok, refused: $(grep -m1 -o "read shares of differently packed sets.*first difference[^.]*" "$T/E.log" | head -1)"
+fi
+
+run F own F; rc=$?
+host0=$(grep -m1 -o "node 0 [^:]*:" "$T/F.log" | sed -E 's/node 0 (.*):/\1/')
+warned=$(grep -c "the shards on $host0 have no set_fingerprint (packed by an older pack_imagenet)" "$T/F.log")
+if [[ $rc -ne 0 || $warned -ne 1 ]] || ! grep -q "schedule: 1 epochs x 7 steps (global batch 64)" "$T/F.log"; then
+  tail -5 "$T/F.log"; fail "case F: shards of an older pack_imagenet on node 0 did not train with one warning naming its host '$host0' (exit $rc, $warned warning(s))"
+else
+  echo "case F: ok, trained as before, warned once: $(grep -m1 -o "the shards on .* sizes only" "$T/F.log")"
+fi
+
 ((fails)) && exit 1
-echo "PASS: two nodes, --shard-scope node: own shares and a shared set train each image once and evaluate 200/200"
+echo "PASS: two nodes, --shard-scope node: own shares and a shared set train each image once and evaluate 200/200; other packings and global scope over node shares are refused, saying why"

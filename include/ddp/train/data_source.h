@@ -30,10 +30,17 @@ class DataSource {
   // Equal on two ranks iff they read the same images (wherever the files are mounted): ranks that
   // split one set compare it at start-up (Loader::set_identity).
   virtual std::string identity() const = 0;
-  // How the whole set was packed (split, shard count, encoding and sizes): equal on every node that
-  // reads its share of one set (--shard-scope node), whose files, and so identity(), differ. "" for
-  // synthetic data.
-  virtual std::string packing() const { return {}; }
+  // How the whole set was packed (split, shard count, encoding and sizes; with_set_fingerprint: and a
+  // line with set_fingerprint()): equal on every node that reads its share of one set (--shard-scope
+  // node), whose files, and so identity(), differ. "" for synthetic data.
+  virtual std::string packing(bool with_set_fingerprint) const {
+    (void)with_set_fingerprint;
+    return {};
+  }
+  // The shards' set_fingerprint (a hash of the whole split's input listing, settings and shard count,
+  // written by pack_imagenet into every shard of one packing): equal on every node that reads its share
+  // of one set. "" when unknown (shards of an older pack_imagenet; synthetic data).
+  virtual std::string set_fingerprint() const { return {}; }
   // The class names in label order and the file they were read from (the first shard); none for
   // synthetic data, whose classes have no names (then nothing is checked against them).
   virtual std::vector<std::string> class_names() const { return {}; }

@@ -2,9 +2,11 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -384,6 +386,47 @@ void check_same_shard_set(const DataSource* train, const DataSource* val, const 
   }
 }
 
+// --shard-scope node on nodes running different numbers of ranks: each node's share is split among
+// its own ranks, but every rank runs the same steps (the fewest any rank has, DESIGN rule 1), so a
+// node with fewer ranks trains only part of its share per epoch, and its images are seen less often
+// than the others', without a word. Refused, naming each node's ranks and the fraction of its share an
+// epoch would train (docs/DISTRIBUTED.md): equal ranks per node, or --shard-scope global over a set
+// every node sees, train every image once per epoch.
+void check_equal_ranks_per_node(const DataSource& train, const comm::DistEnv& env, comm::Communicator& c,
+                                int batch_size) {
+  const std::vector<double> node_of = c.allgather(env.node_index);
+  const std::vector<double> batches = c.allgather(static_cast<double>(train.local_batches()));
+  const std::vector<double> images = c.allgather(static_cast<double>(train.num_images()));
+  std::vector<int> ranks(static_cast<size_t>(env.num_nodes), 0);
+  std::vector<int64_t> share(static_cast<size_t>(env.num_nodes), 0);
+  for (int r = 0; r < env.world; ++r) {
+    const auto n = static_cast<size_t>(node_of.at(static_cast<size_t>(r)));
+    ++ranks.at(n);
+    share.at(n) = static_cast<int64_t>(images.at(static_cast<size_t>(r)));
+  }
+  if (std::all_of(ranks.begin(), ranks.end(), [&](int k) { return k == ranks.front(); })) return;
+  const auto steps = static_cast<int64_t>(*std::min_element(batches.begin(), batches.end()));
+  std::string nodes;
+  for (int n = 0; n < env.num_nodes; ++n) {
+    const int64_t trained = std::min(share[static_cast<size_t>(n)], steps * batch_size * ranks[static_cast<size_t>(n)]);
+    const double pct = share[static_cast<size_t>(n)] > 0 ? 100.0 * static_cast<double>(trained) /
+                                                               static_cast<double>(share[static_cast<size_t>(n)])
+                                                         : 0.0;
+    char p[32];
+    std::snprintf(p, sizeof p, "%.0f%%", pct);
+    nodes += str(n ? "; " : "", "node ", n, " (host ", env.hosts.at(static_cast<size_t>(n)), "): ",
+                 ranks[static_cast<size_t>(n)], " rank(s), a share of ", share[static_cast<size_t>(n)], " images, ",
+                 trained, " trained per epoch (", p, ")");
+  }
+  DDP_FAIL("--shard-scope node with unequal ranks per node: each node's ranks split that node's share of the set, ",
+           "and every rank runs the same ", steps, " step(s) of ", batch_size, " per epoch (the fewest any rank ",
+           "has), so a node with fewer ranks would train only part of its share each epoch and its images would be ",
+           "seen less often than the others', without a word [", nodes, "]. Run the same number of ranks on every ",
+           "node (mpirun --map-by ppr:K:node, jobs/mpirun_hostfile.sh with DDP_PER_NODE=K, Slurm ",
+           "--ntasks-per-node=K), or put the whole set where every node sees it (a shared file system, or a copy ",
+           "on each node) and use --shard-scope global, where all ranks split the whole set");
+}
+
 // The way out for a mid-epoch checkpoint this configuration cannot continue: an epoch-end checkpoint,
 // naming the newest one in `dir` (the resumed file's) and the newer ones that --resume (auto or a file)
 // would not leave in the run's --checkpoint-dir.
@@ -628,6 +671,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
             "): every node's shards must come from one pack_imagenet run");
   const int num_classes = static_cast<int>(cls[0]);
   if (!o.synthetic) check_same_shard_set(train.get(), val.get(), env, *comm, node_scope, tmo);
+  if (!o.synthetic && node_scope && env.num_nodes > 1 && train)
+    check_equal_ranks_per_node(*train, env, *comm, o.batch_size);
   check_class_lists(train.get(), val.get(), env.rank, tmo);
   if (train) info0("data: ", train->describe());
   if (val) info0("eval data: ", val->describe());

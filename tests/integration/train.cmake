@@ -8,8 +8,8 @@ if(TARGET train_resnet18 AND TARGET pack_imagenet AND TARGET fashion_mnist_to_jp
                    $<TARGET_FILE:pack_imagenet> $<TARGET_FILE:fashion_mnist_to_jpeg> ${MPIEXEC_EXECUTABLE})
   set_tests_properties(train_on_shards PROPERTIES LABELS "train;slow;integration" TIMEOUT 900 SKIP_RETURN_CODE 77)
   # Two nodes (network namespaces) with --shard-scope node: node-local shares, a shared set, a node
-  # with another packing or with shards of another input, shards of an older pack_imagenet, and global
-  # scope over node-local shares.
+  # with another packing or with shards of another input, shards of an older pack_imagenet, unequal
+  # ranks per node, and global scope over node-local shares.
   add_executable(h5_delete_attr ${CMAKE_CURRENT_SOURCE_DIR}/h5_delete_attr.cpp)
   target_link_libraries(h5_delete_attr PRIVATE ddp_h5)
   add_test(NAME train_two_nodes

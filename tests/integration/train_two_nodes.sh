@@ -10,6 +10,9 @@
 #      refused by the set fingerprint, naming both hosts (only the fingerprint tells the two apart);
 #   F. node 0's shards from an older pack_imagenet (no set_fingerprint): trained as before, with one
 #      warning naming node 0's host that the sets are compared without it;
+#   G. two ranks on node 0 and one on node 1, node-local shares: refused, naming both hosts, their
+#      ranks and the part of each share an epoch would train (node 1's rank: half of its share);
+#   H. the same uneven ranks with --shard-scope global over the shared set: trained, every image once.
 # A and B must give each node its share only (pack_imagenet's shard 0 holds 257 of the 512 training
 # images, shard 1 255: 7 agreed steps of 2 x 32, where reading the whole set per node gave 16) and
 # count every validation image exactly once across the nodes.
@@ -41,21 +44,23 @@ cp -r "$T/A" "$T/F"
 "$DELATTR" set_fingerprint "$T"/F/node0/*.h5
 set +e
 
-# Each rank's --data: its node's own directory (rank r runs on node r here), as a node-local volume
-# mounted at one path would give; or the shared one.
+# Each rank's --data: its node's own directory, as a node-local volume mounted at one path would give
+# (rank r runs on node r, or on node NODE_OF[r] when NODE_OF lists each rank's node); or the shared one.
 cat >"$T/rank.sh" <<RANK
 #!/bin/bash
 d=\$1; shift
-[[ \$d == shared ]] || d=node\$OMPI_COMM_WORLD_RANK
+node_of=(\${NODE_OF:-})
+n=\${node_of[\$OMPI_COMM_WORLD_RANK]:-\$OMPI_COMM_WORLD_RANK}
+[[ \$d == shared ]] || d=node\$n
 exec "$TRAIN" --data "$T/\$CASE/\$d" "\$@"
 RANK
 chmod +x "$T/rank.sh"
 ARGS=(--image-size 32 --backend cpu --threads 1 --batch-size 32 --epochs 1 --lr 0.05 --random-crop off
       --eval-crop-ratio 1 --progress lines --timeout 60)
-run() {  # run CASE DATA(own|shared) NAME [extra args]
+run() {  # run CASE DATA(own|shared) NAME [extra args]; PER_HOST=N,M and NODE_OF="0 0 1" for uneven hosts
   local c=$1 d=$2 name=$3; shift 3
-  CASE=$c "$here/two_hosts.sh" --mpirun "$MPIEXEC" -- -x CASE "$T/rank.sh" "$d" "${ARGS[@]}" \
-    --jsonl "$T/$name.jsonl" "$@" >"$T/$name.log" 2>&1
+  CASE=$c NODE_OF=${NODE_OF:-} "$here/two_hosts.sh" --np-per-host "${PER_HOST:-1}" --mpirun "$MPIEXEC" -- \
+    -x CASE -x NODE_OF "$T/rank.sh" "$d" "${ARGS[@]}" --jsonl "$T/$name.jsonl" "$@" >"$T/$name.log" 2>&1
 }
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
@@ -106,5 +111,20 @@ else
   echo "case F: ok, trained as before, warned once: $(grep -m1 -o "the shards on .* sizes only" "$T/F.log")"
 fi
 
+PER_HOST=2,1 NODE_OF="0 0 1" run A own G; rc=$?
+if [[ $rc -eq 0 ]] || ! grep -q "3 ranks on 2 nodes" "$T/G.log" ||
+   ! grep -q "unequal ranks per node.*node 0 (host [^)]*): 2 rank(s), a share of 257 images, 256 trained per epoch (100%); node 1 (host [^)]*): 1 rank(s), a share of 255 images, 128 trained per epoch (50%).*--shard-scope global" "$T/G.log"; then
+  tail -5 "$T/G.log"; fail "case G: two ranks on node 0 and one on node 1 with node-local shares were not refused with each node's ranks and trained share (exit $rc)"
+else
+  echo "case G: ok, refused: $(grep -m1 -o "unequal ranks per node.*(50%)\]" "$T/G.log")"
+fi
+
+PER_HOST=2,1 run B shared H --shard-scope global; rc=$?
+n=$(grep '"type": "eval"' "$T/H.jsonl" 2>/dev/null | tail -1 | sed -E 's/.*"images": ([0-9]+).*/\1/')
+if [[ $rc -ne 0 ]] || ! grep -q "schedule: 1 epochs x 5 steps (global batch 96)" "$T/H.log" || [[ $n != 200 ]]; then
+  tail -5 "$T/H.log"; fail "case H: uneven ranks with --shard-scope global over the shared set did not train 5 steps of 96 and evaluate 200 images (exit $rc)"
+else
+  echo "case H: ok, uneven ranks over the shared set with --shard-scope global: 5 steps of 3 x 32, 200/200 validation images"
+fi
 ((fails)) && exit 1
-echo "PASS: two nodes, --shard-scope node: own shares and a shared set train each image once and evaluate 200/200; other packings and global scope over node shares are refused, saying why"
+echo "PASS: two nodes, --shard-scope node: own shares and a shared set train each image once and evaluate 200/200; other packings, unequal ranks per node and global scope over node shares are refused, saying why"

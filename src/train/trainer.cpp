@@ -369,8 +369,9 @@ void check_same_shard_set(const DataSource* train, const DataSource* val, const 
   if (!without.empty())
     warn0("the shards on ", without, " have no set_fingerprint (packed by an older pack_imagenet): the nodes' shares ",
           "are checked to come from one set by shard count, encoding and sizes only, so shares of two packings of ",
-          "different input files would pass; rerun this pack_imagenet over them (with the flags they were packed ",
-          "with) to add it: complete shards are kept, each rewritten with its set_fingerprint");
+          "different input files would pass; to add it, rerun this pack_imagenet over them with the flags they were ",
+          "packed with: it keeps complete shards that have an input_fingerprint and rewrites them with it (older ",
+          "shards still must be packed again)");
   const bool with_fp = without.empty();
   const auto packing_of = [&](const DataSource* d) { return d ? d->packing(with_fp) : std::string(); };
   const std::string packing = str(packing_of(train), packing_of(val));
@@ -418,7 +419,8 @@ void check_equal_ranks_per_node(const DataSource& train, const comm::DistEnv& en
                  ranks[static_cast<size_t>(n)], " rank(s), a share of ", share[static_cast<size_t>(n)], " images, ",
                  trained, " trained per epoch (", p, ")");
   }
-  DDP_FAIL("--shard-scope node with unequal ranks per node: each node's ranks split that node's share of the set, ",
+  DDP_FAIL("--shard-scope node (the default) with unequal ranks per node: each node's ranks split that node's share ",
+           "of the set, ",
            "and every rank runs the same ", steps, " step(s) of ", batch_size, " per epoch (the fewest any rank ",
            "has), so a node with fewer ranks would train only part of its share each epoch and its images would be ",
            "seen less often than the others', without a word [", nodes, "]. Run the same number of ranks on every ",

@@ -169,7 +169,7 @@ fi
 
 # ---- tests/integration/two_hosts.sh (namespaces sharing a hostname) ---------------------------------
 TWO=$ROOT/tests/integration/two_hosts.sh
-for n in abc 0 2,0 1,x 2, 1,2,3; do
+for n in abc 0 "2,0" "1,x" "2," "1,2,3"; do
   rm -f "$TMP/mpirun.args"
   out=$("$TWO" --np-per-host "$n" --mpirun "$TMP/bin/mpirun" -- true 2>&1); rc=$?
   check "two_hosts.sh --np-per-host '$n': exit 2, named, mpirun not started" \

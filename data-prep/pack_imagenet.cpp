@@ -620,19 +620,37 @@ std::vector<Item> scan_split(const Layout& lay, const std::string& split, const 
   return items;
 }
 
-// Class-balanced, deterministic: the k-th file (sorted) of class c goes to shard (k + c) mod N.
+// Class-balanced, deterministic: the k-th file (sorted) of class c goes to shard (k + off[c]) mod N,
+// so every shard holds every class that has at least N images, and a class's counts across shards
+// differ by at most one. off[c] = c unless that leaves a shard empty (few images per class, many
+// shards: 2 classes of 3 images into 5 shards give shard 4 nothing); then off[c] = the number of
+// images of the classes before c, which deals the images round robin in (class, name) order and so
+// fills every shard whenever there are at least N images. The first rule is kept wherever it fills
+// every shard because every earlier pack_imagenet used it: shards they packed still match a rerun
+// (their input fingerprints, which follow shard order), and a --node-index run of either version
+// writes the same shard.
 std::vector<std::vector<Item>> assign(const std::vector<Item>& items, int nshards, int nclasses) {
-  std::vector<std::vector<Item>> out(static_cast<size_t>(nshards));
-  std::vector<int64_t> k(static_cast<size_t>(nclasses), 0);
   std::vector<Item> sorted = items;
   std::stable_sort(sorted.begin(), sorted.end(), [](const Item& a, const Item& b) {
     return a.label != b.label ? a.label < b.label : a.rel < b.rel;
   });
-  for (const auto& it : sorted) {
-    const int64_t s = (k[static_cast<size_t>(it.label)]++ + it.label) % nshards;
-    out[static_cast<size_t>(s)].push_back(it);
-  }
-  return out;
+  auto deal = [&](const std::vector<int64_t>& off) {
+    std::vector<std::vector<Item>> out(static_cast<size_t>(nshards));
+    std::vector<int64_t> k(static_cast<size_t>(nclasses), 0);
+    for (const auto& it : sorted) {
+      const auto c = static_cast<size_t>(it.label);
+      out[static_cast<size_t>((k[c]++ + off[c]) % nshards)].push_back(it);
+    }
+    return out;
+  };
+  std::vector<int64_t> off(static_cast<size_t>(nclasses));
+  for (int c = 0; c < nclasses; ++c) off[static_cast<size_t>(c)] = c;
+  auto out = deal(off);
+  if (std::none_of(out.begin(), out.end(), [](const auto& s) { return s.empty(); })) return out;
+  std::vector<int64_t> count(static_cast<size_t>(nclasses), 0);
+  for (const auto& it : sorted) ++count[static_cast<size_t>(it.label)];
+  for (size_t c = 0; c < off.size(); ++c) off[c] = c == 0 ? 0 : off[c - 1] + count[c - 1];
+  return deal(off);
 }
 
 // FNV-1a 64, 16 hex digits after "fnv1a64:".
@@ -1030,6 +1048,12 @@ int run(const Options& o) {
         skipped.push_back(path);
         continue;
       }
+      // --skip-bad: a shard made only of images known bad already (dangling links, CSV rows without
+      // their file) would stop the run after the shards before it; stop before any work instead.
+      DDP_CHECK(std::any_of(items.begin(), items.end(), [](const Item& it) { return it.error.empty(); }), "all ",
+                items.size(), " images of '", shard_file_name(s, i, o.shards), "' (split '", s,
+                "') are unreadable (", items.front().error, items.size() > 1 ? "; and the rest" : "",
+                "); no shard written: fix them or pack with fewer --shards");
       if (fs::exists(path + kPartialSuffix))
         std::cerr << "pack_imagenet: removing " << path << kPartialSuffix << " left by an interrupted run\n";
       jobs.push_back(Job{path, std::move(meta), &items});

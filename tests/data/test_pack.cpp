@@ -260,6 +260,19 @@ TEST_F(PackTest, ClassBalancedDeterministicShards) {
     total += s.size();
   }
   EXPECT_EQ(total, 45);
+  // File k (sorted by name) of class c is in shard (k + c) mod 3, as every earlier pack_imagenet put
+  // it: a rerun must find the shards they packed matching.
+  std::map<std::string, int> shard_of;
+  for (size_t i = 0; i < files.size(); ++i)
+    for (auto& n : ShardReader(files[i]).filenames()) shard_of[n] = static_cast<int>(i);
+  for (int c = 0; c < 5; ++c) {
+    std::vector<std::string> in_class;
+    for (const auto& [n, s] : shard_of)
+      if (n.substr(0, n.find('/')) == kClasses[static_cast<size_t>(c)]) in_class.push_back(n);
+    ASSERT_EQ(static_cast<int>(in_class.size()), kCounts.at(kClasses[static_cast<size_t>(c)]));
+    for (size_t k = 0; k < in_class.size(); ++k)
+      EXPECT_EQ(shard_of[in_class[k]], static_cast<int>((k + static_cast<size_t>(c)) % 3)) << in_class[k];
+  }
   for (auto& [c, v] : per_class) {
     auto [mn, mx] = std::minmax_element(v.begin(), v.end());
     EXPECT_LE(*mx - *mn, 1) << "class " << kClasses[static_cast<size_t>(c)];
@@ -273,6 +286,53 @@ TEST_F(PackTest, ClassBalancedDeterministicShards) {
   EXPECT_EQ(fs::path(node[0]).filename(), fs::path(files[1]).filename());
   EXPECT_EQ(ShardReader(node[0]).filenames(), ShardReader(files[1]).filenames());
   EXPECT_EQ(ShardReader(node[0]).labels(), ShardReader(files[1]).labels());
+}
+
+// The (k + c) mod N rule leaves shards empty when classes are few and small (2 classes of 3 images
+// into 5 shards: class 0 fills shards 0-2, class 1 shards 1-3, shard 4 gets nothing). With at least
+// as many images as shards, every shard still gets images, each image goes to exactly one shard and a
+// class's counts across shards differ by at most one; --node-index writes the full run's shard.
+// (It used to pass the up-front count check, write shards 0-3 and then fail at shard 4.)
+TEST_F(PackTest, FewImagesStillFillEveryShard) {
+  struct Case {
+    int classes, per_class, shards;
+  };
+  for (const Case& c : {Case{2, 3, 5}, Case{3, 3, 9}, Case{2, 5, 9}, Case{4, 1, 3}}) {
+    const std::string tag = std::to_string(c.classes) + "x" + std::to_string(c.per_class) + "_" +
+                            std::to_string(c.shards);
+    const fs::path root = out_ / ("in_" + tag);
+    for (int k = 0; k < c.classes; ++k) {
+      const fs::path d = root / "train" / ("c" + std::to_string(k));
+      fs::create_directories(d);
+      for (int i = 0; i < c.per_class; ++i)
+        fs::copy(in("bad") / "train" / "alpha" / ("ok_" + std::to_string(i % 3) + ".JPEG"),
+                 d / ("img_" + std::to_string(i) + ".JPEG"));
+    }
+    const fs::path o = out_ / ("out_" + tag);
+    auto r = pack("-i " + q(root) + " -o " + q(o) + " --resize 0 --shards " + std::to_string(c.shards));
+    ASSERT_EQ(r.rc, 0) << tag << ": " << r.out;
+    auto files = find_shards(o.string(), "train");
+    ASSERT_EQ(files.size(), static_cast<size_t>(c.shards)) << tag;
+    std::set<std::string> names;
+    std::vector<std::vector<int>> per_class(static_cast<size_t>(c.classes), std::vector<int>(files.size(), 0));
+    for (size_t s = 0; s < files.size(); ++s) {
+      ShardReader sr(files[s]);
+      EXPECT_GE(sr.size(), 1) << tag << ": " << files[s] << " is empty";
+      for (const auto& n : sr.filenames()) EXPECT_TRUE(names.insert(n).second) << tag << ": " << n << " twice";
+      for (int32_t l : sr.labels()) ++per_class[static_cast<size_t>(l)][s];
+    }
+    EXPECT_EQ(names.size(), static_cast<size_t>(c.classes * c.per_class)) << tag;
+    for (const auto& v : per_class) {
+      auto [mn, mx] = std::minmax_element(v.begin(), v.end());
+      EXPECT_LE(*mx - *mn, 1) << tag;
+    }
+    const int last = c.shards - 1;
+    r = pack("-i " + q(root) + " -o " + q(out_ / ("node_" + tag)) + " --resize 0 --nodes " + std::to_string(c.shards) +
+             " --node-index " + std::to_string(last));
+    ASSERT_EQ(r.rc, 0) << tag << ": " << r.out;
+    const std::string mine = (out_ / ("node_" + tag) / shard_file_name("train", last, c.shards)).string();
+    EXPECT_EQ(ShardReader(mine).filenames(), ShardReader(files[static_cast<size_t>(last)]).filenames()) << tag;
+  }
 }
 
 bool has_shard_or_partial(const fs::path& dir) {
@@ -745,6 +805,18 @@ TEST_F(PackTest, SkipBadWithNothingLeftIsAnError) {
   int lines = 0;
   for (std::string l; std::getline(rep, l);) ++lines;
   EXPECT_EQ(lines, 2);
+  // A shard holding only images known bad before decoding (here a dangling link, shard 1's only
+  // image) stops the run before any shard is written, not after shard 0.
+  const fs::path root2 = out_ / "in2";
+  fs::create_directories(root2 / "train" / "a");
+  fs::copy(in("bad") / "train" / "alpha" / "ok_0.JPEG", root2 / "train" / "a" / "x.JPEG");
+  fs::create_symlink("/nonexistent/img.JPEG", root2 / "train" / "a" / "z_gone.JPEG");
+  r = pack("-i " + q(root2) + " -o " + q(out_ / "s2") + " --resize 0 --skip-bad --shards 2");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("all 1 images of 'train-00001-of-00002.h5' (split 'train') are unreadable"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("z_gone.JPEG' is a dangling symbolic link"), std::string::npos) << r.out;
+  EXPECT_FALSE(has_shard_or_partial(out_ / "s2"));
 }
 
 // An unwritable --bad-report stops the run before any shard exists (it used to fail after the shard

@@ -306,8 +306,13 @@ Result process(const Item& it, const Options& o, int raw_size) {
     box = Box{0, 0, static_cast<float>(img.w), static_cast<float>(img.h)};
   }
   if (raw) {
-    // Centre square of the (decoded) image -> raw_size x raw_size.
-    Box sq = center_crop_box(img.w, img.h, raw_size, raw_size, 1.0f);
+    // Centre square of the source -> raw_size x raw_size, as PIL's resize(box=...) takes it. Taken in
+    // the source's W x H and mapped through `box` (the whole source in img's pixels): a DCT-scaled
+    // decode is rounded up to whole pixels (1001x701 at 1/4: 251x176 for 250.25x175.25), so img.w x
+    // img.h is not the source's shape and its centre square is not the source's.
+    const double m = std::min(W, H), sx = box.w / W, sy = box.h / H;
+    const Box sq{static_cast<float>(box.x + (W - m) / 2 * sx), static_cast<float>(box.y + (H - m) / 2 * sy),
+                 static_cast<float>(m * sx), static_cast<float>(m * sy)};
     r.bytes.resize(static_cast<size_t>(raw_size) * raw_size * 3);
     resample(img.px.data(), img.w, img.h, sq, r.bytes.data(), raw_size, raw_size);
   } else {

@@ -8,6 +8,9 @@ OUT/kaggle/  the same train/, val/ flat + LOC_val_solution.csv
 OUT/bad/     train/<class>/ with CMYK, PNG-named-.JPEG, grayscale, progressive (all convertible) and
              truncated, zero-byte, huge, not-an-image files (all rejected)
 OUT/exact/   train/<class>/*.png, 32x32 lossless sources for the exact raw round trip
+OUT/odd/     train/<class>/*.JPEG, large odd sizes (1001x701, ...), decoded with DCT scaling when packed;
+             OUT/refs/odd/.../*.raw64: the centre square resized to 64x64 (bilinear, PIL), .raw64dct: the
+             same from PIL's DCT-scaled decode (draft) at the packer's scale
 Each source image OUT/P gets OUT/refs/P.ref (PIL's RGB decode), .raw32 (centre square resized to
 32x32, bilinear, PIL), .r48 (shorter side resized to 48, bilinear, PIL), and .q95 / .r48q95 (those
 pixels after a quality-95 4:2:0 JPEG round trip through PIL): int32 w, int32 h, RGB bytes.
@@ -147,6 +150,33 @@ def main():
             p = os.path.join(d, f"{c}_{k}.png")
             Image.fromarray(a, "RGB").save(p, "PNG")
             refs(out, p)
+
+    # odd/: large odd-sized JPEGs (the raw packer decodes them at 1/2 or 1/4 scale, whose size is
+    # rounded up: the centre square must be taken in the source's own coordinates).
+    for c, sizes in (("wide", [(1001, 701), (999, 257)]), ("tall", [(701, 1001), (257, 999), (640, 479)])):
+        d = os.path.join(out, "odd", "train", c)
+        os.makedirs(d)
+        for k, (w, h) in enumerate(sizes):
+            p = os.path.join(d, f"{c}_{k}.JPEG")
+            # Detail at every scale (an 8-pixel colour grid): a box misplaced by a fraction of a
+            # pixel shows.
+            grid = rng.uniform(0, 255, size=(h // 8 + 1, w // 8 + 1, 3)).astype(np.uint8)
+            Image.fromarray(grid, "RGB").resize((w, h), Image.BICUBIC).save(p, "JPEG", quality=90)
+            rgb = Image.open(p).convert("RGB")
+            s = min(w, h)
+            left, top = (w - s) / 2, (h - s) / 2
+            ref = os.path.join(out, "refs", "odd", "train", c, f"{c}_{k}.JPEG")
+            os.makedirs(os.path.dirname(ref), exist_ok=True)
+            dump(ref + ".raw64", rgb.resize((64, 64), Image.BILINEAR, box=(left, top, left + s, top + s)))
+            # The same from libjpeg's DCT-scaled decode at the packer's scale (the coarsest at which
+            # the image is still at least twice Resize(64)'s size), the square scaled with it.
+            tw, th = (64, 64 * h // w) if w <= h else (64 * w // h, 64)
+            small = Image.open(p)
+            small.draft("RGB", (2 * tw, 2 * th))
+            small = small.convert("RGB")
+            den = next(n for n in (1, 2, 4, 8) if small.size == (-(-w // n), -(-h // n)))
+            dump(ref + ".raw64dct", small.resize((64, 64), Image.BILINEAR,
+                                                 box=(left / den, top / den, (left + s) / den, (top + s) / den)))
 
 
 if __name__ == "__main__":

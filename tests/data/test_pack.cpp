@@ -175,6 +175,30 @@ TEST_F(PackTest, RawResizeMatchesPil) {
   }
 }
 
+// Raw from large odd-sized JPEGs, which the packer decodes with DCT scaling (1001x701 at 1/4 is
+// 251x176, rounded up from 250.25x175.25): the centre square is the source's own, as PIL takes it
+// (resize(box=centre square)). Against PIL's resize of libjpeg's decode at the same DCT scale, with
+// the square scaled alike: atol 1 (PIL's fixed-point rounding). Against PIL's full-size decode:
+// mean <= 2, max <= 16 (DCT-domain downscaling drops detail PIL's filter keeps, on an image with
+// detail at 8 pixels). Taking the square of the rounded-up decode instead gave mean 3.5-7.8, max
+// 19-45 against the full-size decode.
+TEST_F(PackTest, RawFromOddSizedJpegsMatchesPil) {
+  auto r = pack("-i " + q(in("odd")) + " -o " + q(out_ / "s") + " --encoding raw --resize 64");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto imgs = read_all(shards("s", "train"));
+  ASSERT_EQ(imgs.size(), 5u);
+  for (const auto& [name, im] : imgs) {
+    ASSERT_EQ(im.w, 64);
+    auto dct = read_ref(ref("odd/train/" + name, ".raw64dct"));
+    ASSERT_EQ(dct.w, 64);
+    EXPECT_LE(diff(dct.px.data(), im.px.data(), dct.px.size()).max, 1) << name;
+    auto full = read_ref(ref("odd/train/" + name, ".raw64"));
+    Diff d = diff(full.px.data(), im.px.data(), full.px.size());
+    EXPECT_LE(d.mean, 2.0) << name;
+    EXPECT_LE(d.max, 16) << name;
+  }
+}
+
 // Raw at the source's own size is lossless: exact equality, through the loader too.
 TEST_F(PackTest, RawRoundTripIsExact) {
   auto r = pack("-i " + q(in("exact")) + " -o " + q(out_ / "s") + " --encoding raw --resize 32");

@@ -800,6 +800,20 @@ Box center_crop_box(int W, int H, int out_w, int out_h, float ratio) {
   DDP_CHECK(ratio > 0 && ratio <= 1, "eval crop ratio must be in (0, 1], got ", ratio);
   // Whole pixels, as timm and torchvision's recipes do: int(224 / 0.875) = 256.
   const double target_short = std::floor(std::min(out_w, out_h) / static_cast<double>(ratio) + 1e-6);
+  int rw = 0, rh = 0;
+  resize_shorter_dims(W, H, static_cast<int>(target_short), rw, rh);
+  if (rw >= out_w && rh >= out_h) {
+    // torchvision's CenterCrop starts at int(round((side - crop) / 2.0)): a whole pixel of the resized
+    // image, with Python's rounding of halves to even (58.5 -> 58, 59.5 -> 60). A fractional start
+    // would interpolate the whole image half a pixel off. Resize gave rw x rh (the longer side
+    // floored), so each axis has its own scale.
+    auto start = [](int d) { return d % 2 == 0 || (d / 2) % 2 == 0 ? d / 2 : d / 2 + 1; };
+    const double sx = static_cast<double>(W) / rw, sy = static_cast<double>(H) / rh;
+    return Box{static_cast<float>(start(rw - out_w) * sx), static_cast<float>(start(rh - out_h) * sy),
+               static_cast<float>(out_w * sx), static_cast<float>(out_h * sy)};
+  }
+  // The resized image is smaller than the crop (a non-square output at a ratio near 1), where
+  // torchvision's CenterCrop pads with zeros: scale up until the crop fits instead.
   double f = target_short / std::min(W, H);  // source -> resized scale
   f = std::max({f, static_cast<double>(out_w) / W, static_cast<double>(out_h) / H});
   const double bw = out_w / f, bh = out_h / f;

@@ -290,12 +290,22 @@ TEST(Image, RandomResizedCropGeometry) {
 }
 
 TEST(Image, CenterCropBoxMatchesResizeThenCrop) {
-  // torchvision: Resize(256) of 500x375 -> 341x256, CenterCrop(224): a 224/256*375 = 328.125 box.
+  // torchvision: Resize(256) of 500x375 -> 341x256 (scales 500/341 and 375/256), CenterCrop(224)
+  // from column int(round(117 / 2.0)) = 58 (Python: halves to even), row 16, in resized pixels.
   Box b = center_crop_box(500, 375, 224, 224, 0.875f);
-  EXPECT_NEAR(b.w, 328.125, 1e-3);
-  EXPECT_NEAR(b.h, 328.125, 1e-3);
-  EXPECT_NEAR(b.x, (500 - 328.125) / 2, 1e-3);
-  EXPECT_NEAR(b.y, (375 - 328.125) / 2, 1e-3);
+  EXPECT_NEAR(b.w, 224 * 500 / 341.0, 1e-3);
+  EXPECT_NEAR(b.h, 224 * 375 / 256.0, 1e-3);
+  EXPECT_NEAR(b.x, 58 * 500 / 341.0, 1e-3);
+  EXPECT_NEAR(b.y, 16 * 375 / 256.0, 1e-3);
+  // Already at the resized size: a whole-pixel crop, halves rounded to even (58.5 -> 58, 59.5 -> 60).
+  Box c = center_crop_box(341, 256, 224, 224, 0.875f);
+  EXPECT_FLOAT_EQ(c.x, 58);
+  EXPECT_FLOAT_EQ(c.y, 16);
+  EXPECT_FLOAT_EQ(c.w, 224);
+  c = center_crop_box(256, 343, 224, 224, 0.875f);
+  EXPECT_FLOAT_EQ(c.x, 16);
+  EXPECT_FLOAT_EQ(c.y, 60);
+  EXPECT_FLOAT_EQ(c.h, 224);
   Box id = center_crop_box(32, 32, 32, 32, 1.0f);
   EXPECT_FLOAT_EQ(id.x, 0);
   EXPECT_FLOAT_EQ(id.w, 32);

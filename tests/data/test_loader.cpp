@@ -530,4 +530,70 @@ TEST_F(LoaderTest, JpegEvalMatchesTorchvision) {
   EXPECT_EQ(epoch_bytes(t1, 0, 2), epoch_bytes(t2, 0, 2));
 }
 
+// The eval crop is torchvision's whole-pixel crop: CenterCrop(224) of a 341x256 image starts at
+// column int(round(58.5)) = 58 (Python rounds halves to even; 59.5 -> 60), so a shard image whose
+// shorter side is already 256 (pack_imagenet --resize 256) comes out as a plain copy of pixels, not
+// interpolated half a pixel off. Reference: torchvision Resize(256) + CenterCrop(224) on PIL's
+// decode of the same shard bytes. Images 341x256, 256x343, 340x256: no resampling at all, atol 1
+// (libjpeg-turbo builds' IDCT rounding). 500x375 (resized to 341x256, then cropped; one resampling
+// step here, two with uint8 rounding between in PIL): atol 2, mean <= 0.5. The half-pixel offset
+// gave mean |diff| 15-30 on these images.
+TEST_F(LoaderTest, JpegEvalCropIsTorchvisionsWholePixel) {
+  if (std::system("/usr/bin/python3 -c 'import torchvision' >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "/usr/bin/python3 with torchvision needed";
+  ShardMeta m;
+  m.split = "val";
+  m.classes = kCls;
+  const std::string path = (dir_ / "val-00000-of-00001.h5").string();
+  const int sizes[4][2] = {{341, 256}, {256, 343}, {340, 256}, {500, 375}};
+  {
+    ShardWriter w(path, m);
+    for (int k = 0; k < 4; ++k) {
+      const int W = sizes[k][0], H = sizes[k][1];
+      std::vector<uint8_t> px(static_cast<size_t>(W) * H * 3);
+      for (int y = 0; y < H; ++y)
+        for (int x = 0; x < W; ++x)
+          for (int c = 0; c < 3; ++c)  // detail down to 2-3 pixels: a sub-pixel shift shows
+            px[(static_cast<size_t>(y) * W + x) * 3 + c] = static_cast<uint8_t>(
+                128 + 60 * std::sin(1.3 * x + 0.4 * c) * std::cos(0.9 * y + k) + 50 * std::sin(0.11 * (x + y) * (c + 1)));
+      auto j = encode_jpeg(px.data(), W, H, 95);
+      std::ofstream(dir_ / ("src" + std::to_string(k) + ".jpg"), std::ios::binary)
+          .write(reinterpret_cast<const char*>(j.data()), static_cast<std::streamsize>(j.size()));
+      w.append_jpeg(j, k % 3, "src" + std::to_string(k) + ".jpg");
+    }
+    w.commit();
+  }
+  const std::string py =
+      "import sys,struct,numpy as np; from PIL import Image; import torchvision.transforms as T\n"
+      "t=T.Compose([T.Resize(256),T.CenterCrop(224)])\n"
+      "for k in range(4):\n"
+      "  a=np.asarray(t(Image.open(sys.argv[1]+'/src%d.jpg'%k).convert('RGB')))\n"
+      "  open(sys.argv[1]+'/ref%d.bin'%k,'wb').write(struct.pack('<ii',a.shape[1],a.shape[0])+a.tobytes())\n";
+  std::ofstream(dir_ / "ref.py") << py;
+  auto r = run("/usr/bin/python3 " + q(dir_ / "ref.py") + " " + q(dir_));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  LoaderConfig c;
+  c.shards = {path};
+  c.train = false;
+  c.batch_size = 4;
+  c.height = c.width = 224;
+  c.eval_crop_ratio = 0.875f;
+  c.workers = 2;
+  Loader ld(c);
+  ld.start_epoch(0, ld.local_batches());
+  Batch b;
+  int k = 0;
+  while (ld.next(b)) {
+    for (int i = 0; i < b.n; ++i, ++k) {
+      auto rf = read_ref(dir_ / ("ref" + std::to_string(k) + ".bin"));
+      ASSERT_EQ(rf.w, 224);
+      ASSERT_EQ(rf.h, 224);
+      Diff d = diff(rf.px.data(), b.images + static_cast<size_t>(i) * 224 * 224 * 3, rf.px.size());
+      EXPECT_LE(d.max, k < 3 ? 1 : 2) << sizes[k][0] << "x" << sizes[k][1] << " mean " << d.mean;
+      EXPECT_LE(d.mean, 0.5) << sizes[k][0] << "x" << sizes[k][1];
+    }
+  }
+  EXPECT_EQ(k, 4);
+}
+
 }  // namespace

@@ -85,7 +85,8 @@ bool set_resample_simd(bool enable);
 // torchvision.transforms.RandomResizedCrop.get_params: integer crop of a W x H image.
 Box random_resized_crop(Rng& rng, int W, int H, float min_scale, float max_scale,
                         float min_ratio = 3.0f / 4.0f, float max_ratio = 4.0f / 3.0f);
-// Resize(shorter side -> floor(min(out)/ratio)) + CenterCrop(out_h, out_w), as a box in source pixels.
+// Resize(shorter side -> floor(min(out)/ratio)) + CenterCrop(out_h, out_w), as a box in source pixels;
+// the crop starts at torchvision's whole pixel of the resized image (int(round(d / 2.0)), halves to even).
 Box center_crop_box(int W, int H, int out_w, int out_h, float ratio);
 // Output size of "resize so the shorter side is S, keep aspect" (torchvision Resize(S)).
 void resize_shorter_dims(int W, int H, int S, int& out_w, int& out_h);

@@ -1145,7 +1145,13 @@ int main(int argc, char** argv) {
       ("no-progress", "no progress bar");
   try {
     po::variables_map vm;
-    po::store(po::parse_command_line(argc, argv, d), vm);
+    const po::parsed_options parsed = po::parse_command_line(argc, argv, d);
+    // Boost sets aside words that belong to no flag as positional tokens, which store() drops:
+    // "--splits train val" would pack train only and succeed. Refused, as train_resnet18 does.
+    const auto stray = po::collect_unrecognized(parsed.options, po::include_positional);
+    if (!stray.empty())
+      throw po::error("unexpected argument '" + stray.front() + "' (every setting is a --flag with one value; --splits takes a comma-separated list: --splits train,val)");
+    po::store(parsed, vm);
     if (vm.count("help")) {
       std::cout << d << "\n";
       return 0;

@@ -719,6 +719,19 @@ TEST_F(PackTest, FlagsAreBounded) {
   EXPECT_FALSE(has_shard_or_partial(out_ / "o" / "s"));
 }
 
+// A word that belongs to no flag is refused, not ignored: "--splits train val" used to pack train
+// only and exit 0. Nothing is written.
+TEST_F(PackTest, StrayArgumentsAreRefused) {
+  for (const std::string& args : {std::string(" --splits train val"), std::string(" extra"),
+                                  std::string(" --resize 0 64")}) {
+    auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + args);
+    EXPECT_EQ(r.rc, 2) << args << ": " << r.out;
+    const std::string word = args.substr(args.rfind(' ') + 1);
+    EXPECT_NE(r.out.find("unexpected argument '" + word + "'"), std::string::npos) << args << ": " << r.out;
+    EXPECT_FALSE(fs::exists(out_ / "s")) << args;
+  }
+}
+
 // Dangling links are never skipped unseen: an image link is a bad image (an error, or with
 // --skip-bad a report line), a class folder link is always an error (leaving the class out would
 // shift every later label). Names that are not UTF-8 are refused (escaped in the message); a class
@@ -1277,6 +1290,14 @@ TEST_F(FashionMnistTool, TruncatedGzipIsNamedAndLeavesNothing) {
       << r.out;
   EXPECT_FALSE(fs::exists(dir_ / "out.partial"));
   EXPECT_FALSE(fs::exists(dir_ / "out"));
+}
+
+TEST_F(FashionMnistTool, StrayArgumentsAreRefused) {
+  auto r = convert("--limit-train 5 6");
+  EXPECT_EQ(r.rc, 2) << r.out;
+  EXPECT_NE(r.out.find("unexpected argument '6'"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "out"));
+  EXPECT_FALSE(fs::exists(dir_ / "out.partial"));
 }
 
 TEST_F(FashionMnistTool, NegativeLimitsAreRefused) {

@@ -240,6 +240,7 @@ if [[ -x $LB ]]; then
     # shellcheck disable=SC2086  # the flags are meant to split
     bench_bad "loader_bench $a" "${a%% *}" "$LB" --shards "$TMP" $a
   done
+  bench_bad "loader_bench --epochs 1 2" "unexpected argument '2'" "$LB" --shards "$TMP" --epochs 1 2
   if [[ -x $BUILD/data-prep/inspect_shards ]]; then
     bench_bad "inspect_shards --show -1" "--show" "$BUILD/data-prep/inspect_shards" --show -1 "$TMP"
   fi

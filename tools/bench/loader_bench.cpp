@@ -40,7 +40,12 @@ int main(int argc, char** argv) {
                                                                           "evaluation transform");
   try {
     po::variables_map vm;
-    po::store(po::parse_command_line(argc, argv, d), vm);
+    const po::parsed_options parsed = po::parse_command_line(argc, argv, d);
+    // Words that belong to no flag ("--epochs 1 2") would be dropped by store(): refused instead.
+    const auto stray = po::collect_unrecognized(parsed.options, po::include_positional);
+    if (!stray.empty())
+      throw std::invalid_argument("unexpected argument '" + stray.front() + "' (every setting is a --flag with one value)");
+    po::store(parsed, vm);
     if (vm.count("help")) {
       std::cout << d << "\n";
       return 0;

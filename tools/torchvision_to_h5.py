@@ -9,13 +9,16 @@ The file holds one dataset per state_dict entry under its torchvision name, in P
 fp32; num_batches_tracked int64 0-d) and the attributes format="resnet18-ddp-weights",
 format_version=1, num_classes. It is built in memory, written under a temporary name, flushed and
 renamed; any failure (a bad input, a full disk) is one line naming the file and the cause, exit 1,
-and leaves no temporary file.
+and leaves no temporary file. A state_dict without the BatchNorm *.num_batches_tracked counters
+(saved before PyTorch 0.4.1, as old model-zoo files are) gets them at 0, as PyTorch's
+load_state_dict gives them, with a one-line note.
 """
 import argparse
 import io
 import os
+import sys
 
-from convert_common import check_output, fail, why, write_atomic  # the scripts' own directory
+from convert_common import PROG, check_output, fail, why, write_atomic  # the scripts' own directory
 
 FORMAT = "resnet18-ddp-weights"
 FORMAT_VERSION = 1
@@ -52,6 +55,17 @@ def check_resnet18(sd, source):
         fail(f"{source}: no 2-d tensor 'fc.weight'; not a torchvision ResNet18 state_dict")
     num_classes = int(fc.shape[0])
     ref = torchvision.models.resnet18(num_classes=num_classes).state_dict()
+    # Files saved before PyTorch 0.4.1 (old model-zoo weights among them) have no BN batch counters,
+    # and load_state_dict accepts them, starting the counters at 0: so do we, and say so.
+    counters = [n for n in ref if n.endswith("num_batches_tracked")]
+    absent = [n for n in counters if n not in sd]
+    if absent:
+        for n in absent:
+            sd[n] = torch.tensor(0, dtype=torch.int64)
+        which = ("no num_batches_tracked counters" if len(absent) == len(counters)
+                 else f"{len(absent)} of {len(counters)} num_batches_tracked counters missing (e.g. '{absent[0]}')")
+        print(f"{PROG}: note: {source}: {which} (older PyTorch saves lack them); set to 0, as "
+              "PyTorch's load_state_dict does", file=sys.stderr)
     for name, t in ref.items():
         if name not in sd:
             fail(f"{source}: missing tensor '{name}'")

@@ -279,6 +279,37 @@ TEST(WeightsIo, ConversionToolsRefuseBadInputsInOneLine) {
   EXPECT_TRUE(fs::is_empty(tmp.path / "outdir"));
 }
 
+// Old model-zoo files (saved before PyTorch 0.4.1) have no *.num_batches_tracked counters, and
+// PyTorch's load_state_dict accepts them: converted with the counters at 0 and one line saying so,
+// the rest unchanged.
+TEST(WeightsIo, StateDictWithoutBatchCountersConverts) {
+  if (!have_torch_h5py()) GTEST_SKIP() << "Debian python3 with torch/torchvision/h5py not installed (tools/setup installs them)";
+  TempDir tmp;
+  ASSERT_EQ(run("/usr/bin/python3 -c \"import torch, torchvision, sys; torch.manual_seed(1); "
+                "sd = torchvision.models.resnet18(num_classes=4).state_dict(); "
+                "torch.save({k: v for k, v in sd.items() if not k.endswith('num_batches_tracked')}, sys.argv[1])\" " +
+                tmp.file("old.pth"))
+                .rc,
+            0);
+  const auto r = to_h5(tmp.file("old.pth") + " " + tmp.file("old.h5"));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("no num_batches_tracked counters"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("set to 0"), std::string::npos) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 2) << r.out;  // the note and "wrote ..."
+  Weights w(4);
+  int64_t nbt = -1;
+  load_weights(tmp.file("old.h5"), w.spec, w.params.data(), w.buffers.data(), &nbt);
+  EXPECT_EQ(nbt, 0);
+  // Everything else as in the file: back to .pth and compared in PyTorch.
+  ASSERT_EQ(to_pth(tmp.file("old.h5") + " " + tmp.file("back.pth")).rc, 0);
+  EXPECT_EQ(run("/usr/bin/python3 -c \"import torch, sys; a = torch.load(sys.argv[1]); b = torch.load(sys.argv[2]); "
+                "sys.exit(0 if all(torch.equal(a[k], b[k]) for k in a) and "
+                "all(int(b[k]) == 0 for k in b if k.endswith('num_batches_tracked')) else 1)\" " +
+                tmp.file("old.pth") + " " + tmp.file("back.pth"))
+                .rc,
+            0);
+}
+
 // A full volume: a 1 MiB tmpfs (needs root and mount rights, else skipped). Both files are ~45 MB.
 TEST(WeightsIo, ConversionToolsOnAFullDiskFailCleanly) {
   if (!have_torch_h5py()) GTEST_SKIP() << "Debian python3 with torch/torchvision/h5py not installed (tools/setup installs them)";

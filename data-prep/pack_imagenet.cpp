@@ -148,30 +148,56 @@ std::string escaped(const std::string& s) {
 }
 
 // A directory's entries, hidden ones left out, each list sorted. A symbolic link whose target is
-// gone is neither a folder nor a file: it is listed apart, so that it is never skipped unseen.
+// gone (or that loops) is neither a folder nor a file, and neither is a FIFO, a socket or a device
+// (or a link to one, such as /dev/null): each is listed apart, so that it is never skipped unseen.
 struct DirList {
-  std::vector<std::string> dirs, files, dangling;
+  std::vector<std::string> dirs, files, dangling, special;
+  size_t hidden = 0;
 };
 DirList list_dir(const fs::path& dir) {
   DirList l;
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string name = e.path().filename().string();
-    if (name.empty() || name[0] == '.') continue;
+    if (name.empty() || name[0] == '.') {
+      ++l.hidden;
+      continue;
+    }
     DDP_CHECK(valid_utf8(name), "'", escaped(e.path().string()),
               "' has a name that is not valid UTF-8 (shards store names as UTF-8); rename it");
     std::error_code ec;
     if (e.is_symlink(ec) && !fs::exists(e.path(), ec)) l.dangling.push_back(name);
     else if (e.is_directory(ec)) l.dirs.push_back(name);
     else if (e.is_regular_file(ec)) l.files.push_back(name);
+    else l.special.push_back(name);
   }
-  for (auto* v : {&l.dirs, &l.files, &l.dangling}) std::sort(v->begin(), v->end());
+  for (auto* v : {&l.dirs, &l.files, &l.dangling, &l.special}) std::sort(v->begin(), v->end());
   return l;
 }
 
 std::string dangling_why(const fs::path& p) {
+  std::error_code ec, loop;
+  const std::string target = escaped(fs::read_symlink(p, ec).string());
+  (void)fs::status(p, loop);
+  if (loop == std::errc::too_many_symbolic_link_levels)
+    return str("'", escaped(p.string()), "' is a symbolic link loop (it points to '", target,
+               "', and following the links never reaches a file)");
+  return str("'", escaped(p.string()), "' is a dangling symbolic link (its target '", target, "' does not exist)");
+}
+
+// A FIFO, socket or device in a class folder is not an image file; it is never opened (reading a
+// FIFO would block the run), and is a bad image like any other, named with what it is.
+std::string special_why(const fs::path& p) {
   std::error_code ec;
-  return str("'", escaped(p.string()), "' is a dangling symbolic link (its target '",
-             escaped(fs::read_symlink(p, ec).string()), "' does not exist)");
+  const bool link = fs::is_symlink(fs::symlink_status(p, ec));
+  const std::string via = link ? str(" (a symbolic link to '", escaped(fs::read_symlink(p, ec).string()), "')") : "";
+  const fs::file_status st = fs::status(p, ec);
+  if (ec) return str("'", escaped(p.string()), "'", via, " cannot be examined: ", ec.message());
+  const char* what = st.type() == fs::file_type::fifo        ? "a FIFO (named pipe)"
+                     : st.type() == fs::file_type::socket    ? "a socket"
+                     : st.type() == fs::file_type::character ? "a character device"
+                     : st.type() == fs::file_type::block     ? "a block device"
+                                                             : "not a regular file";
+  return str("'", escaped(p.string()), "'", via, " is ", what, ", not an image file; it is not read");
 }
 
 // Class folders of a split directory: a dangling link there may be a class folder whose target is
@@ -545,9 +571,11 @@ std::vector<Item> scan_class_folders(const fs::path& dir, const std::vector<std:
   std::string first_nested;
   for (const auto& f : folders) {
     DirList l = list_dir(dir / f);
-    if (l.files.empty() && l.dangling.empty()) {
+    if (l.files.empty() && l.dangling.empty() && l.special.empty()) {
       DDP_CHECK(l.dirs.empty(), "class folder '", (dir / f).string(), "' holds only subfolders ('", l.dirs.front(),
                 "', ...): images must be directly in the class folder (subfolders are not searched)");
+      DDP_CHECK(l.hidden == 0, "class folder '", (dir / f).string(), "' has no visible files (only ", l.hidden,
+                " hidden one(s), whose names start with '.', which are never packed)");
       DDP_FAIL("class folder '", (dir / f).string(), "' is empty");
     }
     if (!l.dirs.empty() && first_nested.empty()) first_nested = (dir / f / l.dirs.front()).string();
@@ -555,6 +583,8 @@ std::vector<Item> scan_class_folders(const fs::path& dir, const std::vector<std:
     for (const auto& name : l.files) items.push_back(Item{(dir / f / name).string(), f + "/" + name, label_of.at(f), ""});
     for (const auto& name : l.dangling)
       items.push_back(Item{(dir / f / name).string(), f + "/" + name, label_of.at(f), dangling_why(dir / f / name)});
+    for (const auto& name : l.special)
+      items.push_back(Item{(dir / f / name).string(), f + "/" + name, label_of.at(f), special_why(dir / f / name)});
   }
   if (nested > 0)
     std::cerr << "pack_imagenet: warning: " << nested << " subfolder(s) inside the class folders of '" << dir.string()
@@ -584,7 +614,8 @@ std::vector<Item> scan_split(const Layout& lay, const std::string& split, const 
   DDP_CHECK(!csv.empty(), "'", dir.string(),
             "' is flat (no class folders) but no LOC_val_solution.csv was found next to it; pass --val-csv");
   auto labels = load_val_csv(csv);
-  DDP_CHECK(!top.files.empty() || !top.dangling.empty(), "'", dir.string(), "' is empty");
+  DDP_CHECK(!top.files.empty() || !top.dangling.empty() || !top.special.empty(), "'", dir.string(), "' ",
+            top.hidden ? str("has no visible files (only ", top.hidden, " hidden one(s))") : std::string("is empty"));
   std::vector<Item> items;
   std::set<std::string> found;
   auto label = [&](const std::string& id, const fs::path& file) {
@@ -603,6 +634,9 @@ std::vector<Item> scan_split(const Layout& lay, const std::string& split, const 
   for (const auto& name : top.dangling)
     items.push_back(Item{(dir / name).string(), name, label(fs::path(name).stem().string(), dir / name),
                          dangling_why(dir / name)});
+  for (const auto& name : top.special)
+    items.push_back(Item{(dir / name).string(), name, label(fs::path(name).stem().string(), dir / name),
+                         special_why(dir / name)});
   // Rows of the CSV without their image: a val set quietly smaller than its labels say.
   std::vector<std::string> missing;
   for (const auto& [id, cls] : labels)
@@ -956,8 +990,23 @@ int run(const Options& o) {
   const Layout lay = find_layout(o.input);
   std::vector<std::string> splits = o.splits;
   if (splits.empty()) {
-    for (std::string s : {"train", "val"})
-      if (fs::is_directory(fs::path(lay.data_root) / s)) splits.push_back(s);
+    for (std::string s : {"train", "val"}) {
+      const fs::path dir = fs::path(lay.data_root) / s;
+      if (fs::is_directory(dir)) {
+        splits.push_back(s);
+        continue;
+      }
+      // Packing one split of two without a word would look like success (a val/ named validation/).
+      std::string others;
+      for (const auto& d : list_dir(lay.data_root).dirs)
+        if (d != "train" && d != "val") others += str(others.empty() ? "" : ", ", "'", escaped(d), "'");
+      std::cerr << "pack_imagenet: note: no " << s << " split: '" << dir.string() << "' does not exist"
+                << "; packing " << (s == "val" ? "train" : "val") << " only"
+                << (others.empty() ? std::string()
+                                   : str(" (other folders there: ", others, "; to pack one as ", s, ", rename it ", s,
+                                         "/)"))
+                << "\n";
+    }
   }
   refuse_output_inside_input(o, lay, splits);
   // Classes: --class-index, else sorted train/ folders (torchvision ImageFolder order).

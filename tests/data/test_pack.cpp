@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -797,6 +798,69 @@ TEST_F(PackTest, LinksAndNamesAreChecked) {
   EXPECT_EQ(lines[0].substr(0, lines[0].find('\t')), (root / "train" / "a").string() + "/two\\nlines.JPEG");
 }
 
+// Nothing in the input vanishes without a word. A FIFO, a link to /dev/null (a character device) or
+// a socket in a class folder is not an image file and is never opened (a FIFO would block the run):
+// it is a bad image, named with what it is (an error, or with --skip-bad a report line). A symbolic
+// link loop is called a loop, not a link whose target is missing. A tree whose validation folder is
+// not named val/ packs train with a note saying that no val split was found, where it looked and
+// what it found there; --splits val then is an error naming the folder.
+TEST_F(PackTest, SpecialFilesLoopsAndMissingValAreNamed) {
+  const fs::path ok = in("bad") / "train" / "alpha" / "ok_0.JPEG";
+  auto tree = [&](const std::string& name) {
+    const fs::path root = out_ / name;
+    for (std::string c : {"a", "b"}) {
+      fs::create_directories(root / "train" / c);
+      fs::copy(ok, root / "train" / c / "x.JPEG");
+    }
+    return root;
+  };
+  fs::path root = tree("fifo");
+  ASSERT_EQ(::mkfifo((root / "train" / "a" / "pipe.JPEG").c_str(), 0644), 0);
+  auto r = pack("-i " + q(root) + " -o " + q(out_ / "s1") + " --resize 0");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("train/a/pipe.JPEG' is a FIFO (named pipe), not an image file"), std::string::npos) << r.out;
+  EXPECT_FALSE(has_shard_or_partial(out_ / "s1"));
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s2") + " --resize 0 --skip-bad");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("rejected 1"), std::string::npos) << r.out;
+  std::ifstream rep(out_ / "s2" / "bad_images.txt");
+  std::string line;
+  std::getline(rep, line);
+  EXPECT_EQ(line.substr(0, line.find('\t')), (root / "train" / "a" / "pipe.JPEG").string());
+
+  root = tree("devnull");
+  fs::create_symlink("/dev/null", root / "train" / "b" / "null.JPEG");
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s3") + " --resize 0");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("train/b/null.JPEG' (a symbolic link to '/dev/null') is a character device, not an image file"),
+            std::string::npos) << r.out;
+
+  root = tree("loop");
+  fs::create_symlink("loop.JPEG", root / "train" / "a" / "loop.JPEG");
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s4") + " --resize 0");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("train/a/loop.JPEG' is a symbolic link loop"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("dangling"), std::string::npos) << r.out;
+  fs::remove(root / "train" / "a" / "loop.JPEG");
+  fs::create_symlink("c2", root / "train" / "c1");
+  fs::create_symlink("c1", root / "train" / "c2");
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s5") + " --resize 0");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find("train/c1' is a symbolic link loop"), std::string::npos) << r.out;
+
+  root = tree("validation");
+  fs::create_directories(root / "validation" / "a");
+  fs::copy(ok, root / "validation" / "a" / "v.JPEG");
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s6") + " --resize 0");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("no val split: '" + (root / "val").string() + "' does not exist"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("'validation'"), std::string::npos) << r.out;
+  EXPECT_EQ(shards("s6", "train").size(), 1u);
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s7") + " --resize 0 --splits val");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_NE(r.out.find((root / "val").string()), std::string::npos) << r.out;
+}
+
 // Kaggle's CSV: two rows giving one image different labels, and rows whose image file is missing,
 // stop the run naming them (with --skip-bad the missing ones are reported as bad images).
 TEST_F(PackTest, KaggleCsvIsChecked) {
@@ -881,6 +945,11 @@ TEST_F(PackTest, BadLayoutsAndOptionsGiveClearErrors) {
   r = pack("-i " + q(root) + " -o " + q(out_ / "s"));
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.out.find("train/b' is empty"), std::string::npos) << r.out;
+  // Only hidden files (a macOS .DS_Store): not "empty" to the user who sees a file there.
+  std::ofstream(root / "train" / "b" / ".DS_Store") << "x";
+  r = pack("-i " + q(root) + " -o " + q(out_ / "s"));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("train/b' has no visible files (only 1 hidden one(s)"), std::string::npos) << r.out;
   // Flat val/ without its CSV.
   fs::path flat = out_ / "flat";
   fs::create_directories(flat / "train" / "a");

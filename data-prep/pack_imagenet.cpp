@@ -397,35 +397,108 @@ class Progress {
   clock::time_point t0_, last_{};
 };
 
-// ---- the --skip-bad report --------------------------------------------------------------------
-// Opened (so proven writable) before any work, and written shard by shard before each shard is
-// renamed: a shard under its final name, which a rerun skips, never holds back a bad image that no
-// report lists.
-struct BadReport {
-  std::string path;
-  std::ofstream f;
-  bool existed = false;
-  int64_t lines = 0;
+// ---- the bad-image report --------------------------------------------------------------------
+// It lists the images left out of the shards in --output, one line each (path, tab, reason), once
+// each across reruns. Opened (so proven writable) before any work. Before any shard is written, the
+// lines of the shards this run packs again, and of images no longer in the input, are dropped (a
+// rerun would otherwise list them twice, or list images fixed since), and the lines of the shards it
+// reuses are kept. New lines are added shard by shard before each shard is renamed: a shard under its
+// final name, which a rerun skips, never holds back a bad image that no report lists. Runs with
+// different --node-index may share one report: each change is made under a lock (one byte of the
+// output's lock file, waited for), reopening the file by name, so that no run writes into a file
+// another has just replaced.
+constexpr int64_t kReportLockByte = int64_t{kMaxShards} + 1;  // past every shard's byte
 
-  void open(const std::string& p) {
+class ReportLock {
+ public:
+  explicit ReportLock(const std::string& lock_path) {
+    fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    DDP_CHECK(fd_ >= 0, "cannot open ", lock_path, ": ", std::strerror(errno));
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = kReportLockByte;
+    fl.l_len = 1;
+    while (::fcntl(fd_, F_OFD_SETLKW, &fl) != 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      ::close(fd_);
+      DDP_FAIL("cannot lock ", lock_path, " for the bad-image report: ", std::strerror(e));
+    }
+  }
+  ~ReportLock() { ::close(fd_); }  // closing the descriptor releases its lock
+  ReportLock(const ReportLock&) = delete;
+  ReportLock& operator=(const ReportLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+struct BadReport {
+  std::string path, lock_path;
+  int64_t lines = 0;  // added by this run
+  int64_t kept = 0;   // of earlier runs, for shards this run reuses (or other nodes write)
+
+  // skip_bad: this run may add lines (the file is created now, proving it writable); otherwise only
+  // an existing report is brought up to date.
+  void open(const std::string& p, const std::string& lock, bool skip_bad) {
     path = p;
-    existed = fs::exists(p);
-    f.open(p, std::ios::app);
+    lock_path = lock;
+    if (!skip_bad) return;
+    std::ofstream f(p, std::ios::app);
     DDP_CHECK(f, "cannot write the bad-image report '", p, "' (--bad-report): ", std::strerror(errno));
   }
+  // redo: the (escaped) files of the shards this run packs; current: those of every image listed in
+  // the splits scanned, whose folders (escaped, with a trailing '/') are `scanned`.
+  void prune(const std::set<std::string>& redo, const std::set<std::string>& current,
+             const std::vector<std::string>& scanned) {
+    if (path.empty()) return;
+    ReportLock lk(lock_path);
+    std::ifstream in(path);
+    if (!in) return;
+    std::vector<std::string> keep;
+    bool dropped = false;
+    for (std::string l; std::getline(in, l);) {
+      const std::string file = l.substr(0, l.find('\t'));
+      bool stale = redo.count(file) > 0;
+      for (size_t k = 0; !stale && k < scanned.size(); ++k)
+        stale = file.rfind(scanned[k], 0) == 0 && !current.count(file);
+      if (stale) dropped = true;
+      else keep.push_back(l);
+    }
+    kept = static_cast<int64_t>(keep.size());
+    if (!dropped) return;
+    const std::string tmp = path + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      for (const auto& l : keep) out << l << "\n";
+      out.flush();
+      DDP_CHECK(out, "cannot rewrite the bad-image report '", path, "' (through '", tmp, "'): ", std::strerror(errno));
+    }
+    std::error_code ec;
+    fs::rename(tmp, path, ec);
+    DDP_CHECK(!ec, "cannot replace the bad-image report '", path, "' with '", tmp, "': ", ec.message());
+  }
   void add(const std::vector<std::pair<std::string, std::string>>& bad) {
+    ReportLock lk(lock_path);
+    std::ofstream f(path, std::ios::app);
     // One line per image: a name holding a tab or a newline must not break the format.
     for (const auto& [file, why] : bad) f << escaped(file) << "\t" << escaped(why) << "\n";
     f.flush();
     DDP_CHECK(f, "cannot write the bad-image report '", path, "' (disk full?)");
     lines += static_cast<int64_t>(bad.size());
   }
-  ~BadReport() { remove_if_new(); }
-  void remove_if_new() {
-    if (!f.is_open() || existed || lines > 0) return;
-    f.close();
-    std::remove(path.c_str());
+  // A report with no line left describes nothing: removed.
+  void finish() noexcept {
+    if (path.empty()) return;
+    try {
+      ReportLock lk(lock_path);
+      std::error_code ec;
+      if (fs::is_regular_file(path, ec) && fs::file_size(path, ec) == 0 && !ec) fs::remove(path, ec);
+    } catch (...) {
+    }
   }
+  ~BadReport() { finish(); }
 };
 
 // ---- one shard: pool decodes, this thread writes in order --------------------------------------
@@ -532,8 +605,8 @@ void pack_shard(const std::vector<Item>& items, const std::string& final_path, S
   if (!bad.empty()) report.add(bad);
   // Only --skip-bad gets here with nothing written: an empty shard would give its node nothing to
   // train on (and, for a whole split, make a data set without that split).
-  DDP_CHECK(w.count() > 0, "all ", n, " images of '", what, "' (split '", meta.split, "') are unreadable (listed in ",
-            report.path, "); no shard written");
+  DDP_CHECK(w.count() > 0, "all ", n, " images of '", what, "' (split '", meta.split,
+            "') are bad (unreadable, too large or too elongated; listed in ", report.path, "); no shard written");
   w.commit();
 }
 
@@ -1033,7 +1106,10 @@ int run(const Options& o) {
   lock_output(o.output, o.node_index >= 0 ? o.node_index : 0, o.node_index >= 0 ? 1 : o.shards);
   refuse_other_sets(o.output, splits, o.shards);
   BadReport report;
-  if (o.skip_bad) report.open(o.bad_report.empty() ? (fs::path(o.output) / "bad_images.txt").string() : o.bad_report);
+  {
+    const std::string rp = o.bad_report.empty() ? (fs::path(o.output) / "bad_images.txt").string() : o.bad_report;
+    if (o.skip_bad || fs::exists(rp)) report.open(rp, (fs::path(o.output) / kLockFile).string(), o.skip_bad);
+  }
   // Scan everything first, so an input error shows before hours of packing.
   const int raw_size = o.encoding == "raw" ? o.resize : 0;
   ShardMeta settings;  // what every shard of this packing records of its settings
@@ -1115,6 +1191,18 @@ int run(const Options& o) {
     }
   }
   for (const auto& p : skipped) std::cerr << "pack_imagenet: " << p << " is already complete, skipped\n";
+  {
+    std::set<std::string> redo, current;
+    std::vector<std::string> scanned;
+    for (const auto& j : jobs)
+      for (const auto& it : *j.items) redo.insert(escaped(it.path));
+    for (const auto& s : splits) {
+      scanned.push_back(escaped((fs::path(lay.data_root) / s).string()) + "/");
+      for (const auto& shard : plan[s])
+        for (const auto& it : shard) current.insert(escaped(it.path));
+    }
+    report.prune(redo, current, scanned);
+  }
   Counters cnt;
   Progress prog(o.progress, total);
   int64_t done = 0;
@@ -1128,11 +1216,14 @@ int run(const Options& o) {
   prog.finish();
   const double secs = prog.elapsed();
   if (report.lines > 0) {
-    std::cerr << "pack_imagenet: " << report.lines << " unreadable image(s) left out, listed in " << report.path
+    std::cerr << "pack_imagenet: " << report.lines
+              << " bad image(s) left out (unreadable, too large or too elongated), each listed with its reason in "
+              << report.path
+              << (report.kept > 0 ? str(", which also keeps ", report.kept, " line(s) for shards packed before")
+                                  : std::string())
               << "\n";
-  } else {
-    report.remove_if_new();
   }
+  report.finish();
   std::printf("pack_imagenet summary (%.1f s, %.0f images/s with %d threads)\n", secs, secs > 0 ? done / secs : 0.0,
               o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency()));
   for (const auto& [p, c] : per_shard) std::printf("  %-50s %10lld images\n", p.c_str(), static_cast<long long>(c));

@@ -422,6 +422,60 @@ TEST_F(PackTest, SkipBadReportsAndConvertsTheRest) {
   }
 }
 
+// OUTPUT/bad_images.txt lists the images left out of the shards in OUTPUT, once each, across reruns:
+// a rerun keeps the lines of the shards it reuses and replaces those of the shards it packs again
+// (the report used to be appended to, collecting duplicates and keeping lines of images since fixed).
+TEST_F(PackTest, BadReportDescribesTheShardsThere) {
+  const fs::path root = out_ / "in", o = out_ / "s";
+  const fs::path ok = in("bad") / "train" / "alpha" / "ok_0.JPEG";
+  fs::create_directories(root / "train" / "a");
+  fs::create_directories(root / "train" / "b");
+  // Sorted, shard (k + c) mod 2: shard 0 gets a/bad1, a/ok2, b/ok; shard 1 gets a/ok0, b/bad2.
+  for (std::string n : {"a/ok0.JPEG", "a/ok2.JPEG", "b/ok.JPEG"}) fs::copy(ok, root / "train" / n);
+  for (std::string n : {"a/bad1.JPEG", "b/bad2.JPEG"}) std::ofstream(root / "train" / n) << "not an image";
+  const std::string base = "-i " + q(root) + " -o " + q(o) + " --resize 0 --shards 2";
+  auto lines = [&] {
+    std::vector<std::string> v;
+    std::ifstream f(o / "bad_images.txt");
+    for (std::string l; std::getline(f, l);) v.push_back(l.substr(0, l.find('\t')));
+    std::sort(v.begin(), v.end());
+    return v;
+  };
+  const std::string bad1 = (root / "train" / "a" / "bad1.JPEG").string(), bad2 = (root / "train" / "b" / "bad2.JPEG").string();
+  auto r = pack(base + " --skip-bad");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(lines(), (std::vector<std::string>{bad1, bad2}));
+  EXPECT_NE(r.out.find("2 bad image(s) left out"), std::string::npos) << r.out;
+  r = pack(base + " --skip-bad");  // both shards reused
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(lines(), (std::vector<std::string>{bad1, bad2}));
+  fs::remove(o / shard_file_name("train", 1, 2));  // shard 1 packed again: its line replaced, not doubled
+  r = pack(base + " --skip-bad");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(lines(), (std::vector<std::string>{bad1, bad2}));
+  fs::copy(ok, root / "train" / "b" / "bad2.JPEG", fs::copy_options::overwrite_existing);  // fixed
+  fs::remove(o / shard_file_name("train", 1, 2));
+  r = pack(base + " --skip-bad");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(lines(), (std::vector<std::string>{bad1}));
+  EXPECT_EQ(ShardReader((o / shard_file_name("train", 1, 2)).string()).size(), 2);
+  // The last bad image fixed and its shard packed again, without --skip-bad: nothing is left out of
+  // the shards there, and the report goes.
+  fs::copy(ok, root / "train" / "a" / "bad1.JPEG", fs::copy_options::overwrite_existing);
+  fs::remove(o / shard_file_name("train", 0, 2));
+  r = pack(base);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_FALSE(fs::exists(o / "bad_images.txt")) << "lines: " << lines().size();
+  // Node runs into one directory share the report: each keeps the other's lines.
+  for (std::string n : {"a/bad1.JPEG", "b/bad2.JPEG"}) std::ofstream(root / "train" / n) << "not an image";
+  fs::remove_all(o);
+  for (std::string i : {"0", "1"}) {
+    r = pack(base + " --skip-bad --node-index " + i);
+    ASSERT_EQ(r.rc, 0) << r.out;
+  }
+  EXPECT_EQ(lines(), (std::vector<std::string>{bad1, bad2}));
+}
+
 // Writes n synthetic 256x192 JPEGs into root/train/<class>/ (for runs long enough to interrupt).
 void make_big_tree(const fs::path& root, int classes, int per_class) {
   Rng rng(7, rng_stream::kTest);
@@ -899,7 +953,7 @@ TEST_F(PackTest, SkipBadWithNothingLeftIsAnError) {
   for (std::string n : {"x.JPEG", "y.JPEG"}) std::ofstream(root / "train" / "a" / n).close();
   auto r = pack("-i " + q(root) + " -o " + q(out_ / "s") + " --resize 0 --skip-bad");
   EXPECT_EQ(r.rc, 1) << r.out;
-  EXPECT_NE(r.out.find("all 2 images of 'train-00000-of-00001.h5' (split 'train') are unreadable"), std::string::npos)
+  EXPECT_NE(r.out.find("all 2 images of 'train-00000-of-00001.h5' (split 'train') are bad (unreadable"), std::string::npos)
       << r.out;
   EXPECT_FALSE(has_shard_or_partial(out_ / "s"));
   std::ifstream rep(out_ / "s" / "bad_images.txt");

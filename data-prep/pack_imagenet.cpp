@@ -1055,6 +1055,8 @@ int run(const Options& o) {
   }
   DDP_CHECK(o.quality >= 1 && o.quality <= 100, "--quality must be in 1..100, got ", o.quality);
   DDP_CHECK(o.resize >= 0, "--resize must be >= 0, got ", o.resize);
+  // A negative limit would mean no limit, silently.
+  DDP_CHECK(o.max_pixels >= 0, "--max-pixels must be 0 (no limit) or more, got ", o.max_pixels);
   DDP_CHECK(o.encoding != "raw" || o.resize > 0, "--encoding raw needs --resize S > 0 (images are stored S x S)");
   DDP_CHECK(o.encoding != "raw" || !o.quality_given, "--quality ", o.quality,
             " applies to --encoding jpeg only: --encoding raw stores pixels, with no JPEG quality (drop --quality)");
@@ -1277,7 +1279,7 @@ int main(int argc, char** argv) {
       ("threads,j", po::value(&o.threads)->default_value(0), "worker threads (0: all cores)")
       ("skip-bad", po::bool_switch(&o.skip_bad), "leave out unreadable images (listed in --bad-report) instead of stopping")
       ("bad-report", po::value(&o.bad_report), "report file for --skip-bad (default OUTPUT/bad_images.txt)")
-      ("max-pixels", po::value(&o.max_pixels)->default_value(o.max_pixels), "reject images with more pixels")
+      ("max-pixels", po::value(&o.max_pixels)->default_value(o.max_pixels), "reject images with more pixels (0: no limit)")
       ("allow-empty-classes", po::bool_switch(&o.allow_empty_classes),
        "with --skip-bad: a train class whose images were all rejected is kept (no training images) with a warning, "
        "instead of an error")

@@ -759,7 +759,8 @@ TEST_F(PackTest, FlagsAreBounded) {
                         Case{" --threads -3", "--threads must be in 0..1024"},
                         Case{" --splits ../x", "'../x' is not a plain name"},
                         Case{" --splits train,train", "names 'train' twice"},
-                        Case{" --nodes 2 --node-index -2", "--node-index must be in 0..1"}}) {
+                        Case{" --nodes 2 --node-index -2", "--node-index must be in 0..1"},
+                        Case{" --max-pixels -1", "--max-pixels must be 0 (no limit) or more, got -1"}}) {
     auto r = pack(base + c.args);
     EXPECT_EQ(r.rc, 1) << c.args << ": " << r.out;
     EXPECT_NE(r.out.find(c.says), std::string::npos) << c.args << ": " << r.out;

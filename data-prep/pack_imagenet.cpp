@@ -76,7 +76,18 @@ struct Result {
 struct Counters {
   int64_t images = 0, passthrough = 0, converted = 0, bad = 0, warned = 0;
   std::map<std::string, int64_t> kinds;  // "PNG", "CMYK JPEG", ...
+  std::map<std::string, int64_t> rejected;  // why images were left out: "unreadable", "too large", ...
 };
+
+// Why an image was left out, in a word or three for the summary (the report has each full message).
+// Not all bad images are unreadable: the size checks here, in decode_jpeg and in decode_png say
+// "is too large: ... exceeds", "a JPEG can hold" or "smaller than the raw size".
+std::string rejection_kind(const std::string& error) {
+  if (error.find("' is too large: ") != std::string::npos) return "too large (--max-pixels)";
+  if (error.find("a JPEG can hold") != std::string::npos) return "too elongated for a JPEG";
+  if (error.find("smaller than the raw size") != std::string::npos) return "smaller than the raw size";
+  return "unreadable or not an image";
+}
 
 std::string trim(const std::string& s) {
   size_t a = s.find_first_not_of(" \t\r\n"), b = s.find_last_not_of(" \t\r\n");
@@ -576,6 +587,7 @@ void pack_shard(const std::vector<Item>& items, const std::string& final_path, S
         }
         bad.emplace_back(it.path, r.error);
         ++cnt.bad;
+        ++cnt.rejected[rejection_kind(r.error)];
       } else {
         if (o.encoding == "raw") {
           w.append_raw(r.bytes.data(), it.label, it.rel);
@@ -1218,9 +1230,10 @@ int run(const Options& o) {
   prog.finish();
   const double secs = prog.elapsed();
   if (report.lines > 0) {
-    std::cerr << "pack_imagenet: " << report.lines
-              << " bad image(s) left out (unreadable, too large or too elongated), each listed with its reason in "
-              << report.path
+    std::string why;
+    for (const auto& [k, v] : cnt.rejected) why += str(why.empty() ? "" : ", ", v, " ", k);
+    std::cerr << "pack_imagenet: " << report.lines << " bad image(s) left out (" << why
+              << "), each listed with its reason in " << report.path
               << (report.kept > 0 ? str(", which also keeps ", report.kept, " line(s) for shards packed before")
                                   : std::string())
               << "\n";

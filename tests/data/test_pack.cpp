@@ -406,6 +406,8 @@ TEST_F(PackTest, SkipBadReportsAndConvertsTheRest) {
     if (!l.empty()) bad.insert(l);
   EXPECT_EQ(listed, bad);
   EXPECT_NE(r.out.find("rejected 4"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("4 bad image(s) left out (1 too large (--max-pixels), 3 unreadable or not an image)"),
+            std::string::npos) << r.out;
   auto imgs = read_all(shards("s", "train"));
   EXPECT_EQ(imgs.size(), 10u);
   for (std::string n : {"cmyk.JPEG", "png_named.JPEG", "gray.JPEG", "progressive.JPEG"}) {
@@ -1211,6 +1213,8 @@ TEST_F(PackTest, ImageFailuresNameTheFile) {
   r = pack("-i " + q(root) + " -o " + q(out_ / "s2") + " --resize 32 --allow-upscale --skip-bad");
   EXPECT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("rejected 1"), std::string::npos) << r.out;
+  // The summary names the reason: the strip is not unreadable.
+  EXPECT_NE(r.out.find("1 bad image(s) left out (1 too elongated for a JPEG)"), std::string::npos) << r.out;
   std::ifstream rep(out_ / "s2" / "bad_images.txt");
   std::string line;
   std::getline(rep, line);

@@ -1084,9 +1084,18 @@ int run(const Options& o) {
         continue;
       }
       // Packing one split of two without a word would look like success (a val/ named validation/).
+      std::vector<std::string> found;  // not list_dir: a folder not packed may have any name
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(lay.data_root, ec)) {
+        const std::string d = e.path().filename().string();
+        std::error_code ec2;
+        if (!d.empty() && d[0] != '.' && d != "train" && d != "val" && e.is_directory(ec2) &&
+            !fs::equivalent(e.path(), o.output, ec2))  // ROOT/shards, this run's own --output
+          found.push_back(d);
+      }
+      std::sort(found.begin(), found.end());
       std::string others;
-      for (const auto& d : list_dir(lay.data_root).dirs)
-        if (d != "train" && d != "val") others += str(others.empty() ? "" : ", ", "'", escaped(d), "'");
+      for (const auto& d : found) others += str(others.empty() ? "" : ", ", "'", escaped(d), "'");
       std::cerr << "pack_imagenet: note: no " << s << " split: '" << dir.string() << "' does not exist"
                 << "; packing " << (s == "val" ? "train" : "val") << " only"
                 << (others.empty() ? std::string()

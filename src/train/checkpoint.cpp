@@ -150,11 +150,19 @@ void save_checkpoint(const std::string& path, const nn::ResNet18Spec& spec, cons
 
 std::string checkpoint_problem(const std::string& path) {
   try {
-    open_checked(path);
-    return "";
+    h5::Handle f = open_checked(path);
+    return checkpoint_name_problem(path, h5::get_attr_i64(f, "global_step"));
   } catch (const Error& e) {
     return e.what();
   }
+}
+
+std::string checkpoint_name_problem(const std::string& path, int64_t global_step) {
+  const int64_t named = checkpoint_step(path);
+  if (named < 0 || named == global_step) return "";
+  return str("checkpoint '", path, "' holds global step ", global_step, " but its name says ", named,
+             " (renamed, or copied over another?): the name decides which checkpoint is the newest and which ones ",
+             "retention deletes; rename it ", checkpoint_file_name(global_step), " or move it out of the directory");
 }
 
 std::string checkpoint_config(const std::string& path) {

@@ -782,6 +782,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     CheckpointState st;
     on_rank0_agreed(env.rank, tmo, "reading the checkpoint to resume", [&] {
       st = load_checkpoint(resume_path, spec);
+      // (--resume auto skips such a file with a warning; given by name, it is refused.)
+      const std::string misnamed = checkpoint_name_problem(resume_path, st.global_step);
+      DDP_CHECK(misnamed.empty(), misnamed);
       const std::string classes = recorded_class_problem(resume_path, st.classes, data_ref);
       DDP_CHECK(classes.empty(), "checkpoint ", classes, ": its classifier's outputs would be scored against other ",
                 "labels; ", o.eval_only ? "evaluate" : "resume", " on data packed with its class order (its /classes ",

@@ -223,6 +223,29 @@ TEST_F(CheckpointTest, KeepLastKAndResumeAutoPicksNewestComplete) {
   EXPECT_FALSE(find_latest_checkpoint((dir_ / "empty").string()));
 }
 
+// The name decides which checkpoint --resume auto takes and which ones retention deletes: a file whose
+// name disagrees with the global step it holds (renamed, or copied over another) was taken as the
+// newest, and the run then refused the directory for holding a checkpoint newer than the one it
+// resumed. It is skipped as a damaged one is, with a message naming it and both steps.
+TEST_F(CheckpointTest, ACheckpointWhoseNameDisagreesWithItsStepIsSkipped) {
+  CheckpointState a = random_state(spec_, 8);
+  a.global_step = 32;
+  save_checkpoint(path(checkpoint_file_name(32)), spec_, a);
+  a.global_step = 11;
+  save_checkpoint(path(checkpoint_file_name(99)), spec_, a);
+  const std::string renamed = path(checkpoint_file_name(99));
+  const std::string why = checkpoint_problem(renamed);
+  EXPECT_NE(why.find(renamed), std::string::npos) << why;
+  EXPECT_NE(why.find("holds global step 11 but its name says 99"), std::string::npos) << why;
+  EXPECT_EQ(checkpoint_problem(path(checkpoint_file_name(32))), "");
+  auto latest = find_latest_checkpoint(dir_.string());
+  ASSERT_TRUE(latest);
+  EXPECT_EQ(*latest, path(checkpoint_file_name(32)));
+  // Under a name of another form the step is not checked (no name to disagree with).
+  fs::rename(renamed, path("best.h5"));
+  EXPECT_EQ(checkpoint_problem(path("best.h5")), "");
+}
+
 // A damaged or hand-edited file: NaN weights would surface steps later as "gradients are inf/NaN";
 // a position no trainer writes would resume somewhere undefined.
 TEST_F(CheckpointTest, NonFiniteValuesAndImpossiblePositionsAreRefused) {

@@ -1065,6 +1065,26 @@ TEST_F(TrainE2E, AnInterruptedFinalEvaluationKeepsEachRanksStatisticsAndItsCheck
   EXPECT_EQ(status["checkpoint"], d("ck2/" + ckpt_name(1))) << log2;
 }
 
+// A checkpoint renamed (here a step-1 file as ckpt-99 next to ckpt-2): --resume auto took it by name,
+// then refused the directory for ckpt-2 being "newer than the resumed global step 1". It is skipped
+// with a warning naming it; given by name, it is refused.
+TEST_F(TrainE2E, ACheckpointNamedForAnotherStepIsSkippedNamingIt) {
+  const std::string cmd = kRecipe + "--epochs 1 --checkpoint-every 1 --keep-checkpoints 5 --checkpoint-dir " + d("ck");
+  auto a = sh(cmd + " --max-steps 2");
+  ASSERT_EQ(a.rc, 0) << a.out;
+  fs::rename(d("ck/" + ckpt_name(1)), d("ck/" + ckpt_name(99)));
+  auto r = sh(cmd + " --max-steps 3 --resume auto");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("skipping checkpoint " + d("ck/" + ckpt_name(99)) + ": checkpoint '" + d("ck/" + ckpt_name(99)) +
+                       "' holds global step 1 but its name says 99"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("resumed from " + d("ck/" + ckpt_name(2))), std::string::npos) << r.out;
+  auto f = sh(cmd + " --max-steps 3 --resume " + d("ck/" + ckpt_name(99)));
+  EXPECT_EQ(f.rc, 1) << f.out;
+  EXPECT_NE(f.out.find("holds global step 1 but its name says 99"), std::string::npos) << f.out;
+}
+
 // Metrics on a volume that fills up mid-run: a warning, and training goes on to its end and its
 // checkpoints (metrics are not worth the run). One free 4 KiB page holds about half of the 48 records.
 TEST_F(TrainE2E, MetricsOnAFullDiskWarnAndTrainingContinues) {

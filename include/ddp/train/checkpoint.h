@@ -88,8 +88,12 @@ CheckpointState load_checkpoint(const std::string& path, const nn::ResNet18Spec&
 int checkpoint_num_classes(const std::string& path);
 // The run's settings as recorded (TrainOptions::config_text); same checks as load_checkpoint's opening.
 std::string checkpoint_config(const std::string& path);
-// Empty string when the file is a complete checkpoint of ours; otherwise the reason it is not.
+// Empty string when the file is a complete checkpoint of ours whose name (if it is a ckpt-N.h5 name)
+// agrees with its global step; otherwise the reason it is not.
 std::string checkpoint_problem(const std::string& path);
+// Why a file named ckpt-N.h5 that holds `global_step` is not where its name puts it, or "" (also for
+// names of another form).
+std::string checkpoint_name_problem(const std::string& path, int64_t global_step);
 // ckpt-*.h5 files in dir (complete or not), oldest first.
 std::vector<std::string> list_checkpoints(const std::string& dir);
 // Newest complete checkpoint in dir; incomplete ones are skipped with a warning.

@@ -725,9 +725,14 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   }
 
   // An unwritable checkpoint directory must fail now, not after the first epoch of training.
+  // --eval-only writes no checkpoint (and no .lock): a read-only directory, a copy on a read-only
+  // mount, is fine. It takes no lock either, so it may read a directory a training run is writing:
+  // the checkpoint is read whole once opened (a file that retention deletes after that stays readable
+  // while open), and one deleted between the choice and the opening is an error naming it.
   std::unique_ptr<CheckpointDirLock> dir_lock;  // rank 0's, held to the end of the run
   if (!o.checkpoint_dir.empty()) {
     on_rank0_agreed(env.rank, tmo, "checking --checkpoint-dir", [&] {
+      if (o.eval_only) return;
       std::error_code ec;
       std::filesystem::create_directories(o.checkpoint_dir, ec);
       DDP_CHECK(!ec, "cannot create --checkpoint-dir '", o.checkpoint_dir, "': ", ec.message());
@@ -736,7 +741,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       DDP_CHECK(f != nullptr, "--checkpoint-dir '", o.checkpoint_dir, "' is not writable: ", std::strerror(errno));
       std::fclose(f);
       std::remove(probe.c_str());
-      if (!o.eval_only) dir_lock = std::make_unique<CheckpointDirLock>(o.checkpoint_dir);  // eval writes none
+      dir_lock = std::make_unique<CheckpointDirLock>(o.checkpoint_dir);
     });
   }
 

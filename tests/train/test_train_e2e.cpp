@@ -1085,6 +1085,31 @@ TEST_F(TrainE2E, ACheckpointNamedForAnotherStepIsSkippedNamingIt) {
   EXPECT_NE(f.out.find("holds global step 1 but its name says 99"), std::string::npos) << f.out;
 }
 
+// --eval-only writes nothing, so a read-only --checkpoint-dir (here a read-only bind mount: root writes
+// through permissions) is fine; it was refused as "not writable". Needs mount rights (else skipped).
+TEST_F(TrainE2E, EvalOnlyReadsAReadOnlyCheckpointDir) {
+  const std::string recipe = std::regex_replace(kRecipe, std::regex("--no-eval "), "");
+  auto a = sh(recipe + "--epochs 1 --max-steps 2 --checkpoint-dir " + d("ck"));
+  ASSERT_EQ(a.rc, 0) << a.out;
+  const fs::path ro = dir_ / "ro";
+  fs::create_directories(ro);
+  if (mount(d("ck").c_str(), ro.c_str(), nullptr, MS_BIND, nullptr) != 0) GTEST_SKIP() << "cannot bind-mount here";
+  if (mount(nullptr, ro.c_str(), nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, nullptr) != 0) {
+    umount(ro.c_str());
+    GTEST_SKIP() << "cannot remount read-only here";
+  }
+  auto r = sh(recipe + "--checkpoint-dir " + ro.string() + " --resume auto --eval-only");
+  auto f = sh(recipe + "--checkpoint-dir " + ro.string() + " --resume " + (ro / ckpt_name(2)).string() + " --eval-only");
+  auto t = sh(recipe + "--epochs 2 --checkpoint-dir " + ro.string() + " --resume auto");  // training: refused
+  umount(ro.c_str());
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("eval epoch 0.25:"), std::string::npos) << r.out;
+  EXPECT_EQ(f.rc, 0) << f.out;
+  EXPECT_NE(f.out.find("eval epoch 0.25:"), std::string::npos) << f.out;
+  EXPECT_NE(t.rc, 0) << t.out;
+  EXPECT_NE(t.out.find("is not writable"), std::string::npos) << t.out;
+}
+
 // Metrics on a volume that fills up mid-run: a warning, and training goes on to its end and its
 // checkpoints (metrics are not worth the run). One free 4 KiB page holds about half of the 48 records.
 TEST_F(TrainE2E, MetricsOnAFullDiskWarnAndTrainingContinues) {

@@ -850,12 +850,26 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     eval_pending = sc[12] != 0;
     ckpt_epoch = start_epoch;
     ckpt_step = start_step;
+    // What --init-weights was to the checkpoint's run (rank 0 read its settings; only rank 0 logs).
+    std::string init_weights_note;
+    if (!o.init_weights.empty() && rank0) {
+      const auto theirs = settings_of(st.config, {});
+      const auto it = theirs.find("init-weights");
+      init_weights_note =
+          it == theirs.end()
+              ? str(" (its weights replace --init-weights ", o.init_weights, ", which is not used: the checkpoint's ",
+                    "run had no --init-weights)")
+          : it->second == o.init_weights
+              ? std::string(" (its weights replace --init-weights, which started that run)")
+              : str(" (its weights replace --init-weights ", o.init_weights, ", which is not used: the checkpoint's ",
+                    "run was given --init-weights ", it->second, ")");
+    }
     const bool scale_resumed = scaler.resume({st.scaler.scale, sc[6], sc[7], sc[8] != 0});
     info0("resumed from ", resume_path, ": epoch ", start_epoch + 1, ", step ", start_step, " of the epoch, global step ",
           gstep, scaler.dynamic() ? str(", loss scale ", scaler.scale()) : std::string(),
           scaler.dynamic() && !scale_resumed ? " (the checkpoint's run had no fp16 loss scaling: starting afresh)"
                                              : "",
-          o.init_weights.empty() ? "" : " (its weights replace --init-weights, which started that run)");
+          init_weights_note);
   }
 
   // Rule 3: replicas start identical, whatever each rank initialised or loaded.

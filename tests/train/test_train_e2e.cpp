@@ -1110,6 +1110,27 @@ TEST_F(TrainE2E, EvalOnlyReadsAReadOnlyCheckpointDir) {
   EXPECT_NE(t.out.find("is not writable"), std::string::npos) << t.out;
 }
 
+// --resume with --init-weights: the log said "(its weights replace --init-weights, which started that
+// run)" also where that run had no --init-weights (the settings warning said "init-weights = (none)").
+TEST_F(TrainE2E, ResumeSaysWhatInitWeightsWasToTheCheckpointsRun) {
+  auto a = sh(kRecipe + "--epochs 1 --max-steps 1 --checkpoint-dir " + d("a"));
+  ASSERT_EQ(a.rc, 0) << a.out;
+  const std::string w = d("a/" + ckpt_name(1));
+  auto none = sh(kRecipe + "--epochs 1 --max-steps 2 --checkpoint-dir " + d("a") + " --resume auto --init-weights " + w);
+  ASSERT_EQ(none.rc, 0) << none.out;
+  EXPECT_EQ(none.out.find("which started that run"), std::string::npos) << none.out;
+  EXPECT_NE(none.out.find("(its weights replace --init-weights " + w +
+                          ", which is not used: the checkpoint's run had no --init-weights)"),
+            std::string::npos)
+      << none.out;
+  auto b = sh(kRecipe + "--epochs 1 --max-steps 2 --checkpoint-dir " + d("b") + " --init-weights " + w);
+  ASSERT_EQ(b.rc, 0) << b.out;
+  auto same = sh(kRecipe + "--epochs 1 --max-steps 3 --checkpoint-dir " + d("b") + " --resume auto --init-weights " + w);
+  ASSERT_EQ(same.rc, 0) << same.out;
+  EXPECT_NE(same.out.find("(its weights replace --init-weights, which started that run)"), std::string::npos)
+      << same.out;
+}
+
 // Metrics on a volume that fills up mid-run: a warning, and training goes on to its end and its
 // checkpoints (metrics are not worth the run). One free 4 KiB page holds about half of the 48 records.
 TEST_F(TrainE2E, MetricsOnAFullDiskWarnAndTrainingContinues) {

@@ -568,6 +568,53 @@ class CheckpointDirLock {
   int fd_ = -1;
 };
 
+// The stop signals the ranks received (rank r's signal number, 0: none), once a stop is agreed.
+struct StopOrigin {
+  std::string names;  // "SIGUSR1" (each signal once, by first rank: "SIGTERM,SIGUSR1"); "" without any
+  std::string ranks;  // the ranks that received one: "1", "0-3,7"
+  std::string text;   // for the log: "SIGUSR1" (every rank got it), "SIGUSR1 on rank 1 of 2"
+};
+StopOrigin describe_stop_origin(const std::vector<int>& per_rank) {
+  const auto name = [](int sig) {
+    return sig == SIGTERM ? std::string("SIGTERM") : sig == SIGUSR1 ? std::string("SIGUSR1")
+           : sig == SIGINT ? std::string("SIGINT") : str("signal ", sig);
+  };
+  const auto ranges = [](const std::vector<int>& ranks, const char* sep) {
+    std::string out;
+    for (size_t i = 0; i < ranks.size();) {
+      size_t j = i;
+      while (j + 1 < ranks.size() && ranks[j + 1] == ranks[j] + 1) ++j;
+      out += str(out.empty() ? "" : sep, ranks[i], j > i ? str("-", ranks[j]) : std::string());
+      i = j + 1;
+    }
+    return out;
+  };
+  std::vector<std::pair<int, std::vector<int>>> by_signal;  // in the order of their first rank
+  std::vector<int> all;
+  for (int r = 0; r < static_cast<int>(per_rank.size()); ++r) {
+    const int sig = per_rank[static_cast<size_t>(r)];
+    if (sig == 0) continue;
+    all.push_back(r);
+    auto it = std::find_if(by_signal.begin(), by_signal.end(), [&](const auto& g) { return g.first == sig; });
+    if (it == by_signal.end()) by_signal.push_back({sig, {r}});
+    else it->second.push_back(r);
+  }
+  StopOrigin o;
+  if (by_signal.empty()) return o;
+  for (const auto& [sig, ranks] : by_signal) o.names += str(o.names.empty() ? "" : ",", name(sig));
+  o.ranks = ranges(all, ",");
+  if (by_signal.size() == 1 && all.size() == per_rank.size()) {  // every rank (or the only one) got it
+    const int sig = by_signal.front().first;
+    o.text = sig == SIGINT ? std::string("SIGINT, Ctrl-C") : name(sig);
+    return o;
+  }
+  for (const auto& [sig, ranks] : by_signal)
+    o.text += str(o.text.empty() ? "" : ", ", name(sig), ranks.size() == 1 ? " on rank " : " on ranks ",
+                  ranges(ranks, ", "));
+  o.text += str(" of ", per_rank.size());
+  return o;
+}
+
 }  // namespace
 
 TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
@@ -1002,14 +1049,22 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   const bool top5_applies = num_classes > 5;
   if (val && !top5_applies)
     info0("evaluation: top-5 accuracy is not reported (", num_classes, " classes: every label is within the top 5)");
-  auto signal_name = [] {
-    const int sig = stop_signal();
-    return sig == SIGTERM ? std::string("SIGTERM") : sig == SIGUSR1 ? std::string("SIGUSR1")
-           : sig == SIGINT ? std::string("SIGINT") : sig ? std::to_string(sig) : std::string();
+  // Which ranks received which stop signal. Every rank learns of a stop through the reductions, not
+  // through a signal of its own, and one may reach some ranks only (a spot interruption or a node's
+  // own preemption notice: a non-zero rank's host); the log line and the status file name them. Every
+  // rank enters the allgather once the stop is agreed, at the same point (no conditional collective).
+  StopOrigin stop_origin;
+  bool stop_origin_agreed = false;
+  auto agree_stop_origin = [&] {
+    if (stop_origin_agreed) return;
+    stop_origin_agreed = true;
+    const std::vector<double> sigs = comm->allgather(static_cast<double>(stop_signal()));
+    std::vector<int> per_rank(sigs.size());
+    for (size_t r = 0; r < sigs.size(); ++r) per_rank[r] = static_cast<int>(sigs[r]);
+    stop_origin = describe_stop_origin(per_rank);
   };
   auto stop_text = [&] {
-    const std::string name = signal_name();
-    return str("stop requested", name.empty() ? std::string() : str(" (", name == "SIGINT" ? "SIGINT, Ctrl-C" : name, ")"));
+    return str("stop requested", stop_origin.text.empty() ? std::string() : str(" (", stop_origin.text, ")"));
   };
   // A stop request (preemption, a time limit) during an evaluation must not wait for its end: ImageNet's
   // 50,000 images take minutes, twice that with --eval-flip, and a job's margin before its time limit
@@ -1046,6 +1101,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
         double req = stop_requested() ? 1.0 : 0.0;
         comm->allreduce_sum(&req, 1);
         if (req > 0) {
+          agree_stop_origin();
           eval_interrupted = true;
           model->set_buffers(own.data());
           if (rank0)
@@ -1316,6 +1372,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       }
       if (red[2] > 0) {
         stop = true;
+        agree_stop_origin();
         ++s;
         break;
       }
@@ -1378,6 +1435,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     comm->allreduce_sum(&req, 1);
     if (req > 0) {
       stop = true;
+      agree_stop_origin();
       info0(stop_text(), " at the end of epoch ", epoch + 1, o.checkpoint_dir.empty() ? ": exiting (nothing saved)"
                                                             : saved ? ": exiting (checkpointed)" : ": checkpointing and exiting");
       if (!saved) save(epoch + 1, 0, "stop requested");
@@ -1476,9 +1534,11 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       const bool resumable = !result.finished && stop && saved_epoch >= 0;
       std::vector<std::pair<std::string, std::string>> f = {
           {"state", result.finished ? "finished" : resumable ? "stopped" : "stopped-unsaved"},
-          {"signal", stop ? signal_name() : std::string()},
+          {"signal", stop ? stop_origin.names : std::string()},
           {"start_step", std::to_string(run_start_step)},
           {"global_step", std::to_string(gstep)}};
+      // Which ranks received it ("0-3": all of four; "1": a signal to one node's rank only).
+      if (stop && !stop_origin.ranks.empty()) f.insert(f.begin() + 2, {"signal_ranks", stop_origin.ranks});
       if (resumable) {
         f.push_back({"epoch", std::to_string(saved_epoch + 1)});  // as "resumed from FILE: epoch 3, step 1 of the epoch"
         f.push_back({"step_in_epoch", std::to_string(saved_step)});

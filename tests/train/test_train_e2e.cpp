@@ -1065,6 +1065,27 @@ TEST_F(TrainE2E, AnInterruptedFinalEvaluationKeepsEachRanksStatisticsAndItsCheck
   EXPECT_EQ(status["checkpoint"], d("ck2/" + ckpt_name(1))) << log2;
 }
 
+// A signal that reaches one rank only (a spot interruption of a non-zero rank's node) stops the job, and
+// the log line and the status file name the signal and that rank; they said "stop requested" with no
+// signal, and signal= empty.
+TEST_F(TrainE2E, ASignalToOneRankOnlyIsNamedWithItsRank) {
+  const std::string run = mpirun(2) + kRecipe + "--epochs 200 --checkpoint-dir " + d("ck") + " --jsonl " +
+                          d("m.jsonl") + " --status-file " + d("status");
+  const auto [out, log] = run_in_background(
+      run, d("m.jsonl"), kTrainRecord,
+      "for c in $(pgrep -P $pid); do tr '\\0' '\\n' < /proc/$c/environ | grep -qx OMPI_COMM_WORLD_RANK=1 && "
+      "kill -USR1 $c && echo signalled=$c; done; wait $pid; echo rc=$?");
+  ASSERT_NE(out.find("signalled="), std::string::npos) << out << log;
+  EXPECT_NE(out.find("rc=0"), std::string::npos) << out << log;
+  EXPECT_TRUE(std::regex_search(log, std::regex("stop requested \\(SIGUSR1 on rank 1 of 2\\) at step [0-9]+: "
+                                                "checkpointing and exiting")))
+      << log;
+  auto status = read_status(d("status"));
+  EXPECT_EQ(status["state"], "stopped") << log;
+  EXPECT_EQ(status["signal"], "SIGUSR1") << log;
+  EXPECT_EQ(status["signal_ranks"], "1") << log;
+}
+
 // A checkpoint renamed (here a step-1 file as ckpt-99 next to ckpt-2): --resume auto took it by name,
 // then refused the directory for ckpt-2 being "newer than the resumed global step 1". It is skipped
 // with a warning naming it; given by name, it is refused.

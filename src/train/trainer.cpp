@@ -1073,6 +1073,10 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   // batch fewer than others: every image is evaluated once), so no collective is conditional.
   constexpr int64_t kEvalStopCheckEvery = 4;
   bool eval_interrupted = false;  // an evaluation was cut short by a stop request (no figures recorded)
+  // The last complete evaluation's weights (global step) and epochs done: the summary calls its figures
+  // final only when they are the weights the run ended with.
+  int64_t eval_step = -1;
+  double eval_epochs = 0;
   // `epoch`: the data order's epoch; the records name `epochs_done` (default: epoch + 1; a fraction
   // when training stopped inside an epoch). Returns false when a stop request cut it short: then
   // nothing is recorded (no partial figures) and the caller stops the run. keep_own_statistics: each
@@ -1137,6 +1141,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     result.top1 = static_cast<double>(all.top1) / static_cast<double>(all.count);
     result.top5 = static_cast<double>(all.top5) / static_cast<double>(all.count);
     result.eval_loss = all.loss_sum / static_cast<double>(all.count);
+    eval_step = gstep;
+    eval_epochs = epochs_done;
     if (rank0) {
       progress->message(str("eval epoch ", epochs_done, ": top-1 ", result.top1 * 100, "%",
                             top5_applies ? str(", top-5 ", result.top5 * 100, "%") : std::string(), ", loss ",
@@ -1164,6 +1170,8 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   int64_t saved_epoch = -1, saved_step = 0;  // the position of the last checkpoint written
   // Why a checkpoint is written again after its evaluation was cut short.
   const char* const kEvalCutShort = "stop requested during the evaluation; a resumed run evaluates first";
+  // Why a stop's checkpoint says its evaluation is due.
+  const char* const kEvalLeftForResume = "stop requested before the evaluation due here; a resumed run evaluates first";
   // eval_pending: the evaluation of these weights was just cut short by a stop; the file says so, and
   // a run resumed from it evaluates first.
   auto save = [&](int64_t epoch_pos, int64_t step_pos, const std::string& why, bool eval_pending = false) {
@@ -1232,6 +1240,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   double train_seconds = 0;
   int64_t train_images = 0;
   bool stop = false, hit_max = false, eval_done_at_end = false;
+  // eval_deferred: a stop agreed at the step after which an evaluation was due skipped it (the
+  // checkpoint says it is due); like an interrupted evaluation, the run has not finished.
+  bool eval_deferred = false;
   // Epochs trained where training stops inside an epoch (--max-steps, a signal), or where a run with
   // nothing left to train starts (the checkpoint's position, for --eval-only too).
   double stopped_at = start_epoch + static_cast<double>(start_step) / static_cast<double>(steps);
@@ -1395,10 +1406,32 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     double et = seconds_since(epoch_t0);
     train_seconds += et;
     if (rank0) progress->end_epoch();
-    if (stop) info0(stop_text(), " at step ", gstep, o.checkpoint_dir.empty() ? ": exiting (no --checkpoint-dir, nothing saved)"
-                                                                     : ": checkpointing and exiting");
+    const bool reached_max = o.max_steps > 0 && gstep >= o.max_steps;
+    const bool last = epoch + 1 == o.epochs;
+    // The evaluation due where training ends here: at the epoch's end (the last epoch, --max-steps,
+    // --eval-every), or inside it at --max-steps.
+    const bool eval_due =
+        val && (reached_max || (s == steps && (last || (o.eval_every > 0 && (epoch + 1) % o.eval_every == 0))));
+    // A stop agreed at this step skips that evaluation (a stop must be quick: a preemption notice leaves
+    // a margin that an ImageNet evaluation may exceed) and leaves it to the resumed run: the checkpoint
+    // written here says it is due (eval_pending), as one rewritten after an evaluation cut short does.
+    if (stop && eval_due) eval_deferred = true;
+    if (stop) {
+      const std::string where = s < steps ? str("epoch ", epoch + 1, " step ", s, "/", steps)
+                                          : str("the end of epoch ", epoch + 1);
+      const std::string skipped =
+          !eval_deferred ? std::string()
+          : o.checkpoint_dir.empty()
+              ? str("; the evaluation due at ", where, " is not run")
+              : str("; the evaluation due at ", where, " is not run: the checkpoint says it is due, and a run "
+                    "resumed from it (--resume auto) evaluates first");
+      info0(stop_text(), " at step ", gstep,
+            o.checkpoint_dir.empty() ? ": exiting (no --checkpoint-dir, nothing saved)" : ": checkpointing and exiting",
+            skipped);
+    }
     if (s < steps) {  // stopped inside the epoch
-      save(epoch, s, stop ? "stop requested" : "--max-steps reached");
+      save(epoch, s, eval_deferred ? kEvalLeftForResume : stop ? "stop requested" : "--max-steps reached",
+           eval_deferred);
       stopped_at = epoch + static_cast<double>(s) / static_cast<double>(steps);
       break;
     }
@@ -1410,13 +1443,18 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     info0("epoch ", epoch + 1, "/", o.epochs, " done in ", human_duration(et), " (", et, " s",
           first > 0 ? str("; resumed at step ", first, ": ", steps - first, " of its ", steps, " steps") : "", "), ",
           static_cast<int64_t>(static_cast<double>((steps - first) * global_batch) / std::max(et, 1e-9)), " img/s");
-    const bool last = epoch + 1 == o.epochs;
     // The checkpoint first: a stop request (preemption) arriving during the evaluation then finds the
     // epoch's work saved.
     const bool saved = last || stop || hit_max || o.checkpoint_every_steps == 0 || gstep % o.checkpoint_every_steps == 0;
     if (saved)
-      save(epoch + 1, 0, last ? "end of training" : stop ? "stop requested" : hit_max ? "--max-steps reached" : "end of epoch");
-    if (val && !stop && (last || hit_max || (o.eval_every > 0 && (epoch + 1) % o.eval_every == 0))) {
+      save(epoch + 1, 0,
+           eval_deferred ? kEvalLeftForResume
+           : last        ? "end of training"
+           : stop        ? "stop requested"
+           : hit_max     ? "--max-steps reached"
+                         : "end of epoch",
+           eval_deferred);
+    if (eval_due && !stop) {
       if (evaluate(epoch)) {
         eval_done_at_end = true;
       } else {
@@ -1462,9 +1500,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   result.stopped_by_signal = stop;
   // Finished: nothing left to train, even where a stop request came during the last step (its
   // checkpoint is the end of training); a job script must not requeue such a run.
-  // An evaluation cut short is not finished: a requeued run (the checkpoint says the evaluation is due)
-  // or a rerun of --eval-only does it.
-  result.finished = !eval_interrupted &&
+  // An evaluation cut short, or skipped by a stop agreed at the step before it, is not finished: a
+  // requeued run (the checkpoint says the evaluation is due) or a rerun of --eval-only does it.
+  result.finished = !eval_interrupted && !eval_deferred &&
                     (o.eval_only || result.epochs_done >= o.epochs || (o.max_steps > 0 && gstep >= o.max_steps));
   result.train_images_per_s = train_seconds > 0 ? static_cast<double>(train_images) / train_seconds : 0;
   if (rank0) {
@@ -1496,9 +1534,28 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       info0("summary: ", steps_text, ", ", result.epochs_done, " epoch(s) complete, ",
             o.eval_only ? "evaluated only" : "nothing trained", " (no training figures), total ", human_duration(total),
             not_training);
-    if (result.evaluated)
-      info0("final accuracy: top-1 ", result.top1 * 100, "%",
-            top5_applies ? str(", top-5 ", result.top5 * 100, "%") : std::string(), ", eval loss ", result.eval_loss);
+    // Figures are final only when they are of the weights the run ended with. After a stop inside an
+    // epoch, or one that cut short or came before the evaluation of the last weights, the last
+    // evaluation is of older weights: said so, with its epoch, never as the final accuracy.
+    const bool final_evaluated = result.evaluated && eval_step == gstep;
+    const std::string figures = str("top-1 ", result.top1 * 100, "%",
+                                    top5_applies ? str(", top-5 ", result.top5 * 100, "%") : std::string(),
+                                    ", eval loss ", result.eval_loss);
+    if (final_evaluated) {
+      info0("final accuracy: ", figures);
+    } else if (result.evaluated || eval_interrupted || eval_deferred) {
+      const char* pending = o.eval_only                ? "; run it again"
+                            : o.checkpoint_dir.empty() ? ""
+                                                       : "; a run resumed from its checkpoint evaluates first";
+      info0("final accuracy: none: the weights at global step ", gstep, " were not evaluated (",
+            eval_interrupted ? str("the stop cut their evaluation short", pending)
+            : eval_deferred  ? str("the stop came before their evaluation", pending)
+                             : std::string("the run stopped before their evaluation was due"),
+            ")",
+            result.evaluated ? str("; the last evaluation, of epoch ", eval_epochs, " (global step ", eval_step, "): ",
+                                   figures)
+                             : std::string());
+    }
     info0("peak memory: host ", human_bytes(static_cast<double>(peak_host_rss_bytes())),
           o.backend == nn::Backend::CUDA ? str(", GPU ", human_bytes(static_cast<double>(model->peak_memory_bytes())))
                                          : std::string());
@@ -1522,7 +1579,11 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
           {"peak_device_bytes", json_number(o.backend == nn::Backend::CUDA ? double(model->peak_memory_bytes()) : 0.0)},
           {"stopped_by_signal", stop ? "true" : "false"}});
       if (eval_interrupted) f.push_back({"eval_interrupted", "true"});
-      if (result.evaluated) {
+      // The checkpoint the run ended with says its evaluation is due (cut short, or skipped by the stop).
+      if ((eval_interrupted || eval_deferred) && !o.eval_only && !o.checkpoint_dir.empty())
+        f.push_back({"eval_pending", "true"});
+      // Only the final weights' figures; an older evaluation's are in its own eval record.
+      if (final_evaluated) {
         f.push_back({"top1", json_number(result.top1)});
         if (top5_applies) f.push_back({"top5", json_number(result.top5)});
       }

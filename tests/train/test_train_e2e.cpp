@@ -1065,6 +1065,121 @@ TEST_F(TrainE2E, AnInterruptedFinalEvaluationKeepsEachRanksStatisticsAndItsCheck
   EXPECT_EQ(status["checkpoint"], d("ck2/" + ckpt_name(1))) << log2;
 }
 
+// A stop agreed at the step after which an evaluation is due (the last step of an epoch that
+// evaluates, or the --max-steps step) skipped that evaluation and said nothing of it: the checkpoint
+// had eval_pending = 0, the status file said "finished", the console's "final accuracy" was the
+// previous epoch's, and a resumed run never evaluated those weights. Now the stop leaves it to the
+// resumed run (a stop must be quick), as an interrupted evaluation does. Steps at 128 px take long
+// enough (about a second on one core) that a signal sent when the step before is logged arrives
+// within the step in question.
+const std::string kSlowEvalRecipe =
+    std::string(TRAIN_RESNET18) +
+    " --data synthetic --synthetic-size 32 --synthetic-classes 4 --image-size 128 --backend cpu --threads 1"
+    " --batch-size 8 --lr 0.05 --seed 3 --log-every 1 --progress lines ";  // 4 steps per epoch (1 rank)
+
+TEST_F(TrainE2E, StopAtTheStepBeforeAnEvaluationLeavesItToTheResumedRun) {
+  const std::string run = kSlowEvalRecipe + "--epochs 2 --checkpoint-dir " + d("ck") + " --jsonl " + d("m.jsonl") +
+                          " --status-file " + d("status");
+  const auto [out, log] =
+      run_in_background(run, d("log"), "epoch 2/2 step 3/4", "kill -USR1 $pid; wait $pid; echo rc=$?");
+  ASSERT_NE(out.find("rc=0"), std::string::npos) << out << log;
+  ASSERT_NE(log.find("epoch 2/2 step 4/4"), std::string::npos) << "the signal came too late or early:\n" << log;
+  EXPECT_NE(log.find("stop requested (SIGUSR1) at step 8: checkpointing and exiting; the evaluation due at the end "
+                     "of epoch 2 is not run: the checkpoint says it is due, and a run resumed from it (--resume auto) "
+                     "evaluates first"),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(log.find("eval epoch 2:"), std::string::npos) << log;
+  EXPECT_EQ(log.find("final accuracy: top-1"), std::string::npos) << "an older evaluation presented as final:\n" << log;
+  EXPECT_NE(log.find("final accuracy: none: the weights at global step 8 were not evaluated (the stop came before "
+                     "their evaluation; a run resumed from its checkpoint evaluates first); the last evaluation, of "
+                     "epoch 1 (global step 4): top-1 "),
+            std::string::npos)
+      << log;
+  const auto st = load_checkpoint(d("ck/" + ckpt_name(8)), ddp::nn::make_resnet18_spec(4));
+  EXPECT_TRUE(st.eval_pending) << log;
+  EXPECT_EQ(st.epoch, 2);
+  EXPECT_EQ(st.step_in_epoch, 0);
+  auto status = read_status(d("status"));
+  EXPECT_EQ(status["state"], "stopped") << log;
+  EXPECT_EQ(status["signal"], "SIGUSR1");
+  EXPECT_EQ(status["checkpoint"], d("ck/" + ckpt_name(8)));
+  auto summary = records(d("m.jsonl"), "summary");
+  ASSERT_EQ(summary.size(), 1u) << log;
+  EXPECT_EQ(field(summary[0], "eval_pending"), "true") << summary[0];
+  EXPECT_EQ(field(summary[0], "top1"), "") << summary[0];
+  ASSERT_EQ(records(d("m.jsonl"), "eval").size(), 1u) << log;  // epoch 1's
+
+  auto r = sh(run + " --resume auto");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("the evaluation at global step 8 (epoch 2) was interrupted by the stop of the run that wrote " +
+                       d("ck/" + ckpt_name(8)) + ": evaluating it first"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("final accuracy: top-1"), std::string::npos) << r.out;
+  auto evals = records(d("m.jsonl"), "eval");
+  ASSERT_EQ(evals.size(), 2u) << r.out;
+  EXPECT_EQ(field(evals[1], "epoch"), "2") << evals[1];
+  EXPECT_EQ(field(evals[1], "step"), "8") << evals[1];
+  EXPECT_EQ(read_status(d("status"))["state"], "finished") << r.out;
+
+  // --max-steps 3, the stop agreed at step 3: the evaluation a --max-steps end makes is left likewise.
+  fs::remove(d("log"));
+  const std::string max3 = kSlowEvalRecipe + "--epochs 2 --max-steps 3 --checkpoint-dir " + d("ck3") +
+                           " --status-file " + d("status3");
+  const auto [out3, log3] =
+      run_in_background(max3, d("log"), "epoch 1/2 step 2/4", "kill -USR1 $pid; wait $pid; echo rc=$?");
+  ASSERT_NE(out3.find("rc=0"), std::string::npos) << out3 << log3;
+  ASSERT_NE(log3.find("epoch 1/2 step 3/4"), std::string::npos) << log3;
+  EXPECT_NE(log3.find("stop requested (SIGUSR1) at step 3: checkpointing and exiting; the evaluation due at epoch 1 "
+                      "step 3/4 is not run"),
+            std::string::npos)
+      << log3;
+  EXPECT_EQ(log3.find("eval epoch"), std::string::npos) << log3;
+  const auto st3 = load_checkpoint(d("ck3/" + ckpt_name(3)), ddp::nn::make_resnet18_spec(4));
+  EXPECT_TRUE(st3.eval_pending) << log3;
+  EXPECT_EQ(st3.step_in_epoch, 3);
+  EXPECT_EQ(read_status(d("status3"))["state"], "stopped") << log3;
+  auto r3 = sh(max3 + " --resume auto");
+  ASSERT_EQ(r3.rc, 0) << r3.out;
+  EXPECT_NE(r3.out.find("the evaluation at global step 3 (epoch 0.75) was interrupted by the stop"), std::string::npos)
+      << r3.out;
+  EXPECT_NE(r3.out.find("eval epoch 0.75:"), std::string::npos) << r3.out;
+  EXPECT_EQ(read_status(d("status3"))["state"], "finished") << r3.out;
+}
+
+// The same at the end of a first epoch, under mpirun (SIGUSR1 to mpirun reaches both ranks): no step of
+// epoch 2 is trained, the status is "stopped", and the resumed run evaluates epoch 1, then trains and
+// evaluates epoch 2.
+TEST_F(TrainE2E, StopAtAnEpochsLastStepUnderMpirunLeavesItsEvaluationToTheResumedRun) {
+  const std::string run = mpirun(2) + std::regex_replace(kSlowEvalRecipe, std::regex("--synthetic-size 32"),
+                                                         "--synthetic-size 64") +
+                          "--epochs 2 --checkpoint-dir " + d("ck") + " --jsonl " + d("m.jsonl") + " --status-file " +
+                          d("status");
+  const auto [out, log] =
+      run_in_background(run, d("log"), "epoch 1/2 step 3/4", "kill -USR1 $pid; wait $pid; echo rc=$?");
+  ASSERT_NE(out.find("rc=0"), std::string::npos) << out << log;
+  ASSERT_NE(log.find("epoch 1/2 step 4/4"), std::string::npos) << log;
+  EXPECT_NE(log.find("the evaluation due at the end of epoch 1 is not run"), std::string::npos) << log;
+  EXPECT_EQ(log.find("epoch 2/2 step"), std::string::npos) << log;
+  EXPECT_EQ(records(d("m.jsonl"), "eval").size(), 0u) << log;
+  const auto st = load_checkpoint(d("ck/" + ckpt_name(4)), ddp::nn::make_resnet18_spec(4));
+  EXPECT_TRUE(st.eval_pending) << log;
+  EXPECT_EQ(st.epoch, 1);
+  EXPECT_EQ(st.step_in_epoch, 0);
+  auto status = read_status(d("status"));
+  EXPECT_EQ(status["state"], "stopped") << log;
+  EXPECT_EQ(status["signal"], "SIGUSR1");
+  auto r = sh(run + " --resume auto");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const auto evals = records(d("m.jsonl"), "eval");
+  ASSERT_EQ(evals.size(), 2u) << r.out;
+  EXPECT_EQ(field(evals[0], "epoch"), "1") << evals[0];
+  EXPECT_EQ(field(evals[0], "step"), "4") << evals[0];
+  EXPECT_EQ(field(evals[1], "epoch"), "2") << evals[1];
+  EXPECT_EQ(read_status(d("status"))["state"], "finished") << r.out;
+}
+
 // A signal that reaches one rank only (a spot interruption of a non-zero rank's node) stops the job, and
 // the log line and the status file name the signal and that rank; they said "stop requested" with no
 // signal, and signal= empty.

@@ -1240,9 +1240,10 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   double train_seconds = 0;
   int64_t train_images = 0;
   bool stop = false, hit_max = false, eval_done_at_end = false;
+  // stopped_on_checkpoint: a stop agreed right after an every-N checkpoint, which is where it stops.
   // eval_deferred: a stop agreed at the step after which an evaluation was due skipped it (the
   // checkpoint says it is due); like an interrupted evaluation, the run has not finished.
-  bool eval_deferred = false;
+  bool stopped_on_checkpoint = false, eval_deferred = false;
   // Epochs trained where training stops inside an epoch (--max-steps, a signal), or where a run with
   // nothing left to train starts (the checkpoint's position, for --eval-only too).
   double stopped_at = start_epoch + static_cast<double>(start_step) / static_cast<double>(steps);
@@ -1303,6 +1304,33 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       model->set_input_u8(b.images, b.labels, b.n, b.h, b.w);
     };
     bool input_set = false;  // step s's batch was set during step s - 1 (below)
+    // Rank 0: one train record (JSONL, TensorBoard) for the steps since the previous one, `done` steps
+    // into the epoch.
+    const auto write_window = [&](int64_t done, double lr) {
+      const double el = seconds_since(window_t0);
+      const double ips = el > 0 ? static_cast<double>(window_images) / el : 0.0;
+      const std::string& g = last_gpu;
+      const double mean_loss = window_loss / static_cast<double>(window_steps);
+      if (jsonl)
+        jsonl->write({{"type", json_string("train")}, {"step", json_number(double(gstep))},
+                      {"epoch", json_number(epoch + double(done) / double(steps))},
+                      {"loss", json_number(mean_loss)}, {"window_steps", json_number(double(window_steps))},
+                      {"window_seconds", json_number(el)}, {"lr", json_number(lr)}, {"img_per_s", json_number(ips)},
+                      {"loss_scale", json_number(scaler.scale())},
+                      {"gpu_util", g == "n/a" ? std::string("null") : g.substr(0, g.size() - 1)}});
+      if (tb) {
+        tb->add_scalar("train/loss", mean_loss, gstep);
+        tb->add_scalar("train/lr", lr, gstep);
+        tb->add_scalar("train/img_per_s", ips, gstep);
+        if (scaler.dynamic()) tb->add_scalar("train/loss_scale", scaler.scale(), gstep);
+        if (g != "n/a") tb->add_scalar("gpu/util_percent", std::stod(g), gstep);
+        tb->flush();
+      }
+      window_t0 = Clock::now();
+      window_images = 0;
+      window_loss = 0;
+      window_steps = 0;
+    };
     for (; s < steps; ++s) {
       comm->set_step(gstep);
       if (!input_set) next_input(s);
@@ -1351,35 +1379,13 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       // Agreed by all ranks: the stop request came through the reduction, gstep is the same everywhere.
       const bool stopping = red[2] > 0 || (o.max_steps > 0 && gstep >= o.max_steps);
       if (rank0) {
-        double el = seconds_since(window_t0);
-        double ips = el > 0 ? static_cast<double>(window_images) / el : 0.0;
+        const double el = seconds_since(window_t0);
         // A run that stops here logs its partial window: every trained step's loss is in one record.
-        bool log_now = (s + 1) % o.log_every == 0 || s + 1 == steps || stopping;
+        const bool log_now = (s + 1) % o.log_every == 0 || s + 1 == steps || stopping;
         if (log_now) last_gpu = gpu_text();  // NVML is polled only at log steps
-        const std::string& g = last_gpu;
-        progress->update(s + 1, gloss, lr, ips, scaler.scale(), g);
-        if (log_now) {
-          double mean_loss = window_loss / static_cast<double>(window_steps);
-          if (jsonl)
-            jsonl->write({{"type", json_string("train")}, {"step", json_number(double(gstep))},
-                          {"epoch", json_number(epoch + double(s + 1) / double(steps))},
-                          {"loss", json_number(mean_loss)}, {"window_steps", json_number(double(window_steps))},
-                          {"window_seconds", json_number(el)}, {"lr", json_number(lr)}, {"img_per_s", json_number(ips)},
-                          {"loss_scale", json_number(scaler.scale())},
-                          {"gpu_util", g == "n/a" ? std::string("null") : g.substr(0, g.size() - 1)}});
-          if (tb) {
-            tb->add_scalar("train/loss", mean_loss, gstep);
-            tb->add_scalar("train/lr", lr, gstep);
-            tb->add_scalar("train/img_per_s", ips, gstep);
-            if (scaler.dynamic()) tb->add_scalar("train/loss_scale", scaler.scale(), gstep);
-            if (g != "n/a") tb->add_scalar("gpu/util_percent", std::stod(g), gstep);
-            tb->flush();
-          }
-          window_t0 = Clock::now();
-          window_images = 0;
-          window_loss = 0;
-          window_steps = 0;
-        }
+        progress->update(s + 1, gloss, lr, el > 0 ? static_cast<double>(window_images) / el : 0.0, scaler.scale(),
+                         last_gpu);
+        if (log_now) write_window(s + 1, lr);
       }
       if (red[2] > 0) {
         stop = true;
@@ -1397,9 +1403,25 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
         // epoch-end one (written after the epoch's time is taken).
         auto c0 = Clock::now();
         save(epoch, s + 1, "every " + std::to_string(o.checkpoint_every_steps) + " steps");
+        // A stop requested while it was written (seconds on a large model, as preemption notices come)
+        // stops here, on that checkpoint, agreed by all ranks in one small reduction, rather than after
+        // one more step and one more checkpoint. Every rank writes it at the same step: no conditional
+        // collective.
+        double req = stop_requested() ? 1.0 : 0.0;
+        comm->allreduce_sum(&req, 1);
         const auto spent = Clock::now() - c0;
         epoch_t0 += spent;
         window_t0 += spent;
+        if (req > 0) {
+          stop = stopped_on_checkpoint = true;
+          agree_stop_origin();
+          if (rank0 && window_steps > 0) {  // the steps since the last record (logged as a stop's are)
+            last_gpu = gpu_text();
+            write_window(s + 1, sched.lr_at(static_cast<int64_t>(epoch) * steps + s));
+          }
+          ++s;
+          break;
+        }
       }
     }
     model->synchronize();
@@ -1425,13 +1447,16 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
               ? str("; the evaluation due at ", where, " is not run")
               : str("; the evaluation due at ", where, " is not run: the checkpoint says it is due, and a run "
                     "resumed from it (--resume auto) evaluates first");
-      info0(stop_text(), " at step ", gstep,
-            o.checkpoint_dir.empty() ? ": exiting (no --checkpoint-dir, nothing saved)" : ": checkpointing and exiting",
+      info0(stop_text(), stopped_on_checkpoint ? " during the checkpoint at step " : " at step ", gstep,
+            o.checkpoint_dir.empty() ? ": exiting (no --checkpoint-dir, nothing saved)"
+            : stopped_on_checkpoint  ? ": exiting (checkpointed)"
+                                     : ": checkpointing and exiting",
             skipped);
     }
     if (s < steps) {  // stopped inside the epoch
-      save(epoch, s, eval_deferred ? kEvalLeftForResume : stop ? "stop requested" : "--max-steps reached",
-           eval_deferred);
+      if (!stopped_on_checkpoint)  // (an every-N checkpoint is never where an evaluation is due)
+        save(epoch, s, eval_deferred ? kEvalLeftForResume : stop ? "stop requested" : "--max-steps reached",
+             eval_deferred);
       stopped_at = epoch + static_cast<double>(s) / static_cast<double>(steps);
       break;
     }

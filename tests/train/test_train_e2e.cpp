@@ -1201,6 +1201,35 @@ TEST_F(TrainE2E, ASignalToOneRankOnlyIsNamedWithItsRank) {
   EXPECT_EQ(status["signal_ranks"], "1") << log;
 }
 
+// A stop requested while an every-N checkpoint is written stops on it (agreed after the write), as the
+// epoch-end path does: it trained one more step and wrote one more checkpoint. The signal goes while
+// ckpt-5's temporary file exists, i.e. during its write. The steps since the last train record (4 and
+// 5, with --log-every 3) are logged as a stop's are.
+TEST_F(TrainE2E, StopDuringAnEveryNCheckpointStopsOnIt) {
+  const std::string every3 = std::regex_replace(kRecipe, std::regex("--log-every 1 "), "--log-every 3 ");
+  const std::string tmp = d("ck/" + ckpt_name(5) + ".tmp");
+  const auto [out, log] = run_in_background(
+      every3 + "--epochs 2 --checkpoint-every 5 --keep-checkpoints 10 --checkpoint-dir " + d("ck") + " --jsonl " +
+          d("m.jsonl") + " --status-file " + d("status"),
+      d("log"), "schedule:",
+      "while [ ! -e " + tmp + " ] && ((SECONDS < 120)); do :; done; kill -TERM $pid; wait $pid; echo rc=$?");
+  ASSERT_NE(out.find("rc=0"), std::string::npos) << out << log;
+  const auto all = list_checkpoints(d("ck"));
+  ASSERT_EQ(all.size(), 1u) << log;
+  EXPECT_EQ(checkpoint_step(all[0]), 5) << "trained on after the checkpoint:\n" << log;
+  EXPECT_EQ(log.find("epoch 1/2 step 6/8"), std::string::npos) << log;
+  EXPECT_NE(log.find("stop requested (SIGTERM) during the checkpoint at step 5: exiting (checkpointed)"),
+            std::string::npos)
+      << log;
+  auto status = read_status(d("status"));
+  EXPECT_EQ(status["state"], "stopped") << log;
+  EXPECT_EQ(status["step_in_epoch"], "5");
+  EXPECT_EQ(status["checkpoint"], all[0]);
+  std::vector<std::string> steps;
+  for (const auto& t : records(d("m.jsonl"), "train")) steps.push_back(field(t, "step"));
+  EXPECT_EQ(steps, (std::vector<std::string>{"3", "5"})) << log;
+}
+
 // A checkpoint renamed (here a step-1 file as ckpt-99 next to ckpt-2): --resume auto took it by name,
 // then refused the directory for ckpt-2 being "newer than the resumed global step 1". It is skipped
 // with a warning naming it; given by name, it is refused.

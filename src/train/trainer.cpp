@@ -16,6 +16,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include "ddp/comm/bucketer.h"
@@ -1058,9 +1059,20 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   auto agree_stop_origin = [&] {
     if (stop_origin_agreed) return;
     stop_origin_agreed = true;
-    const std::vector<double> sigs = comm->allgather(static_cast<double>(stop_signal()));
-    std::vector<int> per_rank(sigs.size());
-    for (size_t r = 0; r < sigs.size(); ++r) per_rank[r] = static_cast<int>(sigs[r]);
+    const auto gather = [&] {
+      const std::vector<double> sigs = comm->allgather(static_cast<double>(stop_signal()));
+      std::vector<int> per_rank(sigs.size());
+      for (size_t r = 0; r < sigs.size(); ++r) per_rank[r] = static_cast<int>(sigs[r]);
+      return per_rank;
+    };
+    std::vector<int> per_rank = gather();
+    // A signal that mpirun or srun forwards to every rank reaches them a little apart, and the stop may
+    // be agreed in between: where some ranks have none yet, one more look after 100 ms (every rank sees
+    // the same allgather, so all take this branch alike), so as not to name a part of them.
+    if (std::count(per_rank.begin(), per_rank.end(), 0) % static_cast<std::ptrdiff_t>(per_rank.size()) != 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      per_rank = gather();
+    }
     stop_origin = describe_stop_origin(per_rank);
   };
   auto stop_text = [&] {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -71,13 +72,22 @@ void load_weights(const std::string& path, const ResNet18Spec& spec, float* para
     DDP_CHECK(got == expect, "weights file '", path, "': tensor '", name, "' has shape ", dims(got), ", the model needs ",
               dims(expect));
   };
+  // A NaN or inf weight evaluates to NaN logits (which used to score as correct) and trains to NaN
+  // gradients that would blame the lr: refused here, as load_checkpoint refuses one.
+  auto check_finite = [&](const std::string& name, const float* v, int64_t n) {
+    const float* bad = std::find_if(v, v + n, [](float x) { return !std::isfinite(x); });
+    DDP_CHECK(bad == v + n, "weights file '", path, "': tensor '", name, "' holds inf or NaN (element ", bad - v, " of ",
+              n, " is ", *bad, ")");
+  };
   for (const ParamInfo& pi : spec.params) {
     check_tensor(pi.name, h5_shape(pi.shape));
     h5::read_f32(f, pi.name, p.data() + pi.offset, h5_shape(pi.shape));
+    check_finite(pi.name, p.data() + pi.offset, pi.numel);
   }
   for (const BufferInfo& bi : spec.buffers) {
     check_tensor(bi.name, {static_cast<hsize_t>(bi.numel)});
     h5::read_f32(f, bi.name, b.data() + bi.offset, {static_cast<hsize_t>(bi.numel)});
+    check_finite(bi.name, b.data() + bi.offset, bi.numel);
   }
   int64_t nbt = 0;
   for (const std::string& bn : spec.bn_names()) {

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -132,6 +133,37 @@ TEST(WeightsIo, WrongClassCountIsRefused) {
   Weights a = random_weights(10, 5);
   save_weights(path, a.spec, a.params.data(), a.buffers.data(), 0);
   expect_load_error(path, 7, {"fc.weight", path, "10", "7"});
+}
+
+// A NaN or inf weight would evaluate to NaN logits and train to NaN gradients; refused at load,
+// naming the file, the tensor and the element, with the caller's weights untouched.
+TEST(WeightsIo, NonFiniteValuesAreRefusedNamingTheTensor) {
+  TempDir tmp;
+  const std::string path = tmp.file("w.h5");
+  struct Case {
+    const char* tensor;
+    bool param;
+    float value;
+  };
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const Case c : {Case{"layer3.0.bn1.weight", true, std::numeric_limits<float>::quiet_NaN()},
+                       Case{"fc.bias", true, -inf}, Case{"layer1.1.bn2.running_var", false, inf}}) {
+    SCOPED_TRACE(c.tensor);
+    Weights a = random_weights(10, 6);
+    if (c.param) a.params[a.spec.param(c.tensor).offset + 5] = c.value;
+    else {
+      const auto& bs = a.spec.buffers;
+      auto it = std::find_if(bs.begin(), bs.end(), [&](const BufferInfo& b) { return b.name == c.tensor; });
+      ASSERT_NE(it, bs.end());
+      a.buffers[it->offset + 5] = c.value;
+    }
+    save_weights(path, a.spec, a.params.data(), a.buffers.data(), 0);
+    expect_load_error(path, 10, {path, std::string("'") + c.tensor + "'", "element 5", "inf or NaN"});
+    Weights b = random_weights(10, 7);
+    const auto before = b.params;
+    EXPECT_THROW(load_weights(path, b.spec, b.params.data(), b.buffers.data(), nullptr), ddp::Error);
+    EXPECT_EQ(b.params, before);
+  }
 }
 
 TEST(WeightsIo, ForeignTruncatedAndNonHdf5FilesAreRefused) {

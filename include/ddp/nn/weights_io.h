@@ -20,10 +20,10 @@ inline constexpr int64_t kWeightsFormatVersion = 1;
 void save_weights(const std::string& path, const ResNet18Spec& spec, const float* params_torch, const float* buffers,
                   int64_t num_batches_tracked);
 
-// Reads every tensor of `spec` from `path`; a missing tensor, a wrong shape, a different class count
-// or a file that is not a weights file is a ddp::Error naming the tensor and the file. Nothing is
-// written to the outputs unless the whole file reads cleanly. num_batches_tracked may be nullptr;
-// it gets the largest of the per-BN counters (they are equal in files we write).
+// Reads every tensor of `spec` from `path`; a missing tensor, a wrong shape, an inf or NaN value, a
+// different class count or a file that is not a weights file is a ddp::Error naming the tensor and the
+// file. Nothing is written to the outputs unless the whole file reads cleanly. num_batches_tracked
+// may be nullptr; it gets the largest of the per-BN counters (they are equal in files we write).
 void load_weights(const std::string& path, const ResNet18Spec& spec, float* params_torch, float* buffers,
                   int64_t* num_batches_tracked);
 

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
+#include "ddp/backend/cpu/ops.h"
 #include "ddp/core/check.h"
 
 namespace ddp::train {
@@ -39,17 +41,24 @@ nn::EvalCounts averaged_view_counts(const std::vector<float>& logits_a, const st
     log_softmax(logits_b.data() + static_cast<size_t>(i) * classes, lb);
     double mean_nll = 0;
     for (int k = 0; k < classes; ++k) {
-      // log((pa + pb) / 2), as log-sum-exp of the two log-probabilities.
-      const double hi = std::max(la[k], lb[k]), lo = std::min(la[k], lb[k]);
-      lp[k] = hi + std::log1p(std::exp(lo - hi)) - std::log(2.0);
+      // log((pa + pb) / 2), as log-sum-exp of the two log-probabilities. A NaN in either view (a NaN
+      // or +inf logit makes its whole row NaN) stays NaN: std::max/min would drop one in the second view and
+      // report the first view alone. Both -inf (p = 0 twice) is -inf, not -inf - -inf = NaN.
+      const double a = la[k], b = lb[k];
+      const double hi = std::max(a, b), lo = std::min(a, b);
+      if (std::isnan(a) || std::isnan(b))
+        lp[k] = std::numeric_limits<double>::quiet_NaN();
+      else
+        lp[k] = hi == -std::numeric_limits<double>::infinity() ? hi : hi + std::log1p(std::exp(lo - hi)) - std::log(2.0);
       mean_nll -= lp[k] / classes;
     }
     const int32_t y = labels[i];
     DDP_CHECK(y >= 0 && y < classes, "averaged_view_counts: label ", y, " of image ", i, " is not in [0, ", classes, ")");
-    int above = 0;
-    for (int k = 0; k < classes; ++k) above += lp[k] > lp[y];
-    e.top1 += above == 0;
-    e.top5 += above < 5;
+    // The backends' rule (cpu::label_rank): ties go to the lowest class index, and a NaN or +inf
+    // logit in either view (it makes every lp NaN) makes the image wrong.
+    const int32_t rank = cpu::label_rank(lp.data(), classes, y);
+    e.top1 += rank == 0;
+    e.top5 += rank < 5;
     e.loss_sum += (1.0 - label_smoothing) * -lp[y] + label_smoothing * mean_nll;
   }
   e.count = n;

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
+#include <string>
 #include <vector>
 
 #include "ddp/core/check.h"
@@ -67,7 +69,7 @@ TEST(EvalFlip, DisagreeingViewsAreAveragedInProbability) {
   // View a (0.6, 0.3, 0.1), view b (0.1, 0.3, 0.6): average (0.35, 0.3, 0.35).
   const auto a = logits_of({0.6, 0.3, 0.1}), b = logits_of({0.1, 0.3, 0.6});
   // Image 0 has label 1 (ranked third), image 1 label 0 (tied first with class 2: counts as top-1,
-  // as the backends count ties in the label's favour).
+  // as the lowest class index among the tied).
   const int32_t labels[2] = {1, 0};
   auto e = averaged_view_counts(concat(a, a), concat(b, b), labels, 2, 3, 0.0);
   EXPECT_EQ(e.count, 2);
@@ -97,9 +99,55 @@ TEST(EvalFlip, LogitsFarApartGiveAFiniteLoss) {
   const int32_t label[1] = {0};
   auto e = averaged_view_counts(a, b, label, 1, 2, 0.0);
   EXPECT_NEAR(e.loss_sum, std::log(2.0), 1e-9);
-  EXPECT_EQ(e.top1, 1);  // a tie, in the label's favour
+  EXPECT_EQ(e.top1, 1);  // a tie, and the label has the lower index
   e = averaged_view_counts(a, a, label, 1, 2, 0.1);
   EXPECT_NEAR(e.loss_sum, 50.0, 1e-6);
+}
+
+TEST(EvalFlip, TiesGoToTheLowestClassIndex) {
+  // Both views uniform over 7 classes (a zero fc): the averaged probabilities tie exactly, and the
+  // label's rank is its class index (a descending sort stable by index), as the backends count it.
+  const std::vector<float> u(7, 0.0f);
+  std::vector<float> a, b;
+  std::vector<int32_t> labels;
+  for (int y = 0; y < 7; ++y) {
+    a.insert(a.end(), u.begin(), u.end());
+    b.insert(b.end(), u.begin(), u.end());
+    labels.push_back(y);
+  }
+  auto e = averaged_view_counts(a, b, labels.data(), 7, 7, 0.0);
+  EXPECT_EQ(e.top1, 1);  // class 0
+  EXPECT_EQ(e.top5, 5);  // classes 0..4
+  EXPECT_NEAR(e.loss_sum, 7 * std::log(7.0), 1e-9);
+  // Views (0.5, 0.3, 0.2) and (0.3, 0.5, 0.2) tie classes 0 and 1 at 0.4: label 1 is second.
+  const int32_t one[1] = {1};
+  e = averaged_view_counts(logits_of({0.5, 0.3, 0.2}), logits_of({0.3, 0.5, 0.2}), one, 1, 3, 0.0);
+  EXPECT_EQ(e.top1, 0);
+}
+
+TEST(EvalFlip, ANanOrPlusInfLogitInEitherViewMakesTheImageWrong) {
+  // A NaN (or a +inf: softmax inf - inf) in one class of one view: the image is wrong for top-1 and
+  // top-5 whatever its label, and its loss is NaN (the backends' rule; PyTorch's argmax would pick
+  // the NaN class). A NaN in the second view used to be dropped: the first view's figures alone.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> good = {3.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  const int32_t label[1] = {0};
+  for (const float v : {nan, std::numeric_limits<float>::infinity()})
+  for (const bool bad_in_a : {true, false}) {
+    SCOPED_TRACE(std::string(bad_in_a ? "view a: " : "view b: ") + std::to_string(v));
+    std::vector<float> bad = good;
+    bad[4] = v;
+    auto e = averaged_view_counts(bad_in_a ? bad : good, bad_in_a ? good : bad, label, 1, 7, 0.0);
+    EXPECT_EQ(e.count, 1);
+    EXPECT_EQ(e.top1, 0);
+    EXPECT_EQ(e.top5, 0);
+    EXPECT_TRUE(std::isnan(e.loss_sum));
+  }
+  // Every logit NaN (a NaN weight upstream): wrong, also for label 0.
+  const std::vector<float> all(7, nan);
+  auto e = averaged_view_counts(all, all, label, 1, 7, 0.0);
+  EXPECT_EQ(e.top1, 0);
+  EXPECT_EQ(e.top5, 0);
 }
 
 TEST(EvalFlip, RejectsWrongSizesAndLabels) {

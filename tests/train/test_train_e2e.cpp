@@ -8,7 +8,8 @@
 // epoch after a mid-epoch resume, --eval-only on synthetic data; checkpoint time left out of training
 // figures, every trained step logged once across a stop and resume, --eval-only's summary; a stop
 // during an evaluation (interrupted, nothing partial recorded, evaluated first on resume), the summary's
-// steps of this run, top-5 omitted with 5 classes or fewer, replica-check time left out of training time.
+// steps of this run, top-5 omitted with 5 classes or fewer, replica-check time left out of training time;
+// a zero classifier evaluated at chance (ties by class index) and NaN weights refused.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -21,6 +22,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <regex>
 #include <string>
@@ -147,8 +149,9 @@ std::vector<double> train_losses(const std::string& jsonl) {
   return v;
 }
 
-// One train shard of `train_n` and one val shard of `val_n` random raw 36x36 images, 4 classes.
-void write_raw_shards(const std::string& dir, int train_n = 72, int val_n = 20) {
+// One train shard of `train_n` and one val shard of `val_n` random raw 36x36 images, `classes` classes
+// (4 unless given); image k has label k % classes.
+void write_raw_shards(const std::string& dir, int train_n = 72, int val_n = 20, int classes = 4) {
   fs::create_directories(dir);
   ddp::Rng rng(11, ddp::rng_stream::kTest);
   for (const std::string split : {"train", "val"}) {
@@ -158,12 +161,13 @@ void write_raw_shards(const std::string& dir, int train_n = 72, int val_n = 20) 
     m.height = m.width = 36;
     m.jpeg_quality = 0;
     m.resize_shorter = 0;
-    m.classes = {"a", "b", "c", "d"};
+    m.classes.clear();
+    for (int c = 0; c < classes; ++c) m.classes.push_back(std::string(1, static_cast<char>('a' + c)));
     ddp::data::ShardWriter w(dir + "/" + ddp::data::shard_file_name(split, 0, 1), m);
     std::vector<uint8_t> px(36 * 36 * 3);
     for (int k = 0; k < (split == "train" ? train_n : val_n); ++k) {
       for (auto& v : px) v = static_cast<uint8_t>(rng.next_u32());
-      w.append_raw(px.data(), k % 4, "img" + std::to_string(k));
+      w.append_raw(px.data(), k % classes, "img" + std::to_string(k));
     }
     w.commit();
   }
@@ -1326,6 +1330,55 @@ TEST_F(TrainE2E, AutoProgressUnderMpirunGivesLines) {
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_EQ(r.out.find('\r'), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("step 3/4 loss"), std::string::npos) << r.out;
+}
+
+// A classifier of zeros gives every class the same logit: chance, not 100% (ties used to count in the
+// label's favour). Ties go to the lowest class index, so top-1 is the share of val images of class 0
+// and top-5 that of classes 0..4, with loss log 8; the same with --eval-flip. A weights file holding a
+// NaN is refused, naming the file and the tensor (it evaluated to "top-1 100%, loss nan").
+TEST_F(TrainE2E, EvalOnlyOfAZeroClassifierScoresChanceAndNonFiniteWeightsAreRefused) {
+  const int classes = 8, val_n = 20;
+  write_raw_shards(d("shards"), 16, val_n, classes);
+  auto spec = ddp::nn::make_resnet18_spec(classes);
+  std::vector<float> p(spec.param_count), b(spec.buffer_count);
+  ddp::nn::init_resnet18(spec, {5, false}, p.data(), b.data());
+  for (const char* name : {"fc.weight", "fc.bias"}) {
+    const auto& t = spec.param(name);
+    std::fill_n(p.begin() + t.offset, t.numel, 0.0f);
+  }
+  ddp::nn::save_weights(d("zerofc.h5"), spec, p.data(), b.data(), 7);
+  int first = 0, five = 0;  // val images of class 0, of classes 0..4 (image k has label k % classes)
+  for (int k = 0; k < val_n; ++k) {
+    first += k % classes == 0;
+    five += k % classes < 5;
+  }
+  const std::string run = std::string(TRAIN_RESNET18) + " --data " + d("shards") +
+                          " --image-size 32 --backend cpu --threads 1 --batch-size 8 --progress lines --eval-only ";
+  for (const std::string flip : {"off", "on"}) {
+    SCOPED_TRACE("--eval-flip " + flip);
+    const std::string jsonl = d("eval-" + flip + ".jsonl");
+    auto r = sh(run + "--eval-flip " + flip + " --init-weights " + d("zerofc.h5") + " --jsonl " + jsonl);
+    ASSERT_EQ(r.rc, 0) << r.out;
+    const std::string e = last_eval_record(jsonl);
+    ASSERT_FALSE(e.empty()) << r.out;
+    EXPECT_EQ(field(e, "images"), std::to_string(val_n)) << e;
+    EXPECT_NEAR(std::stod(field(e, "top1")), double(first) / val_n, 1e-9) << e;  // 0.15
+    EXPECT_NEAR(std::stod(field(e, "top5")), double(five) / val_n, 1e-9) << e;   // 0.7
+    EXPECT_NEAR(std::stod(field(e, "loss")), std::log(double(classes)), 1e-5) << e;
+  }
+  // One NaN in a BN weight: every logit would be NaN.
+  p[spec.param("layer2.1.bn1.weight").offset + 3] = std::numeric_limits<float>::quiet_NaN();
+  ddp::nn::save_weights(d("nanw.h5"), spec, p.data(), b.data(), 7);
+  for (const std::string how : {"--eval-only ", "--max-steps 1 --no-eval "}) {
+    auto r = sh(std::string(TRAIN_RESNET18) + " --data " + d("shards") + " --image-size 32 --backend cpu --threads 1" +
+                " --batch-size 8 --progress lines " + how + "--init-weights " + d("nanw.h5") + " --jsonl " +
+                d("nan.jsonl"));
+    EXPECT_NE(r.rc, 0) << how << "\n" << r.out;
+    EXPECT_NE(r.out.find(d("nanw.h5")), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("'layer2.1.bn1.weight'"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("inf or NaN"), std::string::npos) << r.out;
+    EXPECT_TRUE(last_eval_record(d("nan.jsonl")).empty()) << "nothing evaluated";
+  }
 }
 
 // ---- class lists, sizes, partial epochs, synthetic --eval-only ----------------------------------

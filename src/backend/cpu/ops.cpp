@@ -696,4 +696,10 @@ void softmax_cross_entropy_backward(int n, int classes, const float* probs, cons
   }
 }
 
+void label_ranks(int n, int classes, const float* logits, const int32_t* labels, int32_t* ranks) {
+  DDP_CHECK(n >= 0 && classes > 0, "label_ranks: bad size n=", n, " classes=", classes);
+  check_labels("label_ranks", n, classes, labels);
+  for (int i = 0; i < n; ++i) ranks[i] = label_rank(logits + static_cast<int64_t>(i) * classes, classes, labels[i]);
+}
+
 }  // namespace ddp::cpu

@@ -364,14 +364,11 @@ nn::EvalCounts CpuResNet18::eval_counts() const {
   DDP_CHECK(m.have_forward, "eval_counts: no forward pass since the last input");
   nn::EvalCounts e;
   const int K = cfg_.num_classes;
-  const float* l = m.logits.data<float>();
-  for (int i = 0; i < m.n; ++i) {
-    const float* row = l + static_cast<int64_t>(i) * K;
-    const float target = row[m.labels[static_cast<size_t>(i)]];
-    int above = 0;  // classes ranked strictly above the label (ties count in the label's favour)
-    for (int k = 0; k < K; ++k) above += row[k] > target;
-    e.top1 += above == 0;
-    e.top5 += above < 5;
+  std::vector<int32_t> rank(static_cast<size_t>(m.n));
+  label_ranks(m.n, K, m.logits.data<float>(), m.labels.data(), rank.data());  // ties and NaN: see label_rank
+  for (const int32_t r : rank) {
+    e.top1 += r == 0;
+    e.top5 += r < 5;
   }
   e.count = m.n;
   e.loss_sum = static_cast<double>(m.loss) * m.n;

@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 
 #include "ddp/core/check.h"
@@ -614,15 +615,21 @@ __global__ void k_softmax_ce_fwd(const float* logits, const int32_t* labels, int
   float* p = probs + (int64_t)row * classes;
   int label = labels[row];
   float ly = l[label];
-  float mx = -INFINITY, sum_l = 0.0f, above = 0.0f;
+  // The label's rank as cpu::label_rank counts it: classes greater, or equal at a lower index (a sort
+  // stable by class index); a NaN or +inf anywhere makes the row unranked (INT32_MAX). Counts are
+  // exact small integers in float, so the sums do not depend on the reduction order.
+  float mx = -INFINITY, sum_l = 0.0f, above = 0.0f, undefined = 0.0f;
   for (int j = threadIdx.x; j < classes; j += blockDim.x) {
-    mx = fmaxf(mx, l[j]);
-    sum_l += l[j];
-    above += l[j] > ly ? 1.0f : 0.0f;
+    const float lj = l[j];
+    mx = fmaxf(mx, lj);
+    sum_l += lj;
+    above += (lj > ly || (lj == ly && j < label)) ? 1.0f : 0.0f;
+    undefined += (isnan(lj) || lj == INFINITY) ? 1.0f : 0.0f;
   }
   mx = block_reduce(mx, true);
   sum_l = block_reduce(sum_l, false);
   above = block_reduce(above, false);
+  undefined = block_reduce(undefined, false);
   float se = 0.0f;
   for (int j = threadIdx.x; j < classes; j += blockDim.x) se += expf(l[j] - mx);
   se = block_reduce(se, false);
@@ -630,7 +637,7 @@ __global__ void k_softmax_ce_fwd(const float* logits, const int32_t* labels, int
   for (int j = threadIdx.x; j < classes; j += blockDim.x) p[j] = expf(l[j] - lse);
   if (threadIdx.x == 0) {
     row_loss[row] = (1.0f - smoothing) * (lse - ly) + smoothing * (lse - sum_l / static_cast<float>(classes));
-    label_rank[row] = static_cast<int32_t>(above);
+    label_rank[row] = undefined > 0.0f ? INT32_MAX : static_cast<int32_t>(above);
   }
 }
 

@@ -13,6 +13,7 @@
 #include "ddp/backend/cpu/ops.h"
 #include "ddp/backend/cpu/ops_conv.h"
 #include "ddp/core/check.h"
+#include "ddp/core/rng.h"
 #include "test_ops_util.h"
 
 namespace ddp::cpu::test {
@@ -593,6 +594,83 @@ TEST(CrossEntropyInput, LabelOutOfRangeNamesIndex) {
   }
   labels[3] = -1;
   EXPECT_THROW(softmax_cross_entropy_forward(4, 5, z.data(), labels.data(), 0.f, probs.data()), ddp::Error);
+}
+
+// ---- the label's rank for top-1/top-5 -----------------------------------------------------------
+// Reference: the label's position in the row sorted descending by a sort stable by class index
+// (std::stable_sort), kUnranked where the row holds a NaN or a +inf (its softmax is undefined).
+template <class T>
+int32_t sorted_position(const std::vector<T>& row, int32_t label) {
+  if (std::any_of(row.begin(), row.end(), [](T v) { return std::isnan(v) || v == std::numeric_limits<T>::infinity(); }))
+    return kUnranked;
+  std::vector<int> idx(row.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return row[a] > row[b]; });
+  return static_cast<int32_t>(std::find(idx.begin(), idx.end(), label) - idx.begin());
+}
+
+TEST(LabelRank, TiesGoToTheLowestClassIndex) {
+  const std::vector<float> equal(10, 0.25f);  // a zero fc: every logit the bias, here all equal
+  for (int32_t y = 0; y < 10; ++y) EXPECT_EQ(label_rank(equal.data(), 10, y), y);
+  // Sorted: 1 2 4 5 6 (the 3s) | 7 | 0 | 3.
+  const std::vector<float> row = {1, 3, 3, 0, 3, 3, 3, 2};
+  const int32_t want[8] = {6, 0, 1, 7, 2, 3, 4, 5};
+  for (int32_t y = 0; y < 8; ++y) EXPECT_EQ(label_rank(row.data(), 8, y), want[y]) << "label " << y;
+  // -inf is an ordered value (p = 0), tied as any; -0 ties +0. Sorted: 1 3 2 4 0 5.
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> infs = {-inf, 2, -0.0f, 2, 0.0f, -inf};
+  const int32_t want_inf[6] = {4, 0, 2, 1, 3, 5};
+  for (int32_t y = 0; y < 6; ++y) EXPECT_EQ(label_rank(infs.data(), 6, y), want_inf[y]) << "label " << y;
+}
+
+TEST(LabelRank, ARowWithANanOrAPlusInfIsUnranked) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  std::vector<float> row = {5, 1, 2, 3, 4, 0, 0};
+  EXPECT_EQ(label_rank(row.data(), 7, 0), 0);
+  for (const float bad : {nan, inf}) {
+    row[6] = bad;  // another class's logit: the label's is still the largest number, yet unranked
+    for (int32_t y = 0; y < 7; ++y) EXPECT_EQ(label_rank(row.data(), 7, y), kUnranked) << "label " << y << ", " << bad;
+    row[6] = 0;
+    row[0] = bad;  // the label's own
+    EXPECT_EQ(label_rank(row.data(), 7, 0), kUnranked) << bad;
+    row[0] = 5;
+  }
+  const std::vector<double> all(7, std::numeric_limits<double>::quiet_NaN());
+  for (int32_t y = 0; y < 7; ++y) EXPECT_EQ(label_rank(all.data(), 7, y), kUnranked) << "label " << y;
+  EXPECT_GE(kUnranked, 5) << "counted in neither top-1 nor top-5";
+}
+
+TEST(LabelRank, MatchesAStableDescendingSortOnRowsWithManyTies) {
+  // Logits from a few values only (ties everywhere; -inf among them), some rows with a NaN or a +inf,
+  // float and double.
+  ddp::Rng rng(31, ddp::rng_stream::kTest);
+  const int n = 400, classes = 23;
+  std::vector<float> logits(n * classes);
+  std::vector<int32_t> labels(n), ranks(n);
+  for (int i = 0; i < n; ++i) {
+    for (int k = 0; k < classes; ++k) {
+      const uint32_t v = rng.below(6);
+      logits[i * classes + k] = v == 5 ? -std::numeric_limits<float>::infinity() : static_cast<float>(v) - 2.0f;
+    }
+    if (i % 10 == 3) logits[i * classes + rng.below(classes)] = std::numeric_limits<float>::quiet_NaN();
+    if (i % 10 == 7) logits[i * classes + rng.below(classes)] = std::numeric_limits<float>::infinity();
+    labels[i] = static_cast<int32_t>(rng.below(classes));
+  }
+  label_ranks(n, classes, logits.data(), labels.data(), ranks.data());
+  int unranked = 0, tied_first = 0;
+  for (int i = 0; i < n; ++i) {
+    const std::vector<float> row(logits.begin() + i * classes, logits.begin() + (i + 1) * classes);
+    const std::vector<double> row_d(row.begin(), row.end());
+    const int32_t want = sorted_position(row, labels[i]);
+    EXPECT_EQ(ranks[i], want) << "row " << i;
+    EXPECT_EQ(label_rank(row_d.data(), classes, labels[i]), want) << "row " << i << " (double)";
+    unranked += want == kUnranked;
+    tied_first += want > 0 && want != kUnranked && row[labels[i]] == *std::max_element(row.begin(), row.end());
+  }
+  EXPECT_EQ(unranked, 2 * n / 10);
+  EXPECT_GT(tied_first, 20) << "too few labels tied with the maximum to test the rule";
+  labels[7] = classes;
+  EXPECT_THROW(label_ranks(n, classes, logits.data(), labels.data(), ranks.data()), ddp::Error);
 }
 
 }  // namespace

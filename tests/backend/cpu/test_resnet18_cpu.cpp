@@ -186,7 +186,10 @@ TEST(CpuResNet18, EvalCountsMatchLogits) {
   int64_t top1 = 0, top5 = 0;
   for (int i = 0; i < 8; ++i) {
     int rank = 0;
-    for (int k = 0; k < 10; ++k) rank += l[i * 10 + k] > l[i * 10 + y[i]];
+    for (int k = 0; k < 10; ++k) {
+      const float lk = l[i * 10 + k], ly = l[i * 10 + y[i]];
+      rank += lk > ly || (lk == ly && k < y[i]);  // ties: the lower class index first
+    }
     top1 += rank == 0;
     top5 += rank < 5;
   }
@@ -195,6 +198,59 @@ TEST(CpuResNet18, EvalCountsMatchLogits) {
   EXPECT_EQ(e.top1, top1);
   EXPECT_EQ(e.top5, top5);
   EXPECT_NEAR(e.loss_sum, 8.0 * loss, 1e-4);
+}
+
+// With fc.weight = 0 every image's logits are fc.bias exactly (0 * a finite feature is 0), so the
+// rank rule is checked on logits chosen by hand: ties go against the label unless it has the lowest
+// index among them (a descending sort stable by class index), and a row with a NaN or a +inf is wrong
+// for top-1 and top-5. Before, ties counted in the label's favour: a zero fc scored 100%.
+TEST(CpuResNet18, EvalCountsBreakTiesByClassIndexAndCountNanRowsWrong) {
+  const int K = 8, n = 8;
+  CpuResNet18 m(small(K, n));
+  std::vector<float> p(m.spec().param_count);
+  m.get_params_torch(p.data());
+  const auto& fw = m.spec().param("fc.weight");
+  const auto& fb = m.spec().param("fc.bias");
+  std::fill_n(p.begin() + fw.offset, fw.numel, 0.0f);
+  auto x = randn(n * 3 * 32 * 32, 8);
+  std::vector<int32_t> y(n);
+  for (int i = 0; i < n; ++i) y[i] = i;  // one image per class
+  auto counts_for = [&](const std::vector<float>& bias) {
+    std::copy(bias.begin(), bias.end(), p.begin() + fb.offset);
+    m.set_params_torch(p.data());
+    m.set_input_f32(x.data(), y.data(), n, 32, 32);
+    m.forward(Mode::Eval);
+    auto l = m.logits_host();
+    for (int i = 0; i < n; ++i)
+      for (int k = 0; k < K; ++k) EXPECT_TRUE(std::memcmp(&l[i * K + k], &bias[k], 4) == 0) << i << " " << k;
+    return m.eval_counts();
+  };
+  // All equal (a zero fc): class c's rank is c, so only class 0 is top-1 and classes 0..4 are top-5.
+  auto e = counts_for(std::vector<float>(K, 0.0f));
+  EXPECT_EQ(e.count, n);
+  EXPECT_EQ(e.top1, 1);
+  EXPECT_EQ(e.top5, 5);
+  // Sorted descending, stable by index: 1 2 4 5 6 | 7 | 0 | 3, so ranks (by class) 6 0 1 7 2 3 4 5.
+  e = counts_for({1, 3, 3, 0, 3, 3, 3, 2});
+  EXPECT_EQ(e.top1, 1);  // class 1
+  EXPECT_EQ(e.top5, 5);  // classes 1 2 4 5 6
+  // -inf ties as any value does: sorted 2 4 5 6 7 0 1 3.
+  const float inf = std::numeric_limits<float>::infinity();
+  e = counts_for({-inf, -inf, 0, -inf, 0, 0, 0, 0});
+  EXPECT_EQ(e.top1, 1);  // class 2
+  EXPECT_EQ(e.top5, 5);  // 2 4 5 6 7
+  // A +inf (softmax inf - inf: NaN) or a NaN anywhere in the row (here every image's row) makes every
+  // image wrong, the class of the +inf or NaN too.
+  e = counts_for({0, 0, inf, 0, 0, 0, 0, 0});
+  EXPECT_EQ(e.top1, 0);
+  EXPECT_EQ(e.top5, 0);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  e = counts_for({0, 0, nan, 0, 0, 0, 0, 0});
+  EXPECT_EQ(e.top1, 0);
+  EXPECT_EQ(e.top5, 0);
+  e = counts_for(std::vector<float>(K, nan));
+  EXPECT_EQ(e.top1, 0);
+  EXPECT_EQ(e.top5, 0);
 }
 
 TEST(CpuResNet18, GradsFiniteAndChecksum) {

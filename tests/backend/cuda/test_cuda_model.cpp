@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdlib>  // setenv
 #include <cstring>  // memcpy, memset
+#include <limits>
 #include <memory>
 
 #include "cuda_test_util.h"
@@ -169,6 +170,32 @@ TEST_P(CudaModel, EvalModeMatchesCpu) {
     EXPECT_EQ(eg.top5, ec.top5);
   }
   EXPECT_EQ(p.gpu->num_batches_tracked(), 1);
+
+  // A zero fc (fp32 in every mode): every logit is the bias exactly, all equal here, so ties decide:
+  // they go to the lowest class index (top-1: the images of class 0, top-5: of classes 0..4), not to
+  // the label; a NaN bias makes every image wrong (it used to make every image right).
+  std::vector<float> w(p.cpu->spec().param_count);
+  p.cpu->get_params_torch(w.data());
+  const auto& fw = p.cpu->spec().param("fc.weight");
+  const auto& fb = p.cpu->spec().param("fc.bias");
+  std::fill_n(w.begin() + fw.offset, fw.numel, 0.0f);
+  int64_t class0 = 0, class04 = 0;
+  for (int32_t y : b.y) {
+    class0 += y == 0;
+    class04 += y < 5;
+  }
+  for (const float bias : {0.5f, std::numeric_limits<float>::quiet_NaN()}) {
+    SCOPED_TRACE(str("fc.bias all ", bias));
+    std::fill_n(w.begin() + fb.offset, fb.numel, bias);
+    p.gpu->set_params_torch(w.data());
+    p.gpu->set_input_f32(b.x.data(), b.y.data(), 8, 64, 64);
+    p.gpu->forward(nn::Mode::Eval);
+    const auto e = p.gpu->eval_counts();
+    EXPECT_EQ(e.top1, std::isnan(bias) ? 0 : class0);
+    EXPECT_EQ(e.top5, std::isnan(bias) ? 0 : class04);
+  }
+  EXPECT_GT(class04, class0) << "batch too small to tell top-5 from top-1";
+  EXPECT_LT(class04, 8) << "batch too small to tell the rule from ties in the label's favour";
 }
 
 // 20 SGD steps on 4 cycled batches of 8 (the loss must fall) are chaotic: a CPU model whose starting

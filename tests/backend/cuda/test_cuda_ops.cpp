@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "cuda_test_util.h"
 #include "ddp/backend/cpu/ops.h"
@@ -425,12 +426,73 @@ TEST_F(CudaOpsF32, SoftmaxCrossEntropyWithSmoothing) {
     expect_close("dlogits", d_dl.download(), dl, 1e-5, 1e-5);
     std::vector<int32_t> rank(n);
     CUDA_CHECK(cudaMemcpy(rank.data(), d_rank.get(), n * 4, cudaMemcpyDeviceToHost));
-    for (int i = 0; i < n; ++i) {
-      int above = 0;
-      for (int j = 0; j < classes; ++j) above += logits[i * classes + j] > logits[i * classes + labels[i]];
-      EXPECT_EQ(rank[i], above) << "row " << i;
-    }
+    std::vector<int32_t> want(n);
+    cpu::label_ranks(n, classes, logits.data(), labels.data(), want.data());
+    for (int i = 0; i < n; ++i) EXPECT_EQ(rank[i], want[i]) << "row " << i;
   }
+}
+
+// The label's position in its row sorted descending, stable by class index (ties go to the lowest
+// index); INT32_MAX for a row holding a NaN or a +inf (wrong for top-1 and top-5). Written as the sort
+// itself, independently of the counting rule of the kernel and of cpu::label_rank.
+int32_t stable_sort_position(const float* row, int classes, int label) {
+  if (std::any_of(row, row + classes, [](float v) { return std::isnan(v) || v == std::numeric_limits<float>::infinity(); }))
+    return std::numeric_limits<int32_t>::max();
+  std::vector<int> idx(classes);
+  for (int j = 0; j < classes; ++j) idx[j] = j;
+  std::stable_sort(idx.begin(), idx.end(), [row](int a, int b) { return row[a] > row[b]; });
+  return static_cast<int32_t>(std::find(idx.begin(), idx.end(), label) - idx.begin());
+}
+
+// Ties, NaN and inf in the label's rank: 1000 classes, so each thread of the row's block sees several
+// classes and tied classes fall to different threads. Before, ties counted in the label's favour (a
+// zero fc scored 100% top-1) and a NaN row ranked its label first.
+TEST_F(CudaOpsF32, SoftmaxCrossEntropyRankBreaksTiesByClassIndexAndNanOrInfRowsAreUnranked) {
+  const int classes = 1000;
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  std::vector<std::vector<float>> rows;
+  std::vector<int32_t> labels;
+  auto add = [&](std::vector<float> r, int32_t y) {
+    rows.push_back(std::move(r));
+    labels.push_back(y);
+  };
+  const std::vector<float> zeros(classes, 0.0f);
+  for (int32_t y : {0, 1, 4, 5, 517, 999}) add(zeros, y);  // a zero fc: rank = class index
+  std::vector<float> steps(classes);
+  for (int j = 0; j < classes; ++j) steps[j] = static_cast<float>(j % 7);  // 143 classes at 6, ...
+  for (int32_t y : {6, 13, 995, 3, 0}) add(steps, y);
+  std::vector<float> minf = zeros;  // -inf: an ordered value, tied as any
+  minf[10] = minf[300] = minf[700] = -inf;
+  for (int32_t y : {300, 700, 0, 10, 11}) add(minf, y);
+  std::vector<float> pinf = zeros;  // +inf: softmax inf - inf, unranked
+  pinf[500] = inf;
+  for (int32_t y : {500, 0}) add(pinf, y);
+  std::vector<float> one_nan = steps;
+  one_nan[777] = nan;
+  for (int32_t y : {6, 777}) add(one_nan, y);
+  add(std::vector<float>(classes, nan), 0);
+  const int n = static_cast<int>(rows.size());
+  std::vector<float> logits;
+  for (const auto& r : rows) logits.insert(logits.end(), r.begin(), r.end());
+  Dev d_l(logits), d_p(n * classes, DType::F32), d_loss(n, DType::F32), d_rank(n, DType::F32);
+  DeviceBuffer d_lab(n * 4, "labels");
+  CUDA_CHECK(cudaMemcpy(d_lab.get(), labels.data(), n * 4, cudaMemcpyHostToDevice));
+  softmax_ce_forward(d_l.as<float>(), d_lab.as<int32_t>(), n, classes, 0.0f, d_p.as<float>(), d_loss.as<float>(),
+                     d_rank.as<int32_t>(), stream_);
+  std::vector<int32_t> rank(n);
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  CUDA_CHECK(cudaMemcpy(rank.data(), d_rank.get(), n * 4, cudaMemcpyDeviceToHost));
+  // By hand for the first rows: a zero fc ranks the label at its class index.
+  EXPECT_EQ(rank[0], 0);
+  EXPECT_EQ(rank[3], 5);
+  EXPECT_EQ(rank[5], 999);
+  std::vector<int32_t> cpu_rank(n);
+  cpu::label_ranks(n, classes, logits.data(), labels.data(), cpu_rank.data());
+  for (int i = 0; i < n; ++i) {
+    EXPECT_EQ(rank[i], stable_sort_position(rows[i].data(), classes, labels[i])) << "row " << i << ", label " << labels[i];
+    EXPECT_EQ(rank[i], cpu_rank[i]) << "row " << i;
+  }
+  EXPECT_EQ(rank[n - 1], std::numeric_limits<int32_t>::max()) << "an all-NaN row";
 }
 
 // PyTorch's SGD written out independently of the kernel (see ddp::nn::SgdConfig).

@@ -3,7 +3,9 @@
 // Every output buffer is overwritten (never accumulated into) unless the comment says otherwise.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 
 namespace ddp::cpu {
 
@@ -74,5 +76,34 @@ float softmax_cross_entropy_forward(int n, int classes, const float* logits, con
 // dlogits = scale * d(mean loss)/d(logits) = scale * (p - ((1 - e) onehot + e / classes)) / n
 void softmax_cross_entropy_backward(int n, int classes, const float* probs, const int32_t* labels,
                                     float smoothing, float scale, float* dlogits);
+
+// The rank of a row's label for top-1 (rank 0) and top-5 (rank < 5): the label's position when the
+// row is sorted in descending order by a sort stable by class index. So a tie goes against the label
+// unless it has the lowest index among the tied classes (a zero fc, all logits equal, scores chance:
+// the share of class 0), and the rank is a count (greater, or equal at a lower index), no sort.
+// PyTorch: argmax/max return the first maximal index, so top-1 here is (argmax == label); topk leaves
+// the order of ties unspecified (PyTorch 1.13's CPU topk returned 8, 6, 7, 5, 9 for ten equal
+// values), so top-5 with ties depends on its backend: the stable order is the one both our backends
+// can give bit for bit. A row whose softmax is undefined, a NaN or a +inf anywhere in it (inf - inf),
+// is kUnranked: wrong for top-1 and top-5, whatever its label (its loss is NaN as well). PyTorch orders
+// NaN above every number, so its argmax would call an all-NaN row right for label 0 and a NaN model
+// would score; here it scores 0. +inf is in the rule so that --eval-flip, which ranks averaged
+// probabilities (NaN for such a row), gives the same answer. -inf is an ordered value (p = 0).
+// One rule for ddp::cpu, the CUDA kernel (cuda::softmax_ce_forward) and the --eval-flip averaging
+// (train::averaged_view_counts).
+inline constexpr int32_t kUnranked = std::numeric_limits<int32_t>::max();
+template <class T>
+int32_t label_rank(const T* row, int classes, int32_t label) {
+  const T target = row[label];
+  int32_t rank = 0;
+  bool undefined = false;
+  for (int k = 0; k < classes; ++k) {
+    undefined |= std::isnan(row[k]) || row[k] == std::numeric_limits<T>::infinity();
+    rank += row[k] > target || (row[k] == target && k < label);
+  }
+  return undefined ? kUnranked : rank;
+}
+// label_rank of each of n rows (n x classes logits). Labels must lie in [0, classes): checked.
+void label_ranks(int n, int classes, const float* logits, const int32_t* labels, int32_t* ranks);
 
 }  // namespace ddp::cpu

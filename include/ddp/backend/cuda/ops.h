@@ -61,8 +61,9 @@ void avgpool_backward(DType dt, const float* dy, int n, int hw, int c, void* dx,
 // ---- classifier helpers -----------------------------------------------------------------------
 void add_bias_rows(float* y, const float* b, int n, int cols, cudaStream_t s);  // y[i, j] += b[j]
 void column_sums(const float* x, int n, int cols, float* out, cudaStream_t s);   // out[j] = sum_i x[i, j]
-// Softmax cross-entropy with label smoothing, per row: probs, loss (fp32) and the label's rank
-// (number of logits strictly greater than the label's: top-1 iff 0, top-5 iff < 5).
+// Softmax cross-entropy with label smoothing, per row: probs, loss (fp32) and the label's rank as
+// cpu::label_rank gives it (top-1 iff 0, top-5 iff < 5): logits greater than the label's, plus those
+// equal at a lower class index; INT32_MAX (cpu::kUnranked) for a row holding a NaN or a +inf.
 void softmax_ce_forward(const float* logits, const int32_t* labels, int n, int classes, float smoothing, float* probs,
                         float* row_loss, int32_t* label_rank, cudaStream_t s);
 // dlogits = scale * (probs - ((1 - e) onehot + e / classes)) / n

@@ -768,8 +768,12 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     });
     comm::broadcast_vector(p, 0, tmo, "a broadcast from rank 0 of the initial weights");
     comm::broadcast_vector(b, 0, tmo, "a broadcast from rank 0 of the initial BN statistics");
+    comm::broadcast_bytes(&nbt, sizeof nbt, 0, tmo, "a broadcast from rank 0 of the initial BN statistics");
     model->set_params_torch(p.data());
     model->set_buffers(b.data());
+    // The file's BN counters go with its statistics, as PyTorch's load_state_dict takes them (7 in the
+    // file and one step: 8, not 1). Both file kinds carry them (load_weights requires them).
+    model->set_num_batches_tracked(nbt);
   }
 
   // An unwritable checkpoint directory must fail now, not after the first epoch of training.

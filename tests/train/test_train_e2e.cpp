@@ -617,6 +617,8 @@ TEST_F(TrainE2E, InitWeightsWithAnotherClassCountKeepsAllButFc) {
   EXPECT_NE(r.out.find("fc re-initialised for 4 classes"), std::string::npos) << r.out;
   auto spec4 = ddp::nn::make_resnet18_spec(4);
   auto st = load_checkpoint(d("ck/ckpt-0000000001.h5"), spec4);
+  // The file's BN counters go on as PyTorch's load_state_dict and one step leave them: 7 + 1.
+  EXPECT_EQ(st.num_batches_tracked, 8);
   for (const char* name : {"conv1.weight", "layer4.1.conv2.weight", "layer2.0.downsample.1.weight"}) {
     const auto& a = spec1000.param(name);
     const auto& c = spec4.param(name);
@@ -654,6 +656,7 @@ TEST_F(TrainE2E, InitWeightsFromACheckpointStartsANewRunWithItsWeightsAndBnStati
   EXPECT_EQ(after.global_step, 2);
   EXPECT_EQ(after.epoch, 0);
   EXPECT_EQ(after.step_in_epoch, 2);
+  EXPECT_EQ(after.num_batches_tracked, before.num_batches_tracked + 2) << "the BN counters start from the file's";
   EXPECT_FALSE(after.params == before.params) << "two steps changed nothing";
   // Two small steps from the checkpoint's weights stay near them; from a fresh init they would not.
   double diff = 0, norm = 0;

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -971,6 +972,19 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   sgd.decay_bn_and_bias = !o.no_wd_bn_bias;
   comm::GradBucketer bucketer(*comm, model->grads(), spec.param_count,
                               static_cast<size_t>(std::max(4.0, o.bucket_mb * 1024 * 1024)));
+  // An error thrown while a step's gradient allreduces may be in flight (between begin_step and
+  // finish) must not free the gradient buffer under them: the communicator's progress thread (or
+  // NCCL) would then touch freed memory and the rank die of a segfault, before main could name the
+  // error or end the job. The model is left allocated then; the process is ending anyway.
+  bool grads_in_flight = false;
+  struct KeepModelWhileGradsInFlight {
+    std::unique_ptr<nn::Model>& model;
+    const bool& in_flight;
+    const int uncaught = std::uncaught_exceptions();
+    ~KeepModelWhileGradsInFlight() {
+      if (in_flight && std::uncaught_exceptions() > uncaught) (void)model.release();
+    }
+  } keep_model{model, grads_in_flight};
   const int64_t global_batch = static_cast<int64_t>(o.batch_size) * env.world;
   if (!o.eval_only)  // nothing is trained
     info0("schedule: ", o.epochs, " epochs x ", steps, " steps (global batch ", global_batch, "), lr ", o.lr, " ",
@@ -1353,6 +1367,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       input_set = false;
       float loss = model->forward(nn::Mode::Train);
       const float used_scale = scaler.scale();
+      grads_in_flight = true;
       bucketer.begin_step();
       model->backward(used_scale, [&](const nn::GradReady& r) { bucketer.on_ready(r); });
       // The next batch goes in while this step's backward and allreduce run on the GPU: its copy to
@@ -1360,12 +1375,21 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       // them instead of leaving the GPU idle between steps. Its normalisation queues behind the
       // backward, which has read this batch, and the SGD step reads neither (nn/model.h). Not across
       // an epoch's end: the evaluation and the next epoch's start come between. A stop after this
-      // step leaves the batch unused; the checkpoint's position (s + 1) does not count it.
+      // step leaves the batch unused; the checkpoint's position (s + 1) does not count it. Its error
+      // (a damaged image, a bad label) waits until this step's allreduces are done, as if it had
+      // come at the top of the next step.
+      std::exception_ptr next_error;
       if (s + 1 < steps) {
-        next_input(s + 1);
-        input_set = true;
+        try {
+          next_input(s + 1);
+          input_set = true;
+        } catch (...) {
+          next_error = std::current_exception();
+        }
       }
       bucketer.finish(stream);
+      grads_in_flight = false;
+      if (next_error) std::rethrow_exception(next_error);
       const bool finite = model->grads_finite();
       // One small reduction per step: global loss, found-inf (rule 4) and the stop request (rule 9).
       double red[3] = {static_cast<double>(loss), finite ? 0.0 : 1.0, stop_requested() ? 1.0 : 0.0};

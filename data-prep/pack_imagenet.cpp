@@ -445,6 +445,14 @@ class ReportLock {
   int fd_ = -1;
 };
 
+// How the report names an input file: absolute and lexically normal, so the lines of runs that spelled
+// --input differently (relative, absolute, with "..") are one file's line, not two.
+std::string report_name(const std::string& path) {
+  std::error_code ec;
+  const fs::path a = fs::absolute(path, ec);
+  return (ec ? fs::path(path) : a).lexically_normal().string();
+}
+
 struct BadReport {
   std::string path, lock_path;
   int64_t lines = 0;  // added by this run
@@ -585,7 +593,7 @@ void pack_shard(const std::vector<Item>& items, const std::string& final_path, S
           // The message names the file; the partial shard is removed by ~ShardWriter.
           throw Error(str(r.error, "\n(pass --skip-bad to leave out unreadable images and list them in a report)"));
         }
-        bad.emplace_back(it.path, r.error);
+        bad.emplace_back(report_name(it.path), r.error);
         ++cnt.bad;
         ++cnt.rejected[rejection_kind(r.error)];
       } else {
@@ -1218,11 +1226,11 @@ int run(const Options& o) {
     std::set<std::string> redo, current;
     std::vector<std::string> scanned;
     for (const auto& j : jobs)
-      for (const auto& it : *j.items) redo.insert(escaped(it.path));
+      for (const auto& it : *j.items) redo.insert(escaped(report_name(it.path)));
     for (const auto& s : splits) {
-      scanned.push_back(escaped((fs::path(lay.data_root) / s).string()) + "/");
+      scanned.push_back(escaped(report_name((fs::path(lay.data_root) / s).string())) + "/");
       for (const auto& shard : plan[s])
-        for (const auto& it : shard) current.insert(escaped(it.path));
+        for (const auto& it : shard) current.insert(escaped(report_name(it.path)));
     }
     report.prune(redo, current, scanned);
   }

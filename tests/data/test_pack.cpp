@@ -476,6 +476,11 @@ TEST_F(PackTest, BadReportDescribesTheShardsThere) {
     ASSERT_EQ(r.rc, 0) << r.out;
   }
   EXPECT_EQ(lines(), (std::vector<std::string>{bad1, bad2}));
+  // Another spelling of the same --input: still one line per image (lines name absolute, normal paths).
+  fs::remove(o / shard_file_name("train", 1, 2));
+  r = pack("-i " + q(root / "train" / "..") + " -o " + q(o) + " --resize 0 --shards 2 --skip-bad");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(lines(), (std::vector<std::string>{bad1, bad2}));
 }
 
 // Writes n synthetic 256x192 JPEGs into root/train/<class>/ (for runs long enough to interrupt).

@@ -1283,14 +1283,15 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
   // is nothing left to train), which is what a script checks to know the run has finished.
   result.epochs_done = start_epoch;
   if (eval_pending && !o.eval_only) {
-    // The stopped run's evaluation of these weights was cut short by its stop: its figures are
-    // missing from the metrics, so this run evaluates them first, at the checkpoint's position.
+    // The stopped run's evaluation of these weights was cut short by its stop, or not started (a stop
+    // at the step it follows): its figures are missing from the metrics, so this run evaluates them
+    // first, at the checkpoint's position.
     const std::string where = str("the evaluation at global step ", gstep, " (epoch ", stopped_at, ")");
     if (!val) {
-      warn0(where, " was interrupted by the stop of the run that wrote ", resume_path,
+      warn0(where, " was left undone by the stop of the run that wrote ", resume_path,
             "; evaluation is off in this run, so it stays missing");
     } else {
-      info0(where, " was interrupted by the stop of the run that wrote ", resume_path, ": evaluating it first");
+      info0(where, " was left undone by the stop of the run that wrote ", resume_path, ": evaluating it first");
       // The evaluation averages the ranks' BN statistics; training goes on with each rank's own, as
       // from a checkpoint whose evaluation was not interrupted (so the resume stays exact).
       if (evaluate(std::max(0, start_epoch - (start_step == 0 ? 1 : 0)), stopped_at, true)) {

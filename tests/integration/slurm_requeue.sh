@@ -93,7 +93,7 @@ stopped_job evaluation '"type": "train", "step": 4,'
 grep -q "evaluation interrupted after [0-9]* of [0-9]* batches" "$out" || fail "evaluation: the evaluation was not interrupted"
 grep -qE "^requeued job $jid \(restart 1\)" "$out" || fail "evaluation: not requeued after the interrupted evaluation"
 grep -q "restart 2" "$out" && fail "evaluation: a third run (restart 2)"
-grep -q "was interrupted by the stop of the run that wrote .*: evaluating it first" "$out" \
+grep -q "was left undone by the stop of the run that wrote .*: evaluating it first" "$out" \
   || fail "evaluation: the requeued run did not evaluate first"
 evals=$(grep '"type": "eval"' "$T/work/runs/evaluation/metrics.jsonl")
 [[ $(grep -c . <<<"$evals") -eq 1 && $evals == *'"step": 4,'* ]] || fail "evaluation: eval records [$evals], not one at step 4"

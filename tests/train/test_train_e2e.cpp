@@ -1021,7 +1021,7 @@ TEST_F(TrainE2E, StopDuringAnEvaluationInterruptsItAndTheResumedRunEvaluatesFirs
   // recorded at the checkpoint's position.
   auto r = sh(common + " --epochs 1 --resume auto");
   ASSERT_EQ(r.rc, 0) << r.out;
-  EXPECT_NE(r.out.find("the evaluation at global step 2 (epoch 1) was interrupted by the stop of the run that wrote " +
+  EXPECT_NE(r.out.find("the evaluation at global step 2 (epoch 1) was left undone by the stop of the run that wrote " +
                        all[0] + ": evaluating it first"),
             std::string::npos)
       << r.out;
@@ -1072,7 +1072,7 @@ TEST_F(TrainE2E, AnInterruptedFinalEvaluationKeepsEachRanksStatisticsAndItsCheck
                                               "kill -USR1 $pid; wait $pid; echo rc=$?");
   EXPECT_NE(out2.find("rc=0"), std::string::npos) << out2 << log2;
   ASSERT_NE(log2.find("during the evaluation of epoch"), std::string::npos) << log2;
-  ASSERT_EQ(log2.find("was interrupted by the stop of the run"), std::string::npos) << log2;  // not pending
+  ASSERT_EQ(log2.find("was left undone by the stop of the run"), std::string::npos) << log2;  // not pending
   auto status = read_status(d("status"));
   EXPECT_EQ(status["state"], "stopped") << log2;
   EXPECT_EQ(status["checkpoint"], d("ck2/" + ckpt_name(1))) << log2;
@@ -1125,7 +1125,7 @@ TEST_F(TrainE2E, StopAtTheStepBeforeAnEvaluationLeavesItToTheResumedRun) {
 
   auto r = sh(run + " --resume auto");
   ASSERT_EQ(r.rc, 0) << r.out;
-  EXPECT_NE(r.out.find("the evaluation at global step 8 (epoch 2) was interrupted by the stop of the run that wrote " +
+  EXPECT_NE(r.out.find("the evaluation at global step 8 (epoch 2) was left undone by the stop of the run that wrote " +
                        d("ck/" + ckpt_name(8)) + ": evaluating it first"),
             std::string::npos)
       << r.out;
@@ -1155,7 +1155,7 @@ TEST_F(TrainE2E, StopAtTheStepBeforeAnEvaluationLeavesItToTheResumedRun) {
   EXPECT_EQ(read_status(d("status3"))["state"], "stopped") << log3;
   auto r3 = sh(max3 + " --resume auto");
   ASSERT_EQ(r3.rc, 0) << r3.out;
-  EXPECT_NE(r3.out.find("the evaluation at global step 3 (epoch 0.75) was interrupted by the stop"), std::string::npos)
+  EXPECT_NE(r3.out.find("the evaluation at global step 3 (epoch 0.75) was left undone by the stop"), std::string::npos)
       << r3.out;
   EXPECT_NE(r3.out.find("eval epoch 0.75:"), std::string::npos) << r3.out;
   EXPECT_EQ(read_status(d("status3"))["state"], "finished") << r3.out;

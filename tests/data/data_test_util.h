@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "ddp/data/loader.h"
+
 namespace ddp::test {
 
 namespace fs = std::filesystem;
@@ -74,6 +76,20 @@ inline Diff diff(const uint8_t* a, const uint8_t* b, size_t n) {
   }
   d.mean = n ? s / static_cast<double>(n) : 0;
   return d;
+}
+
+// An evaluation loader's settings (one rank, 2 workers): batches of `batch_size` side x side images,
+// each resized to side / crop_ratio on its shorter side and centre-cropped.
+inline data::LoaderConfig eval_loader_config(const std::vector<std::string>& shards, int batch_size, int side,
+                                             float crop_ratio) {
+  data::LoaderConfig c;
+  c.shards = shards;
+  c.train = false;
+  c.batch_size = batch_size;
+  c.height = c.width = side;
+  c.eval_crop_ratio = crop_ratio;
+  c.workers = 2;
+  return c;
 }
 
 inline std::string q(const fs::path& p) { return "'" + p.string() + "'"; }

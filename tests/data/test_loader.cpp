@@ -467,48 +467,59 @@ TEST_F(LoaderTest, WriterRenamesOnlyItsOwnPartialFile) {
   EXPECT_EQ(text, "the other run's shard");
 }
 
-// JPEG shards, eval transform: torchvision Resize(int(32/0.875)) + CenterCrop(32) on PIL, within
-// mean |diff| <= 3.0 (one-step resample from the source vs torchvision's two steps, DCT scaling).
-TEST_F(LoaderTest, JpegEvalMatchesTorchvision) {
-  if (std::system("/usr/bin/python3 -c 'import torchvision' >/dev/null 2>&1") != 0)
-    GTEST_SKIP() << "/usr/bin/python3 with torchvision needed";
+bool have_torchvision() { return std::system("/usr/bin/python3 -c 'import torchvision' >/dev/null 2>&1") == 0; }
+
+// A val shard dir/val-00000-of-00001.h5 of JPEGs (quality `quality`), one per entry {W, H} of `sizes`:
+// image k's pixel (x, y, channel c) is value(x, y, c, k) cast to uint8_t, its label k % 3, its name
+// srcK.jpg, and its bytes are also written to dir/srcK.jpg for a reference script. Returns the path.
+template <class Value>
+std::string write_val_jpeg_shard(const fs::path& dir, const std::vector<std::array<int, 2>>& sizes, int quality,
+                                 Value value) {
   ShardMeta m;
   m.split = "val";
   m.classes = kCls;
-  const std::string path = (dir_ / "val-00000-of-00001.h5").string();
-  const int sizes[4][2] = {{120, 90}, {97, 131}, {300, 200}, {64, 64}};
-  {
-    ShardWriter w(path, m);
-    for (int k = 0; k < 4; ++k) {
-      const int W = sizes[k][0], H = sizes[k][1];
-      std::vector<uint8_t> px(static_cast<size_t>(W) * H * 3);
-      for (int y = 0; y < H; ++y)
-        for (int x = 0; x < W; ++x)
-          for (int c = 0; c < 3; ++c)
-            px[(static_cast<size_t>(y) * W + x) * 3 + c] =
-                static_cast<uint8_t>(128 + 100 * std::sin(0.05 * x * (c + 1) + k) * std::cos(0.07 * y + c));
-      auto j = encode_jpeg(px.data(), W, H, 92);
-      std::ofstream(dir_ / ("src" + std::to_string(k) + ".jpg"), std::ios::binary)
-          .write(reinterpret_cast<const char*>(j.data()), static_cast<std::streamsize>(j.size()));
-      w.append_jpeg(j, k % 3, "src" + std::to_string(k) + ".jpg");
-    }
-    w.commit();
+  const std::string path = (dir / "val-00000-of-00001.h5").string();
+  ShardWriter w(path, m);
+  for (int k = 0; k < static_cast<int>(sizes.size()); ++k) {
+    const int W = sizes[static_cast<size_t>(k)][0], H = sizes[static_cast<size_t>(k)][1];
+    std::vector<uint8_t> px(static_cast<size_t>(W) * H * 3);
+    for (int y = 0; y < H; ++y)
+      for (int x = 0; x < W; ++x)
+        for (int c = 0; c < 3; ++c)
+          px[(static_cast<size_t>(y) * W + x) * 3 + c] = static_cast<uint8_t>(value(x, y, c, k));
+    auto j = encode_jpeg(px.data(), W, H, quality);
+    std::ofstream(dir / ("src" + std::to_string(k) + ".jpg"), std::ios::binary)
+        .write(reinterpret_cast<const char*>(j.data()), static_cast<std::streamsize>(j.size()));
+    w.append_jpeg(j, k % 3, "src" + std::to_string(k) + ".jpg");
   }
+  w.commit();
+  return path;
+}
+
+// torchvision's T.Compose([transform]) on PIL's RGB decode of dir/srcK.jpg, k < n, written as
+// dir/refK.bin (read_ref's format: width, height, pixels).
+RunResult run_torchvision_reference(const fs::path& dir, const std::string& transform, int n) {
   const std::string py =
       "import sys,struct,numpy as np; from PIL import Image; import torchvision.transforms as T\n"
-      "t=T.Compose([T.Resize(int(32/0.875)),T.CenterCrop(32)])\n"
-      "for k in range(4):\n"
+      "t=T.Compose([" + transform + "])\n"
+      "for k in range(" + std::to_string(n) + "):\n"
       "  a=np.asarray(t(Image.open(sys.argv[1]+'/src%d.jpg'%k).convert('RGB')))\n"
-      "  open(sys.argv[1]+'/ref%d.bin'%k,'wb').write(struct.pack('<ii',32,32)+a.tobytes())\n";
-  std::ofstream(dir_ / "ref.py") << py;
-  auto r = run("/usr/bin/python3 " + q(dir_ / "ref.py") + " " + q(dir_));
+      "  open(sys.argv[1]+'/ref%d.bin'%k,'wb').write(struct.pack('<ii',a.shape[1],a.shape[0])+a.tobytes())\n";
+  std::ofstream(dir / "ref.py") << py;
+  return run("/usr/bin/python3 " + q(dir / "ref.py") + " " + q(dir));
+}
+
+// JPEG shards, eval transform: torchvision Resize(int(32/0.875)) + CenterCrop(32) on PIL, within
+// mean |diff| <= 3.0 (one-step resample from the source vs torchvision's two steps, DCT scaling).
+TEST_F(LoaderTest, JpegEvalMatchesTorchvision) {
+  if (!have_torchvision()) GTEST_SKIP() << "/usr/bin/python3 with torchvision needed";
+  const std::string path =
+      write_val_jpeg_shard(dir_, {{120, 90}, {97, 131}, {300, 200}, {64, 64}}, 92, [](int x, int y, int c, int k) {
+        return 128 + 100 * std::sin(0.05 * x * (c + 1) + k) * std::cos(0.07 * y + c);
+      });
+  auto r = run_torchvision_reference(dir_, "T.Resize(int(32/0.875)),T.CenterCrop(32)", 4);
   ASSERT_EQ(r.rc, 0) << r.out;
-  LoaderConfig c;
-  c.shards = {path};
-  c.train = false;
-  c.batch_size = 3;
-  c.height = c.width = 32;
-  c.workers = 2;
+  LoaderConfig c = eval_loader_config({path}, 3, 32, 0.875f);
   Loader ld(c);
   ASSERT_EQ(ld.local_batches(), 2);
   ld.start_epoch(0, 2);
@@ -539,47 +550,15 @@ TEST_F(LoaderTest, JpegEvalMatchesTorchvision) {
 // step here, two with uint8 rounding between in PIL): atol 2, mean <= 0.5. The half-pixel offset
 // gave mean |diff| 15-30 on these images.
 TEST_F(LoaderTest, JpegEvalCropIsTorchvisionsWholePixel) {
-  if (std::system("/usr/bin/python3 -c 'import torchvision' >/dev/null 2>&1") != 0)
-    GTEST_SKIP() << "/usr/bin/python3 with torchvision needed";
-  ShardMeta m;
-  m.split = "val";
-  m.classes = kCls;
-  const std::string path = (dir_ / "val-00000-of-00001.h5").string();
-  const int sizes[4][2] = {{341, 256}, {256, 343}, {340, 256}, {500, 375}};
-  {
-    ShardWriter w(path, m);
-    for (int k = 0; k < 4; ++k) {
-      const int W = sizes[k][0], H = sizes[k][1];
-      std::vector<uint8_t> px(static_cast<size_t>(W) * H * 3);
-      for (int y = 0; y < H; ++y)
-        for (int x = 0; x < W; ++x)
-          for (int c = 0; c < 3; ++c)  // detail down to 2-3 pixels: a sub-pixel shift shows
-            px[(static_cast<size_t>(y) * W + x) * 3 + c] = static_cast<uint8_t>(
-                128 + 60 * std::sin(1.3 * x + 0.4 * c) * std::cos(0.9 * y + k) + 50 * std::sin(0.11 * (x + y) * (c + 1)));
-      auto j = encode_jpeg(px.data(), W, H, 95);
-      std::ofstream(dir_ / ("src" + std::to_string(k) + ".jpg"), std::ios::binary)
-          .write(reinterpret_cast<const char*>(j.data()), static_cast<std::streamsize>(j.size()));
-      w.append_jpeg(j, k % 3, "src" + std::to_string(k) + ".jpg");
-    }
-    w.commit();
-  }
-  const std::string py =
-      "import sys,struct,numpy as np; from PIL import Image; import torchvision.transforms as T\n"
-      "t=T.Compose([T.Resize(256),T.CenterCrop(224)])\n"
-      "for k in range(4):\n"
-      "  a=np.asarray(t(Image.open(sys.argv[1]+'/src%d.jpg'%k).convert('RGB')))\n"
-      "  open(sys.argv[1]+'/ref%d.bin'%k,'wb').write(struct.pack('<ii',a.shape[1],a.shape[0])+a.tobytes())\n";
-  std::ofstream(dir_ / "ref.py") << py;
-  auto r = run("/usr/bin/python3 " + q(dir_ / "ref.py") + " " + q(dir_));
+  if (!have_torchvision()) GTEST_SKIP() << "/usr/bin/python3 with torchvision needed";
+  const std::vector<std::array<int, 2>> sizes = {{341, 256}, {256, 343}, {340, 256}, {500, 375}};
+  // Detail down to 2-3 pixels: a sub-pixel shift shows.
+  const std::string path = write_val_jpeg_shard(dir_, sizes, 95, [](int x, int y, int c, int k) {
+    return 128 + 60 * std::sin(1.3 * x + 0.4 * c) * std::cos(0.9 * y + k) + 50 * std::sin(0.11 * (x + y) * (c + 1));
+  });
+  auto r = run_torchvision_reference(dir_, "T.Resize(256),T.CenterCrop(224)", 4);
   ASSERT_EQ(r.rc, 0) << r.out;
-  LoaderConfig c;
-  c.shards = {path};
-  c.train = false;
-  c.batch_size = 4;
-  c.height = c.width = 224;
-  c.eval_crop_ratio = 0.875f;
-  c.workers = 2;
-  Loader ld(c);
+  Loader ld(eval_loader_config({path}, 4, 224, 0.875f));
   ld.start_epoch(0, ld.local_batches());
   Batch b;
   int k = 0;

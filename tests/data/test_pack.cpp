@@ -107,6 +107,32 @@ class PackTest : public ::testing::Test {
   std::vector<std::string> shards(const std::string& sub, const std::string& split) {
     return find_shards((out_ / sub).string(), split);
   }
+  // Packs in(input) into OUT/s with `args`, which must succeed, and reads its train split's images into
+  // `imgs`: there must be n (call under ASSERT_NO_FATAL_FAILURE).
+  void pack_and_read_train(const std::string& input, const std::string& args, size_t n,
+                           std::map<std::string, Img>& imgs) {
+    auto r = pack("-i " + q(in(input)) + " -o " + q(out_ / "s") + args);
+    ASSERT_EQ(r.rc, 0) << r.out;
+    imgs = read_all(shards("s", "train"));
+    ASSERT_EQ(imgs.size(), n);
+  }
+  fs::path good_jpeg() const { return in("bad") / "train" / "alpha" / "ok_0.JPEG"; }
+  // OUT/name/train/{a,b}/x.JPEG (good_jpeg()): a tree that packs, to add one odd entry to.
+  fs::path two_class_tree(const std::string& name) const {
+    const fs::path root = out_ / name;
+    for (std::string c : {"a", "b"}) {
+      fs::create_directories(root / "train" / c);
+      fs::copy(good_jpeg(), root / "train" / c / "x.JPEG");
+    }
+    return root;
+  }
+  // The image named on the first line of OUT/sub/bad_images.txt (the part before the tab).
+  std::string first_bad_image(const std::string& sub) const {
+    std::ifstream rep(out_ / sub / "bad_images.txt");
+    std::string line;
+    std::getline(rep, line);
+    return line.substr(0, line.find('\t'));
+  }
 };
 fs::path PackTest::fx_;
 bool PackTest::ok_ = false;
@@ -118,10 +144,8 @@ const std::map<std::string, int> kCounts = {{"zebra", 7}, {"cat_a", 8}, {"n0123"
 // markers, which crops use): they decode exactly as PIL decodes the source (both are libjpeg-turbo;
 // tolerance: atol 1 for a different build's rounding).
 TEST_F(PackTest, JpegRoundTripKeepsOriginals) {
-  auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --shards 2 --resize 0");
-  ASSERT_EQ(r.rc, 0) << r.out;
-  auto imgs = read_all(shards("s", "train"));
-  ASSERT_EQ(imgs.size(), 45u);
+  std::map<std::string, Img> imgs;
+  ASSERT_NO_FATAL_FAILURE(pack_and_read_train("good", " --shards 2 --resize 0", 45u, imgs));
   for (const auto& [name, im] : imgs) {
     auto rf = read_ref(ref("good/train/" + name, ".ref"));
     ASSERT_EQ(rf.w, im.w) << name;
@@ -144,10 +168,9 @@ TEST_F(PackTest, JpegRoundTripKeepsOriginals) {
 // move a DCT coefficient across a quantisation step, which spreads over its 8x8 block). The plain resize is checked more loosely (the
 // JPEG loss itself: mean <= 3).
 TEST_F(PackTest, JpegResizeMatchesPil) {
-  auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --splits train --resize 48 --allow-upscale --quality 95");
-  ASSERT_EQ(r.rc, 0) << r.out;
-  auto imgs = read_all(shards("s", "train"));
-  ASSERT_EQ(imgs.size(), 45u);
+  std::map<std::string, Img> imgs;
+  ASSERT_NO_FATAL_FAILURE(
+      pack_and_read_train("good", " --splits train --resize 48 --allow-upscale --quality 95", 45u, imgs));
   for (const auto& [name, im] : imgs) {
     auto rf = read_ref(ref("good/train/" + name, ".r48q95"));
     ASSERT_EQ(rf.w, im.w) << name;
@@ -164,10 +187,8 @@ TEST_F(PackTest, JpegResizeMatchesPil) {
 // Raw: centre square resized to 32x32 as PIL does (no JPEG loss on our side, and sources under 128 px
 // are decoded at full size: only PIL's fixed-point rounding differs, atol 1).
 TEST_F(PackTest, RawResizeMatchesPil) {
-  auto r = pack("-i " + q(in("good")) + " -o " + q(out_ / "s") + " --splits train --encoding raw --resize 32");
-  ASSERT_EQ(r.rc, 0) << r.out;
-  auto imgs = read_all(shards("s", "train"));
-  ASSERT_EQ(imgs.size(), 45u);
+  std::map<std::string, Img> imgs;
+  ASSERT_NO_FATAL_FAILURE(pack_and_read_train("good", " --splits train --encoding raw --resize 32", 45u, imgs));
   for (const auto& [name, im] : imgs) {
     auto rf = read_ref(ref("good/train/" + name, ".raw32"));
     ASSERT_EQ(im.w, 32);
@@ -184,10 +205,8 @@ TEST_F(PackTest, RawResizeMatchesPil) {
 // detail at 8 pixels). Taking the square of the rounded-up decode instead gave mean 3.5-7.8, max
 // 19-45 against the full-size decode.
 TEST_F(PackTest, RawFromOddSizedJpegsMatchesPil) {
-  auto r = pack("-i " + q(in("odd")) + " -o " + q(out_ / "s") + " --encoding raw --resize 64");
-  ASSERT_EQ(r.rc, 0) << r.out;
-  auto imgs = read_all(shards("s", "train"));
-  ASSERT_EQ(imgs.size(), 5u);
+  std::map<std::string, Img> imgs;
+  ASSERT_NO_FATAL_FAILURE(pack_and_read_train("odd", " --encoding raw --resize 64", 5u, imgs));
   for (const auto& [name, im] : imgs) {
     ASSERT_EQ(im.w, 64);
     auto dct = read_ref(ref("odd/train/" + name, ".raw64dct"));
@@ -211,14 +230,7 @@ TEST_F(PackTest, RawRoundTripIsExact) {
     auto rf = read_ref(ref("exact/train/" + name, ".ref"));
     EXPECT_EQ(rf.px, im.px) << name;
   }
-  LoaderConfig c;
-  c.shards = files;
-  c.train = false;
-  c.batch_size = 4;
-  c.height = c.width = 32;
-  c.eval_crop_ratio = 1.0f;
-  c.workers = 2;
-  Loader ld(c);
+  Loader ld(eval_loader_config(files, 4, 32, 1.0f));
   ShardReader sr(files[0]);
   auto names = sr.filenames();
   ld.start_epoch(0, ld.local_batches());
@@ -800,16 +812,8 @@ TEST_F(PackTest, StrayArgumentsAreRefused) {
 // shift every later label). Names that are not UTF-8 are refused (escaped in the message); a class
 // folder holding only subfolders says so; names with a newline stay one report line.
 TEST_F(PackTest, LinksAndNamesAreChecked) {
-  const fs::path ok = in("bad") / "train" / "alpha" / "ok_0.JPEG";
-  auto tree = [&](const std::string& name) {
-    const fs::path root = out_ / name;
-    for (std::string c : {"a", "b"}) {
-      fs::create_directories(root / "train" / c);
-      fs::copy(ok, root / "train" / c / "x.JPEG");
-    }
-    return root;
-  };
-  fs::path root = tree("link_file");
+  const fs::path ok = good_jpeg();
+  fs::path root = two_class_tree("link_file");
   fs::create_symlink("/nonexistent/img.JPEG", root / "train" / "a" / "gone.JPEG");
   auto r = pack("-i " + q(root) + " -o " + q(out_ / "s1") + " --resize 0");
   EXPECT_EQ(r.rc, 1) << r.out;
@@ -817,28 +821,25 @@ TEST_F(PackTest, LinksAndNamesAreChecked) {
   r = pack("-i " + q(root) + " -o " + q(out_ / "s2") + " --resize 0 --skip-bad");
   EXPECT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("rejected 1"), std::string::npos) << r.out;
-  std::ifstream rep(out_ / "s2" / "bad_images.txt");
-  std::string line;
-  std::getline(rep, line);
-  EXPECT_EQ(line.substr(0, line.find('\t')), (root / "train" / "a" / "gone.JPEG").string());
+  EXPECT_EQ(first_bad_image("s2"), (root / "train" / "a" / "gone.JPEG").string());
 
-  root = tree("link_class");
+  root = two_class_tree("link_class");
   fs::create_symlink("/nonexistent/class", root / "train" / "aa_gone");
   r = pack("-i " + q(root) + " -o " + q(out_ / "s3") + " --resize 0 --skip-bad");
   EXPECT_EQ(r.rc, 1) << r.out;
   EXPECT_NE(r.out.find("train/aa_gone' is a dangling symbolic link"), std::string::npos) << r.out;
 
-  root = tree("latin1");
+  root = two_class_tree("latin1");
   fs::copy(ok, root / "train" / "a" / "caf\xe9.JPEG");
   r = pack("-i " + q(root) + " -o " + q(out_ / "s4") + " --resize 0");
   EXPECT_EQ(r.rc, 1) << r.out;
   EXPECT_NE(r.out.find("caf\\xE9.JPEG' has a name that is not valid UTF-8"), std::string::npos) << r.out;
-  fs::path utf8 = tree("utf8");
+  fs::path utf8 = two_class_tree("utf8");
   fs::copy(ok, utf8 / "train" / "a" / "caf\xc3\xa9.JPEG");
   r = pack("-i " + q(utf8) + " -o " + q(out_ / "s5") + " --resize 0");
   EXPECT_EQ(r.rc, 0) << r.out;
 
-  root = tree("nested");
+  root = two_class_tree("nested");
   fs::create_directories(root / "train" / "c" / "sub");
   fs::copy(ok, root / "train" / "c" / "sub" / "y.JPEG");
   r = pack("-i " + q(root) + " -o " + q(out_ / "s6") + " --resize 0");
@@ -849,7 +850,7 @@ TEST_F(PackTest, LinksAndNamesAreChecked) {
   EXPECT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("1 subfolder(s) inside the class folders"), std::string::npos) << r.out;
 
-  root = tree("newline");
+  root = two_class_tree("newline");
   std::ofstream(root / "train" / "a" / "two\nlines.JPEG").close();  // 0 bytes: bad
   r = pack("-i " + q(root) + " -o " + q(out_ / "s8") + " --resize 0 --skip-bad");
   EXPECT_EQ(r.rc, 0) << r.out;
@@ -867,16 +868,8 @@ TEST_F(PackTest, LinksAndNamesAreChecked) {
 // not named val/ packs train with a note saying that no val split was found, where it looked and
 // what it found there; --splits val then is an error naming the folder.
 TEST_F(PackTest, SpecialFilesLoopsAndMissingValAreNamed) {
-  const fs::path ok = in("bad") / "train" / "alpha" / "ok_0.JPEG";
-  auto tree = [&](const std::string& name) {
-    const fs::path root = out_ / name;
-    for (std::string c : {"a", "b"}) {
-      fs::create_directories(root / "train" / c);
-      fs::copy(ok, root / "train" / c / "x.JPEG");
-    }
-    return root;
-  };
-  fs::path root = tree("fifo");
+  const fs::path ok = good_jpeg();
+  fs::path root = two_class_tree("fifo");
   ASSERT_EQ(::mkfifo((root / "train" / "a" / "pipe.JPEG").c_str(), 0644), 0);
   auto r = pack("-i " + q(root) + " -o " + q(out_ / "s1") + " --resize 0");
   EXPECT_EQ(r.rc, 1) << r.out;
@@ -885,19 +878,16 @@ TEST_F(PackTest, SpecialFilesLoopsAndMissingValAreNamed) {
   r = pack("-i " + q(root) + " -o " + q(out_ / "s2") + " --resize 0 --skip-bad");
   EXPECT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("rejected 1"), std::string::npos) << r.out;
-  std::ifstream rep(out_ / "s2" / "bad_images.txt");
-  std::string line;
-  std::getline(rep, line);
-  EXPECT_EQ(line.substr(0, line.find('\t')), (root / "train" / "a" / "pipe.JPEG").string());
+  EXPECT_EQ(first_bad_image("s2"), (root / "train" / "a" / "pipe.JPEG").string());
 
-  root = tree("devnull");
+  root = two_class_tree("devnull");
   fs::create_symlink("/dev/null", root / "train" / "b" / "null.JPEG");
   r = pack("-i " + q(root) + " -o " + q(out_ / "s3") + " --resize 0");
   EXPECT_EQ(r.rc, 1) << r.out;
   EXPECT_NE(r.out.find("train/b/null.JPEG' (a symbolic link to '/dev/null') is a character device, not an image file"),
             std::string::npos) << r.out;
 
-  root = tree("loop");
+  root = two_class_tree("loop");
   fs::create_symlink("loop.JPEG", root / "train" / "a" / "loop.JPEG");
   r = pack("-i " + q(root) + " -o " + q(out_ / "s4") + " --resize 0");
   EXPECT_EQ(r.rc, 1) << r.out;
@@ -910,7 +900,7 @@ TEST_F(PackTest, SpecialFilesLoopsAndMissingValAreNamed) {
   EXPECT_EQ(r.rc, 1) << r.out;
   EXPECT_NE(r.out.find("train/c1' is a symbolic link loop"), std::string::npos) << r.out;
 
-  root = tree("validation");
+  root = two_class_tree("validation");
   fs::create_directories(root / "validation" / "a");
   fs::copy(ok, root / "validation" / "a" / "v.JPEG");
   r = pack("-i " + q(root) + " -o " + q(out_ / "s6") + " --resize 0");

@@ -970,6 +970,32 @@ TEST_F(TrainE2E, RankZeroStuckInItsFileSystemEndsTheJobWithinTheTimeout) {
   EXPECT_LT(s, 40) << r.out;
 }
 
+namespace {
+
+// What a SIGUSR1 stop at the end of epoch `epoch`, before that epoch's evaluation, leaves: checkpoint
+// `ckpt` (at the epoch's end) says the evaluation is due, and the status file says "stopped" by
+// SIGUSR1. Returns the status file's fields for the caller's further checks.
+std::map<std::string, std::string> expect_stopped_with_evaluation_due(const std::string& ckpt, int64_t epoch,
+                                                                      const std::string& status_file,
+                                                                      const std::string& log) {
+  SCOPED_TRACE("checkpoint " + ckpt);
+  const auto st = load_checkpoint(ckpt, ddp::nn::make_resnet18_spec(4));
+  EXPECT_TRUE(st.eval_pending) << log;
+  EXPECT_EQ(st.epoch, epoch);
+  EXPECT_EQ(st.step_in_epoch, 0);
+  auto status = read_status(status_file);
+  EXPECT_EQ(status["state"], "stopped") << log;
+  EXPECT_EQ(status["signal"], "SIGUSR1");
+  return status;
+}
+
+// Each {key, value}: the metrics record's `key` field is `value`.
+void expect_fields(const std::string& record, const std::vector<std::pair<std::string, std::string>>& want) {
+  for (const auto& [key, value] : want) EXPECT_EQ(field(record, key), value) << key << ": " << record;
+}
+
+}  // namespace
+
 // Preemption during an evaluation: the epoch's checkpoint is written before it, and a stop request
 // that arrives during it interrupts it within a few batches, agreed by both ranks, rather than after
 // its last batch (ImageNet's takes minutes: longer than a job's margin before its time limit). It used
@@ -998,8 +1024,7 @@ TEST_F(TrainE2E, StopDuringAnEvaluationInterruptsItAndTheResumedRunEvaluatesFirs
   EXPECT_EQ(last_eval_record(d("m.jsonl")), "") << "an interrupted evaluation was recorded:\n" << log;
   const auto summary = records(d("m.jsonl"), "summary");
   ASSERT_EQ(summary.size(), 1u) << log;
-  EXPECT_EQ(field(summary[0], "eval_interrupted"), "true") << summary[0];
-  EXPECT_EQ(field(summary[0], "top1"), "") << summary[0];
+  expect_fields(summary[0], {{"eval_interrupted", "true"}, {"top1", ""}});
   auto tb = sh(std::string("/usr/bin/python3 ") + DDP_SOURCE_DIR + "/tests/train/read_tfevents.py " + d("tb"));
   EXPECT_EQ(tb.rc, 0) << tb.out;
   EXPECT_NE(tb.out.find("train/loss"), std::string::npos) << tb.out;
@@ -1008,13 +1033,7 @@ TEST_F(TrainE2E, StopDuringAnEvaluationInterruptsItAndTheResumedRunEvaluatesFirs
   ASSERT_EQ(all.size(), 1u) << log;
   EXPECT_EQ(checkpoint_step(all[0]), 2) << "one more step was trained after the epoch:\n" << log;  // 32 / (2 x 8)
   EXPECT_EQ(log.find("epoch 2/3 step"), std::string::npos) << log;
-  const auto st = load_checkpoint(all[0], ddp::nn::make_resnet18_spec(4));
-  EXPECT_TRUE(st.eval_pending) << log;
-  EXPECT_EQ(st.epoch, 1);
-  EXPECT_EQ(st.step_in_epoch, 0);
-  auto status = read_status(d("status"));
-  EXPECT_EQ(status["state"], "stopped") << log;
-  EXPECT_EQ(status["signal"], "SIGUSR1");
+  auto status = expect_stopped_with_evaluation_due(all[0], 1, d("status"), log);
   EXPECT_EQ(status["checkpoint"], all[0]);
 
   // Resumed (here with nothing left to train: --epochs 1), the missed evaluation is run first, and
@@ -1027,9 +1046,7 @@ TEST_F(TrainE2E, StopDuringAnEvaluationInterruptsItAndTheResumedRunEvaluatesFirs
       << r.out;
   const auto evals = records(d("m.jsonl"), "eval");
   ASSERT_EQ(evals.size(), 1u) << r.out;
-  EXPECT_EQ(field(evals[0], "epoch"), "1") << evals[0];
-  EXPECT_EQ(field(evals[0], "step"), "2") << evals[0];
-  EXPECT_EQ(field(evals[0], "images"), "3000") << evals[0];
+  expect_fields(evals[0], {{"epoch", "1"}, {"step", "2"}, {"images", "3000"}});
   EXPECT_EQ(read_status(d("status"))["state"], "finished") << r.out;
 }
 
@@ -1109,18 +1126,11 @@ TEST_F(TrainE2E, StopAtTheStepBeforeAnEvaluationLeavesItToTheResumedRun) {
                      "epoch 1 (global step 4): top-1 "),
             std::string::npos)
       << log;
-  const auto st = load_checkpoint(d("ck/" + ckpt_name(8)), ddp::nn::make_resnet18_spec(4));
-  EXPECT_TRUE(st.eval_pending) << log;
-  EXPECT_EQ(st.epoch, 2);
-  EXPECT_EQ(st.step_in_epoch, 0);
-  auto status = read_status(d("status"));
-  EXPECT_EQ(status["state"], "stopped") << log;
-  EXPECT_EQ(status["signal"], "SIGUSR1");
+  auto status = expect_stopped_with_evaluation_due(d("ck/" + ckpt_name(8)), 2, d("status"), log);
   EXPECT_EQ(status["checkpoint"], d("ck/" + ckpt_name(8)));
   auto summary = records(d("m.jsonl"), "summary");
   ASSERT_EQ(summary.size(), 1u) << log;
-  EXPECT_EQ(field(summary[0], "eval_pending"), "true") << summary[0];
-  EXPECT_EQ(field(summary[0], "top1"), "") << summary[0];
+  expect_fields(summary[0], {{"eval_pending", "true"}, {"top1", ""}});
   ASSERT_EQ(records(d("m.jsonl"), "eval").size(), 1u) << log;  // epoch 1's
 
   auto r = sh(run + " --resume auto");
@@ -1132,8 +1142,7 @@ TEST_F(TrainE2E, StopAtTheStepBeforeAnEvaluationLeavesItToTheResumedRun) {
   EXPECT_NE(r.out.find("final accuracy: top-1"), std::string::npos) << r.out;
   auto evals = records(d("m.jsonl"), "eval");
   ASSERT_EQ(evals.size(), 2u) << r.out;
-  EXPECT_EQ(field(evals[1], "epoch"), "2") << evals[1];
-  EXPECT_EQ(field(evals[1], "step"), "8") << evals[1];
+  expect_fields(evals[1], {{"epoch", "2"}, {"step", "8"}});
   EXPECT_EQ(read_status(d("status"))["state"], "finished") << r.out;
 
   // --max-steps 3, the stop agreed at step 3: the evaluation a --max-steps end makes is left likewise.
@@ -1176,20 +1185,13 @@ TEST_F(TrainE2E, StopAtAnEpochsLastStepUnderMpirunLeavesItsEvaluationToTheResume
   EXPECT_NE(log.find("the evaluation due at the end of epoch 1 is not run"), std::string::npos) << log;
   EXPECT_EQ(log.find("epoch 2/2 step"), std::string::npos) << log;
   EXPECT_EQ(records(d("m.jsonl"), "eval").size(), 0u) << log;
-  const auto st = load_checkpoint(d("ck/" + ckpt_name(4)), ddp::nn::make_resnet18_spec(4));
-  EXPECT_TRUE(st.eval_pending) << log;
-  EXPECT_EQ(st.epoch, 1);
-  EXPECT_EQ(st.step_in_epoch, 0);
-  auto status = read_status(d("status"));
-  EXPECT_EQ(status["state"], "stopped") << log;
-  EXPECT_EQ(status["signal"], "SIGUSR1");
+  expect_stopped_with_evaluation_due(d("ck/" + ckpt_name(4)), 1, d("status"), log);
   auto r = sh(run + " --resume auto");
   ASSERT_EQ(r.rc, 0) << r.out;
   const auto evals = records(d("m.jsonl"), "eval");
   ASSERT_EQ(evals.size(), 2u) << r.out;
-  EXPECT_EQ(field(evals[0], "epoch"), "1") << evals[0];
-  EXPECT_EQ(field(evals[0], "step"), "4") << evals[0];
-  EXPECT_EQ(field(evals[1], "epoch"), "2") << evals[1];
+  expect_fields(evals[0], {{"epoch", "1"}, {"step", "4"}});
+  expect_fields(evals[1], {{"epoch", "2"}});
   EXPECT_EQ(read_status(d("status"))["state"], "finished") << r.out;
 }
 

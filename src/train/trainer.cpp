@@ -847,8 +847,16 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       DDP_CHECK(classes.empty(), "checkpoint ", classes, ": its classifier's outputs would be scored against other ",
                 "labels; ", o.eval_only ? "evaluate" : "resume", " on data packed with its class order (its /classes ",
                 "dataset, one name per line, is a --class-index for pack_imagenet)");
-      DDP_CHECK(st.seed == o.seed, "checkpoint '", resume_path, "' was trained with --seed ", st.seed,
-                "; resume with the same seed (the data order depends on it)");
+      // The seed orders the epochs to come and generates synthetic data. An --eval-only run on shards
+      // has neither: evaluation reads every val image once, in shard order, whatever the seed.
+      if (o.eval_only && !o.synthetic) {
+        if (st.seed != o.seed && rank0)
+          info("--seed ", o.seed, " differs from the checkpoint's ", st.seed, ": no matter for --eval-only on shards");
+      } else {
+        DDP_CHECK(st.seed == o.seed, "checkpoint '", resume_path, "' was trained with --seed ", st.seed, "; ",
+                  o.eval_only ? "evaluate with the same seed (the synthetic data depend on it)"
+                              : "resume with the same seed (the data order depends on it)");
+      }
       // Changing a setting on resume can be meant (more epochs, a lower lr), so it is said, not refused.
       const std::set<std::string> per_run = {"threads", "workers", "data", "max-steps"};
       auto changed = setting_differences(settings_of(o.config_text, per_run), settings_of(st.config, per_run),

@@ -302,6 +302,23 @@ TEST_F(TrainE2E, EvalOnlyReproducesTheRunsEvaluationAndFlipAveragesMirrors) {
   for (const char* k : {"top1", "top5", "loss", "images", "epoch", "step"})
     EXPECT_EQ(field(vr, k), field(trained, k)) << k << "\n" << vr << "\n" << trained;
 
+  // The seed orders training, not an evaluation on shards: --eval-only with another one gives the same
+  // record (it was refused), while a resume that trains on is still refused.
+  const std::string seed9 = std::regex_replace(recipe, std::regex("--seed 4"), "--seed 9");
+  ASSERT_NE(seed9, recipe);
+  auto e9 = sh(seed9 + "--eval-only --resume " + ckpt + " --jsonl " + d("seed9.jsonl"));
+  ASSERT_EQ(e9.rc, 0) << e9.out;
+  EXPECT_NE(e9.out.find("--seed 9 differs from the checkpoint's 4: no matter for --eval-only on shards"),
+            std::string::npos)
+      << e9.out;
+  const std::string r9 = last_eval_record(d("seed9.jsonl"));
+  for (const char* k : {"top1", "top5", "loss", "images", "epoch", "step"})
+    EXPECT_EQ(field(r9, k), field(trained, k)) << k << "\n" << r9 << "\n" << trained;
+  auto t9 = sh(std::regex_replace(seed9, std::regex("--epochs 1 "), "--epochs 2 ") + "--resume " + ckpt +
+               " --checkpoint-dir " + d("ck9"));
+  EXPECT_NE(t9.rc, 0) << t9.out;
+  EXPECT_NE(t9.out.find("was trained with --seed 4; resume with the same seed"), std::string::npos) << t9.out;
+
   // The documented short form, without the run's --image-size: the checkpoint's evaluation settings
   // are taken (not 224 px with crop 0.875, which would report another figure), and said; and the
   // resume warning does not list settings that do not change an evaluation (here: none).

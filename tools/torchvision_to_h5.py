@@ -73,6 +73,11 @@ def check_resnet18(sd, source):
             fail(f"{source}: '{name}' is a {type(sd[name]).__name__}, not a tensor")
         if tuple(sd[name].shape) != tuple(t.shape):
             fail(f"{source}: tensor '{name}' has shape {tuple(sd[name].shape)}, ResNet18 needs {tuple(t.shape)}")
+        # train_resnet18 --init-weights refuses such a file; refused here first, where the .pth is named.
+        if sd[name].is_floating_point() and not bool(torch.isfinite(sd[name]).all()):
+            bad = int((~torch.isfinite(sd[name])).flatten().nonzero()[0].item())
+            fail(f"{source}: tensor '{name}' holds inf or NaN (flat element {bad} of {sd[name].numel()} is "
+                 f"{sd[name].flatten()[bad].item()}): a diverged run's weights?")
     extra = sorted(str(k) for k in set(sd) - set(ref))
     if extra:
         fail(f"{source}: tensors that ResNet18 does not have: {', '.join(extra[:5])}")

@@ -280,6 +280,16 @@ TEST(WeightsIo, ConversionToolsRefuseBadInputsInOneLine) {
   expect_one_line_error(to_h5(f("cut.pth") + " " + f("o.h5")), "cut.pth", "not a readable PyTorch file", tmp.path);
   expect_one_line_error(to_h5(f("ok.pth") + " " + f("outdir")), "outdir", "is a directory", tmp.path);
   EXPECT_FALSE(fs::exists(f("o.h5")));
+  // A ResNet18 state_dict holding a NaN (a diverged run's): refused here, naming the tensor, rather
+  // than converted for train_resnet18 --init-weights to refuse later.
+  ASSERT_EQ(run("/usr/bin/python3 -c \"import torch, torchvision, sys; sd = torchvision.models.resnet18(num_classes=3)"
+                ".state_dict(); sd['layer2.0.bn1.weight'][5] = float('nan'); torch.save(sd, sys.argv[1])\" " +
+                f("nan.pth"))
+                .rc,
+            0);
+  expect_one_line_error(to_h5(f("nan.pth") + " " + f("o.h5")), "nan.pth",
+                        "tensor 'layer2.0.bn1.weight' holds inf or NaN (flat element 5 of 128 is nan)", tmp.path);
+  EXPECT_FALSE(fs::exists(f("o.h5")));
 
   // Our weights file, then damaged versions: cut in half, an empty counter, a string where a tensor is.
   Weights w = random_weights(5, 3);

@@ -460,20 +460,31 @@ __global__ void k_shift_left_grid(const int* x, int* y) {
   y[i] = x[i + 1];
 }
 
-// A buffer of whole pages has no slack after it in either layout (emu.h): the guard page after it
-// is its last byte's neighbour.
-TEST(CudaEmulationDeathTest, AReadPastABuffersEndStopsTheRun) {
+// Two one-page int buffers (x zeroed) for the guard-page tests, freed at the end of the scope. A
+// buffer of whole pages has no slack on either side in either layout (emu.h).
+struct OnePageBuffers {
   int *x = nullptr, *y = nullptr;
-  ASSERT_EQ(cudaMalloc(&x, 1024 * 4), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&y, 1024 * 4), cudaSuccess);
-  ASSERT_EQ(cudaMemset(x, 0, 1024 * 4), cudaSuccess);
+  OnePageBuffers() {
+    EXPECT_EQ(cudaMalloc(&x, 1024 * 4), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&y, 1024 * 4), cudaSuccess);
+    EXPECT_EQ(cudaMemset(x, 0, 1024 * 4), cudaSuccess);
+  }
+  ~OnePageBuffers() {
+    cudaFree(x);
+    cudaFree(y);
+  }
+};
+
+// The guard page after a whole-page buffer is its last byte's neighbour.
+TEST(CudaEmulationDeathTest, AReadPastABuffersEndStopsTheRun) {
+  OnePageBuffers b;
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  int *x = b.x, *y = b.y;
   EXPECT_KERNEL_DEATH(ddp::cuda_emu::Launch("k_shift_left", 4, 256)(k_shift_left_grid, x, y),
                       "k_shift_left read or wrote past the end of a buffer: byte \\+4096 of a 4096-byte "
                       "device allocation");
   ddp::cuda_emu::Launch("k_shift_left", 3, 256)(k_shift_left_grid, x, y);  // in bounds
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  cudaFree(x);
-  cudaFree(y);
 }
 
 // y[i] = x[i - 1]: one element too early for thread 0.
@@ -482,20 +493,16 @@ __global__ void k_shift_right(const int* x, int* y) { y[threadIdx.x] = x[static_
 // p[i - back] = v: thread i writes `back` elements before its own.
 __global__ void k_fill_back(int* p, int back, int v) { p[static_cast<int>(threadIdx.x) - back] = v; }
 
-// A buffer of whole pages has no slack before it in either layout (emu.h): the guard page in front
-// of it is its first byte's neighbour.
+// The guard page in front of a whole-page buffer is its first byte's neighbour.
 TEST(CudaEmulationDeathTest, AReadBeforeABuffersStartStopsTheRun) {
-  int *x = nullptr, *y = nullptr;
-  ASSERT_EQ(cudaMalloc(&x, 1024 * 4), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&y, 1024 * 4), cudaSuccess);
-  ASSERT_EQ(cudaMemset(x, 0, 1024 * 4), cudaSuccess);
+  OnePageBuffers b;
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  int *x = b.x, *y = b.y;
   EXPECT_KERNEL_DEATH(ddp::cuda_emu::Launch("k_shift_right", 1, 64)(k_shift_right, x, y),
                       "k_shift_right read or wrote before the start of a buffer: byte -4 \\(4 before its "
                       "start\\) of a 4096-byte device allocation");
   ddp::cuda_emu::Launch("k_shift_right", 1, 64)(k_shift_right, x + 1, y);  // in bounds
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  cudaFree(x);
-  cudaFree(y);
 }
 
 // A write before a buffer's start lands on the guard page, or on the canary bytes of the slack

@@ -97,6 +97,8 @@ void Loader::Impl::open() {
   DDP_CHECK(cfg.eval_crop_ratio > 0 && cfg.eval_crop_ratio <= 1, "eval crop ratio must be in (0, 1], got ",
             cfg.eval_crop_ratio);
   std::set<std::string> seen;
+  std::string fingerprint_from;  // the first shard with a set_fingerprint
+  bool all_fingerprinted = true;
   offsets.push_back(0);
   for (const auto& path : cfg.shards) {
     DDP_CHECK(seen.insert(std::filesystem::weakly_canonical(path).string()).second, "shard '", path,
@@ -133,16 +135,21 @@ void Loader::Impl::open() {
                 " ", raw_w, "x", raw_h, " (mixed shard sets)");
       DDP_CHECK(m.split == first.split, "shard '", path, "' is from split '", m.split, "', '",
                 shards.front()->path(), "' from '", first.split, "'");
-      // Shards of one packing share it: two packings of other input files (or settings) would, mixed,
-      // repeat some images and leave out others without any other attribute telling.
-      for (const auto& o : shards) {
-        const std::string& theirs = o->meta().set_fingerprint;
-        DDP_CHECK(m.set_fingerprint.empty() || theirs.empty() || m.set_fingerprint == theirs, "shard '", path,
-                  "' and '", o->path(), "' come from different packings (set_fingerprint ", m.set_fingerprint,
-                  " vs ", theirs, ": pack_imagenet listed other input files of split '", m.split,
-                  "', or used other settings); every shard of a set must come from one packing: pack the set again ",
-                  "(one pack_imagenet run, or one run per --node-index over the same input with the same flags)");
-      }
+    }
+    // Shards of one packing share it: two packings of other input files (or settings) would, mixed,
+    // repeat some images and leave out others without any other attribute telling. Every earlier shard
+    // that has one agrees with the first that had it, so that one stands for them all.
+    if (m.set_fingerprint.empty()) {
+      all_fingerprinted = false;
+    } else if (fingerprint_from.empty()) {
+      set_fingerprint = m.set_fingerprint;
+      fingerprint_from = path;
+    } else {
+      DDP_CHECK(m.set_fingerprint == set_fingerprint, "shard '", path, "' and '", fingerprint_from,
+                "' come from different packings (set_fingerprint ", m.set_fingerprint, " vs ", set_fingerprint,
+                ": pack_imagenet listed other input files of split '", m.split,
+                "', or used other settings); every shard of a set must come from one packing: pack the set again ",
+                "(one pack_imagenet run, or one run per --node-index over the same input with the same flags)");
     }
     labels.insert(labels.end(), r->labels().begin(), r->labels().end());
     offsets.push_back(offsets.back() + r->size());
@@ -150,9 +157,7 @@ void Loader::Impl::open() {
   }
   n = offsets.back();
   DDP_CHECK(n > 0, "the shard set (", cfg.shards.front(), ", ...) holds no images");
-  set_fingerprint = shards.front()->meta().set_fingerprint;
-  for (const auto& r : shards)
-    if (r->meta().set_fingerprint.empty()) set_fingerprint.clear();
+  if (!all_fingerprinted) set_fingerprint.clear();
   if (raw && n * raw_h * raw_w * 3 <= kRawCacheBytes) {
     const size_t per = static_cast<size_t>(raw_h) * raw_w * 3;
     raw_cache.resize(static_cast<size_t>(n) * per);

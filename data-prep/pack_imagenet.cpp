@@ -31,6 +31,7 @@
 
 #include "ddp/core/check.h"
 #include "ddp/core/file_lock.h"
+#include "ddp/core/hash.h"
 #include "ddp/core/log.h"
 #include "ddp/data/image.h"
 #include "ddp/data/shard.h"
@@ -784,27 +785,6 @@ std::vector<std::vector<Item>> assign(const std::vector<Item>& items, int nshard
   for (size_t c = 0; c < off.size(); ++c) off[c] = c == 0 ? 0 : off[c - 1] + count[c - 1];
   return deal(off);
 }
-
-// FNV-1a 64, 16 hex digits after "fnv1a64:".
-class Fnv1a64 {
- public:
-  void bytes(const void* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) {
-      h_ ^= static_cast<const uint8_t*>(p)[i];
-      h_ *= 1099511628211ull;
-    }
-  }
-  void text(const std::string& s) { bytes(s.c_str(), s.size() + 1); }  // with the NUL: "ab"+"c" != "a"+"bc"
-  void number(int64_t v) { bytes(&v, sizeof v); }
-  std::string hex() const {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "fnv1a64:%016llx", static_cast<unsigned long long>(h_));
-    return buf;
-  }
-
- private:
-  uint64_t h_ = 1469598103934665603ull;
-};
 
 // Every file's size, once (both fingerprints use it; a node's run lists the whole split).
 void read_sizes(std::vector<Item>& items) {

@@ -27,6 +27,7 @@
 #include "ddp/comm/replica_guard.h"
 #include "ddp/core/check.h"
 #include "ddp/core/file_lock.h"
+#include "ddp/core/hash.h"
 #include "ddp/core/h5.h"
 #include "ddp/core/log.h"
 #include "ddp/core/tensor.h"
@@ -286,9 +287,9 @@ void load_init_weights(const std::string& path, const nn::ResNet18Spec& spec, st
 
 // FNV-1a of s, cut to 52 bits so that it travels exactly as a double (the communicators' allgather).
 double identity_hash(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
-  return static_cast<double>(h & ((uint64_t{1} << 52) - 1));
+  Fnv1a64 h;
+  h.bytes(s.data(), s.size());
+  return static_cast<double>(h.value() & ((uint64_t{1} << 52) - 1));
 }
 
 // The first pair of ranks of one group (group[r]: rank r's group, the same vector on every rank) whose

@@ -423,27 +423,15 @@ constexpr int64_t kReportLockByte = int64_t{kMaxShards} + 1;  // past every shar
 
 class ReportLock {
  public:
-  explicit ReportLock(const std::string& lock_path) {
-    fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    DDP_CHECK(fd_ >= 0, "cannot open ", lock_path, ": ", std::strerror(errno));
-    struct flock fl {};
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = kReportLockByte;
-    fl.l_len = 1;
-    while (::fcntl(fd_, F_OFD_SETLKW, &fl) != 0) {
-      if (errno == EINTR) continue;
-      const int e = errno;
-      ::close(fd_);
-      DDP_FAIL("cannot lock ", lock_path, " for the bad-image report: ", std::strerror(e));
-    }
+  explicit ReportLock(const std::string& lock_path) : l_(lock_file_range(lock_path, kReportLockByte, 1, true)) {
+    DDP_CHECK(l_.held(), "cannot lock ", lock_path, " for the bad-image report: ", std::strerror(l_.error));
   }
-  ~ReportLock() { ::close(fd_); }  // closing the descriptor releases its lock
+  ~ReportLock() { ::close(l_.fd); }  // closing the descriptor releases its lock
   ReportLock(const ReportLock&) = delete;
   ReportLock& operator=(const ReportLock&) = delete;
 
  private:
-  int fd_ = -1;
+  FileLock l_;
 };
 
 // How the report names an input file: absolute and lexically normal, so the lines of runs that spelled

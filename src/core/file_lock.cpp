@@ -9,7 +9,7 @@ namespace ddp {
 
 bool FileLock::busy() const { return error == EAGAIN || error == EACCES; }
 
-FileLock lock_file_range(const std::string& path, int64_t start, int64_t len) {
+FileLock lock_file_range(const std::string& path, int64_t start, int64_t len, bool wait) {
   FileLock l;
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) {
@@ -21,7 +21,10 @@ FileLock lock_file_range(const std::string& path, int64_t start, int64_t len) {
   fl.l_whence = SEEK_SET;
   fl.l_start = static_cast<off_t>(start);
   fl.l_len = static_cast<off_t>(len);
-  if (::fcntl(fd, F_OFD_SETLK, &fl) != 0) {
+  int rc;
+  while ((rc = ::fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl)) != 0 && wait && errno == EINTR) {
+  }
+  if (rc != 0) {
     l.error = errno;
     ::close(fd);
     return l;

@@ -15,7 +15,8 @@ struct FileLock {
   bool busy() const;  // another process holds the range
 };
 
-// Write-locks bytes [start, start + len) of `path` (created if missing) without waiting.
-FileLock lock_file_range(const std::string& path, int64_t start, int64_t len);
+// Write-locks bytes [start, start + len) of `path` (created if missing): without waiting, or with
+// `wait` until the holder lets go (a signal does not end the wait).
+FileLock lock_file_range(const std::string& path, int64_t start, int64_t len, bool wait = false);
 
 }  // namespace ddp

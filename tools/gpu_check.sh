@@ -423,6 +423,10 @@ for label, key in rows + e2e_rows:
                      f"no check {r['fixed_scale_img_per_s']:.0f} img/s")
     if isinstance(r.get("host_ms_per_step"), (int, float)):
         extra.append(f"enqueue {r['host_ms_per_step']:.2f} ms/step")
+    rdet = rd(key + "_det.json") if key.startswith("ours_") else None
+    if isinstance(rdet, dict) and isinstance(rdet.get("img_per_s"), (int, float)) and e.get("img_per_s"):
+        e["deterministic_img_per_s"] = rdet["img_per_s"]
+        extra.append(f"deterministic {rdet['img_per_s']:.0f} img/s = {rdet['img_per_s'] / e['img_per_s']:.2f}x")
     if isinstance(r.get("graph_over_eager"), (int, float)):
         extra.append(f"CUDA graph {r.get('graph_img_per_s', 0):.0f} img/s = {r['graph_over_eager']:.2f}x")
     elif r.get("graph_error"):
@@ -872,6 +876,10 @@ for amp in fp16 bf16; do
     # --cuda-graph: the same process also times the step as one CUDA graph (a note beside the figure).
     run_bench "ours_$amp" "$BENCH_TIMEOUT" "$ours_bin" --amp "$amp" --batch "$BATCH" --size "$SIZE" --cuda-graph \
       "${ours_extra[@]}" || bench_bad=$((bench_bad + 1))
+    # What --deterministic costs: the same step with deterministic cuDNN engines only (a note beside the
+    # figure; not a required run).
+    run_bench "ours_${amp}_det" 60 "$ours_bin" --amp "$amp" --batch "$BATCH" --size "$SIZE" --deterministic \
+      "${ours_extra[@]}"
   else
     printf '%s\t%s\t%s\n' -1 0 "not run: ${CANNOT_RUN[$ours_bin]:-bench_cuda_train not in bundle}" >"$LOGDIR/ours_$amp.status"
     bench_bad=$((bench_bad + 1))
@@ -1001,6 +1009,37 @@ else
     printf '%s\t%s\t%s\t%s\t0\t%s\t%s\n' "$RESUME_TEST" "$rc" "$((rc == 0 ? 1 : 0))" "$((rc == 0 ? 0 : 1))" \
       "$((SECONDS - t0))" "$note" >>"$LOGDIR/tests.tsv"
     log "$RESUME_TEST: rc $rc ($((SECONDS - t0)) s), loss scale saved ${saved:-?}, resumed ${resumed:-?}${note:+ - $note}"
+  fi
+  # (4) --deterministic, twice from the same seed: every logged loss must be the same (a test). The whole
+  # training step (data order and augmentation, fp16 loss scaling, cuDNN, NCCL) must repeat bit for bit.
+  DET_TEST="train_resnet18 --deterministic (2 runs)"
+  if [[ ! -x $train_bin || -n ${CANNOT_RUN[$train_bin]:-} ]]; then
+    printf '%s\t-1\t0\t1\t0\t0\tnot run: %s\n' "$DET_TEST" "${CANNOT_RUN[$train_bin]:-train_resnet18 not in the bundle}" \
+      >>"$LOGDIR/tests.tsv"
+  elif (($(cap 90) < 40)); then
+    printf '%s\t-1\t0\t1\t0\t0\tnot run: time budget spent\n' "$DET_TEST" >>"$LOGDIR/tests.tsv"
+  else
+    t0=$SECONDS rc=0 note=""
+    log "$DET_TEST: 60 steps each"
+    for k in 1 2; do
+      timeout -k 10 "$(cap 45)" "$train_bin" "${e2e_base[@]}" --max-steps 60 --deterministic "${synth_args[@]}" \
+        --checkpoint-dir "$E2E_DIR/det$k" --jsonl "$LOGDIR/train_det$k.jsonl" >"$LOGDIR/train_det$k.log" 2>&1
+      rc=$?
+      if ((rc != 0)); then
+        note="run $k: exit $rc: $(grep -v '^[[:space:]]*$' "$LOGDIR/train_det$k.log" | tail -1 | cut -c1-100)"; break
+      fi
+    done
+    if ((rc == 0)); then
+      det_losses() { sed -n 's/.*"type": "train", "step": \([0-9]*\),.*"loss": \([^,}]*\).*/\1 \2/p' "$1"; }
+      a=$(det_losses "$LOGDIR/train_det1.jsonl") b=$(det_losses "$LOGDIR/train_det2.jsonl")
+      if [[ -z $a ]]; then rc=1; note="no train records in $LOGDIR/train_det1.jsonl"
+      elif [[ $a != "$b" ]]; then
+        rc=1; note="losses differ (step loss): $(diff <(printf '%s\n' "$a") <(printf '%s\n' "$b") | grep '^[<>]' | head -2 | paste -sd ' ' -)"
+      else note="$(wc -l <<<"$a") logged losses the same"; fi
+    fi
+    printf '%s\t%s\t%s\t%s\t0\t%s\t%s\n' "$DET_TEST" "$rc" "$((rc == 0 ? 1 : 0))" "$((rc == 0 ? 0 : 1))" \
+      "$((SECONDS - t0))" "$note" >>"$LOGDIR/tests.tsv"
+    log "$DET_TEST: rc $rc ($((SECONDS - t0)) s) - $note"
   fi
   printf '{"images": %s, "steps": %s, "make_jpegs_s": %s, "jpeg_mb": %s, "pack_s": %s, "shard_mb": %s}\n' \
     "$E2E_IMAGES" "$E2E_STEPS" "$jpeg_s" "${jpeg_mb:-0}" "$pack_s" "${shard_mb:-0}" >"$LOGDIR/e2e.json"

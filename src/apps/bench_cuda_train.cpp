@@ -46,6 +46,7 @@ struct Args {
   bool selftest = false;
   bool tf32 = true;
   bool autotune = false;
+  bool deterministic = false;
   bool cuda_graph = false;
 };
 
@@ -61,8 +62,10 @@ template <class... T>
 void usage(FILE* to) {
   std::fprintf(to,
                "usage: bench_cuda_train [--amp fp16|bf16|off] [--batch N] [--size PX] [--warmup N] [--iters N]\n"
-               "                        [--classes N] [--tf32 on|off] [--autotune] [--cuda-graph] [--selftest]\n"
+               "                        [--classes N] [--tf32 on|off] [--autotune] [--deterministic] [--cuda-graph]\n"
+               "                        [--selftest]\n"
                "  --autotune: time every cuDNN engine per conv shape during warm-up (default: heuristics)\n"
+               "  --deterministic: only cuDNN engines that give the same bits every run (train_resnet18's flag)\n"
                "  --cuda-graph: also time the step captured as one CUDA graph (after the eager timing)\n"
                "exit status: 0 done, 1 a failure (no GPU, a non-finite loss, ...), 2 a bad argument\n");
 }
@@ -96,6 +99,7 @@ Args parse(int argc, char** argv) {
       a.tf32 = v == "on";
     } else if (f == "--selftest") a.selftest = true;
     else if (f == "--autotune") a.autotune = true;
+    else if (f == "--deterministic") a.deterministic = true;
     else if (f == "--cuda-graph") a.cuda_graph = true;
     else if (f == "--help" || f == "-h") {
       usage(stdout);
@@ -142,6 +146,7 @@ ddp::nn::ModelConfig model_config(const Args& a, ddp::nn::Amp amp, int batch, in
   cfg.height = cfg.width = size;
   cfg.amp = amp;
   cfg.tf32 = a.tf32;
+  cfg.deterministic = a.deterministic;
   cfg.init.seed = 7;
   return cfg;
 }
@@ -287,8 +292,9 @@ int bench(const Args& a) {
       std::fprintf(stderr, "bench_cuda_train: --cuda-graph: %s\n", e.what());
     }
   }
-  std::printf("device %s, amp %s, tf32 %s, conv engines %s, batch %d, %dx%d, %d warm-up + %d timed steps\n",
-              prop.name, a.amp.c_str(), a.tf32 ? "on" : "off", a.autotune ? "autotuned" : "heuristic", a.batch, a.size,
+  std::printf("device %s, amp %s, tf32 %s, conv engines %s%s, batch %d, %dx%d, %d warm-up + %d timed steps\n",
+              prop.name, a.amp.c_str(), a.tf32 ? "on" : "off", a.autotune ? "autotuned" : "heuristic",
+              a.deterministic ? " (deterministic only)" : "", a.batch, a.size,
               a.size, a.warmup, a.iters);
   std::printf("loss after timing %.4f, grads finite %d; warm-up %.1f s, of which building %zu cuDNN plans %.1f s\n", loss,
               finite ? 1 : 0, warmup_s, ddp::cuda::ConvEngine::plans_built(), ddp::cuda::ConvEngine::plan_build_seconds());
@@ -325,10 +331,10 @@ int bench(const Args& a) {
   }
   std::printf("RESULT {\"amp\":\"%s\",\"batch\":%d,\"size\":%d,\"img_per_s\":%.1f,\"ms_per_step\":%.3f,\"peak_mem_mb\":%.1f,"
               "\"warmup_s\":%.2f,\"plans_built\":%zu,\"plan_build_s\":%.2f,\"host_ms_per_step\":%.4f,"
-              "\"cudnn_runtime\":%zu,\"cudnn_built\":%zu%s%s}\n",
+              "\"cudnn_runtime\":%zu,\"cudnn_built\":%zu,\"deterministic\":%s%s%s}\n",
               a.amp.c_str(), a.batch, a.size, img_s, ms_step, peak_mb, warmup_s, ddp::cuda::ConvEngine::plans_built(),
               ddp::cuda::ConvEngine::plan_build_seconds(), host_ms, ddp::cuda::ConvEngine::cudnn_runtime_version(),
-              ddp::cuda::ConvEngine::cudnn_built_version(), scale_json.c_str(), graph_json.c_str());
+              ddp::cuda::ConvEngine::cudnn_built_version(), a.deterministic ? "true" : "false", scale_json.c_str(), graph_json.c_str());
   // A step that cannot be captured is reported (graph_error) but does not fail the benchmark: the
   // product does not use the graph, the eager figure stands.
   return 0;

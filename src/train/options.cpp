@@ -76,6 +76,9 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
       ("backend", po::value<std::string>(&backend), "cpu | cuda (or gpu; default: cuda when a GPU is visible, else cpu)")
       ("amp", po::value<std::string>(&amp), "off | fp16 | bf16 (default: fp16 on cuda, off on cpu)")
       ("tf32", po::value<std::string>(&tf32)->default_value("on"), "on | off: TF32 tensor cores for --amp off")
+      ("deterministic", po::bool_switch(&o.deterministic),
+       "cuda: only cuDNN engines that give the same bits on every run, so a seed repeats its run exactly "
+       "(some convs may be slower; the cpu backend is deterministic anyway)")
       ("zero-init-residual", po::bool_switch(&o.zero_init_residual), "zero-init the last BN gamma of each block")
       ("init-weights", po::value<std::string>(&o.init_weights),
        "start from an HDF5 weights file (tools/torchvision_to_h5.py) or from the weights of a "
@@ -399,6 +402,8 @@ std::string describe(const TrainOptions& o) {
     << "image-size = " << o.image_size << "\nval-size = " << o.val_size << "\nworkers = " << o.workers << "\n"
     << "backend = " << nn::backend_name(o.backend) << "\namp = " << nn::amp_name(o.amp) << "\n"
     << "tf32 = " << (o.tf32 ? "on" : "off") << "\nzero-init-residual = " << o.zero_init_residual << "\n";
+  // Only when on, like init-weights: checkpoints written before the flag existed then compare equal.
+  if (o.deterministic) s << "deterministic = 1\n";
   if (!o.init_weights.empty()) s << "init-weights = " << o.init_weights << "\n";
   s << "threads = " << o.threads << "\nepochs = " << o.epochs << "\nbatch-size = " << o.batch_size << "\n"
     << "lr = " << o.lr << "\nmomentum = " << o.momentum << "\nnesterov = " << o.nesterov << "\n"

@@ -107,6 +107,28 @@ TEST(Options, CpuBackendRefusesGpuOnlySettings) {
   EXPECT_THROW(ddp::train::resolve_defaults(*m, 1, 1, true), ddp::Error);
 }
 
+// --deterministic reaches the options and the config text that checkpoints record and ranks compare,
+// where it appears only when on (checkpoints from before the flag must not read as another recipe).
+TEST(Options, DeterministicIsRecordedOnlyWhenOn) {
+  auto on = parse({"--data", "synthetic", "--deterministic"});
+  ASSERT_TRUE(on);
+  EXPECT_TRUE(on->deterministic);
+  EXPECT_NE(ddp::train::describe(*on).find("\ndeterministic = 1\n"), std::string::npos) << ddp::train::describe(*on);
+  auto off = parse({"--data", "synthetic"});
+  ASSERT_TRUE(off);
+  EXPECT_FALSE(off->deterministic);
+  EXPECT_EQ(ddp::train::describe(*off).find("deterministic"), std::string::npos) << ddp::train::describe(*off);
+  std::string path = ::testing::TempDir() + "/train_options_det.ini";
+  {
+    std::ofstream f(path);
+    f << "data = synthetic\ndeterministic = true\n";
+  }
+  auto file = parse({"--config", path});
+  std::remove(path.c_str());
+  ASSERT_TRUE(file);
+  EXPECT_TRUE(file->deterministic);
+}
+
 TEST(Options, ConfigFileWithCommandLineWinning) {
   std::string path = ::testing::TempDir() + "/train_options_test.ini";
   {

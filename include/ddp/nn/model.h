@@ -38,6 +38,9 @@ struct ModelConfig {
   int height = 224, width = 224;  // input size; set_input may use the same or smaller
   Amp amp = Amp::Off;
   bool tf32 = true;
+  // CUDA backend: only cuDNN engines that give the same bits on every run (no atomics); the same
+  // seed then gives the same run. The CPU backend is deterministic for a given thread count anyway.
+  bool deterministic = false;
   InitOptions init;
   float label_smoothing = 0.0f;
   int threads = 0;  // CPU backend: 0 = all cores (OMP_NUM_THREADS if set)

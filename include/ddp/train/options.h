@@ -39,6 +39,7 @@ struct TrainOptions {
   nn::Amp amp = nn::Amp::Off;
   bool amp_given = false;
   bool tf32 = true;
+  bool deterministic = false;  // --deterministic (ModelConfig::deterministic)
   bool zero_init_residual = false;
   std::string init_weights;
   int threads = 0;                  // CPU backend threads per rank; 0: cores / ranks on the host

@@ -83,7 +83,7 @@ DeviceContext& device_context(int device) {
   return *c;
 }
 
-Plan build(cudnnHandle_t handle, Op op, const ConvShape& p, bool strict_fp32, bool autotune) {
+Plan build(cudnnHandle_t handle, Op op, const ConvShape& p, bool strict_fp32, bool autotune, bool deterministic) {
   DDP_CHECK(p.n > 0 && p.c > 0 && p.h > 0 && p.w > 0 && p.k > 0 && p.out_h() > 0 && p.out_w() > 0,
             "conv: bad shape ", describe(op, p));
   auto g = std::make_shared<fe::graph::Graph>();
@@ -126,8 +126,12 @@ Plan build(cudnnHandle_t handle, Op op, const ConvShape& p, bool strict_fp32, bo
     // Strict fp32 (--tf32 off, and the fp32 tests): no TF32 tensor-core engines either.
     g->deselect_numeric_notes({fe::NumericalNote_t::TENSOR_CORE});
   }
+  if (deterministic) g->deselect_numeric_notes({fe::NumericalNote_t::NONDETERMINISTIC});
   g->deselect_workspace_greater_than(kWorkspaceCap);
-  fe_check(g->check_support(), "check_support (no engine supports this conv within 1 GiB of workspace)", op, p);
+  fe_check(g->check_support(),
+           deterministic ? "check_support (no deterministic engine supports this conv within 1 GiB of workspace)"
+                         : "check_support (no engine supports this conv within 1 GiB of workspace)",
+           op, p);
   fe_check(g->build_plans(autotune ? fe::BuildPlanPolicy_t::ALL : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE),
            "build_plans", op, p);
   Plan plan;
@@ -143,6 +147,7 @@ struct ConvEngine::Impl {
   DeviceContext* ctx = nullptr;
   bool allow_tf32 = true;
   bool autotune = false;
+  bool deterministic = false;
   std::map<Key, std::shared_ptr<Plan>> used;  // this engine's view of ctx->plans
   DeviceBuffer workspace;
 
@@ -159,13 +164,13 @@ struct ConvEngine::Impl {
   // Caller holds ctx->mu.
   Plan& get_locked(Op op, const ConvShape& p) {
     const bool strict = p.dtype == DType::F32 && !allow_tf32;
-    const Key key = make_key(op, p, strict, autotune);
+    const Key key = make_key(op, p, strict, autotune, deterministic);
     auto mine = used.find(key);
     if (mine != used.end()) return *mine->second;
     auto& shared = ctx->plans[key];
     if (!shared) {
       const auto t0 = std::chrono::steady_clock::now();
-      shared = std::make_shared<Plan>(build(ctx->handle, op, p, strict, autotune));
+      shared = std::make_shared<Plan>(build(ctx->handle, op, p, strict, autotune, deterministic));
       g_build_us += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
       ++g_plans_built;
     }
@@ -215,13 +220,15 @@ struct ConvEngine::Impl {
   }
 };
 
-ConvEngine::ConvEngine(cudaStream_t stream, bool allow_tf32, bool autotune) : impl_(std::make_unique<Impl>()) {
+ConvEngine::ConvEngine(cudaStream_t stream, bool allow_tf32, bool autotune, bool deterministic)
+    : impl_(std::make_unique<Impl>()) {
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   impl_->stream = stream;
   impl_->ctx = &device_context(device);
   impl_->allow_tf32 = allow_tf32;
   impl_->autotune = autotune;
+  impl_->deterministic = deterministic;
 }
 #include "conv_engine_calls.inc"
 

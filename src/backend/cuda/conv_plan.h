@@ -15,11 +15,12 @@ enum class Op { Fprop = 0, Dgrad = 1, Wgrad = 2 };
 inline const char* op_name(Op op) { return op == Op::Fprop ? "fprop" : op == Op::Dgrad ? "dgrad" : "wgrad"; }
 
 // Everything a built plan depends on: op, shape, dtype, whether TF32 engines are barred (strict fp32
-// only) and whether every candidate was built for a timed search.
-using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, bool, bool>;
-inline Key make_key(Op op, const ConvShape& p, bool strict_fp32, bool autotune) {
+// only), whether every candidate was built for a timed search, and whether non-deterministic engines
+// are barred.
+using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, bool, bool, bool>;
+inline Key make_key(Op op, const ConvShape& p, bool strict_fp32, bool autotune, bool deterministic) {
   return {static_cast<int>(op), p.n, p.c, p.h, p.w, p.k, p.r, p.s, p.stride, p.pad, static_cast<int>(p.dtype),
-          strict_fp32, autotune};
+          strict_fp32, autotune, deterministic};
 }
 
 inline std::string describe(Op op, const ConvShape& p) {

@@ -159,7 +159,7 @@ struct CudaResNet18::Impl {
     const std::string autotune = at ? at : "";
     DDP_CHECK(autotune.empty() || autotune == "0" || autotune == "1", "DDP_CUDNN_AUTOTUNE='", autotune,
               "' is not 1 (timed cuDNN engine search) or 0 (the heuristics' choice)");
-    convs = std::make_unique<ConvEngine>(stream, cfg.tf32, autotune == "1");
+    convs = std::make_unique<ConvEngine>(stream, cfg.tf32, autotune == "1", cfg.deterministic);
 
     // Layer tables.
     auto add_conv = [&](const nn::ConvSpec& cs) {

@@ -127,6 +127,25 @@ inline void expect_close(const std::string& what, const std::vector<float>& got,
                      << rms(ref) << ")";
 }
 
+// Bit-for-bit equality (what deterministic engines promise); on a mismatch, how far apart: the count,
+// the first, the largest absolute difference and ||got - ref|| / ||ref||.
+inline void expect_same_bits(const std::string& what, const std::vector<float>& got, const std::vector<float>& ref) {
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  size_t bad = 0, first = 0;
+  double worst = 0, dn = 0, rn = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = static_cast<double>(got[i]) - ref[i];
+    rn += static_cast<double>(ref[i]) * ref[i];
+    if (std::memcmp(&got[i], &ref[i], sizeof(float)) == 0) continue;
+    if (bad++ == 0) first = i;
+    worst = std::max(worst, std::isfinite(d) ? std::fabs(d) : INFINITY);
+    dn += d * d;
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << ref.size() << " elements differ in their bits (first at "
+                     << first << ": got " << got[first] << ", ref " << ref[first] << "; largest difference " << worst
+                     << ", relative L2 difference " << (rn > 0 ? std::sqrt(dn / rn) : INFINITY) << ")";
+}
+
 // ||got - ref|| / ||ref|| (L2, accumulated in double); sizes must match.
 inline double rel_l2_error(const std::vector<float>& got, const std::vector<float>& ref) {
   double dn = 0, rn = 0;

@@ -7,6 +7,12 @@
 // candidates need more than 1 GiB of workspace keep the heuristic choice. The frontend headers stay
 // in conv.cpp (they compile slowly).
 //
+// Deterministic engines only (`deterministic`, the trainer's --deterministic): cuDNN marks engines
+// whose result may change from run to run (e.g. weight gradients that add split partial sums with
+// atomics) and those are barred, so the same inputs give the same bits every time. Training amplifies
+// such last-bit differences: two fp32 runs of 4 steps at lr 0.2 were seen to end 10-30% apart in
+// their weight updates on an H200 (2026-11-29).
+//
 // All engines of a device share one cuDNN handle; building and executing take that device's lock
 // and bind the handle to the calling engine's stream (a handle serves one thread at a time, and
 // cuDNN's backend plans are not safe to execute concurrently). Executing only enqueues work.
@@ -36,7 +42,7 @@ struct ConvShape {
 class ConvEngine {
  public:
   // The convs run on `stream`, on the device current when the engine is made.
-  ConvEngine(cudaStream_t stream, bool allow_tf32, bool autotune = false);
+  ConvEngine(cudaStream_t stream, bool allow_tf32, bool autotune = false, bool deterministic = false);
   // Applies to convs run from now on (timed plans are cache entries of their own).
   void set_autotune(bool on);
   ~ConvEngine();

@@ -79,7 +79,7 @@ float dot(const float* a, const float* b, int n) {
 
 struct ConvEngine::Impl {
   cudaStream_t stream = nullptr;
-  bool allow_tf32 = true, autotune = false;
+  bool allow_tf32 = true, autotune = false, deterministic = false;  // the emulated convs are deterministic anyway
   std::set<Key> used;
   DeviceBuffer workspace;
 
@@ -97,7 +97,7 @@ struct ConvEngine::Impl {
 
   void prepare(Op op, const ConvShape& p) {
     const bool strict = p.dtype == DType::F32 && !allow_tf32;
-    const Key key = make_key(op, p, strict, autotune);
+    const Key key = make_key(op, p, strict, autotune, deterministic);
     if (workspace.bytes() < workspace_need(op, p)) {
       DDP_CHECK(cudaStreamSynchronize(stream) == cudaSuccess, "conv (emulated): stream sync failed");
       workspace = DeviceBuffer();
@@ -200,10 +200,12 @@ struct ConvEngine::Impl {
   }
 };
 
-ConvEngine::ConvEngine(cudaStream_t stream, bool allow_tf32, bool autotune) : impl_(std::make_unique<Impl>()) {
+ConvEngine::ConvEngine(cudaStream_t stream, bool allow_tf32, bool autotune, bool deterministic)
+    : impl_(std::make_unique<Impl>()) {
   impl_->stream = stream;
   impl_->allow_tf32 = allow_tf32;
   impl_->autotune = autotune;
+  impl_->deterministic = deterministic;
 }
 #include "conv_engine_calls.inc"  // conv.cpp's own binding of each op's buffers
 

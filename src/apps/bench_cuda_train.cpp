@@ -16,6 +16,7 @@
 //
 // --selftest: a few steps on one small fixed batch per AMP mode; fails unless the loss is finite
 // and falls (cheap insurance before a long run on a GPU host).
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -47,6 +48,7 @@ struct Args {
   bool tf32 = true;
   bool autotune = false;
   bool deterministic = false;
+  bool profile_step = false;
   bool cuda_graph = false;
 };
 
@@ -63,9 +65,11 @@ void usage(FILE* to) {
   std::fprintf(to,
                "usage: bench_cuda_train [--amp fp16|bf16|off] [--batch N] [--size PX] [--warmup N] [--iters N]\n"
                "                        [--classes N] [--tf32 on|off] [--autotune] [--deterministic] [--cuda-graph]\n"
-               "                        [--selftest]\n"
+               "                        [--profile-step] [--selftest]\n"
                "  --autotune: time every cuDNN engine per conv shape during warm-up (default: heuristics)\n"
                "  --deterministic: only cuDNN engines that give the same bits every run (train_resnet18's flag)\n"
+               "  --profile-step: after the warm-up, one step between cudaProfilerStart/Stop (for ncu\n"
+               "    --profile-from-start off: tools/gpu_profile.sh), then exit without timing\n"
                "  --cuda-graph: also time the step captured as one CUDA graph (after the eager timing)\n"
                "exit status: 0 done, 1 a failure (no GPU, a non-finite loss, ...), 2 a bad argument\n");
 }
@@ -100,6 +104,7 @@ Args parse(int argc, char** argv) {
     } else if (f == "--selftest") a.selftest = true;
     else if (f == "--autotune") a.autotune = true;
     else if (f == "--deterministic") a.deterministic = true;
+    else if (f == "--profile-step") a.profile_step = true;
     else if (f == "--cuda-graph") a.cuda_graph = true;
     else if (f == "--help" || f == "-h") {
       usage(stdout);
@@ -255,6 +260,14 @@ int bench(const Args& a) {
   model.synchronize();
   const double warmup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
   auto* s = static_cast<cudaStream_t>(model.stream());
+  if (a.profile_step) {
+    CUDA_CHECK(cudaProfilerStart());
+    step();
+    model.synchronize();
+    CUDA_CHECK(cudaProfilerStop());
+    std::printf("profiled one %s step (batch %d, %dx%d)\n", a.amp.c_str(), a.batch, a.size, a.size);
+    return 0;
+  }
   const int64_t skipped_before = scaler.state().skipped_steps;
   const double ms_step = timed_ms_per_step(s, a.iters, step);
   const int64_t skipped_timed = scaler.state().skipped_steps - skipped_before;

@@ -36,6 +36,9 @@ def parse_args(argv):
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--tf32", choices=["on", "off"], default="on", help="TF32 for fp32 convolutions/matmuls")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--profile-step", action="store_true",
+                   help="after the warm-up, run one step between cudaProfilerStart/Stop (for ncu "
+                        "--profile-from-start off: tools/gpu_profile.sh) and exit without timing")
     p.add_argument("--device", default="cuda",
                    help="cuda (the benchmark); cpu only to smoke-test this script on a machine without a GPU")
     a = p.parse_args(argv)
@@ -148,6 +151,17 @@ def main(argv):
     warmup_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    if a.profile_step:
+        if device.type != "cuda":
+            print("torch_gpu_train: --profile-step needs --device cuda", file=sys.stderr)
+            return 2
+        torch.cuda.profiler.start()
+        loss = step(a.warmup)
+        sync()
+        torch.cuda.profiler.stop()
+        print(f"torch_gpu_train: profiled one {'compiled' if a.compile else 'eager'} {a.amp} step "
+              f"(loss {float(loss.detach().float().item()):.4f})", file=sys.stderr)
+        return 0
 
     timer = Timer(torch, device)
     window_ms = []

@@ -2,6 +2,7 @@
 // definitions are linked into each emulation test executable itself, so they take the place of
 // libcudart's and libcublas's for every caller in the process.
 #include <cublas_v2.h>
+#include <cuda_profiler_api.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -715,6 +716,9 @@ cudaError_t cudaGetLastError() {
   return e;
 }
 cudaError_t cudaPeekAtLastError() { return g_last_error; }
+// No profiler attaches to the emulation: the range markers (bench_cuda_train --profile-step) do nothing.
+cudaError_t cudaProfilerStart() { return cudaSuccess; }
+cudaError_t cudaProfilerStop() { return cudaSuccess; }
 
 const char* cudaGetErrorName(cudaError_t e) {
   switch (e) {

@@ -229,7 +229,7 @@ summarize() {
   fi
   FATAL="$fatal" QUICK="$QUICK" ALLOW_SKIP="$ALLOW_SKIP" BATCH="$BATCH" SIZE="$SIZE" BUNDLE="$BUNDLE" \
     "${HOSTENV[@]}" "$TOOLPY" - "$LOGDIR" "$OUTDIR/summary.json" <<'PYEOF' | tee -a "$MAIN_LOG"
-import csv, glob, json, os, statistics, sys
+import csv, glob, json, os, statistics, sys, textwrap
 logdir, out = sys.argv[1], sys.argv[2]
 env = os.environ
 def rd(name, default=None):
@@ -423,10 +423,11 @@ for label, key in rows + e2e_rows:
                      f"no check {r['fixed_scale_img_per_s']:.0f} img/s")
     if isinstance(r.get("host_ms_per_step"), (int, float)):
         extra.append(f"enqueue {r['host_ms_per_step']:.2f} ms/step")
-    rdet = rd(key + "_det.json") if key.startswith("ours_") else None
-    if isinstance(rdet, dict) and isinstance(rdet.get("img_per_s"), (int, float)) and e.get("img_per_s"):
-        e["deterministic_img_per_s"] = rdet["img_per_s"]
-        extra.append(f"deterministic {rdet['img_per_s']:.0f} img/s = {rdet['img_per_s'] / e['img_per_s']:.2f}x")
+    for suffix, word in (("_det", "deterministic"), ("_tuned", "autotuned")):
+        rv = rd(key + suffix + ".json") if key.startswith("ours_") else None
+        if isinstance(rv, dict) and isinstance(rv.get("img_per_s"), (int, float)) and e.get("img_per_s"):
+            e[word + "_img_per_s"] = rv["img_per_s"]
+            extra.append(f"{word} {rv['img_per_s']:.0f} img/s = {rv['img_per_s'] / e['img_per_s']:.2f}x")
     if isinstance(r.get("graph_over_eager"), (int, float)):
         extra.append(f"CUDA graph {r.get('graph_img_per_s', 0):.0f} img/s = {r['graph_over_eager']:.2f}x")
     elif r.get("graph_error"):
@@ -436,8 +437,13 @@ for label, key in rows + e2e_rows:
     if key == "train_hdf5_fp16" and e2e.get("hdf5_over_trainer_synthetic"):
         extra.append(f"{e2e['hdf5_over_trainer_synthetic']:.2f} x synthetic")
     note = "; ".join([x for x in [note] + extra if x])
-    print(f"{label:<23}{f(e.get('img_per_s'), '.0f'):>8}{f(e.get('ms_per_step'), '.2f'):>9}{f(e.get('peak_mb'), '.0f'):>9}"
-          f"{f(smi, '.0f'):>8}{f(u, '.0f'):>6}{f(e.get('x_torch_eager'), '.2f'):>8}  {note}"[:W + 40])
+    head = (f"{label:<23}{f(e.get('img_per_s'), '.0f'):>8}{f(e.get('ms_per_step'), '.2f'):>9}{f(e.get('peak_mb'), '.0f'):>9}"
+            f"{f(smi, '.0f'):>8}{f(u, '.0f'):>6}{f(e.get('x_torch_eager'), '.2f'):>8}  ")
+    # A long note goes on under the note column (a cut one lost the deterministic figure once).
+    lines = textwrap.wrap(note, W + 40 - len(head)) or [""]
+    print(head + lines[0])
+    for more in lines[1:4]:
+        print(" " * len(head) + more)
 if e2e.get("images"):
     print(f"HDF5 data: {e2e['images']} JPEGs made in {e2e.get('make_jpegs_s', '?')} s ({e2e.get('jpeg_mb', '?')} MB), "
           f"packed in {e2e.get('pack_s', '?')} s to {e2e.get('shard_mb', '?')} MB (shorter side 256)")
@@ -876,9 +882,12 @@ for amp in fp16 bf16; do
     # --cuda-graph: the same process also times the step as one CUDA graph (a note beside the figure).
     run_bench "ours_$amp" "$BENCH_TIMEOUT" "$ours_bin" --amp "$amp" --batch "$BATCH" --size "$SIZE" --cuda-graph \
       "${ours_extra[@]}" || bench_bad=$((bench_bad + 1))
-    # What --deterministic costs: the same step with deterministic cuDNN engines only (a note beside the
-    # figure; not a required run).
+    # Two variants of the same step, notes beside the figure (not required runs): what --deterministic
+    # costs, and what a timed engine search per conv (--autotune, like PyTorch's cudnn.benchmark, which
+    # the peer uses) gains over cuDNN's heuristics.
     run_bench "ours_${amp}_det" 60 "$ours_bin" --amp "$amp" --batch "$BATCH" --size "$SIZE" --deterministic \
+      "${ours_extra[@]}"
+    run_bench "ours_${amp}_tuned" 90 "$ours_bin" --amp "$amp" --batch "$BATCH" --size "$SIZE" --autotune \
       "${ours_extra[@]}"
   else
     printf '%s\t%s\t%s\n' -1 0 "not run: ${CANNOT_RUN[$ours_bin]:-bench_cuda_train not in bundle}" >"$LOGDIR/ours_$amp.status"

@@ -64,11 +64,15 @@ for r in "${RUN_LIST[@]}"; do
   amp=${r##*_}
   case $r in
     ours_*) cmd=("$UNPACKED/bin/bench_cuda_train" --amp "$amp" --batch 256 --size 224 --warmup 10 --profile-step) ;;
-    torch_eager_*) cmd=("${HOSTENV[@]}" python3 "$ROOT/tools/bench/torch_gpu_train.py" --amp "$amp" --warmup 10 --profile-step) ;;
-    torch_compile_*) cmd=("${HOSTENV[@]}" python3 "$ROOT/tools/bench/torch_gpu_train.py" --compile --amp "$amp" --warmup 10 --profile-step) ;;
+    torch_eager_*) cmd=(python3 "$ROOT/tools/bench/torch_gpu_train.py" --amp "$amp" --warmup 10 --profile-step) ;;
+    torch_compile_*) cmd=(python3 "$ROOT/tools/bench/torch_gpu_train.py" --compile --amp "$amp" --warmup 10 --profile-step) ;;
   esac
+  # PyTorch gets the host's library path through env, which must come before ncu: ncu profiles the
+  # program it starts, not that program's children (seen on the H200: "No kernels were profiled").
+  pre=()
+  [[ $r == torch_* ]] && pre=("${HOSTENV[@]}")
   log "$r: ncu on one step (limit $left s)"
-  timeout -k 10 "$left" "$NCU" --profile-from-start off --clock-control none --target-processes application-only \
+  timeout -k 10 "$left" "${pre[@]}" "$NCU" --profile-from-start off --clock-control none --target-processes application-only \
     --metrics gpu__time_duration.sum \
     --csv --print-units base --log-file "$OUTDIR/$r.csv" "${cmd[@]}" >"$OUTDIR/$r.log" 2>&1
   rc=$?
@@ -80,9 +84,11 @@ done
 import csv, os, re, sys
 out, runs = sys.argv[1], sys.argv[2:]
 def short(name):
-    name = re.sub(r"\(.*", "", name)          # drop the argument list
-    name = re.sub(r"<.*", "", name) if not name.startswith("void ") else re.sub(r"<.*", "", name[5:])
-    return name.split("::")[-1][:60]
+    # "void ddp::<unnamed>::k_bn_apply_vec<__nv_bfloat16>(const T1 *, ...)" -> "k_bn_apply_vec"
+    name = name.replace("<unnamed>::", "").replace("(anonymous namespace)::", "")
+    name = re.sub(r"^void ", "", name)
+    name = re.sub(r"[(<].*", "", name)         # template and argument lists
+    return name.split("::")[-1][:90]
 for r in runs:
     path = os.path.join(out, r + ".csv")
     if not os.path.exists(path):

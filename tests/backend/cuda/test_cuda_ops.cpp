@@ -655,15 +655,20 @@ TEST_P(CudaOps, NormalizeU8AndPadding) {
   for (auto& b : img) b = static_cast<uint8_t>(r.next_u32() & 0xff);
   DeviceBuffer d_img(img.size(), "img");
   CUDA_CHECK(cudaMemcpy(d_img.get(), img.data(), img.size(), cudaMemcpyHostToDevice));
-  Dev d_y(pixels * 8, dt);
-  normalize_u8_nhwc(d_img.as<uint8_t>(), pixels, 8, dt, d_y.get(), stream_);
   const float mean[3] = {0.485f, 0.456f, 0.406f}, sd[3] = {0.229f, 0.224f, 0.225f};
-  std::vector<float> ref(pixels * 8, 0.0f);
-  for (int64_t p = 0; p < pixels; ++p)
-    for (int c = 0; c < 3; ++c) ref[p * 8 + c] = (img[p * 3 + c] / 255.0f - mean[c]) / sd[c];
   // fp32: the kernel multiplies by 1/255 and 1/std where the reference divides (a few ulps).
   const double rt = dt == DType::F32 ? 1e-5 : dt == DType::F16 ? 1e-3 : 8e-3;
-  expect_close("normalised input", d_y.download(), ref, rt, 1e-5);
+  // 8 padded channels (the model's; one vector store per pixel) and 4 (the element-wise kernel).
+  for (const int cpad : {4, 8}) {
+    Dev d_y4(pixels * cpad, dt);  // poisoned: the padding must be written as zeros
+    normalize_u8_nhwc(d_img.as<uint8_t>(), pixels, cpad, dt, d_y4.get(), stream_);
+    std::vector<float> ref(pixels * cpad, 0.0f);
+    for (int64_t p = 0; p < pixels; ++p)
+      for (int c = 0; c < 3; ++c) ref[p * cpad + c] = (img[p * 3 + c] / 255.0f - mean[c]) / sd[c];
+    expect_close("normalised input, " + std::to_string(cpad) + " channels", d_y4.download(), ref, rt, 1e-5);
+  }
+  Dev d_y(pixels * 8, dt);
+  normalize_u8_nhwc(d_img.as<uint8_t>(), pixels, 8, dt, d_y.get(), stream_);
 
   // padded_to_f32 drops the padding again.
   Dev d_back(pixels * 3, DType::F32);

@@ -4,14 +4,17 @@
 # tools/bench/torch_gpu_train.py --profile-step mark it with cudaProfilerStart/Stop), with the clocks
 # as the card has them (--clock-control none: the device README says to leave clocks alone). ncu runs
 # the kernels one at a time, so the sum is the step without overlap: a guide to which kernels to work
-# on, not a throughput figure (gpu_check.sh gives those). For a GPU host, after gpu_check.sh passed.
+# on, not a throughput figure (gpu_check.sh gives those). The convs_* runs are not ncu: bench_cuda_conv
+# times every conv of the step with the heuristics' engine and with a timed search's (and the stem at
+# 4, 8 and 16 padded channels). For a GPU host, after gpu_check.sh passed.
 #
 # Usage: tools/gpu_profile.sh [--bundle DIR] [--out DIR] [--budget S] [--runs LIST]
 #   --bundle DIR   bundle folder from tools/bundle_deps (default .bundle)
 #   --out DIR      where the ncu CSVs, logs and profile.txt go (default $OUT, else ./gpu_profile_out)
 #   --budget S     stop starting runs after S seconds (default 300)
-#   --runs LIST    comma-separated, in order (default ours_bf16,torch_compile_bf16,ours_fp16,torch_eager_bf16):
-#                  ours_fp16 ours_bf16 torch_eager_fp16 torch_eager_bf16 torch_compile_fp16 torch_compile_bf16
+#   --runs LIST    comma-separated, in order (default ours_bf16,torch_compile_bf16,convs_bf16,torch_eager_bf16,
+#                  convs_fp16): ours_fp16 ours_bf16 torch_eager_fp16 torch_eager_bf16 torch_compile_fp16
+#                  torch_compile_bf16 convs_fp16 convs_bf16
 # Batch 256, 224 px, as gpu_check's benchmark. Prints a table per run LAST (top kernels by time).
 # Exit status: 0 every run profiled, 1 a run failed, 2 a bad argument or no ncu / bundle.
 set -uo pipefail
@@ -20,7 +23,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUNDLE="$ROOT/.bundle"
 OUTDIR=${OUT:-./gpu_profile_out}
 BUDGET=300
-RUNS="ours_bf16,torch_compile_bf16,ours_fp16,torch_eager_bf16"
+RUNS="ours_bf16,torch_compile_bf16,convs_bf16,torch_eager_bf16,convs_fp16"
 bad_arg() { printf 'gpu_profile: %s\n' "$*" >&2; exit 2; }
 while (($#)); do
   case $1 in
@@ -33,7 +36,7 @@ while (($#)); do
   esac
 done
 for r in ${RUNS//,/ }; do
-  [[ $r =~ ^(ours_(fp16|bf16)|torch_(eager|compile)_(fp16|bf16))$ ]] || bad_arg "--runs: '$r' is not a run this script knows"
+  [[ $r =~ ^((ours|convs)_(fp16|bf16)|torch_(eager|compile)_(fp16|bf16))$ ]] || bad_arg "--runs: '$r' is not a run this script knows"
 done
 NCU=$(command -v ncu)
 if [[ -z $NCU ]]; then
@@ -62,6 +65,15 @@ for r in "${RUN_LIST[@]}"; do
   left=$((BUDGET - SECONDS))
   if ((left < 40)); then log "$r: not run (budget spent)"; continue; fi
   amp=${r##*_}
+  if [[ $r == convs_* ]]; then
+    log "$r: bench_cuda_conv (limit $left s)"
+    timeout -k 10 "$left" "$UNPACKED/bin/bench_cuda_conv" --amp "$amp" --batch 256 --size 224 --stem-cpad 4,8,16 \
+      >"$OUTDIR/$r.txt" 2>&1
+    rc=$?
+    log "$r: rc $rc; $(grep '^all convs' "$OUTDIR/$r.txt" || tail -1 "$OUTDIR/$r.txt")"
+    ((rc == 0)) || bad=$((bad + 1))
+    continue
+  fi
   case $r in
     ours_*) cmd=("$UNPACKED/bin/bench_cuda_train" --amp "$amp" --batch 256 --size 224 --warmup 10 --profile-step) ;;
     torch_eager_*) cmd=(python3 "$ROOT/tools/bench/torch_gpu_train.py" --amp "$amp" --warmup 10 --profile-step) ;;
@@ -90,6 +102,23 @@ def short(name):
     name = re.sub(r"[(<].*", "", name)         # template and argument lists
     return name.split("::")[-1][:90]
 for r in runs:
+    if r.startswith("convs_"):
+        try:
+            with open(os.path.join(out, r + ".txt")) as f:
+                rows = [l.rstrip() for l in f if re.search(r" (fprop|dgrad|wgrad) ", l)]
+        except OSError:
+            continue
+        # The convs where the heuristics' engine is slowest against the searched one, by time lost.
+        def lost(l):
+            p = l.split()
+            try:
+                return float(p[-3]) - float(p[-2])
+            except ValueError:
+                return 0.0
+        print(f"== {r}: heuristics against a timed search, the 12 largest losses (ms)")
+        for l in sorted(rows, key=lost, reverse=True)[:12]:
+            print("  " + l)
+        continue
     path = os.path.join(out, r + ".csv")
     if not os.path.exists(path):
         continue

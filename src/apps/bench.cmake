@@ -6,4 +6,7 @@ if(DDP_HAVE_CUDA)
   add_executable(bench_cuda_train ${CMAKE_CURRENT_SOURCE_DIR}/bench_cuda_train.cpp
                                   ${PROJECT_SOURCE_DIR}/src/train/loss_scaler.cpp)
   target_link_libraries(bench_cuda_train PRIVATE ddp_cuda ddp_nn ddp_core)
+  # Every conv of a step with the heuristics' engine against a timed search (tools/gpu_profile.sh).
+  add_executable(bench_cuda_conv ${CMAKE_CURRENT_SOURCE_DIR}/bench_cuda_conv.cpp)
+  target_link_libraries(bench_cuda_conv PRIVATE ddp_cuda ddp_nn ddp_core)
 endif()

@@ -1376,7 +1376,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       comm->set_step(gstep);
       if (!input_set) next_input(s);
       input_set = false;
-      float loss = model->forward(nn::Mode::Train);
+      // The loss is read below, after the backward is enqueued: waiting for it here would leave the
+      // GPU idle while the host enqueues the backward (nn/model.h).
+      model->forward_async(nn::Mode::Train);
       const float used_scale = scaler.scale();
       grads_in_flight = true;
       bucketer.begin_step();
@@ -1401,6 +1403,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
       bucketer.finish(stream);
       grads_in_flight = false;
       if (next_error) std::rethrow_exception(next_error);
+      const float loss = model->last_loss();
       const bool finite = model->grads_finite();
       // One small reduction per step: global loss, found-inf (rule 4) and the stop request (rule 9).
       double red[3] = {static_cast<double>(loss), finite ? 0.0 : 1.0, stop_requested() ? 1.0 : 0.0};

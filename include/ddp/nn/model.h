@@ -3,7 +3,7 @@
 //
 // A training step is:
 //   model.set_input_u8(...)            // or set_input_f32 in tests
-//   loss = model.forward(Mode::Train)
+//   loss = model.forward(Mode::Train)  // or forward_async(Mode::Train), and last_loss() after backward
 //   model.backward(loss_scale, on_grad_ready)   // grads() = loss_scale * d(mean loss)/d(params)
 //   ... communicator averages grads() (in buckets, as on_grad_ready reports them) ...
 //   if (model.grads_finite()) model.sgd_step(...)   // all ranks agree on finiteness first
@@ -118,6 +118,14 @@ class Model {
   // uses batch statistics and updates running stats (and num_batches_tracked); Eval mode uses
   // running stats.
   virtual float forward(Mode mode) = 0;
+  // forward() without waiting for its loss, and that loss later: on the GPU forward() copies the loss
+  // back, so the device sat idle while the host then enqueued the backward (~0.85 ms of a 14.8 ms fp16
+  // step on an H200, the trainer's gap to bench_cuda_train). The trainer enqueues backward right after
+  // forward_async and reads last_loss() once the step's gradients are in. last_loss() is the mean loss
+  // of the last forward, also after a later set_input_u8 (the next batch may go in during backward);
+  // it waits for the device work queued so far.
+  virtual void forward_async(Mode mode) = 0;
+  virtual float last_loss() = 0;
   virtual std::vector<float> logits_host() const = 0;  // n x num_classes, row-major
   virtual EvalCounts eval_counts() const = 0;          // top-1/top-5/loss of the last forward
   virtual void backward(float loss_scale, const GradReadyFn& on_ready) = 0;

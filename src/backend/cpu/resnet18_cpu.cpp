@@ -59,6 +59,7 @@ struct CpuResNet18::Impl {
   bool have_input = false;
   bool have_train_forward = false;  // backward needs the batch statistics of a train forward
   bool have_forward = false;
+  bool have_loss = false;  // m.loss holds the last forward's loss (kept across set_input)
 
   ConvBn stem;
   Tensor stem_act;  // relu(bn1(conv1)): maxpool input
@@ -349,7 +350,16 @@ float CpuResNet18::forward(nn::Mode mode) {
   if (train) ++num_batches_tracked_;
   m.have_forward = true;
   m.have_train_forward = train;
+  m.have_loss = true;
   return m.loss;
+}
+
+// The CPU computes synchronously: nothing to overlap.
+void CpuResNet18::forward_async(nn::Mode mode) { forward(mode); }
+
+float CpuResNet18::last_loss() {
+  DDP_CHECK(impl_->have_loss, "last_loss: no forward pass yet");
+  return impl_->loss;
 }
 
 std::vector<float> CpuResNet18::logits_host() const {

@@ -100,6 +100,7 @@ struct CudaResNet18::Impl {
   int n = 0, h = 0, w = 0, h1 = 0, w1 = 0, h2 = 0, w2 = 0;
   std::array<int, 8> bh{}, bw{}, bc{};  // block output size and channels
   bool have_input = false, have_forward = false, last_train = false;
+  bool have_loss = false;  // row_loss holds the last forward's losses (kept across set_input)
   std::vector<int32_t> labels_host;
   int32_t* labels_pinned = nullptr;  // page-locked, so the label copy is truly asynchronous
   cudaEvent_t labels_copied = nullptr;
@@ -417,6 +418,7 @@ struct CudaResNet18::Impl {
                        probs.as<float>(), row_loss.as<float>(), label_rank.as<int32_t>(), stream);
     if (train) ++nbt;
     have_forward = true;
+    have_loss = true;
     last_train = train;
   }
 
@@ -597,6 +599,13 @@ float CudaResNet18::forward(nn::Mode mode) {
   return impl_->mean_loss();
 }
 
+void CudaResNet18::forward_async(nn::Mode mode) { impl_->forward_async(mode == nn::Mode::Train); }
+
+float CudaResNet18::last_loss() {
+  DDP_CHECK(impl_->have_loss, "CudaResNet18::last_loss before any forward");
+  return impl_->mean_loss();
+}
+
 std::vector<float> CudaResNet18::logits_host() const {
   const Impl& m = *impl_;
   DDP_CHECK(m.have_forward, "CudaResNet18::logits_host before forward");
@@ -724,6 +733,7 @@ void CudaResNet18::replay_train_step() {
   CUDA_CHECK(cudaEventRecord(m.input_consumed, m.stream));
   ++m.nbt;
   m.have_forward = true;
+  m.have_loss = true;
   m.last_train = true;
 }
 

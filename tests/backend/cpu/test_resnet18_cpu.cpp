@@ -140,6 +140,25 @@ TEST(CpuResNet18, DeterministicAndLossScaled) {
   for (size_t i = 0; i < g1.size(); ++i) ASSERT_NEAR(g2[i], 1024.0 * g1[i], 1024.0 * (1e-6 * maxg + 1e-4 * std::abs(g1[i])));
 }
 
+// last_loss(): the loss of the last forward, kept when the next batch goes in before it is read (the
+// trainer's order: forward_async, backward, next set_input, last_loss); refused before any forward.
+TEST(CpuResNet18, LastLossIsTheLastForwardsLoss) {
+  CpuResNet18 m(small());
+  EXPECT_THROW(m.last_loss(), ddp::Error);
+  auto x = randn(4 * 3 * 32 * 32, 5), x2 = randn(4 * 3 * 32 * 32, 6);
+  auto y = labels(4, 10, 5);
+  m.set_input_f32(x.data(), y.data(), 4, 32, 32);
+  const float loss = m.forward(Mode::Eval);
+  EXPECT_EQ(m.last_loss(), loss);
+  m.forward_async(Mode::Train);
+  const float train_loss = m.last_loss();
+  EXPECT_NE(train_loss, loss) << "train mode normalises with the batch's statistics, eval with the running ones";
+  m.backward(1.0f, nullptr);
+  m.set_input_f32(x2.data(), y.data(), 4, 32, 32);
+  EXPECT_EQ(m.last_loss(), train_loss);
+  EXPECT_NE(m.forward(Mode::Train), train_loss);
+}
+
 TEST(CpuResNet18, GradReadyReportsTailsInReverseLayerOrder) {
   CpuResNet18 m(small());
   auto x = randn(2 * 3 * 32 * 32, 5);

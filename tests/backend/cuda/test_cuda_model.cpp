@@ -343,10 +343,11 @@ TEST_P(CudaModel, CapturedStepMatchesEagerSteps) {
   EXPECT_EQ(graph.num_batches_tracked(), 8);
 }
 
-// The trainer sets the next batch right after backward, before the gradient wait, grads_finite and
-// sgd_step, so that its copy to the GPU overlaps the backward (nn/model.h). Three steps that way
-// against three in the plain order, on two models with the same weights: each step must still train
-// on its own batch and the optimizer must not see the next one. The batches come from one pinned host
+// The trainer's order (nn/model.h): forward_async, backward, the next batch set at once (its copy to
+// the GPU overlaps the backward), then the loss (last_loss), grads_finite and sgd_step. Three steps
+// that way against three in the plain order (forward, backward, ..., the next batch after the SGD
+// step), on two models with the same weights: each step must still train on its own batch, report its
+// own loss, and the optimizer must not see the next one. The batches come from one pinned host
 // buffer that is refilled as soon as set_input_u8 returns, as a loader's ring slot may be. Both CUDA
 // models use deterministic engines, so the two orders must agree bit for bit. The CPU backend is held
 // to the same contract.
@@ -380,9 +381,11 @@ TEST_P(CudaModel, NextInputSetDuringBackwardChangesNothing) {
     Run out;
     feed(m, 0);
     for (int k = 0; k < steps; ++k) {
-      out.losses.push_back(m.forward(nn::Mode::Train));
+      if (early) m.forward_async(nn::Mode::Train);
+      else out.losses.push_back(m.forward(nn::Mode::Train));
       m.backward(scale, nullptr);
       if (early && k + 1 < steps) feed(m, k + 1);
+      if (early) out.losses.push_back(m.last_loss());
       EXPECT_TRUE(m.grads_finite()) << "step " << k;
       m.sgd_step(sgd, 0.01f, 1.0f / scale);
       if (!early && k + 1 < steps) feed(m, k + 1);

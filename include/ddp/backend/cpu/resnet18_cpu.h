@@ -47,6 +47,8 @@ class CpuResNet18 final : public nn::Model {
   void set_input_f32(const float* images_nchw_host, const int32_t* labels_host, int n, int h, int w) override;
 
   float forward(nn::Mode mode) override;
+  void forward_async(nn::Mode mode) override;
+  float last_loss() override;
   std::vector<float> logits_host() const override;
   nn::EvalCounts eval_counts() const override;
   void backward(float loss_scale, const nn::GradReadyFn& on_ready) override;

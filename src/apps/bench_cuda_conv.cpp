@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "ddp/backend/cuda/conv.h"
+#include "ddp/backend/cuda/event_timing.h"
 #include "ddp/backend/cuda/memory.h"
 #include "ddp/core/check.h"
 #include "ddp/core/half.h"
@@ -157,20 +158,9 @@ ddp::cuda::DeviceBuffer random_buffer(size_t count, DType dt, uint64_t seed) {
 }
 
 double time_ms(cudaStream_t s, int iters, const std::function<void()>& op) {
-  cudaEvent_t t0, t1;
-  CUDA_CHECK(cudaEventCreate(&t0));
-  CUDA_CHECK(cudaEventCreate(&t1));
   op();  // builds the plan (and searches, for the autotuned engine)
   CUDA_CHECK(cudaStreamSynchronize(s));
-  CUDA_CHECK(cudaEventRecord(t0, s));
-  for (int i = 0; i < iters; ++i) op();
-  CUDA_CHECK(cudaEventRecord(t1, s));
-  CUDA_CHECK(cudaEventSynchronize(t1));
-  float ms = 0;
-  CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
-  CUDA_CHECK(cudaEventDestroy(t0));
-  CUDA_CHECK(cudaEventDestroy(t1));
-  return ms / iters;
+  return ddp::cuda::event_ms_per_call(s, iters, op);
 }
 
 int bench(const Args& a) {

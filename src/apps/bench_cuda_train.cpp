@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "ddp/backend/cuda/conv.h"
+#include "ddp/backend/cuda/event_timing.h"
 #include "ddp/backend/cuda/memory.h"
 #include "ddp/backend/cuda/resnet18_cuda.h"
 #include "ddp/core/check.h"
@@ -193,23 +194,6 @@ int selftest(const Args& a) {
   return ok ? 0 : 1;
 }
 
-// CUDA-event time per step over `iters` steps enqueued back to back.
-template <class Step>
-double timed_ms_per_step(cudaStream_t s, int iters, Step&& step) {
-  cudaEvent_t t0, t1;
-  CUDA_CHECK(cudaEventCreate(&t0));
-  CUDA_CHECK(cudaEventCreate(&t1));
-  CUDA_CHECK(cudaEventRecord(t0, s));
-  for (int i = 0; i < iters; ++i) step();
-  CUDA_CHECK(cudaEventRecord(t1, s));
-  CUDA_CHECK(cudaEventSynchronize(t1));
-  float ms = 0;
-  CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
-  CUDA_CHECK(cudaEventDestroy(t0));
-  CUDA_CHECK(cudaEventDestroy(t1));
-  return ms / iters;
-}
-
 // Host time to enqueue one step, the GPU idle before each (so a full launch queue never blocks the
 // host): the median of 7.
 template <class Step>
@@ -269,9 +253,9 @@ int bench(const Args& a) {
     return 0;
   }
   const int64_t skipped_before = scaler.state().skipped_steps;
-  const double ms_step = timed_ms_per_step(s, a.iters, step);
+  const double ms_step = ddp::cuda::event_ms_per_call(s, a.iters, step);
   const int64_t skipped_timed = scaler.state().skipped_steps - skipped_before;
-  const double fixed_ms_step = fp16 ? timed_ms_per_step(s, a.iters, fixed_step) : ms_step;
+  const double fixed_ms_step = fp16 ? ddp::cuda::event_ms_per_call(s, a.iters, fixed_step) : ms_step;
   // The enqueue alone (fixed scale: the checked step waits for the GPU by design).
   const double host_ms = host_ms_per_step(model, fixed_step);
   // One checked step after timing: the numbers mean nothing if training produced NaNs.
@@ -298,7 +282,7 @@ int bench(const Args& a) {
       };
       for (int i = 0; i < 3; ++i) replay();
       model.synchronize();
-      g.ms_step = timed_ms_per_step(s, a.iters, replay);
+      g.ms_step = ddp::cuda::event_ms_per_call(s, a.iters, replay);
       g.host_ms = host_ms_per_step(model, replay);
     } catch (const std::exception& e) {
       g.error = e.what();

@@ -101,6 +101,7 @@ struct CudaResNet18::Impl {
   std::array<int, 8> bh{}, bw{}, bc{};  // block output size and channels
   bool have_input = false, have_forward = false, last_train = false;
   bool have_loss = false;  // row_loss holds the last forward's losses (kept across set_input)
+  int loss_n = 0;          // ... of that forward's batch (set_input may have changed n since)
   std::vector<int32_t> labels_host;
   int32_t* labels_pinned = nullptr;  // page-locked, so the label copy is truly asynchronous
   cudaEvent_t labels_copied = nullptr;
@@ -419,16 +420,18 @@ struct CudaResNet18::Impl {
     if (train) ++nbt;
     have_forward = true;
     have_loss = true;
+    loss_n = n;
     last_train = train;
   }
 
+  // The mean over the last forward's batch.
   float mean_loss() {
-    std::vector<float> l(n);
-    CUDA_CHECK(cudaMemcpyAsync(l.data(), row_loss.get(), n * 4, cudaMemcpyDeviceToHost, stream));
+    std::vector<float> l(loss_n);
+    CUDA_CHECK(cudaMemcpyAsync(l.data(), row_loss.get(), loss_n * 4, cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
     double s = 0;
     for (float v : l) s += v;
-    return static_cast<float>(s / n);
+    return static_cast<float>(s / loss_n);
   }
 
   // ---- backward -----------------------------------------------------------------------------
@@ -734,6 +737,7 @@ void CudaResNet18::replay_train_step() {
   ++m.nbt;
   m.have_forward = true;
   m.have_loss = true;
+  m.loss_n = m.n;
   m.last_train = true;
 }
 

@@ -579,6 +579,25 @@ TEST_F(CudaModelF32, OverflowIsDetected) {
   EXPECT_FALSE(m32.grads_finite());
 }
 
+// last_loss(): the mean loss of the last forward over that forward's batch, also after the next batch
+// (here a smaller one, whose mean would be over 2 rows) went in before it was read; refused before any
+// forward. The CPU backend holds the same contract (test_resnet18_cpu).
+TEST_F(CudaModelF32, LastLossIsTheLastForwardsLoss) {
+  CudaResNet18 m(deterministic_config(Amp::Off, 4, 64));  // two forwards of one batch must agree exactly
+  EXPECT_THROW(m.last_loss(), Error);
+  const Batch b = make_batch(4, 64, 64, 510), small = make_batch(2, 64, 64, 511);
+  m.set_input_f32(b.x.data(), b.y.data(), 4, 64, 64);
+  const float loss = m.forward(nn::Mode::Train);
+  m.set_input_f32(b.x.data(), b.y.data(), 4, 64, 64);
+  m.forward_async(nn::Mode::Train);
+  m.backward(1.0f, nullptr);
+  m.set_input_f32(small.x.data(), small.y.data(), 2, 64, 64);
+  const float async_loss = m.last_loss();
+  // The same batch and weights (no SGD step between): the same batch statistics, the same loss.
+  EXPECT_EQ(async_loss, loss);
+  EXPECT_NE(m.forward(nn::Mode::Train), loss) << "another batch gave the same loss: the test cannot tell them apart";
+}
+
 TEST_F(CudaModelF32, PrepareLeavesNothingForTheFirstStepToBuildOrGrow) {
   // The trainer prepares the training geometry before the first step: that step (whose backward
   // overlaps the first allreduce) must then neither build a plan nor regrow (free) the workspace.

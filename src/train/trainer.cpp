@@ -751,7 +751,9 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
 #endif
   info0("model: ResNet18, ", num_classes, " classes, ", spec.param_count, " parameters, backend ",
         nn::backend_name(o.backend), ", amp ", nn::amp_name(o.amp),
-        o.backend == nn::Backend::CPU ? str(", ", o.threads, " threads/rank") : str(", tf32 ", o.tf32 ? "on" : "off", o.deterministic ? ", deterministic cuDNN engines" : ""),
+        o.backend == nn::Backend::CPU
+            ? str(", ", o.threads, " threads/rank")
+            : str(", tf32 ", o.tf32 ? "on" : "off", o.deterministic ? ", deterministic cuDNN engines" : ""),
         "; ", env.world, " rank(s), global batch ", int64_t(o.batch_size) * env.world, ", comm ", comm->name());
 
   // Plans and workspaces for the training batch now, not inside the first backward with an allreduce in

@@ -114,7 +114,9 @@ po::options_description make_description(TrainOptions& o, std::string& backend, 
        "compare a parameter checksum across ranks every K steps (and at each epoch end; 0: epoch end only); "
        "BN running statistics are averaged across ranks first")
       ("fault-perturb-step", po::value<int64_t>(&o.fault_perturb_step)->default_value(-1),
-       "test only: perturb rank 1's parameters at this step so the replica check must fire");
+       "test only: perturb rank 1's parameters at this step so the replica check must fire")
+      ("fault-signal-step", po::value<int64_t>(&o.fault_signal_step)->default_value(-1),
+       "test only: every rank sends itself SIGUSR1 as it starts this global step (a stop at a known step)");
   po::options_description ck("Checkpoints");
   ck.add_options()
       ("checkpoint-dir", po::value<std::string>(&o.checkpoint_dir), "directory for checkpoints (rank 0 writes)")

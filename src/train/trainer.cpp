@@ -1376,6 +1376,7 @@ TrainResult run_training(TrainOptions& o, const comm::DistEnv& env) {
     };
     for (; s < steps; ++s) {
       comm->set_step(gstep);
+      if (o.fault_signal_step == gstep + 1) std::raise(SIGUSR1);  // test only: the handler runs before this returns
       if (!input_set) next_input(s);
       input_set = false;
       // The loss is read below, after the backward is enqueued: waiting for it here would leave the

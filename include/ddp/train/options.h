@@ -82,6 +82,9 @@ struct TrainOptions {
   std::string progress = "auto";           // auto | bar | lines
   // test-only: perturb one replica's parameters at this step (proves the replica check fires)
   int64_t fault_perturb_step = -1;
+  // test-only: each rank raises SIGUSR1 as it starts this global step (1-based): the stop then agreed
+  // after it, at a step a test chooses, without a signal sent from outside within a time window
+  int64_t fault_signal_step = -1;
 
   std::string config_text;  // every effective setting as "key = value" lines (stored in checkpoints)
   std::set<std::string> given;  // the settings given on the command line or in --config (not defaulted)

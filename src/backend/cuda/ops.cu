@@ -329,21 +329,39 @@ __global__ void __launch_bounds__(kThreads) k_bn_partial_vec(const T* x, const T
   }
 }
 
+// The vector apply kernels give each thread one 8-channel vector (threadIdx.x % (c/8)) and stride it
+// over rows, as k_bn_partial_vec does: the per-channel constants are loaded once per thread, not once
+// per 8 elements. Loading them (4-5 float8 reads per 16 bytes of bf16 data) held these kernels to
+// 50-70% of the memory bandwidth (H200 ncu profile, 2026-11-29).
+unsigned bn_apply_blocks(int64_t rows, int c) {
+  const int64_t lanes = kThreads / (c / 8);
+  // At least ~4 rows per thread, at most 4096 blocks (a few waves on any GPU of ours).
+  return static_cast<unsigned>(std::clamp<int64_t>((rows + 4 * lanes - 1) / (4 * lanes), 1, 4096));
+}
+
 template <class T>
-__global__ void k_bn_apply_vec(const T* x, int64_t rows, int c, const float* gamma, const float* beta, const float* mean,
-                               const float* invstd, const T* residual, bool relu, T* y) {
-  GRID_LOOP(i, rows * c / 8) {
-    const int64_t off = i * 8;
-    const int ch0 = static_cast<int>(off % c);
-    float xv[8], g[8], bt[8], mu[8], is[8];
-    load8(x + off, xv);
+__global__ void __launch_bounds__(kThreads) k_bn_apply_vec(const T* x, int64_t rows, int c, const float* gamma,
+                                                          const float* beta, const float* mean, const float* invstd,
+                                                          const T* residual, bool relu, T* y) {
+  const int tv = c / 8, lanes = kThreads / tv;
+  const int ch0 = (threadIdx.x % tv) * 8, lane = threadIdx.x / tv;
+  float scale[8], bt[8], mu[8];
+  {
+    float g[8], is[8];
     load8f(gamma + ch0, g);
-    load8f(beta + ch0, bt);
-    load8f(mean + ch0, mu);
     load8f(invstd + ch0, is);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) scale[k] = is[k] * g[k];
+  }
+  load8f(beta + ch0, bt);
+  load8f(mean + ch0, mu);
+  for (int64_t r = blockIdx.x * (int64_t)lanes + lane; r < rows; r += (int64_t)gridDim.x * lanes) {
+    const int64_t off = r * c + ch0;
+    float xv[8];
+    load8(x + off, xv);
     float out[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) out[k] = (xv[k] - mu[k]) * is[k] * g[k] + bt[k];
+    for (int k = 0; k < 8; ++k) out[k] = (xv[k] - mu[k]) * scale[k] + bt[k];
     if (residual) {
       float rv[8];
       load8(residual + off, rv);
@@ -358,15 +376,34 @@ __global__ void k_bn_apply_vec(const T* x, int64_t rows, int c, const float* gam
   }
 }
 
+// dx = gamma * invstd * (g - dbeta / m - xhat * dgamma / m), xhat = (x - mean) * invstd, with the
+// per-channel factors formed once per thread (see k_bn_apply_vec).
 template <class T>
-__global__ void k_bn_apply_bwd_vec(const T* x, const T* relu_out, const T* dy, int64_t rows, int c, const float* gamma,
-                                   const float* mean, const float* invstd, const float* dgamma, const float* dbeta, T* dx,
-                                   T* dres) {
+__global__ void __launch_bounds__(kThreads) k_bn_apply_bwd_vec(const T* x, const T* relu_out, const T* dy, int64_t rows,
+                                                              int c, const float* gamma, const float* mean,
+                                                              const float* invstd, const float* dgamma,
+                                                              const float* dbeta, T* dx, T* dres) {
+  const int tv = c / 8, lanes = kThreads / tv;
+  const int ch0 = (threadIdx.x % tv) * 8, lane = threadIdx.x / tv;
   const float inv_m = 1.0f / static_cast<float>(rows);
-  GRID_LOOP(i, rows * c / 8) {
-    const int64_t off = i * 8;
-    const int ch0 = static_cast<int>(off % c);
-    float xv[8], g[8], ga[8], mu[8], is[8], dg[8], db[8];
+  float mu[8], is[8], gis[8], dbm[8], dgm[8];
+  {
+    float ga[8], dg[8], db[8];
+    load8f(gamma + ch0, ga);
+    load8f(mean + ch0, mu);
+    load8f(invstd + ch0, is);
+    load8f(dgamma + ch0, dg);
+    load8f(dbeta + ch0, db);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      gis[k] = ga[k] * is[k];
+      dbm[k] = db[k] * inv_m;
+      dgm[k] = dg[k] * inv_m;
+    }
+  }
+  for (int64_t r = blockIdx.x * (int64_t)lanes + lane; r < rows; r += (int64_t)gridDim.x * lanes) {
+    const int64_t off = r * c + ch0;
+    float xv[8], g[8];
     load8(x + off, xv);
     load8(dy + off, g);
     if (relu_out) {
@@ -375,17 +412,12 @@ __global__ void k_bn_apply_bwd_vec(const T* x, const T* relu_out, const T* dy, i
 #pragma unroll
       for (int k = 0; k < 8; ++k) g[k] = y[k] > 0.0f ? g[k] : 0.0f;
     }
-    load8f(gamma + ch0, ga);
-    load8f(mean + ch0, mu);
-    load8f(invstd + ch0, is);
-    load8f(dgamma + ch0, dg);
-    load8f(dbeta + ch0, db);
     if (dres) store8(dres + off, g);
     float out[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       const float xhat = (xv[k] - mu[k]) * is[k];
-      out[k] = ga[k] * is[k] * (g[k] - db[k] * inv_m - xhat * dg[k] * inv_m);
+      out[k] = gis[k] * (g[k] - dbm[k] - xhat * dgm[k]);
     }
     store8(dx + off, out);
   }
@@ -785,7 +817,7 @@ void bn_eval_stats(const float* running_mean, const float* running_var, int c, f
 void bn_apply(DType dt, const void* x, int64_t rows, int c, const float* gamma, const float* beta, const float* mean,
               const float* invstd, const void* residual, bool relu, void* y, cudaStream_t s) {
   if (vec_ok(c)) {
-    DDP_DISPATCH(dt, T, k_bn_apply_vec<T><<<grid_for(rows * c / 8), kThreads, 0, s>>>(
+    DDP_DISPATCH(dt, T, k_bn_apply_vec<T><<<bn_apply_blocks(rows, c), kThreads, 0, s>>>(
         static_cast<const T*>(x), rows, c, gamma, beta, mean, invstd, static_cast<const T*>(residual), relu, static_cast<T*>(y)));
   } else {
     DDP_DISPATCH(dt, T, k_bn_apply<T><<<grid_for(rows * c), kThreads, 0, s>>>(
@@ -812,7 +844,7 @@ void bn_backward(DType dt, const void* x, const void* relu_out, const void* dy, 
     k_bn_finish_bwd<<<c, kThreads, 0, s>>>(scratch, groups, c, dgamma, dbeta);
     CUDA_CHECK_LAUNCH();
     if (vec_ok(c)) {
-      k_bn_apply_bwd_vec<T><<<grid_for(rows * c / 8), kThreads, 0, s>>>(xt, rt, dyt, rows, c, gamma, mean, invstd, dgamma,
+      k_bn_apply_bwd_vec<T><<<bn_apply_blocks(rows, c), kThreads, 0, s>>>(xt, rt, dyt, rows, c, gamma, mean, invstd, dgamma,
                                                                       dbeta, static_cast<T*>(dx), static_cast<T*>(dresidual));
     } else {
       k_bn_apply_bwd<T><<<grid_for(rows * c), kThreads, 0, s>>>(xt, rt, dyt, rows, c, gamma, mean, invstd, dgamma, dbeta,

@@ -345,14 +345,11 @@ __global__ void __launch_bounds__(kThreads) k_bn_apply_vec(const T* x, int64_t r
                                                           const T* residual, bool relu, T* y) {
   const int tv = c / 8, lanes = kThreads / tv;
   const int ch0 = (threadIdx.x % tv) * 8, lane = threadIdx.x / tv;
-  float scale[8], bt[8], mu[8];
-  {
-    float g[8], is[8];
-    load8f(gamma + ch0, g);
-    load8f(invstd + ch0, is);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) scale[k] = is[k] * g[k];
-  }
+  // The arithmetic is the per-element kernel's, in its order (no folded constants): the same bits as
+  // before the rewrite, so the model's comparisons with the CPU keep their margins.
+  float g[8], is[8], bt[8], mu[8];
+  load8f(gamma + ch0, g);
+  load8f(invstd + ch0, is);
   load8f(beta + ch0, bt);
   load8f(mean + ch0, mu);
   for (int64_t r = blockIdx.x * (int64_t)lanes + lane; r < rows; r += (int64_t)gridDim.x * lanes) {
@@ -361,7 +358,7 @@ __global__ void __launch_bounds__(kThreads) k_bn_apply_vec(const T* x, int64_t r
     load8(x + off, xv);
     float out[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) out[k] = (xv[k] - mu[k]) * scale[k] + bt[k];
+    for (int k = 0; k < 8; ++k) out[k] = (xv[k] - mu[k]) * is[k] * g[k] + bt[k];
     if (residual) {
       float rv[8];
       load8(residual + off, rv);
@@ -377,7 +374,8 @@ __global__ void __launch_bounds__(kThreads) k_bn_apply_vec(const T* x, int64_t r
 }
 
 // dx = gamma * invstd * (g - dbeta / m - xhat * dgamma / m), xhat = (x - mean) * invstd, with the
-// per-channel factors formed once per thread (see k_bn_apply_vec).
+// per-channel constants loaded once per thread (see k_bn_apply_vec); gamma * invstd is formed once,
+// as the expression rounded it anyway, the rest in the per-element kernel's order (the same bits).
 template <class T>
 __global__ void __launch_bounds__(kThreads) k_bn_apply_bwd_vec(const T* x, const T* relu_out, const T* dy, int64_t rows,
                                                               int c, const float* gamma, const float* mean,
@@ -386,21 +384,17 @@ __global__ void __launch_bounds__(kThreads) k_bn_apply_bwd_vec(const T* x, const
   const int tv = c / 8, lanes = kThreads / tv;
   const int ch0 = (threadIdx.x % tv) * 8, lane = threadIdx.x / tv;
   const float inv_m = 1.0f / static_cast<float>(rows);
-  float mu[8], is[8], gis[8], dbm[8], dgm[8];
+  float mu[8], is[8], gis[8], dg[8], db[8];
   {
-    float ga[8], dg[8], db[8];
+    float ga[8];
     load8f(gamma + ch0, ga);
-    load8f(mean + ch0, mu);
     load8f(invstd + ch0, is);
-    load8f(dgamma + ch0, dg);
-    load8f(dbeta + ch0, db);
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      gis[k] = ga[k] * is[k];
-      dbm[k] = db[k] * inv_m;
-      dgm[k] = dg[k] * inv_m;
-    }
+    for (int k = 0; k < 8; ++k) gis[k] = ga[k] * is[k];
   }
+  load8f(mean + ch0, mu);
+  load8f(dgamma + ch0, dg);
+  load8f(dbeta + ch0, db);
   for (int64_t r = blockIdx.x * (int64_t)lanes + lane; r < rows; r += (int64_t)gridDim.x * lanes) {
     const int64_t off = r * c + ch0;
     float xv[8], g[8];
@@ -417,7 +411,7 @@ __global__ void __launch_bounds__(kThreads) k_bn_apply_bwd_vec(const T* x, const
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       const float xhat = (xv[k] - mu[k]) * is[k];
-      out[k] = gis[k] * (g[k] - dbm[k] - xhat * dgm[k]);
+      out[k] = gis[k] * (g[k] - db[k] * inv_m - xhat * dg[k] * inv_m);
     }
     store8(dx + off, out);
   }

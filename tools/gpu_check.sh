@@ -1043,7 +1043,11 @@ else
       a=$(det_losses "$LOGDIR/train_det1.jsonl") b=$(det_losses "$LOGDIR/train_det2.jsonl")
       if [[ -z $a ]]; then rc=1; note="no train records in $LOGDIR/train_det1.jsonl"
       elif [[ $a != "$b" ]]; then
-        rc=1; note="losses differ (step loss): $(diff <(printf '%s\n' "$a") <(printf '%s\n' "$b") | grep '^[<>]' | head -2 | paste -sd ' ' -)"
+        # The first logged step where they part (or where one run's log ends).
+        first=$(paste <(printf '%s\n' "$a") <(printf '%s\n' "$b") | awk -F '\t' '$1 != $2 {
+          split($1, x, " "); split($2, y, " ")
+          print "step " (x[1] != "" ? x[1] : y[1]) ": loss " (x[2] != "" ? x[2] : "none") " vs " (y[2] != "" ? y[2] : "none"); exit }')
+        rc=1; note="losses differ, first at ${first:-?}"
       else note="$(wc -l <<<"$a") logged losses the same"; fi
     fi
     printf '%s\t%s\t%s\t%s\t0\t%s\t%s\n' "$DET_TEST" "$rc" "$((rc == 0 ? 1 : 0))" "$((rc == 0 ? 0 : 1))" \

@@ -25,8 +25,9 @@ jget() { "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(s
 
 # ---- shellcheck ------------------------------------------------------------------------------------
 if command -v shellcheck >/dev/null; then
-  check "shellcheck gpu_check.sh, bundle_deps, this test" \
-    shellcheck -x "$ROOT/tools/gpu_check.sh" "$ROOT/tools/bundle_deps" "$ROOT/tests/tools/test_scripts.sh"
+  check "shellcheck gpu_check.sh, gpu_profile.sh, bundle_deps, this test" \
+    shellcheck -x "$ROOT/tools/gpu_check.sh" "$ROOT/tools/gpu_profile.sh" "$ROOT/tools/bundle_deps" \
+    "$ROOT/tests/tools/test_scripts.sh"
 else
   fail "shellcheck not installed (tools/setup installs it)"
 fi
@@ -95,6 +96,16 @@ for a in "--batch 99999999999999999999" "--batch 0" "--size 16" "--size 99999"; 
 done
 out=$("$ROOT/tools/gpu_check.sh" --help); rc=$?
 check "--help prints usage" bash -c '[[ $1 -eq 0 && $2 == *"Usage: tools/gpu_check.sh"* ]]' _ "$rc" "$out"
+# gpu_profile.sh: its arguments, and a host without ncu (this one) named before anything runs
+out=$("$ROOT/tools/gpu_profile.sh" --help); rc=$?
+check "gpu_profile.sh --help prints usage" bash -c '[[ $1 -eq 0 && $2 == *"Usage: tools/gpu_profile.sh"* ]]' _ "$rc" "$out"
+out=$("$ROOT/tools/gpu_profile.sh" --runs ours_fp16,bogus 2>&1); rc=$?
+check "gpu_profile.sh --runs with an unknown run: exit 2, naming it" \
+  bash -c '[[ $1 -eq 2 && $2 == *bogus* && $2 == *"is not a run"* ]]' _ "$rc" "$out"
+if ! command -v ncu >/dev/null && [[ ! -x /usr/local/cuda/bin/ncu ]]; then
+  out=$(PATH=/usr/bin:/bin "$ROOT/tools/gpu_profile.sh" --out "$TMP/prof" 2>&1); rc=$?
+  check "gpu_profile.sh without ncu: exit 2, says so" bash -c '[[ $1 -eq 2 && $2 == *"no ncu"* ]]' _ "$rc" "$out"
+fi
 
 # ---- bundle_deps ---------------------------------------------------------------------------------
 # The oldest glibc the bundle must load on (RHEL 9); tools/bundle_deps' GLIBC_FLOOR.
@@ -592,14 +603,16 @@ if [[ -n $resume ]]; then  # as the trainer: the newest checkpoint, its step and
   start=$(basename "$last" .h5); start=$((10#${start#ckpt-}))
   echo "[07:00:00 rank 0/1 info] resumed from $last: epoch 13, step 8 of the epoch, global step $start, loss scale ${FAKE_RESUME_SCALE:-32768}"
 fi
-ips=11000
+ips=11000 loss=6.9
+# The second of gpu_check's two --deterministic runs logs another loss when asked (a run that did not repeat).
+[[ $ck == */det2 && -n ${FAKE_DET_DIFFER:-} ]] && loss=6.8
 if [[ $data != synthetic ]]; then
   ips=7000
   [[ -f $data/train-00000-of-00001.h5 ]] || { echo "error: no shards in '$data'" >&2; exit 1; }
 fi
 sleep 1
 for ((s = start + 10; s <= steps; s += 10)); do
-  echo "{\"type\": \"train\", \"step\": $s, \"loss\": 6.9, \"img_per_s\": $( ((s == 10)) && echo 2000 || echo "$ips"), \"gpu_util\": 95}" >>"$j"
+  echo "{\"type\": \"train\", \"step\": $s, \"loss\": $loss, \"img_per_s\": $( ((s == 10)) && echo 2000 || echo "$ips"), \"gpu_util\": 95}" >>"$j"
 done
 echo "{\"type\": \"summary\", \"steps\": $((steps - start)), \"global_step\": $steps, \"img_per_s\": 9000, \"peak_device_bytes\": 10485760000}" >>"$j"
 if [[ -n $ck ]]; then
@@ -664,8 +677,10 @@ if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 
   S="$TMP/gc-ok/summary.json"
   check "fake host, all clean: exit 0" test "$rc" -eq 0
   check "fake host: PASSED is the last line" test "$(tail -1 <<<"$out")" = "gpu_check: PASSED"
-  check "fake host: 5 + 2 passed + the bench selftest + the synthetic trainer run + its resume counted" \
-    test "$(jget "$S" 'd["tests_total"]["passed"]')" = 10
+  check "fake host: 5 + 2 passed + the bench selftest + the synthetic trainer run, its resume and the deterministic pair counted" \
+    test "$(jget "$S" 'd["tests_total"]["passed"]')" = 11
+  check "fake host: two --deterministic runs with the same losses pass, the losses counted" \
+    grep -q "^train_resnet18 --deterministic (2 runs) .* ok - 6 logged losses the same" <<<"$out"
   check "fake host: the resume run continued the saved loss scale from the synthetic run's step 200" \
     bash -c 'grep -q "^train_resnet18 --resume (synthetic) .* ok" <<<"$1" &&
              grep -q "rc 0 .*loss scale saved 32768, resumed 32768" <<<"$1"' _ "$out"
@@ -675,8 +690,14 @@ if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch, torchvision' 
   check "fake host: torch eager ran (RESULT parsed)" test "$(jget "$S" 'd["bench"]["torch_eager_bf16"]["img_per_s"] > 0')" = True
   check "fake host: ratio ours/torch eager computed" \
     test "$(jget "$S" 'abs(d["bench"]["ours_bf16"]["x_torch_eager"] - 12800.0 / d["bench"]["torch_eager_bf16"]["img_per_s"]) < 1e-6')" = True
-  check "fake host: our rows note the enqueue time and the CUDA-graph figure (--cuda-graph passed)" \
-    grep -q '^ours fp16 .*enqueue 1.25 ms/step; CUDA graph 13440 img/s = 1.05x' <<<"$out"
+  # A long note goes on under the note column: the row joined with its continuation lines.
+  joined=$(sed -e ':a' -e 'N' -e '$!ba' -e 's/\n \{40,\}/ /g' <<<"$out")
+  check "fake host: our rows note the enqueue time, the deterministic and autotuned variants and the CUDA-graph figure" \
+    grep -q '^ours fp16 .*enqueue 1.25 ms/step; deterministic 12800 img/s = 1.00x; autotuned 12800 img/s = 1.00x; CUDA graph 13440 img/s = 1.05x' <<<"$joined"
+  check "fake host: the variants ran with their flags" \
+    bash -c 'grep -q -- "--deterministic" "$1/logs/ours_bf16_det.log" && grep -q -- "--autotune" "$1/logs/ours_bf16_tuned.log"' _ "$TMP/gc-ok"
+  check "fake host: no table line is longer than 140 characters" \
+    bash -c '! sed -n "/^=====/,\$p" <<<"$1" | grep -q ".\{141,\}"' _ "$out"
   check "fake host: failed compile is a note, not a failure" grep -q 'torch compile fp16 .*skipped' <<<"$out"
   check "fake host: GPU utilisation sampled (97%)" test "$(jget "$S" 'round(d["bench"]["ours_fp16"]["util"]["mean_pct"])')" = 97
   check "fake host: test XML kept" test -f "$TMP/gc-ok/logs/test_fake_ok.xml"
@@ -715,11 +736,14 @@ exit 139
 EOF
   chmod +x "$FAKE/bundle/bin/test_fake_crash"
   # ... and a resume that does not continue the saved loss scale
-  out=$(FAKE_RESUME_SCALE=65536 PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --allow-skip --bundle "$FAKE/bundle" \
-    --out "$TMP/gc-fail" --python fakepy 2>&1); rc=$?
+  # ... and two --deterministic runs that log different losses
+  out=$(FAKE_RESUME_SCALE=65536 FAKE_DET_DIFFER=1 PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --allow-skip \
+    --bundle "$FAKE/bundle" --out "$TMP/gc-fail" --python fakepy 2>&1); rc=$?
   check "fake host, a failing test: exit 1" test "$rc" -eq 1
-  check "fake host: 2 failures + 1 from the crashed binary's log + the resume counted" \
-    test "$(jget "$TMP/gc-fail/summary.json" 'd["tests_total"]["failed"]')" = 4
+  check "fake host: 2 failures + 1 from the crashed binary's log + the resume + the deterministic pair counted" \
+    test "$(jget "$TMP/gc-fail/summary.json" 'd["tests_total"]["failed"]')" = 5
+  check "fake host: --deterministic runs that differ fail, naming the first differing step" \
+    grep -q "^train_resnet18 --deterministic (2 runs) .*FAIL - losses differ, first at step 10: loss 6.9 vs 6.8" <<<"$out"
   check "fake host: a resume with another loss scale fails, naming both" \
     grep -q "^train_resnet18 --resume (synthetic) .*FAIL - loss scale 32768 saved, 65536 resumed" <<<"$out"
   check "fake host: crashed binary without XML: counts from its log, failed test named" \

@@ -570,9 +570,22 @@ else
   if [[ -f $BUNDLE/MANIFEST ]]; then
     cp "$BUNDLE/MANIFEST" "$LOGDIR/manifest.txt"
     BUNDLE_COMMIT=$(sed -n 's/^commit: //p' "$BUNDLE/MANIFEST" | head -1)
-    # A bundle built from another commit than these scripts is the usual way to spend a GPU run on old code.
+    # A bundle built from other sources than these scripts' is the usual way to spend a GPU run on old
+    # code. Compared by the tree of the files (MANIFEST's source_tree, bundle_deps' scratch-index hash),
+    # which holds where a copied checkout's .git is stale; by commit for a bundle without that line.
+    bundle_tree=$(sed -n 's/^source_tree: //p' "$BUNDLE/MANIFEST" | head -1)
     head_commit=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || true)
-    if [[ -z $head_commit ]]; then
+    here_tree=""
+    if [[ -n $bundle_tree && -n $head_commit ]]; then
+      idx=$(mktemp -u "${TMPDIR:-/tmp}/gpu_check_index.XXXXXX")
+      here_tree=$(GIT_INDEX_FILE=$idx git -C "$ROOT" add -A . 2>/dev/null &&
+        GIT_INDEX_FILE=$idx git -C "$ROOT" write-tree 2>/dev/null) || here_tree=""
+      rm -f "$idx"
+    fi
+    if [[ -n $here_tree ]]; then
+      [[ $here_tree == "$bundle_tree" ]] ||
+        log "WARNING: this checkout's files differ from those the bundle was built from (commit ${BUNDLE_COMMIT:-?}): rebuild it (tools/bundle_deps) unless that is meant"
+    elif [[ -z $head_commit ]]; then
       log "bundle commit not compared: $ROOT is not a git checkout here"
     elif [[ ${BUNDLE_COMMIT%% *} != "$head_commit" ]]; then
       log "WARNING: the bundle was built from commit ${BUNDLE_COMMIT:-?}, this checkout is at $head_commit: rebuild it (tools/bundle_deps) unless that is meant"

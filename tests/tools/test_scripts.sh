@@ -392,6 +392,8 @@ if command -v cmake >/dev/null && command -v git >/dev/null && gitq init && gitq
                $(grep -c "^build_up_to_date: yes" "$3/MANIFEST") -eq 1 ]] ||
              { printf "rc %s: %s\n" "$1" "$2"; grep -E "^(commit|source_dir|build_)" "$3/MANIFEST"; false; }' _ \
     "$rc" "$out" "$TMP/mini-bundle" "$mini_head" "$MINI"
+  check "bundle_deps: MANIFEST source_tree is the tree of that clean checkout's files" \
+    test "$(sed -n 's/^source_tree: //p' "$TMP/mini-bundle/MANIFEST")" = "$(git -C "$MINI" rev-parse 'HEAD^{tree}')"
   # A header edited after the build folder's first build, which make -n cannot see yet (CMake gives make
   # the header dependencies at its next run): found from the compiler's .o.d files.
   sleep 1
@@ -843,6 +845,23 @@ check "--gtest-filter matching no test in any binary: exit 1, said" \
   bash -c '[[ $1 -eq 1 && $2 == *"--gtest-filter '"'"'Nope.*'"'"' matched no test in any of the 2 test binaries run"* ]] ||
            { printf "rc %s: %s\n" "$1" "${2: -1500}"; false; }' _ "$rc" "$out"
 rm -f "$CB/bin/test_fake_empty"
+# The bundle's sources against this checkout's, by the tree of the files (MANIFEST source_tree): the
+# same tree is quiet even when the commit differs (a copied checkout with a stale .git); another tree
+# is warned about. Only on a clean checkout, whose files' tree is HEAD's.
+if [[ -z $(git -C "$ROOT" status --porcelain --untracked-files=normal 2>/dev/null) ]]; then
+  echo "source_tree: $(git -C "$ROOT" rev-parse 'HEAD^{tree}')" >>"$CB/MANIFEST"
+  out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --no-e2e --bundle "$CB" --out "$TMP/gc-tree" --python fakepy 2>&1)
+  check "the bundle's source tree is this checkout's: no warning, though its commit is another" \
+    bash -c '! grep -q "WARNING: .*\(differ\|built from commit\)" <<<"$1"' _ "$out"
+  cp "$FAKE/bundle/MANIFEST" "$CB/"
+  echo "source_tree: 0000000000000000000000000000000000000000" >>"$CB/MANIFEST"
+  out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --no-e2e --bundle "$CB" --out "$TMP/gc-tree" --python fakepy 2>&1)
+  check "another source tree: a warning naming the bundle's commit" \
+    grep -q "WARNING: this checkout's files differ from those the bundle was built from (commit 0123456789abcdef (fake))" <<<"$out"
+  cp "$FAKE/bundle/MANIFEST" "$CB/"
+else
+  printf 'NOTE uncommitted changes here: the source-tree comparison is not checked\n'
+fi
 # A bundle made with --allow-stale: warned about.
 echo "build_stale: test_cuda_ops (would run: Building CXX object x.o) (bundled with --allow-stale)" >>"$CB/MANIFEST"
 out=$(PATH="$FPATH" OUT="" "$ROOT/tools/gpu_check.sh" --quick --no-e2e --bundle "$CB" --out "$TMP/gc-stale" --python fakepy 2>&1)

@@ -576,12 +576,8 @@ else
     bundle_tree=$(sed -n 's/^source_tree: //p' "$BUNDLE/MANIFEST" | head -1)
     head_commit=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || true)
     here_tree=""
-    if [[ -n $bundle_tree && -n $head_commit ]]; then
-      idx=$(mktemp -u "${TMPDIR:-/tmp}/gpu_check_index.XXXXXX")
-      here_tree=$(GIT_INDEX_FILE=$idx git -C "$ROOT" add -A . 2>/dev/null &&
-        GIT_INDEX_FILE=$idx git -C "$ROOT" write-tree 2>/dev/null) || here_tree=""
-      rm -f "$idx"
-    fi
+    # shellcheck source=tools/lib/source_tree.sh
+    [[ -n $bundle_tree && -n $head_commit ]] && source "$ROOT/tools/lib/source_tree.sh" && here_tree=$(source_tree "$ROOT")
     if [[ -n $here_tree ]]; then
       [[ $here_tree == "$bundle_tree" ]] ||
         log "WARNING: this checkout's files differ from those the bundle was built from (commit ${BUNDLE_COMMIT:-?}): rebuild it (tools/bundle_deps) unless that is meant"

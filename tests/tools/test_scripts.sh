@@ -314,7 +314,7 @@ check "bundle_deps: missing build dir is an error" test "$rc" -ne 0
 # arch flags in a flags.make) keep a failure of these checks from costing anything real.
 FREPO="$TMP/frepo"
 mkdir -p "$FREPO/tools" "$FREPO/.git" && cp "$ROOT/tools/bundle_deps" "$FREPO/tools/" && echo keep >"$FREPO/.git/HEAD"
-cp -r "$ROOT/tools/glibc_compat" "$FREPO/tools/"
+cp -r "$ROOT/tools/glibc_compat" "$ROOT/tools/lib" "$FREPO/tools/"
 fake_build() {  # fake_build DIR: a CMake build with the GPU tests bundle_deps requires and CUDA arch flags
   mkdir -p "$1/tests/backend/cuda" "$1/tests/comm" "$1/CMakeFiles/x.dir"
   : >"$1/CMakeCache.txt"
@@ -394,6 +394,15 @@ if command -v cmake >/dev/null && command -v git >/dev/null && gitq init && gitq
     "$rc" "$out" "$TMP/mini-bundle" "$mini_head" "$MINI"
   check "bundle_deps: MANIFEST source_tree is the tree of that clean checkout's files" \
     test "$(sed -n 's/^source_tree: //p' "$TMP/mini-bundle/MANIFEST")" = "$(git -C "$MINI" rev-parse 'HEAD^{tree}')"
+  # An untracked file counts (the tree changes); over 64 MiB of untracked files, nothing is hashed.
+  echo "// new" >"$MINI/new.h"
+  check "source_tree: an untracked file changes the tree" \
+    bash -c 'source "$1/tools/lib/source_tree.sh" && t=$(source_tree "$2") && [[ -n $t && $t != $(git -C "$2" rev-parse "HEAD^{tree}") ]]' \
+    _ "$ROOT" "$MINI"
+  truncate -s 70M "$MINI/data.bin"
+  check "source_tree: over 64 MiB of untracked files: nothing printed, status 1" \
+    bash -c 'source "$1/tools/lib/source_tree.sh"; t=$(source_tree "$2"); [[ $? -eq 1 && -z $t ]]' _ "$ROOT" "$MINI"
+  rm -f "$MINI/new.h" "$MINI/data.bin"
   # A header edited after the build folder's first build, which make -n cannot see yet (CMake gives make
   # the header dependencies at its next run): found from the compiler's .o.d files.
   sleep 1

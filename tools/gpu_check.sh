@@ -576,7 +576,7 @@ else
     bundle_tree=$(sed -n 's/^source_tree: //p' "$BUNDLE/MANIFEST" | head -1)
     head_commit=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || true)
     here_tree=""
-    # shellcheck source=tools/lib/source_tree.sh
+    # shellcheck source-path=SCRIPTDIR source=lib/source_tree.sh
     [[ -n $bundle_tree && -n $head_commit ]] && source "$ROOT/tools/lib/source_tree.sh" && here_tree=$(source_tree "$ROOT")
     if [[ -n $here_tree ]]; then
       [[ $here_tree == "$bundle_tree" ]] ||

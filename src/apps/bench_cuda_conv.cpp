@@ -13,20 +13,18 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "bench_cli.h"
 #include "ddp/backend/cuda/conv.h"
 #include "ddp/backend/cuda/event_timing.h"
 #include "ddp/backend/cuda/memory.h"
+#include "ddp/backend/cuda/ops.h"
 #include "ddp/core/check.h"
-#include "ddp/core/half.h"
 #include "ddp/core/rng.h"
 #include "ddp/core/str.h"
 #include "ddp/core/tensor.h"
@@ -45,13 +43,8 @@ struct Args {
   std::vector<int> stem_cpad = {8};
 };
 
-struct BadArgs : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-template <class... T>
-[[noreturn]] void bad_args(const T&... parts) {
-  throw BadArgs(ddp::str("bench_cuda_conv: ", parts..., " (see --help)"));
-}
+using ddp::bench::bad_args;
+using ddp::bench::to_int;
 
 void usage() {
   std::printf(
@@ -61,15 +54,6 @@ void usage() {
       "  with the fastest engine a timed search finds\n"
       "  --stem-cpad LIST: the stem's padded input channels to time, comma-separated (default 8, the model's)\n"
       "exit status: 0 done, 1 a failure (no GPU, ...), 2 a bad argument\n");
-}
-
-int to_int(const std::string& flag, const std::string& v, long min, long max) {
-  char* end = nullptr;
-  errno = 0;
-  const long x = std::strtol(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0' || errno != 0 || x < min || x > max)
-    bad_args(flag, " wants a whole number from ", min, " to ", max, ", got '", v, "'");
-  return static_cast<int>(x);
 }
 
 Args parse(int argc, char** argv) {
@@ -140,20 +124,17 @@ std::vector<ConvAt> step_convs(const Args& a, DType dt) {
   return out;
 }
 
-// Random values in [-1, 1) in the dtype, made on the host once and copied.
+// Random values in [-1, 1) in the dtype: made on the host in fp32, cast on the GPU (the backend's
+// convert_from_f32).
 ddp::cuda::DeviceBuffer random_buffer(size_t count, DType dt, uint64_t seed) {
   ddp::Rng rng(seed, ddp::rng_stream::kTest);
-  std::vector<char> raw(count * ddp::dtype_size(dt));
-  for (size_t i = 0; i < count; ++i) {
-    const float v = rng.uniform(-1.0f, 1.0f);
-    if (dt == DType::F32) std::memcpy(raw.data() + i * 4, &v, 4);
-    else {
-      const uint16_t h = dt == DType::F16 ? ddp::float_to_half(v) : ddp::float_to_bf16(v);
-      std::memcpy(raw.data() + i * 2, &h, 2);
-    }
-  }
-  ddp::cuda::DeviceBuffer b(raw.size(), "bench_cuda_conv operand");
-  CUDA_CHECK(cudaMemcpy(b.get(), raw.data(), raw.size(), cudaMemcpyHostToDevice));
+  std::vector<float> host(count);
+  for (auto& v : host) v = rng.uniform(-1.0f, 1.0f);
+  ddp::cuda::DeviceBuffer f32(count * 4, "bench_cuda_conv fp32 operand");
+  CUDA_CHECK(cudaMemcpy(f32.get(), host.data(), count * 4, cudaMemcpyHostToDevice));
+  ddp::cuda::DeviceBuffer b(count * ddp::dtype_size(dt), "bench_cuda_conv operand");
+  ddp::cuda::convert_from_f32(f32.as<float>(), static_cast<int64_t>(count), dt, b.get(), nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());  // before f32 is freed, and before the convs' non-blocking stream reads b
   return b;
 }
 
@@ -234,15 +215,9 @@ int bench(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return ddp::bench::run_main("bench_cuda_conv", [&] {
     const Args a = parse(argc, argv);
     DDP_CHECK(ddp::cuda_available(), "bench_cuda_conv: no CUDA device visible (", ddp::cuda_unavailable_reason(), ")");
     return bench(a);
-  } catch (const BadArgs& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

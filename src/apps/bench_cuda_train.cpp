@@ -21,15 +21,14 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "bench_cli.h"
 #include "ddp/backend/cuda/conv.h"
 #include "ddp/backend/cuda/event_timing.h"
 #include "ddp/backend/cuda/memory.h"
@@ -53,14 +52,7 @@ struct Args {
   bool cuda_graph = false;
 };
 
-// A bad command line: exit 2 with the message (no source location), as train_resnet18 and gpu_check do.
-struct BadArgs : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-template <class... T>
-[[noreturn]] void bad_args(const T&... parts) {
-  throw BadArgs(ddp::str("bench_cuda_train: ", parts..., " (see --help)"));
-}
+using ddp::bench::bad_args;
 
 void usage(FILE* to) {
   std::fprintf(to,
@@ -75,13 +67,9 @@ void usage(FILE* to) {
                "exit status: 0 done, 1 a failure (no GPU, a non-finite loss, ...), 2 a bad argument\n");
 }
 
+// The count flags: 1 (0 for --warmup) up to 2^30 - 1.
 int to_int(const char* flag, const char* v, long min = 1) {
-  char* end = nullptr;
-  errno = 0;
-  long x = std::strtol(v, &end, 10);
-  if (!(end != v && *end == '\0' && errno == 0 && x >= min && x < (1L << 30)))
-    bad_args(flag, " wants a whole number from ", min, " to ", (1L << 30) - 1, ", got '", v, "'");
-  return static_cast<int>(x);
+  return ddp::bench::to_int(flag, v, min, (1L << 30) - 1);
 }
 
 Args parse(int argc, char** argv) {
@@ -340,15 +328,9 @@ int bench(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return ddp::bench::run_main("bench_cuda_train", [&] {
     Args a = parse(argc, argv);
     DDP_CHECK(ddp::cuda_available(), "bench_cuda_train: no CUDA device visible (", ddp::cuda_unavailable_reason(), ")");
     return a.selftest ? selftest(a) : bench(a);
-  } catch (const BadArgs& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -100,8 +100,9 @@ struct CudaResNet18::Impl {
   int n = 0, h = 0, w = 0, h1 = 0, w1 = 0, h2 = 0, w2 = 0;
   std::array<int, 8> bh{}, bw{}, bc{};  // block output size and channels
   bool have_input = false, have_forward = false, last_train = false;
-  bool have_loss = false;  // row_loss holds the last forward's losses (kept across set_input)
-  int loss_n = 0;          // ... of that forward's batch (set_input may have changed n since)
+  // row_loss holds the last forward's losses for its loss_n images (0: no forward yet), kept across
+  // set_input, which may change n.
+  int loss_n = 0;
   std::vector<int32_t> labels_host;
   int32_t* labels_pinned = nullptr;  // page-locked, so the label copy is truly asynchronous
   cudaEvent_t labels_copied = nullptr;
@@ -419,7 +420,6 @@ struct CudaResNet18::Impl {
                        probs.as<float>(), row_loss.as<float>(), label_rank.as<int32_t>(), stream);
     if (train) ++nbt;
     have_forward = true;
-    have_loss = true;
     loss_n = n;
     last_train = train;
   }
@@ -598,14 +598,14 @@ void CudaResNet18::set_input_f32(const float* images_nchw, const int32_t* labels
 }
 
 float CudaResNet18::forward(nn::Mode mode) {
-  impl_->forward_async(mode == nn::Mode::Train);
-  return impl_->mean_loss();
+  forward_async(mode);
+  return last_loss();
 }
 
 void CudaResNet18::forward_async(nn::Mode mode) { impl_->forward_async(mode == nn::Mode::Train); }
 
 float CudaResNet18::last_loss() {
-  DDP_CHECK(impl_->have_loss, "CudaResNet18::last_loss before any forward");
+  DDP_CHECK(impl_->loss_n > 0, "CudaResNet18::last_loss before any forward");
   return impl_->mean_loss();
 }
 
@@ -736,7 +736,6 @@ void CudaResNet18::replay_train_step() {
   CUDA_CHECK(cudaEventRecord(m.input_consumed, m.stream));
   ++m.nbt;
   m.have_forward = true;
-  m.have_loss = true;
   m.loss_n = m.n;
   m.last_train = true;
 }
